@@ -1,0 +1,16 @@
+//! access-bot: GitLab access-request issues in, finished work in Zendesk and
+//! Google Groups out.
+//!
+//! The pure core (`request`, `approval`, `plan`, `marker`, `report`, `render`)
+//! knows nothing of HTTP. Adapters (`gitlab`, `zendesk`, `google`) sit behind
+//! async traits; `bot` runs the loop; `sandbox` fakes the three services.
+
+pub mod approval;
+pub mod cli;
+pub mod config;
+pub mod marker;
+pub mod plan;
+pub mod render;
+pub mod report;
+pub mod request;
+pub mod secret;

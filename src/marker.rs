@@ -1,0 +1,100 @@
+//! The hidden marker every bot comment ends with:
+//! `<!-- access-bot step=plan key=plan:1a2b digest=1a2b content=9f8e -->`.
+//!
+//! `key` says which workflow step the comment reports, so the bot never posts
+//! the same step twice (the issue, not our database, is the source of truth);
+//! `digest` is the request digest the comment was about; `content` is a digest
+//! of the rendered text, kept for audit and debugging.
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub step: String,
+    pub key: String,
+    pub digest: String,
+    pub content: String,
+}
+
+const PREFIX: &str = "<!-- access-bot ";
+
+impl Marker {
+    pub fn new(step: &str, key: &str, digest: &str, body: &str) -> Marker {
+        Marker {
+            step: clean(step),
+            key: clean(key),
+            digest: clean(digest),
+            content: hex::encode(&Sha256::digest(body.as_bytes())[..6]),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        format!(
+            "{PREFIX}step={} key={} digest={} content={} -->",
+            self.step, self.key, self.digest, self.content
+        )
+    }
+
+    /// Find the marker in a comment body (the last one wins).
+    pub fn find(body: &str) -> Option<Marker> {
+        let start = body.rfind(PREFIX)?;
+        let rest = &body[start + PREFIX.len()..];
+        let end = rest.find("-->")?;
+        let mut m = Marker {
+            step: String::new(),
+            key: String::new(),
+            digest: String::new(),
+            content: String::new(),
+        };
+        for part in rest[..end].split_whitespace() {
+            let (k, v) = part.split_once('=')?;
+            match k {
+                "step" => m.step = v.to_string(),
+                "key" => m.key = v.to_string(),
+                "digest" => m.digest = v.to_string(),
+                "content" => m.content = v.to_string(),
+                _ => {}
+            }
+        }
+        (!m.step.is_empty() && !m.key.is_empty()).then_some(m)
+    }
+}
+
+/// Marker fields never contain spaces, `=` or `--`.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_:.@/+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let m = Marker::new("plan", "plan:abcd", "abcd", "hello");
+        let body = format!("Some text\n\n{}", m.render());
+        assert_eq!(Marker::find(&body), Some(m));
+    }
+
+    #[test]
+    fn hostile_values_cannot_break_out() {
+        let m = Marker::new("plan --> <b>", "k ey", "d=1", "");
+        let r = m.render();
+        assert_eq!(r.matches("-->").count(), 1);
+        assert_eq!(Marker::find(&r).unwrap().step, "plan______b_");
+    }
+
+    #[test]
+    fn no_marker() {
+        assert_eq!(Marker::find("plain comment"), None);
+        assert_eq!(Marker::find("<!-- access-bot broken"), None);
+    }
+}

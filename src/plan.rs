@@ -1,0 +1,823 @@
+//! Request + observed state of Zendesk and Google -> an ordered list of
+//! idempotent steps, each tied to the checklist item it completes. Pure.
+//!
+//! Two entry points: [`preview`] for anything (the plan comment, `plan`,
+//! `--dry-run`), and [`build`] which needs an [`Approved`] request and is the
+//! only way to get an [`ExecutablePlan`], the type the executor takes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::approval::Approved;
+use crate::config::Config;
+use crate::request::{Email, ItemAction, Request, RequestKind, Subject};
+
+/// What a Zendesk instance knows about one person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct ZendeskAccount {
+    pub id: u64,
+    pub name: String,
+    pub role: String,
+    pub role_type: Option<i64>,
+    pub custom_role_id: Option<u64>,
+    /// Name of the custom role, when the connector resolved it.
+    pub custom_role: Option<String>,
+    pub suspended: bool,
+    pub tags: Vec<String>,
+    /// User fields that hold a value (keys).
+    pub filled_user_fields: Vec<String>,
+    /// Group names.
+    pub groups: Vec<String>,
+    /// Tickets below `closed` assigned to them, when counted.
+    pub open_tickets: Option<u64>,
+    pub last_login_at: Option<String>,
+}
+
+impl ZendeskAccount {
+    pub fn is_light_agent(&self) -> bool {
+        self.role == "agent" && self.role_type == Some(1)
+    }
+    pub fn is_agent(&self) -> bool {
+        self.role == "agent" || self.role == "admin"
+    }
+    /// Can receive tickets: a full agent or admin, not suspended.
+    pub fn can_take_tickets(&self) -> bool {
+        self.is_agent() && !self.is_light_agent() && !self.suspended
+    }
+}
+
+/// Observed state. A missing key means "not looked at" (offline plans).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Observed {
+    /// (instance, email) -> account, or `None` when the search found nobody.
+    pub zendesk: BTreeMap<(String, Email), Option<ZendeskAccount>>,
+    /// (group, email) -> is a direct member.
+    pub google: BTreeMap<(String, Email), bool>,
+    /// Managers' emails by GitLab username (for ticket reassignment).
+    pub manager_emails: BTreeMap<String, Email>,
+}
+
+impl Observed {
+    fn account(&self, instance: &str, email: &Email) -> Lookup<'_> {
+        match self.zendesk.get(&(instance.to_string(), email.clone())) {
+            None => Lookup::Unknown,
+            Some(None) => Lookup::Absent,
+            Some(Some(a)) => Lookup::Found(a),
+        }
+    }
+}
+
+enum Lookup<'a> {
+    Unknown,
+    Absent,
+    Found(&'a ZendeskAccount),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Action {
+    CreateAgent {
+        name: String,
+        role: String,
+        custom_role: Option<String>,
+        light_agent: bool,
+        level: String,
+    },
+    SetRole {
+        from: String,
+        role: String,
+        custom_role: Option<String>,
+        light_agent: bool,
+        level: String,
+    },
+    Unsuspend,
+    AddToGroup {
+        group: String,
+    },
+    RemoveFromGroup {
+        group: String,
+    },
+    AddTag {
+        tag: String,
+    },
+    RemoveTag {
+        tag: String,
+    },
+    ReassignTickets {
+        manager: String,
+        manager_email: Option<Email>,
+    },
+    RemoveAllTags,
+    ClearUserFields,
+    RemoveAllGroups,
+    DemoteToEndUser,
+    Suspend,
+    AddGoogleMember {
+        group: String,
+    },
+    RemoveGoogleMember {
+        group: String,
+    },
+}
+
+impl Action {
+    pub fn describe(&self) -> String {
+        match self {
+            Action::CreateAgent { level, .. } => format!("create the account as {level}"),
+            Action::SetRole { from, level, .. } => {
+                format!("change the role from {from} to {level}")
+            }
+            Action::Unsuspend => "unsuspend the account".into(),
+            Action::AddToGroup { group } => format!("add to group {group}"),
+            Action::RemoveFromGroup { group } => format!("remove from group {group}"),
+            Action::AddTag { tag } => format!("add tag `{tag}`"),
+            Action::RemoveTag { tag } => format!("remove tag `{tag}`"),
+            Action::ReassignTickets { manager, .. } => {
+                format!("reassign open tickets (status below closed) to the manager `@{manager}`")
+            }
+            Action::RemoveAllTags => "remove all tags".into(),
+            Action::ClearUserFields => "clear the user fields".into(),
+            Action::RemoveAllGroups => "remove all group memberships".into(),
+            Action::DemoteToEndUser => "demote to end-user".into(),
+            Action::Suspend => "suspend".into(),
+            Action::AddGoogleMember { group } => format!("add as MEMBER of `{group}` (Okta app)"),
+            Action::RemoveGoogleMember { group } => format!("remove from `{group}` (Okta app)"),
+        }
+    }
+
+    pub fn is_google(&self) -> bool {
+        matches!(
+            self,
+            Action::AddGoogleMember { .. } | Action::RemoveGoogleMember { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    ToDo,
+    /// Observed state already matches; nothing to do.
+    AlreadyDone,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    /// Stable identity: `instance/email/action`, for the audit trail and resumption.
+    pub key: String,
+    pub subject: Email,
+    /// Zendesk instance (for Google steps: the instance whose Okta group it is).
+    pub instance: String,
+    pub action: Action,
+    /// Index of the checklist item this step helps complete.
+    pub item: usize,
+    pub state: StepState,
+}
+
+/// Something the bot will not do, with the reason, for one subject and item.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Blocked {
+    pub subject: Email,
+    pub instance: String,
+    pub item: usize,
+    pub reason: BlockReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BlockReason {
+    /// Team tags need an existing light-agent or agent account.
+    NeedsAccountFirst,
+    /// A role change needs an existing agent.
+    NoAccountToChange,
+    /// Offboarding: the manager cannot take tickets (stop before demoting).
+    ManagerCannotTakeTickets { manager: String, why: String },
+    /// Offboarding with open tickets but no manager named.
+    NoManager,
+}
+
+impl BlockReason {
+    pub fn explain(&self, instance: &str) -> String {
+        match self {
+            BlockReason::NeedsAccountFirst => format!(
+                "has no light-agent or agent account in {instance} yet; request a light agent first, then ask for the tag again. Nothing was changed"
+            ),
+            BlockReason::NoAccountToChange => {
+                format!(
+                    "has no agent account in {instance} to change; file an access request instead"
+                )
+            }
+            BlockReason::ManagerCannotTakeTickets { manager, why } => format!(
+                "has open tickets in {instance}, but the manager `@{manager}` cannot take them ({why}); stopped before demoting so no ticket is orphaned"
+            ),
+            BlockReason::NoManager => format!(
+                "has open tickets in {instance}, but the issue names no manager to hand them to; stopped before demoting"
+            ),
+        }
+    }
+}
+
+/// An informational outcome per subject ("already a full agent").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Note {
+    pub subject: Email,
+    pub instance: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub iid: u64,
+    pub kind: RequestKind,
+    pub digest: String,
+    pub steps: Vec<Step>,
+    pub blocked: Vec<Blocked>,
+    pub notes: Vec<Note>,
+    /// Items the bot owns and that are already ticked or `[~]`: left alone.
+    pub skipped_items: Vec<usize>,
+}
+
+/// A plan built from an approved request: the only thing the executor runs.
+#[derive(Debug, Clone)]
+pub struct ExecutablePlan {
+    plan: Plan,
+}
+
+impl ExecutablePlan {
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+}
+
+impl Plan {
+    pub fn todo(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(|s| s.state == StepState::ToDo)
+    }
+
+    /// Items complete once every step tied to them is done and none is blocked.
+    pub fn items_completed_by(&self, done_steps: &BTreeSet<String>) -> BTreeSet<usize> {
+        let items: BTreeSet<usize> = self.steps.iter().map(|s| s.item).collect();
+        let blocked: BTreeSet<usize> = self.blocked.iter().map(|b| b.item).collect();
+        items
+            .into_iter()
+            .filter(|i| !blocked.contains(i))
+            .filter(|i| {
+                self.steps
+                    .iter()
+                    .filter(|s| s.item == *i)
+                    .all(|s| s.state == StepState::AlreadyDone || done_steps.contains(&s.key))
+            })
+            .collect()
+    }
+
+    pub fn is_noop(&self) -> bool {
+        self.todo().next().is_none()
+    }
+}
+
+pub fn preview(request: &Request, observed: &Observed, cfg: &Config) -> Plan {
+    make(request, observed, cfg)
+}
+
+pub fn build(approved: &Approved<Request>, observed: &Observed, cfg: &Config) -> ExecutablePlan {
+    ExecutablePlan {
+        plan: make(approved.request(), observed, cfg),
+    }
+}
+
+struct Builder<'a> {
+    cfg: &'a Config,
+    observed: &'a Observed,
+    steps: Vec<Step>,
+    blocked: Vec<Blocked>,
+    notes: Vec<Note>,
+}
+
+impl Builder<'_> {
+    fn push(&mut self, s: &Subject, instance: &str, item: usize, action: Action, done: bool) {
+        let key = format!(
+            "{instance}/{}/{}",
+            s.email,
+            serde_json::to_value(&action)
+                .ok()
+                .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(String::from))
+                .unwrap_or_default()
+                + &match &action {
+                    Action::AddToGroup { group }
+                    | Action::RemoveFromGroup { group }
+                    | Action::AddGoogleMember { group }
+                    | Action::RemoveGoogleMember { group } => format!(":{group}"),
+                    Action::AddTag { tag } | Action::RemoveTag { tag } => format!(":{tag}"),
+                    _ => String::new(),
+                }
+        );
+        if self.steps.iter().any(|x| x.key == key) {
+            return; // two items asking for the same thing: do it once
+        }
+        self.steps.push(Step {
+            key,
+            subject: s.email.clone(),
+            instance: instance.to_string(),
+            action,
+            item,
+            state: if done {
+                StepState::AlreadyDone
+            } else {
+                StepState::ToDo
+            },
+        });
+    }
+
+    fn note(&mut self, s: &Subject, instance: &str, text: String) {
+        self.notes.push(Note {
+            subject: s.email.clone(),
+            instance: instance.to_string(),
+            text,
+        });
+    }
+
+    fn block(&mut self, s: &Subject, instance: &str, item: usize, reason: BlockReason) {
+        self.blocked.push(Blocked {
+            subject: s.email.clone(),
+            instance: instance.to_string(),
+            item,
+            reason,
+        });
+    }
+
+    fn google_member(&self, group: &str, email: &Email) -> Option<bool> {
+        self.observed
+            .google
+            .get(&(group.to_string(), email.clone()))
+            .copied()
+    }
+}
+
+fn make(request: &Request, observed: &Observed, cfg: &Config) -> Plan {
+    let mut b = Builder {
+        cfg,
+        observed,
+        steps: Vec::new(),
+        blocked: Vec::new(),
+        notes: Vec::new(),
+    };
+    let open: Vec<_> = request
+        .items
+        .iter()
+        .filter(|i| i.state == crate::request::CheckState::Open)
+        .collect();
+    let skipped_items = request
+        .items
+        .iter()
+        .filter(|i| i.state != crate::request::CheckState::Open)
+        .map(|i| i.index)
+        .collect();
+
+    // A Google item for an instance's Okta group takes that group step; otherwise
+    // the Zendesk item of the instance does.
+    let google_item = |instance: &str, add: bool| {
+        open.iter().find(|i| match &i.action {
+            ItemAction::GoogleAdd { instance: g, .. } => add && g == instance,
+            ItemAction::GoogleRemove { instance: g, .. } => !add && g == instance,
+            _ => false,
+        })
+    };
+
+    for s in &request.subjects {
+        for it in &open {
+            match &it.action {
+                ItemAction::Zendesk {
+                    instance,
+                    level,
+                    add_tags,
+                    remove_tags,
+                } => {
+                    let z = &cfg.zendesk[instance];
+                    let account = observed.account(instance, &s.email);
+                    let mut will_have_account = matches!(account, Lookup::Found(a) if a.is_agent());
+                    if let Some(level) = level {
+                        will_have_account |= grant_level(
+                            &mut b,
+                            request.kind,
+                            s,
+                            instance,
+                            it.index,
+                            level,
+                            &account,
+                        );
+                    }
+                    if !add_tags.is_empty() || !remove_tags.is_empty() {
+                        let unknown = matches!(account, Lookup::Unknown);
+                        if !will_have_account && !unknown {
+                            b.block(s, instance, it.index, BlockReason::NeedsAccountFirst);
+                        } else {
+                            let tags = match &account {
+                                Lookup::Found(a) => a.tags.clone(),
+                                _ => Vec::new(),
+                            };
+                            for t in add_tags {
+                                b.push(
+                                    s,
+                                    instance,
+                                    it.index,
+                                    Action::AddTag { tag: t.clone() },
+                                    tags.contains(t),
+                                );
+                            }
+                            for t in remove_tags {
+                                b.push(
+                                    s,
+                                    instance,
+                                    it.index,
+                                    Action::RemoveTag { tag: t.clone() },
+                                    !tags.contains(t),
+                                );
+                            }
+                        }
+                    }
+                    // Okta app via the instance's Google group, for anything that grants a level.
+                    if let (Some(group), Some(_)) = (&z.okta_group, level)
+                        && cfg.google.is_some()
+                    {
+                        let item = google_item(instance, true)
+                            .map(|g| g.index)
+                            .unwrap_or(it.index);
+                        let blocked_here = b
+                            .blocked
+                            .iter()
+                            .any(|x| x.subject == s.email && x.item == it.index);
+                        if !blocked_here {
+                            let member = b.google_member(group, &s.email) == Some(true);
+                            b.push(
+                                s,
+                                instance,
+                                item,
+                                Action::AddGoogleMember {
+                                    group: group.clone(),
+                                },
+                                member,
+                            );
+                        }
+                    }
+                }
+                ItemAction::GoogleAdd { instance, group } => {
+                    // Stands alone when no Zendesk item of the instance covers it.
+                    let covered = open.iter().any(|o| {
+                        matches!(&o.action, ItemAction::Zendesk { instance: i, level: Some(_), .. } if i == instance)
+                    });
+                    if !covered {
+                        let member = b.google_member(group, &s.email) == Some(true);
+                        b.push(
+                            s,
+                            instance,
+                            it.index,
+                            Action::AddGoogleMember {
+                                group: group.clone(),
+                            },
+                            member,
+                        );
+                    }
+                }
+                ItemAction::ZendeskRemove { instance } => {
+                    deprovision(&mut b, request, s, instance, it.index);
+                    if let Some(group) = &cfg.zendesk[instance].okta_group
+                        && cfg.google.is_some()
+                    {
+                        let item = google_item(instance, false)
+                            .map(|g| g.index)
+                            .unwrap_or(it.index);
+                        let member = b.google_member(group, &s.email);
+                        b.push(
+                            s,
+                            instance,
+                            item,
+                            Action::RemoveGoogleMember {
+                                group: group.clone(),
+                            },
+                            member == Some(false),
+                        );
+                    }
+                }
+                ItemAction::GoogleRemove { instance, group } => {
+                    let covered = open.iter().any(|o| {
+                        matches!(&o.action, ItemAction::ZendeskRemove { instance: i } if i == instance)
+                    });
+                    if !covered {
+                        let member = b.google_member(group, &s.email);
+                        b.push(
+                            s,
+                            instance,
+                            it.index,
+                            Action::RemoveGoogleMember {
+                                group: group.clone(),
+                            },
+                            member == Some(false),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    Plan {
+        iid: request.iid,
+        kind: request.kind,
+        digest: request.digest(),
+        steps: b.steps,
+        blocked: b.blocked,
+        notes: b.notes,
+        skipped_items,
+    }
+}
+
+/// Steps that give `s` the access level in `instance`. Returns whether the
+/// person will have an agent account afterwards.
+fn grant_level(
+    b: &mut Builder<'_>,
+    kind: RequestKind,
+    s: &Subject,
+    instance: &str,
+    item: usize,
+    level: &str,
+    account: &Lookup<'_>,
+) -> bool {
+    let z = &b.cfg.zendesk[instance];
+    let Some(lv) = z.access_levels.get(level) else {
+        return false;
+    };
+    let target_ok = |a: &ZendeskAccount| {
+        a.role == lv.role
+            && if lv.light_agent {
+                a.role_type == Some(1)
+            } else {
+                match &lv.custom_role {
+                    Some(cr) => a
+                        .custom_role
+                        .as_deref()
+                        .is_some_and(|x| x.eq_ignore_ascii_case(cr)),
+                    None => a.role_type != Some(1),
+                }
+            }
+    };
+    match account {
+        Lookup::Absent | Lookup::Unknown => {
+            if kind == RequestKind::RoleChange && matches!(account, Lookup::Absent) {
+                b.block(s, instance, item, BlockReason::NoAccountToChange);
+                return false;
+            }
+            b.push(
+                s,
+                instance,
+                item,
+                Action::CreateAgent {
+                    name: s.name.clone(),
+                    role: lv.role.clone(),
+                    custom_role: lv.custom_role.clone(),
+                    light_agent: lv.light_agent,
+                    level: level.to_string(),
+                },
+                false,
+            );
+            for g in &lv.groups {
+                b.push(
+                    s,
+                    instance,
+                    item,
+                    Action::AddToGroup { group: g.clone() },
+                    false,
+                );
+            }
+            true
+        }
+        Lookup::Found(a) => {
+            if kind == RequestKind::RoleChange && !a.is_agent() {
+                b.block(s, instance, item, BlockReason::NoAccountToChange);
+                return false;
+            }
+            if lv.light_agent && a.is_agent() && !a.is_light_agent() {
+                // The seed: "Looks like you are already a full agent." Change nothing.
+                b.note(
+                    s,
+                    instance,
+                    format!(
+                        "already a full agent ({}) in {}; nothing was changed",
+                        role_name(a),
+                        z.display_name
+                    ),
+                );
+                b.push(
+                    s,
+                    instance,
+                    item,
+                    Action::SetRole {
+                        from: role_name(a),
+                        role: lv.role.clone(),
+                        custom_role: None,
+                        light_agent: true,
+                        level: level.to_string(),
+                    },
+                    true,
+                );
+            } else if target_ok(a) {
+                if lv.light_agent {
+                    b.note(
+                        s,
+                        instance,
+                        format!("already a light agent in {}; nothing to do", z.display_name),
+                    );
+                }
+                b.push(
+                    s,
+                    instance,
+                    item,
+                    Action::SetRole {
+                        from: role_name(a),
+                        role: lv.role.clone(),
+                        custom_role: lv.custom_role.clone(),
+                        light_agent: lv.light_agent,
+                        level: level.to_string(),
+                    },
+                    true,
+                );
+            } else {
+                b.push(
+                    s,
+                    instance,
+                    item,
+                    Action::SetRole {
+                        from: role_name(a),
+                        role: lv.role.clone(),
+                        custom_role: lv.custom_role.clone(),
+                        light_agent: lv.light_agent,
+                        level: level.to_string(),
+                    },
+                    false,
+                );
+            }
+            if a.suspended {
+                b.push(s, instance, item, Action::Unsuspend, false);
+            }
+            for g in &lv.groups {
+                let has = a.groups.iter().any(|x| x.eq_ignore_ascii_case(g));
+                b.push(
+                    s,
+                    instance,
+                    item,
+                    Action::AddToGroup { group: g.clone() },
+                    has,
+                );
+            }
+            if kind == RequestKind::RoleChange {
+                // Groups that belong to other configured levels, not to the new one.
+                let other: BTreeSet<&String> = z
+                    .access_levels
+                    .iter()
+                    .filter(|(n, _)| *n != level)
+                    .flat_map(|(_, l)| l.groups.iter())
+                    .filter(|g| !lv.groups.iter().any(|x| x.eq_ignore_ascii_case(g)))
+                    .collect();
+                for g in other {
+                    if a.groups.iter().any(|x| x.eq_ignore_ascii_case(g)) {
+                        b.push(
+                            s,
+                            instance,
+                            item,
+                            Action::RemoveFromGroup { group: g.clone() },
+                            false,
+                        );
+                    }
+                }
+            }
+            true
+        }
+    }
+}
+
+fn role_name(a: &ZendeskAccount) -> String {
+    if a.is_light_agent() {
+        "light agent".into()
+    } else if let Some(cr) = &a.custom_role {
+        format!("{} ({cr})", a.role)
+    } else {
+        a.role.clone()
+    }
+}
+
+/// The documented order: tickets to the manager first, then tags, fields,
+/// groups, demote, suspend. A manager who cannot take tickets stops it all.
+fn deprovision(b: &mut Builder<'_>, request: &Request, s: &Subject, instance: &str, item: usize) {
+    let z = &b.cfg.zendesk[instance];
+    let account = b.observed.account(instance, &s.email);
+    let a = match account {
+        Lookup::Absent => {
+            b.note(
+                s,
+                instance,
+                format!("has no account in {}; nothing to remove", z.display_name),
+            );
+            return;
+        }
+        Lookup::Unknown => None,
+        Lookup::Found(a) => Some(a),
+    };
+    let tickets = a.and_then(|a| a.open_tickets);
+    if tickets != Some(0) {
+        match &s.manager {
+            None => {
+                b.block(s, instance, item, BlockReason::NoManager);
+                return;
+            }
+            Some(m) => {
+                let email = b.observed.manager_emails.get(m).cloned();
+                if a.is_some() {
+                    let why = match &email {
+                        None => Some("no email is known for them in GitLab".to_string()),
+                        Some(e) => match b.observed.account(instance, e) {
+                            Lookup::Absent => {
+                                Some(format!("they have no account in {}", z.display_name))
+                            }
+                            Lookup::Found(ma) if !ma.can_take_tickets() => Some(if ma.suspended {
+                                "their account is suspended".into()
+                            } else if ma.is_light_agent() {
+                                "they are a light agent".into()
+                            } else {
+                                "they are not an agent".into()
+                            }),
+                            _ => None,
+                        },
+                    };
+                    if let Some(why) = why {
+                        b.block(
+                            s,
+                            instance,
+                            item,
+                            BlockReason::ManagerCannotTakeTickets {
+                                manager: m.clone(),
+                                why,
+                            },
+                        );
+                        return;
+                    }
+                }
+                b.push(
+                    s,
+                    instance,
+                    item,
+                    Action::ReassignTickets {
+                        manager: m.clone(),
+                        manager_email: email,
+                    },
+                    false,
+                );
+            }
+        }
+    } else {
+        b.push(
+            s,
+            instance,
+            item,
+            Action::ReassignTickets {
+                manager: s.manager.clone().unwrap_or_default(),
+                manager_email: None,
+            },
+            true,
+        );
+    }
+    let _ = request;
+    b.push(
+        s,
+        instance,
+        item,
+        Action::RemoveAllTags,
+        a.is_some_and(|a| a.tags.is_empty()),
+    );
+    b.push(
+        s,
+        instance,
+        item,
+        Action::ClearUserFields,
+        a.is_some_and(|a| a.filled_user_fields.is_empty()),
+    );
+    b.push(
+        s,
+        instance,
+        item,
+        Action::RemoveAllGroups,
+        a.is_some_and(|a| a.groups.is_empty()),
+    );
+    b.push(
+        s,
+        instance,
+        item,
+        Action::DemoteToEndUser,
+        a.is_some_and(|a| a.role == "end-user"),
+    );
+    b.push(
+        s,
+        instance,
+        item,
+        Action::Suspend,
+        a.is_some_and(|a| a.suspended),
+    );
+}

@@ -1,0 +1,206 @@
+//! Every comment the bot writes comes from a template in `templates/`. The
+//! defaults are compiled in, and a file of the same name in the configured
+//! template folder overrides one.
+//!
+//! Text from an issue is never repeated raw: the `code` filter puts it in an
+//! inline code span (no mentions, no Markdown, no quick actions), and no
+//! template starts a line with a value.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use minijinja::{Environment, Value};
+
+use crate::marker::Marker;
+
+macro_rules! embedded {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../templates/", $name)))),*]
+    };
+}
+
+/// The templates the bot knows, with their compiled-in text.
+pub const TEMPLATES: &[(&str, &str)] = embedded!(
+    "plan.md",
+    "waiting.md",
+    "refused.md",
+    "invalid.md",
+    "result.md",
+    "failed.md",
+    "citizenship_request.md",
+    "citizenship_email.txt",
+    "citizenship_denied.md",
+    "needs_account_first.md",
+    "stale_reminder.md",
+    "stale_closed.md",
+    "expiry_reminder.md",
+    "expired.md",
+    "seat_review.md",
+    "seat_reclaimed.md",
+    "ops_notice.txt",
+);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template {name}: {source}")]
+    Template {
+        name: String,
+        #[source]
+        source: minijinja::Error,
+    },
+    #[error("cannot read template {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Templates {
+    /// Compiled-in templates, overridden by files in `dir` when it exists.
+    pub fn load(dir: Option<&Path>) -> Result<Templates, RenderError> {
+        let mut sources: BTreeMap<String, String> = TEMPLATES
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        if let Some(dir) = dir.filter(|d| d.is_dir()) {
+            for (name, _) in TEMPLATES {
+                let p = dir.join(name);
+                if p.is_file() {
+                    let text = std::fs::read_to_string(&p).map_err(|source| RenderError::Io {
+                        path: p.display().to_string(),
+                        source,
+                    })?;
+                    sources.insert(name.to_string(), text);
+                }
+            }
+        }
+        let mut env = Environment::new();
+        env.set_keep_trailing_newline(true);
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.add_filter("code", |v: Value| code_span(&v.to_string()));
+        env.add_filter("cell", |v: Value| escape_cell(&v.to_string()));
+        for (name, text) in sources {
+            env.add_template_owned(name.clone(), text)
+                .map_err(|source| RenderError::Template { name, source })?;
+        }
+        Ok(Templates { env })
+    }
+
+    pub fn render(&self, name: &str, ctx: &impl serde::Serialize) -> Result<String, RenderError> {
+        let t = self
+            .env
+            .get_template(name)
+            .map_err(|source| RenderError::Template {
+                name: name.to_string(),
+                source,
+            })?;
+        let out = t
+            .render(Value::from_serialize(ctx))
+            .map_err(|source| RenderError::Template {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(tidy(&out))
+    }
+
+    /// Render a comment and append its hidden marker.
+    pub fn comment(
+        &self,
+        name: &str,
+        ctx: &impl serde::Serialize,
+        step: &str,
+        key: &str,
+        digest: &str,
+    ) -> Result<String, RenderError> {
+        let body = self.render(name, ctx)?;
+        let marker = Marker::new(step, key, digest, &body);
+        Ok(format!("{}\n\n{}\n", body.trim_end(), marker.render()))
+    }
+}
+
+/// Collapse runs of blank lines left by template logic.
+fn tidy(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut blank = 0;
+    for line in s.lines() {
+        if line.trim().is_empty() {
+            blank += 1;
+            if blank > 1 {
+                continue;
+            }
+        } else {
+            blank = 0;
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.trim().to_string() + "\n"
+}
+
+/// Inline code span safe for GitLab: no backticks inside, one line, bounded
+/// length, pipes escaped so it can sit in a table cell.
+pub fn code_span(s: &str) -> String {
+    let mut t: String = s
+        .chars()
+        .map(|c| match c {
+            '`' => '\'',
+            '\n' | '\r' | '\t' => ' ',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    if t.chars().count() > 120 {
+        t = t.chars().take(117).collect::<String>() + "...";
+    }
+    let t = t.trim().replace('|', "\\|");
+    if t.is_empty() {
+        "` `".into()
+    } else {
+        format!("`{t}`")
+    }
+}
+
+/// Plain text for a table cell (already validated text such as names).
+pub fn escape_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_span_neutralises() {
+        assert_eq!(code_span("@all"), "`@all`");
+        assert_eq!(code_span("a`b|c\n/close"), "`a'b\\|c /close`");
+        assert_eq!(code_span(""), "` `");
+        assert!(code_span(&"x".repeat(500)).len() < 130);
+    }
+
+    #[test]
+    fn all_embedded_templates_compile() {
+        let t = Templates::load(None).unwrap();
+        for (name, _) in TEMPLATES {
+            assert!(t.env.get_template(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn override_from_folder() {
+        let dir = std::env::temp_dir().join(format!("ab-tpl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stale_closed.md"), "custom {{ iid }}").unwrap();
+        let t = Templates::load(Some(&dir)).unwrap();
+        let out = t
+            .render("stale_closed.md", &serde_json::json!({"iid": 7}))
+            .unwrap();
+        assert_eq!(out, "custom 7\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

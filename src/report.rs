@@ -1,0 +1,231 @@
+//! Template contexts: what each comment shows, built from the core's types.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::approval::{Granted, MissingApproval};
+use crate::config::Config;
+use crate::plan::{Plan, StepState};
+use crate::request::Request;
+
+#[derive(Debug, Serialize)]
+pub struct SubjectView {
+    pub name: String,
+    pub email: String,
+    pub username: Option<String>,
+    pub manager: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepView {
+    pub key: String,
+    pub text: String,
+    pub done: bool,
+    pub item: String,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct EvidenceRow {
+    pub field: String,
+    pub before: String,
+    pub after: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SystemView {
+    pub title: String,
+    pub steps: Vec<StepView>,
+    pub blocked: Vec<String>,
+    pub notes: Vec<String>,
+    pub evidence: Vec<EvidenceRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApprovalView {
+    pub label: String,
+    pub who: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanView {
+    pub iid: u64,
+    pub kind: String,
+    pub digest: String,
+    pub subjects: Vec<SubjectView>,
+    pub systems: Vec<SystemView>,
+    pub approvals: Vec<ApprovalView>,
+    pub unmanaged: Vec<String>,
+    pub skipped: Vec<String>,
+    pub expires: Option<String>,
+    pub voided: bool,
+}
+
+pub fn subjects(request: &Request) -> Vec<SubjectView> {
+    request
+        .subjects
+        .iter()
+        .map(|s| SubjectView {
+            name: s.name.clone(),
+            email: s.email.to_string(),
+            username: s.gitlab_username.as_ref().map(|u| format!("@{u}")),
+            manager: s.manager.as_ref().map(|u| format!("@{u}")),
+        })
+        .collect()
+}
+
+fn item_text(request: &Request, index: usize) -> String {
+    request
+        .items
+        .iter()
+        .find(|i| i.index == index)
+        .map(|i| i.text.clone())
+        .unwrap_or_default()
+}
+
+/// Group the plan's steps by (instance, subject), in plan order.
+pub fn systems(
+    request: &Request,
+    plan: &Plan,
+    cfg: &Config,
+    done: Option<&BTreeSet<String>>,
+) -> Vec<SystemView> {
+    let mut out: Vec<(String, String, SystemView)> = Vec::new();
+    let slot =
+        |out: &mut Vec<(String, String, SystemView)>, instance: &str, email: &str| -> usize {
+            if let Some(i) = out.iter().position(|(a, b, _)| a == instance && b == email) {
+                return i;
+            }
+            let display = cfg
+                .zendesk
+                .get(instance)
+                .map(|z| z.display_name.clone())
+                .unwrap_or_else(|| instance.to_string());
+            let name = request
+                .subjects
+                .iter()
+                .find(|s| s.email.as_str() == email)
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            out.push((
+                instance.to_string(),
+                email.to_string(),
+                SystemView {
+                    title: format!(
+                        "{display}: {} ({})",
+                        crate::render::escape_cell(&name),
+                        crate::render::code_span(email)
+                    ),
+                    steps: Vec::new(),
+                    blocked: Vec::new(),
+                    notes: Vec::new(),
+                    evidence: Vec::new(),
+                },
+            ));
+            out.len() - 1
+        };
+    for st in &plan.steps {
+        let i = slot(&mut out, &st.instance, st.subject.as_str());
+        let already = st.state == StepState::AlreadyDone;
+        out[i].2.steps.push(StepView {
+            key: st.key.clone(),
+            text: st.action.describe(),
+            done: already || done.is_some_and(|d| d.contains(&st.key)),
+            item: item_text(request, st.item),
+        });
+    }
+    for b in &plan.blocked {
+        let i = slot(&mut out, &b.instance, b.subject.as_str());
+        let display = cfg
+            .zendesk
+            .get(&b.instance)
+            .map(|z| z.display_name.clone())
+            .unwrap_or_default();
+        out[i].2.blocked.push(format!(
+            "{} {}",
+            crate::render::code_span(b.subject.as_str()),
+            b.reason.explain(&display)
+        ));
+    }
+    for n in &plan.notes {
+        let i = slot(&mut out, &n.instance, n.subject.as_str());
+        out[i].2.notes.push(n.text.clone());
+    }
+    out.into_iter().map(|(_, _, v)| v).collect()
+}
+
+pub fn plan_view(
+    request: &Request,
+    plan: &Plan,
+    cfg: &Config,
+    missing: &[MissingApproval],
+    granted: &[Granted],
+    voided: bool,
+) -> PlanView {
+    let mut approvals: Vec<ApprovalView> = granted
+        .iter()
+        .map(|g| ApprovalView {
+            label: g.label.clone(),
+            who: format!("`@{}`", g.by.username),
+            detail: format!("approved {}", g.at.format("%Y-%m-%d %H:%M UTC")),
+        })
+        .collect();
+    approvals.extend(missing.iter().map(|m| ApprovalView {
+        label: m.label.clone(),
+        who: m.who.clone(),
+        detail: m.missing.explain(),
+    }));
+    PlanView {
+        iid: request.iid,
+        kind: request.kind.human().to_string(),
+        digest: plan.digest.clone(),
+        subjects: subjects(request),
+        systems: systems(request, plan, cfg, None),
+        approvals,
+        unmanaged: request.unmanaged.iter().map(|u| u.text.clone()).collect(),
+        skipped: plan
+            .skipped_items
+            .iter()
+            .map(|i| item_text(request, *i))
+            .collect(),
+        expires: request.expires.map(|e| e.0.to_string()),
+        voided,
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct MissingView {
+    pub label: String,
+    pub who: String,
+    pub detail: String,
+}
+
+pub fn missing_views(missing: &[MissingApproval]) -> Vec<MissingView> {
+    missing
+        .iter()
+        .map(|m| MissingView {
+            label: m.label.clone(),
+            who: m.who.clone(),
+            detail: m.missing.explain(),
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+pub struct GrantedView {
+    pub label: String,
+    pub by: String,
+    pub at: String,
+}
+
+pub fn granted_views(granted: &[Granted]) -> Vec<GrantedView> {
+    granted
+        .iter()
+        .map(|g| GrantedView {
+            label: g.label.clone(),
+            by: g.by.username.clone(),
+            at: g.at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        })
+        .collect()
+}

@@ -1,0 +1,804 @@
+//! Issue text in, typed request out. Pure: no I/O.
+
+pub mod checklist;
+pub mod email;
+pub mod input;
+pub mod subjects;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use chrono::NaiveDate;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, normalize};
+pub use checklist::{CheckState, ChecklistItem};
+pub use email::{Email, EmailError};
+pub use input::{IssueFacts, IssueInput, LabelAction, LabelEvent, Note, UserRef};
+pub use subjects::Subject;
+
+/// GitLab's limit on a description; anything longer cannot be a real issue body.
+pub const MAX_DESCRIPTION: usize = 1_048_576;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// An individual or bulk access request (manager approval).
+    AccessRequest,
+    /// A Zendesk request that is not a role-based entitlement (system-owner approval too).
+    SpecialRequest,
+    /// Self-service light agent (Global), or US Federal with citizenship verification.
+    LightAgent,
+    /// Add or remove a team tag on an existing (light) agent.
+    TeamTag,
+    /// A mover: change role, custom role and groups.
+    RoleChange,
+    /// New-hire baseline, authored by the trusted automation.
+    RoleBasedEntitlement,
+    Offboarding,
+}
+
+impl RequestKind {
+    pub const ALL: [RequestKind; 7] = [
+        RequestKind::AccessRequest,
+        RequestKind::SpecialRequest,
+        RequestKind::LightAgent,
+        RequestKind::TeamTag,
+        RequestKind::RoleChange,
+        RequestKind::RoleBasedEntitlement,
+        RequestKind::Offboarding,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::AccessRequest => "access_request",
+            RequestKind::SpecialRequest => "special_request",
+            RequestKind::LightAgent => "light_agent",
+            RequestKind::TeamTag => "team_tag",
+            RequestKind::RoleChange => "role_change",
+            RequestKind::RoleBasedEntitlement => "role_based_entitlement",
+            RequestKind::Offboarding => "offboarding",
+        }
+    }
+
+    pub fn human(self) -> &'static str {
+        match self {
+            RequestKind::AccessRequest => "access request",
+            RequestKind::SpecialRequest => "special request",
+            RequestKind::LightAgent => "light-agent request",
+            RequestKind::TeamTag => "team-tag request",
+            RequestKind::RoleChange => "role change",
+            RequestKind::RoleBasedEntitlement => "role-based entitlement",
+            RequestKind::Offboarding => "offboarding",
+        }
+    }
+
+    pub fn revokes(self) -> bool {
+        self == RequestKind::Offboarding
+    }
+}
+
+impl fmt::Display for RequestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a bot-owned checklist item asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ItemAction {
+    /// Grant or change the access level and/or team tags in one Zendesk instance.
+    Zendesk {
+        instance: String,
+        level: Option<String>,
+        add_tags: Vec<String>,
+        remove_tags: Vec<String>,
+    },
+    /// Offboarding: remove the person from this Zendesk instance.
+    ZendeskRemove {
+        instance: String,
+    },
+    /// Membership of an instance's Okta Google group.
+    GoogleAdd {
+        instance: String,
+        group: String,
+    },
+    GoogleRemove {
+        instance: String,
+        group: String,
+    },
+}
+
+impl ItemAction {
+    pub fn instance(&self) -> &str {
+        match self {
+            ItemAction::Zendesk { instance, .. }
+            | ItemAction::ZendeskRemove { instance }
+            | ItemAction::GoogleAdd { instance, .. }
+            | ItemAction::GoogleRemove { instance, .. } => instance,
+        }
+    }
+}
+
+/// A checklist item the bot owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BotItem {
+    /// Index among all checklist items of the description.
+    pub index: usize,
+    pub line: usize,
+    pub text: String,
+    pub state: CheckState,
+    pub section: Option<String>,
+    pub justification: Option<String>,
+    pub action: ItemAction,
+}
+
+/// A checklist item for a system the bot does not manage; left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnmanagedItem {
+    pub line: usize,
+    pub text: String,
+}
+
+/// Time-bound access: revoke on this date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Expiry(pub NaiveDate);
+
+/// A parsed, validated request. Not yet approved: see `approval`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Request {
+    pub iid: u64,
+    pub kind: RequestKind,
+    pub title: String,
+    pub web_url: String,
+    pub requester: UserRef,
+    pub subjects: Vec<Subject>,
+    pub items: Vec<BotItem>,
+    pub unmanaged: Vec<UnmanagedItem>,
+    pub expires: Option<Expiry>,
+}
+
+/// Why an issue cannot become a request. Each says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "error", content = "detail", rename_all = "snake_case")]
+pub enum RequestError {
+    #[error("the issue has no description")]
+    EmptyDescription,
+    #[error("the description is {0} bytes, above GitLab's limit of 1,048,576")]
+    TooLarge(usize),
+    #[error("no rule in the configuration says what kind of request this is")]
+    UnknownKind,
+    #[error("line {line}: {reason}")]
+    TableRow { line: usize, reason: String },
+    #[error(
+        "no person is named: add the personal-information table (Full name, Email, GitLab username, Manager)"
+    )]
+    NoSubjects,
+    #[error("line {line}: {reason}")]
+    BadSubject { line: usize, reason: String },
+    #[error("{0} is listed more than once")]
+    DuplicateSubject(String),
+    #[error("the email domain of {email} is not one the bot provisions (allowed: {allowed})")]
+    DomainNotAllowed { email: String, allowed: String },
+    #[error("no checklist item names a system the bot manages")]
+    NoBotItems,
+    #[error("line {line}: {reason}")]
+    BadItem { line: usize, reason: String },
+    #[error(
+        "line {line}: access level {level:?} is not in the configured table for {instance}; the bot grants only: {allowed}"
+    )]
+    UnknownAccessLevel {
+        line: usize,
+        instance: String,
+        level: String,
+        allowed: String,
+    },
+    #[error("line {line}: tag {tag:?} is not a configured team tag (allowed: {allowed})")]
+    UnknownTag {
+        line: usize,
+        tag: String,
+        allowed: String,
+    },
+    #[error("conflicting items for {0}: {1}")]
+    Conflict(String, String),
+    #[error(
+        "light-agent requests are self-service: the person must be the issue's author (@{author}), not {other}"
+    )]
+    NotSelf { author: String, other: String },
+    #[error("{0}")]
+    Expiry(String),
+}
+
+/// Decide the kind from the configured rules (first match wins).
+pub fn classify(issue: &IssueInput, cfg: &Config) -> Option<RequestKind> {
+    cfg.kinds
+        .iter()
+        .find(|rule| {
+            rule.labels.iter().all(|l| issue.labels.contains(l))
+                && rule.title.as_ref().is_none_or(|t| {
+                    Regex::new(t)
+                        .map(|r| r.is_match(&issue.title))
+                        .unwrap_or(false)
+                })
+        })
+        .map(|r| r.kind)
+}
+
+/// Parse and validate. Every problem found is reported, not just the first.
+pub fn parse_request(issue: &IssueInput, cfg: &Config) -> Result<Request, Vec<RequestError>> {
+    let text = issue.description.as_str();
+    if text.len() > MAX_DESCRIPTION {
+        return Err(vec![RequestError::TooLarge(text.len())]);
+    }
+    if text.trim().is_empty() {
+        return Err(vec![RequestError::EmptyDescription]);
+    }
+    let kind = classify(issue, cfg).ok_or_else(|| vec![RequestError::UnknownKind])?;
+    let mut errors = Vec::new();
+
+    let subjects = match subjects::parse_raw(text) {
+        Ok(raw) => validate_subjects(issue, kind, raw, cfg, &mut errors),
+        Err(e) => {
+            errors.push(e);
+            Vec::new()
+        }
+    };
+
+    let all_items = checklist::parse(text);
+    let mut items = Vec::new();
+    let mut unmanaged = Vec::new();
+    for it in &all_items {
+        match classify_item(it, kind, cfg) {
+            Ok(Some(action)) => items.push(BotItem {
+                index: it.index,
+                line: it.line,
+                text: it.text.clone(),
+                state: it.state,
+                section: it.section.clone(),
+                justification: it.justification.clone(),
+                action,
+            }),
+            Ok(None) => unmanaged.push(UnmanagedItem {
+                line: it.line,
+                text: it.text.clone(),
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if items.is_empty() && errors.is_empty() {
+        errors.push(RequestError::NoBotItems);
+    }
+    check_conflicts(kind, &items, &mut errors);
+
+    let expires = match parse_expiry(text, issue.created_at.date_naive()) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Request {
+        iid: issue.iid,
+        kind,
+        title: issue.title.clone(),
+        web_url: issue.web_url.clone(),
+        requester: issue.author.clone(),
+        subjects,
+        items,
+        unmanaged,
+        expires,
+    })
+}
+
+fn validate_subjects(
+    issue: &IssueInput,
+    kind: RequestKind,
+    raw: Vec<subjects::RawSubject>,
+    cfg: &Config,
+    errors: &mut Vec<RequestError>,
+) -> Vec<Subject> {
+    let mut out: Vec<Subject> = Vec::new();
+    let mut raw = raw;
+    if kind == RequestKind::LightAgent {
+        // Self-service: the subject is the author. A table, if present, must name the author.
+        match raw.len() {
+            0 => raw.push(subjects::RawSubject {
+                line: 0,
+                name: None,
+                email: issue.author_email.clone(),
+                gitlab_username: Some(issue.author.username.clone()),
+                manager: None,
+            }),
+            1 => {
+                let r = &mut raw[0];
+                let named = r
+                    .gitlab_username
+                    .as_deref()
+                    .and_then(subjects::parse_username);
+                if let Some(u) = named
+                    && !u.eq_ignore_ascii_case(&issue.author.username)
+                {
+                    errors.push(RequestError::NotSelf {
+                        author: issue.author.username.clone(),
+                        other: format!("@{u}"),
+                    });
+                    return out;
+                }
+                r.gitlab_username = Some(issue.author.username.clone());
+                if let (Some(given), Some(known)) = (&r.email, &issue.author_email)
+                    && Email::parse(given).ok() != Email::parse(known).ok()
+                {
+                    errors.push(RequestError::NotSelf {
+                        author: issue.author.username.clone(),
+                        other: "another person's email".into(),
+                    });
+                    return out;
+                }
+                if r.email.is_none() {
+                    r.email = issue.author_email.clone();
+                }
+            }
+            _ => {
+                errors.push(RequestError::NotSelf {
+                    author: issue.author.username.clone(),
+                    other: format!("{} people", raw.len()),
+                });
+                return out;
+            }
+        }
+    }
+    if raw.is_empty() {
+        errors.push(RequestError::NoSubjects);
+        return out;
+    }
+    let mut seen = BTreeSet::new();
+    for r in raw {
+        let bad = |reason: String| RequestError::BadSubject {
+            line: r.line,
+            reason,
+        };
+        let email = match r.email.as_deref().map(Email::parse) {
+            None => {
+                errors.push(bad("no email address given".into()));
+                continue;
+            }
+            Some(Err(e)) => {
+                errors.push(bad(e.to_string()));
+                continue;
+            }
+            Some(Ok(e)) => e,
+        };
+        if !email.domain_allowed(&cfg.bot.allowed_email_domains) {
+            errors.push(RequestError::DomainNotAllowed {
+                email: email.to_string(),
+                allowed: cfg.bot.allowed_email_domains.join(", "),
+            });
+            continue;
+        }
+        let name = match r.name {
+            Some(n) if !subjects::valid_name(&n) => {
+                errors.push(bad(format!(
+                    "the name {} contains mentions, Markdown or symbols; write the plain name",
+                    crate::render::code_span(&n)
+                )));
+                continue;
+            }
+            Some(n) => n.trim().to_string(),
+            None => email.as_str().split('@').next().unwrap_or("").to_string(),
+        };
+        let username = match r.gitlab_username.as_deref() {
+            None => None,
+            Some(u) => match subjects::parse_username(u) {
+                Some(u) => Some(u),
+                None => {
+                    errors.push(bad(format!(
+                        "{} is not a GitLab username",
+                        crate::render::code_span(u)
+                    )));
+                    continue;
+                }
+            },
+        };
+        let manager = match r.manager.as_deref() {
+            None => None,
+            Some(m) => match subjects::parse_username(m) {
+                Some(m) => Some(m),
+                None => {
+                    errors.push(bad(format!(
+                        "manager {} is not a GitLab username",
+                        crate::render::code_span(m)
+                    )));
+                    continue;
+                }
+            },
+        };
+        if !seen.insert(email.clone()) {
+            errors.push(RequestError::DuplicateSubject(email.to_string()));
+            continue;
+        }
+        out.push(Subject {
+            name,
+            email,
+            gitlab_username: username,
+            manager,
+        });
+    }
+    out
+}
+
+/// Split an item into (system, details) for the three known formats.
+fn system_and_details(text: &str) -> Option<(String, String, bool)> {
+    // Offboarding: `@a @b: Remove the team member from System`.
+    OFFBOARDING_ITEM
+        .captures(text)
+        .map(|c| (c[1].to_string(), String::new(), true))
+        .or_else(|| {
+            // RBE: `Tool`: `level`
+            RBE_ITEM
+                .captures(text)
+                .map(|c| (c[1].to_string(), c[2].to_string(), false))
+        })
+        .or_else(|| {
+            // AR: System name: details
+            text.split_once(':')
+                .map(|(s, d)| (s.trim().to_string(), d.trim().to_string(), false))
+        })
+}
+
+/// Literal patterns, compiled once. They are constants of this file and covered by
+/// tests, so failing to compile one is a programming error caught at first use.
+macro_rules! lazy_regex {
+    ($name:ident, $re:expr) => {
+        static $name: std::sync::LazyLock<Regex> =
+            std::sync::LazyLock::new(|| Regex::new($re).expect("literal regex"));
+    };
+}
+lazy_regex!(
+    OFFBOARDING_ITEM,
+    r"(?i)^(?:@[\w.\-]+[\s,]*)*:?\s*remove\s+the\s+team\s+member\s+from\s+(.+?)\s*$"
+);
+lazy_regex!(RBE_ITEM, r"^`([^`]+)`\s*:\s*`([^`]*)`\s*$");
+lazy_regex!(GROUP_TOKEN, r"[A-Za-z0-9._\-]+(?:@[A-Za-z0-9.\-]+)?");
+lazy_regex!(
+    TAG_OP,
+    r"\b(add|remove)\s+(?:the\s+)?(?:team\s+)?tags?\s+([a-z0-9_\-]+)"
+);
+
+fn classify_item(
+    it: &ChecklistItem,
+    kind: RequestKind,
+    cfg: &Config,
+) -> Result<Option<ItemAction>, RequestError> {
+    let Some((system, details, removal)) = system_and_details(&it.text) else {
+        return Ok(None);
+    };
+    let bad = |reason: String| RequestError::BadItem {
+        line: it.line,
+        reason,
+    };
+
+    // Google group lines: "Google Group: okta-x (Member)", "`Google Workspace`: `Member of okta-x`",
+    // "Remove the team member from Google Group okta-x".
+    let (gsystem, gdetails) = split_google(cfg, &system, &details);
+    if let Some(gdetails) = gdetails {
+        let group = GROUP_TOKEN
+            .find_iter(&gdetails)
+            .map(|m| m.as_str().to_string())
+            .find(|tok| cfg.instance_by_okta_group(tok).is_some());
+        let Some(group) = group else {
+            // A Google group the bot does not manage (not an Okta app group).
+            return Ok(None);
+        };
+        let instance = cfg
+            .instance_by_okta_group(&group)
+            .unwrap_or_default()
+            .to_string();
+        let full = cfg.zendesk[&instance].okta_group.clone().unwrap_or(group);
+        let _ = gsystem;
+        return Ok(Some(if removal || kind.revokes() {
+            ItemAction::GoogleRemove {
+                instance,
+                group: full,
+            }
+        } else {
+            ItemAction::GoogleAdd {
+                instance,
+                group: full,
+            }
+        }));
+    }
+
+    let Some(instance) = cfg.instance_by_alias(&system) else {
+        return Ok(None);
+    };
+    let instance = instance.to_string();
+    if removal || kind.revokes() {
+        if !removal {
+            return Err(bad(format!(
+                "an offboarding issue can only remove access; {} asks for something else",
+                crate::render::code_span(&it.text)
+            )));
+        }
+        return Ok(Some(ItemAction::ZendeskRemove { instance }));
+    }
+    if removal {
+        return Err(bad("a removal line in a request that grants access".into()));
+    }
+
+    let z = &cfg.zendesk[&instance];
+    let norm = normalize(&details);
+
+    // Team tags.
+    let mut add_tags = Vec::new();
+    let mut remove_tags = Vec::new();
+    let mut rest = norm.clone();
+    for c in TAG_OP.captures_iter(&norm) {
+        let tag = c[2].to_string();
+        if !cfg.bot.team_tags.contains(&tag) {
+            return Err(RequestError::UnknownTag {
+                line: it.line,
+                tag,
+                allowed: cfg.bot.team_tags.join(", "),
+            });
+        }
+        if &c[1] == "add" {
+            add_tags.push(tag);
+        } else {
+            remove_tags.push(tag);
+        }
+        rest = rest.replace(&c[0], " ");
+    }
+
+    // Access level: exact name/alias match, else a single phrase match.
+    let level = match_level(z, &rest);
+    let level = match level {
+        LevelMatch::One(l) => Some(l),
+        LevelMatch::Ambiguous(ls) => {
+            return Err(bad(format!(
+                "names several access levels ({}); ask for one per line",
+                ls.join(", ")
+            )));
+        }
+        LevelMatch::None => {
+            // Tags alone are fine; anything that talks about a role must match the table.
+            if add_tags.is_empty() && remove_tags.is_empty() || mentions_role(&rest) {
+                return Err(RequestError::UnknownAccessLevel {
+                    line: it.line,
+                    instance: z.display_name.clone(),
+                    level: details.trim().trim_matches('`').to_string(),
+                    allowed: z
+                        .access_levels
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            None
+        }
+    };
+    Ok(Some(ItemAction::Zendesk {
+        instance,
+        level,
+        add_tags,
+        remove_tags,
+    }))
+}
+
+fn mentions_role(norm: &str) -> bool {
+    norm.split(|c: char| !c.is_alphanumeric()).any(|w| {
+        [
+            "admin",
+            "administrator",
+            "agent",
+            "owner",
+            "superuser",
+            "role",
+        ]
+        .contains(&w)
+    })
+}
+
+fn split_google(cfg: &Config, system: &str, details: &str) -> (String, Option<String>) {
+    if cfg.is_google_alias(system) {
+        return (system.to_string(), Some(details.to_string()));
+    }
+    // "Google Group okta-x" (offboarding form: the group follows the system name).
+    if let Some(g) = &cfg.google {
+        let s = normalize(system);
+        for a in &g.aliases {
+            let a = normalize(a);
+            if let Some(rest) = s.strip_prefix(&format!("{a} ")) {
+                return (a.clone(), Some(format!("{rest} {details}")));
+            }
+        }
+    }
+    (system.to_string(), None)
+}
+
+enum LevelMatch {
+    None,
+    One(String),
+    Ambiguous(Vec<String>),
+}
+
+fn match_level(z: &crate::config::ZendeskInstance, norm_details: &str) -> LevelMatch {
+    let d = norm_details
+        .trim()
+        .trim_matches(|c: char| c == ',' || c == '.')
+        .trim();
+    let names = |level: &String, a: &crate::config::AccessLevel| -> Vec<String> {
+        std::iter::once(normalize(level))
+            .chain(a.aliases.iter().map(|x| normalize(x)))
+            .collect()
+    };
+    for (level, a) in &z.access_levels {
+        if names(level, a).iter().any(|n| n == d) {
+            return LevelMatch::One(level.clone());
+        }
+    }
+    // Phrase matches, word-bounded; a match inside a longer match does not count.
+    let mut spans: Vec<(usize, usize, String)> = Vec::new();
+    for (level, a) in &z.access_levels {
+        for n in names(level, a) {
+            if n.is_empty() {
+                continue;
+            }
+            let Ok(re) = Regex::new(&format!(
+                r"(?:^|[^a-z0-9]){}(?:$|[^a-z0-9])",
+                regex::escape(&n)
+            )) else {
+                continue;
+            };
+            for m in re.find_iter(d) {
+                spans.push((m.start(), m.end(), level.clone()));
+            }
+        }
+    }
+    let outer: BTreeSet<String> = spans
+        .iter()
+        .filter(|(s, e, l)| {
+            !spans
+                .iter()
+                .any(|(s2, e2, l2)| l2 != l && s2 <= s && e <= e2 && (e2 - s2) > (e - s))
+        })
+        .map(|(_, _, l)| l.clone())
+        .collect();
+    match outer.len() {
+        0 => LevelMatch::None,
+        1 => LevelMatch::One(outer.into_iter().next().unwrap_or_default()),
+        _ => LevelMatch::Ambiguous(outer.into_iter().collect()),
+    }
+}
+
+fn check_conflicts(kind: RequestKind, items: &[BotItem], errors: &mut Vec<RequestError>) {
+    let mut levels: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut add: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut remove: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut grants = false;
+    let mut removes = false;
+    for it in items {
+        match &it.action {
+            ItemAction::Zendesk {
+                instance,
+                level,
+                add_tags,
+                remove_tags,
+            } => {
+                if let Some(l) = level {
+                    levels.entry(instance).or_default().insert(l);
+                    grants = true;
+                }
+                add.extend(add_tags.iter().map(|t| (instance.as_str(), t.as_str())));
+                remove.extend(remove_tags.iter().map(|t| (instance.as_str(), t.as_str())));
+            }
+            ItemAction::GoogleAdd { .. } => grants = true,
+            ItemAction::ZendeskRemove { .. } | ItemAction::GoogleRemove { .. } => removes = true,
+        }
+    }
+    for (inst, ls) in levels {
+        if ls.len() > 1 {
+            errors.push(RequestError::Conflict(
+                inst.to_string(),
+                format!(
+                    "several access levels requested ({})",
+                    ls.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    for (inst, tag) in add.intersection(&remove) {
+        errors.push(RequestError::Conflict(
+            inst.to_string(),
+            format!("tag {tag} is both added and removed"),
+        ));
+    }
+    if grants && removes && !kind.revokes() {
+        errors.push(RequestError::Conflict(
+            "this issue".into(),
+            "it both grants and removes access".into(),
+        ));
+    }
+}
+
+/// `Expires: 2026-12-31` or `Expires: 90d` (from the issue's creation date).
+fn parse_expiry(text: &str, created: NaiveDate) -> Result<Option<Expiry>, RequestError> {
+    for (_, line) in subjects::plain_lines(text) {
+        let Some((k, v)) = subjects::key_value(line) else {
+            continue;
+        };
+        let k = k.to_ascii_lowercase();
+        if k != "expires" && k != "expiry" && k != "access expires" {
+            continue;
+        }
+        let v = v.trim();
+        if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+            if d <= created {
+                return Err(RequestError::Expiry(format!(
+                    "the expiry date {d} is not after the issue's creation"
+                )));
+            }
+            return Ok(Some(Expiry(d)));
+        }
+        return match crate::config::parse_duration(v) {
+            Ok(dur) if dur.as_secs() >= 86_400 => Ok(Some(Expiry(
+                created + chrono::Days::new(dur.as_secs() / 86_400),
+            ))),
+            _ => Err(RequestError::Expiry(format!(
+                "`Expires:` must be a date (YYYY-MM-DD) or a number of days or weeks (90d, 12w), not {}",
+                crate::render::code_span(v)
+            ))),
+        };
+    }
+    Ok(None)
+}
+
+impl Request {
+    /// Digest of what an approver approves: kind, people, and the bot-owned
+    /// items' text and meaning. Not tick states, not other systems' lines.
+    pub fn digest(&self) -> String {
+        #[derive(Serialize)]
+        struct Canon<'a> {
+            kind: RequestKind,
+            subjects: &'a [Subject],
+            items: Vec<(&'a str, &'a ItemAction)>,
+            expires: Option<Expiry>,
+        }
+        let canon = Canon {
+            kind: self.kind,
+            subjects: &self.subjects,
+            items: self
+                .items
+                .iter()
+                .map(|i| (i.text.as_str(), &i.action))
+                .collect(),
+            expires: self.expires,
+        };
+        let json = serde_json::to_vec(&canon).unwrap_or_default();
+        hex::encode(&Sha256::digest(&json)[..8])
+    }
+
+    pub fn instances(&self) -> BTreeSet<&str> {
+        self.items.iter().map(|i| i.action.instance()).collect()
+    }
+
+    /// Instances in which this request grants (not revokes) something.
+    pub fn granting_instances(&self) -> BTreeSet<&str> {
+        self.items
+            .iter()
+            .filter_map(|i| match &i.action {
+                ItemAction::Zendesk { instance, .. } | ItemAction::GoogleAdd { instance, .. } => {
+                    Some(instance.as_str())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
