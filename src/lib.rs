@@ -13,4 +13,9 @@ pub mod plan;
 pub mod render;
 pub mod report;
 pub mod request;
+// The fakes' handlers return early with a ready HTTP error response; boxing it
+// would only add noise to test-only code.
+#[cfg(feature = "sandbox")]
+#[allow(clippy::result_large_err)]
+pub mod sandbox;
 pub mod secret;

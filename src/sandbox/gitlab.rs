@@ -1,0 +1,1080 @@
+//! A stateful fake of the GitLab v4 REST subset the bot uses (see
+//! `docs/api-gitlab.md`): issues, notes, label events, users. Tokens map to
+//! users, so the world knows who did what.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use crate::request::checklist::{self, CheckState};
+
+#[derive(Debug, Clone)]
+pub struct GlUser {
+    pub id: u64,
+    pub username: String,
+    pub name: String,
+    pub email: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct GlNote {
+    pub id: u64,
+    pub author: u64,
+    pub body: String,
+    pub system: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GlLabelEvent {
+    pub id: u64,
+    pub user: u64,
+    pub label: String,
+    pub add: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GlIssue {
+    pub id: u64,
+    pub iid: u64,
+    pub title: String,
+    pub description: Option<String>,
+    pub state: String,
+    pub labels: Vec<String>,
+    pub author: u64,
+    pub confidential: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub notes: Vec<GlNote>,
+    pub label_events: Vec<GlLabelEvent>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GlProject {
+    pub id: u64,
+    pub path: String,
+    pub issues: Vec<GlIssue>,
+    /// Users who may see confidential issues (`None`: everyone).
+    pub members: Option<BTreeSet<u64>>,
+    /// Users with rights to change labels (`None`: everyone); others' label changes are silently dropped.
+    pub label_editors: Option<BTreeSet<u64>>,
+}
+
+/// A GitLab webhook registered in the sandbox.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub url: String,
+    pub token: String,
+}
+
+#[derive(Debug)]
+pub struct GitlabWorld {
+    pub users: Vec<GlUser>,
+    pub projects: Vec<GlProject>,
+    pub hooks: Vec<Hook>,
+    /// Scoped labels (`a::b`) exclude each other, as on paid tiers.
+    pub scoped_labels: bool,
+    next_id: u64,
+    last_time: DateTime<Utc>,
+    /// Shift of the world's clock (tests of stale and expiring requests).
+    pub clock_offset: chrono::Duration,
+    hook_tx: Option<tokio::sync::mpsc::UnboundedSender<(Hook, &'static str, Value)>>,
+}
+
+impl Default for GitlabWorld {
+    fn default() -> Self {
+        GitlabWorld {
+            users: Vec::new(),
+            projects: Vec::new(),
+            hooks: Vec::new(),
+            scoped_labels: true,
+            next_id: 1000,
+            last_time: DateTime::<Utc>::MIN_UTC,
+            clock_offset: chrono::Duration::zero(),
+            hook_tx: None,
+        }
+    }
+}
+
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl GitlabWorld {
+    /// Strictly increasing time, so that ordering by `updated_at` is total.
+    pub fn now(&mut self) -> DateTime<Utc> {
+        let mut t = Utc::now() + self.clock_offset;
+        if t <= self.last_time {
+            t = self.last_time + chrono::Duration::milliseconds(1);
+        }
+        self.last_time = t;
+        t
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn add_user(&mut self, username: &str, name: &str, email: &str) -> u64 {
+        if let Some(u) = self.user_by_name(username) {
+            return u.id;
+        }
+        let id = self.users.len() as u64 + 1;
+        self.users.push(GlUser {
+            id,
+            username: username.into(),
+            name: name.into(),
+            email: email.into(),
+            token: format!("glpat-sandbox-{username}"),
+        });
+        id
+    }
+
+    pub fn user_by_name(&self, username: &str) -> Option<&GlUser> {
+        self.users
+            .iter()
+            .find(|u| u.username.eq_ignore_ascii_case(username))
+    }
+
+    pub fn user(&self, id: u64) -> Option<&GlUser> {
+        self.users.iter().find(|u| u.id == id)
+    }
+
+    pub fn add_project(&mut self, path: &str) -> u64 {
+        if let Some(p) = self.projects.iter().find(|p| p.path == path) {
+            return p.id;
+        }
+        let id = self.projects.len() as u64 + 1;
+        self.projects.push(GlProject {
+            id,
+            path: path.into(),
+            issues: Vec::new(),
+            members: None,
+            label_editors: None,
+        });
+        id
+    }
+
+    fn project_mut(&mut self, key: &str) -> Option<&mut GlProject> {
+        self.projects
+            .iter_mut()
+            .find(|p| p.path == key || p.id.to_string() == key)
+    }
+
+    pub fn project(&self, key: &str) -> Option<&GlProject> {
+        self.projects
+            .iter()
+            .find(|p| p.path == key || p.id.to_string() == key)
+    }
+
+    pub fn issue(&self, project: &str, iid: u64) -> Option<&GlIssue> {
+        self.project(project)?.issues.iter().find(|i| i.iid == iid)
+    }
+
+    /// File an issue as `author` (labels applied at creation count as that user's label events).
+    pub fn create_issue(
+        &mut self,
+        project: &str,
+        author: u64,
+        title: &str,
+        description: &str,
+        labels: &[String],
+        confidential: bool,
+    ) -> Option<u64> {
+        let now = self.now();
+        let id = self.id();
+        let mut events = Vec::new();
+        let mut final_labels: Vec<String> = Vec::new();
+        for l in labels {
+            if !final_labels.contains(l) {
+                final_labels.push(l.clone());
+                let eid = self.id();
+                events.push(GlLabelEvent {
+                    id: eid,
+                    user: author,
+                    label: l.clone(),
+                    add: true,
+                    created_at: now,
+                });
+            }
+        }
+        let p = self.project_mut(project)?;
+        let iid = p.issues.iter().map(|i| i.iid).max().unwrap_or(0) + 1;
+        p.issues.push(GlIssue {
+            id,
+            iid,
+            title: title.into(),
+            description: Some(description.into()),
+            state: "opened".into(),
+            labels: final_labels,
+            author,
+            confidential,
+            created_at: now,
+            updated_at: now,
+            closed_at: None,
+            notes: Vec::new(),
+            label_events: events,
+        });
+        self.emit(project, iid, "Issue Hook");
+        Some(iid)
+    }
+
+    /// Edit a description as `editor`, writing the system notes GitLab writes:
+    /// one "marked the checklist item" note per toggled box, or, when no box
+    /// toggled, "changed the description".
+    pub fn set_description(&mut self, project: &str, iid: u64, editor: u64, text: &str) -> bool {
+        let now = self.now();
+        let mut ids: Vec<u64> = (0..64).map(|_| self.id()).collect();
+        let Some(issue) = self
+            .project_mut(project)
+            .and_then(|p| p.issues.iter_mut().find(|i| i.iid == iid))
+        else {
+            return false;
+        };
+        let old = issue.description.clone().unwrap_or_default();
+        if old == text {
+            return true;
+        }
+        let before = checklist::parse(&old);
+        let after = checklist::parse(text);
+        let mut toggles = Vec::new();
+        for (a, b) in before.iter().zip(after.iter()) {
+            if a.text == b.text && a.state != b.state {
+                let done = b.state == CheckState::Done;
+                if a.state == CheckState::Inapplicable || b.state == CheckState::Inapplicable {
+                    continue;
+                }
+                toggles.push(format!(
+                    "marked the checklist item **{}** as {}",
+                    b.text,
+                    if done { "completed" } else { "incomplete" }
+                ));
+            }
+        }
+        let bodies = if toggles.is_empty() {
+            vec!["changed the description".to_string()]
+        } else {
+            toggles
+        };
+        for body in bodies {
+            let id = ids.pop().unwrap_or_default();
+            issue.notes.push(GlNote {
+                id,
+                author: editor,
+                body,
+                system: true,
+                created_at: now,
+            });
+        }
+        issue.description = Some(text.to_string());
+        issue.updated_at = now;
+        self.emit(project, iid, "Issue Hook");
+        true
+    }
+
+    /// Add and remove labels as `user`; records label events. Returns false if
+    /// the user may not edit labels (the change is then silently dropped, as GitLab does).
+    pub fn change_labels(
+        &mut self,
+        project: &str,
+        iid: u64,
+        user: u64,
+        add: &[String],
+        remove: &[String],
+    ) -> bool {
+        let now = self.now();
+        let scoped = self.scoped_labels;
+        let mut ids: Vec<u64> = (0..(add.len() * 4 + remove.len() + 8))
+            .map(|_| self.id())
+            .collect();
+        let Some(p) = self.project_mut(project) else {
+            return false;
+        };
+        if p.label_editors.as_ref().is_some_and(|e| !e.contains(&user)) {
+            return false;
+        }
+        let Some(issue) = p.issues.iter_mut().find(|i| i.iid == iid) else {
+            return false;
+        };
+        let mut changed = false;
+        let mut events = Vec::new();
+        for r in remove {
+            if let Some(pos) = issue.labels.iter().position(|l| l == r) {
+                issue.labels.remove(pos);
+                events.push((r.clone(), false));
+                changed = true;
+            }
+        }
+        for a in add {
+            if issue.labels.contains(a) {
+                continue;
+            }
+            if scoped && let Some((scope, _)) = a.rsplit_once("::") {
+                let prefix = format!("{scope}::");
+                let excluded: Vec<String> = issue
+                    .labels
+                    .iter()
+                    .filter(|l| l.starts_with(&prefix) && !l[prefix.len()..].contains("::"))
+                    .cloned()
+                    .collect();
+                for x in excluded {
+                    issue.labels.retain(|l| *l != x);
+                    events.push((x, false));
+                }
+            }
+            issue.labels.push(a.clone());
+            events.push((a.clone(), true));
+            changed = true;
+        }
+        for (label, add) in events {
+            issue.label_events.push(GlLabelEvent {
+                id: ids.pop().unwrap_or_default(),
+                user,
+                label,
+                add,
+                created_at: now,
+            });
+        }
+        if changed {
+            issue.updated_at = now;
+            self.emit(project, iid, "Issue Hook");
+        }
+        true
+    }
+
+    pub fn add_note(&mut self, project: &str, iid: u64, author: u64, body: &str) -> Option<GlNote> {
+        let now = self.now();
+        let id = self.id();
+        let issue = self
+            .project_mut(project)?
+            .issues
+            .iter_mut()
+            .find(|i| i.iid == iid)?;
+        let note = GlNote {
+            id,
+            author,
+            body: body.to_string(),
+            system: false,
+            created_at: now,
+        };
+        issue.notes.push(note.clone());
+        issue.updated_at = now;
+        self.emit(project, iid, "Note Hook");
+        Some(note)
+    }
+
+    pub fn set_state(&mut self, project: &str, iid: u64, user: u64, close: bool) -> bool {
+        let now = self.now();
+        let id = self.id();
+        let Some(issue) = self
+            .project_mut(project)
+            .and_then(|p| p.issues.iter_mut().find(|i| i.iid == iid))
+        else {
+            return false;
+        };
+        let target = if close { "closed" } else { "opened" };
+        if issue.state != target {
+            issue.state = target.into();
+            issue.closed_at = close.then_some(now);
+            issue.updated_at = now;
+            issue.notes.push(GlNote {
+                id,
+                author: user,
+                body: if close { "closed" } else { "reopened" }.into(),
+                system: true,
+                created_at: now,
+            });
+            self.emit(project, iid, "Issue Hook");
+        }
+        true
+    }
+
+    fn emit(&self, project: &str, iid: u64, kind: &'static str) {
+        let Some(tx) = &self.hook_tx else { return };
+        let Some(p) = self.project(project) else {
+            return;
+        };
+        let Some(issue) = p.issues.iter().find(|i| i.iid == iid) else {
+            return;
+        };
+        let hook_kind = match (kind, issue.confidential) {
+            ("Issue Hook", true) => "Confidential Issue Hook",
+            ("Note Hook", true) => "Confidential Note Hook",
+            (k, _) => k,
+        };
+        let attrs = json!({
+            "id": issue.id, "iid": issue.iid, "title": issue.title, "state": issue.state,
+            "updated_at": ts(issue.updated_at), "url": self.web_url(p, issue),
+            "labels": issue.labels.iter().map(|l| json!({"title": l})).collect::<Vec<_>>(),
+        });
+        let payload = if kind == "Note Hook" {
+            json!({"object_kind": "note", "project": {"id": p.id, "path_with_namespace": p.path},
+                   "object_attributes": {"note": issue.notes.last().map(|n| n.body.clone()), "system": false},
+                   "issue": attrs})
+        } else {
+            json!({"object_kind": "issue", "event_type": "issue",
+                   "project": {"id": p.id, "path_with_namespace": p.path},
+                   "object_attributes": attrs})
+        };
+        for h in &self.hooks {
+            let _ = tx.send((h.clone(), hook_kind, payload.clone()));
+        }
+    }
+
+    fn web_url(&self, p: &GlProject, i: &GlIssue) -> String {
+        format!("https://gitlab.sandbox/{}/-/issues/{}", p.path, i.iid)
+    }
+
+    fn user_json(&self, id: u64) -> Value {
+        match self.user(id) {
+            Some(u) => {
+                json!({"id": u.id, "username": u.username, "name": u.name, "state": "active",
+                              "avatar_url": null, "web_url": format!("https://gitlab.sandbox/{}", u.username)})
+            }
+            None => {
+                json!({"id": id, "username": format!("ghost-{id}"), "name": "Ghost", "state": "blocked"})
+            }
+        }
+    }
+
+    fn issue_json(&self, p: &GlProject, i: &GlIssue) -> Value {
+        let items = checklist::parse(i.description.as_deref().unwrap_or(""));
+        let (count, done) = checklist::completion(&items);
+        json!({
+            "id": i.id, "iid": i.iid, "project_id": p.id, "title": i.title,
+            "description": i.description, "state": i.state,
+            "created_at": ts(i.created_at), "updated_at": ts(i.updated_at),
+            "closed_at": i.closed_at.map(ts), "closed_by": null,
+            "labels": i.labels, "author": self.user_json(i.author),
+            "assignees": [], "assignee": null, "confidential": i.confidential,
+            "web_url": self.web_url(p, i),
+            "references": {"short": format!("#{}", i.iid), "relative": format!("#{}", i.iid), "full": format!("{}#{}", p.path, i.iid)},
+            "user_notes_count": i.notes.iter().filter(|n| !n.system).count(),
+            "task_completion_status": {"count": count, "completed_count": done},
+            "has_tasks": count > 0,
+            "milestone": null, "due_date": null, "type": "ISSUE", "issue_type": "issue",
+            "discussion_locked": null, "moved_to_id": null,
+        })
+    }
+}
+
+/// The server's shared state.
+#[derive(Clone)]
+pub struct GitlabServer {
+    pub world: Arc<Mutex<GitlabWorld>>,
+}
+
+impl GitlabServer {
+    pub fn new() -> GitlabServer {
+        GitlabServer {
+            world: Arc::new(Mutex::new(GitlabWorld::default())),
+        }
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, GitlabWorld> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Deliver webhooks (Issue Hook, Note Hook) to registered URLs in the background.
+    pub fn start_hook_delivery(&self) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Hook, &'static str, Value)>();
+        self.lock().hook_tx = Some(tx);
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while let Some((hook, kind, payload)) = rx.recv().await {
+                let _ = client
+                    .post(&hook.url)
+                    .header("X-Gitlab-Event", kind)
+                    .header("X-Gitlab-Token", &hook.token)
+                    .header("User-Agent", "GitLab/19.5.0")
+                    .json(&payload)
+                    .send()
+                    .await;
+            }
+        });
+    }
+}
+
+impl Default for GitlabServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn router(server: GitlabServer) -> Router {
+    Router::new()
+        .route("/api/v4/user", get(me))
+        .route("/api/v4/users", get(users))
+        .route("/api/v4/users/{id}", get(user_by_id))
+        .route(
+            "/api/v4/projects/{project}/issues",
+            get(list_issues).post(create_issue),
+        )
+        .route(
+            "/api/v4/projects/{project}/issues/{iid}",
+            get(show_issue).put(edit_issue),
+        )
+        .route(
+            "/api/v4/projects/{project}/issues/{iid}/notes",
+            get(list_notes).post(create_note),
+        )
+        .route(
+            "/api/v4/projects/{project}/issues/{iid}/resource_label_events",
+            get(label_events),
+        )
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "404 Not Found") })
+        .with_state(server)
+}
+
+fn err(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({"message": message}))).into_response()
+}
+
+fn auth(w: &GitlabWorld, headers: &HeaderMap) -> Result<u64, Response> {
+    let token = headers
+        .get("private-token")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+        .or_else(|| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(String::from)
+        });
+    token
+        .and_then(|t| w.users.iter().find(|u| u.token == t).map(|u| u.id))
+        .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "401 Unauthorized"))
+}
+
+/// Confidential issues are 404 for non-members, as on GitLab.
+fn visible(p: &GlProject, i: &GlIssue, user: u64) -> bool {
+    !i.confidential || p.members.as_ref().is_none_or(|m| m.contains(&user))
+}
+
+async fn me(State(s): State<GitlabServer>, headers: HeaderMap) -> Response {
+    let w = s.lock();
+    match auth(&w, &headers) {
+        Ok(id) => {
+            let mut u = w.user_json(id);
+            if let Some(user) = w.user(id) {
+                u["email"] = json!(user.email);
+            }
+            axum::Json(u).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn users(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let w = s.lock();
+    if let Err(r) = auth(&w, &headers) {
+        return r;
+    }
+    let username = q
+        .iter()
+        .find(|(k, _)| k == "username")
+        .map(|(_, v)| v.clone());
+    let list: Vec<Value> = w
+        .users
+        .iter()
+        .filter(|u| {
+            username
+                .as_ref()
+                .is_none_or(|n| u.username.eq_ignore_ascii_case(n))
+        })
+        .map(|u| {
+            let mut v = w.user_json(u.id);
+            v["public_email"] = json!(u.email);
+            v
+        })
+        .collect();
+    axum::Json(list).into_response()
+}
+
+async fn user_by_id(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let w = s.lock();
+    if let Err(r) = auth(&w, &headers) {
+        return r;
+    }
+    match id.parse::<u64>().ok().and_then(|id| w.user(id)) {
+        Some(u) => {
+            let mut v = w.user_json(u.id);
+            v["public_email"] = json!(u.email);
+            axum::Json(v).into_response()
+        }
+        None => err(StatusCode::NOT_FOUND, "404 User Not Found"),
+    }
+}
+
+fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+}
+
+/// Offset pagination with GitLab's headers (`x-next-page` empty on the last page, totals
+/// dropped above 10,000 records, `Link` with prev/next/first/last).
+fn paginate(items: Vec<Value>, q: &[(String, String)], base: &str) -> Response {
+    let per_page = param(q, "per_page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(20)
+        .clamp(1, 100);
+    let page = param(q, "page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let total = items.len();
+    let pages = total.div_ceil(per_page).max(1);
+    let start = (page - 1) * per_page;
+    let slice: Vec<Value> = items.into_iter().skip(start).take(per_page).collect();
+    let next = if page < pages {
+        (page + 1).to_string()
+    } else {
+        String::new()
+    };
+    let prev = if page > 1 {
+        (page - 1).to_string()
+    } else {
+        String::new()
+    };
+    let query_without_page: String = q
+        .iter()
+        .filter(|(k, _)| k != "page")
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let link =
+        |p: usize, rel: &str| format!("<{base}?{query_without_page}&page={p}>; rel=\"{rel}\"");
+    let mut links = Vec::new();
+    if page > 1 {
+        links.push(link(page - 1, "prev"));
+    }
+    if page < pages {
+        links.push(link(page + 1, "next"));
+    }
+    links.push(link(1, "first"));
+    let mut headers = vec![
+        ("x-page", page.to_string()),
+        ("x-per-page", per_page.to_string()),
+        ("x-next-page", next),
+        ("x-prev-page", prev),
+    ];
+    if total <= 10_000 {
+        links.push(link(pages, "last"));
+        headers.push(("x-total", total.to_string()));
+        headers.push(("x-total-pages", pages.to_string()));
+    }
+    let mut r = axum::Json(slice).into_response();
+    for (k, v) in headers {
+        if let Ok(v) = v.parse() {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    if let Ok(v) = links.join(", ").parse() {
+        r.headers_mut().insert("link", v);
+    }
+    r
+}
+
+async fn list_issues(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let Some(p) = w.project(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    let state = param(&q, "state").unwrap_or("all");
+    let labels: Vec<&str> = param(&q, "labels")
+        .map(|l| {
+            l.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let updated_after = param(&q, "updated_after")
+        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+        .map(|d| d.with_timezone(&Utc));
+    let created_before = param(&q, "created_before")
+        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+        .map(|d| d.with_timezone(&Utc));
+    let mut list: Vec<&GlIssue> = p
+        .issues
+        .iter()
+        .filter(|i| visible(p, i, user))
+        .filter(|i| state == "all" || i.state == state)
+        .filter(|i| match labels.as_slice() {
+            ["None"] => i.labels.is_empty(),
+            ["Any"] => !i.labels.is_empty(),
+            ls => ls.iter().all(|l| i.labels.iter().any(|x| x == l)),
+        })
+        .filter(|i| updated_after.is_none_or(|t| i.updated_at >= t))
+        .filter(|i| created_before.is_none_or(|t| i.created_at <= t))
+        .collect();
+    let by_updated = param(&q, "order_by") == Some("updated_at");
+    list.sort_by_key(|i| {
+        (
+            if by_updated {
+                i.updated_at
+            } else {
+                i.created_at
+            },
+            i.id,
+        )
+    });
+    if param(&q, "sort") != Some("asc") {
+        list.reverse();
+    }
+    let items = list.into_iter().map(|i| w.issue_json(p, i)).collect();
+    paginate(items, &q, &format!("/api/v4/projects/{}/issues", p.id))
+}
+
+async fn show_issue(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path((project, iid)): Path<(String, u64)>,
+) -> Response {
+    let w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let Some(p) = w.project(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    match p
+        .issues
+        .iter()
+        .find(|i| i.iid == iid && visible(p, i, user))
+    {
+        Some(i) => axum::Json(w.issue_json(p, i)).into_response(),
+        None => err(StatusCode::NOT_FOUND, "404 Issue Not Found"),
+    }
+}
+
+/// Form-encoded (what the `gitlab` crate sends) or JSON.
+fn body_params(headers: &HeaderMap, body: &Bytes) -> Vec<(String, String)> {
+    let is_json = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("json"));
+    if is_json {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(m)) => m
+                .into_iter()
+                .map(|(k, v)| {
+                    let s = match v {
+                        Value::String(s) => s,
+                        Value::Array(a) => a
+                            .iter()
+                            .map(|x| {
+                                x.as_str()
+                                    .map(String::from)
+                                    .unwrap_or_else(|| x.to_string())
+                            })
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        other => other.to_string(),
+                    };
+                    (k, s)
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    } else {
+        url::form_urlencoded::parse(body).into_owned().collect()
+    }
+}
+
+fn split_labels(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+async fn create_issue(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let params = body_params(&headers, &body);
+    let Some(title) = param(&params, "title").map(String::from) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "400 (Bad request) \"title\" not given",
+        );
+    };
+    let description = param(&params, "description").unwrap_or("").to_string();
+    if description.chars().count() > crate::request::MAX_DESCRIPTION {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": {"description": ["is too long (maximum is 1048576 characters)"]}}))).into_response();
+    }
+    let labels = param(&params, "labels")
+        .map(split_labels)
+        .unwrap_or_default();
+    let confidential = param(&params, "confidential") == Some("true");
+    let Some(iid) = w.create_issue(&project, user, &title, &description, &labels, confidential)
+    else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    let p = w.project(&project).cloned();
+    match p
+        .as_ref()
+        .and_then(|p| p.issues.iter().find(|i| i.iid == iid).map(|i| (p, i)))
+    {
+        Some((p, i)) => (StatusCode::CREATED, axum::Json(w.issue_json(p, i))).into_response(),
+        None => err(StatusCode::NOT_FOUND, "404 Issue Not Found"),
+    }
+}
+
+async fn edit_issue(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path((project, iid)): Path<(String, u64)>,
+    body: Bytes,
+) -> Response {
+    let mut w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let visible_issue = w
+        .project(&project)
+        .and_then(|p| {
+            p.issues
+                .iter()
+                .find(|i| i.iid == iid)
+                .map(|i| visible(p, i, user))
+        })
+        .unwrap_or(false);
+    if !visible_issue {
+        return err(StatusCode::NOT_FOUND, "404 Issue Not Found");
+    }
+    let params = body_params(&headers, &body);
+    if let Some(d) = param(&params, "description") {
+        if d.chars().count() > crate::request::MAX_DESCRIPTION {
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": {"description": ["is too long (maximum is 1048576 characters)"]}}))).into_response();
+        }
+        w.set_description(&project, iid, user, d);
+    }
+    if let Some(t) = param(&params, "title") {
+        let now = w.now();
+        if let Some(i) = w
+            .project_mut(&project)
+            .and_then(|p| p.issues.iter_mut().find(|i| i.iid == iid))
+        {
+            i.title = t.to_string();
+            i.updated_at = now;
+        }
+    }
+    let mut add: Vec<String> = param(&params, "add_labels")
+        .map(split_labels)
+        .unwrap_or_default();
+    let mut remove: Vec<String> = param(&params, "remove_labels")
+        .map(split_labels)
+        .unwrap_or_default();
+    if let Some(all) = param(&params, "labels") {
+        let want = split_labels(all);
+        let have = w
+            .issue(&project, iid)
+            .map(|i| i.labels.clone())
+            .unwrap_or_default();
+        remove.extend(have.iter().filter(|l| !want.contains(l)).cloned());
+        add.extend(want.into_iter().filter(|l| !have.contains(l)));
+    }
+    if !add.is_empty() || !remove.is_empty() {
+        // Without rights the change is silently dropped and the call still succeeds.
+        let _ = w.change_labels(&project, iid, user, &add, &remove);
+    }
+    match param(&params, "state_event") {
+        Some("close") => {
+            w.set_state(&project, iid, user, true);
+        }
+        Some("reopen") => {
+            w.set_state(&project, iid, user, false);
+        }
+        _ => {}
+    }
+    let p = w.project(&project).cloned();
+    match p
+        .as_ref()
+        .and_then(|p| p.issues.iter().find(|i| i.iid == iid).map(|i| (p, i)))
+    {
+        Some((p, i)) => axum::Json(w.issue_json(p, i)).into_response(),
+        None => err(StatusCode::NOT_FOUND, "404 Issue Not Found"),
+    }
+}
+
+async fn list_notes(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path((project, iid)): Path<(String, u64)>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let Some(p) = w.project(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    let Some(i) = p
+        .issues
+        .iter()
+        .find(|i| i.iid == iid && visible(p, i, user))
+    else {
+        return err(StatusCode::NOT_FOUND, "404 Issue Not Found");
+    };
+    let mut notes: Vec<&GlNote> = i.notes.iter().collect();
+    notes.sort_by_key(|n| (n.created_at, n.id));
+    if param(&q, "sort") != Some("asc") {
+        notes.reverse();
+    }
+    let items = notes
+        .into_iter()
+        .map(|n| {
+            json!({"id": n.id, "body": n.body, "author": w.user_json(n.author),
+                   "created_at": ts(n.created_at), "updated_at": ts(n.created_at),
+                   "system": n.system, "noteable_id": i.id, "noteable_iid": i.iid,
+                   "noteable_type": "Issue", "internal": false, "confidential": false, "resolvable": false})
+        })
+        .collect();
+    paginate(
+        items,
+        &q,
+        &format!("/api/v4/projects/{}/issues/{iid}/notes", p.id),
+    )
+}
+
+async fn create_note(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path((project, iid)): Path<(String, u64)>,
+    body: Bytes,
+) -> Response {
+    let mut w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let params = body_params(&headers, &body);
+    let Some(text) = param(&params, "body")
+        .filter(|b| !b.trim().is_empty())
+        .map(String::from)
+    else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "400 (Bad request) \"body\" not given",
+        );
+    };
+    let ok = w
+        .project(&project)
+        .and_then(|p| {
+            p.issues
+                .iter()
+                .find(|i| i.iid == iid)
+                .map(|i| visible(p, i, user))
+        })
+        .unwrap_or(false);
+    if !ok {
+        return err(StatusCode::NOT_FOUND, "404 Issue Not Found");
+    }
+    match w.add_note(&project, iid, user, &text) {
+        Some(n) => {
+            let issue_id = w.issue(&project, iid).map(|i| i.id).unwrap_or(0);
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({"id": n.id, "body": n.body, "author": w.user_json(n.author),
+                    "created_at": ts(n.created_at), "updated_at": ts(n.created_at), "system": false,
+                    "noteable_id": issue_id, "noteable_iid": iid, "noteable_type": "Issue", "internal": false})),
+            )
+                .into_response()
+        }
+        None => err(StatusCode::NOT_FOUND, "404 Issue Not Found"),
+    }
+}
+
+async fn label_events(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path((project, iid)): Path<(String, u64)>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let Some(p) = w.project(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    let Some(i) = p
+        .issues
+        .iter()
+        .find(|i| i.iid == iid && visible(p, i, user))
+    else {
+        return err(StatusCode::NOT_FOUND, "404 Issue Not Found");
+    };
+    let items = i
+        .label_events
+        .iter()
+        .map(|e| {
+            json!({"id": e.id, "user": w.user_json(e.user), "created_at": ts(e.created_at),
+                   "resource_type": "Issue", "resource_id": i.id,
+                   "label": {"id": label_id(&e.label), "name": e.label, "color": "#34495E", "description": ""},
+                   "action": if e.add { "add" } else { "remove" }})
+        })
+        .collect();
+    paginate(
+        items,
+        &q,
+        &format!(
+            "/api/v4/projects/{}/issues/{iid}/resource_label_events",
+            p.id
+        ),
+    )
+}
+
+fn label_id(name: &str) -> u64 {
+    name.bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+        % 100_000
+}

@@ -1,0 +1,182 @@
+//! Acting as people in the sandbox, over HTTP with each person's own token, so
+//! that the world records who did what exactly as GitLab would.
+
+use serde_json::Value;
+
+use super::{PROJECT, Sandbox};
+use crate::marker::Marker;
+
+#[derive(Debug, Clone)]
+pub struct Comment {
+    pub id: u64,
+    pub author: String,
+    pub body: String,
+    pub marker: Option<Marker>,
+}
+
+impl Sandbox {
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    fn issues_url(&self) -> String {
+        format!(
+            "http://{}/api/v4/projects/{}/issues",
+            self.gitlab_addr,
+            percent_encoding::utf8_percent_encode(PROJECT, percent_encoding::NON_ALPHANUMERIC)
+        )
+    }
+
+    async fn put_issue(
+        &self,
+        user: &str,
+        iid: u64,
+        form: &[(&str, &str)],
+    ) -> anyhow::Result<Value> {
+        let r = self
+            .client()
+            .put(format!("{}/{iid}", self.issues_url()))
+            .header("PRIVATE-TOKEN", self.token_of(user))
+            .form(form)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "edit as {user}: {}", r.status());
+        Ok(r.json().await?)
+    }
+
+    /// File an issue as `author`; labels set at creation are that person's label events.
+    pub async fn file_issue(
+        &self,
+        author: &str,
+        title: &str,
+        labels: &[&str],
+        body: &str,
+    ) -> anyhow::Result<u64> {
+        let r = self
+            .client()
+            .post(self.issues_url())
+            .header("PRIVATE-TOKEN", self.token_of(author))
+            .form(&[
+                ("title", title),
+                ("description", body),
+                ("labels", &labels.join(",")),
+                ("confidential", "true"),
+            ])
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "file issue as {author}: {}",
+            r.status()
+        );
+        let v: Value = r.json().await?;
+        v["iid"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("no iid in {v}"))
+    }
+
+    pub async fn add_label(&self, user: &str, iid: u64, label: &str) -> anyhow::Result<()> {
+        self.put_issue(user, iid, &[("add_labels", label)])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn remove_label(&self, user: &str, iid: u64, label: &str) -> anyhow::Result<()> {
+        self.put_issue(user, iid, &[("remove_labels", label)])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn edit_description(&self, user: &str, iid: u64, text: &str) -> anyhow::Result<()> {
+        self.put_issue(user, iid, &[("description", text)])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn close_issue(&self, user: &str, iid: u64) -> anyhow::Result<()> {
+        self.put_issue(user, iid, &[("state_event", "close")])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn comment_as(&self, user: &str, iid: u64, body: &str) -> anyhow::Result<()> {
+        let r = self
+            .client()
+            .post(format!("{}/{iid}/notes", self.issues_url()))
+            .header("PRIVATE-TOKEN", self.token_of(user))
+            .form(&[("body", body)])
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "comment as {user}: {}", r.status());
+        Ok(())
+    }
+
+    /// Current description of an issue.
+    pub fn description(&self, iid: u64) -> String {
+        self.gitlab
+            .lock()
+            .issue(PROJECT, iid)
+            .and_then(|i| i.description.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn labels(&self, iid: u64) -> Vec<String> {
+        self.gitlab
+            .lock()
+            .issue(PROJECT, iid)
+            .map(|i| i.labels.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn state(&self, iid: u64) -> String {
+        self.gitlab
+            .lock()
+            .issue(PROJECT, iid)
+            .map(|i| i.state.clone())
+            .unwrap_or_default()
+    }
+
+    /// Non-system comments on an issue, oldest first.
+    pub fn comments(&self, iid: u64) -> Vec<Comment> {
+        let w = self.gitlab.lock();
+        let Some(issue) = w.issue(PROJECT, iid) else {
+            return Vec::new();
+        };
+        issue
+            .notes
+            .iter()
+            .filter(|n| !n.system)
+            .map(|n| Comment {
+                id: n.id,
+                author: w
+                    .user(n.author)
+                    .map(|u| u.username.clone())
+                    .unwrap_or_default(),
+                body: n.body.clone(),
+                marker: Marker::find(&n.body),
+            })
+            .collect()
+    }
+
+    /// The bot's comments on an issue, oldest first.
+    pub fn bot_comments(&self, iid: u64) -> Vec<Comment> {
+        let bot = self.config.gitlab.bot_username.clone();
+        self.comments(iid)
+            .into_iter()
+            .filter(|c| c.author == bot)
+            .collect()
+    }
+
+    /// Texts of the checklist items that are ticked.
+    pub fn ticked(&self, iid: u64) -> Vec<String> {
+        crate::request::checklist::parse(&self.description(iid))
+            .into_iter()
+            .filter(|i| i.state == crate::request::CheckState::Done)
+            .map(|i| i.text)
+            .collect()
+    }
+
+    pub fn google_member(&self, group: &str, email: &str) -> bool {
+        self.google.lock().is_member(group, email)
+    }
+}

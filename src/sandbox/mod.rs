@@ -1,0 +1,328 @@
+//! The sandbox: stateful fakes of GitLab, Zendesk (one server per instance)
+//! and Google, served over HTTP on loopback. Used by the tests, by `demo`, and
+//! by `access-bot sandbox` for anyone who wants to try the bot first.
+
+pub mod faults;
+pub mod gitlab;
+pub mod google;
+pub mod harness;
+pub mod scenario;
+pub mod zendesk;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::secret::Secrets;
+use faults::{Flavor, Knobs};
+
+/// The project the sandbox's issues live in.
+pub const PROJECT: &str = "support/access-requests";
+pub const DOMAIN: &str = "gitlab.com";
+pub const SERVICE_ACCOUNT: &str = "access-bot@access-bot-sandbox.iam.gserviceaccount.com";
+
+/// People of the default world: (GitLab username, name, email).
+pub const PEOPLE: &[(&str, &str, &str)] = &[
+    ("access-bot", "access-bot", "access-bot@gitlab.com"),
+    (
+        "gitlab-employment-bot",
+        "Employment Bot",
+        "employment-bot@gitlab.com",
+    ),
+    ("lyle", "Lyle Kozloff", "lyle@gitlab.com"),
+    ("jason", "Jason Colyer", "jason@gitlab.com"),
+    (
+        "people-connect-1",
+        "Pat People",
+        "people-connect-1@gitlab.com",
+    ),
+    ("mlee", "Morgan Lee", "mlee@gitlab.com"),
+    ("kpatel", "Kiran Patel", "kpatel@gitlab.com"),
+    ("jdoe", "Jane Doe", "jane.doe@gitlab.com"),
+    ("srivera", "Sam Rivera", "sam.rivera@gitlab.com"),
+    ("achen", "Alex Chen", "alex.chen@gitlab.com"),
+    ("bli", "Bo Li", "bo.li@gitlab.com"),
+    ("rkim", "Robin Kim", "robin.kim@gitlab.com"),
+    ("mallory", "Mallory Mallet", "mallory@gitlab.com"),
+];
+
+pub struct ZendeskInstanceServer {
+    pub server: zendesk::ZendeskServer,
+    pub knobs: Knobs,
+    pub addr: SocketAddr,
+}
+
+/// A running sandbox. Dropping it stops the servers.
+pub struct Sandbox {
+    pub gitlab: gitlab::GitlabServer,
+    pub gitlab_knobs: Knobs,
+    pub gitlab_addr: SocketAddr,
+    pub zendesk: BTreeMap<String, ZendeskInstanceServer>,
+    pub google: google::GoogleServer,
+    pub google_knobs: Knobs,
+    pub google_addr: SocketAddr,
+    /// Secrets the bot needs, keyed by the environment variable names of `config`.
+    pub secrets: Secrets,
+    /// A configuration pointing at these servers.
+    pub config: Config,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Ports: `None` for ephemeral ones (tests), or a base port: GitLab on it,
+/// Google on +1, Zendesk instances on +2, +3, ...
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ports {
+    pub base: Option<u16>,
+}
+
+async fn serve(
+    router: axum::Router,
+    knobs: Knobs,
+    port: u16,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let app = router.layer(axum::middleware::from_fn_with_state(
+        knobs,
+        faults::middleware,
+    ));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}
+
+/// The example configuration shipped with the bot, parsed once.
+pub fn example_config() -> Result<Config, crate::config::ConfigError> {
+    Config::parse(
+        include_str!("../../bot.toml"),
+        std::path::Path::new("bot.toml"),
+    )
+}
+
+impl Sandbox {
+    /// Start the three services with the default world (the people, roles,
+    /// groups and Okta groups the example `bot.toml` names).
+    pub async fn start(ports: Ports) -> anyhow::Result<Sandbox> {
+        let mut config = example_config().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let port = |i: u16| ports.base.map(|b| b + i).unwrap_or(0);
+
+        let gl = gitlab::GitlabServer::new();
+        gl.start_hook_delivery();
+        let gitlab_knobs = Knobs::new(Flavor::Gitlab);
+        let (gitlab_addr, t1) =
+            serve(gitlab::router(gl.clone()), gitlab_knobs.clone(), port(0)).await?;
+
+        let g = google::GoogleServer::new(DOMAIN);
+        let google_knobs = Knobs::new(Flavor::Google);
+        let (google_addr, t2) =
+            serve(google::router(g.clone()), google_knobs.clone(), port(1)).await?;
+        let mut tasks = vec![t1, t2];
+
+        let mut secrets: Vec<(String, String)> = Vec::new();
+        {
+            let mut w = gl.lock();
+            for (u, n, e) in PEOPLE {
+                w.add_user(u, n, e);
+            }
+            w.add_project(PROJECT);
+            secrets.push((
+                config.gitlab.token_env.clone(),
+                w.user_by_name(&config.gitlab.bot_username)
+                    .map(|u| u.token.clone())
+                    .unwrap_or_default(),
+            ));
+        }
+        config.gitlab.url = format!("http://{gitlab_addr}");
+        config.gitlab.projects = vec![PROJECT.to_string()];
+        config.gitlab.poll_interval = "2s".into();
+        config.gitlab.poll_overlap = "2s".into();
+        config.bot.state_db = std::path::PathBuf::from(":memory:");
+
+        {
+            let mut w = g.lock();
+            w.token_uri = format!("http://{google_addr}/token");
+            for (_, _, e) in PEOPLE {
+                w.users.insert(e.to_string());
+            }
+            w.users.insert("zendesk-admin@gitlab.com".into());
+            w.group_admins.insert("zendesk-admin@gitlab.com".into());
+            for z in config.zendesk.values() {
+                if let Some(og) = &z.okta_group {
+                    w.add_group(og);
+                }
+            }
+            let key = w
+                .create_service_account(SERVICE_ACCOUNT, true)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if let Some(gc) = config.google.as_mut() {
+                gc.base_url = format!("http://{google_addr}");
+                gc.key_path = None;
+                let var = gc
+                    .key_env
+                    .clone()
+                    .unwrap_or_else(|| "GOOGLE_SERVICE_ACCOUNT_KEY".into());
+                gc.key_env = Some(var.clone());
+                secrets.push((var, key));
+            }
+        }
+
+        let mut zendesk = BTreeMap::new();
+        for (i, (name, inst)) in config.zendesk.iter_mut().enumerate() {
+            let server = zendesk::ZendeskServer::new(name);
+            let knobs = Knobs::new(Flavor::Zendesk);
+            let (addr, task) = serve(
+                zendesk::router(server.clone()),
+                knobs.clone(),
+                port(2 + i as u16),
+            )
+            .await?;
+            tasks.push(task);
+            {
+                let mut w = server.lock();
+                for level in inst.access_levels.values() {
+                    if let Some(cr) = &level.custom_role
+                        && w.role_by_name(cr).is_none()
+                    {
+                        w.add_custom_role(cr, 0);
+                    }
+                    for g in &level.groups {
+                        w.add_group(g);
+                    }
+                }
+                // Managers are full agents who can take tickets.
+                let support = inst
+                    .access_levels
+                    .values()
+                    .find(|l| !l.light_agent)
+                    .cloned();
+                for m in ["mlee", "kpatel"] {
+                    let (_, n, e) = PEOPLE
+                        .iter()
+                        .find(|p| p.0 == m)
+                        .copied()
+                        .unwrap_or(("", "", ""));
+                    let role = support
+                        .as_ref()
+                        .and_then(|l| l.custom_role.as_ref())
+                        .and_then(|c| w.role_by_name(c));
+                    let id = w.add_user(n, e, "agent", role);
+                    for g in support.iter().flat_map(|l| l.groups.clone()) {
+                        let gid = w.add_group(&g);
+                        w.join_group(id, gid);
+                    }
+                }
+                match &inst.auth {
+                    crate::config::ZendeskAuth::Oauth {
+                        client_id_env,
+                        client_secret_env,
+                        ..
+                    } => {
+                        let (id, secret) = (
+                            format!("access-bot-{name}"),
+                            format!("zd-secret-{name}-sandbox"),
+                        );
+                        w.oauth_clients.insert(id.clone(), (secret.clone(), true));
+                        secrets.push((client_id_env.clone(), id));
+                        secrets.push((client_secret_env.clone(), secret));
+                    }
+                    crate::config::ZendeskAuth::ApiToken {
+                        email_env,
+                        token_env,
+                    } => {
+                        let token = format!("zd-apitoken-{name}-sandbox");
+                        w.api_tokens
+                            .insert("access-bot@gitlab.com".into(), token.clone());
+                        secrets.push((email_env.clone(), "access-bot@gitlab.com".into()));
+                        secrets.push((token_env.clone(), token));
+                    }
+                }
+            }
+            inst.base_url = format!("http://{addr}");
+            zendesk.insert(
+                name.clone(),
+                ZendeskInstanceServer {
+                    server,
+                    knobs,
+                    addr,
+                },
+            );
+        }
+
+        Ok(Sandbox {
+            gitlab: gl,
+            gitlab_knobs,
+            gitlab_addr,
+            zendesk,
+            google: g,
+            google_knobs,
+            google_addr,
+            secrets: Secrets::from_map(secrets),
+            config,
+            tasks,
+        })
+    }
+
+    pub fn zd(&self, instance: &str) -> std::sync::MutexGuard<'_, zendesk::ZendeskWorld> {
+        match self.zendesk.get(instance) {
+            Some(z) => z.server.lock(),
+            None => panic!("no Zendesk instance {instance} in the sandbox"),
+        }
+    }
+
+    pub fn zd_knobs(&self, instance: &str) -> &Knobs {
+        match self.zendesk.get(instance) {
+            Some(z) => &z.knobs,
+            None => panic!("no Zendesk instance {instance} in the sandbox"),
+        }
+    }
+
+    /// Clear every server's request log.
+    pub fn clear_logs(&self) {
+        self.gitlab_knobs.clear_log();
+        self.google_knobs.clear_log();
+        for z in self.zendesk.values() {
+            z.knobs.clear_log();
+        }
+    }
+
+    /// Token of a sandbox GitLab user.
+    pub fn token_of(&self, username: &str) -> String {
+        self.gitlab
+            .lock()
+            .user_by_name(username)
+            .map(|u| u.token.clone())
+            .unwrap_or_default()
+    }
+
+    /// A configuration snippet for a real `bot.toml` pointing at this sandbox.
+    pub fn snippet(&self) -> String {
+        let mut s = format!(
+            "[gitlab]\nurl = \"http://{}\"\nprojects = [\"{PROJECT}\"]\n# export {}={}\n",
+            self.gitlab_addr,
+            self.config.gitlab.token_env,
+            self.token_of(&self.config.gitlab.bot_username)
+        );
+        for (name, z) in &self.zendesk {
+            s.push_str(&format!(
+                "\n[zendesk.{name}]\nbase_url = \"http://{}\"\n",
+                z.addr
+            ));
+        }
+        s.push_str(&format!(
+            "\n[google]\nbase_url = \"http://{}\"\n# the key's token_uri is http://{}/token\n",
+            self.google_addr, self.google_addr
+        ));
+        s
+    }
+}
