@@ -8,6 +8,9 @@
 pub mod approval;
 pub mod cli;
 pub mod config;
+pub mod gitlab;
+pub mod google;
+pub mod http;
 pub mod marker;
 pub mod plan;
 pub mod render;
@@ -19,3 +22,4 @@ pub mod request;
 #[allow(clippy::result_large_err)]
 pub mod sandbox;
 pub mod secret;
+pub mod zendesk;

@@ -1,0 +1,434 @@
+//! GitLab adapter on the `gitlab` crate's async client (see `docs/api-gitlab.md`).
+//!
+//! 429: wait for `Retry-After`. 5xx and dropped connections: retry with capped,
+//! jittered backoff, then give up on that call (the loop gives up on the issue
+//! for this cycle, never on the whole loop).
+
+use std::future::Future;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use gitlab::api::{self, AsyncQuery, Pagination};
+use serde::Deserialize;
+
+use crate::http::Backoff;
+use crate::request::{IssueInput, LabelAction, LabelEvent, Note, UserRef};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitlabError {
+    #[error("GitLab: cannot connect as the bot: {0}")]
+    Connect(String),
+    #[error("GitLab: {what} not found (or not visible to the bot: confidential issues need project membership)")]
+    NotFound { what: String },
+    #[error("GitLab: the token was rejected (401); check the variable named by gitlab.token_env")]
+    Unauthorized,
+    #[error("GitLab: forbidden (403): the bot needs Reporter (Planner) rights and the api scope")]
+    Forbidden,
+    #[error("GitLab: still failing after {attempts} attempts: {detail}")]
+    Exhausted { attempts: u32, detail: String },
+    #[error("GitLab: request rejected: {0}")]
+    Rejected(String),
+}
+
+impl GitlabError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, GitlabError::Exhausted { .. })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiUser {
+    pub id: u64,
+    pub username: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub public_email: Option<String>,
+}
+
+impl ApiUser {
+    pub fn to_ref(&self) -> UserRef {
+        UserRef {
+            id: self.id,
+            username: self.username.clone(),
+        }
+    }
+    pub fn any_email(&self) -> Option<String> {
+        self.email
+            .clone()
+            .or_else(|| self.public_email.clone())
+            .filter(|e| !e.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TaskStatus {
+    pub count: usize,
+    pub completed_count: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiIssue {
+    pub iid: u64,
+    pub title: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub state: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub author: ApiUser,
+    #[serde(default)]
+    pub web_url: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub task_completion_status: Option<TaskStatus>,
+}
+
+impl ApiIssue {
+    pub fn to_input(&self, author_email: Option<String>) -> IssueInput {
+        IssueInput {
+            iid: self.iid,
+            title: self.title.clone(),
+            description: self.description.clone().unwrap_or_default(),
+            labels: self.labels.clone(),
+            author: self.author.to_ref(),
+            author_email,
+            web_url: self.web_url.clone(),
+            created_at: self.created_at,
+            updated_at: Some(self.updated_at),
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiNote {
+    id: u64,
+    body: String,
+    author: ApiUser,
+    created_at: DateTime<Utc>,
+    #[serde(default)]
+    system: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiLabel {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiLabelEvent {
+    id: u64,
+    user: Option<ApiUser>,
+    created_at: DateTime<Utc>,
+    label: Option<ApiLabel>,
+    action: String,
+}
+
+/// A change to an issue: only what is `Some` is sent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IssueEdit {
+    pub description: Option<String>,
+    pub add_labels: Vec<String>,
+    pub remove_labels: Vec<String>,
+    pub close: bool,
+}
+
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait GitlabApi: Send + Sync {
+    async fn me(&self) -> Result<ApiUser, GitlabError>;
+    /// Open issues with `label`, updated at or after `since`, ascending by `updated_at`.
+    async fn list_issues(
+        &self,
+        project: &str,
+        label: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ApiIssue>, GitlabError>;
+    async fn issue(&self, project: &str, iid: u64) -> Result<ApiIssue, GitlabError>;
+    async fn notes(&self, project: &str, iid: u64) -> Result<Vec<Note>, GitlabError>;
+    async fn label_events(&self, project: &str, iid: u64) -> Result<Vec<LabelEvent>, GitlabError>;
+    async fn create_note(&self, project: &str, iid: u64, body: &str) -> Result<(), GitlabError>;
+    async fn edit_issue(&self, project: &str, iid: u64, edit: &IssueEdit) -> Result<ApiIssue, GitlabError>;
+    async fn user_by_username(&self, username: &str) -> Result<Option<ApiUser>, GitlabError>;
+    async fn create_issue(
+        &self,
+        project: &str,
+        title: &str,
+        description: &str,
+        labels: &[String],
+    ) -> Result<ApiIssue, GitlabError>;
+}
+
+pub struct GitlabClient {
+    client: gitlab::AsyncGitlab,
+    backoff: Backoff,
+}
+
+type CrateError = api::ApiError<gitlab::RestError>;
+
+impl GitlabClient {
+    /// Builds the client; the crate checks the connection with `GET /user`.
+    pub async fn connect(url: &str, token: &crate::secret::Secret) -> Result<GitlabClient, GitlabError> {
+        let parsed = url::Url::parse(url).map_err(|e| GitlabError::Connect(e.to_string()))?;
+        let host = match (parsed.host_str(), parsed.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => return Err(GitlabError::Connect(format!("no host in {url}"))),
+        };
+        let mut b = gitlab::GitlabBuilder::new(host, token.expose());
+        if parsed.scheme() == "http" {
+            b.insecure();
+        }
+        b.user_agent("access-bot");
+        let client = b
+            .build_async()
+            .await
+            .map_err(|e| GitlabError::Connect(scrub(&e.to_string())))?;
+        Ok(GitlabClient {
+            client,
+            backoff: Backoff::default(),
+        })
+    }
+
+    pub fn with_backoff(mut self, b: Backoff) -> Self {
+        self.backoff = b;
+        self
+    }
+
+    async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T, GitlabError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, CrateError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let err = match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let status = match &err {
+                api::ApiError::GitlabService { status, .. }
+                | api::ApiError::GitlabWithStatus { status, .. }
+                | api::ApiError::GitlabObjectWithStatus { status, .. }
+                | api::ApiError::GitlabUnrecognizedWithStatus { status, .. } => Some(status.as_u16()),
+                _ => None,
+            };
+            let wait = match (&err, status) {
+                (api::ApiError::GitlabRateLimited { retry_after, .. }, _) => {
+                    tracing::warn!(wait_s = retry_after.as_secs(), "GitLab rate limit: waiting Retry-After");
+                    Some((*retry_after).max(std::time::Duration::from_millis(200)))
+                }
+                (api::ApiError::Client { .. }, _) => Some(self.backoff.delay(attempt)),
+                (_, Some(s)) if s >= 500 => Some(self.backoff.delay(attempt)),
+                (_, Some(401)) => return Err(GitlabError::Unauthorized),
+                (_, Some(403)) => return Err(GitlabError::Forbidden),
+                (_, Some(404)) => return Err(GitlabError::NotFound { what: what.into() }),
+                _ => return Err(GitlabError::Rejected(scrub(&err.to_string()))),
+            };
+            attempt += 1;
+            if attempt >= self.backoff.attempts {
+                return Err(GitlabError::Exhausted {
+                    attempts: attempt,
+                    detail: scrub(&err.to_string()),
+                });
+            }
+            if let Some(w) = wait {
+                tracing::debug!(what, attempt, "GitLab call failed, retrying: {}", scrub(&err.to_string()));
+                tokio::time::sleep(w).await;
+            }
+        }
+    }
+}
+
+/// An endpoint builder fails only when a required field is missing: a bug here, reported as such.
+fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, GitlabError> {
+    r.map_err(|e| GitlabError::Rejected(format!("building the request: {e}")))
+}
+
+/// Error texts from the HTTP client may carry URLs; tokens are sent as headers,
+/// never in URLs, but keep messages short and free of query strings anyway.
+fn scrub(s: &str) -> String {
+    let mut out: String = s.chars().take(400).collect();
+    if let Some(i) = out.find('?') {
+        out.truncate(i);
+    }
+    out
+}
+
+#[async_trait]
+impl GitlabApi for GitlabClient {
+    async fn me(&self) -> Result<ApiUser, GitlabError> {
+        let ep = built(api::users::CurrentUser::builder().build())?;
+        self.retry("current user", || ep.query_async(&self.client)).await
+    }
+
+    async fn list_issues(
+        &self,
+        project: &str,
+        label: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ApiIssue>, GitlabError> {
+        let mut b = api::issues::ProjectIssues::builder();
+        b.project(project)
+            .state(api::issues::IssueState::Opened)
+            .label(label)
+            .order_by(api::issues::IssueOrderBy::UpdatedAt)
+            .sort(api::common::SortOrder::Ascending);
+        if let Some(t) = since {
+            b.updated_after(t);
+        }
+        let ep = api::paged(built(b.build())?, Pagination::All);
+        self.retry("issues", || ep.query_async(&self.client)).await
+    }
+
+    async fn issue(&self, project: &str, iid: u64) -> Result<ApiIssue, GitlabError> {
+        let ep = built(
+            api::projects::issues::Issue::builder()
+                .project(project)
+                .issue(iid)
+                .build(),
+        )?;
+        self.retry("issue", || ep.query_async(&self.client)).await
+    }
+
+    async fn notes(&self, project: &str, iid: u64) -> Result<Vec<Note>, GitlabError> {
+        let ep = api::paged(
+            built(
+                api::projects::issues::notes::IssueNotes::builder()
+                    .project(project)
+                    .issue(iid)
+                    .sort(api::common::SortOrder::Ascending)
+                    .build(),
+            )?,
+            Pagination::All,
+        );
+        let raw: Vec<ApiNote> = self.retry("notes", || ep.query_async(&self.client)).await?;
+        Ok(raw
+            .into_iter()
+            .map(|n| Note {
+                id: n.id,
+                author: n.author.to_ref(),
+                body: n.body,
+                created_at: n.created_at,
+                system: n.system,
+            })
+            .collect())
+    }
+
+    async fn label_events(&self, project: &str, iid: u64) -> Result<Vec<LabelEvent>, GitlabError> {
+        let ep = api::paged(
+            built(
+                api::projects::issues::IssueResourceLabelEvents::builder()
+                    .project(project)
+                    .issue(iid)
+                    .build(),
+            )?,
+            Pagination::All,
+        );
+        let raw: Vec<ApiLabelEvent> = self.retry("label events", || ep.query_async(&self.client)).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|e| {
+                Some(LabelEvent {
+                    id: e.id,
+                    user: e.user?.to_ref(),
+                    created_at: e.created_at,
+                    label: e.label.map(|l| l.name),
+                    action: if e.action == "remove" {
+                        LabelAction::Remove
+                    } else {
+                        LabelAction::Add
+                    },
+                })
+            })
+            .collect())
+    }
+
+    async fn create_note(&self, project: &str, iid: u64, body: &str) -> Result<(), GitlabError> {
+        // Not retried blindly: a retry after a dropped connection could post twice.
+        // The caller re-lists notes (markers) before posting again on a later cycle.
+        let ep = api::projects::issues::notes::CreateIssueNote::builder()
+            .project(project)
+            .issue(iid)
+            .body(body)
+            .build()
+            .map_err(|e| GitlabError::Rejected(e.to_string()))?;
+        match api::ignore(ep).query_async(&self.client).await {
+            Ok(()) => Ok(()),
+            Err(api::ApiError::GitlabRateLimited { retry_after, .. }) => {
+                // A 429 means the note was not created: waiting and sending once more is safe.
+                tokio::time::sleep(retry_after).await;
+                let ep = api::projects::issues::notes::CreateIssueNote::builder()
+                    .project(project)
+                    .issue(iid)
+                    .body(body)
+                    .build()
+                    .map_err(|e| GitlabError::Rejected(e.to_string()))?;
+                api::ignore(ep)
+                    .query_async(&self.client)
+                    .await
+                    .map_err(|e| GitlabError::Exhausted {
+                        attempts: 2,
+                        detail: scrub(&e.to_string()),
+                    })
+            }
+            Err(e) => Err(GitlabError::Exhausted {
+                attempts: 1,
+                detail: scrub(&e.to_string()),
+            }),
+        }
+    }
+
+    async fn edit_issue(&self, project: &str, iid: u64, edit: &IssueEdit) -> Result<ApiIssue, GitlabError> {
+        // Idempotent (same description, set-like label operations): safe to retry.
+        let mut b = api::projects::issues::EditIssue::builder();
+        b.project(project).issue(iid);
+        if let Some(d) = &edit.description {
+            b.description(d.as_str());
+        }
+        for l in &edit.add_labels {
+            b.add_label(l.as_str());
+        }
+        for l in &edit.remove_labels {
+            b.remove_label(l.as_str());
+        }
+        if edit.close {
+            b.state_event(api::projects::issues::IssueStateEvent::Close);
+        }
+        let ep = built(b.build())?;
+        self.retry("issue", || ep.query_async(&self.client)).await
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<ApiUser>, GitlabError> {
+        let ep = built(api::users::Users::builder().username(username).build())?;
+        let users: Vec<ApiUser> = self.retry("user", || ep.query_async(&self.client)).await?;
+        Ok(users
+            .into_iter()
+            .find(|u| u.username.eq_ignore_ascii_case(username)))
+    }
+
+    async fn create_issue(
+        &self,
+        project: &str,
+        title: &str,
+        description: &str,
+        labels: &[String],
+    ) -> Result<ApiIssue, GitlabError> {
+        let ep = api::projects::issues::CreateIssue::builder()
+            .project(project)
+            .title(title)
+            .description(description)
+            .labels(labels.iter().map(String::as_str))
+            .confidential(true)
+            .build()
+            .map_err(|e| GitlabError::Rejected(e.to_string()))?;
+        ep.query_async(&self.client)
+            .await
+            .map_err(|e| GitlabError::Exhausted {
+                attempts: 1,
+                detail: scrub(&e.to_string()),
+            })
+    }
+}

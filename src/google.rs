@@ -1,0 +1,282 @@
+//! Google Groups membership (the Okta app assignment), via the Admin SDK
+//! Directory `members` resource (see `docs/api-google.md`).
+//!
+//! Authentication is a service account: with a Groups admin role of its own
+//! (no subject), or with domain-wide delegation (a subject to act as). The
+//! token exchange is `gcp_auth`'s, which posts to the key file's `token_uri`.
+//! Only the `admin.directory.group.member` scope is requested.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::config::GoogleConfig;
+use crate::http::{Backoff, retry_after};
+use crate::secret::Secrets;
+
+pub const SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.group.member";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoogleError {
+    #[error("Google: no service-account key: {0}")]
+    Key(String),
+    #[error("Google: token exchange refused: {0}")]
+    Token(String),
+    #[error("Google: the token was rejected (401): check the service-account key")]
+    Unauthorized,
+    #[error("Google: not allowed (403 {reason}) on {group}: give the service account a Groups admin role, or authorise domain-wide delegation for the admin.directory.group.member scope and set `subject`")]
+    Forbidden { group: String, reason: String },
+    #[error("Google: group {0} does not exist, or the service account cannot see it: check okta_group in bot.toml")]
+    GroupNotFound(String),
+    #[error("Google: {email} is not a user of the domain (404 memberKey)")]
+    NoSuchUser { email: String },
+    #[error("Google: {0} after retries")]
+    Exhausted(String),
+    #[error("Google: request rejected ({status} {reason}): {message}")]
+    Invalid {
+        status: u16,
+        reason: String,
+        message: String,
+    },
+    #[error("Google: connection failed: {0}")]
+    Transport(String),
+}
+
+impl GoogleError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, GoogleError::Exhausted(_) | GoogleError::Transport(_))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Done,
+    /// Already so (409 duplicate on add, 404 on remove).
+    AlreadySo,
+}
+
+/// Group membership operations. An Okta-group backend would implement the
+/// same trait (see the README).
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait GroupDirectory: Send + Sync {
+    async fn add_member(&self, group: &str, email: &str) -> Result<Change, GoogleError>;
+    async fn remove_member(&self, group: &str, email: &str) -> Result<Change, GoogleError>;
+    /// Direct membership (`members.get`; not `hasMember`, which counts nested
+    /// groups and rejects external addresses).
+    async fn is_member(&self, group: &str, email: &str) -> Result<bool, GoogleError>;
+    async fn list_members(&self, group: &str) -> Result<Vec<String>, GoogleError>;
+}
+
+pub struct GoogleClient {
+    base: String,
+    http: reqwest::Client,
+    auth: Arc<gcp_auth::CustomServiceAccount>,
+    backoff: Backoff,
+    /// Reads after an insert before its 404 is believed (eventual consistency).
+    pub confirm_attempts: u32,
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl GoogleClient {
+    pub fn new(cfg: &GoogleConfig, secrets: &Secrets, http: reqwest::Client) -> Result<GoogleClient, GoogleError> {
+        let json = match (&cfg.key_env, &cfg.key_path) {
+            (Some(var), _) => secrets
+                .get(var)
+                .map_err(|e| GoogleError::Key(e.to_string()))?
+                .expose()
+                .to_string(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| GoogleError::Key(format!("{}: {e}", path.display())))?,
+            (None, None) => return Err(GoogleError::Key("set key_path or key_env in [google]".into())),
+        };
+        // The error text of a bad key never includes the key itself.
+        let mut sa = gcp_auth::CustomServiceAccount::from_json(&json)
+            .map_err(|_| GoogleError::Key("the key is not a valid service-account key file (JSON with client_email, private_key, token_uri)".into()))?;
+        if let Some(sub) = &cfg.subject {
+            sa = sa.with_subject(sub.clone());
+        }
+        Ok(GoogleClient {
+            base: cfg.base_url.trim_end_matches('/').to_string(),
+            http,
+            auth: Arc::new(sa),
+            backoff: Backoff::default(),
+            confirm_attempts: 5,
+        })
+    }
+
+    pub fn with_backoff(mut self, b: Backoff) -> Self {
+        self.backoff = b;
+        self
+    }
+
+    async fn token(&self) -> Result<String, GoogleError> {
+        use gcp_auth::TokenProvider;
+        let t = self.auth.token(&[SCOPE]).await.map_err(|e| {
+            // gcp_auth reports the token endpoint's answer; keep Google's own words
+            // (unauthorized_client, invalid_grant: Invalid email or User ID, ...).
+            GoogleError::Token(explain_token_error(&format!("{e:?}")))
+        })?;
+        Ok(t.as_str().to_string())
+    }
+
+    /// One call: token, retries on rate limits and backend errors, typed errors.
+    async fn call(&self, method: Method, url: &str, body: Option<&Value>, group: &str) -> Result<(u16, Value), GoogleError> {
+        let mut attempt = 0u32;
+        loop {
+            let token = self.token().await?;
+            let mut rb = self.http.request(method.clone(), url).bearer_auth(token);
+            if let Some(b) = body {
+                rb = rb.json(b);
+            }
+            let r = match rb.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    if attempt + 1 < self.backoff.attempts {
+                        tokio::time::sleep(self.backoff.delay(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(GoogleError::Transport(e.without_url().to_string()));
+                }
+            };
+            let status = r.status().as_u16();
+            let wait = retry_after(r.headers());
+            let v: Value = match r.bytes().await {
+                Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
+                Err(e) => {
+                    if attempt + 1 < self.backoff.attempts {
+                        tokio::time::sleep(self.backoff.delay(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(GoogleError::Transport(e.without_url().to_string()));
+                }
+            };
+            if (200..300).contains(&status) {
+                return Ok((status, v));
+            }
+            let reason = v["error"]["errors"][0]["reason"]
+                .as_str()
+                .or(v["error"]["status"].as_str())
+                .unwrap_or("")
+                .to_string();
+            let message = v["error"]["message"].as_str().unwrap_or("").to_string();
+            let retryable = matches!(status, 429 | 500 | 502 | 503 | 504)
+                || (status == 403 && matches!(reason.as_str(), "rateLimitExceeded" | "userRateLimitExceeded" | "quotaExceeded"));
+            if retryable {
+                if attempt + 1 >= self.backoff.attempts {
+                    return Err(GoogleError::Exhausted(format!("{status} {reason}")));
+                }
+                tokio::time::sleep(wait.unwrap_or_else(|| self.backoff.delay(attempt))).await;
+                attempt += 1;
+                continue;
+            }
+            return Err(match (status, reason.as_str()) {
+                (401, _) => GoogleError::Unauthorized,
+                (403, _) => GoogleError::Forbidden {
+                    group: group.to_string(),
+                    reason,
+                },
+                (404, _) if message.ends_with("groupKey") => GoogleError::GroupNotFound(group.to_string()),
+                _ => GoogleError::Invalid {
+                    status,
+                    reason,
+                    message,
+                },
+            });
+        }
+    }
+
+    fn member_url(&self, group: &str, email: &str) -> String {
+        format!("{}/admin/directory/v1/groups/{}/members/{}", self.base, enc(group), enc(email))
+    }
+}
+
+fn explain_token_error(raw: &str) -> String {
+    if raw.contains("unauthorized_client") {
+        "unauthorized_client: domain-wide delegation is not granted for this service account's client id and the admin.directory.group.member scope".into()
+    } else if raw.contains("Invalid email or User ID") || raw.contains("Not a valid email") {
+        "invalid_grant: the `subject` in [google] is not a user of the domain".into()
+    } else if raw.contains("No valid verifier") || raw.contains("Invalid JWT Signature") {
+        "invalid_grant: the key was rotated or deleted; download a new key".into()
+    } else {
+        // Keep only the first line: gcp_auth's debug output can be long.
+        raw.lines().next().unwrap_or(raw).chars().take(300).collect()
+    }
+}
+
+#[async_trait]
+impl GroupDirectory for GoogleClient {
+    async fn add_member(&self, group: &str, email: &str) -> Result<Change, GoogleError> {
+        let url = format!("{}/admin/directory/v1/groups/{}/members", self.base, enc(group));
+        let change = match self
+            .call(Method::POST, &url, Some(&json!({"email": email, "role": "MEMBER"})), group)
+            .await
+        {
+            Ok(_) => Change::Done,
+            Err(GoogleError::Invalid { status: 409, .. }) => Change::AlreadySo,
+            Err(GoogleError::Invalid { status: 404, .. }) => {
+                return Err(GoogleError::NoSuchUser { email: email.into() });
+            }
+            Err(e) => return Err(e),
+        };
+        // A fresh membership can be invisible to `get` for a while: confirm with
+        // bounded retries, and never read an early 404 as failure.
+        for attempt in 0..self.confirm_attempts {
+            if self.is_member(group, email).await? {
+                return Ok(change);
+            }
+            tokio::time::sleep(self.backoff.delay(attempt).min(std::time::Duration::from_secs(2))).await;
+        }
+        tracing::warn!(group, "membership not visible yet after insert; trusting the insert's answer");
+        Ok(change)
+    }
+
+    async fn remove_member(&self, group: &str, email: &str) -> Result<Change, GoogleError> {
+        match self.call(Method::DELETE, &self.member_url(group, email), None, group).await {
+            Ok(_) => Ok(Change::Done),
+            Err(GoogleError::Invalid { status: 404, .. }) => Ok(Change::AlreadySo),
+            // An external address that is not a member answers 400 `required`.
+            Err(GoogleError::Invalid { status: 400, reason, .. }) if reason == "required" && !email.is_empty() => {
+                Ok(Change::AlreadySo)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn is_member(&self, group: &str, email: &str) -> Result<bool, GoogleError> {
+        match self.call(Method::GET, &self.member_url(group, email), None, group).await {
+            Ok(_) => Ok(true),
+            Err(GoogleError::Invalid { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_members(&self, group: &str) -> Result<Vec<String>, GoogleError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = format!("{}/admin/directory/v1/groups/{}/members?maxResults=200", self.base, enc(group));
+            if let Some(t) = &token {
+                url.push_str(&format!("&pageToken={}", enc(t)));
+            }
+            let (_, v) = self.call(Method::GET, &url, None, group).await?;
+            // An empty group may omit `members`.
+            for m in v["members"].as_array().into_iter().flatten() {
+                if let Some(e) = m["email"].as_str() {
+                    out.push(e.to_string());
+                }
+            }
+            match v["nextPageToken"].as_str() {
+                Some(t) => token = Some(t.to_string()),
+                None => return Ok(out),
+            }
+        }
+    }
+}

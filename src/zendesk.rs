@@ -1,0 +1,869 @@
+//! Zendesk Support connector, one client per instance (see `docs/api-zendesk.md`).
+//!
+//! Auth: OAuth client credentials (cached, refreshed a minute before expiry and
+//! once after a 401) or the legacy `email/token` API token (warned about: they
+//! stop working on 2027-04-30). Every request waits for its slot in the
+//! instance's budget; a 429 pauses the whole instance for `Retry-After`; 5xx
+//! and dropped connections are retried with capped jittered backoff; other 4xx
+//! come back as typed errors that say what to fix.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::config::{ZendeskAuth, ZendeskInstance};
+use crate::http::{Backoff, RateBudget, retry_after};
+use crate::request::Email;
+use crate::secret::{Secret, Secrets};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZendeskError {
+    #[error("Zendesk {instance}: credentials rejected (401): {detail}. Check the OAuth client id and secret (or API token) named in bot.toml")]
+    Unauthorized { instance: String, detail: String },
+    #[error("Zendesk {instance}: not allowed (403): {detail}. The OAuth client needs write scope and an admin user; some features need the Enterprise plan")]
+    Forbidden { instance: String, detail: String },
+    #[error("Zendesk {instance}: {what} not found")]
+    NotFound { instance: String, what: String },
+    #[error("Zendesk {instance}: request rejected ({status} {error}): {detail}")]
+    Invalid {
+        instance: String,
+        status: u16,
+        error: String,
+        detail: String,
+    },
+    #[error("Zendesk {instance}: still rate limited after {attempts} attempts")]
+    RateLimited { instance: String, attempts: u32 },
+    #[error("Zendesk {instance}: server error {status} after {attempts} attempts")]
+    Server {
+        instance: String,
+        status: u16,
+        attempts: u32,
+    },
+    #[error("Zendesk {instance}: connection failed after {attempts} attempts: {detail}")]
+    Transport {
+        instance: String,
+        attempts: u32,
+        detail: String,
+    },
+    #[error("Zendesk {instance}: unexpected response: {detail}")]
+    Decode { instance: String, detail: String },
+    #[error("Zendesk {instance}: {detail}")]
+    Config { instance: String, detail: String },
+    #[error("Zendesk {instance}: bulk job {job} did not finish: {detail}")]
+    Job {
+        instance: String,
+        job: String,
+        detail: String,
+    },
+}
+
+impl ZendeskError {
+    /// Worth trying again on a later cycle (as opposed to a configuration or request problem).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ZendeskError::RateLimited { .. }
+                | ZendeskError::Server { .. }
+                | ZendeskError::Transport { .. }
+                | ZendeskError::Job { .. }
+        )
+    }
+}
+
+/// A user as the API returns it (only the fields the bot reads).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct User {
+    pub id: u64,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    pub role: String,
+    #[serde(default)]
+    pub role_type: Option<i64>,
+    #[serde(default)]
+    pub custom_role_id: Option<u64>,
+    #[serde(default)]
+    pub suspended: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub user_fields: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+impl User {
+    pub fn filled_fields(&self) -> Vec<String> {
+        self.user_fields
+            .iter()
+            .filter(|(_, v)| !v.is_null() && *v != &Value::String(String::new()))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct CustomRole {
+    pub id: u64,
+    pub name: String,
+    #[serde(default)]
+    pub role_type: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Group {
+    pub id: u64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Membership {
+    pub id: u64,
+    pub user_id: u64,
+    pub group_id: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Ticket {
+    pub id: u64,
+    pub status: String,
+    #[serde(default)]
+    pub assignee_id: Option<u64>,
+    #[serde(default)]
+    pub group_id: Option<u64>,
+}
+
+/// Outcome of a bulk update, per ticket.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BulkOutcome {
+    pub updated: Vec<u64>,
+    pub failed: Vec<(u64, String)>,
+    pub bulk_calls: u32,
+    pub job_polls: u32,
+}
+
+/// What the user update may change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserPatch {
+    pub role: Option<String>,
+    /// `Some(None)` clears it.
+    pub custom_role_id: Option<Option<u64>>,
+    pub suspended: Option<bool>,
+    pub clear_fields: Vec<String>,
+}
+
+/// The operations the workflows use, per instance. Mocked in unit tests of logic;
+/// proved against the sandbox over HTTP.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait ZendeskApi: Send + Sync {
+    fn instance(&self) -> &str;
+    async fn me(&self) -> Result<User, ZendeskError>;
+    /// Exact (case-insensitive) email match among the search results.
+    async fn find_user(&self, email: &Email) -> Result<Option<User>, ZendeskError>;
+    async fn show_user(&self, id: u64) -> Result<User, ZendeskError>;
+    /// Create or update by email; returns the user and whether it was created (201).
+    async fn create_or_update(
+        &self,
+        name: &str,
+        email: &Email,
+        role: &str,
+        custom_role_id: Option<u64>,
+    ) -> Result<(User, bool), ZendeskError>;
+    async fn update_user(&self, id: u64, patch: &UserPatch) -> Result<User, ZendeskError>;
+    async fn add_tags(&self, id: u64, tags: &[String]) -> Result<Vec<String>, ZendeskError>;
+    async fn remove_tags(&self, id: u64, tags: &[String]) -> Result<Vec<String>, ZendeskError>;
+    async fn custom_roles(&self) -> Result<Vec<CustomRole>, ZendeskError>;
+    async fn groups(&self) -> Result<Vec<Group>, ZendeskError>;
+    async fn memberships(&self, user_id: u64) -> Result<Vec<Membership>, ZendeskError>;
+    async fn add_membership(&self, user_id: u64, group_id: u64) -> Result<(), ZendeskError>;
+    /// 404 counts as done.
+    async fn remove_membership(&self, membership_id: u64) -> Result<(), ZendeskError>;
+    /// Tickets assigned to the user with status below closed.
+    async fn open_tickets(&self, user_id: u64) -> Result<Vec<Ticket>, ZendeskError>;
+    /// Reassign in batches of at most 100, poll each job, retry failed items once
+    /// (with the group set when the assignee was not in the ticket's group).
+    async fn reassign(
+        &self,
+        tickets: &[Ticket],
+        assignee: u64,
+        assignee_groups: &[u64],
+    ) -> Result<BulkOutcome, ZendeskError>;
+    /// Agents and admins (paid seats), cursor-paginated.
+    async fn agents(&self) -> Result<Vec<User>, ZendeskError>;
+}
+
+enum Auth {
+    Oauth {
+        client_id: Secret,
+        client_secret: Secret,
+        scope: String,
+        token: Mutex<Option<(Secret, Option<DateTime<Utc>>)>>,
+    },
+    ApiToken {
+        email: Secret,
+        token: Secret,
+    },
+}
+
+pub struct ZendeskClient {
+    instance: String,
+    base: String,
+    http: reqwest::Client,
+    auth: Auth,
+    budget: RateBudget,
+    backoff: Backoff,
+    /// Delay between job polls.
+    pub job_poll_interval: Duration,
+}
+
+impl ZendeskClient {
+    pub fn new(
+        instance: &str,
+        cfg: &ZendeskInstance,
+        secrets: &Secrets,
+        http: reqwest::Client,
+    ) -> Result<ZendeskClient, ZendeskError> {
+        let missing = |e: crate::secret::SecretError| ZendeskError::Config {
+            instance: instance.into(),
+            detail: e.to_string(),
+        };
+        let auth = match &cfg.auth {
+            ZendeskAuth::Oauth {
+                client_id_env,
+                client_secret_env,
+                scope,
+            } => Auth::Oauth {
+                client_id: secrets.get(client_id_env).map_err(missing)?,
+                client_secret: secrets.get(client_secret_env).map_err(missing)?,
+                scope: scope.clone(),
+                token: Mutex::new(None),
+            },
+            ZendeskAuth::ApiToken {
+                email_env,
+                token_env,
+            } => {
+                tracing::warn!(
+                    instance,
+                    "Zendesk {instance} uses a legacy API token; API tokens stop working on 2027-04-30: move to an OAuth client"
+                );
+                Auth::ApiToken {
+                    email: secrets.get(email_env).map_err(missing)?,
+                    token: secrets.get(token_env).map_err(missing)?,
+                }
+            }
+        };
+        Ok(ZendeskClient {
+            instance: instance.into(),
+            base: cfg.base_url.trim_end_matches('/').to_string(),
+            http,
+            auth,
+            budget: RateBudget::per_minute(cfg.requests_per_minute),
+            backoff: Backoff::default(),
+            job_poll_interval: Duration::from_millis(500),
+        })
+    }
+
+    pub fn with_backoff(mut self, b: Backoff) -> Self {
+        self.backoff = b;
+        self
+    }
+
+    fn err_decode(&self, detail: impl ToString) -> ZendeskError {
+        ZendeskError::Decode {
+            instance: self.instance.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    async fn authorization(&self, refresh: bool) -> Result<String, ZendeskError> {
+        match &self.auth {
+            Auth::ApiToken { email, token } => Ok(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}/token:{}", email.expose(), token.expose()))
+            )),
+            Auth::Oauth {
+                client_id,
+                client_secret,
+                scope,
+                token,
+            } => {
+                let mut cached = token.lock().await;
+                let fresh = cached.as_ref().is_some_and(|(_, exp)| {
+                    exp.is_none_or(|e| e - chrono::Duration::seconds(60) > Utc::now())
+                });
+                if refresh || !fresh {
+                    *cached = Some(self.fetch_token(client_id, client_secret, scope).await?);
+                }
+                Ok(format!(
+                    "Bearer {}",
+                    cached.as_ref().map(|(t, _)| t.expose()).unwrap_or_default()
+                ))
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        id: &Secret,
+        secret: &Secret,
+        scope: &str,
+    ) -> Result<(Secret, Option<DateTime<Utc>>), ZendeskError> {
+        let body = json!({"grant_type": "client_credentials", "client_id": id.expose(),
+                          "client_secret": secret.expose(), "scope": scope, "expires_in": 3600});
+        let mut attempt = 0;
+        loop {
+            self.budget.acquire().await;
+            let r = self
+                .http
+                .post(format!("{}/oauth/tokens", self.base))
+                .json(&body)
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => {
+                    let v: Value = r.json().await.map_err(|e| self.err_decode(e))?;
+                    let tok = v["access_token"]
+                        .as_str()
+                        .ok_or_else(|| self.err_decode("token response without access_token"))?;
+                    // `expires_in` is optional in the documented response (UNCONFIRMED): then we
+                    // keep the token until a 401 says otherwise.
+                    let exp = v["expires_in"]
+                        .as_i64()
+                        .map(|s| Utc::now() + chrono::Duration::seconds(s));
+                    return Ok((Secret::new(tok), exp));
+                }
+                Ok(r) if r.status() == StatusCode::UNAUTHORIZED || r.status() == StatusCode::BAD_REQUEST => {
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    return Err(ZendeskError::Unauthorized {
+                        instance: self.instance.clone(),
+                        detail: v["error"].as_str().unwrap_or("token request refused").to_string(),
+                    });
+                }
+                Ok(r) if attempt + 1 < self.backoff.attempts && (r.status().is_server_error() || r.status() == 429) => {
+                    let wait = retry_after(r.headers()).unwrap_or_else(|| self.backoff.delay(attempt));
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(r) => {
+                    return Err(ZendeskError::Server {
+                        instance: self.instance.clone(),
+                        status: r.status().as_u16(),
+                        attempts: attempt + 1,
+                    });
+                }
+                Err(e) if attempt + 1 < self.backoff.attempts => {
+                    tracing::debug!(instance = %self.instance, error = %e, "token request failed, retrying");
+                    tokio::time::sleep(self.backoff.delay(attempt)).await;
+                }
+                Err(e) => {
+                    return Err(ZendeskError::Transport {
+                        instance: self.instance.clone(),
+                        attempts: attempt + 1,
+                        detail: e.without_url().to_string(),
+                    });
+                }
+            }
+            attempt += 1;
+        }
+    }
+
+    /// One API call with budget, auth, retries and error mapping. `what` names
+    /// the thing for 404 messages. Returns status and JSON body (Null if empty).
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<(StatusCode, Value), ZendeskError> {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}/api/v2{path}", self.base)
+        };
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        loop {
+            self.budget.acquire().await;
+            let auth = self.authorization(false).await?;
+            let mut rb = self
+                .http
+                .request(method.clone(), &url)
+                .header("authorization", auth)
+                .header("accept", "application/json");
+            if let Some(b) = body {
+                rb = rb.json(b);
+            }
+            let result = match rb.send().await {
+                Ok(r) => {
+                    let status = r.status();
+                    let headers = r.headers().clone();
+                    match r.bytes().await {
+                        Ok(b) => Ok((status, headers, b)),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let (status, headers, bytes) = match result {
+                Ok(x) => x,
+                Err(e) => {
+                    // Dropped connection or timeout: safe to retry, every call here is idempotent
+                    // or checked (create_or_update matches by email).
+                    if attempt + 1 < self.backoff.attempts {
+                        tracing::debug!(instance = %self.instance, error = %e.without_url(), attempt, "connection problem, retrying");
+                        tokio::time::sleep(self.backoff.delay(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(ZendeskError::Transport {
+                        instance: self.instance.clone(),
+                        attempts: attempt + 1,
+                        detail: e.without_url().to_string(),
+                    });
+                }
+            };
+            let json = || serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+            match status.as_u16() {
+                200..=299 => return Ok((status, json())),
+                401 if !refreshed && matches!(self.auth, Auth::Oauth { .. }) => {
+                    refreshed = true;
+                    self.authorization(true).await?;
+                    continue;
+                }
+                401 => {
+                    return Err(ZendeskError::Unauthorized {
+                        instance: self.instance.clone(),
+                        detail: describe(&json()),
+                    });
+                }
+                403 => {
+                    return Err(ZendeskError::Forbidden {
+                        instance: self.instance.clone(),
+                        detail: describe(&json()),
+                    });
+                }
+                404 => {
+                    return Err(ZendeskError::NotFound {
+                        instance: self.instance.clone(),
+                        what: what.to_string(),
+                    });
+                }
+                429 | 503 => {
+                    // The 429 body is text/plain: never parse it. Honour Retry-After.
+                    let wait = retry_after(&headers).unwrap_or_else(|| self.backoff.delay(attempt));
+                    tracing::warn!(instance = %self.instance, status = status.as_u16(), wait_ms = wait.as_millis() as u64, "Zendesk asked us to slow down");
+                    self.budget.pause(wait).await;
+                    if attempt + 1 >= self.backoff.attempts {
+                        return Err(if status == 429 {
+                            ZendeskError::RateLimited {
+                                instance: self.instance.clone(),
+                                attempts: attempt + 1,
+                            }
+                        } else {
+                            ZendeskError::Server {
+                                instance: self.instance.clone(),
+                                status: 503,
+                                attempts: attempt + 1,
+                            }
+                        });
+                    }
+                }
+                500..=599 => {
+                    if attempt + 1 >= self.backoff.attempts {
+                        return Err(ZendeskError::Server {
+                            instance: self.instance.clone(),
+                            status: status.as_u16(),
+                            attempts: attempt + 1,
+                        });
+                    }
+                    tokio::time::sleep(self.backoff.delay(attempt)).await;
+                }
+                s => {
+                    let v = json();
+                    return Err(ZendeskError::Invalid {
+                        instance: self.instance.clone(),
+                        status: s,
+                        error: v["error"].as_str().unwrap_or("").to_string(),
+                        detail: describe(&v),
+                    });
+                }
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn get(&self, path: &str, what: &str) -> Result<Value, ZendeskError> {
+        self.call(Method::GET, path, None, what).await.map(|(_, v)| v)
+    }
+
+    /// Follow cursor pagination (`links.next` while `meta.has_more`).
+    async fn paged(&self, path: &str, key: &str, what: &str) -> Result<Vec<Value>, ZendeskError> {
+        let mut out = Vec::new();
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut next = Some(format!("{path}{sep}page[size]=100"));
+        while let Some(p) = next.take() {
+            let v = self.get(&p, what).await?;
+            out.extend(v[key].as_array().cloned().unwrap_or_default());
+            if v["meta"]["has_more"] == true {
+                // Hosts in links.next may differ from ours (recordings show it): keep our base.
+                next = v["links"]["next"].as_str().and_then(|n| n.find("/api/v2").map(|i| n[i + 7..].to_string()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, v: &Value) -> Result<T, ZendeskError> {
+        serde_json::from_value(v.clone()).map_err(|e| self.err_decode(e))
+    }
+
+    async fn poll_job(&self, job: &Value, outcome: &mut BulkOutcome) -> Result<Value, ZendeskError> {
+        let id = job["id"]
+            .as_str()
+            .ok_or_else(|| self.err_decode("job_status without id"))?
+            .to_string();
+        let mut status = job.clone();
+        for _ in 0..600 {
+            match status["status"].as_str() {
+                Some("completed") => return Ok(status),
+                Some("failed") | Some("killed") => {
+                    return Err(ZendeskError::Job {
+                        instance: self.instance.clone(),
+                        job: id,
+                        detail: status["message"].as_str().unwrap_or("failed").to_string(),
+                    });
+                }
+                _ => {}
+            }
+            tokio::time::sleep(self.job_poll_interval).await;
+            outcome.job_polls += 1;
+            status = self.get(&format!("/job_statuses/{id}.json"), "job")
+                .await?["job_status"]
+                .clone();
+        }
+        Err(ZendeskError::Job {
+            instance: self.instance.clone(),
+            job: id,
+            detail: "still not completed after 600 polls".into(),
+        })
+    }
+}
+
+fn describe(v: &Value) -> String {
+    let mut s = String::new();
+    if let Some(e) = v["error"].as_str() {
+        s.push_str(e);
+    } else if let Some(e) = v["error"]["title"].as_str() {
+        s.push_str(e);
+    }
+    if let Some(d) = v["description"].as_str() {
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(d);
+    }
+    if let Value::Object(details) = &v["details"] {
+        for (field, errs) in details {
+            for e in errs.as_array().into_iter().flatten() {
+                if let Some(d) = e["description"].as_str() {
+                    s.push_str(&format!("; {field}: {d}"));
+                }
+            }
+        }
+    }
+    if s.is_empty() { v.to_string() } else { s }
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[async_trait]
+impl ZendeskApi for ZendeskClient {
+    fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    async fn me(&self) -> Result<User, ZendeskError> {
+        let v = self.get("/users/me.json", "current user").await?;
+        self.parse(&v["user"])
+    }
+
+    async fn find_user(&self, email: &Email) -> Result<Option<User>, ZendeskError> {
+        // `/users/search` has no email parameter (unknown ones are ignored and return
+        // everyone), so query `email:"..."` and keep only the exact match.
+        let q = enc(&format!("email:\"{}\"", email.as_str()));
+        let v = self.get(&format!("/users/search.json?query={q}"), "user").await?;
+        let users: Vec<User> = self.parse(&v["users"])?;
+        let mut exact: Vec<User> = users
+            .into_iter()
+            .filter(|u| {
+                u.email
+                    .as_deref()
+                    .is_some_and(|e| e.eq_ignore_ascii_case(email.as_str()))
+            })
+            .collect();
+        match exact.len() {
+            0 => Ok(None),
+            1 => Ok(exact.pop()),
+            n => Err(ZendeskError::Invalid {
+                instance: self.instance.clone(),
+                status: 200,
+                error: "Ambiguous".into(),
+                detail: format!("{n} users have the email {email}"),
+            }),
+        }
+    }
+
+    async fn show_user(&self, id: u64) -> Result<User, ZendeskError> {
+        let v = self.get(&format!("/users/{id}.json"), "user").await?;
+        self.parse(&v["user"])
+    }
+
+    async fn create_or_update(
+        &self,
+        name: &str,
+        email: &Email,
+        role: &str,
+        custom_role_id: Option<u64>,
+    ) -> Result<(User, bool), ZendeskError> {
+        let mut user = json!({"name": name, "email": email.as_str(), "role": role, "skip_verify_email": true});
+        if let Some(c) = custom_role_id {
+            user["custom_role_id"] = json!(c);
+        }
+        let (status, v) = self
+            .call(Method::POST, "/users/create_or_update.json", Some(&json!({"user": user})), "user")
+            .await?;
+        Ok((self.parse(&v["user"])?, status == StatusCode::CREATED))
+    }
+
+    async fn update_user(&self, id: u64, patch: &UserPatch) -> Result<User, ZendeskError> {
+        let mut user = serde_json::Map::new();
+        if let Some(r) = &patch.role {
+            user.insert("role".into(), json!(r));
+        }
+        if let Some(c) = &patch.custom_role_id {
+            user.insert("custom_role_id".into(), json!(c));
+        }
+        if let Some(s) = patch.suspended {
+            user.insert("suspended".into(), json!(s));
+        }
+        if !patch.clear_fields.is_empty() {
+            // Clearing with null is UNCONFIRMED in the docs; it is what the API returns for
+            // unset fields, and the executor re-reads the user to verify.
+            let fields: serde_json::Map<String, Value> = patch
+                .clear_fields
+                .iter()
+                .map(|k| (k.clone(), Value::Null))
+                .collect();
+            user.insert("user_fields".into(), Value::Object(fields));
+        }
+        let (_, v) = self
+            .call(Method::PUT, &format!("/users/{id}.json"), Some(&json!({"user": user})), "user")
+            .await?;
+        self.parse(&v["user"])
+    }
+
+    async fn add_tags(&self, id: u64, tags: &[String]) -> Result<Vec<String>, ZendeskError> {
+        let (_, v) = self
+            .call(Method::PUT, &format!("/users/{id}/tags.json"), Some(&json!({"tags": tags})), "user")
+            .await?;
+        Ok(self.parse(&v["tags"]).unwrap_or_default())
+    }
+
+    async fn remove_tags(&self, id: u64, tags: &[String]) -> Result<Vec<String>, ZendeskError> {
+        // Answers 204 or 200 with the remaining tags: accept both.
+        let (_, v) = self
+            .call(Method::DELETE, &format!("/users/{id}/tags.json"), Some(&json!({"tags": tags})), "user")
+            .await?;
+        Ok(self.parse(&v["tags"]).unwrap_or_default())
+    }
+
+    async fn custom_roles(&self) -> Result<Vec<CustomRole>, ZendeskError> {
+        let v = self.get("/custom_roles.json", "custom roles").await?;
+        self.parse(&v["custom_roles"])
+    }
+
+    async fn groups(&self) -> Result<Vec<Group>, ZendeskError> {
+        let v = self.paged("/groups.json", "groups", "groups").await?;
+        self.parse(&Value::Array(v))
+    }
+
+    async fn memberships(&self, user_id: u64) -> Result<Vec<Membership>, ZendeskError> {
+        let v = self
+            .paged(&format!("/users/{user_id}/group_memberships.json"), "group_memberships", "user")
+            .await?;
+        self.parse(&Value::Array(v))
+    }
+
+    async fn add_membership(&self, user_id: u64, group_id: u64) -> Result<(), ZendeskError> {
+        let body = json!({"group_membership": {"user_id": user_id, "group_id": group_id}});
+        self.call(Method::POST, "/group_memberships.json", Some(&body), "group")
+            .await
+            .map(|_| ())
+    }
+
+    async fn remove_membership(&self, membership_id: u64) -> Result<(), ZendeskError> {
+        match self
+            .call(Method::DELETE, &format!("/group_memberships/{membership_id}.json"), None, "membership")
+            .await
+        {
+            Ok(_) | Err(ZendeskError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn open_tickets(&self, user_id: u64) -> Result<Vec<Ticket>, ZendeskError> {
+        // The assigned-tickets list has no search-index lag (search can be minutes behind).
+        let v = self
+            .paged(&format!("/users/{user_id}/tickets/assigned.json"), "tickets", "user")
+            .await?;
+        let all: Vec<Ticket> = self.parse(&Value::Array(v))?;
+        Ok(all.into_iter().filter(|t| t.status != "closed").collect())
+    }
+
+    async fn reassign(
+        &self,
+        tickets: &[Ticket],
+        assignee: u64,
+        assignee_groups: &[u64],
+    ) -> Result<BulkOutcome, ZendeskError> {
+        let mut outcome = BulkOutcome::default();
+        let mut retry: Vec<(Ticket, String)> = Vec::new();
+        for chunk in tickets.chunks(100) {
+            let (ok, failed) = self.bulk(chunk, assignee, None, &mut outcome).await?;
+            outcome.updated.extend(ok);
+            for (id, why) in failed {
+                if let Some(t) = chunk.iter().find(|t| t.id == id) {
+                    retry.push((t.clone(), why));
+                }
+            }
+        }
+        // Retry failed items once; when the assignee is not in the ticket's group,
+        // move the ticket to one of the assignee's groups.
+        let target_group = assignee_groups.first().copied();
+        let (not_member, other): (Vec<_>, Vec<_>) = retry
+            .into_iter()
+            .partition(|(_, why)| why.contains("not a member of the group"));
+        for (group, batch) in [(target_group, not_member), (None, other)] {
+            let batch: Vec<Ticket> = batch.into_iter().map(|(t, _)| t).collect();
+            for chunk in batch.chunks(100) {
+                let (ok, failed) = self.bulk(chunk, assignee, group, &mut outcome).await?;
+                outcome.updated.extend(ok);
+                outcome.failed.extend(failed);
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn agents(&self) -> Result<Vec<User>, ZendeskError> {
+        let v = self
+            .paged("/users.json?role[]=agent&role[]=admin", "users", "users")
+            .await?;
+        self.parse(&Value::Array(v))
+    }
+}
+
+impl ZendeskClient {
+    async fn bulk(
+        &self,
+        chunk: &[Ticket],
+        assignee: u64,
+        group: Option<u64>,
+        outcome: &mut BulkOutcome,
+    ) -> Result<(Vec<u64>, Vec<(u64, String)>), ZendeskError> {
+        let ids: Vec<String> = chunk.iter().map(|t| t.id.to_string()).collect();
+        let mut ticket = json!({"assignee_id": assignee});
+        if let Some(g) = group {
+            ticket["group_id"] = json!(g);
+        }
+        outcome.bulk_calls += 1;
+        let (_, v) = self
+            .call(
+                Method::PUT,
+                &format!("/tickets/update_many.json?ids={}", ids.join(",")),
+                Some(&json!({"ticket": ticket})),
+                "tickets",
+            )
+            .await?;
+        let done = self.poll_job(&v["job_status"], outcome).await?;
+        let mut ok = Vec::new();
+        let mut failed = Vec::new();
+        // `completed` does not mean every item succeeded: read each result.
+        for r in done["results"].as_array().into_iter().flatten() {
+            let Some(id) = r["id"].as_u64() else { continue };
+            if r["success"] == true || r["status"] == "Updated" {
+                ok.push(id);
+            } else {
+                let why = r["details"]
+                    .as_str()
+                    .or(r["error"].as_str())
+                    .unwrap_or("failed")
+                    .to_string();
+                failed.push((id, why));
+            }
+        }
+        for t in chunk {
+            if !ok.contains(&t.id) && !failed.iter().any(|(id, _)| *id == t.id) {
+                failed.push((t.id, "no result in the job status".into()));
+            }
+        }
+        Ok((ok, failed))
+    }
+}
+
+/// Ids resolved per instance at start-up: never shared between instances.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    pub light_agent_role: Option<u64>,
+    /// Custom role name (lower-case) -> id.
+    pub roles: BTreeMap<String, u64>,
+    pub role_names: BTreeMap<u64, String>,
+    /// Group name (lower-case) -> id.
+    pub groups: BTreeMap<String, u64>,
+    pub group_names: BTreeMap<u64, String>,
+}
+
+impl Resolved {
+    pub async fn load(api: &dyn ZendeskApi) -> Result<Resolved, ZendeskError> {
+        let roles = api.custom_roles().await?;
+        let groups = api.groups().await?;
+        Ok(Resolved {
+            light_agent_role: roles.iter().find(|r| r.role_type == Some(1)).map(|r| r.id),
+            roles: roles.iter().map(|r| (r.name.to_lowercase(), r.id)).collect(),
+            role_names: roles.iter().map(|r| (r.id, r.name.clone())).collect(),
+            groups: groups.iter().map(|g| (g.name.to_lowercase(), g.id)).collect(),
+            group_names: groups.iter().map(|g| (g.id, g.name.clone())).collect(),
+        })
+    }
+
+    /// Everything the configuration names that this instance lacks.
+    pub fn missing(&self, cfg: &ZendeskInstance) -> Vec<String> {
+        let mut out = Vec::new();
+        for (level, l) in &cfg.access_levels {
+            if l.light_agent && self.light_agent_role.is_none() {
+                out.push(format!("access level {level:?} needs a light-agent role (role_type 1), and there is none"));
+            }
+            if let Some(cr) = &l.custom_role
+                && !self.roles.contains_key(&cr.to_lowercase())
+            {
+                out.push(format!("access level {level:?}: custom role {cr:?} does not exist"));
+            }
+            for g in &l.groups {
+                if !self.groups.contains_key(&g.to_lowercase()) {
+                    out.push(format!("access level {level:?}: group {g:?} does not exist"));
+                }
+            }
+        }
+        out
+    }
+}
