@@ -95,18 +95,18 @@ impl Missing {
     pub fn explain(&self) -> String {
         match self {
             Missing::NotApplied => "not applied yet".into(),
-            Missing::Removed { by } => format!("applied, then removed by @{by}"),
+            Missing::Removed { by } => format!("applied, then removed by `@{by}`"),
             Missing::NoEventRecord => {
                 "the label is there but GitLab has no record of who applied it; remove it and apply it again".into()
             }
             Missing::Unauthorized { by } => {
-                format!("applied by @{by}, who is not an authorised approver for it")
+                format!("applied by `@{by}`, who is not an authorised approver for it")
             }
             Missing::SelfApproval { by } => {
-                format!("applied by @{by}, who is the requester or a person this request is for; self-approval does not count")
+                format!("applied by `@{by}`, who is the requester or a person this request is for; self-approval does not count")
             }
             Missing::EditedAfter { by } => {
-                format!("the description was edited by @{by} after the approval, so the approval no longer applies; please approve again")
+                format!("the description was edited by `@{by}` after the approval, so the approval no longer applies; please approve again")
             }
             Missing::PlanChanged => {
                 "the request changed after the plan that was approved; please review the new plan and approve again".into()
@@ -188,10 +188,12 @@ pub fn plan_comments(facts: &IssueFacts, bot_id: u64) -> Vec<(DateTime<Utc>, Str
         .notes
         .iter()
         .filter(|n| !n.system && n.author.id == bot_id)
-        .filter_map(|n| {
-            Marker::find(&n.body)
+        .flat_map(|n| {
+            Marker::find_all(&n.body)
+                .into_iter()
                 .filter(|m| m.step == "plan")
                 .map(|m| (n.created_at, m.digest))
+                .collect::<Vec<_>>()
         })
         .collect();
     v.sort();
@@ -253,12 +255,12 @@ pub fn decide(
         let mut reasons = Vec::new();
         if !trusted.contains(&facts.issue.author.id) {
             reasons.push(format!(
-                "a {} is only trusted when filed by the automation ({}); this one was filed by @{}",
+                "a {} is only trusted when filed by the automation ({}); this one was filed by `@{}`",
                 request.kind.human(),
                 policy
                     .trusted_authors
                     .iter()
-                    .map(|u| format!("@{u}"))
+                    .map(|u| format!("`@{u}`"))
                     .collect::<Vec<_>>()
                     .join(", "),
                 facts.issue.author.username
@@ -267,7 +269,7 @@ pub fn decide(
         for n in facts.notes.iter().filter(|n| n.is_description_change()) {
             if n.author.id != bot_id && !trusted.contains(&n.author.id) {
                 reasons.push(format!(
-                    "the description was changed by @{} at {}; a {} must not be edited by hand",
+                    "the description was changed by `@{}` at {}; a {} must not be edited by hand",
                     n.author.username,
                     n.created_at.format("%Y-%m-%d %H:%M UTC"),
                     request.kind.human()
@@ -315,7 +317,7 @@ pub fn decide(
             return Decision::Refused {
                 request: Box::new(request),
                 reasons: vec![format!(
-                    "@{} applied {} on {}: {} could not be confirmed, and no further action can be taken without it",
+                    "`@{}` applied {} on {}: {} could not be confirmed, and no further action can be taken without it",
                     ev.user.username,
                     crate::render::code_span(denied),
                     ev.created_at.format("%Y-%m-%d"),

@@ -55,17 +55,44 @@ pub enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the bot's main job on the embedded sandbox: no configuration, no credentials.
+    Demo,
     /// Validate the configuration offline and summarise what the bot will act on.
     CheckConfig,
+    /// Connect to every configured system once and report what works and what is wrong.
+    Check,
     /// Explain what the bot would do with an issue, and why not if it would not.
     Plan(PlanArgs),
+    /// One cycle over all candidate issues, then exit (for a scheduled CI pipeline).
+    Once {
+        /// Read and plan everything, write nothing anywhere, print the plans.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The daemon: poll on schedule, react to webhooks, stop cleanly on SIGINT/SIGTERM.
+    Run {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Serve the sandbox (fake GitLab, Zendesk, Google) on loopback and print a config snippet.
+    Sandbox {
+        /// A seed scenario (TOML) with people, accounts and issues.
+        #[arg(long)]
+        seed: Option<PathBuf>,
+        /// First port (GitLab); Google is +1, Zendesk instances +2, +3.
+        #[arg(long, default_value_t = 18080)]
+        port: u16,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     /// The issue description, from a file (offline).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "issue")]
     pub body_file: Option<PathBuf>,
+    /// A live issue (by iid) in the first configured project: read it and explain.
+    #[arg(long)]
+    pub issue: Option<u64>,
     /// Issue title.
     #[arg(long, default_value = "")]
     pub title: String,
@@ -84,7 +111,23 @@ pub struct PlanArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let default_level = match cli.command {
+        Command::Demo | Command::CheckConfig | Command::Plan(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_level);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    match rt.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -93,11 +136,178 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+/// Human-readable on a terminal, JSON with `--log-format json`; `RUST_LOG` overrides the level.
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("access_bot={default_level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::CheckConfig => check_config(&cli.config),
+        Command::Plan(args) if args.issue.is_some() => plan_live(&cli.config, &args).await,
         Command::Plan(args) => plan_offline(&cli.config, &args),
+        Command::Once { dry_run } => once(&cli.config, dry_run).await,
+        Command::Run { dry_run } => daemon(&cli.config, dry_run).await,
+        Command::Check => check(&cli.config).await,
+        #[cfg(feature = "sandbox")]
+        Command::Demo => demo().await,
+        #[cfg(feature = "sandbox")]
+        Command::Sandbox { seed, port } => sandbox(seed.as_deref(), port).await,
+        #[cfg(not(feature = "sandbox"))]
+        Command::Demo | Command::Sandbox { .. } => {
+            anyhow::bail!("this build has no sandbox (built without the `sandbox` feature)")
+        }
     }
+}
+
+async fn connect(config: &Path, dry_run: bool) -> anyhow::Result<crate::bot::Bot> {
+    let cfg = load_config(config)?;
+    let store = std::sync::Arc::new(crate::store::Store::open(&cfg.bot.state_db)?);
+    let mut bot = crate::bot::Bot::connect(cfg, &crate::secret::Secrets::from_env(), store).await?;
+    bot.dry_run = dry_run;
+    Ok(bot)
+}
+
+fn print_report(r: &crate::bot::CycleReport) {
+    for (project, iid, o) in &r.outcomes {
+        match o {
+            crate::bot::Outcome::Planned(text) => println!("== {project}#{iid}: would do\n{text}"),
+            other => println!(
+                "{project}#{iid}: {}",
+                serde_json::to_string(other).unwrap_or_default()
+            ),
+        }
+    }
+    for e in &r.errors {
+        println!("error: {e}");
+    }
+}
+
+async fn once(config: &Path, dry_run: bool) -> anyhow::Result<u8> {
+    let bot = connect(config, dry_run).await?;
+    let r = bot.cycle().await;
+    print_report(&r);
+    Ok(if r.failed() { exit::FAILED } else { exit::OK })
+}
+
+async fn daemon(config: &Path, dry_run: bool) -> anyhow::Result<u8> {
+    let bot = std::sync::Arc::new(connect(config, dry_run).await?);
+    let webhook = match &bot.cfg.webhook {
+        Some(w) => Some((
+            w.listen.clone(),
+            crate::secret::Secrets::from_env().get(&w.token_env)?,
+        )),
+        None => None,
+    };
+    crate::bot::run::run(
+        bot,
+        crate::bot::run::RunOptions { webhook },
+        crate::bot::run::shutdown_signal(),
+    )
+    .await?;
+    Ok(exit::OK)
+}
+
+async fn plan_live(config: &Path, args: &PlanArgs) -> anyhow::Result<u8> {
+    let mut bot = connect(config, true).await?;
+    bot.dry_run = true;
+    let project = bot.cfg.gitlab.projects[0].clone();
+    let iid = args.issue.unwrap_or_default();
+    let o = bot.process(&project, iid).await;
+    match &o {
+        crate::bot::Outcome::Planned(text) => print!("{text}"),
+        crate::bot::Outcome::Ignored => println!(
+            "#{iid}: not for the bot: closed, or no [[kinds]] rule matches its labels and title (labels the bot polls: {})",
+            bot.cfg.poll_labels().join(", ")
+        ),
+        other => println!(
+            "#{iid}: {}",
+            serde_json::to_string_pretty(other).unwrap_or_default()
+        ),
+    }
+    Ok(if o.is_failure() {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
+}
+
+async fn check(config: &Path) -> anyhow::Result<u8> {
+    let cfg = load_config(config)?;
+    let ok = crate::check::run(&cfg, &crate::secret::Secrets::from_env()).await;
+    Ok(if ok { exit::OK } else { exit::CHECK })
+}
+
+#[cfg(feature = "sandbox")]
+async fn demo() -> anyhow::Result<u8> {
+    let started = std::time::Instant::now();
+    let demo = crate::demo::Demo::run().await?;
+    println!(
+        "access-bot demo: every workflow of the seeds against the embedded sandbox\n{}",
+        demo.transcript
+    );
+    println!("\n==================================================================");
+    if demo.failures.is_empty() {
+        println!(
+            "All {} workflows reached their expected end in {:.1}s.",
+            demo.issues.len(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(exit::OK)
+    } else {
+        for f in &demo.failures {
+            println!("NOT REACHED: {f}");
+        }
+        Ok(exit::FAILED)
+    }
+}
+
+#[cfg(feature = "sandbox")]
+async fn sandbox(seed: Option<&Path>, port: u16) -> anyhow::Result<u8> {
+    let sb = crate::sandbox::Sandbox::start(crate::sandbox::Ports { base: Some(port) }).await?;
+    if let Some(seed) = seed {
+        let text =
+            std::fs::read_to_string(seed).with_context(|| format!("reading {}", seed.display()))?;
+        let scenario = crate::sandbox::scenario::Scenario::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", seed.display()))?;
+        let iids = sb.apply(&scenario).await?;
+        println!(
+            "Seeded {}: {} issues ({:?})",
+            seed.display(),
+            iids.len(),
+            iids
+        );
+    }
+    println!("Sandbox running (Ctrl-C to stop).\n\n{}", sb.snippet());
+    println!("Secrets (sandbox only):");
+    for (var, _) in sb.config.secret_envs() {
+        if let Ok(v) = sb.secrets.get(&var) {
+            let shown = if v.expose().len() > 80 {
+                "<service-account key JSON>".to_string()
+            } else {
+                v.expose().to_string()
+            };
+            println!("  {var}={shown}");
+        }
+    }
+    println!(
+        "\nTry: curl -H 'PRIVATE-TOKEN: {}' http://{}/api/v4/projects/support%2Faccess-requests/issues",
+        sb.token_of("access-bot"),
+        sb.gitlab_addr
+    );
+    crate::bot::run::shutdown_signal().await;
+    Ok(exit::OK)
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {
@@ -205,6 +415,7 @@ fn plan_offline(config: &Path, args: &PlanArgs) -> anyhow::Result<u8> {
             username: args.author.trim_start_matches('@').to_string(),
         },
         author_email: args.author_email.clone(),
+        author_name: None,
         web_url: String::new(),
         created_at: chrono::Utc::now(),
         updated_at: None,

@@ -18,7 +18,9 @@ use crate::request::{IssueInput, LabelAction, LabelEvent, Note, UserRef};
 pub enum GitlabError {
     #[error("GitLab: cannot connect as the bot: {0}")]
     Connect(String),
-    #[error("GitLab: {what} not found (or not visible to the bot: confidential issues need project membership)")]
+    #[error(
+        "GitLab: {what} not found (or not visible to the bot: confidential issues need project membership)"
+    )]
     NotFound { what: String },
     #[error("GitLab: the token was rejected (401); check the variable named by gitlab.token_env")]
     Unauthorized,
@@ -40,6 +42,8 @@ impl GitlabError {
 pub struct ApiUser {
     pub id: u64,
     pub username: String,
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default)]
     pub email: Option<String>,
     #[serde(default)]
@@ -86,14 +90,15 @@ pub struct ApiIssue {
 }
 
 impl ApiIssue {
-    pub fn to_input(&self, author_email: Option<String>) -> IssueInput {
+    pub fn to_input(&self, author: Option<&ApiUser>) -> IssueInput {
         IssueInput {
             iid: self.iid,
             title: self.title.clone(),
             description: self.description.clone().unwrap_or_default(),
             labels: self.labels.clone(),
             author: self.author.to_ref(),
-            author_email,
+            author_email: author.and_then(|a| a.any_email()),
+            author_name: author.and_then(|a| a.name.clone()),
             web_url: self.web_url.clone(),
             created_at: self.created_at,
             updated_at: Some(self.updated_at),
@@ -139,18 +144,23 @@ pub struct IssueEdit {
 #[async_trait]
 pub trait GitlabApi: Send + Sync {
     async fn me(&self) -> Result<ApiUser, GitlabError>;
-    /// Open issues with `label`, updated at or after `since`, ascending by `updated_at`.
-    async fn list_issues(
+    /// Open issues (with `label`, if given), updated at or after `since`, ascending by `updated_at`.
+    async fn list_issues<'a>(
         &self,
         project: &str,
-        label: &str,
+        label: Option<&'a str>,
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<ApiIssue>, GitlabError>;
     async fn issue(&self, project: &str, iid: u64) -> Result<ApiIssue, GitlabError>;
     async fn notes(&self, project: &str, iid: u64) -> Result<Vec<Note>, GitlabError>;
     async fn label_events(&self, project: &str, iid: u64) -> Result<Vec<LabelEvent>, GitlabError>;
     async fn create_note(&self, project: &str, iid: u64, body: &str) -> Result<(), GitlabError>;
-    async fn edit_issue(&self, project: &str, iid: u64, edit: &IssueEdit) -> Result<ApiIssue, GitlabError>;
+    async fn edit_issue(
+        &self,
+        project: &str,
+        iid: u64,
+        edit: &IssueEdit,
+    ) -> Result<ApiIssue, GitlabError>;
     async fn user_by_username(&self, username: &str) -> Result<Option<ApiUser>, GitlabError>;
     async fn create_issue(
         &self,
@@ -170,7 +180,10 @@ type CrateError = api::ApiError<gitlab::RestError>;
 
 impl GitlabClient {
     /// Builds the client; the crate checks the connection with `GET /user`.
-    pub async fn connect(url: &str, token: &crate::secret::Secret) -> Result<GitlabClient, GitlabError> {
+    pub async fn connect(
+        url: &str,
+        token: &crate::secret::Secret,
+    ) -> Result<GitlabClient, GitlabError> {
         let parsed = url::Url::parse(url).map_err(|e| GitlabError::Connect(e.to_string()))?;
         let host = match (parsed.host_str(), parsed.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
@@ -212,12 +225,17 @@ impl GitlabClient {
                 api::ApiError::GitlabService { status, .. }
                 | api::ApiError::GitlabWithStatus { status, .. }
                 | api::ApiError::GitlabObjectWithStatus { status, .. }
-                | api::ApiError::GitlabUnrecognizedWithStatus { status, .. } => Some(status.as_u16()),
+                | api::ApiError::GitlabUnrecognizedWithStatus { status, .. } => {
+                    Some(status.as_u16())
+                }
                 _ => None,
             };
             let wait = match (&err, status) {
                 (api::ApiError::GitlabRateLimited { retry_after, .. }, _) => {
-                    tracing::warn!(wait_s = retry_after.as_secs(), "GitLab rate limit: waiting Retry-After");
+                    tracing::warn!(
+                        wait_s = retry_after.as_secs(),
+                        "GitLab rate limit: waiting Retry-After"
+                    );
                     Some((*retry_after).max(std::time::Duration::from_millis(200)))
                 }
                 (api::ApiError::Client { .. }, _) => Some(self.backoff.delay(attempt)),
@@ -235,7 +253,12 @@ impl GitlabClient {
                 });
             }
             if let Some(w) = wait {
-                tracing::debug!(what, attempt, "GitLab call failed, retrying: {}", scrub(&err.to_string()));
+                tracing::debug!(
+                    what,
+                    attempt,
+                    "GitLab call failed, retrying: {}",
+                    scrub(&err.to_string())
+                );
                 tokio::time::sleep(w).await;
             }
         }
@@ -261,20 +284,22 @@ fn scrub(s: &str) -> String {
 impl GitlabApi for GitlabClient {
     async fn me(&self) -> Result<ApiUser, GitlabError> {
         let ep = built(api::users::CurrentUser::builder().build())?;
-        self.retry("current user", || ep.query_async(&self.client)).await
+        self.retry("current user", || ep.query_async(&self.client))
+            .await
     }
 
-    async fn list_issues(
+    async fn list_issues<'a>(
         &self,
         project: &str,
-        label: &str,
+        label: Option<&'a str>,
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<ApiIssue>, GitlabError> {
         let mut b = api::issues::ProjectIssues::builder();
-        b.project(project)
-            .state(api::issues::IssueState::Opened)
-            .label(label)
-            .order_by(api::issues::IssueOrderBy::UpdatedAt)
+        b.project(project).state(api::issues::IssueState::Opened);
+        if let Some(l) = label {
+            b.label(l);
+        }
+        b.order_by(api::issues::IssueOrderBy::UpdatedAt)
             .sort(api::common::SortOrder::Ascending);
         if let Some(t) = since {
             b.updated_after(t);
@@ -327,7 +352,9 @@ impl GitlabApi for GitlabClient {
             )?,
             Pagination::All,
         );
-        let raw: Vec<ApiLabelEvent> = self.retry("label events", || ep.query_async(&self.client)).await?;
+        let raw: Vec<ApiLabelEvent> = self
+            .retry("label events", || ep.query_async(&self.client))
+            .await?;
         Ok(raw
             .into_iter()
             .filter_map(|e| {
@@ -381,7 +408,12 @@ impl GitlabApi for GitlabClient {
         }
     }
 
-    async fn edit_issue(&self, project: &str, iid: u64, edit: &IssueEdit) -> Result<ApiIssue, GitlabError> {
+    async fn edit_issue(
+        &self,
+        project: &str,
+        iid: u64,
+        edit: &IssueEdit,
+    ) -> Result<ApiIssue, GitlabError> {
         // Idempotent (same description, set-like label operations): safe to retry.
         let mut b = api::projects::issues::EditIssue::builder();
         b.project(project).issue(iid);

@@ -26,9 +26,13 @@ pub enum GoogleError {
     Token(String),
     #[error("Google: the token was rejected (401): check the service-account key")]
     Unauthorized,
-    #[error("Google: not allowed (403 {reason}) on {group}: give the service account a Groups admin role, or authorise domain-wide delegation for the admin.directory.group.member scope and set `subject`")]
+    #[error(
+        "Google: not allowed (403 {reason}) on {group}: give the service account a Groups admin role, or authorise domain-wide delegation for the admin.directory.group.member scope and set `subject`"
+    )]
     Forbidden { group: String, reason: String },
-    #[error("Google: group {0} does not exist, or the service account cannot see it: check okta_group in bot.toml")]
+    #[error(
+        "Google: group {0} does not exist, or the service account cannot see it: check okta_group in bot.toml"
+    )]
     GroupNotFound(String),
     #[error("Google: {email} is not a user of the domain (404 memberKey)")]
     NoSuchUser { email: String },
@@ -84,7 +88,11 @@ fn enc(s: &str) -> String {
 }
 
 impl GoogleClient {
-    pub fn new(cfg: &GoogleConfig, secrets: &Secrets, http: reqwest::Client) -> Result<GoogleClient, GoogleError> {
+    pub fn new(
+        cfg: &GoogleConfig,
+        secrets: &Secrets,
+        http: reqwest::Client,
+    ) -> Result<GoogleClient, GoogleError> {
         let json = match (&cfg.key_env, &cfg.key_path) {
             (Some(var), _) => secrets
                 .get(var)
@@ -93,7 +101,11 @@ impl GoogleClient {
                 .to_string(),
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map_err(|e| GoogleError::Key(format!("{}: {e}", path.display())))?,
-            (None, None) => return Err(GoogleError::Key("set key_path or key_env in [google]".into())),
+            (None, None) => {
+                return Err(GoogleError::Key(
+                    "set key_path or key_env in [google]".into(),
+                ));
+            }
         };
         // The error text of a bad key never includes the key itself.
         let mut sa = gcp_auth::CustomServiceAccount::from_json(&json)
@@ -126,7 +138,13 @@ impl GoogleClient {
     }
 
     /// One call: token, retries on rate limits and backend errors, typed errors.
-    async fn call(&self, method: Method, url: &str, body: Option<&Value>, group: &str) -> Result<(u16, Value), GoogleError> {
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        group: &str,
+    ) -> Result<(u16, Value), GoogleError> {
         let mut attempt = 0u32;
         loop {
             let token = self.token().await?;
@@ -168,7 +186,11 @@ impl GoogleClient {
                 .to_string();
             let message = v["error"]["message"].as_str().unwrap_or("").to_string();
             let retryable = matches!(status, 429 | 500 | 502 | 503 | 504)
-                || (status == 403 && matches!(reason.as_str(), "rateLimitExceeded" | "userRateLimitExceeded" | "quotaExceeded"));
+                || (status == 403
+                    && matches!(
+                        reason.as_str(),
+                        "rateLimitExceeded" | "userRateLimitExceeded" | "quotaExceeded"
+                    ));
             if retryable {
                 if attempt + 1 >= self.backoff.attempts {
                     return Err(GoogleError::Exhausted(format!("{status} {reason}")));
@@ -183,7 +205,9 @@ impl GoogleClient {
                     group: group.to_string(),
                     reason,
                 },
-                (404, _) if message.ends_with("groupKey") => GoogleError::GroupNotFound(group.to_string()),
+                (404, _) if message.ends_with("groupKey") => {
+                    GoogleError::GroupNotFound(group.to_string())
+                }
                 _ => GoogleError::Invalid {
                     status,
                     reason,
@@ -194,7 +218,12 @@ impl GoogleClient {
     }
 
     fn member_url(&self, group: &str, email: &str) -> String {
-        format!("{}/admin/directory/v1/groups/{}/members/{}", self.base, enc(group), enc(email))
+        format!(
+            "{}/admin/directory/v1/groups/{}/members/{}",
+            self.base,
+            enc(group),
+            enc(email)
+        )
     }
 }
 
@@ -207,22 +236,38 @@ fn explain_token_error(raw: &str) -> String {
         "invalid_grant: the key was rotated or deleted; download a new key".into()
     } else {
         // Keep only the first line: gcp_auth's debug output can be long.
-        raw.lines().next().unwrap_or(raw).chars().take(300).collect()
+        raw.lines()
+            .next()
+            .unwrap_or(raw)
+            .chars()
+            .take(300)
+            .collect()
     }
 }
 
 #[async_trait]
 impl GroupDirectory for GoogleClient {
     async fn add_member(&self, group: &str, email: &str) -> Result<Change, GoogleError> {
-        let url = format!("{}/admin/directory/v1/groups/{}/members", self.base, enc(group));
+        let url = format!(
+            "{}/admin/directory/v1/groups/{}/members",
+            self.base,
+            enc(group)
+        );
         let change = match self
-            .call(Method::POST, &url, Some(&json!({"email": email, "role": "MEMBER"})), group)
+            .call(
+                Method::POST,
+                &url,
+                Some(&json!({"email": email, "role": "MEMBER"})),
+                group,
+            )
             .await
         {
             Ok(_) => Change::Done,
             Err(GoogleError::Invalid { status: 409, .. }) => Change::AlreadySo,
             Err(GoogleError::Invalid { status: 404, .. }) => {
-                return Err(GoogleError::NoSuchUser { email: email.into() });
+                return Err(GoogleError::NoSuchUser {
+                    email: email.into(),
+                });
             }
             Err(e) => return Err(e),
         };
@@ -232,26 +277,42 @@ impl GroupDirectory for GoogleClient {
             if self.is_member(group, email).await? {
                 return Ok(change);
             }
-            tokio::time::sleep(self.backoff.delay(attempt).min(std::time::Duration::from_secs(2))).await;
+            tokio::time::sleep(
+                self.backoff
+                    .delay(attempt)
+                    .min(std::time::Duration::from_secs(2)),
+            )
+            .await;
         }
-        tracing::warn!(group, "membership not visible yet after insert; trusting the insert's answer");
+        tracing::warn!(
+            group,
+            "membership not visible yet after insert; trusting the insert's answer"
+        );
         Ok(change)
     }
 
     async fn remove_member(&self, group: &str, email: &str) -> Result<Change, GoogleError> {
-        match self.call(Method::DELETE, &self.member_url(group, email), None, group).await {
+        match self
+            .call(Method::DELETE, &self.member_url(group, email), None, group)
+            .await
+        {
             Ok(_) => Ok(Change::Done),
             Err(GoogleError::Invalid { status: 404, .. }) => Ok(Change::AlreadySo),
             // An external address that is not a member answers 400 `required`.
-            Err(GoogleError::Invalid { status: 400, reason, .. }) if reason == "required" && !email.is_empty() => {
-                Ok(Change::AlreadySo)
-            }
+            Err(GoogleError::Invalid {
+                status: 400,
+                reason,
+                ..
+            }) if reason == "required" && !email.is_empty() => Ok(Change::AlreadySo),
             Err(e) => Err(e),
         }
     }
 
     async fn is_member(&self, group: &str, email: &str) -> Result<bool, GoogleError> {
-        match self.call(Method::GET, &self.member_url(group, email), None, group).await {
+        match self
+            .call(Method::GET, &self.member_url(group, email), None, group)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(GoogleError::Invalid { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -262,7 +323,11 @@ impl GroupDirectory for GoogleClient {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut url = format!("{}/admin/directory/v1/groups/{}/members?maxResults=200", self.base, enc(group));
+            let mut url = format!(
+                "{}/admin/directory/v1/groups/{}/members?maxResults=200",
+                self.base,
+                enc(group)
+            );
             if let Some(t) = &token {
                 url.push_str(&format!("&pageToken={}", enc(t)));
             }

@@ -108,6 +108,9 @@ mod tests {
             b.acquire().await;
         }
         let e = t.elapsed();
-        assert!(e >= Duration::from_millis(1000) && e < Duration::from_millis(1100), "{e:?}");
+        assert!(
+            e >= Duration::from_millis(1000) && e < Duration::from_millis(1100),
+            "{e:?}"
+        );
     }
 }

@@ -6,8 +6,12 @@
 //! async traits; `bot` runs the loop; `sandbox` fakes the three services.
 
 pub mod approval;
+pub mod bot;
+pub mod check;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "sandbox")]
+pub mod demo;
 pub mod gitlab;
 pub mod google;
 pub mod http;
@@ -22,4 +26,5 @@ pub mod request;
 #[allow(clippy::result_large_err)]
 pub mod sandbox;
 pub mod secret;
+pub mod store;
 pub mod zendesk;

@@ -35,10 +35,21 @@ impl Marker {
         )
     }
 
+    /// Every marker in a comment body (a note can carry several sections).
+    pub fn find_all(body: &str) -> Vec<Marker> {
+        body.match_indices(PREFIX)
+            .filter_map(|(i, _)| Marker::parse_at(&body[i..]))
+            .collect()
+    }
+
     /// Find the marker in a comment body (the last one wins).
     pub fn find(body: &str) -> Option<Marker> {
         let start = body.rfind(PREFIX)?;
-        let rest = &body[start + PREFIX.len()..];
+        Marker::parse_at(&body[start..])
+    }
+
+    fn parse_at(s: &str) -> Option<Marker> {
+        let rest = &s[PREFIX.len()..];
         let end = rest.find("-->")?;
         let mut m = Marker {
             step: String::new(),
@@ -90,6 +101,14 @@ mod tests {
         let r = m.render();
         assert_eq!(r.matches("-->").count(), 1);
         assert_eq!(Marker::find(&r).unwrap().step, "plan______b_");
+    }
+
+    #[test]
+    fn several_in_one_note() {
+        let a = Marker::new("plan", "plan:1", "1", "a");
+        let b = Marker::new("citizenship", "citizenship:1", "1", "b");
+        let body = format!("A\n{}\n\n---\n\nB\n{}", a.render(), b.render());
+        assert_eq!(Marker::find_all(&body), vec![a, b]);
     }
 
     #[test]

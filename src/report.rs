@@ -22,6 +22,8 @@ pub struct StepView {
     pub key: String,
     pub text: String,
     pub done: bool,
+    /// Nothing had to be done: the system was already in that state.
+    pub already: bool,
     pub item: String,
 }
 
@@ -132,6 +134,7 @@ pub fn systems(
             key: st.key.clone(),
             text: st.action.describe(),
             done: already || done.is_some_and(|d| d.contains(&st.key)),
+            already,
             item: item_text(request, st.item),
         });
     }

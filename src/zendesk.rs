@@ -25,9 +25,13 @@ use crate::secret::{Secret, Secrets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZendeskError {
-    #[error("Zendesk {instance}: credentials rejected (401): {detail}. Check the OAuth client id and secret (or API token) named in bot.toml")]
+    #[error(
+        "Zendesk {instance}: credentials rejected (401): {detail}. Check the OAuth client id and secret (or API token) named in bot.toml"
+    )]
     Unauthorized { instance: String, detail: String },
-    #[error("Zendesk {instance}: not allowed (403): {detail}. The OAuth client needs write scope and an admin user; some features need the Enterprise plan")]
+    #[error(
+        "Zendesk {instance}: not allowed (403): {detail}. The OAuth client needs write scope and an admin user; some features need the Enterprise plan"
+    )]
     Forbidden { instance: String, detail: String },
     #[error("Zendesk {instance}: {what} not found")]
     NotFound { instance: String, what: String },
@@ -288,8 +292,11 @@ impl ZendeskClient {
         match &self.auth {
             Auth::ApiToken { email, token } => Ok(format!(
                 "Basic {}",
-                base64::engine::general_purpose::STANDARD
-                    .encode(format!("{}/token:{}", email.expose(), token.expose()))
+                base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}/token:{}",
+                    email.expose(),
+                    token.expose()
+                ))
             )),
             Auth::Oauth {
                 client_id,
@@ -342,15 +349,25 @@ impl ZendeskClient {
                         .map(|s| Utc::now() + chrono::Duration::seconds(s));
                     return Ok((Secret::new(tok), exp));
                 }
-                Ok(r) if r.status() == StatusCode::UNAUTHORIZED || r.status() == StatusCode::BAD_REQUEST => {
+                Ok(r)
+                    if r.status() == StatusCode::UNAUTHORIZED
+                        || r.status() == StatusCode::BAD_REQUEST =>
+                {
                     let v: Value = r.json().await.unwrap_or(Value::Null);
                     return Err(ZendeskError::Unauthorized {
                         instance: self.instance.clone(),
-                        detail: v["error"].as_str().unwrap_or("token request refused").to_string(),
+                        detail: v["error"]
+                            .as_str()
+                            .unwrap_or("token request refused")
+                            .to_string(),
                     });
                 }
-                Ok(r) if attempt + 1 < self.backoff.attempts && (r.status().is_server_error() || r.status() == 429) => {
-                    let wait = retry_after(r.headers()).unwrap_or_else(|| self.backoff.delay(attempt));
+                Ok(r)
+                    if attempt + 1 < self.backoff.attempts
+                        && (r.status().is_server_error() || r.status() == 429) =>
+                {
+                    let wait =
+                        retry_after(r.headers()).unwrap_or_else(|| self.backoff.delay(attempt));
                     tokio::time::sleep(wait).await;
                 }
                 Ok(r) => {
@@ -503,7 +520,9 @@ impl ZendeskClient {
     }
 
     async fn get(&self, path: &str, what: &str) -> Result<Value, ZendeskError> {
-        self.call(Method::GET, path, None, what).await.map(|(_, v)| v)
+        self.call(Method::GET, path, None, what)
+            .await
+            .map(|(_, v)| v)
     }
 
     /// Follow cursor pagination (`links.next` while `meta.has_more`).
@@ -516,7 +535,9 @@ impl ZendeskClient {
             out.extend(v[key].as_array().cloned().unwrap_or_default());
             if v["meta"]["has_more"] == true {
                 // Hosts in links.next may differ from ours (recordings show it): keep our base.
-                next = v["links"]["next"].as_str().and_then(|n| n.find("/api/v2").map(|i| n[i + 7..].to_string()));
+                next = v["links"]["next"]
+                    .as_str()
+                    .and_then(|n| n.find("/api/v2").map(|i| n[i + 7..].to_string()));
             }
         }
         Ok(out)
@@ -526,7 +547,11 @@ impl ZendeskClient {
         serde_json::from_value(v.clone()).map_err(|e| self.err_decode(e))
     }
 
-    async fn poll_job(&self, job: &Value, outcome: &mut BulkOutcome) -> Result<Value, ZendeskError> {
+    async fn poll_job(
+        &self,
+        job: &Value,
+        outcome: &mut BulkOutcome,
+    ) -> Result<Value, ZendeskError> {
         let id = job["id"]
             .as_str()
             .ok_or_else(|| self.err_decode("job_status without id"))?
@@ -546,9 +571,8 @@ impl ZendeskClient {
             }
             tokio::time::sleep(self.job_poll_interval).await;
             outcome.job_polls += 1;
-            status = self.get(&format!("/job_statuses/{id}.json"), "job")
-                .await?["job_status"]
-                .clone();
+            status =
+                self.get(&format!("/job_statuses/{id}.json"), "job").await?["job_status"].clone();
         }
         Err(ZendeskError::Job {
             instance: self.instance.clone(),
@@ -602,7 +626,9 @@ impl ZendeskApi for ZendeskClient {
         // `/users/search` has no email parameter (unknown ones are ignored and return
         // everyone), so query `email:"..."` and keep only the exact match.
         let q = enc(&format!("email:\"{}\"", email.as_str()));
-        let v = self.get(&format!("/users/search.json?query={q}"), "user").await?;
+        let v = self
+            .get(&format!("/users/search.json?query={q}"), "user")
+            .await?;
         let users: Vec<User> = self.parse(&v["users"])?;
         let mut exact: Vec<User> = users
             .into_iter()
@@ -636,12 +662,18 @@ impl ZendeskApi for ZendeskClient {
         role: &str,
         custom_role_id: Option<u64>,
     ) -> Result<(User, bool), ZendeskError> {
-        let mut user = json!({"name": name, "email": email.as_str(), "role": role, "skip_verify_email": true});
+        let mut user =
+            json!({"name": name, "email": email.as_str(), "role": role, "skip_verify_email": true});
         if let Some(c) = custom_role_id {
             user["custom_role_id"] = json!(c);
         }
         let (status, v) = self
-            .call(Method::POST, "/users/create_or_update.json", Some(&json!({"user": user})), "user")
+            .call(
+                Method::POST,
+                "/users/create_or_update.json",
+                Some(&json!({"user": user})),
+                "user",
+            )
             .await?;
         Ok((self.parse(&v["user"])?, status == StatusCode::CREATED))
     }
@@ -668,14 +700,24 @@ impl ZendeskApi for ZendeskClient {
             user.insert("user_fields".into(), Value::Object(fields));
         }
         let (_, v) = self
-            .call(Method::PUT, &format!("/users/{id}.json"), Some(&json!({"user": user})), "user")
+            .call(
+                Method::PUT,
+                &format!("/users/{id}.json"),
+                Some(&json!({"user": user})),
+                "user",
+            )
             .await?;
         self.parse(&v["user"])
     }
 
     async fn add_tags(&self, id: u64, tags: &[String]) -> Result<Vec<String>, ZendeskError> {
         let (_, v) = self
-            .call(Method::PUT, &format!("/users/{id}/tags.json"), Some(&json!({"tags": tags})), "user")
+            .call(
+                Method::PUT,
+                &format!("/users/{id}/tags.json"),
+                Some(&json!({"tags": tags})),
+                "user",
+            )
             .await?;
         Ok(self.parse(&v["tags"]).unwrap_or_default())
     }
@@ -683,7 +725,12 @@ impl ZendeskApi for ZendeskClient {
     async fn remove_tags(&self, id: u64, tags: &[String]) -> Result<Vec<String>, ZendeskError> {
         // Answers 204 or 200 with the remaining tags: accept both.
         let (_, v) = self
-            .call(Method::DELETE, &format!("/users/{id}/tags.json"), Some(&json!({"tags": tags})), "user")
+            .call(
+                Method::DELETE,
+                &format!("/users/{id}/tags.json"),
+                Some(&json!({"tags": tags})),
+                "user",
+            )
             .await?;
         Ok(self.parse(&v["tags"]).unwrap_or_default())
     }
@@ -700,21 +747,35 @@ impl ZendeskApi for ZendeskClient {
 
     async fn memberships(&self, user_id: u64) -> Result<Vec<Membership>, ZendeskError> {
         let v = self
-            .paged(&format!("/users/{user_id}/group_memberships.json"), "group_memberships", "user")
+            .paged(
+                &format!("/users/{user_id}/group_memberships.json"),
+                "group_memberships",
+                "user",
+            )
             .await?;
         self.parse(&Value::Array(v))
     }
 
     async fn add_membership(&self, user_id: u64, group_id: u64) -> Result<(), ZendeskError> {
         let body = json!({"group_membership": {"user_id": user_id, "group_id": group_id}});
-        self.call(Method::POST, "/group_memberships.json", Some(&body), "group")
-            .await
-            .map(|_| ())
+        self.call(
+            Method::POST,
+            "/group_memberships.json",
+            Some(&body),
+            "group",
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn remove_membership(&self, membership_id: u64) -> Result<(), ZendeskError> {
         match self
-            .call(Method::DELETE, &format!("/group_memberships/{membership_id}.json"), None, "membership")
+            .call(
+                Method::DELETE,
+                &format!("/group_memberships/{membership_id}.json"),
+                None,
+                "membership",
+            )
             .await
         {
             Ok(_) | Err(ZendeskError::NotFound { .. }) => Ok(()),
@@ -725,7 +786,11 @@ impl ZendeskApi for ZendeskClient {
     async fn open_tickets(&self, user_id: u64) -> Result<Vec<Ticket>, ZendeskError> {
         // The assigned-tickets list has no search-index lag (search can be minutes behind).
         let v = self
-            .paged(&format!("/users/{user_id}/tickets/assigned.json"), "tickets", "user")
+            .paged(
+                &format!("/users/{user_id}/tickets/assigned.json"),
+                "tickets",
+                "user",
+            )
             .await?;
         let all: Vec<Ticket> = self.parse(&Value::Array(v))?;
         Ok(all.into_iter().filter(|t| t.status != "closed").collect())
@@ -839,9 +904,15 @@ impl Resolved {
         let groups = api.groups().await?;
         Ok(Resolved {
             light_agent_role: roles.iter().find(|r| r.role_type == Some(1)).map(|r| r.id),
-            roles: roles.iter().map(|r| (r.name.to_lowercase(), r.id)).collect(),
+            roles: roles
+                .iter()
+                .map(|r| (r.name.to_lowercase(), r.id))
+                .collect(),
             role_names: roles.iter().map(|r| (r.id, r.name.clone())).collect(),
-            groups: groups.iter().map(|g| (g.name.to_lowercase(), g.id)).collect(),
+            groups: groups
+                .iter()
+                .map(|g| (g.name.to_lowercase(), g.id))
+                .collect(),
             group_names: groups.iter().map(|g| (g.id, g.name.clone())).collect(),
         })
     }
@@ -856,11 +927,15 @@ impl Resolved {
             if let Some(cr) = &l.custom_role
                 && !self.roles.contains_key(&cr.to_lowercase())
             {
-                out.push(format!("access level {level:?}: custom role {cr:?} does not exist"));
+                out.push(format!(
+                    "access level {level:?}: custom role {cr:?} does not exist"
+                ));
             }
             for g in &l.groups {
                 if !self.groups.contains_key(&g.to_lowercase()) {
-                    out.push(format!("access level {level:?}: group {g:?} does not exist"));
+                    out.push(format!(
+                        "access level {level:?}: group {g:?} does not exist"
+                    ));
                 }
             }
         }

@@ -20,6 +20,9 @@ pub struct IssueInput {
     /// The author's email as GitLab knows it (for self-service light-agent requests).
     #[serde(default)]
     pub author_email: Option<String>,
+    /// The author's display name in GitLab (ditto).
+    #[serde(default)]
+    pub author_name: Option<String>,
     #[serde(default)]
     pub web_url: String,
     pub created_at: DateTime<Utc>,

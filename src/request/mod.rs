@@ -311,7 +311,7 @@ fn validate_subjects(
         match raw.len() {
             0 => raw.push(subjects::RawSubject {
                 line: 0,
-                name: None,
+                name: issue.author_name.clone(),
                 email: issue.author_email.clone(),
                 gitlab_username: Some(issue.author.username.clone()),
                 manager: None,
@@ -343,6 +343,9 @@ fn validate_subjects(
                 }
                 if r.email.is_none() {
                     r.email = issue.author_email.clone();
+                }
+                if r.name.is_none() {
+                    r.name = issue.author_name.clone();
                 }
             }
             _ => {

@@ -91,6 +91,11 @@ impl Knobs {
         });
     }
 
+    /// Drop every scripted failure still pending.
+    pub fn clear_faults(&self) {
+        self.lock().scripted.clear();
+    }
+
     pub fn set_latency(&self, latency: Duration) {
         self.lock().latency = latency;
     }

@@ -180,3 +180,40 @@ impl Sandbox {
         self.google.lock().is_member(group, email)
     }
 }
+
+impl Sandbox {
+    /// The real bot, connected over HTTP to this sandbox, with a fresh in-memory store.
+    pub async fn bot(&self) -> anyhow::Result<crate::bot::Bot> {
+        let store =
+            std::sync::Arc::new(crate::store::Store::open(std::path::Path::new(":memory:"))?);
+        self.bot_with_store(store).await
+    }
+
+    pub async fn bot_with_store(
+        &self,
+        store: std::sync::Arc<crate::store::Store>,
+    ) -> anyhow::Result<crate::bot::Bot> {
+        // Fast job polls: the sandbox's jobs complete after two polls.
+        Ok(crate::bot::Bot::connect_with(
+            self.config.clone(),
+            &self.secrets,
+            store,
+            std::time::Duration::from_millis(5),
+        )
+        .await?)
+    }
+}
+
+/// Run cycles until one finds nothing to do (at most `max`). Returns every report.
+pub async fn run_until_quiet(bot: &crate::bot::Bot, max: usize) -> Vec<crate::bot::CycleReport> {
+    let mut reports = Vec::new();
+    for _ in 0..max {
+        let r = bot.cycle().await;
+        let quiet = r.outcomes.is_empty() && r.errors.is_empty();
+        reports.push(r);
+        if quiet {
+            break;
+        }
+    }
+    reports
+}

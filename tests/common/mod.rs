@@ -45,6 +45,7 @@ pub fn issue(title: &str, labels: &[&str], author: UserRef, body: &str) -> Issue
         labels: labels.iter().map(|s| s.to_string()).collect(),
         author,
         author_email: None,
+        author_name: None,
         web_url: "https://gitlab.example/x/-/issues/42".into(),
         created_at: t0(),
         updated_at: None,

@@ -1,0 +1,413 @@
+//! Carry out an [`ExecutablePlan`]: each step is idempotent, recorded in the
+//! audit trail as it completes, and the first failure stops the plan (the next
+//! cycle re-reads the systems, so finished steps show as already done).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::approval::Approved;
+use crate::plan::{Action, ExecutablePlan, Observed, Step, StepState};
+use crate::request::{Email, Request};
+use crate::zendesk::UserPatch;
+
+use super::Bot;
+
+#[derive(Debug, Default)]
+pub struct ExecResult {
+    pub done: BTreeSet<String>,
+    /// The step that failed, the error, and whether trying again later may help.
+    pub failed: Option<(Step, String, bool)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("{0}")]
+    Zendesk(#[from] crate::zendesk::ZendeskError),
+    #[error("{0}")]
+    Google(#[from] crate::google::GoogleError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StepError {
+    fn transient(&self) -> bool {
+        match self {
+            StepError::Zendesk(e) => e.is_transient(),
+            StepError::Google(e) => e.is_transient(),
+            StepError::Other(_) => false,
+        }
+    }
+}
+
+impl Bot {
+    pub(super) async fn execute(
+        &self,
+        project: &str,
+        approved: &Approved<Request>,
+        plan: &ExecutablePlan,
+        observed: &Observed,
+    ) -> ExecResult {
+        let req = approved.request();
+        let approvers = approved
+            .granted()
+            .iter()
+            .map(|g| format!("{}@{}", g.by.username, g.at.to_rfc3339()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let approvers = if approvers.is_empty() {
+            match req.kind {
+                crate::request::RequestKind::RoleBasedEntitlement
+                | crate::request::RequestKind::Offboarding => {
+                    format!("trusted author {}", req.requester.username)
+                }
+                _ => "self-service (no approval required)".to_string(),
+            }
+        } else {
+            approvers
+        };
+        let mut ids: BTreeMap<(String, Email), u64> = BTreeMap::new();
+        for ((inst, email), acc) in &observed.zendesk {
+            if let Some(a) = acc {
+                ids.insert((inst.clone(), email.clone()), a.id);
+            }
+        }
+        let mut result = ExecResult::default();
+        for step in &plan.plan().steps {
+            if step.state == StepState::AlreadyDone {
+                continue;
+            }
+            let before = observed
+                .zendesk
+                .get(&(step.instance.clone(), step.subject.clone()))
+                .map(|a| serde_json::to_string(a).unwrap_or_default())
+                .unwrap_or_default();
+            let outcome = self.step(req, step, &mut ids, observed).await;
+            let (label, after) = match &outcome {
+                Ok(after) => ("ok", after.clone()),
+                Err(e) => ("failed", e.to_string()),
+            };
+            // Recorded before it is reported anywhere: the audit trail survives a crash.
+            if let Err(e) = self.store.audit(
+                project,
+                req.iid,
+                step.subject.as_str(),
+                &step.instance,
+                &step.key,
+                &before,
+                &after,
+                &approvers,
+                label,
+            ) {
+                tracing::error!(iid = req.iid, error = %e, "cannot write the audit trail; stopping");
+                result.failed = Some((step.clone(), e.to_string(), true));
+                return result;
+            }
+            match outcome {
+                Ok(_) => {
+                    tracing::info!(iid = req.iid, step = %step.key, "done");
+                    result.done.insert(step.key.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(iid = req.iid, step = %step.key, error = %e, "step failed");
+                    let transient = e.transient();
+                    result.failed = Some((step.clone(), e.to_string(), transient));
+                    return result;
+                }
+            }
+        }
+        result
+    }
+
+    async fn user_id(
+        &self,
+        step: &Step,
+        ids: &mut BTreeMap<(String, Email), u64>,
+    ) -> Result<u64, StepError> {
+        let key = (step.instance.clone(), step.subject.clone());
+        if let Some(id) = ids.get(&key) {
+            return Ok(*id);
+        }
+        let inst = self
+            .instance(&step.instance)
+            .map_err(|e| StepError::Other(e.to_string()))?;
+        let u = inst.api.find_user(&step.subject).await?.ok_or_else(|| {
+            StepError::Other(format!(
+                "{} has no account in {}",
+                step.subject, step.instance
+            ))
+        })?;
+        ids.insert(key, u.id);
+        Ok(u.id)
+    }
+
+    /// One step. Returns a short description of the state after it.
+    async fn step(
+        &self,
+        req: &Request,
+        step: &Step,
+        ids: &mut BTreeMap<(String, Email), u64>,
+        observed: &Observed,
+    ) -> Result<String, StepError> {
+        if let Action::AddGoogleMember { group } | Action::RemoveGoogleMember { group } =
+            &step.action
+        {
+            let groups = self
+                .groups
+                .as_ref()
+                .ok_or_else(|| StepError::Other("no [google] configured".into()))?;
+            let change = match &step.action {
+                Action::AddGoogleMember { .. } => {
+                    groups.add_member(group, step.subject.as_str()).await?
+                }
+                _ => groups.remove_member(group, step.subject.as_str()).await?,
+            };
+            return Ok(format!("{group}: {change:?}"));
+        }
+        let inst = self
+            .instance(&step.instance)
+            .map_err(|e| StepError::Other(e.to_string()))?;
+        let api = &inst.api;
+        let role_id = |custom: &Option<String>, light: bool| -> Result<Option<u64>, StepError> {
+            if light {
+                return inst.resolved.light_agent_role.map(Some).ok_or_else(|| {
+                    StepError::Other(format!("{} has no light-agent role", step.instance))
+                });
+            }
+            match custom {
+                None => Ok(None),
+                Some(name) => inst
+                    .resolved
+                    .roles
+                    .get(&name.to_lowercase())
+                    .copied()
+                    .map(Some)
+                    .ok_or_else(|| {
+                        StepError::Other(format!(
+                            "custom role {name:?} does not exist in {}",
+                            step.instance
+                        ))
+                    }),
+            }
+        };
+        match &step.action {
+            Action::CreateAgent {
+                name,
+                role,
+                custom_role,
+                light_agent,
+                ..
+            } => {
+                let cr = role_id(custom_role, *light_agent)?;
+                let (u, created) = api.create_or_update(name, &step.subject, role, cr).await?;
+                ids.insert((step.instance.clone(), step.subject.clone()), u.id);
+                Ok(format!(
+                    "{} id {} role {} custom_role_id {:?}",
+                    if created { "created" } else { "updated" },
+                    u.id,
+                    u.role,
+                    u.custom_role_id
+                ))
+            }
+            Action::SetRole {
+                role,
+                custom_role,
+                light_agent,
+                ..
+            } => {
+                let id = self.user_id(step, ids).await?;
+                let cr = role_id(custom_role, *light_agent)?;
+                let u = api
+                    .update_user(
+                        id,
+                        &UserPatch {
+                            role: Some(role.clone()),
+                            custom_role_id: Some(cr),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                Ok(format!(
+                    "role {} custom_role_id {:?}",
+                    u.role, u.custom_role_id
+                ))
+            }
+            Action::Unsuspend => {
+                let id = self.user_id(step, ids).await?;
+                api.update_user(
+                    id,
+                    &UserPatch {
+                        suspended: Some(false),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                Ok("active".into())
+            }
+            Action::AddToGroup { group } => {
+                let id = self.user_id(step, ids).await?;
+                let gid = *inst
+                    .resolved
+                    .groups
+                    .get(&group.to_lowercase())
+                    .ok_or_else(|| {
+                        StepError::Other(format!(
+                            "group {group:?} does not exist in {}",
+                            step.instance
+                        ))
+                    })?;
+                // Creating a membership that exists has an unconfirmed error shape: look first.
+                if !api.memberships(id).await?.iter().any(|m| m.group_id == gid) {
+                    api.add_membership(id, gid).await?;
+                }
+                Ok(format!("member of {group}"))
+            }
+            Action::RemoveFromGroup { group } => {
+                let id = self.user_id(step, ids).await?;
+                let gid = inst.resolved.groups.get(&group.to_lowercase()).copied();
+                for m in api.memberships(id).await? {
+                    if Some(m.group_id) == gid {
+                        api.remove_membership(m.id).await?;
+                    }
+                }
+                Ok(format!("not in {group}"))
+            }
+            Action::AddTag { tag } => {
+                let id = self.user_id(step, ids).await?;
+                let tags = api.add_tags(id, std::slice::from_ref(tag)).await?;
+                Ok(format!("tags {tags:?}"))
+            }
+            Action::RemoveTag { tag } => {
+                let id = self.user_id(step, ids).await?;
+                let tags = api.remove_tags(id, std::slice::from_ref(tag)).await?;
+                Ok(format!("tags {tags:?}"))
+            }
+            Action::ReassignTickets {
+                manager,
+                manager_email,
+            } => {
+                let id = self.user_id(step, ids).await?;
+                let email = manager_email
+                    .clone()
+                    .or_else(|| observed.manager_emails.get(manager).cloned())
+                    .ok_or_else(|| {
+                        StepError::Other(format!("no email known for the manager @{manager}"))
+                    })?;
+                let mgr = api.find_user(&email).await?.ok_or_else(|| {
+                    StepError::Other(format!(
+                        "the manager {email} has no account in {}",
+                        step.instance
+                    ))
+                })?;
+                if mgr.role == "end-user" || mgr.role_type == Some(1) || mgr.suspended {
+                    return Err(StepError::Other(format!(
+                        "the manager {email} cannot take tickets (role {}, suspended {})",
+                        mgr.role, mgr.suspended
+                    )));
+                }
+                let mgr_groups: Vec<u64> = api
+                    .memberships(mgr.id)
+                    .await?
+                    .iter()
+                    .map(|m| m.group_id)
+                    .collect();
+                let mut moved = 0usize;
+                // Re-list until nothing is left (triggers can reassign again).
+                for _ in 0..3 {
+                    let open = api.open_tickets(id).await?;
+                    if open.is_empty() {
+                        return Ok(format!("{moved} open tickets reassigned to {email}"));
+                    }
+                    let out = api.reassign(&open, mgr.id, &mgr_groups).await?;
+                    moved += out.updated.len();
+                    if !out.failed.is_empty() {
+                        return Err(StepError::Other(format!(
+                            "{} of {} tickets could not be reassigned, e.g. #{}: {}",
+                            out.failed.len(),
+                            open.len(),
+                            out.failed[0].0,
+                            out.failed[0].1
+                        )));
+                    }
+                }
+                let left = api.open_tickets(id).await?.len();
+                if left == 0 {
+                    Ok(format!("{moved} open tickets reassigned to {email}"))
+                } else {
+                    Err(StepError::Other(format!(
+                        "{left} tickets are still assigned after three passes"
+                    )))
+                }
+            }
+            Action::RemoveAllTags => {
+                let id = self.user_id(step, ids).await?;
+                let u = api.show_user(id).await?;
+                if !u.tags.is_empty() {
+                    api.remove_tags(id, &u.tags).await?;
+                }
+                Ok("no tags".into())
+            }
+            Action::ClearUserFields => {
+                let id = self.user_id(step, ids).await?;
+                let u = api.show_user(id).await?;
+                let filled = u.filled_fields();
+                if !filled.is_empty() {
+                    let after = api
+                        .update_user(
+                            id,
+                            &UserPatch {
+                                clear_fields: filled,
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                    if !after.filled_fields().is_empty() {
+                        return Err(StepError::Other(format!(
+                            "user fields still set after clearing: {:?}",
+                            after.filled_fields()
+                        )));
+                    }
+                }
+                Ok("user fields empty".into())
+            }
+            Action::RemoveAllGroups => {
+                let id = self.user_id(step, ids).await?;
+                for m in api.memberships(id).await? {
+                    api.remove_membership(m.id).await?;
+                }
+                Ok("no groups".into())
+            }
+            Action::DemoteToEndUser => {
+                let id = self.user_id(step, ids).await?;
+                let u = api
+                    .update_user(
+                        id,
+                        &UserPatch {
+                            role: Some("end-user".into()),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                if u.custom_role_id.is_some() || u.role != "end-user" {
+                    return Err(StepError::Other(format!(
+                        "still role {} with custom role {:?} after demotion",
+                        u.role, u.custom_role_id
+                    )));
+                }
+                Ok("end-user".into())
+            }
+            Action::Suspend => {
+                let id = self.user_id(step, ids).await?;
+                api.update_user(
+                    id,
+                    &UserPatch {
+                        suspended: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                let _ = req;
+                Ok("suspended".into())
+            }
+            Action::AddGoogleMember { .. } | Action::RemoveGoogleMember { .. } => Ok(String::new()),
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The bot: polls (and takes webhook events), decides with the core, acts
+//! through the connectors, and reports on the issue. Timers and webhooks
+//! enter as the same [`Event`].
+
+mod execute;
+mod observe;
+mod process;
+pub mod run;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::config::Config;
+use crate::gitlab::{ApiUser, GitlabApi, GitlabClient};
+use crate::google::{GoogleClient, GroupDirectory};
+use crate::render::Templates;
+use crate::secret::Secrets;
+use crate::store::Store;
+use crate::zendesk::{Resolved, ZendeskApi, ZendeskClient};
+
+pub use execute::ExecResult;
+
+/// What wakes the bot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Poll every project for changed issues.
+    Poll,
+    /// Look at one issue now (webhook, `plan --issue`).
+    Issue { project: String, iid: u64 },
+}
+
+/// What happened to one issue in one cycle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", content = "detail", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Not an issue the bot handles (no kind, closed).
+    Ignored,
+    /// Another runner holds the issue's lease.
+    Busy,
+    Waiting,
+    Done,
+    Refused,
+    /// Something needs a person (a blocked step), or a step failed.
+    Failed(String),
+    /// Dry run: what would be done.
+    Planned(String),
+}
+
+impl Outcome {
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Failed(_))
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct CycleReport {
+    pub outcomes: Vec<(String, u64, Outcome)>,
+    /// Problems that stopped a whole project's poll (the loop goes on).
+    pub errors: Vec<String>,
+}
+
+impl CycleReport {
+    pub fn failed(&self) -> bool {
+        !self.errors.is_empty() || self.outcomes.iter().any(|(_, _, o)| o.is_failure())
+    }
+}
+
+pub struct Instance {
+    pub api: Arc<dyn ZendeskApi>,
+    pub resolved: Resolved,
+}
+
+pub struct Bot {
+    pub cfg: Config,
+    pub gitlab: Arc<dyn GitlabApi>,
+    pub zendesk: BTreeMap<String, Instance>,
+    pub groups: Option<Arc<dyn GroupDirectory>>,
+    pub templates: Templates,
+    pub store: Arc<Store>,
+    pub me: ApiUser,
+    pub dry_run: bool,
+    /// GitLab users by username (lower-case), cached for the life of the process.
+    users: Mutex<HashMap<String, Option<ApiUser>>>,
+    /// Issues processed at most this many at a time.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Secret(#[from] crate::secret::SecretError),
+    #[error("{0}")]
+    Gitlab(#[from] crate::gitlab::GitlabError),
+    #[error("{0}")]
+    Zendesk(#[from] crate::zendesk::ZendeskError),
+    #[error("{0}")]
+    Google(#[from] crate::google::GoogleError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Render(#[from] crate::render::RenderError),
+    #[error("Zendesk {instance}: {problems}")]
+    Missing { instance: String, problems: String },
+}
+
+impl Bot {
+    /// Connect to everything the configuration names, resolving role and group ids per instance.
+    pub async fn connect(
+        cfg: Config,
+        secrets: &Secrets,
+        store: Arc<Store>,
+    ) -> Result<Bot, StartError> {
+        Bot::connect_with(cfg, secrets, store, std::time::Duration::from_millis(500)).await
+    }
+
+    /// As `connect`, with the pause between polls of a Zendesk bulk job.
+    pub async fn connect_with(
+        cfg: Config,
+        secrets: &Secrets,
+        store: Arc<Store>,
+        job_poll: std::time::Duration,
+    ) -> Result<Bot, StartError> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .user_agent(concat!("access-bot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| crate::zendesk::ZendeskError::Config {
+                instance: "-".into(),
+                detail: e.to_string(),
+            })?;
+        let token = secrets.get(&cfg.gitlab.token_env)?;
+        let gl = GitlabClient::connect(&cfg.gitlab.url, &token).await?;
+        let me = gl.me().await?;
+        let mut zendesk = BTreeMap::new();
+        for (name, inst) in &cfg.zendesk {
+            let mut api = ZendeskClient::new(name, inst, secrets, http.clone())?;
+            api.job_poll_interval = job_poll;
+            let resolved = Resolved::load(&api).await?;
+            let missing = resolved.missing(inst);
+            if !missing.is_empty() {
+                return Err(StartError::Missing {
+                    instance: name.clone(),
+                    problems: missing.join("; "),
+                });
+            }
+            zendesk.insert(
+                name.clone(),
+                Instance {
+                    api: Arc::new(api),
+                    resolved,
+                },
+            );
+        }
+        let groups: Option<Arc<dyn GroupDirectory>> = match &cfg.google {
+            Some(g) => Some(Arc::new(GoogleClient::new(g, secrets, http.clone())?)),
+            None => None,
+        };
+        let templates = Templates::load(Some(&cfg.bot.templates_dir))?;
+        Ok(Bot {
+            cfg,
+            gitlab: Arc::new(gl),
+            zendesk,
+            groups,
+            templates,
+            store,
+            me,
+            dry_run: false,
+            users: Mutex::new(HashMap::new()),
+            concurrency: 4,
+        })
+    }
+
+    /// Assemble from parts (tests with mocks).
+    pub fn from_parts(
+        cfg: Config,
+        gitlab: Arc<dyn GitlabApi>,
+        zendesk: BTreeMap<String, Instance>,
+        groups: Option<Arc<dyn GroupDirectory>>,
+        store: Arc<Store>,
+        me: ApiUser,
+    ) -> Result<Bot, StartError> {
+        Ok(Bot {
+            templates: Templates::load(Some(&cfg.bot.templates_dir))?,
+            cfg,
+            gitlab,
+            zendesk,
+            groups,
+            store,
+            me,
+            dry_run: false,
+            users: Mutex::new(HashMap::new()),
+            concurrency: 4,
+        })
+    }
+
+    /// A GitLab user by username, cached.
+    pub async fn user(&self, username: &str) -> Option<ApiUser> {
+        let key = username.trim_start_matches('@').to_ascii_lowercase();
+        if let Some(u) = self.users.lock().await.get(&key) {
+            return u.clone();
+        }
+        match self.gitlab.user_by_username(&key).await {
+            Ok(u) => {
+                self.users.lock().await.insert(key, u.clone());
+                u
+            }
+            Err(e) => {
+                // Not cached: a transient failure must not stick.
+                tracing::warn!(username = %key, error = %e, "cannot resolve GitLab user");
+                None
+            }
+        }
+    }
+
+    /// Handle one event.
+    pub async fn handle(&self, event: Event) -> CycleReport {
+        match event {
+            Event::Poll => self.cycle().await,
+            Event::Issue { project, iid } => {
+                let o = self.process(&project, iid).await;
+                CycleReport {
+                    outcomes: vec![(project, iid, o)],
+                    errors: vec![],
+                }
+            }
+        }
+    }
+
+    /// One pass over every project: changed issues, plus those to retry.
+    pub async fn cycle(&self) -> CycleReport {
+        let mut report = CycleReport::default();
+        for project in self.cfg.gitlab.projects.clone() {
+            match self.candidates(&project).await {
+                Ok((iids, newest)) => {
+                    use futures_util::StreamExt;
+                    let results: Vec<(u64, Outcome)> = futures_util::stream::iter(iids)
+                        .map(|iid| {
+                            let project = project.clone();
+                            async move { (iid, self.process(&project, iid).await) }
+                        })
+                        .buffer_unordered(self.concurrency.max(1))
+                        .collect()
+                        .await;
+                    let mut results = results;
+                    results.sort_by_key(|(iid, _)| *iid);
+                    for (iid, o) in results {
+                        report.outcomes.push((project.clone(), iid, o));
+                    }
+                    if let Some(t) = newest
+                        && !self.dry_run
+                        && let Err(e) = self.store.advance_cursor(&project, t)
+                    {
+                        report.errors.push(e.to_string());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(project = %project, error = %e, "poll failed; will try again next cycle");
+                    report.errors.push(format!("{project}: {e}"));
+                }
+            }
+        }
+        report
+    }
+
+    /// Issues to look at: changed since the cursor (minus the overlap), not yet
+    /// seen at this `updated_at`, carrying a kind label; plus the retry list.
+    async fn candidates(
+        &self,
+        project: &str,
+    ) -> Result<(Vec<u64>, Option<DateTime<Utc>>), crate::gitlab::GitlabError> {
+        let labels = self.cfg.poll_labels();
+        let cursor = self.store.cursor(project).ok().flatten();
+        let overlap = chrono::Duration::from_std(self.cfg.poll_overlap()).unwrap_or_default();
+        let issues = match cursor {
+            // Steady state: one request per project, however many issues exist.
+            Some(c) => {
+                self.gitlab
+                    .list_issues(project, None, Some(c - overlap))
+                    .await?
+            }
+            // First run: list by label, so that unrelated issues are not all read.
+            None => {
+                let mut all = Vec::new();
+                for l in &labels {
+                    all.extend(self.gitlab.list_issues(project, Some(l), None).await?);
+                }
+                all
+            }
+        };
+        let newest = issues.iter().map(|i| i.updated_at).max();
+        let mut latest: BTreeMap<u64, DateTime<Utc>> = BTreeMap::new();
+        for i in issues
+            .iter()
+            .filter(|i| i.labels.iter().any(|l| labels.contains(l)))
+        {
+            let e = latest.entry(i.iid).or_insert(i.updated_at);
+            if i.updated_at > *e {
+                *e = i.updated_at;
+            }
+        }
+        let mut iids: BTreeSet<u64> = latest
+            .into_iter()
+            .filter(|(iid, at)| !self.store.seen(project, *iid, *at).unwrap_or(false))
+            .map(|(iid, _)| iid)
+            .collect();
+        iids.extend(self.store.retries(project).unwrap_or_default());
+        Ok((iids.into_iter().collect(), newest))
+    }
+}

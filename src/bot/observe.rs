@@ -1,0 +1,112 @@
+//! Read the current state of the target systems for a request.
+
+use crate::plan::{Observed, ZendeskAccount};
+use crate::request::{Email, Request};
+
+use super::{Bot, Instance};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("{0}")]
+    Zendesk(#[from] crate::zendesk::ZendeskError),
+    #[error("{0}")]
+    Google(#[from] crate::google::GoogleError),
+    #[error("no Zendesk instance {0} is connected")]
+    NoInstance(String),
+}
+
+/// One account as the plan sees it.
+pub async fn account(
+    inst: &Instance,
+    email: &Email,
+    with_tickets: bool,
+) -> Result<Option<ZendeskAccount>, crate::zendesk::ZendeskError> {
+    let Some(u) = inst.api.find_user(email).await? else {
+        return Ok(None);
+    };
+    let groups = if u.role == "end-user" {
+        // Only agents can be group members: no need to ask.
+        Vec::new()
+    } else {
+        inst.api
+            .memberships(u.id)
+            .await?
+            .into_iter()
+            .filter_map(|m| inst.resolved.group_names.get(&m.group_id).cloned())
+            .collect()
+    };
+    let open_tickets = if with_tickets && u.role != "end-user" {
+        Some(inst.api.open_tickets(u.id).await?.len() as u64)
+    } else if with_tickets {
+        Some(0)
+    } else {
+        None
+    };
+    Ok(Some(ZendeskAccount {
+        id: u.id,
+        name: u.name.clone(),
+        custom_role: u
+            .custom_role_id
+            .and_then(|id| inst.resolved.role_names.get(&id).cloned()),
+        role: u.role.clone(),
+        role_type: u.role_type,
+        custom_role_id: u.custom_role_id,
+        suspended: u.suspended,
+        filled_user_fields: u.filled_fields(),
+        tags: u.tags.clone(),
+        groups,
+        open_tickets,
+        last_login_at: u.last_login_at.map(|t| t.to_rfc3339()),
+    }))
+}
+
+impl Bot {
+    pub(super) fn instance(&self, name: &str) -> Result<&Instance, ObserveError> {
+        self.zendesk
+            .get(name)
+            .ok_or_else(|| ObserveError::NoInstance(name.to_string()))
+    }
+
+    /// Zendesk accounts of every subject (and, for offboarding, of their managers)
+    /// in every instance the request touches, and their Okta group memberships.
+    pub(super) async fn observe(&self, req: &Request) -> Result<Observed, ObserveError> {
+        let mut obs = Observed::default();
+        let offboarding = req.kind.revokes();
+        for inst_name in req.instances() {
+            let inst = self.instance(inst_name)?;
+            for s in &req.subjects {
+                let a = account(inst, &s.email, offboarding).await?;
+                obs.zendesk
+                    .insert((inst_name.to_string(), s.email.clone()), a);
+            }
+            if offboarding {
+                for s in &req.subjects {
+                    let Some(m) = &s.manager else { continue };
+                    let Some(email) = self
+                        .user(m)
+                        .await
+                        .and_then(|u| u.any_email())
+                        .and_then(|e| Email::parse(&e).ok())
+                    else {
+                        continue;
+                    };
+                    obs.manager_emails.insert(m.clone(), email.clone());
+                    let key = (inst_name.to_string(), email.clone());
+                    if let std::collections::btree_map::Entry::Vacant(slot) = obs.zendesk.entry(key)
+                    {
+                        slot.insert(account(inst, &email, false).await?);
+                    }
+                }
+            }
+            if let (Some(groups), Some(group)) =
+                (&self.groups, &self.cfg.zendesk[inst_name].okta_group)
+            {
+                for s in &req.subjects {
+                    let member = groups.is_member(group, s.email.as_str()).await?;
+                    obs.google.insert((group.clone(), s.email.clone()), member);
+                }
+            }
+        }
+        Ok(obs)
+    }
+}

@@ -1,0 +1,126 @@
+//! `access-bot check`: call each system once and say, per system, that the
+//! bot can act, or exactly what is wrong.
+
+use crate::config::Config;
+use crate::gitlab::{GitlabApi, GitlabClient};
+use crate::google::{GoogleClient, GroupDirectory};
+use crate::secret::Secrets;
+use crate::zendesk::{Resolved, ZendeskApi, ZendeskClient};
+
+/// One line per check; returns whether everything passed.
+pub async fn run(cfg: &Config, secrets: &Secrets) -> bool {
+    let lines = report(cfg, secrets).await;
+    for (ok, line) in &lines {
+        println!("{} {line}", if *ok { "ok  " } else { "FAIL" });
+    }
+    lines.iter().all(|(ok, _)| *ok)
+}
+
+pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    match secrets.get(&cfg.gitlab.token_env) {
+        Err(e) => out.push((false, format!("GitLab: {e}"))),
+        Ok(token) => match GitlabClient::connect(&cfg.gitlab.url, &token).await {
+            Err(e) => out.push((false, format!("GitLab: {e}"))),
+            Ok(gl) => match gl.me().await {
+                Ok(me) if me.username.eq_ignore_ascii_case(&cfg.gitlab.bot_username) => {
+                    out.push((
+                        true,
+                        format!("GitLab {}: connected as @{}", cfg.gitlab.url, me.username),
+                    ));
+                    for p in &cfg.gitlab.projects {
+                        match gl
+                            .list_issues(
+                                p,
+                                cfg.poll_labels().first().map(String::as_str),
+                                Some(chrono::Utc::now()),
+                            )
+                            .await
+                        {
+                            Ok(_) => {
+                                out.push((true, format!("GitLab project {p}: issues readable")))
+                            }
+                            Err(e) => out.push((false, format!("GitLab project {p}: {e}"))),
+                        }
+                    }
+                }
+                Ok(me) => out.push((
+                    false,
+                    format!(
+                        "GitLab: the token belongs to @{}, but gitlab.bot_username is {}",
+                        me.username, cfg.gitlab.bot_username
+                    ),
+                )),
+                Err(e) => out.push((false, format!("GitLab: {e}"))),
+            },
+        },
+    }
+    let http = reqwest::Client::new();
+    for (name, inst) in &cfg.zendesk {
+        let client = match ZendeskClient::new(name, inst, secrets, http.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                out.push((false, e.to_string()));
+                continue;
+            }
+        };
+        match client.me().await {
+            Ok(me) if me.role == "admin" => {
+                out.push((true, format!("Zendesk {name}: authenticated as an admin")));
+            }
+            Ok(me) => out.push((
+                false,
+                format!(
+                    "Zendesk {name}: authenticated, but as role {} (provisioning needs an admin)",
+                    me.role
+                ),
+            )),
+            Err(e) => {
+                out.push((false, e.to_string()));
+                continue;
+            }
+        }
+        match Resolved::load(&client).await {
+            Ok(r) => {
+                let missing = r.missing(inst);
+                if missing.is_empty() {
+                    out.push((
+                        true,
+                        format!(
+                            "Zendesk {name}: every configured role and group exists (light-agent role id {})",
+                            r.light_agent_role.map(|i| i.to_string()).unwrap_or("-".into())
+                        ),
+                    ));
+                } else {
+                    for m in missing {
+                        out.push((false, format!("Zendesk {name}: {m}")));
+                    }
+                }
+            }
+            Err(e) => out.push((false, e.to_string())),
+        }
+    }
+    if let Some(g) = &cfg.google {
+        match GoogleClient::new(g, secrets, http.clone()) {
+            Err(e) => out.push((false, e.to_string())),
+            Ok(client) => {
+                for (name, inst) in &cfg.zendesk {
+                    let Some(group) = &inst.okta_group else {
+                        continue;
+                    };
+                    match client.list_members(group).await {
+                        Ok(m) => out.push((
+                            true,
+                            format!(
+                                "Google group {group} ({name}): readable, {} members",
+                                m.len()
+                            ),
+                        )),
+                        Err(e) => out.push((false, format!("Google group {group} ({name}): {e}"))),
+                    }
+                }
+            }
+        }
+    }
+    out
+}

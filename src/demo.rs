@@ -1,0 +1,521 @@
+//! `access-bot demo`: the bot's main job on the embedded sandbox. Starts the
+//! fakes in process, files one issue per workflow (and one refused security
+//! case), acts as the approvers, runs the bot until it is quiet, prints a
+//! transcript, and checks that every workflow reached its expected end.
+
+use std::fmt::Write as _;
+
+use crate::marker::Marker;
+use crate::sandbox::harness::run_until_quiet;
+use crate::sandbox::scenario::ZendeskAccount;
+use crate::sandbox::{Ports, Sandbox};
+
+pub const GLOBAL_OKTA: &str = "okta-zendeskglobal-users@gitlab.com";
+pub const FEDERAL_OKTA: &str = "okta-zendeskfederal-users@gitlab.com";
+
+const TABLE: &str = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n";
+
+pub struct DemoIssue {
+    pub name: &'static str,
+    pub iid: u64,
+}
+
+pub struct Demo {
+    pub sandbox: Sandbox,
+    pub issues: Vec<DemoIssue>,
+    pub transcript: String,
+    pub failures: Vec<String>,
+}
+
+fn row(name: &str, email: &str, user: &str, manager: &str) -> String {
+    format!("| {name} | {email} | @{user} | @{manager} |\n")
+}
+
+/// The issue bodies of the demo, also used by `plan` examples and tests.
+pub fn bodies() -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<&'static str>,
+    String,
+)> {
+    vec![
+        (
+            "role-based entitlement",
+            "gitlab-employment-bot",
+            "Role-based entitlements: Sam Rivera, Support Engineer",
+            vec!["BaselineEntitlementAR", "support::to do", "AR-Approval::Manager Approved"],
+            format!(
+                "## Personal details\n\n{TABLE}{}\n## Provisioners only section\n\n#### IT to-do:\n* [ ]  `Google Workspace`: `Member of okta-zendeskglobal-users`\n\n#### Support to-do:\n* [ ]  `Zendesk Global`: `Agent, role Support Engineer`\n* [ ]  `Slack`: `#support_team-chat`\n",
+                row("Sam Rivera", "sam.rivera@gitlab.com", "srivera", "kpatel")
+            ),
+        ),
+        (
+            "special request",
+            "rkim",
+            "Robin Kim, Zendesk Global, Support Engineer",
+            vec!["support::to do", "AR-Approval::Needs Manager Approval"],
+            format!(
+                "## Step 1. Personal Information\n\n{TABLE}{}\n## Step 2. Access Request\n\n- [ ] Zendesk Global: Agent - Support Engineer\n- Justification for this access: I am joining the AMER support rotation.\n",
+                row("Robin Kim", "robin.kim@gitlab.com", "rkim", "mlee")
+            ),
+        ),
+        (
+            "light agent, Zendesk Global",
+            "jdoe",
+            "Jane Doe: Zendesk Global light agent",
+            vec!["support::to do"],
+            "## Step 2. Access Request\n\n- [ ] Zendesk Global: Light Agent\n- Justification for this access: I read customer tickets for my accounts.\n".into(),
+        ),
+        (
+            "light agent, Zendesk US Federal",
+            "bli",
+            "Bo Li: Zendesk US Federal light agent",
+            vec!["support::to do"],
+            format!(
+                "{TABLE}{}\n- [ ] Zendesk US Federal: Light Agent\n- Justification for this access: I support a public-sector account.\n",
+                row("Bo Li", "bo.li@gitlab.com", "bli", "mlee")
+            ),
+        ),
+        (
+            "light agent, US Federal, citizenship denied",
+            "rkim",
+            "Robin Kim: Zendesk US Federal light agent",
+            vec!["support::to do"],
+            format!(
+                "{TABLE}{}\n- [ ] Zendesk US Federal: Light Agent\n- Justification for this access: public sector.\n",
+                row("Robin Kim", "robin.kim@gitlab.com", "rkim", "mlee")
+            ),
+        ),
+        (
+            "team tag",
+            "jdoe",
+            "Jane Doe: Zendesk Global tag partner_support_agent",
+            vec!["support::to do"],
+            format!(
+                "{TABLE}{}\n- [ ] Zendesk Global: add tag `partner_support_agent`\n- Justification for this access: I file Partner Support requests.\n",
+                row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
+            ),
+        ),
+        (
+            "team tag without an account",
+            "mallory",
+            "Mallory: Zendesk Global tag order management",
+            vec!["support::to do"],
+            format!(
+                "{TABLE}{}\n- [ ] Zendesk Global: add tag `order_management_team`\n",
+                row("Mallory Mallet", "mallory@gitlab.com", "mallory", "mlee")
+            ),
+        ),
+        (
+            "role change",
+            "mlee",
+            "Role change: Alex Chen to Support Manager, Zendesk Global",
+            vec!["support::to do"],
+            format!(
+                "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Manager\n- Justification for this access: promoted to Support Manager.\n",
+                row("Alex Chen", "alex.chen@gitlab.com", "achen", "kpatel")
+            ),
+        ),
+        (
+            "offboarding",
+            "gitlab-employment-bot",
+            "Offboarding: Casey Quinn",
+            vec!["offboarding"],
+            format!(
+                "## Team member details\n\n{TABLE}{}\n## Department tasks: Customer Support\n\n- [ ]  @zd-admin-1 @zd-admin-2: Remove the team member from Zendesk Global\n- [ ]  @it-ops-1: Remove the team member from Google Group okta-zendeskglobal-users\n- [ ]  @it-ops-1: Remove the team member from Slack\n",
+                row("Casey Quinn", "casey.quinn@gitlab.com", "cquinn", "mlee")
+            ),
+        ),
+        (
+            "security: self-approval",
+            "mallory",
+            "Mallory Mallet, Zendesk Global, Support Manager",
+            vec!["support::to do"],
+            format!(
+                "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Manager\n- Justification for this access: trust me.\n",
+                row("Mallory Mallet", "mallory@gitlab.com", "mallory", "mlee")
+            ),
+        ),
+    ]
+}
+
+impl Demo {
+    pub async fn run() -> anyhow::Result<Demo> {
+        let sb = Sandbox::start(Ports::default()).await?;
+        sb.gitlab
+            .lock()
+            .add_user("cquinn", "Casey Quinn", "casey.quinn@gitlab.com");
+        sb.google
+            .lock()
+            .users
+            .insert("casey.quinn@gitlab.com".into());
+        // Alex is a Support Engineer today; Casey is leaving with open tickets.
+        sb.seed_zendesk(&ZendeskAccount {
+            instance: "global".into(),
+            name: "Alex Chen".into(),
+            email: "alex.chen@gitlab.com".into(),
+            role: "agent".into(),
+            custom_role: Some("Support Engineer".into()),
+            groups: vec!["Support AMER".into(), "Support EMEA".into()],
+            tags: vec![],
+            user_fields: Default::default(),
+            open_tickets: 0,
+            suspended: false,
+            last_login_days_ago: Some(1),
+        })?;
+        sb.seed_zendesk(&ZendeskAccount {
+            instance: "global".into(),
+            name: "Casey Quinn".into(),
+            email: "casey.quinn@gitlab.com".into(),
+            role: "agent".into(),
+            custom_role: Some("Support Engineer".into()),
+            groups: vec!["Support AMER".into()],
+            tags: vec!["partner_support_agent".into(), "emea_shift".into()],
+            user_fields: [("region".to_string(), "EMEA".to_string())]
+                .into_iter()
+                .collect(),
+            open_tickets: 7,
+            suspended: false,
+            last_login_days_ago: Some(3),
+        })?;
+        sb.google
+            .lock()
+            .add_member(GLOBAL_OKTA, "casey.quinn@gitlab.com");
+
+        let bot = sb.bot().await?;
+        let mut issues = Vec::new();
+        for (name, author, title, labels, body) in bodies() {
+            let iid = sb.file_issue(author, title, &labels, &body).await?;
+            issues.push(DemoIssue { name, iid });
+        }
+        let iid = |n: &str| {
+            issues
+                .iter()
+                .find(|i| i.name == n)
+                .map(|i| i.iid)
+                .unwrap_or(0)
+        };
+
+        // First pass: the bot reads everything, acts on what needs no approval, plans the rest.
+        run_until_quiet(&bot, 4).await;
+
+        // People approve.
+        sb.add_label(
+            "mlee",
+            iid("special request"),
+            "AR-Approval::Manager Approved",
+        )
+        .await?;
+        sb.add_label(
+            "lyle",
+            iid("special request"),
+            "Zendesk::System Owner Approved",
+        )
+        .await?;
+        sb.add_label(
+            "mlee",
+            iid("light agent, Zendesk US Federal"),
+            "AR-Approval::Manager Approved",
+        )
+        .await?;
+        sb.add_label(
+            "people-connect-1",
+            iid("light agent, Zendesk US Federal"),
+            "US-Citizenship::Verified",
+        )
+        .await?;
+        sb.add_label(
+            "mlee",
+            iid("light agent, US Federal, citizenship denied"),
+            "AR-Approval::Manager Approved",
+        )
+        .await?;
+        sb.add_label(
+            "people-connect-1",
+            iid("light agent, US Federal, citizenship denied"),
+            "US-Citizenship::Not Verified",
+        )
+        .await?;
+        sb.add_label(
+            "mlee",
+            iid("team tag without an account"),
+            "AR-Approval::Manager Approved",
+        )
+        .await?;
+        sb.add_label(
+            "kpatel",
+            iid("role change"),
+            "AR-Approval::Manager Approved",
+        )
+        .await?;
+        sb.add_label(
+            "jason",
+            iid("role change"),
+            "Zendesk::System Owner Approved",
+        )
+        .await?;
+        sb.add_label(
+            "mallory",
+            iid("security: self-approval"),
+            "AR-Approval::Manager Approved",
+        )
+        .await?;
+        sb.add_label(
+            "mallory",
+            iid("security: self-approval"),
+            "Zendesk::System Owner Approved",
+        )
+        .await?;
+        run_until_quiet(&bot, 4).await;
+        // The team tag needs the light agent from the Global request first: approve it now.
+        sb.add_label("mlee", iid("team tag"), "AR-Approval::Manager Approved")
+            .await?;
+        run_until_quiet(&bot, 4).await;
+
+        let mut demo = Demo {
+            sandbox: sb,
+            issues,
+            transcript: String::new(),
+            failures: Vec::new(),
+        };
+        demo.write_transcript();
+        demo.check();
+        Ok(demo)
+    }
+
+    fn write_transcript(&mut self) {
+        let sb = &self.sandbox;
+        let mut t = String::new();
+        for i in &self.issues {
+            let labels = sb.labels(i.iid);
+            let _ = writeln!(
+                t,
+                "\n=================================================================="
+            );
+            let _ = writeln!(t, "#{}  [{}]  state: {}", i.iid, i.name, sb.state(i.iid));
+            let _ = writeln!(t, "labels: {}", labels.join(", "));
+            let ticked = sb.ticked(i.iid);
+            if !ticked.is_empty() {
+                let _ = writeln!(t, "ticked: {}", ticked.join(" | "));
+            }
+            for c in sb.comments(i.iid) {
+                let _ = writeln!(t, "\n--- comment by @{} ---", c.author);
+                for line in c.body.lines().filter(|l| Marker::find(l).is_none()) {
+                    let _ = writeln!(t, "  {line}");
+                }
+            }
+        }
+        let _ = writeln!(
+            t,
+            "\n==================================================================\nZendesk and Google afterwards:"
+        );
+        for (name, z) in &sb.zendesk {
+            let w = z.server.lock();
+            let _ = writeln!(t, "\nZendesk {name}:");
+            for u in w.users.values().filter(|u| u.id != w.admin_id) {
+                let role = match u
+                    .custom_role_id
+                    .and_then(|id| w.custom_roles.iter().find(|r| r.id == id))
+                {
+                    Some(r) if r.role_type == 1 => "light agent".to_string(),
+                    Some(r) => format!("{} ({})", u.role, r.name),
+                    None => u.role.clone(),
+                };
+                let _ = writeln!(
+                    t,
+                    "  {:<28} {:<32} groups [{}] tags [{}]{} open tickets {}",
+                    u.email,
+                    role,
+                    w.groups_of(u.id).join(", "),
+                    u.tags.join(", "),
+                    if u.suspended { " SUSPENDED" } else { "" },
+                    w.open_tickets_of(u.id)
+                );
+            }
+        }
+        let g = sb.google.lock();
+        for (group, members) in &g.groups {
+            let _ = writeln!(
+                t,
+                "\nGoogle group {group}: {}",
+                members
+                    .iter()
+                    .map(|m| m.email.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        self.transcript = t;
+    }
+
+    fn check(&mut self) {
+        let sb = &self.sandbox;
+        let iid = |n: &str| {
+            self.issues
+                .iter()
+                .find(|i| i.name == n)
+                .map(|i| i.iid)
+                .unwrap_or(0)
+        };
+        let mut fail = |what: &str, ok: bool| {
+            if !ok {
+                self.failures.push(what.to_string());
+            }
+        };
+        let zd = |inst: &str, email: &str| sb.zd(inst).user_by_email(email).cloned();
+        let role_name = |inst: &str, id: Option<u64>| {
+            let w = sb.zd(inst);
+            id.and_then(|id| {
+                w.custom_roles
+                    .iter()
+                    .find(|r| r.id == id)
+                    .map(|r| r.name.clone())
+            })
+        };
+        let done = |n: &str| sb.labels(iid(n)).contains(&"access-bot::done".to_string());
+        let comments = |n: &str| {
+            sb.bot_comments(iid(n))
+                .iter()
+                .map(|c| c.body.clone())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+
+        // 1. Entitlement.
+        let sam = zd("global", "sam.rivera@gitlab.com");
+        fail(
+            "entitlement: Sam is a Support Engineer",
+            sam.as_ref().is_some_and(|u| {
+                role_name("global", u.custom_role_id).as_deref() == Some("Support Engineer")
+            }),
+        );
+        fail(
+            "entitlement: Sam is in the Okta group",
+            sb.google_member(GLOBAL_OKTA, "sam.rivera@gitlab.com"),
+        );
+        fail(
+            "entitlement: done, Zendesk and Google items ticked",
+            done("role-based entitlement") && sb.ticked(iid("role-based entitlement")).len() == 2,
+        );
+        // 2. Special request.
+        let robin = zd("global", "robin.kim@gitlab.com");
+        fail(
+            "special request: Robin is a Support Engineer after both approvals",
+            robin.as_ref().is_some_and(|u| {
+                role_name("global", u.custom_role_id).as_deref() == Some("Support Engineer")
+            }),
+        );
+        fail(
+            "special request: the plan came first",
+            comments("special request").contains("access-bot plan"),
+        );
+        // 3. Light agent Global.
+        let jane = zd("global", "jane.doe@gitlab.com");
+        fail(
+            "light agent: Jane is a light agent",
+            jane.as_ref()
+                .is_some_and(|u| u.custom_role_id == sb.zd("global").light_agent_role()),
+        );
+        fail(
+            "light agent: Okta group",
+            sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"),
+        );
+        fail(
+            "light agent: the seed's result text",
+            comments("light agent, Zendesk Global").contains("wait 24 hours"),
+        );
+        fail(
+            "light agent: closed",
+            sb.state(iid("light agent, Zendesk Global")) == "closed",
+        );
+        // 4. Federal.
+        let bo = zd("federal", "bo.li@gitlab.com");
+        fail(
+            "federal: Bo is a light agent in US Federal",
+            bo.as_ref()
+                .is_some_and(|u| u.custom_role_id == sb.zd("federal").light_agent_role()),
+        );
+        fail(
+            "federal: Okta group",
+            sb.google_member(FEDERAL_OKTA, "bo.li@gitlab.com"),
+        );
+        fail(
+            "federal: citizenship request posted",
+            comments("light agent, Zendesk US Federal").contains("US Citizen"),
+        );
+        fail(
+            "federal denied: closed, nothing provisioned",
+            sb.state(iid("light agent, US Federal, citizenship denied")) == "closed"
+                && zd("federal", "robin.kim@gitlab.com").is_none(),
+        );
+        // 5. Team tags.
+        fail(
+            "team tag: Jane has partner_support_agent",
+            zd("global", "jane.doe@gitlab.com")
+                .is_some_and(|u| u.tags.contains(&"partner_support_agent".to_string())),
+        );
+        fail(
+            "team tag without account: told to get a light agent first, nothing created",
+            comments("team tag without an account").contains("light agent first")
+                && zd("global", "mallory@gitlab.com").is_none(),
+        );
+        // 6. Role change.
+        let alex = zd("global", "alex.chen@gitlab.com");
+        fail(
+            "role change: Alex is a Support Manager",
+            alex.as_ref().is_some_and(|u| {
+                role_name("global", u.custom_role_id).as_deref() == Some("Support Manager")
+            }),
+        );
+        fail(
+            "role change: Alex is in Support Managers",
+            alex.as_ref().is_some_and(|u| {
+                sb.zd("global")
+                    .groups_of(u.id)
+                    .contains(&"Support Managers".to_string())
+            }),
+        );
+        // 7. Offboarding.
+        let casey = zd("global", "casey.quinn@gitlab.com");
+        let mlee = zd("global", "mlee@gitlab.com").map(|u| u.id).unwrap_or(0);
+        fail(
+            "offboarding: demoted and suspended",
+            casey
+                .as_ref()
+                .is_some_and(|u| u.role == "end-user" && u.suspended && u.custom_role_id.is_none()),
+        );
+        fail(
+            "offboarding: no tags, no fields, no groups",
+            casey.as_ref().is_some_and(|u| {
+                u.tags.is_empty()
+                    && u.user_fields.is_empty()
+                    && sb.zd("global").groups_of(u.id).is_empty()
+            }),
+        );
+        fail(
+            "offboarding: tickets went to the manager",
+            casey
+                .as_ref()
+                .is_some_and(|u| sb.zd("global").open_tickets_of(u.id) == 0)
+                && sb.zd("global").open_tickets_of(mlee) == 7,
+        );
+        fail(
+            "offboarding: out of the Okta group",
+            !sb.google_member(GLOBAL_OKTA, "casey.quinn@gitlab.com"),
+        );
+        fail(
+            "offboarding: evidence table",
+            comments("offboarding").contains("| Account | Before | After |"),
+        );
+        // 8. Security.
+        fail(
+            "self-approval: nothing granted",
+            zd("global", "mallory@gitlab.com").is_none(),
+        );
+        fail(
+            "self-approval: the comment says why",
+            comments("security: self-approval").contains("self-approval does not count"),
+        );
+    }
+}

@@ -1,0 +1,430 @@
+//! The state store (SQLite): poll cursors, the append-only audit trail,
+//! per-issue leases (so a daemon and a one-shot run never work on the same
+//! issue at once), issues to retry, and time-bound grants.
+//!
+//! The issue stays the source of truth: deleting the database loses only
+//! history and speed, never causes a duplicate grant or comment (the bot
+//! re-reads the systems and its comment markers).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    /// Who holds leases taken through this handle.
+    owner: String,
+}
+
+/// One row of the audit trail.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub project: String,
+    pub iid: u64,
+    pub subject: String,
+    pub instance: String,
+    pub action: String,
+    pub before: String,
+    pub after: String,
+    pub approvers: String,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub since: Option<DateTime<Utc>>,
+    pub subject: Option<String>,
+    pub project: Option<String>,
+    pub iid: Option<u64>,
+}
+
+/// A grant with an end date, to revoke exactly what was granted.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Grant {
+    pub project: String,
+    pub iid: u64,
+    pub subject: String,
+    pub instance: String,
+    /// JSON: what to undo (previous role, tags added, groups added, Okta group).
+    pub undo: String,
+    pub expires: chrono::NaiveDate,
+    pub reminded: bool,
+    pub revoked: bool,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS cursor (
+    project TEXT PRIMARY KEY,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (
+    project TEXT NOT NULL,
+    iid INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (project, iid)
+);
+CREATE TABLE IF NOT EXISTS retry (
+    project TEXT NOT NULL,
+    iid INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (project, iid)
+);
+CREATE TABLE IF NOT EXISTS lease (
+    project TEXT NOT NULL,
+    iid INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    PRIMARY KEY (project, iid)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    project TEXT NOT NULL,
+    iid INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    action TEXT NOT NULL,
+    before TEXT NOT NULL,
+    after TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TABLE IF NOT EXISTS grant_expiry (
+    project TEXT NOT NULL,
+    iid INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    undo TEXT NOT NULL,
+    expires TEXT NOT NULL,
+    reminded INTEGER NOT NULL DEFAULT 0,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (project, iid, subject, instance)
+);
+"#;
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn parse_ts(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+impl Store {
+    /// Open (or create) the database. `:memory:` gives a private in-memory store.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = if path.as_os_str() == ":memory:" {
+            Connection::open_in_memory()?
+        } else {
+            Connection::open(path)?
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            owner: format!("{}-{}", std::process::id(), rand::random::<u32>()),
+        })
+    }
+
+    fn c(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn cursor(&self, project: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let v: Option<String> = self
+            .c()
+            .query_row(
+                "SELECT updated_at FROM cursor WHERE project = ?1",
+                [project],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.map(|s| parse_ts(&s)))
+    }
+
+    /// Move the cursor forward (never back).
+    pub fn advance_cursor(&self, project: &str, to: DateTime<Utc>) -> Result<(), StoreError> {
+        let cur = self.cursor(project)?;
+        if cur.is_none_or(|c| to > c) {
+            self.c().execute(
+                "INSERT INTO cursor (project, updated_at) VALUES (?1, ?2)
+                 ON CONFLICT(project) DO UPDATE SET updated_at = excluded.updated_at",
+                params![project, ts(to)],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Has this version of the issue been handled already?
+    pub fn seen(
+        &self,
+        project: &str,
+        iid: u64,
+        updated_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let v: Option<String> = self
+            .c()
+            .query_row(
+                "SELECT updated_at FROM seen WHERE project = ?1 AND iid = ?2",
+                params![project, iid],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.is_some_and(|s| parse_ts(&s) >= updated_at))
+    }
+
+    pub fn mark_seen(
+        &self,
+        project: &str,
+        iid: u64,
+        updated_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.c().execute(
+            "INSERT INTO seen (project, iid, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(project, iid) DO UPDATE SET updated_at = excluded.updated_at",
+            params![project, iid, ts(updated_at)],
+        )?;
+        Ok(())
+    }
+
+    pub fn forget_seen(&self, project: &str, iid: u64) -> Result<(), StoreError> {
+        self.c().execute(
+            "DELETE FROM seen WHERE project = ?1 AND iid = ?2",
+            params![project, iid],
+        )?;
+        Ok(())
+    }
+
+    pub fn add_retry(&self, project: &str, iid: u64, reason: &str) -> Result<(), StoreError> {
+        self.c().execute(
+            "INSERT INTO retry (project, iid, reason) VALUES (?1, ?2, ?3)
+             ON CONFLICT(project, iid) DO UPDATE SET reason = excluded.reason",
+            params![project, iid, reason],
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_retry(&self, project: &str, iid: u64) -> Result<(), StoreError> {
+        self.c().execute(
+            "DELETE FROM retry WHERE project = ?1 AND iid = ?2",
+            params![project, iid],
+        )?;
+        Ok(())
+    }
+
+    pub fn retries(&self, project: &str) -> Result<Vec<u64>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare("SELECT iid FROM retry WHERE project = ?1 ORDER BY iid")?;
+        let rows = st.query_map([project], |r| r.get::<_, u64>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Take the lease on an issue for `ttl`, unless someone else holds a live one.
+    pub fn try_lease(
+        &self,
+        project: &str,
+        iid: u64,
+        ttl: chrono::Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let n = self.c().execute(
+            "INSERT INTO lease (project, iid, owner, expires_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(project, iid) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+             WHERE lease.owner = excluded.owner OR lease.expires_at < ?5",
+            params![project, iid, self.owner, ts(now + ttl), ts(now)],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn release(&self, project: &str, iid: u64) -> Result<(), StoreError> {
+        self.c().execute(
+            "DELETE FROM lease WHERE project = ?1 AND iid = ?2 AND owner = ?3",
+            params![project, iid, self.owner],
+        )?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn audit(
+        &self,
+        project: &str,
+        iid: u64,
+        subject: &str,
+        instance: &str,
+        action: &str,
+        before: &str,
+        after: &str,
+        approvers: &str,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        self.c().execute(
+            "INSERT INTO audit (at, project, iid, subject, instance, action, before, after, approvers, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![ts(Utc::now()), project, iid, subject, instance, action, before, after, approvers, outcome],
+        )?;
+        Ok(())
+    }
+
+    pub fn audit_rows(&self, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare(
+            "SELECT id, at, project, iid, subject, instance, action, before, after, approvers, outcome
+             FROM audit
+             WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR subject = ?2)
+               AND (?3 IS NULL OR project = ?3) AND (?4 IS NULL OR iid = ?4)
+             ORDER BY id",
+        )?;
+        let rows = st.query_map(
+            params![
+                q.since.map(ts),
+                q.subject.as_ref().map(|s| s.to_ascii_lowercase()),
+                q.project,
+                q.iid
+            ],
+            |r| {
+                Ok(AuditRow {
+                    id: r.get(0)?,
+                    at: parse_ts(&r.get::<_, String>(1)?),
+                    project: r.get(2)?,
+                    iid: r.get(3)?,
+                    subject: r.get(4)?,
+                    instance: r.get(5)?,
+                    action: r.get(6)?,
+                    before: r.get(7)?,
+                    after: r.get(8)?,
+                    approvers: r.get(9)?,
+                    outcome: r.get(10)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn record_grant(&self, g: &Grant) -> Result<(), StoreError> {
+        self.c().execute(
+            "INSERT INTO grant_expiry (project, iid, subject, instance, undo, expires, reminded, revoked)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0)
+             ON CONFLICT(project, iid, subject, instance) DO NOTHING",
+            params![g.project, g.iid, g.subject, g.instance, g.undo, g.expires.to_string()],
+        )?;
+        Ok(())
+    }
+
+    pub fn grants(&self) -> Result<Vec<Grant>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare(
+            "SELECT project, iid, subject, instance, undo, expires, reminded, revoked FROM grant_expiry ORDER BY expires",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(Grant {
+                project: r.get(0)?,
+                iid: r.get(1)?,
+                subject: r.get(2)?,
+                instance: r.get(3)?,
+                undo: r.get(4)?,
+                expires: r
+                    .get::<_, String>(5)?
+                    .parse()
+                    .unwrap_or(chrono::NaiveDate::MAX),
+                reminded: r.get::<_, i64>(6)? != 0,
+                revoked: r.get::<_, i64>(7)? != 0,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn mark_grant(
+        &self,
+        project: &str,
+        iid: u64,
+        reminded: bool,
+        revoked: bool,
+    ) -> Result<(), StoreError> {
+        self.c().execute(
+            "UPDATE grant_expiry SET reminded = MAX(reminded, ?3), revoked = MAX(revoked, ?4) WHERE project = ?1 AND iid = ?2",
+            params![project, iid, reminded as i64, revoked as i64],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store {
+        Store::open(Path::new(":memory:")).unwrap()
+    }
+
+    #[test]
+    fn cursor_only_moves_forward() {
+        let s = store();
+        let t1 = Utc::now();
+        let t0 = t1 - chrono::Duration::hours(1);
+        s.advance_cursor("p", t1).unwrap();
+        s.advance_cursor("p", t0).unwrap();
+        assert_eq!(
+            s.cursor("p").unwrap().map(|t| t.timestamp_millis()),
+            Some(t1.timestamp_millis())
+        );
+    }
+
+    #[test]
+    fn audit_is_append_only() {
+        let s = store();
+        s.audit(
+            "p", 1, "a@x.com", "global", "create", "{}", "{}", "mlee", "ok",
+        )
+        .unwrap();
+        assert!(s.c().execute("UPDATE audit SET outcome = 'x'", []).is_err());
+        assert!(s.c().execute("DELETE FROM audit", []).is_err());
+        let rows = s
+            .audit_rows(&AuditQuery {
+                subject: Some("A@X.com".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn leases_exclude_other_owners_until_expiry() {
+        let dir = std::env::temp_dir().join(format!("ab-lease-{}.db", rand::random::<u32>()));
+        let a = Store::open(&dir).unwrap();
+        let b = Store::open(&dir).unwrap();
+        assert!(a.try_lease("p", 1, chrono::Duration::minutes(5)).unwrap());
+        assert!(
+            a.try_lease("p", 1, chrono::Duration::minutes(5)).unwrap(),
+            "re-entrant for its owner"
+        );
+        assert!(!b.try_lease("p", 1, chrono::Duration::minutes(5)).unwrap());
+        a.release("p", 1).unwrap();
+        assert!(b.try_lease("p", 1, chrono::Duration::minutes(5)).unwrap());
+        assert!(!a.try_lease("p", 1, chrono::Duration::minutes(5)).unwrap());
+        // An expired lease can be taken over.
+        assert!(
+            b.try_lease("p", 2, chrono::Duration::milliseconds(-1))
+                .unwrap()
+        );
+        assert!(a.try_lease("p", 2, chrono::Duration::minutes(5)).unwrap());
+        let _ = std::fs::remove_file(&dir);
+    }
+}
