@@ -78,6 +78,10 @@ pub struct GoogleClient {
     base: String,
     http: reqwest::Client,
     auth: Arc<gcp_auth::CustomServiceAccount>,
+    /// From the key file, for diagnosing a refused exchange.
+    client_email: String,
+    token_uri: String,
+    subject: Option<String>,
     backoff: Backoff,
     /// Reads after an insert before its 404 is believed (eventual consistency).
     pub confirm_attempts: u32,
@@ -108,8 +112,11 @@ impl GoogleClient {
             }
         };
         // The error text of a bad key never includes the key itself.
-        let mut sa = gcp_auth::CustomServiceAccount::from_json(&json)
-            .map_err(|_| GoogleError::Key("the key is not a valid service-account key file (JSON with client_email, private_key, token_uri)".into()))?;
+        let bad_key = || {
+            GoogleError::Key("the key is not a valid service-account key file (JSON with client_email, private_key, token_uri)".into())
+        };
+        let mut sa = gcp_auth::CustomServiceAccount::from_json(&json).map_err(|_| bad_key())?;
+        let fields: Value = serde_json::from_str(&json).map_err(|_| bad_key())?;
         if let Some(sub) = &cfg.subject {
             sa = sa.with_subject(sub.clone());
         }
@@ -117,6 +124,12 @@ impl GoogleClient {
             base: cfg.base_url.trim_end_matches('/').to_string(),
             http,
             auth: Arc::new(sa),
+            client_email: fields["client_email"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            token_uri: fields["token_uri"].as_str().unwrap_or_default().to_string(),
+            subject: cfg.subject.clone(),
             backoff: Backoff::default(),
             confirm_attempts: 5,
         })
@@ -129,12 +142,53 @@ impl GoogleClient {
 
     async fn token(&self) -> Result<String, GoogleError> {
         use gcp_auth::TokenProvider;
-        let t = self.auth.token(&[SCOPE]).await.map_err(|e| {
-            // gcp_auth reports the token endpoint's answer; keep Google's own words
-            // (unauthorized_client, invalid_grant: Invalid email or User ID, ...).
-            GoogleError::Token(explain_token_error(&format!("{e:?}")))
-        })?;
-        Ok(t.as_str().to_string())
+        match self.auth.token(&[SCOPE]).await {
+            Ok(t) => Ok(t.as_str().to_string()),
+            Err(e) => Err(GoogleError::Token(self.diagnose(&format!("{e:?}")).await)),
+        }
+    }
+
+    /// gcp_auth keeps the token endpoint's answer only in a log line ("token request
+    /// failed"). To say exactly what is wrong (unauthorized_client, a bad subject, a
+    /// deleted key), ask once more, signing with gcp_auth's own signer, and read
+    /// Google's error. Only on failure, so it costs nothing when all is well.
+    async fn diagnose(&self, fallback: &str) -> String {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = json!({"iss": self.client_email, "scope": SCOPE, "aud": self.token_uri, "iat": now, "exp": now + 3000});
+        if let Some(s) = &self.subject {
+            claims["sub"] = json!(s);
+        }
+        let unsigned = format!(
+            "{}.{}",
+            b64(br#"{"alg":"RS256","typ":"JWT"}"#),
+            b64(claims.to_string().as_bytes())
+        );
+        let Ok(sig) = self.auth.signer().sign(unsigned.as_bytes()) else {
+            return explain_token_error(fallback);
+        };
+        let assertion = format!("{unsigned}.{}", b64(&sig));
+        let answer = self
+            .http
+            .post(&self.token_uri)
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", assertion.as_str()),
+            ])
+            .send()
+            .await;
+        match answer {
+            Ok(r) if !r.status().is_success() => {
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                explain_token_error(&format!(
+                    "{}: {}",
+                    v["error"].as_str().unwrap_or(""),
+                    v["error_description"].as_str().unwrap_or("")
+                ))
+            }
+            _ => explain_token_error(fallback),
+        }
     }
 
     /// One call: token, retries on rate limits and backend errors, typed errors.

@@ -411,3 +411,207 @@ impl Bot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use mockall::Sequence;
+
+    use crate::approval::{self, Decision, Directory};
+    use crate::bot::{Bot, Instance};
+    use crate::config::Config;
+    use crate::gitlab::{ApiUser, MockGitlabApi};
+    use crate::plan::{self, Observed, ZendeskAccount};
+    use crate::request::{IssueFacts, IssueInput, UserRef, parse_request};
+    use crate::store::Store;
+    use crate::zendesk::{BulkOutcome, MockZendeskApi, Resolved, Ticket, User, ZendeskError};
+
+    fn user(id: u64, role: &str) -> User {
+        User {
+            id,
+            name: "x".into(),
+            email: None,
+            role: role.into(),
+            role_type: None,
+            custom_role_id: if role == "agent" { Some(7) } else { None },
+            suspended: false,
+            tags: vec!["t".into()],
+            user_fields: Default::default(),
+            last_login_at: None,
+        }
+    }
+
+    async fn offboard(zd: MockZendeskApi) -> super::ExecResult {
+        let mut cfg = Config::parse(include_str!("../../bot.toml"), Path::new("bot.toml")).unwrap();
+        cfg.google = None; // Zendesk only: the Okta group is another connector's business
+        let body = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| Casey Quinn | casey@gitlab.com | @cq | @mlee |\n\n- [ ]  @a: Remove the team member from Zendesk Global\n";
+        let issue = IssueInput {
+            iid: 1,
+            title: "Offboarding".into(),
+            description: body.into(),
+            labels: vec!["offboarding".into()],
+            author: UserRef {
+                id: 2,
+                username: "gitlab-employment-bot".into(),
+            },
+            author_email: None,
+            author_name: None,
+            web_url: String::new(),
+            created_at: chrono::Utc::now(),
+            updated_at: None,
+            state: "opened".into(),
+        };
+        let facts = IssueFacts {
+            issue: issue.clone(),
+            label_events: vec![],
+            notes: vec![],
+        };
+        let mut dir = Directory::new();
+        dir.insert("gitlab-employment-bot", 2);
+        let req = parse_request(&issue, &cfg).unwrap();
+        let Decision::Approved(approved) = approval::decide(req, &facts, &cfg, &dir, 1) else {
+            panic!("not approved")
+        };
+        let mut obs = Observed::default();
+        let casey = crate::request::Email::parse("casey@gitlab.com").unwrap();
+        let mlee = crate::request::Email::parse("mlee@gitlab.com").unwrap();
+        obs.zendesk.insert(
+            ("global".into(), casey),
+            Some(ZendeskAccount {
+                id: 10,
+                role: "agent".into(),
+                tags: vec!["t".into()],
+                open_tickets: Some(2),
+                ..Default::default()
+            }),
+        );
+        obs.zendesk.insert(
+            ("global".into(), mlee.clone()),
+            Some(ZendeskAccount {
+                id: 11,
+                role: "agent".into(),
+                ..Default::default()
+            }),
+        );
+        obs.manager_emails.insert("mlee".into(), mlee);
+        let exec = plan::build(&approved, &obs, &cfg);
+        let mut zendesk = BTreeMap::new();
+        zendesk.insert(
+            "global".to_string(),
+            Instance {
+                api: Arc::new(zd),
+                resolved: Resolved::default(),
+            },
+        );
+        let bot = Bot::from_parts(
+            cfg,
+            Arc::new(MockGitlabApi::new()),
+            zendesk,
+            None,
+            Arc::new(Store::open(Path::new(":memory:")).unwrap()),
+            ApiUser {
+                id: 1,
+                username: "access-bot".into(),
+                name: None,
+                email: None,
+                public_email: None,
+            },
+        )
+        .unwrap();
+        bot.execute("p", &approved, &exec, &obs).await
+    }
+
+    #[tokio::test]
+    async fn tickets_are_handed_over_before_the_agent_is_demoted() {
+        let mut zd = MockZendeskApi::new();
+        let mut seq = Sequence::new();
+        let tickets = vec![
+            Ticket {
+                id: 1,
+                status: "open".into(),
+                assignee_id: Some(10),
+                group_id: None,
+            },
+            Ticket {
+                id: 2,
+                status: "pending".into(),
+                assignee_id: Some(10),
+                group_id: None,
+            },
+        ];
+        zd.expect_find_user()
+            .returning(|_| Ok(Some(user(11, "agent"))));
+        zd.expect_memberships().returning(|_| Ok(vec![]));
+        let t = tickets.clone();
+        zd.expect_open_tickets()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_| Ok(t.clone()));
+        zd.expect_reassign()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(|t, assignee, _| t.len() == 2 && *assignee == 11)
+            .returning(|t, _, _| {
+                Ok(BulkOutcome {
+                    updated: t.iter().map(|t| t.id).collect(),
+                    ..Default::default()
+                })
+            });
+        zd.expect_open_tickets()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok(vec![]));
+        zd.expect_show_user().returning(|_| Ok(user(10, "agent")));
+        zd.expect_remove_tags()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(vec![]));
+        zd.expect_update_user()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(|_, p| p.role.as_deref() == Some("end-user"))
+            .returning(|_, _| Ok(user(10, "end-user")));
+        zd.expect_update_user()
+            .times(1)
+            .in_sequence(&mut seq)
+            .withf(|_, p| p.suspended == Some(true))
+            .returning(|_, _| Ok(user(10, "end-user")));
+        let r = offboard(zd).await;
+        assert!(r.failed.is_none(), "{:?}", r.failed);
+        assert_eq!(r.done.len(), 4, "{:?}", r.done);
+    }
+
+    #[tokio::test]
+    async fn a_failed_reassignment_stops_everything_after_it() {
+        let mut zd = MockZendeskApi::new();
+        zd.expect_find_user()
+            .returning(|_| Ok(Some(user(11, "agent"))));
+        zd.expect_memberships().returning(|_| Ok(vec![]));
+        zd.expect_open_tickets().returning(|_| {
+            Ok(vec![Ticket {
+                id: 1,
+                status: "open".into(),
+                assignee_id: Some(10),
+                group_id: None,
+            }])
+        });
+        zd.expect_reassign().returning(|_, _, _| {
+            Err(ZendeskError::Server {
+                instance: "global".into(),
+                status: 503,
+                attempts: 5,
+            })
+        });
+        // Nothing else may be called: no tag removal, no demotion, no suspension.
+        zd.expect_update_user().never();
+        zd.expect_remove_tags().never();
+        let r = offboard(zd).await;
+        let (step, _, transient) = r.failed.unwrap();
+        assert!(step.key.ends_with("reassign_tickets"));
+        assert!(transient);
+        assert!(r.done.is_empty());
+    }
+}

@@ -207,6 +207,7 @@ pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) ->
 
     let response = match decision {
         Some(Err(retry_after)) => too_many(knobs.flavor, retry_after),
+        Some(Ok(Failure::Status(429))) => too_many(knobs.flavor, 1),
         Some(Ok(Failure::Status(code))) => server_error(knobs.flavor, code),
         Some(Ok(Failure::Drop)) => {
             let body = Body::from_stream(futures_util::stream::once(async {

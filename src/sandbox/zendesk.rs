@@ -136,6 +136,11 @@ impl ZendeskWorld {
         self.next_id
     }
 
+    /// Invalidate every issued OAuth token (as an expiry or a revocation would).
+    pub fn revoke_tokens(&mut self) {
+        self.tokens.clear();
+    }
+
     pub fn add_custom_role(&mut self, name: &str, role_type: i64) -> u64 {
         let id = self.id();
         self.custom_roles.push(CustomRole {

@@ -1,0 +1,586 @@
+//! The Zendesk and Google connectors over HTTP against the sandbox: every
+//! operation, the error shapes, and the fault cases.
+
+use std::time::Duration;
+
+use access_bot::google::{Change, GoogleClient, GoogleError, GroupDirectory};
+use access_bot::http::Backoff;
+use access_bot::request::Email;
+use access_bot::sandbox::faults::Failure;
+use access_bot::sandbox::scenario::ZendeskAccount;
+use access_bot::sandbox::{Ports, Sandbox};
+use access_bot::secret::Secrets;
+use access_bot::zendesk::{Resolved, Ticket, UserPatch, ZendeskApi, ZendeskClient, ZendeskError};
+
+const OKTA: &str = "okta-zendeskglobal-users@gitlab.com";
+
+fn fast() -> Backoff {
+    Backoff {
+        attempts: 5,
+        base: Duration::from_millis(5),
+        cap: Duration::from_millis(50),
+    }
+}
+
+fn client(sb: &Sandbox, secrets: &Secrets) -> ZendeskClient {
+    let mut inst = sb.config.zendesk["global"].clone();
+    inst.requests_per_minute = 60_000;
+    let mut c = ZendeskClient::new("global", &inst, secrets, reqwest::Client::new())
+        .unwrap()
+        .with_backoff(fast());
+    c.job_poll_interval = Duration::from_millis(2);
+    c
+}
+
+fn email(s: &str) -> Email {
+    Email::parse(s).unwrap()
+}
+
+#[tokio::test]
+async fn zendesk_oauth_token_is_cached_and_refreshed_once_after_401() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let zd = client(&sb, &sb.secrets);
+    for _ in 0..3 {
+        zd.me().await.unwrap();
+    }
+    assert_eq!(sb.zd_knobs("global").count("POST", "/oauth/tokens"), 1);
+    sb.zd("global").revoke_tokens();
+    zd.me().await.unwrap();
+    assert_eq!(sb.zd_knobs("global").count("POST", "/oauth/tokens"), 2);
+    assert_eq!(
+        sb.zd_knobs("global").count("GET", "/api/v2/users/me"),
+        5,
+        "one 401, then the retry"
+    );
+}
+
+#[tokio::test]
+async fn zendesk_bad_credentials_are_typed_and_never_echo_the_secret() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let secrets = Secrets::from_map([
+        (
+            "ZENDESK_GLOBAL_CLIENT_ID".to_string(),
+            "access-bot-global".to_string(),
+        ),
+        (
+            "ZENDESK_GLOBAL_CLIENT_SECRET".to_string(),
+            "wrong-but-secret-value".to_string(),
+        ),
+    ]);
+    let err = client(&sb, &secrets).me().await.unwrap_err();
+    assert!(matches!(err, ZendeskError::Unauthorized { .. }), "{err}");
+    assert!(!err.to_string().contains("wrong-but-secret-value"));
+    assert!(
+        err.to_string()
+            .contains("Check the OAuth client id and secret")
+    );
+    let missing = ZendeskClient::new(
+        "global",
+        &sb.config.zendesk["global"],
+        &Secrets::from_map([]),
+        reqwest::Client::new(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        missing.to_string().contains("ZENDESK_GLOBAL_CLIENT_ID"),
+        "{missing}"
+    );
+}
+
+#[tokio::test]
+async fn zendesk_legacy_api_token_works() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    sb.zd("global")
+        .api_tokens
+        .insert("admin@gitlab.com".into(), "legacy-token".into());
+    let mut inst = sb.config.zendesk["global"].clone();
+    inst.auth = access_bot::config::ZendeskAuth::ApiToken {
+        email_env: "E".into(),
+        token_env: "T".into(),
+    };
+    let secrets = Secrets::from_map([
+        ("E".to_string(), "admin@gitlab.com".to_string()),
+        ("T".to_string(), "legacy-token".to_string()),
+    ]);
+    let zd = ZendeskClient::new("global", &inst, &secrets, reqwest::Client::new()).unwrap();
+    assert_eq!(zd.me().await.unwrap().role, "admin");
+    assert_eq!(sb.zd_knobs("global").count("POST", "/oauth/tokens"), 0);
+}
+
+#[tokio::test]
+async fn zendesk_user_operations() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let zd = client(&sb, &sb.secrets);
+    let resolved = Resolved::load(&zd).await.unwrap();
+    let light = resolved.light_agent_role.unwrap();
+    assert_eq!(
+        sb.zd("global")
+            .custom_roles
+            .iter()
+            .find(|r| r.id == light)
+            .unwrap()
+            .name,
+        "Agent léger",
+        "found by role_type, not by name"
+    );
+
+    // A near-miss in the search results is never taken.
+    sb.zd("global")
+        .add_user("Jane Junior", "jane.doe@gitlab.com.au", "agent", None);
+    sb.zd("global")
+        .add_user("Xjane", "xjane.doe@gitlab.com", "agent", None);
+    assert_eq!(
+        zd.find_user(&email("jane.doe@gitlab.com")).await.unwrap(),
+        None
+    );
+
+    let (u, created) = zd
+        .create_or_update(
+            "Jane Doe",
+            &email("jane.doe@gitlab.com"),
+            "agent",
+            Some(light),
+        )
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(u.role_type, Some(1));
+    let (_, created) = zd
+        .create_or_update(
+            "Jane Doe",
+            &email("jane.doe@gitlab.com"),
+            "agent",
+            Some(light),
+        )
+        .await
+        .unwrap();
+    assert!(!created, "200 on an existing user");
+    assert_eq!(
+        zd.find_user(&email("JANE.DOE@gitlab.com"))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        u.id
+    );
+
+    assert_eq!(
+        zd.add_tags(u.id, &["partner_support_agent".into(), "x".into()])
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        zd.remove_tags(u.id, &["x".into()]).await.unwrap(),
+        vec!["partner_support_agent"]
+    );
+
+    let se = resolved.roles["support engineer"];
+    let u2 = zd
+        .update_user(
+            u.id,
+            &UserPatch {
+                role: Some("agent".into()),
+                custom_role_id: Some(Some(se)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(u2.custom_role_id, Some(se));
+    let amer = resolved.groups["support amer"];
+    zd.add_membership(u.id, amer).await.unwrap();
+    let ms = zd.memberships(u.id).await.unwrap();
+    assert_eq!(ms.len(), 1);
+    zd.remove_membership(ms[0].id).await.unwrap();
+    zd.remove_membership(ms[0].id).await.unwrap(); // 404: already done
+    sb.zd("global")
+        .user_mut_by_email("jane.doe@gitlab.com")
+        .unwrap()
+        .user_fields
+        .insert("region".into(), serde_json::json!("EMEA"));
+    let cleared = zd
+        .update_user(
+            u.id,
+            &UserPatch {
+                clear_fields: vec!["region".into()],
+                suspended: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(cleared.filled_fields().is_empty() && cleared.suspended);
+    let unsuspended = zd
+        .update_user(
+            u.id,
+            &UserPatch {
+                suspended: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!unsuspended.suspended);
+    // Paid seats: agents and admins, cursor-paginated.
+    let agents = zd.agents().await.unwrap();
+    assert!(agents.iter().any(|a| a.id == u.id));
+    // A 4xx other than 409/429 is not retried and says what is wrong.
+    sb.zd_knobs("global").clear_log();
+    let err = zd
+        .update_user(
+            u.id,
+            &UserPatch {
+                custom_role_id: Some(Some(12345)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ZendeskError::Invalid { status: 422, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("Custom role is invalid"), "{err}");
+    assert_eq!(sb.zd_knobs("global").total(), 1);
+}
+
+#[tokio::test]
+async fn zendesk_retries_429_503_and_dropped_connections() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let zd = client(&sb, &sb.secrets);
+    zd.me().await.unwrap();
+    let k = sb.zd_knobs("global");
+    k.clear_log();
+    k.fail_next("GET /api/v2/users/me", 1, Failure::Status(429));
+    let t = std::time::Instant::now();
+    zd.me().await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "waited for Retry-After: 1"
+    );
+    k.fail_next("GET /api/v2/users/me", 3, Failure::Status(503));
+    zd.me().await.unwrap();
+    k.fail_next("GET /api/v2/users/me", 1, Failure::Drop);
+    zd.me().await.unwrap();
+    assert_eq!(k.count("GET", "/api/v2/users/me"), 2 + 4 + 2);
+    k.fail_next("GET /api/v2/users/me", 10, Failure::Status(500));
+    let err = zd.me().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ZendeskError::Server {
+                status: 500,
+                attempts: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.is_transient());
+}
+
+fn tickets(sb: &Sandbox, assignee: u64, group: Option<u64>, n: usize) -> Vec<Ticket> {
+    let mut w = sb.zd("global");
+    (0..n)
+        .map(|_| {
+            let id = w.add_ticket(Some(assignee), group, "open");
+            Ticket {
+                id,
+                status: "open".into(),
+                assignee_id: Some(assignee),
+                group_id: group,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn zendesk_bulk_reassignment_batches_polls_and_checks_every_item() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let zd = client(&sb, &sb.secrets);
+    let (leaver, manager, amer, billing) = {
+        let mut w = sb.zd("global");
+        let amer = w.add_group("Support AMER");
+        let billing = w.add_group("Billing");
+        let staff = w.role_by_name("Staff");
+        let leaver = w.add_user("Leaver", "leaver@gitlab.com", "agent", staff);
+        let manager = w.user_by_email("mlee@gitlab.com").unwrap().id;
+        (leaver, manager, amer, billing)
+    };
+    let mut list = tickets(&sb, leaver, Some(amer), 250);
+    // Tickets in a group the manager is not in: retried once with the manager's group.
+    list.extend(tickets(&sb, leaver, Some(billing), 5));
+    assert_eq!(zd.open_tickets(leaver).await.unwrap().len(), 255);
+    let out = zd.reassign(&list, manager, &[amer]).await.unwrap();
+    assert_eq!(out.updated.len(), 255, "{:?}", out.failed);
+    assert!(out.failed.is_empty());
+    assert_eq!(
+        out.bulk_calls,
+        3 + 1,
+        "three batches of at most 100, one retry batch"
+    );
+    assert!(out.job_polls >= 4);
+    assert_eq!(sb.zd("global").open_tickets_of(manager), 255);
+    let moved_group = sb
+        .zd("global")
+        .tickets
+        .values()
+        .filter(|t| t.group_id == Some(billing))
+        .count();
+    assert_eq!(moved_group, 0, "the five moved to the manager's group");
+
+    // A closed ticket fails and is reported, not hidden.
+    let closed = sb
+        .zd("global")
+        .add_ticket(Some(leaver), Some(amer), "closed");
+    let out = zd
+        .reassign(
+            &[Ticket {
+                id: closed,
+                status: "open".into(),
+                assignee_id: Some(leaver),
+                group_id: Some(amer),
+            }],
+            manager,
+            &[amer],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.failed.len(), 1);
+    assert!(out.failed[0].1.contains("closed"), "{:?}", out.failed);
+}
+
+fn google(
+    sb: &Sandbox,
+    cfg: &access_bot::config::GoogleConfig,
+) -> Result<GoogleClient, GoogleError> {
+    Ok(GoogleClient::new(cfg, &sb.secrets, reqwest::Client::new())?.with_backoff(fast()))
+}
+
+#[tokio::test]
+async fn google_membership_is_idempotent_and_confirms_through_eventual_consistency() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let g = google(&sb, sb.config.google.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        g.add_member(OKTA, "jane.doe@gitlab.com").await.unwrap(),
+        Change::Done
+    );
+    assert_eq!(
+        g.add_member(OKTA, "jane.doe@gitlab.com").await.unwrap(),
+        Change::AlreadySo,
+        "409 duplicate"
+    );
+    assert!(g.is_member(OKTA, "Jane.Doe@gitlab.com").await.unwrap());
+    assert_eq!(
+        g.remove_member(OKTA, "jane.doe@gitlab.com").await.unwrap(),
+        Change::Done
+    );
+    assert_eq!(
+        g.remove_member(OKTA, "jane.doe@gitlab.com").await.unwrap(),
+        Change::AlreadySo,
+        "404 notFound"
+    );
+    assert_eq!(
+        g.remove_member(OKTA, "someone@other.example")
+            .await
+            .unwrap(),
+        Change::AlreadySo,
+        "400 required for externals"
+    );
+    // Eventual consistency: the first reads after insert are 404; the add still succeeds.
+    sb.google.lock().consistency_reads = 2;
+    sb.google_knobs.clear_log();
+    assert_eq!(
+        g.add_member(OKTA, "bo.li@gitlab.com").await.unwrap(),
+        Change::Done
+    );
+    assert_eq!(
+        sb.google_knobs
+            .count("GET", "/admin/directory/v1/groups/:key/members/:key"),
+        3
+    );
+    for i in 0..205 {
+        sb.google
+            .lock()
+            .add_member(OKTA, &format!("p{i}@gitlab.com"));
+    }
+    assert_eq!(
+        g.list_members(OKTA).await.unwrap().len(),
+        206,
+        "two pages with pageToken"
+    );
+    // The token was exchanged once.
+    assert_eq!(
+        sb.google_knobs.count("POST", "/token"),
+        0,
+        "cleared log: no new exchange needed"
+    );
+}
+
+#[tokio::test]
+async fn google_quota_and_backend_errors_are_retried_configuration_errors_are_not() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let g = google(&sb, sb.config.google.as_ref().unwrap()).unwrap();
+    g.is_member(OKTA, "x@gitlab.com").await.unwrap();
+    sb.google_knobs
+        .fail_next("GET /admin", 2, Failure::Status(403));
+    sb.google_knobs
+        .fail_next("GET /admin", 2, Failure::Status(503));
+    assert!(!g.is_member(OKTA, "x@gitlab.com").await.unwrap());
+    sb.google_knobs.clear_log();
+    let e = g
+        .add_member("missing@gitlab.com", "x@gitlab.com")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, GoogleError::GroupNotFound(_)), "{e}");
+    assert!(e.to_string().contains("okta_group"));
+    assert_eq!(sb.google_knobs.total(), 1, "not retried");
+    sb.google
+        .lock()
+        .service_accounts
+        .get_mut(access_bot::sandbox::SERVICE_ACCOUNT)
+        .unwrap()
+        .groups_admin = false;
+    let e = g.is_member(OKTA, "x@gitlab.com").await.unwrap_err();
+    assert!(matches!(e, GoogleError::Forbidden { .. }), "{e}");
+    assert!(e.to_string().contains("Groups admin role"));
+}
+
+#[tokio::test]
+async fn google_domain_wide_delegation_needs_the_grant_and_a_real_subject() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let mut cfg = sb.config.google.clone().unwrap();
+    cfg.subject = Some("zendesk-admin@gitlab.com".into());
+    sb.google
+        .lock()
+        .service_accounts
+        .get_mut(access_bot::sandbox::SERVICE_ACCOUNT)
+        .unwrap()
+        .groups_admin = false;
+    let e = google(&sb, &cfg)
+        .unwrap()
+        .is_member(OKTA, "x@gitlab.com")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("unauthorized_client"), "{e}");
+    sb.google
+        .lock()
+        .service_accounts
+        .get_mut(access_bot::sandbox::SERVICE_ACCOUNT)
+        .unwrap()
+        .delegated_scopes
+        .push(access_bot::google::SCOPE.into());
+    let g = google(&sb, &cfg).unwrap();
+    assert!(
+        !g.is_member(OKTA, "x@gitlab.com").await.unwrap(),
+        "acts as the delegated admin"
+    );
+    cfg.subject = Some("nobody@gitlab.com".into());
+    let e = google(&sb, &cfg)
+        .unwrap()
+        .is_member(OKTA, "x@gitlab.com")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not a user of the domain"), "{e}");
+    // The key itself never appears in an error.
+    let key: serde_json::Value = serde_json::from_str(
+        sb.secrets
+            .get("GOOGLE_SERVICE_ACCOUNT_KEY")
+            .unwrap()
+            .expose(),
+    )
+    .unwrap();
+    let piece = key["private_key"].as_str().unwrap().lines().nth(1).unwrap()[..24].to_string();
+    assert_eq!(piece.len(), 24);
+    assert!(!format!("{e} {e:?}").contains(&piece));
+}
+
+#[tokio::test]
+async fn check_reports_each_system_and_exactly_what_is_wrong() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let lines = access_bot::check::report(&sb.config, &sb.secrets).await;
+    assert!(lines.iter().all(|(ok, _)| *ok), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("connected as @access-bot"))
+    );
+
+    let mut cfg = sb.config.clone();
+    cfg.zendesk
+        .get_mut("federal")
+        .unwrap()
+        .access_levels
+        .get_mut("Support Engineer")
+        .unwrap()
+        .groups
+        .push("No Such Group".into());
+    cfg.zendesk.get_mut("global").unwrap().okta_group = Some("okta-nope@gitlab.com".into());
+    let bad_secret = Secrets::from_map(
+        sb.secrets
+            .values()
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (format!("unused{i}"), v))
+            .chain(sb.config.secret_envs().into_iter().map(|(var, _)| {
+                let v = if var == "ZENDESK_GLOBAL_CLIENT_SECRET" {
+                    "wrong".to_string()
+                } else {
+                    sb.secrets.get(&var).unwrap().expose().to_string()
+                };
+                (var, v)
+            })),
+    );
+    let lines = access_bot::check::report(&cfg, &bad_secret).await;
+    let fails: Vec<&String> = lines.iter().filter(|(ok, _)| !ok).map(|(_, l)| l).collect();
+    assert!(
+        fails
+            .iter()
+            .any(|l| l.contains("Zendesk global") && l.contains("credentials rejected")),
+        "{fails:#?}"
+    );
+    assert!(
+        fails
+            .iter()
+            .any(|l| l.contains("group \"No Such Group\" does not exist")),
+        "{fails:#?}"
+    );
+    assert!(
+        fails
+            .iter()
+            .any(|l| l.contains("okta-nope@gitlab.com") && l.contains("does not exist")),
+        "{fails:#?}"
+    );
+}
+
+#[tokio::test]
+async fn zendesk_light_agent_seed_accounts_resolve() {
+    // The seeded light agent is recognised by role_type 1 through the API.
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    sb.seed_zendesk(&ZendeskAccount {
+        instance: "global".into(),
+        name: "L A".into(),
+        email: "la@gitlab.com".into(),
+        role: "light-agent".into(),
+        custom_role: None,
+        groups: vec![],
+        tags: vec![],
+        user_fields: Default::default(),
+        open_tickets: 0,
+        suspended: false,
+        last_login_days_ago: None,
+    })
+    .unwrap();
+    let zd = client(&sb, &sb.secrets);
+    assert_eq!(
+        zd.find_user(&email("la@gitlab.com"))
+            .await
+            .unwrap()
+            .unwrap()
+            .role_type,
+        Some(1)
+    );
+}
