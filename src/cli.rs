@@ -48,6 +48,12 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogOutput {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum OutputFormat {
     Text,
     Json,
@@ -73,6 +79,21 @@ pub enum Command {
     Run {
         #[arg(long)]
         dry_run: bool,
+    },
+    /// The audit trail: who gave whom what access, when, approved by whom.
+    Log {
+        /// Only rows newer than this (e.g. 7d, 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only rows about this person (email).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only rows about this issue.
+        #[arg(long)]
+        issue: Option<u64>,
+        /// `table` for people, `json` for one JSON object per line (SIEM export).
+        #[arg(long, value_enum, default_value_t = LogOutput::Table)]
+        format: LogOutput,
     },
     /// Serve the sandbox (fake GitLab, Zendesk, Google) on loopback and print a config snippet.
     Sandbox {
@@ -160,6 +181,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Once { dry_run } => once(&cli.config, dry_run).await,
         Command::Run { dry_run } => daemon(&cli.config, dry_run).await,
         Command::Check => check(&cli.config).await,
+        Command::Log {
+            since,
+            user,
+            issue,
+            format,
+        } => audit_log(&cli.config, since.as_deref(), user, issue, format),
         #[cfg(feature = "sandbox")]
         Command::Demo => demo().await,
         #[cfg(feature = "sandbox")]
@@ -243,6 +270,67 @@ async fn plan_live(config: &Path, args: &PlanArgs) -> anyhow::Result<u8> {
     })
 }
 
+fn audit_log(
+    config: &Path,
+    since: Option<&str>,
+    user: Option<String>,
+    issue: Option<u64>,
+    format: LogOutput,
+) -> anyhow::Result<u8> {
+    let cfg = load_config(config)?;
+    let store = crate::store::Store::open(&cfg.bot.state_db)?;
+    let since = match since {
+        Some(s) => Some(
+            chrono::Utc::now()
+                - chrono::Duration::from_std(
+                    crate::config::parse_duration(s).map_err(|e| anyhow::anyhow!(e))?,
+                )?,
+        ),
+        None => None,
+    };
+    let rows = store.audit_rows(&crate::store::AuditQuery {
+        since,
+        subject: user,
+        project: None,
+        iid: issue,
+    })?;
+    print!("{}", render_audit(&rows, format));
+    Ok(exit::OK)
+}
+
+/// The audit rows as a table or as JSON lines.
+pub fn render_audit(rows: &[crate::store::AuditRow], format: LogOutput) -> String {
+    let mut out = String::new();
+    match format {
+        LogOutput::Json => {
+            for r in rows {
+                out.push_str(&serde_json::to_string(r).unwrap_or_default());
+                out.push('\n');
+            }
+        }
+        LogOutput::Table => {
+            out.push_str(&format!(
+                "{:<20} {:<6} {:<28} {:<8} {:<48} {:<8} {}\n",
+                "time (UTC)", "issue", "person", "system", "action", "outcome", "approved by"
+            ));
+            for r in rows {
+                let action = r.action.rsplit('/').next().unwrap_or(&r.action);
+                out.push_str(&format!(
+                    "{:<20} {:<6} {:<28} {:<8} {:<48} {:<8} {}\n",
+                    r.at.format("%Y-%m-%d %H:%M:%S"),
+                    format!("#{}", r.iid),
+                    r.subject,
+                    r.instance,
+                    action,
+                    r.outcome,
+                    r.approvers
+                ));
+            }
+        }
+    }
+    out
+}
+
 async fn check(config: &Path) -> anyhow::Result<u8> {
     let cfg = load_config(config)?;
     let ok = crate::check::run(&cfg, &crate::secret::Secrets::from_env()).await;
@@ -289,7 +377,17 @@ async fn sandbox(seed: Option<&Path>, port: u16) -> anyhow::Result<u8> {
             iids
         );
     }
+    let cfg_path = std::env::temp_dir().join(format!("access-bot-sandbox-{port}.toml"));
+    std::fs::write(
+        &cfg_path,
+        sb.config_toml("access-bot-sandbox.db", None, "10s"),
+    )?;
     println!("Sandbox running (Ctrl-C to stop).\n\n{}", sb.snippet());
+    println!(
+        "A complete configuration for it: {}\n  (export the variables below, then: access-bot --config {} once)\n",
+        cfg_path.display(),
+        cfg_path.display()
+    );
     println!("Secrets (sandbox only):");
     for (var, _) in sb.config.secret_envs() {
         if let Ok(v) = sb.secrets.get(&var) {

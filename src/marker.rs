@@ -71,17 +71,23 @@ impl Marker {
     }
 }
 
-/// Marker fields never contain spaces, `=` or `--`.
-fn clean(s: &str) -> String {
-    s.chars()
+/// Marker fields never contain spaces, `=` or `--` (which would end the HTML comment).
+/// Callers compare keys through this function too, so what is written is what is found.
+pub fn clean(s: &str) -> String {
+    let mut out: String = s
+        .chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || "_:.@/+".contains(c) {
+            if c.is_ascii_alphanumeric() || "_:.@/+-".contains(c) {
                 c
             } else {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    while out.contains("--") {
+        out = out.replace("--", "-_");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -100,7 +106,9 @@ mod tests {
         let m = Marker::new("plan --> <b>", "k ey", "d=1", "");
         let r = m.render();
         assert_eq!(r.matches("-->").count(), 1);
-        assert_eq!(Marker::find(&r).unwrap().step, "plan______b_");
+        assert_eq!(Marker::find(&r).unwrap().step, "plan_-__b_");
+        assert_eq!(clean("needs-account:1"), "needs-account:1");
+        assert_eq!(clean("a---b"), "a-_-b");
     }
 
     #[test]

@@ -1219,3 +1219,101 @@ async fn google_members_idempotency_paging_and_errors() {
         (403, Some("forbidden"))
     );
 }
+
+#[tokio::test]
+async fn the_example_seed_applies() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scenario.toml"),
+    )
+    .unwrap();
+    let s = access_bot::sandbox::scenario::Scenario::parse(&text).unwrap();
+    let iids = sb.apply(&s).await.unwrap();
+    assert_eq!(iids.len(), 2);
+    let casey = sb
+        .zd("global")
+        .user_by_email("casey.quinn@gitlab.com")
+        .map(|u| u.id)
+        .unwrap();
+    assert_eq!(sb.zd("global").open_tickets_of(casey), 12);
+    assert!(sb.google_member(
+        "okta-zendeskglobal-users@gitlab.com",
+        "casey.quinn@gitlab.com"
+    ));
+    assert!(
+        access_bot::sandbox::scenario::Scenario::parse("bogus = 1").is_err(),
+        "unknown keys are errors"
+    );
+}
+
+#[tokio::test]
+async fn access_bot_sandbox_serves_every_api_on_fixed_ports() {
+    let port = 30000 + (rand::random::<u16>() % 20000);
+    let t0 = std::time::Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_access-bot"))
+        .args(["sandbox", "--port", &port.to_string(), "--seed"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scenario.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut up = None;
+    for _ in 0..500 {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/api/v4/user"))
+            .header("PRIVATE-TOKEN", "glpat-sandbox-access-bot")
+            .send()
+            .await
+            && r.status() == 200
+        {
+            up = Some(t0.elapsed());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let up = up.expect("the sandbox answered");
+    eprintln!("sandbox answered after {up:?} (debug build)");
+    let mut issues: Vec<Value> = Vec::new();
+    for _ in 0..200 {
+        issues = http
+            .get(format!(
+                "http://127.0.0.1:{port}/api/v4/projects/support%2Faccess-requests/issues"
+            ))
+            .header("PRIVATE-TOKEN", "glpat-sandbox-access-bot")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if issues.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(issues.len(), 2, "seeded");
+    // Google on +1, Zendesk instances on +2 and +3: each answers in its own error shape.
+    let g: Value = http
+        .get(format!(
+            "http://127.0.0.1:{}/admin/directory/v1/groups/x/members",
+            port + 1
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(g["error"]["code"], 401);
+    for p in [port + 2, port + 3] {
+        let r = http
+            .get(format!("http://127.0.0.1:{p}/api/v2/users/me.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

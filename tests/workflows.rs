@@ -1273,3 +1273,108 @@ async fn dry_run_reads_and_plans_but_writes_nothing() {
     assert_eq!(writes(sb.zd_knobs("global")), 0);
     assert_eq!(writes(&sb.google_knobs), 0);
 }
+
+#[tokio::test]
+async fn audit_trail_answers_who_gave_this_person_access_and_who_approved() {
+    let (sb, bot) = start().await;
+    let iid = file(&sb, "special request").await;
+    run_until_quiet(&bot, 3).await;
+    sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    sb.add_label("lyle", iid, OWNER).await.unwrap();
+    run_until_quiet(&bot, 3).await;
+    let rows = bot
+        .store
+        .audit_rows(&access_bot::store::AuditQuery {
+            subject: Some("Robin.Kim@gitlab.com".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let actions: Vec<&str> = rows
+        .iter()
+        .map(|r| r.action.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "create_agent",
+            "add_to_group:Support AMER",
+            "add_to_group:Support EMEA",
+            "add_google_member:okta-zendeskglobal-users@gitlab.com"
+        ]
+    );
+    assert!(rows.iter().all(|r| r.iid == iid && r.outcome == "ok"));
+    assert!(
+        rows[0].approvers.contains("mlee@") && rows[0].approvers.contains("lyle@"),
+        "{}",
+        rows[0].approvers
+    );
+    assert!(rows[0].after.contains("created"));
+    let table = access_bot::cli::render_audit(&rows, access_bot::cli::LogOutput::Table);
+    assert!(table.contains("robin.kim@gitlab.com") && table.contains("create_agent"));
+    let json = access_bot::cli::render_audit(&rows, access_bot::cli::LogOutput::Json);
+    assert_eq!(json.lines().count(), 4);
+    for l in json.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["subject"], "robin.kim@gitlab.com");
+    }
+    assert!(
+        bot.store
+            .audit_rows(&access_bot::store::AuditQuery {
+                iid: Some(iid + 100),
+                ..Default::default()
+            })
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn stale_requests_get_one_reminder_then_are_closed() {
+    let (sb, _) = start().await;
+    let body = format!(
+        "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: add tag `partner_support_agent`\n"
+    );
+    // Filed 40 days ago (closed after 30) and 10 days ago (reminder after 7);
+    // the sandbox's clock only moves forward, so the older one first.
+    sb.gitlab.lock().clock_offset = -chrono::Duration::days(40);
+    let older = sb
+        .file_issue("jdoe", "Zendesk Global tag", &["support::to do"], &body)
+        .await
+        .unwrap();
+    sb.gitlab.lock().clock_offset = -chrono::Duration::days(10);
+    let old = sb
+        .file_issue("jdoe", "Zendesk Global tag", &["support::to do"], &body)
+        .await
+        .unwrap();
+    sb.gitlab.lock().clock_offset = chrono::Duration::zero();
+    let bot = sb.bot().await.unwrap();
+    run_until_quiet(&bot, 3).await;
+    let mut s = Seen::new(old);
+    s.expect(
+        &sb,
+        &[
+            "access-bot plan",
+            "Reminder: this request is still waiting",
+            "@mlee",
+            "It has waited",
+        ],
+    );
+    s.done(&sb);
+    assert_eq!(sb.state(old), "opened");
+    let mut s2 = Seen::new(older);
+    s2.expect(
+        &sb,
+        &[
+            "access-bot plan",
+            "Closed: no approval after",
+            "reopen the issue",
+        ],
+    );
+    s2.done(&sb);
+    assert_eq!(sb.state(older), "closed");
+    // A restarted bot (its hourly scan runs at once) does not remind twice.
+    let again = sb.bot().await.unwrap();
+    run_until_quiet(&again, 3).await;
+    s.done(&sb);
+    s2.done(&sb);
+}

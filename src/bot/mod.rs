@@ -87,6 +87,8 @@ pub struct Bot {
     users: Mutex<HashMap<String, Option<ApiUser>>>,
     /// Issues processed at most this many at a time.
     pub concurrency: usize,
+    /// When the waiting issues were last checked for staleness.
+    last_stale_scan: Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +173,7 @@ impl Bot {
             dry_run: false,
             users: Mutex::new(HashMap::new()),
             concurrency: 4,
+            last_stale_scan: Mutex::new(None),
         })
     }
 
@@ -194,6 +197,7 @@ impl Bot {
             dry_run: false,
             users: Mutex::new(HashMap::new()),
             concurrency: 4,
+            last_stale_scan: Mutex::new(None),
         })
     }
 
@@ -291,7 +295,13 @@ impl Bot {
                 all
             }
         };
-        let newest = issues.iter().map(|i| i.updated_at).max();
+        // Nothing at all on a first run: start the cursor from our clock (minus the
+        // overlap, which also absorbs a small clock skew with GitLab).
+        let newest = issues
+            .iter()
+            .map(|i| i.updated_at)
+            .max()
+            .or_else(|| cursor.is_none().then(|| Utc::now() - overlap));
         let mut latest: BTreeMap<u64, DateTime<Utc>> = BTreeMap::new();
         for i in issues
             .iter()
@@ -308,6 +318,41 @@ impl Bot {
             .map(|(iid, _)| iid)
             .collect();
         iids.extend(self.store.retries(project).unwrap_or_default());
+        iids.extend(self.stale_candidates(project).await);
         Ok((iids.into_iter().collect(), newest))
+    }
+
+    /// Once an hour: waiting issues old enough for a reminder or closing. They do
+    /// not change by themselves, so the cursor would never bring them back.
+    async fn stale_candidates(&self, project: &str) -> Vec<u64> {
+        {
+            let mut last = self.last_stale_scan.lock().await;
+            if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3600)) {
+                return Vec::new();
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let Ok(remind) = crate::config::parse_duration(&self.cfg.lifecycle.stale_reminder_after)
+        else {
+            return Vec::new();
+        };
+        let Ok(remind) = chrono::Duration::from_std(remind) else {
+            return Vec::new();
+        };
+        match self
+            .gitlab
+            .list_issues(project, Some(&self.cfg.bot.state_labels.waiting), None)
+            .await
+        {
+            Ok(list) => list
+                .into_iter()
+                .filter(|i| Utc::now() - i.created_at >= remind)
+                .map(|i| i.iid)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(project, error = %e, "cannot list waiting issues for the stale check");
+                Vec::new()
+            }
+        }
     }
 }

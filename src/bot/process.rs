@@ -289,6 +289,7 @@ impl Bot {
                     });
                 }
                 wb.state_label = Some(labels.waiting.clone());
+                self.stale(facts, &request, &missing, wb);
                 Ok(Outcome::Waiting)
             }
             Decision::Approved(approved) => {
@@ -445,6 +446,78 @@ impl Bot {
         Ok(Outcome::Done)
     }
 
+    /// A request waiting too long gets one reminder naming the missing approvers,
+    /// and after the second limit is closed with a note on how to reopen.
+    fn stale(
+        &self,
+        facts: &IssueFacts,
+        request: &Request,
+        missing: &[approval::MissingApproval],
+        wb: &mut Writeback,
+    ) {
+        let lc = &self.cfg.lifecycle;
+        let (Ok(remind), Ok(close)) = (
+            crate::config::parse_duration(&lc.stale_reminder_after),
+            crate::config::parse_duration(&lc.stale_close_after),
+        ) else {
+            return;
+        };
+        let age = chrono::Utc::now() - facts.issue.created_at;
+        let days = age.num_days();
+        let digest = request.digest();
+        if age.to_std().is_ok_and(|a| a >= close) {
+            wb.sections.push(Section {
+                template: "stale_closed.md",
+                ctx: json!({"days": days}),
+                step: "stale-closed",
+                key: "stale-closed".into(),
+                digest,
+            });
+            wb.close = true;
+        } else if age.to_std().is_ok_and(|a| a >= remind) {
+            // Deliberate mentions: the reminder is meant to reach the approvers.
+            let mention = |m: &approval::MissingApproval| {
+                let rule = self.cfg.approvals.get(&m.approval);
+                rule.map(|r| {
+                    r.approvers
+                        .iter()
+                        .flat_map(|a| {
+                            if a == approval::MANAGER {
+                                request
+                                    .subjects
+                                    .iter()
+                                    .filter_map(|s| s.manager.clone())
+                                    .collect::<Vec<_>>()
+                            } else {
+                                vec![a.trim_start_matches('@').to_string()]
+                            }
+                        })
+                        .map(|u| format!("@{u}"))
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
+            };
+            let list: Vec<Value> = missing
+                .iter()
+                .map(|m| json!({"label": m.label, "mention": mention(m)}))
+                .collect();
+            let close_in = close
+                .as_secs()
+                .saturating_sub(age.num_seconds().max(0) as u64)
+                / 86_400;
+            wb.sections.push(Section {
+                template: "stale_reminder.md",
+                ctx: json!({"days": days, "missing": list, "close_in_days": close_in}),
+                step: "stale-reminder",
+                key: "stale-reminder".into(),
+                digest,
+            });
+        }
+    }
+
     fn record_grants(&self, project: &str, req: &Request, p: &Plan, expires: chrono::NaiveDate) {
         for s in &req.subjects {
             for inst in req.granting_instances() {
@@ -547,7 +620,11 @@ impl Bot {
             .flat_map(|n| Marker::find_all(&n.body).into_iter().map(|m| m.key))
             .collect();
         let mut parts = Vec::new();
-        for s in wb.sections.iter().filter(|s| !existing.contains(&s.key)) {
+        for s in wb
+            .sections
+            .iter()
+            .filter(|s| !existing.contains(&crate::marker::clean(&s.key)))
+        {
             parts.push(
                 self.templates
                     .comment(s.template, &s.ctx, s.step, &s.key, &s.digest)?,

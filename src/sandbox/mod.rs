@@ -326,3 +326,63 @@ impl Sandbox {
         s
     }
 }
+
+impl Sandbox {
+    /// A complete `bot.toml` pointing at this sandbox: the example configuration
+    /// with the URLs, project, state database and (optionally) a webhook listener replaced.
+    pub fn config_toml(
+        &self,
+        state_db: &str,
+        webhook_listen: Option<&str>,
+        poll_interval: &str,
+    ) -> String {
+        let mut out = String::new();
+        let mut section = String::new();
+        for line in include_str!("../../bot.toml").lines() {
+            let t = line.trim_start();
+            if t.starts_with('[') {
+                section = t.trim_matches(|c| c == '[' || c == ']').to_string();
+            }
+            let replaced = match (section.as_str(), t.split('=').next().map(str::trim)) {
+                ("gitlab", Some("url")) => format!("url = \"http://{}\"", self.gitlab_addr),
+                ("gitlab", Some("projects")) => format!("projects = [\"{PROJECT}\"]"),
+                ("gitlab", Some("poll_interval")) => format!("poll_interval = \"{poll_interval}\""),
+                ("gitlab", Some("poll_overlap")) => "poll_overlap = \"2s\"".to_string(),
+                ("bot", Some("state_db")) => format!("state_db = \"{state_db}\""),
+                (s, Some("base_url")) if s.starts_with("zendesk.") => {
+                    let name = s.trim_start_matches("zendesk.");
+                    match self.zendesk.get(name) {
+                        Some(z) => format!("base_url = \"http://{}\"", z.addr),
+                        None => line.to_string(),
+                    }
+                }
+                ("google", Some("key_env")) => {
+                    format!("{line}\nbase_url = \"http://{}\"", self.google_addr)
+                }
+                _ => line.to_string(),
+            };
+            out.push_str(&replaced);
+            out.push('\n');
+        }
+        if let Some(listen) = webhook_listen {
+            out.push_str(&format!(
+                "\n[webhook]\nlisten = \"{listen}\"\ntoken_env = \"GITLAB_WEBHOOK_SECRET\"\n"
+            ));
+        }
+        out
+    }
+
+    /// The environment a separate `access-bot` process needs to use this sandbox.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.config
+            .secret_envs()
+            .into_iter()
+            .filter_map(|(var, _)| {
+                self.secrets
+                    .get(&var)
+                    .ok()
+                    .map(|v| (var, v.expose().to_string()))
+            })
+            .collect()
+    }
+}
