@@ -378,9 +378,18 @@ async fn sandbox(seed: Option<&Path>, port: u16) -> anyhow::Result<u8> {
         );
     }
     let cfg_path = std::env::temp_dir().join(format!("access-bot-sandbox-{port}.toml"));
+    let key_path = std::env::temp_dir().join(format!("access-bot-sandbox-{port}-google-key.json"));
+    if let Some(var) = sb.config.google.as_ref().and_then(|g| g.key_env.clone()) {
+        std::fs::write(&key_path, sb.secrets.get(&var)?.expose())?;
+    }
     std::fs::write(
         &cfg_path,
-        sb.config_toml("access-bot-sandbox.db", None, "10s"),
+        sb.config_toml(
+            "access-bot-sandbox.db",
+            None,
+            "10s",
+            Some(&key_path.display().to_string()),
+        ),
     )?;
     println!("Sandbox running (Ctrl-C to stop).\n\n{}", sb.snippet());
     println!(

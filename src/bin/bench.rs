@@ -326,7 +326,7 @@ async fn bench_throughput(md: &mut String, n: usize, limit: u32) {
         for i in 0..n {
             let u = format!("user{i}");
             let e = format!("user{i}@gitlab.com");
-            let id = w.add_user(&u, &format!("User {i}"), &e);
+            let id = w.add_user(&u, &format!("User {}", letters(i)), &e);
             g.users.insert(e);
             w.create_issue(
                 PROJECT,
@@ -480,7 +480,12 @@ async fn spawn_run(sb: &Sandbox, poll: &str, webhook: Option<&str>) -> Option<(C
     let cfg = dir.join("bot.toml");
     std::fs::write(
         &cfg,
-        sb.config_toml(&dir.join("state.db").display().to_string(), webhook, poll),
+        sb.config_toml(
+            &dir.join("state.db").display().to_string(),
+            webhook,
+            poll,
+            None,
+        ),
     )
     .ok()?;
     let t0 = Instant::now();
@@ -490,9 +495,12 @@ async fn spawn_run(sb: &Sandbox, poll: &str, webhook: Option<&str>) -> Option<(C
         .arg("run")
         .envs(sb.env())
         .env("GITLAB_WEBHOOK_SECRET", "bench-secret")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).ok()?)
         .spawn()
         .ok()?;
     let child = Child { child, dir };
@@ -522,6 +530,14 @@ async fn wait_ticked(sb: &Sandbox, iid: u64, timeout: Duration) -> Option<Durati
     None
 }
 
+/// Names are letters only (the bot refuses names with digits or symbols).
+fn letters(i: usize) -> String {
+    i.to_string()
+        .chars()
+        .map(|c| (b'a' + c.to_digit(10).unwrap_or(0) as u8) as char)
+        .collect()
+}
+
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v.get(((v.len() as f64 - 1.0) * p).round() as usize)
@@ -544,6 +560,7 @@ async fn bench_reaction_and_footprint(md: &mut String, rounds: usize) {
         let port = 20000 + (rand::random::<u16>() % 20000);
         let listen = format!("127.0.0.1:{port}");
         let Some((child, startup)) = spawn_run(&sb, poll, Some(&listen)).await else {
+            eprintln!("could not start access-bot run");
             let _ = writeln!(
                 md,
                 "| {path} | could not start `access-bot run` ({}) | | | |",
@@ -563,12 +580,13 @@ async fn bench_reaction_and_footprint(md: &mut String, rounds: usize) {
         let mut times = Vec::new();
         for i in 0..rounds {
             let body = format!(
-                "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| User {i} | u{i}@gitlab.com | @u{i} | @mlee |\n\n- [ ] Zendesk Global: Light Agent, add tag partner_support_agent\n"
+                "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| User {} | u{i}@gitlab.com | @u{i} | @mlee |\n\n- [ ] Zendesk Global: Light Agent, add tag partner_support_agent\n",
+                letters(i)
             );
             {
                 sb.gitlab.lock().add_user(
                     &format!("u{i}"),
-                    &format!("User {i}"),
+                    &format!("User {}", letters(i)),
                     &format!("u{i}@gitlab.com"),
                 );
                 sb.google.lock().users.insert(format!("u{i}@gitlab.com"));
@@ -650,7 +668,7 @@ async fn bench_run_memory(md: &mut String, n: usize) {
         let mut g = sb.google.lock();
         for i in 0..n {
             let e = format!("user{i}@gitlab.com");
-            let id = w.add_user(&format!("user{i}"), &format!("User {i}"), &e);
+            let id = w.add_user(&format!("user{i}"), &format!("User {}", letters(i)), &e);
             g.users.insert(e);
             w.create_issue(
                 PROJECT,
@@ -693,6 +711,12 @@ async fn bench_run_memory(md: &mut String, n: usize) {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let want = |n: &str| only.as_deref().is_none_or(|o| o == n);
     let out = args
         .iter()
         .position(|a| a == "--out")
@@ -715,25 +739,35 @@ async fn main() {
         chrono::Utc::now().format("%Y-%m-%d")
     );
     let mut sections: BTreeMap<u8, String> = BTreeMap::new();
-    let mut s = String::new();
-    bench_workflows(&mut s).await;
-    sections.insert(1, s);
-    let mut s = String::new();
-    bench_idle(&mut s, issues).await;
-    sections.insert(2, s);
-    eprintln!("idle: done");
-    let mut s = String::new();
-    bench_throughput(&mut s, requests, 700).await;
-    sections.insert(3, s);
-    eprintln!("throughput: done");
-    let mut s = String::new();
-    bench_offboarding(&mut s, tickets, 700).await;
-    sections.insert(4, s);
-    eprintln!("offboarding: done");
-    let mut s = String::new();
-    bench_reaction_and_footprint(&mut s, rounds).await;
-    bench_run_memory(&mut s, requests).await;
-    sections.insert(5, s);
+    if want("workflows") {
+        let mut s = String::new();
+        bench_workflows(&mut s).await;
+        sections.insert(1, s);
+    }
+    if want("idle") {
+        let mut s = String::new();
+        bench_idle(&mut s, issues).await;
+        sections.insert(2, s);
+        eprintln!("idle: done");
+    }
+    if want("throughput") {
+        let mut s = String::new();
+        bench_throughput(&mut s, requests, 700).await;
+        sections.insert(3, s);
+        eprintln!("throughput: done");
+    }
+    if want("offboarding") {
+        let mut s = String::new();
+        bench_offboarding(&mut s, tickets, 700).await;
+        sections.insert(4, s);
+        eprintln!("offboarding: done");
+    }
+    if want("reaction") {
+        let mut s = String::new();
+        bench_reaction_and_footprint(&mut s, rounds).await;
+        bench_run_memory(&mut s, requests).await;
+        sections.insert(5, s);
+    }
     for s in sections.values() {
         md.push_str(s);
     }

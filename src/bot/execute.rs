@@ -20,9 +20,9 @@ pub struct ExecResult {
 
 #[derive(Debug, thiserror::Error)]
 enum StepError {
-    #[error("{0}")]
+    #[error(transparent)]
     Zendesk(#[from] crate::zendesk::ZendeskError),
-    #[error("{0}")]
+    #[error(transparent)]
     Google(#[from] crate::google::GoogleError),
     #[error("{0}")]
     Other(String),

@@ -93,17 +93,17 @@ pub struct Bot {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
-    #[error("{0}")]
+    #[error(transparent)]
     Gitlab(#[from] crate::gitlab::GitlabError),
-    #[error("{0}")]
+    #[error(transparent)]
     Zendesk(#[from] crate::zendesk::ZendeskError),
-    #[error("{0}")]
+    #[error(transparent)]
     Google(#[from] crate::google::GoogleError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Render(#[from] crate::render::RenderError),
     #[error("Zendesk {instance}: {problems}")]
     Missing { instance: String, problems: String },

@@ -7,9 +7,9 @@ use super::{Bot, Instance};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
-    #[error("{0}")]
+    #[error(transparent)]
     Zendesk(#[from] crate::zendesk::ZendeskError),
-    #[error("{0}")]
+    #[error(transparent)]
     Google(#[from] crate::google::GoogleError),
     #[error("no Zendesk instance {0} is connected")]
     NoInstance(String),

@@ -19,13 +19,13 @@ use super::{Bot, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("{0}")]
+    #[error(transparent)]
     Gitlab(#[from] crate::gitlab::GitlabError),
-    #[error("{0}")]
+    #[error(transparent)]
     Observe(#[from] ObserveError),
-    #[error("{0}")]
+    #[error(transparent)]
     Render(#[from] crate::render::RenderError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
 

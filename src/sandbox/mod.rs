@@ -330,11 +330,13 @@ impl Sandbox {
 impl Sandbox {
     /// A complete `bot.toml` pointing at this sandbox: the example configuration
     /// with the URLs, project, state database and (optionally) a webhook listener replaced.
+    /// With `key_path`, the Google key is read from that file instead of the environment.
     pub fn config_toml(
         &self,
         state_db: &str,
         webhook_listen: Option<&str>,
         poll_interval: &str,
+        key_path: Option<&str>,
     ) -> String {
         let mut out = String::new();
         let mut section = String::new();
@@ -356,9 +358,13 @@ impl Sandbox {
                         None => line.to_string(),
                     }
                 }
-                ("google", Some("key_env")) => {
-                    format!("{line}\nbase_url = \"http://{}\"", self.google_addr)
-                }
+                ("google", Some("key_env")) => match key_path {
+                    Some(p) => format!(
+                        "key_path = \"{p}\"\nbase_url = \"http://{}\"",
+                        self.google_addr
+                    ),
+                    None => format!("{line}\nbase_url = \"http://{}\"", self.google_addr),
+                },
                 _ => line.to_string(),
             };
             out.push_str(&replaced);
