@@ -17,6 +17,7 @@ pub mod google;
 pub mod http;
 pub mod marker;
 pub mod plan;
+pub mod progress;
 pub mod render;
 pub mod report;
 pub mod request;

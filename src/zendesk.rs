@@ -450,6 +450,12 @@ impl ZendeskClient {
                 }
             };
             let json = || serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+            // A drained bucket: wait for its reset before anyone sends again. Recordings
+            // spell the headers `rate-limit-*` (2023) and `ratelimit-*` (2024): read both.
+            if let Some(wait) = drained(&headers) {
+                tracing::info!(instance = %self.instance, wait_s = wait.as_secs(), "Zendesk rate-limit bucket empty; pausing");
+                self.budget.pause(wait).await;
+            }
             match status.as_u16() {
                 200..=299 => return Ok((status, json())),
                 401 if !refreshed && matches!(self.auth, Auth::Oauth { .. }) => {
@@ -580,6 +586,26 @@ impl ZendeskClient {
             detail: "still not completed after 600 polls".into(),
         })
     }
+}
+
+/// When the response says no requests are left, how long until the bucket resets.
+fn drained(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let num = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let remaining = num("ratelimit-remaining")
+        .or_else(|| num("rate-limit-remaining"))
+        .or_else(|| num("x-rate-limit-remaining"))?;
+    if remaining > 0 {
+        return None;
+    }
+    let reset = num("ratelimit-reset")
+        .or_else(|| num("rate-limit-reset"))
+        .unwrap_or(1);
+    Some(Duration::from_secs(reset.clamp(1, 60)))
 }
 
 fn describe(v: &Value) -> String {
@@ -804,8 +830,10 @@ impl ZendeskApi for ZendeskClient {
     ) -> Result<BulkOutcome, ZendeskError> {
         let mut outcome = BulkOutcome::default();
         let mut retry: Vec<(Ticket, String)> = Vec::new();
+        let progress = crate::progress::Progress::new("reassigning tickets", tickets.len());
         for chunk in tickets.chunks(100) {
             let (ok, failed) = self.bulk(chunk, assignee, None, &mut outcome).await?;
+            progress.advance(chunk.len());
             outcome.updated.extend(ok);
             for (id, why) in failed {
                 if let Some(t) = chunk.iter().find(|t| t.id == id) {
@@ -813,6 +841,7 @@ impl ZendeskApi for ZendeskClient {
                 }
             }
         }
+        progress.finish();
         // Retry failed items once; when the assignee is not in the ticket's group,
         // move the ticket to one of the assignee's groups.
         let target_group = assignee_groups.first().copied();

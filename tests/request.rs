@@ -420,3 +420,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn plan_explains_every_demo_issue() {
+    let cfg = config();
+    let t = Templates::load(None).unwrap();
+    for (name, author, title, labels, body) in access_bot::demo::bodies() {
+        let mut i = issue(title, &labels, user(10, author), &body);
+        i.author_email = access_bot::sandbox::PEOPLE
+            .iter()
+            .find(|p| p.0 == author)
+            .map(|p| p.2.to_string());
+        let e = explain(&i, &cfg, &t, OutputFormat::Text).unwrap();
+        assert!(e.actionable, "{name}: {}", e.text);
+        assert!(e.text.contains("access-bot plan"), "{name}");
+        let json = explain(&i, &cfg, &t, OutputFormat::Json).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json.text).unwrap();
+        assert!(
+            !v["plan"]["steps"].as_array().unwrap().is_empty()
+                || !v["plan"]["blocked"].as_array().unwrap().is_empty(),
+            "{name}"
+        );
+    }
+}

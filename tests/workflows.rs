@@ -1195,6 +1195,7 @@ async fn webhook_reacts_without_waiting_for_the_poll_and_rejects_bad_tokens() {
     let (addr, _task) = access_bot::bot::run::serve_web(
         "127.0.0.1:0",
         Some(secret),
+        "access-bot",
         vec![access_bot::sandbox::PROJECT.into()],
         tx,
         metrics,

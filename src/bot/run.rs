@@ -77,6 +77,8 @@ impl Metrics {
 #[derive(Clone)]
 struct WebState {
     tx: mpsc::Sender<Event>,
+    /// Events the bot itself caused (its comments and edits) are not worth a look.
+    bot_username: String,
     token: Option<Secret>,
     projects: Vec<String>,
     metrics: Arc<StdMutex<Metrics>>,
@@ -131,6 +133,13 @@ async fn webhook(State(s): State<WebState>, headers: HeaderMap, body: Bytes) -> 
         return (StatusCode::OK, "ignored").into_response();
     }
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if v["user"]["username"]
+        .as_str()
+        .is_some_and(|u| u.eq_ignore_ascii_case(&s.bot_username))
+    {
+        count("own");
+        return (StatusCode::OK, "own event").into_response();
+    }
     let iid = v["object_attributes"]["iid"]
         .as_u64()
         .filter(|_| v["object_kind"] != "note")
@@ -174,6 +183,7 @@ pub struct RunOptions {
 pub async fn serve_web(
     listen: &str,
     token: Option<Secret>,
+    bot_username: &str,
     projects: Vec<String>,
     tx: mpsc::Sender<Event>,
     metrics: Arc<StdMutex<Metrics>>,
@@ -182,6 +192,7 @@ pub async fn serve_web(
     let addr = listener.local_addr()?;
     let app = router(WebState {
         tx,
+        bot_username: bot_username.to_string(),
         token,
         projects,
         metrics,
@@ -207,6 +218,7 @@ pub async fn run(
         let (addr, task) = serve_web(
             listen,
             Some(token.clone()),
+            &bot.cfg.gitlab.bot_username,
             bot.cfg.gitlab.projects.clone(),
             tx.clone(),
             metrics.clone(),

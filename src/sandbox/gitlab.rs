@@ -227,7 +227,7 @@ impl GitlabWorld {
             notes: Vec::new(),
             label_events: events,
         });
-        self.emit(project, iid, "Issue Hook");
+        self.emit(project, iid, "Issue Hook", author);
         Some(iid)
     }
 
@@ -280,7 +280,7 @@ impl GitlabWorld {
         }
         issue.description = Some(text.to_string());
         issue.updated_at = now;
-        self.emit(project, iid, "Issue Hook");
+        self.emit(project, iid, "Issue Hook", editor);
         true
     }
 
@@ -349,7 +349,7 @@ impl GitlabWorld {
         }
         if changed {
             issue.updated_at = now;
-            self.emit(project, iid, "Issue Hook");
+            self.emit(project, iid, "Issue Hook", user);
         }
         true
     }
@@ -371,7 +371,7 @@ impl GitlabWorld {
         };
         issue.notes.push(note.clone());
         issue.updated_at = now;
-        self.emit(project, iid, "Note Hook");
+        self.emit(project, iid, "Note Hook", author);
         Some(note)
     }
 
@@ -396,12 +396,12 @@ impl GitlabWorld {
                 system: true,
                 created_at: now,
             });
-            self.emit(project, iid, "Issue Hook");
+            self.emit(project, iid, "Issue Hook", user);
         }
         true
     }
 
-    fn emit(&self, project: &str, iid: u64, kind: &'static str) {
+    fn emit(&self, project: &str, iid: u64, kind: &'static str, actor: u64) {
         let Some(tx) = &self.hook_tx else { return };
         let Some(p) = self.project(project) else {
             return;
@@ -419,12 +419,13 @@ impl GitlabWorld {
             "updated_at": ts(issue.updated_at), "url": self.web_url(p, issue),
             "labels": issue.labels.iter().map(|l| json!({"title": l})).collect::<Vec<_>>(),
         });
+        let actor = self.user_json(actor);
         let payload = if kind == "Note Hook" {
-            json!({"object_kind": "note", "project": {"id": p.id, "path_with_namespace": p.path},
+            json!({"object_kind": "note", "user": actor, "project": {"id": p.id, "path_with_namespace": p.path},
                    "object_attributes": {"note": issue.notes.last().map(|n| n.body.clone()), "system": false},
                    "issue": attrs})
         } else {
-            json!({"object_kind": "issue", "event_type": "issue",
+            json!({"object_kind": "issue", "event_type": "issue", "user": actor,
                    "project": {"id": p.id, "path_with_namespace": p.path},
                    "object_attributes": attrs})
         };
