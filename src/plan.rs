@@ -74,7 +74,7 @@ enum Lookup<'a> {
     Found(&'a ZendeskAccount),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Action {
     CreateAgent {
@@ -122,6 +122,47 @@ pub enum Action {
 }
 
 impl Action {
+    /// The step that undoes this one, given the account as it was before
+    /// (`None`: there was no account). Used to end time-bound access.
+    pub fn inverse(&self, before: Option<&ZendeskAccount>) -> Option<Action> {
+        Some(match self {
+            // No account before: demoting frees the seat (accounts are never deleted).
+            Action::CreateAgent { .. } => Action::DemoteToEndUser,
+            Action::SetRole { level, .. } => match before {
+                Some(b) => Action::SetRole {
+                    from: level.clone(),
+                    role: b.role.clone(),
+                    custom_role: if b.is_light_agent() {
+                        None
+                    } else {
+                        b.custom_role.clone()
+                    },
+                    light_agent: b.is_light_agent(),
+                    level: if b.is_light_agent() {
+                        "light agent".into()
+                    } else {
+                        b.custom_role.clone().unwrap_or_else(|| b.role.clone())
+                    },
+                },
+                None => Action::DemoteToEndUser,
+            },
+            Action::Unsuspend => Action::Suspend,
+            Action::AddToGroup { group } => Action::RemoveFromGroup {
+                group: group.clone(),
+            },
+            Action::RemoveFromGroup { group } => Action::AddToGroup {
+                group: group.clone(),
+            },
+            Action::AddTag { tag } => Action::RemoveTag { tag: tag.clone() },
+            Action::RemoveTag { tag } => Action::AddTag { tag: tag.clone() },
+            Action::AddGoogleMember { group } => Action::RemoveGoogleMember {
+                group: group.clone(),
+            },
+            // Deprovisioning is not time-bound.
+            _ => return None,
+        })
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Action::CreateAgent { level, .. } => format!("create the account as {level}"),

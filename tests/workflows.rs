@@ -1379,3 +1379,100 @@ async fn stale_requests_get_one_reminder_then_are_closed() {
     s.done(&sb);
     s2.done(&sb);
 }
+
+#[tokio::test]
+async fn time_bound_access_is_reminded_then_revoked_exactly() {
+    let (sb, mut bot) = start().await;
+    // Jane is a light agent with a tag the bot did not grant; Bo has no account.
+    sb.seed_zendesk(&ZendeskAccount {
+        instance: "global".into(),
+        name: "Jane Doe".into(),
+        email: "jane.doe@gitlab.com".into(),
+        role: "light-agent".into(),
+        custom_role: None,
+        groups: vec![],
+        tags: vec!["oem_management_team".into()],
+        user_fields: Default::default(),
+        open_tickets: 0,
+        suspended: false,
+        last_login_days_ago: None,
+    })
+    .unwrap();
+    let expires = (chrono::Utc::now() + chrono::Duration::days(10)).date_naive();
+    let body = format!(
+        "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n| Bo Li | bo.li@gitlab.com | @bli | @mlee |\n\nExpires: {expires}\n\n- [ ] Zendesk Global: Light Agent, add tag `partner_support_agent`\n- [ ] Access revoked on expiry\n"
+    );
+    let iid = sb
+        .file_issue(
+            "jdoe",
+            "Temporary Zendesk Global access",
+            &["support::to do"],
+            &body,
+        )
+        .await
+        .unwrap();
+    run_until_quiet(&bot, 3).await;
+    sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    sb.add_label("jason", iid, OWNER).await.unwrap();
+    run_until_quiet(&bot, 3).await;
+    let mut s = Seen::new(iid);
+    s.expect(&sb, &["access-bot plan", "revoked on **"]);
+    s.expect(&sb, &["access-bot: done", "time-bound"]);
+    assert!(
+        zd(&sb, "global", "jane.doe@gitlab.com")
+            .unwrap()
+            .tags
+            .contains(&"partner_support_agent".to_string())
+    );
+    assert!(sb.google_member(GLOBAL_OKTA, "bo.li@gitlab.com"));
+
+    // Eight days later: one reminder.
+    bot.clock_offset = chrono::Duration::days(8);
+    run_until_quiet(&bot, 3).await;
+    run_until_quiet(&bot, 3).await;
+    s.expect(
+        &sb,
+        &[
+            "expires on",
+            "remove tag `partner_support_agent`",
+            "demote to end-user",
+            "remove from `okta-zendeskglobal-users@gitlab.com`",
+        ],
+    );
+    s.done(&sb);
+
+    // On the date: exactly what was granted goes away.
+    bot.clock_offset = chrono::Duration::days(10);
+    run_until_quiet(&bot, 3).await;
+    s.expect(
+        &sb,
+        &["Time-bound access revoked", "Done: `jane.doe@gitlab.com`"],
+    );
+    s.done(&sb);
+    let jane = zd(&sb, "global", "jane.doe@gitlab.com").unwrap();
+    assert_eq!(
+        jane.tags,
+        vec!["oem_management_team"],
+        "the tag the bot did not grant stays"
+    );
+    assert_eq!(
+        jane.custom_role_id,
+        sb.zd("global").light_agent_role(),
+        "Jane stays the light agent she was"
+    );
+    let bo = zd(&sb, "global", "bo.li@gitlab.com").unwrap();
+    assert_eq!(bo.role, "end-user", "Bo had no account: back to no seat");
+    assert!(!sb.google_member(GLOBAL_OKTA, "bo.li@gitlab.com"));
+    assert!(
+        !sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"),
+        "this request granted Jane's Okta membership"
+    );
+    assert!(
+        sb.ticked(iid)
+            .contains(&"Access revoked on expiry".to_string())
+    );
+    // Nothing more happens later.
+    bot.clock_offset = chrono::Duration::days(20);
+    run_until_quiet(&bot, 3).await;
+    s.done(&sb);
+}

@@ -70,17 +70,37 @@ impl Bot {
                 ids.insert((inst.clone(), email.clone()), a.id);
             }
         }
+        let steps: Vec<Step> = plan
+            .plan()
+            .steps
+            .iter()
+            .filter(|s| s.state != StepState::AlreadyDone)
+            .cloned()
+            .collect();
+        self.run_steps(project, req.iid, &steps, &approvers, &mut ids, observed)
+            .await
+    }
+
+    /// Run steps in order, recording each in the audit trail before anything
+    /// reports it; stop at the first failure. Also used to end time-bound
+    /// access, which only takes away (or restores) what an approved plan gave.
+    pub(super) async fn run_steps(
+        &self,
+        project: &str,
+        iid: u64,
+        steps: &[Step],
+        approvers: &str,
+        ids: &mut BTreeMap<(String, Email), u64>,
+        observed: &Observed,
+    ) -> ExecResult {
         let mut result = ExecResult::default();
-        for step in &plan.plan().steps {
-            if step.state == StepState::AlreadyDone {
-                continue;
-            }
+        for step in steps {
             let before = observed
                 .zendesk
                 .get(&(step.instance.clone(), step.subject.clone()))
                 .map(|a| serde_json::to_string(a).unwrap_or_default())
                 .unwrap_or_default();
-            let outcome = self.step(req, step, &mut ids, observed).await;
+            let outcome = self.step(step, ids, observed).await;
             let (label, after) = match &outcome {
                 Ok(after) => ("ok", after.clone()),
                 Err(e) => ("failed", e.to_string()),
@@ -88,26 +108,26 @@ impl Bot {
             // Recorded before it is reported anywhere: the audit trail survives a crash.
             if let Err(e) = self.store.audit(
                 project,
-                req.iid,
+                iid,
                 step.subject.as_str(),
                 &step.instance,
                 &step.key,
                 &before,
                 &after,
-                &approvers,
+                approvers,
                 label,
             ) {
-                tracing::error!(iid = req.iid, error = %e, "cannot write the audit trail; stopping");
+                tracing::error!(iid, error = %e, "cannot write the audit trail; stopping");
                 result.failed = Some((step.clone(), e.to_string(), true));
                 return result;
             }
             match outcome {
                 Ok(_) => {
-                    tracing::info!(iid = req.iid, step = %step.key, "done");
+                    tracing::info!(iid, step = %step.key, "done");
                     result.done.insert(step.key.clone());
                 }
                 Err(e) => {
-                    tracing::warn!(iid = req.iid, step = %step.key, error = %e, "step failed");
+                    tracing::warn!(iid, step = %step.key, error = %e, "step failed");
                     let transient = e.transient();
                     result.failed = Some((step.clone(), e.to_string(), transient));
                     return result;
@@ -142,7 +162,6 @@ impl Bot {
     /// One step. Returns a short description of the state after it.
     async fn step(
         &self,
-        req: &Request,
         step: &Step,
         ids: &mut BTreeMap<(String, Email), u64>,
         observed: &Observed,
@@ -404,7 +423,6 @@ impl Bot {
                     },
                 )
                 .await?;
-                let _ = req;
                 Ok("suspended".into())
             }
             Action::AddGoogleMember { .. } | Action::RemoveGoogleMember { .. } => Ok(String::new()),

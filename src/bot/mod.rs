@@ -3,6 +3,7 @@
 //! enter as the same [`Event`].
 
 mod execute;
+mod expiry;
 mod observe;
 mod process;
 pub mod run;
@@ -89,6 +90,8 @@ pub struct Bot {
     pub concurrency: usize,
     /// When the waiting issues were last checked for staleness.
     last_stale_scan: Mutex<Option<std::time::Instant>>,
+    /// Added to the clock for time-bound access (tests move time forward).
+    pub clock_offset: chrono::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +177,7 @@ impl Bot {
             users: Mutex::new(HashMap::new()),
             concurrency: 4,
             last_stale_scan: Mutex::new(None),
+            clock_offset: chrono::Duration::zero(),
         })
     }
 
@@ -198,6 +202,7 @@ impl Bot {
             users: Mutex::new(HashMap::new()),
             concurrency: 4,
             last_stale_scan: Mutex::new(None),
+            clock_offset: chrono::Duration::zero(),
         })
     }
 
@@ -267,6 +272,7 @@ impl Bot {
                 }
             }
         }
+        report.outcomes.extend(self.expiries().await);
         report
     }
 

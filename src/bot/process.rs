@@ -30,22 +30,22 @@ pub enum ProcessError {
 }
 
 /// A comment section to post (if its key is not on the issue yet).
-struct Section {
-    template: &'static str,
-    ctx: Value,
-    step: &'static str,
-    key: String,
-    digest: String,
+pub(super) struct Section {
+    pub template: &'static str,
+    pub ctx: Value,
+    pub step: &'static str,
+    pub key: String,
+    pub digest: String,
 }
 
 /// What to write back to the issue at the end of the cycle.
 #[derive(Default)]
-struct Writeback {
-    sections: Vec<Section>,
+pub(super) struct Writeback {
+    pub sections: Vec<Section>,
     /// (item text, occurrence among items with that text) to tick.
-    ticks: Vec<(String, usize)>,
-    state_label: Option<String>,
-    close: bool,
+    pub ticks: Vec<(String, usize)>,
+    pub state_label: Option<String>,
+    pub close: bool,
 }
 
 fn short_hash(s: &str) -> String {
@@ -429,7 +429,7 @@ impl Bot {
         if let Some(exp) = req.expires
             && complete
         {
-            self.record_grants(project, req, p, exp.0);
+            self.record_grants(project, req, p, &observed, exp.0);
         }
         if blocked {
             wb.state_label = Some(labels.failed.clone());
@@ -518,17 +518,32 @@ impl Bot {
         }
     }
 
-    fn record_grants(&self, project: &str, req: &Request, p: &Plan, expires: chrono::NaiveDate) {
+    /// Remember how to undo exactly what was granted: the inverse of each step the
+    /// bot performed, in reverse order, against the state observed before.
+    fn record_grants(
+        &self,
+        project: &str,
+        req: &Request,
+        p: &Plan,
+        before: &Observed,
+        expires: chrono::NaiveDate,
+    ) {
         for s in &req.subjects {
             for inst in req.granting_instances() {
-                let steps: Vec<&plan::Step> = p
+                let prior = before
+                    .zendesk
+                    .get(&(inst.to_string(), s.email.clone()))
+                    .and_then(|a| a.as_ref());
+                let undo: Vec<plan::Action> = p
                     .steps
                     .iter()
-                    .filter(|st| st.subject == s.email && st.instance == inst)
+                    .filter(|st| {
+                        st.subject == s.email && st.instance == inst && st.state == StepState::ToDo
+                    })
+                    .rev()
+                    .filter_map(|st| st.action.inverse(prior))
                     .collect();
-                let undo = json!({
-                    "steps": steps.iter().filter(|st| st.state == StepState::ToDo).map(|st| &st.action).collect::<Vec<_>>(),
-                });
+                let undo = serde_json::to_value(&undo).unwrap_or_default();
                 let _ = self.store.record_grant(&crate::store::Grant {
                     project: project.into(),
                     iid: req.iid,
@@ -605,7 +620,7 @@ impl Bot {
         }
     }
 
-    async fn write_back(
+    pub(super) async fn write_back(
         &self,
         project: &str,
         issue: &ApiIssue,

@@ -12,9 +12,25 @@
 
 use std::fmt;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
 pub struct Email(String);
+
+/// Deserialising goes through the parser: no way around the rules.
+impl TryFrom<String> for Email {
+    type Error = EmailError;
+    fn try_from(s: String) -> Result<Email, EmailError> {
+        Email::parse(&s)
+    }
+}
+
+impl From<Email> for String {
+    fn from(e: Email) -> String {
+        e.0
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EmailError {
