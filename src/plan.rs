@@ -636,8 +636,10 @@ fn grant_level(
                 b.block(s, instance, item, BlockReason::NoAccountToChange);
                 return false;
             }
-            if lv.light_agent && a.is_agent() && !a.is_light_agent() {
-                // The seed: "Looks like you are already a full agent." Change nothing.
+            // A full agent asking for a light agent keeps what they have (the seed:
+            // "Looks like you are already a full agent."), so the step is "already so".
+            let keeps_full_agent = lv.light_agent && a.is_agent() && !a.is_light_agent();
+            if keeps_full_agent {
                 b.note(
                     s,
                     instance,
@@ -647,55 +649,26 @@ fn grant_level(
                         z.display_name
                     ),
                 );
-                b.push(
+            } else if lv.light_agent && target_ok(a) {
+                b.note(
                     s,
                     instance,
-                    item,
-                    Action::SetRole {
-                        from: role_name(a),
-                        role: lv.role.clone(),
-                        custom_role: None,
-                        light_agent: true,
-                        level: level.to_string(),
-                    },
-                    true,
-                );
-            } else if target_ok(a) {
-                if lv.light_agent {
-                    b.note(
-                        s,
-                        instance,
-                        format!("already a light agent in {}; nothing to do", z.display_name),
-                    );
-                }
-                b.push(
-                    s,
-                    instance,
-                    item,
-                    Action::SetRole {
-                        from: role_name(a),
-                        role: lv.role.clone(),
-                        custom_role: lv.custom_role.clone(),
-                        light_agent: lv.light_agent,
-                        level: level.to_string(),
-                    },
-                    true,
-                );
-            } else {
-                b.push(
-                    s,
-                    instance,
-                    item,
-                    Action::SetRole {
-                        from: role_name(a),
-                        role: lv.role.clone(),
-                        custom_role: lv.custom_role.clone(),
-                        light_agent: lv.light_agent,
-                        level: level.to_string(),
-                    },
-                    false,
+                    format!("already a light agent in {}; nothing to do", z.display_name),
                 );
             }
+            b.push(
+                s,
+                instance,
+                item,
+                Action::SetRole {
+                    from: role_name(a),
+                    role: lv.role.clone(),
+                    custom_role: lv.custom_role.clone(),
+                    light_agent: lv.light_agent,
+                    level: level.to_string(),
+                },
+                keeps_full_agent || target_ok(a),
+            );
             if a.suspended {
                 b.push(s, instance, item, Action::Unsuspend, false);
             }
