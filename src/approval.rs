@@ -419,13 +419,15 @@ fn check_one<'a>(
             by: ev.user.username.clone(),
         });
     }
-    let after = |n: &&crate::request::Note| n.author.id != bot_id && n.created_at > ev.created_at;
+    // Timestamps can tie; when they do, the order is unknown, so an edit at the same
+    // instant counts as after the approval, and a plan must come strictly before it.
+    let after = |n: &&crate::request::Note| n.author.id != bot_id && n.created_at >= ev.created_at;
     if let Some(n) = facts.notes.iter().filter(|n| n.is_text_edit()).find(after) {
         return Err(Missing::EditedAfter {
             by: n.author.username.clone(),
         });
     }
-    match plans.iter().rev().find(|(at, _)| *at <= ev.created_at) {
+    match plans.iter().rev().find(|(at, _)| *at < ev.created_at) {
         Some((_, d)) if d != digest => Err(Missing::PlanChanged),
         Some(_) => Ok(ev),
         None => match facts

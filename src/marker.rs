@@ -106,7 +106,8 @@ mod tests {
         let m = Marker::new("plan --> <b>", "k ey", "d=1", "");
         let r = m.render();
         assert_eq!(r.matches("-->").count(), 1);
-        assert_eq!(Marker::find(&r).unwrap().step, "plan_-__b_");
+        assert_eq!(Marker::find(&r).unwrap().step, "plan_-____b_");
+        assert!(!Marker::find(&r).unwrap().step.contains("--"));
         assert_eq!(clean("needs-account:1"), "needs-account:1");
         assert_eq!(clean("a---b"), "a-_-b");
     }

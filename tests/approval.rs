@@ -339,3 +339,14 @@ fn light_agent_global_needs_no_approval() {
     let f = Facts::new(i);
     assert!(matches!(decide(&f), Decision::Approved(_)));
 }
+
+#[test]
+fn an_edit_at_the_same_instant_as_the_approval_counts_as_after() {
+    let mut f = tag_facts();
+    f.label(user(11, "mlee"), MANAGER_LABEL, 5);
+    f.note(user(10, "jdoe"), "changed the description", true, 5);
+    assert!(matches!(
+        &missing(&decide(&f))[0],
+        Missing::EditedAfter { .. }
+    ));
+}

@@ -278,8 +278,11 @@ async fn bench_idle(md: &mut String, n: usize) {
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let mut processed = 0;
+    let mut errors = 0;
     for _ in 0..cycles {
-        processed += bot.cycle().await.outcomes.len();
+        let r = bot.cycle().await;
+        processed += r.outcomes.len();
+        errors += r.errors.len();
     }
     let wall = t0.elapsed() / cycles;
     let cpu = (cpu_time() - cpu0) / cycles;
@@ -299,6 +302,7 @@ async fn bench_idle(md: &mut String, n: usize) {
         calls(&sb).zendesk + calls(&sb).google
     );
     let _ = writeln!(md, "| issues re-read | {processed} | 0 |");
+    let _ = writeln!(md, "| poll errors | {errors} | 0 |");
     let _ = writeln!(
         md,
         "| wall time per cycle | {:.2} ms | - |",

@@ -83,6 +83,8 @@ pub struct GitlabWorld {
     pub users: Vec<GlUser>,
     pub projects: Vec<GlProject>,
     pub hooks: Vec<Hook>,
+    /// `http://host:port` of this server, for absolute `Link` headers.
+    pub base_url: String,
     /// Scoped labels (`a::b`) exclude each other, as on paid tiers.
     pub scoped_labels: bool,
     next_id: u64,
@@ -98,6 +100,7 @@ impl Default for GitlabWorld {
             users: Vec::new(),
             projects: Vec::new(),
             hooks: Vec::new(),
+            base_url: String::new(),
             scoped_labels: true,
             next_id: 1000,
             last_time: DateTime::<Utc>::MIN_UTC,
@@ -112,12 +115,11 @@ pub fn ts(t: DateTime<Utc>) -> String {
 }
 
 impl GitlabWorld {
-    /// Strictly increasing time, so that ordering by `updated_at` is total.
+    /// Non-decreasing time. Like GitLab's, timestamps can tie (ordering falls back
+    /// to ids); a strictly increasing clock would run ahead of real time when many
+    /// changes come at once, and make every poll look busy.
     pub fn now(&mut self) -> DateTime<Utc> {
-        let mut t = Utc::now() + self.clock_offset;
-        if t <= self.last_time {
-            t = self.last_time + chrono::Duration::milliseconds(1);
-        }
+        let t = (Utc::now() + self.clock_offset).max(self.last_time);
         self.last_time = t;
         t
     }
@@ -758,7 +760,11 @@ async fn list_issues(
         list.reverse();
     }
     let items = list.into_iter().map(|i| w.issue_json(p, i)).collect();
-    paginate(items, &q, &format!("/api/v4/projects/{}/issues", p.id))
+    paginate(
+        items,
+        &q,
+        &format!("{}/api/v4/projects/{}/issues", w.base_url, p.id),
+    )
 }
 
 async fn show_issue(
@@ -981,7 +987,7 @@ async fn list_notes(
     paginate(
         items,
         &q,
-        &format!("/api/v4/projects/{}/issues/{iid}/notes", p.id),
+        &format!("{}/api/v4/projects/{}/issues/{iid}/notes", w.base_url, p.id),
     )
 }
 
@@ -1068,8 +1074,8 @@ async fn label_events(
         items,
         &q,
         &format!(
-            "/api/v4/projects/{}/issues/{iid}/resource_label_events",
-            p.id
+            "{}/api/v4/projects/{}/issues/{iid}/resource_label_events",
+            w.base_url, p.id
         ),
     )
 }

@@ -136,6 +136,7 @@ impl Sandbox {
                 w.add_user(u, n, e);
             }
             w.add_project(PROJECT);
+            w.base_url = format!("http://{gitlab_addr}");
             secrets.push((
                 config.gitlab.token_env.clone(),
                 w.user_by_name(&config.gitlab.bot_username)
