@@ -65,9 +65,6 @@ fn occurrence(req: &Request, index: usize) -> Option<(String, usize)> {
 impl Bot {
     /// Process one issue under its lease; failures are remembered for retry.
     pub async fn process(&self, project: &str, iid: u64) -> Outcome {
-        let span = tracing::info_span!("issue", iid, project);
-        let _enter = span.enter();
-        drop(_enter);
         if !self.dry_run {
             match self
                 .store
@@ -81,13 +78,16 @@ impl Bot {
                 Err(e) => return Outcome::Failed(e.to_string()),
             }
         }
-        let outcome = match self.process_inner(project, iid).await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(iid, error = %e, "giving up on this issue for this cycle");
-                Outcome::Failed(e.to_string())
-            }
-        };
+        // Every line logged while working on the issue carries its iid (connectors included).
+        let span = tracing::info_span!("issue", iid, project);
+        let outcome =
+            match tracing::Instrument::instrument(self.process_inner(project, iid), span).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(iid, error = %e, "giving up on this issue for this cycle");
+                    Outcome::Failed(e.to_string())
+                }
+            };
         if !self.dry_run {
             let _ = match &outcome {
                 Outcome::Failed(why) => self.store.add_retry(project, iid, why),
