@@ -51,6 +51,14 @@ impl Directory {
             out.extend(s.gitlab_username.clone());
             out.extend(s.manager.clone());
         }
+        out.extend(Directory::configured(cfg));
+        out
+    }
+
+    /// The usernames the configuration itself names (approvers, trusted authors):
+    /// the same for every request, so the bot resolves them once at start-up.
+    pub fn configured(cfg: &Config) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
         for rule in cfg.approvals.values() {
             out.extend(
                 rule.approvers

@@ -165,7 +165,7 @@ impl Bot {
             None => None,
         };
         let templates = Templates::load(Some(&cfg.bot.templates_dir))?;
-        Ok(Bot {
+        let bot = Bot {
             cfg,
             gitlab: Arc::new(gl),
             zendesk,
@@ -178,7 +178,14 @@ impl Bot {
             concurrency: 4,
             last_stale_scan: Mutex::new(None),
             clock_offset: chrono::Duration::zero(),
-        })
+        };
+        // Approvers and trusted authors are the same for every request: resolve
+        // them once here rather than on the first issue. A failure is not fatal
+        // (not cached; retried when an issue needs the name).
+        for username in crate::approval::Directory::configured(&bot.cfg) {
+            let _ = bot.user(&username).await;
+        }
+        Ok(bot)
     }
 
     /// Assemble from parts (tests with mocks).
