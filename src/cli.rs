@@ -54,6 +54,13 @@ pub enum LogOutput {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SeatFormat {
+    Text,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum OutputFormat {
     Text,
     Json,
@@ -79,6 +86,19 @@ pub enum Command {
     Run {
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Review idle paid Zendesk seats: print the report and open or update one
+    /// review issue per instance and month (reviewers reclaim seats by ticking).
+    AuditSeats {
+        /// Print the report only; touch nothing in GitLab.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this Zendesk instance (as named in bot.toml).
+        #[arg(long)]
+        instance: Option<String>,
+        /// `text` for people, `json` or `csv` for finance.
+        #[arg(long, value_enum, default_value_t = SeatFormat::Text)]
+        format: SeatFormat,
     },
     /// The audit trail: who gave whom what access, when, approved by whom.
     Log {
@@ -181,6 +201,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Once { dry_run } => once(&cli.config, dry_run).await,
         Command::Run { dry_run } => daemon(&cli.config, dry_run).await,
         Command::Check => check(&cli.config).await,
+        Command::AuditSeats {
+            dry_run,
+            instance,
+            format,
+        } => audit_seats(&cli.config, dry_run, instance.as_deref(), format).await,
         Command::Log {
             since,
             user,
@@ -268,6 +293,64 @@ async fn plan_live(config: &Path, args: &PlanArgs) -> anyhow::Result<u8> {
     } else {
         exit::OK
     })
+}
+
+async fn audit_seats(
+    config: &Path,
+    dry_run: bool,
+    instance: Option<&str>,
+    format: SeatFormat,
+) -> anyhow::Result<u8> {
+    let bot = connect(config, dry_run).await?;
+    let reports = bot.audit_seats(instance).await?;
+    print!("{}", render_seat_reports(&reports, format));
+    Ok(exit::OK)
+}
+
+/// The seat review for people (text) or finance (JSON, CSV).
+pub fn render_seat_reports(reports: &[crate::bot::SeatReport], format: SeatFormat) -> String {
+    use crate::seats::money;
+    match format {
+        SeatFormat::Json => serde_json::to_string_pretty(reports).unwrap_or_default() + "\n",
+        SeatFormat::Csv => {
+            let rows: Vec<(String, crate::seats::SeatCandidate)> = reports
+                .iter()
+                .flat_map(|r| r.candidates.iter().map(|c| (r.instance.clone(), c.clone())))
+                .collect();
+            let currency = reports.first().map(|r| r.currency.as_str()).unwrap_or("");
+            crate::seats::csv(&rows, currency)
+        }
+        SeatFormat::Text => {
+            let mut out = String::new();
+            for r in reports {
+                out.push_str(&format!(
+                    "Zendesk {} ({}): {} paid seats, {} idle, {} kept off by recent ticket work; reclaiming all would save {} a year\n",
+                    r.instance,
+                    r.period,
+                    r.paid_seats,
+                    r.candidates.len(),
+                    r.active_by_tickets,
+                    money(r.yearly_total, &r.currency)
+                ));
+                for c in &r.candidates {
+                    out.push_str(&format!(
+                        "  {:<40} {:<24} last login {:<10} {:>6} days idle{}\n",
+                        c.email,
+                        c.role,
+                        c.last_login,
+                        c.days_idle
+                            .map(|d| d.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        if c.suspended { " (suspended)" } else { "" }
+                    ));
+                }
+                if let Some(u) = &r.issue_url {
+                    out.push_str(&format!("  review issue: {u}\n"));
+                }
+            }
+            out
+        }
+    }
 }
 
 fn audit_log(

@@ -254,6 +254,9 @@ pub struct SeatAuditConfig {
     /// Label of the review issues.
     #[serde(default = "default_seat_label")]
     pub label: String,
+    /// Project the review issues are opened in (default: the first of `gitlab.projects`).
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -466,6 +469,23 @@ impl Config {
             if let Some(c) = &s.schedule {
                 c.parse::<cron::Schedule>()
                     .map_err(|e| err(c, format!("seat_audit.schedule: {e}")))?;
+            }
+            // Ticks are only seen on polled projects.
+            if let Some(p) = &s.project
+                && !self.gitlab.projects.contains(p)
+            {
+                return Err(err(
+                    p,
+                    format!(
+                        "seat_audit.project {p:?} must also be listed in gitlab.projects, or reviewers' ticks are never seen"
+                    ),
+                ));
+            }
+            if s.reviewers.is_empty() {
+                return Err(err(
+                    "reviewers",
+                    "seat_audit.reviewers is empty: nobody could approve a reclaim".into(),
+                ));
             }
         }
         Ok(())

@@ -26,6 +26,7 @@ pub mod request;
 #[cfg(feature = "sandbox")]
 #[allow(clippy::result_large_err)]
 pub mod sandbox;
+pub mod seats;
 pub mod secret;
 pub mod store;
 pub mod zendesk;

@@ -36,6 +36,7 @@ pub const TEMPLATES: &[(&str, &str)] = embedded!(
     "expiry_reminder.md",
     "expired.md",
     "seat_review.md",
+    "seat_review_item.md",
     "seat_reclaimed.md",
     "ops_notice.txt",
 );

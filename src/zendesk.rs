@@ -143,6 +143,9 @@ pub struct Ticket {
     pub assignee_id: Option<u64>,
     #[serde(default)]
     pub group_id: Option<u64>,
+    /// When the ticket last changed (idle-seat review: recent work keeps a seat).
+    #[serde(default)]
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// Outcome of a bulk update, per ticket.

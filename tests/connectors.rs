@@ -292,6 +292,7 @@ fn tickets(sb: &Sandbox, assignee: u64, group: Option<u64>, n: usize) -> Vec<Tic
                 status: "open".into(),
                 assignee_id: Some(assignee),
                 group_id: group,
+                updated_at: None,
             }
         })
         .collect()
@@ -343,6 +344,7 @@ async fn zendesk_bulk_reassignment_batches_polls_and_checks_every_item() {
                 status: "open".into(),
                 assignee_id: Some(leaver),
                 group_id: Some(amer),
+                updated_at: None,
             }],
             manager,
             &[amer],

@@ -552,12 +552,14 @@ mod tests {
                 status: "open".into(),
                 assignee_id: Some(10),
                 group_id: None,
+                updated_at: None,
             },
             Ticket {
                 id: 2,
                 status: "pending".into(),
                 assignee_id: Some(10),
                 group_id: None,
+                updated_at: None,
             },
         ];
         zd.expect_find_user()
@@ -614,6 +616,7 @@ mod tests {
                 status: "open".into(),
                 assignee_id: Some(10),
                 group_id: None,
+                updated_at: None,
             }])
         });
         zd.expect_reassign().returning(|_, _, _| {

@@ -7,6 +7,7 @@ mod expiry;
 mod observe;
 mod process;
 pub mod run;
+mod seats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::store::Store;
 use crate::zendesk::{Resolved, ZendeskApi, ZendeskClient};
 
 pub use execute::ExecResult;
+pub use seats::{SeatError, SeatReport};
 
 /// What wakes the bot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub enum Event {
     Poll,
     /// Look at one issue now (webhook, `plan --issue`).
     Issue { project: String, iid: u64 },
+    /// Review idle paid seats (`[seat_audit] schedule`).
+    SeatAudit,
 }
 
 /// What happened to one issue in one cycle.
@@ -236,6 +240,14 @@ impl Bot {
     pub async fn handle(&self, event: Event) -> CycleReport {
         match event {
             Event::Poll => self.cycle().await,
+            Event::SeatAudit => {
+                let mut report = CycleReport::default();
+                if let Err(e) = self.audit_seats(None).await {
+                    tracing::warn!(error = %e, "seat review failed; it runs again at its next time");
+                    report.errors.push(format!("seat review: {e}"));
+                }
+                report
+            }
             Event::Issue { project, iid } => {
                 let o = self.process(&project, iid).await;
                 CycleReport {

@@ -99,7 +99,7 @@ impl Bot {
         outcome
     }
 
-    async fn facts(
+    pub(super) async fn facts(
         &self,
         project: &str,
         issue: &ApiIssue,
@@ -134,6 +134,17 @@ impl Bot {
         let issue = self.gitlab.issue(project, iid).await?;
         if issue.state != "opened" {
             return Ok(Outcome::Ignored);
+        }
+        // A seat review the bot opened: reviewers' ticks, not a request.
+        if let Some((instance, period)) = self.store.seat_review_of(project, iid)? {
+            if self.dry_run {
+                return Ok(Outcome::Planned(format!(
+                    "seat review {instance} {period}: would reclaim the seats whose lines a reviewer ticked\n"
+                )));
+            }
+            return self
+                .process_seat_review(project, &issue, &instance, &period)
+                .await;
         }
         let probe = issue.to_input(None);
         let Some(kind) = request::classify(&probe, &self.cfg) else {

@@ -238,6 +238,25 @@ pub async fn run(
             }
         })
     };
+    // The seat review runs on its own cron schedule, as an event like the rest.
+    let seat_ticker = bot
+        .cfg
+        .seat_audit
+        .as_ref()
+        .and_then(|s| s.schedule.as_deref())
+        .and_then(|c| c.parse::<cron::Schedule>().ok())
+        .map(|sched| {
+            let tx = tx.clone();
+            let schedule = PollSchedule::Cron(Box::new(sched));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(next_delay(&schedule)).await;
+                    if tx.send(Event::SeatAudit).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        });
     tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
@@ -257,6 +276,9 @@ pub async fn run(
     }
     tracing::info!("shutting down");
     ticker.abort();
+    if let Some(t) = seat_ticker {
+        t.abort();
+    }
     if let Some(w) = web {
         w.abort();
     }

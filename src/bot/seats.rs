@@ -1,0 +1,589 @@
+//! Idle-seat review against the live systems: list idle paid agents per
+//! instance, open or update one review issue per instance and month, and
+//! reclaim a seat when an authorized reviewer ticks its line.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::SeatAuditConfig;
+use crate::gitlab::{ApiIssue, IssueEdit};
+use crate::progress::Progress;
+use crate::request::checklist::{self, CheckState};
+use crate::seats::{self, SeatCandidate, TickVerdict};
+use crate::store::SeatCandidateRow;
+use crate::zendesk::{User, UserPatch, ZendeskError};
+
+use super::process::{ProcessError, Section, Writeback};
+use super::{Bot, Instance, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeatError {
+    #[error("the seat review is not configured: add [seat_audit] to bot.toml")]
+    NotConfigured,
+    #[error("no Zendesk instance {0:?} in bot.toml")]
+    UnknownInstance(String),
+    #[error(transparent)]
+    Zendesk(#[from] ZendeskError),
+    #[error(transparent)]
+    Gitlab(#[from] crate::gitlab::GitlabError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Render(#[from] crate::render::RenderError),
+}
+
+/// One instance's review, as printed by `audit-seats` and written to the issue.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeatReport {
+    pub instance: String,
+    pub period: String,
+    /// Paid seats in the instance (agents and admins, suspended included).
+    pub paid_seats: usize,
+    /// Idle by login but with recent work on an assigned ticket: kept off the list.
+    pub active_by_tickets: usize,
+    pub candidates: Vec<SeatCandidate>,
+    pub yearly_total: f64,
+    pub currency: String,
+    /// The review issue, when one was opened or updated.
+    pub issue_url: Option<String>,
+}
+
+/// What reclaiming one ticked seat came to.
+enum Reclaim {
+    Done { was: String, now: String },
+    AlreadyFree { now: String },
+    Kept(String),
+}
+
+fn describe(u: &User, role_names: &BTreeMap<u64, String>) -> String {
+    let role = match (u.role.as_str(), u.custom_role_id) {
+        ("agent", Some(id)) => format!(
+            "agent ({})",
+            role_names
+                .get(&id)
+                .map(String::as_str)
+                .unwrap_or("custom role")
+        ),
+        (r, _) => r.to_string(),
+    };
+    if u.suspended {
+        format!("{role}, suspended")
+    } else {
+        role
+    }
+}
+
+impl Bot {
+    fn seat_cfg(&self) -> Result<&SeatAuditConfig, SeatError> {
+        self.cfg.seat_audit.as_ref().ok_or(SeatError::NotConfigured)
+    }
+
+    fn seat_project(&self, cfg: &SeatAuditConfig) -> String {
+        cfg.project
+            .clone()
+            .or_else(|| self.cfg.gitlab.projects.first().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Review every instance (or one): list idle paid seats and, unless in
+    /// dry-run, open or update the review issues.
+    pub async fn audit_seats(&self, only: Option<&str>) -> Result<Vec<SeatReport>, SeatError> {
+        let cfg = self.seat_cfg()?;
+        if let Some(o) = only
+            && !self.zendesk.contains_key(o)
+        {
+            return Err(SeatError::UnknownInstance(o.to_string()));
+        }
+        let mut out = Vec::new();
+        for (name, inst) in &self.zendesk {
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            let span = tracing::info_span!("seat_review", instance = %name);
+            let mut report =
+                tracing::Instrument::instrument(self.idle_seats(name, inst, cfg), span).await?;
+            if !self.dry_run {
+                report.issue_url = self.publish_review(name, cfg, &report).await?;
+            }
+            out.push(report);
+        }
+        Ok(out)
+    }
+
+    async fn idle_seats(
+        &self,
+        name: &str,
+        inst: &Instance,
+        cfg: &SeatAuditConfig,
+    ) -> Result<SeatReport, SeatError> {
+        let now = self.now();
+        // The bot's own admin account is a seat nobody reviews away.
+        let me = inst.api.me().await?;
+        let agents: Vec<User> = inst
+            .api
+            .agents()
+            .await?
+            .into_iter()
+            .filter(|u| u.id != me.id)
+            .collect();
+        let light = inst.resolved.light_agent_role;
+        let paid = agents.iter().filter(|u| seats::is_paid(u, light)).count();
+        let by_login = seats::idle_by_login(&agents, light, &inst.resolved.role_names, cfg, now);
+        // Recent work on an assigned ticket keeps a seat even without a recent
+        // login (API-only agents, long sessions): one request per candidate.
+        let since = now - chrono::Duration::days(i64::from(cfg.idle_days));
+        let progress = Progress::new("checking ticket activity", by_login.len());
+        let mut candidates = Vec::new();
+        let mut active = 0;
+        for c in by_login {
+            let tickets = inst.api.open_tickets(c.zendesk_id).await?;
+            progress.advance(1);
+            if tickets
+                .iter()
+                .any(|t| t.updated_at.is_some_and(|u| u > since))
+            {
+                active += 1;
+                continue;
+            }
+            candidates.push(c);
+        }
+        progress.finish();
+        tracing::info!(
+            paid,
+            idle = candidates.len(),
+            active_by_tickets = active,
+            "seat review listed"
+        );
+        Ok(SeatReport {
+            instance: name.to_string(),
+            period: seats::period(now),
+            paid_seats: paid,
+            active_by_tickets: active,
+            yearly_total: candidates.iter().map(|c| c.yearly_cost).sum(),
+            candidates,
+            currency: cfg.currency.clone(),
+            issue_url: None,
+        })
+    }
+
+    /// The review issue of an instance and period: from the store, or (after
+    /// a crash between creating it and recording it) found by its marker
+    /// among the bot's own open issues with the review label.
+    async fn find_review(
+        &self,
+        project: &str,
+        cfg: &SeatAuditConfig,
+        instance: &str,
+        period: &str,
+    ) -> Result<Option<ApiIssue>, SeatError> {
+        if let Some((p, iid)) = self.store.seat_review(instance, period)? {
+            return Ok(Some(self.gitlab.issue(&p, iid).await?));
+        }
+        let marker = format!("access-bot seat-review instance={instance} period={period} ");
+        let found = self
+            .gitlab
+            .list_issues(project, Some(&cfg.label), None)
+            .await?
+            .into_iter()
+            .find(|i| {
+                i.author.id == self.me.id
+                    && i.description
+                        .as_deref()
+                        .is_some_and(|d| d.contains(&marker))
+            });
+        if let Some(i) = &found {
+            self.store
+                .record_seat_review(instance, period, project, i.iid)?;
+        }
+        Ok(found)
+    }
+
+    fn item_text(&self, cfg: &SeatAuditConfig, c: &SeatCandidate) -> Result<String, SeatError> {
+        let line = self.templates.render(
+            "seat_review_item.md",
+            &json!({"c": c, "cost": seats::money(c.yearly_cost, &cfg.currency)}),
+        )?;
+        let line = line.lines().next().unwrap_or("").trim().to_string();
+        // The text as the checklist parser will see it once written.
+        Ok(checklist::parse(&format!("- [ ] {line}\n"))
+            .first()
+            .map(|i| i.text.clone())
+            .unwrap_or(line))
+    }
+
+    /// Open the review issue, or update it in place: lines already ticked or
+    /// marked `[~]` stay exactly as they are; new idle seats are added;
+    /// undecided lines of people no longer idle are dropped.
+    async fn publish_review(
+        &self,
+        instance: &str,
+        cfg: &SeatAuditConfig,
+        report: &SeatReport,
+    ) -> Result<Option<String>, SeatError> {
+        let project = self.seat_project(cfg);
+        let period = &report.period;
+        let existing = self.find_review(&project, cfg, instance, period).await?;
+        if let Some(i) = &existing
+            && i.state != "opened"
+        {
+            tracing::info!(
+                iid = i.iid,
+                "this period's review is closed; new idle seats wait for the next period"
+            );
+            return Ok(Some(i.web_url.clone()));
+        }
+        let states = |desc: &str| -> BTreeMap<String, CheckState> {
+            checklist::parse(desc)
+                .into_iter()
+                .map(|i| (i.text, i.state))
+                .collect()
+        };
+        let current = states(
+            existing
+                .as_ref()
+                .and_then(|i| i.description.as_deref())
+                .unwrap_or(""),
+        );
+        let now_idle: BTreeSet<&str> = report.candidates.iter().map(|c| c.email.as_str()).collect();
+        let listed = self.store.seat_candidates(instance, period)?;
+        for row in &listed {
+            let decided = matches!(
+                current.get(&row.item_text),
+                Some(CheckState::Done | CheckState::Inapplicable)
+            );
+            if !row.reclaimed && !decided && !now_idle.contains(row.email.as_str()) {
+                self.store
+                    .drop_seat_candidate(instance, period, &row.email)?;
+            }
+        }
+        let known: BTreeSet<String> = self
+            .store
+            .seat_candidates(instance, period)?
+            .into_iter()
+            .map(|r| r.email)
+            .collect();
+        // Recorded before the issue shows them: a tick is only ever checked
+        // against a line the store knows the bot wrote.
+        for c in report
+            .candidates
+            .iter()
+            .filter(|c| !known.contains(&c.email))
+        {
+            self.store.record_seat_candidate(&SeatCandidateRow {
+                instance: instance.to_string(),
+                period: period.clone(),
+                email: c.email.clone(),
+                zendesk_id: c.zendesk_id,
+                fields: serde_json::to_string(c).unwrap_or_default(),
+                item_text: self.item_text(cfg, c)?,
+                listed_at: self.now(),
+                reclaimed: false,
+            })?;
+        }
+        let rows = self.store.seat_candidates(instance, period)?;
+        if rows.is_empty() && existing.is_none() {
+            tracing::info!("no idle paid seats: no review issue needed");
+            return Ok(None);
+        }
+        let render = |current: &BTreeMap<String, CheckState>| -> Result<String, SeatError> {
+            let mut open_count = 0usize;
+            let mut open_total = 0f64;
+            let entries: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    let mark = match current.get(&r.item_text) {
+                        Some(CheckState::Done) => "x",
+                        Some(CheckState::Inapplicable) => "~",
+                        _ => " ",
+                    };
+                    if mark == " " {
+                        open_count += 1;
+                        open_total += serde_json::from_str::<SeatCandidate>(&r.fields)
+                            .map(|c| c.yearly_cost)
+                            .unwrap_or(cfg.price_per_seat_month * 12.0);
+                    }
+                    json!({"mark": mark, "text": r.item_text})
+                })
+                .collect();
+            let display = self
+                .cfg
+                .zendesk
+                .get(instance)
+                .map(|z| z.display_name.clone())
+                .unwrap_or_else(|| instance.to_string());
+            Ok(self.templates.render(
+                "seat_review.md",
+                &json!({
+                    "instance": display,
+                    "instance_key": instance,
+                    "period": period,
+                    "idle_days": cfg.idle_days,
+                    "reclaim_to": cfg.reclaim_to.replace('_', " "),
+                    "reviewers": cfg.reviewers.iter().map(|r| format!("`@{r}`")).collect::<Vec<_>>().join(", "),
+                    "candidates": entries,
+                    "open_count": open_count,
+                    "open_total": seats::money(open_total, &cfg.currency),
+                    "price": seats::money(cfg.price_per_seat_month, &cfg.currency),
+                    "checked_at": self.now().format("%Y-%m-%d %H:%M UTC").to_string(),
+                }),
+            )?)
+        };
+        match existing {
+            Some(issue) => {
+                // Read again right before writing, and keep every box as it is
+                // now: a reviewer may have ticked one since the first read.
+                // (GitLab has no conditional update; the window is this one
+                // round trip.)
+                let fresh = self.gitlab.issue(&project, issue.iid).await?;
+                let desc = render(&states(fresh.description.as_deref().unwrap_or("")))?;
+                if fresh.description.as_deref() != Some(desc.as_str()) {
+                    let edit = IssueEdit {
+                        description: Some(desc),
+                        ..Default::default()
+                    };
+                    self.gitlab.edit_issue(&project, issue.iid, &edit).await?;
+                }
+                Ok(Some(fresh.web_url))
+            }
+            None => {
+                let desc = render(&BTreeMap::new())?;
+                let display = self
+                    .cfg
+                    .zendesk
+                    .get(instance)
+                    .map(|z| z.display_name.clone())
+                    .unwrap_or_else(|| instance.to_string());
+                let created = self
+                    .gitlab
+                    .create_issue(
+                        &project,
+                        &format!("Zendesk seat review: {display}, {period}"),
+                        &desc,
+                        std::slice::from_ref(&cfg.label),
+                    )
+                    .await?;
+                self.store
+                    .record_seat_review(instance, period, &project, created.iid)?;
+                tracing::info!(iid = created.iid, "seat review issue opened");
+                Ok(Some(created.web_url))
+            }
+        }
+    }
+
+    /// A review issue changed: act on every line a reviewer ticked.
+    pub(super) async fn process_seat_review(
+        &self,
+        project: &str,
+        issue: &ApiIssue,
+        instance: &str,
+        period: &str,
+    ) -> Result<Outcome, ProcessError> {
+        let Some(cfg) = self.cfg.seat_audit.clone() else {
+            return Ok(Outcome::Ignored);
+        };
+        let facts = self.facts(project, issue, None).await?;
+        let rows = self.store.seat_candidates(instance, period)?;
+        let items = checklist::parse(issue.description.as_deref().unwrap_or(""));
+        let mut reviewers = BTreeSet::new();
+        for r in &cfg.reviewers {
+            if let Some(u) = self.user(r).await {
+                reviewers.insert(u.id);
+            }
+        }
+        let Some(inst) = self.zendesk.get(instance) else {
+            return Ok(Outcome::Failed(format!("no Zendesk instance {instance:?}")));
+        };
+        let mut wb = Writeback::default();
+        let mut section = |kind: &str, key: String, r: serde_json::Value| {
+            wb.sections.push(Section {
+                template: "seat_reclaimed.md",
+                ctx: json!({"kind": kind, "r": r}),
+                step: "seat-review",
+                key,
+                digest: String::new(),
+            });
+        };
+        let mut failed = None;
+        let mut reclaimed_now: BTreeSet<String> = BTreeSet::new();
+        for item in items.iter().filter(|i| i.state == CheckState::Done) {
+            let Some(row) = rows.iter().find(|r| r.item_text == item.text) else {
+                let h =
+                    hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(item.text.as_bytes())[..4]);
+                section(
+                    "unknown",
+                    format!("seat-unknown:{h}"),
+                    json!({"text": item.text}),
+                );
+                continue;
+            };
+            if row.reclaimed {
+                continue;
+            }
+            let email = row.email.clone();
+            match seats::verify_tick(&row.item_text, &facts.notes, &reviewers, self.me.id) {
+                TickVerdict::Holds { by, note_id } => {
+                    match self.reclaim(inst, row, &cfg).await {
+                        Ok(r) => {
+                            let (kind, before, after, ctx) = match r {
+                                Reclaim::Done { was, now } => (
+                                    "reclaimed",
+                                    was.clone(),
+                                    now.clone(),
+                                    json!({"email": email, "was": was, "now": now, "by": by}),
+                                ),
+                                Reclaim::AlreadyFree { now } => (
+                                    "already",
+                                    now.clone(),
+                                    now.clone(),
+                                    json!({"email": email, "now": now}),
+                                ),
+                                Reclaim::Kept(why) => {
+                                    section(
+                                        "kept",
+                                        format!("seat-kept:{email}:{note_id}"),
+                                        json!({"email": email, "why": why}),
+                                    );
+                                    continue;
+                                }
+                            };
+                            // The audit row comes before anything reports it.
+                            self.store.audit(
+                                project,
+                                issue.iid,
+                                &email,
+                                instance,
+                                "reclaim_seat",
+                                &before,
+                                &after,
+                                &format!("seat review ticked by @{by}"),
+                                if kind == "reclaimed" { "ok" } else { "already" },
+                            )?;
+                            self.store.mark_seat_reclaimed(instance, period, &email)?;
+                            reclaimed_now.insert(email.clone());
+                            section(kind, format!("seat-reclaimed:{email}"), ctx);
+                        }
+                        Err(e) => {
+                            self.store.audit(
+                                project,
+                                issue.iid,
+                                &email,
+                                instance,
+                                "reclaim_seat",
+                                "",
+                                &e.to_string(),
+                                &format!("seat review ticked by @{by}"),
+                                "failed",
+                            )?;
+                            let h = hex::encode(
+                                &<sha2::Sha256 as sha2::Digest>::digest(e.to_string().as_bytes())
+                                    [..4],
+                            );
+                            section(
+                                "failed",
+                                format!("seat-failed:{email}:{h}"),
+                                json!({"email": email, "error": e.to_string()}),
+                            );
+                            failed = Some(e.to_string());
+                        }
+                    }
+                }
+                TickVerdict::NotReviewer { by, note_id } => section(
+                    "refused",
+                    format!("seat-refused:{email}:{note_id}"),
+                    json!({"email": email, "why": format!("it was ticked by `@{by}`, who is not one of the reviewers in bot.toml")}),
+                ),
+                TickVerdict::LaterEdit { by, note_id } => section(
+                    "refused",
+                    format!("seat-refused:{email}:{note_id}:edit"),
+                    json!({"email": email, "why": format!("`@{by}` changed the description after the tick; a reviewer must untick and tick it again")}),
+                ),
+                TickVerdict::NoRecord => section(
+                    "refused",
+                    format!("seat-refused:{email}:none"),
+                    json!({"email": email, "why": "GitLab has no record of a reviewer ticking it"}),
+                ),
+            }
+        }
+        // Closed once every line is decided: ticked and reclaimed, or `[~]`.
+        let all_decided = items.iter().all(|i| match i.state {
+            CheckState::Inapplicable => true,
+            CheckState::Done => rows.iter().any(|r| {
+                r.item_text == i.text && (r.reclaimed || reclaimed_now.contains(&r.email))
+            }),
+            CheckState::Open => false,
+        });
+        wb.close = all_decided && failed.is_none();
+        self.write_back(project, issue, &facts, wb).await?;
+        Ok(match failed {
+            Some(e) => Outcome::Failed(e),
+            None if all_decided => Outcome::Done,
+            None => Outcome::Waiting,
+        })
+    }
+
+    async fn reclaim(
+        &self,
+        inst: &Instance,
+        row: &SeatCandidateRow,
+        cfg: &SeatAuditConfig,
+    ) -> Result<Reclaim, ZendeskError> {
+        let names = &inst.resolved.role_names;
+        let light = inst.resolved.light_agent_role;
+        let u = inst.api.show_user(row.zendesk_id).await?;
+        if !u
+            .email
+            .as_deref()
+            .is_some_and(|e| e.eq_ignore_ascii_case(&row.email))
+        {
+            return Ok(Reclaim::Kept(format!(
+                "Zendesk user {} no longer has this email; nothing changed",
+                row.zendesk_id
+            )));
+        }
+        if !seats::is_paid(&u, light) {
+            return Ok(Reclaim::AlreadyFree {
+                now: describe(&u, names),
+            });
+        }
+        if let Some(t) = u.last_login_at
+            && t > row.listed_at
+        {
+            return Ok(Reclaim::Kept(format!(
+                "they logged in on {} after the review listed them; mark the line `[~]` to keep the seat, or it is listed again next period",
+                t.format("%Y-%m-%d")
+            )));
+        }
+        let open = inst.api.open_tickets(u.id).await?;
+        if !open.is_empty() {
+            return Ok(Reclaim::Kept(format!(
+                "{} open tickets are assigned to them; reassign them, then untick and tick the line again",
+                open.len()
+            )));
+        }
+        let patch = if cfg.reclaim_to == "end_user" {
+            UserPatch {
+                role: Some("end-user".into()),
+                custom_role_id: Some(None),
+                ..Default::default()
+            }
+        } else {
+            let Some(light) = light else {
+                return Ok(Reclaim::Kept(
+                    "this instance has no light-agent role (role_type 1) to demote to".into(),
+                ));
+            };
+            UserPatch {
+                role: Some("agent".into()),
+                custom_role_id: Some(Some(light)),
+                ..Default::default()
+            }
+        };
+        let after = inst.api.update_user(u.id, &patch).await?;
+        Ok(Reclaim::Done {
+            was: describe(&u, names),
+            now: describe(&after, names),
+        })
+    }
+}
