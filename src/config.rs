@@ -35,6 +35,80 @@ pub struct Config {
     pub seat_audit: Option<SeatAuditConfig>,
     #[serde(default)]
     pub lifecycle: LifecycleConfig,
+    /// E-mail to the People team, and notices to ops.
+    #[serde(default)]
+    pub notify: Option<NotifyConfig>,
+    /// The Support Team repository whose per-agent file offboarding deletes.
+    #[serde(default)]
+    pub support_team: Option<SupportTeamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    #[serde(default)]
+    pub email: Option<EmailConfig>,
+    #[serde(default)]
+    pub slack: Option<SlackConfig>,
+    /// The same notice (kind and cause) is sent at most once in this window.
+    #[serde(default = "default_dedupe_window")]
+    pub dedupe_window: String,
+    /// At most this many notices an hour across all kinds; the rest are counted
+    /// and mentioned in the next one that goes out.
+    #[serde(default = "default_max_per_hour")]
+    pub max_per_hour: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    pub smtp_host: String,
+    /// Default: 587 for `starttls`, 465 for `implicit`, 25 for `none`.
+    #[serde(default)]
+    pub smtp_port: Option<u16>,
+    /// `starttls` (required, not opportunistic), `implicit` (TLS from the first
+    /// byte), or `none` (only accepted for a loopback host: tests, a local relay).
+    #[serde(default = "default_smtp_tls")]
+    pub tls: String,
+    #[serde(default)]
+    pub username_env: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    pub from: String,
+    /// Recipients of the US citizenship verification request (seed 001).
+    #[serde(default)]
+    pub people_team: Vec<String>,
+    /// Recipients of ops notices (optional; Slack may be enough).
+    #[serde(default)]
+    pub ops: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// Environment variable holding the incoming-webhook URL (the URL is the secret).
+    pub webhook_env: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportTeamConfig {
+    /// The repository holding the per-agent files, by path or id.
+    pub project: String,
+    /// Path of a person's file; `{username}` is their GitLab username.
+    pub path: String,
+    #[serde(default = "default_target_branch")]
+    pub target_branch: String,
+    /// GitLab usernames asked to review the merge request.
+    #[serde(default)]
+    pub reviewers: Vec<String>,
+    /// The offboarding checklist item this work ticks: the first open item whose
+    /// text contains this (case-insensitive).
+    #[serde(default = "default_support_item")]
+    pub item: String,
+    /// How often an open merge request is checked for being merged.
+    #[serde(default = "default_mr_check")]
+    pub check_every: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -310,6 +384,24 @@ fn default_currency() -> String {
 fn default_reclaim() -> String {
     "end_user".into()
 }
+fn default_dedupe_window() -> String {
+    "6h".into()
+}
+fn default_max_per_hour() -> u32 {
+    10
+}
+fn default_smtp_tls() -> String {
+    "starttls".into()
+}
+fn default_target_branch() -> String {
+    "main".into()
+}
+fn default_support_item() -> String {
+    "Support Team".into()
+}
+fn default_mr_check() -> String {
+    "10m".into()
+}
 fn default_seat_label() -> String {
     "zendesk-seat-review".into()
 }
@@ -459,6 +551,46 @@ impl Config {
                 ));
             }
         }
+        if let Some(n) = &self.notify {
+            parse_duration(&n.dedupe_window)
+                .map_err(|e| err("dedupe_window", format!("notify.dedupe_window: {e}")))?;
+            if let Some(e) = &n.email {
+                if !["starttls", "implicit", "none"].contains(&e.tls.as_str()) {
+                    return Err(err(
+                        "tls",
+                        "notify.email.tls must be starttls, implicit or none".into(),
+                    ));
+                }
+                let loopback = ["localhost", "127.0.0.1", "::1"].contains(&e.smtp_host.as_str());
+                if e.tls == "none" && !loopback {
+                    return Err(err(
+                        "tls",
+                        format!("notify.email.tls = \"none\" sends credentials and personal data in clear text; only allowed for a loopback host, not {:?}", e.smtp_host),
+                    ));
+                }
+                if e.username_env.is_some() != e.password_env.is_some() {
+                    return Err(err(
+                        "username_env",
+                        "notify.email: set both username_env and password_env, or neither".into(),
+                    ));
+                }
+                for a in e.people_team.iter().chain(&e.ops).chain(std::iter::once(&e.from)) {
+                    if crate::request::Email::parse(a).is_err() {
+                        return Err(err(a, format!("notify.email: {a:?} is not an e-mail address")));
+                    }
+                }
+            }
+        }
+        if let Some(t) = &self.support_team {
+            if !t.path.contains("{username}") {
+                return Err(err(
+                    "path",
+                    "support_team.path must contain {username}".into(),
+                ));
+            }
+            parse_duration(&t.check_every)
+                .map_err(|e| err("check_every", format!("support_team.check_every: {e}")))?;
+        }
         if let Some(s) = &self.seat_audit {
             if !["light_agent", "end_user"].contains(&s.reclaim_to.as_str()) {
                 return Err(err(
@@ -599,6 +731,19 @@ impl Config {
         }
         if let Some(w) = &self.webhook {
             v.push((w.token_env.clone(), "GitLab webhook secret".into()));
+        }
+        if let Some(n) = &self.notify {
+            if let Some(e) = &n.email {
+                if let Some(u) = &e.username_env {
+                    v.push((u.clone(), "SMTP username".into()));
+                }
+                if let Some(p) = &e.password_env {
+                    v.push((p.clone(), "SMTP password".into()));
+                }
+            }
+            if let Some(s) = &n.slack {
+                v.push((s.webhook_env.clone(), "Slack incoming-webhook URL".into()));
+            }
         }
         v
     }

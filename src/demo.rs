@@ -123,7 +123,7 @@ pub fn bodies() -> Vec<(
             "Offboarding: Casey Quinn",
             vec!["offboarding"],
             format!(
-                "## Team member details\n\n{TABLE}{}\n## Department tasks: Customer Support\n\n- [ ]  @zd-admin-1 @zd-admin-2: Remove the team member from Zendesk Global\n- [ ]  @it-ops-1: Remove the team member from Google Group okta-zendeskglobal-users\n- [ ]  @it-ops-1: Remove the team member from Slack\n",
+                "## Team member details\n\n{TABLE}{}\n## Department tasks: Customer Support\n\n- [ ]  @zd-admin-1 @zd-admin-2: Remove the team member from Zendesk Global\n- [ ]  @it-ops-1: Remove the team member from Google Group okta-zendeskglobal-users\n- [ ]  @it-ops-1: Remove the team member from Slack\n- [ ]  @zd-admin-1: Delete any Support Team files attached to the user (if applicable)\n",
                 row("Casey Quinn", "casey.quinn@gitlab.com", "cquinn", "mlee")
             ),
         ),

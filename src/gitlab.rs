@@ -131,6 +131,28 @@ struct ApiLabelEvent {
     action: String,
 }
 
+/// A merge request, as far as the bot follows one.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ApiMergeRequest {
+    pub iid: u64,
+    /// `opened`, `closed`, `locked`, `merged`.
+    pub state: String,
+    #[serde(default)]
+    pub web_url: String,
+    #[serde(default)]
+    pub source_branch: String,
+}
+
+/// A merge request to open.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewMergeRequest {
+    pub source_branch: String,
+    pub target_branch: String,
+    pub title: String,
+    pub description: String,
+    pub reviewer_ids: Vec<u64>,
+}
+
 /// A change to an issue: only what is `Some` is sent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IssueEdit {
@@ -169,6 +191,35 @@ pub trait GitlabApi: Send + Sync {
         description: &str,
         labels: &[String],
     ) -> Result<ApiIssue, GitlabError>;
+    /// Whether a file exists at `reference` (404 is `false`).
+    async fn file_exists(
+        &self,
+        project: &str,
+        path: &str,
+        reference: &str,
+    ) -> Result<bool, GitlabError>;
+    async fn branch_exists(&self, project: &str, branch: &str) -> Result<bool, GitlabError>;
+    /// One commit deleting `path` on `branch`, created from `start_branch` if new.
+    async fn delete_file(
+        &self,
+        project: &str,
+        path: &str,
+        branch: &str,
+        start_branch: &str,
+        message: &str,
+    ) -> Result<(), GitlabError>;
+    /// Merge requests (any state) from a source branch.
+    async fn merge_requests_from(
+        &self,
+        project: &str,
+        source_branch: &str,
+    ) -> Result<Vec<ApiMergeRequest>, GitlabError>;
+    async fn create_merge_request(
+        &self,
+        project: &str,
+        mr: &NewMergeRequest,
+    ) -> Result<ApiMergeRequest, GitlabError>;
+    async fn merge_request(&self, project: &str, iid: u64) -> Result<ApiMergeRequest, GitlabError>;
 }
 
 pub struct GitlabClient {
@@ -462,5 +513,119 @@ impl GitlabApi for GitlabClient {
                 attempts: 1,
                 detail: scrub(&e.to_string()),
             })
+    }
+
+    async fn file_exists(
+        &self,
+        project: &str,
+        path: &str,
+        reference: &str,
+    ) -> Result<bool, GitlabError> {
+        let ep = built(
+            api::projects::repository::files::File::builder()
+                .project(project)
+                .file_path(path)
+                .ref_(reference)
+                .build(),
+        )?;
+        let ep = api::ignore(ep);
+        match self
+            .retry("file", || ep.query_async(&self.client))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(GitlabError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn branch_exists(&self, project: &str, branch: &str) -> Result<bool, GitlabError> {
+        let ep = built(
+            api::projects::repository::branches::Branch::builder()
+                .project(project)
+                .branch(branch)
+                .build(),
+        )?;
+        let ep = api::ignore(ep);
+        match self
+            .retry("branch", || ep.query_async(&self.client))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(GitlabError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_file(
+        &self,
+        project: &str,
+        path: &str,
+        branch: &str,
+        start_branch: &str,
+        message: &str,
+    ) -> Result<(), GitlabError> {
+        let ep = built(
+            api::projects::repository::files::DeleteFile::builder()
+                .project(project)
+                .file_path(path)
+                .branch(branch)
+                .start_branch(start_branch)
+                .commit_message(message)
+                .build(),
+        )?;
+        // Not retried blindly: a commit that landed but whose answer was lost
+        // is found by the caller (the branch exists) on its next pass.
+        api::ignore(ep)
+            .query_async(&self.client)
+            .await
+            .map_err(|e| GitlabError::Rejected(scrub(&e.to_string())))
+    }
+
+    async fn merge_requests_from(
+        &self,
+        project: &str,
+        source_branch: &str,
+    ) -> Result<Vec<ApiMergeRequest>, GitlabError> {
+        let ep = built(
+            api::projects::merge_requests::MergeRequests::builder()
+                .project(project)
+                .source_branch(source_branch)
+                .build(),
+        )?;
+        self.retry("merge requests", || ep.query_async(&self.client))
+            .await
+    }
+
+    async fn create_merge_request(
+        &self,
+        project: &str,
+        mr: &NewMergeRequest,
+    ) -> Result<ApiMergeRequest, GitlabError> {
+        let mut b = api::projects::merge_requests::CreateMergeRequest::builder();
+        b.project(project)
+            .source_branch(mr.source_branch.as_str())
+            .target_branch(mr.target_branch.as_str())
+            .title(mr.title.as_str())
+            .description(mr.description.as_str())
+            .remove_source_branch(true);
+        if !mr.reviewer_ids.is_empty() {
+            b.reviewers(mr.reviewer_ids.iter().copied());
+        }
+        let ep = built(b.build())?;
+        ep.query_async(&self.client)
+            .await
+            .map_err(|e| GitlabError::Rejected(scrub(&e.to_string())))
+    }
+
+    async fn merge_request(&self, project: &str, iid: u64) -> Result<ApiMergeRequest, GitlabError> {
+        let ep = built(
+            api::projects::merge_requests::MergeRequest::builder()
+                .project(project)
+                .merge_request(iid)
+                .build(),
+        )?;
+        self.retry("merge request", || ep.query_async(&self.client))
+            .await
     }
 }

@@ -39,6 +39,10 @@ pub const TEMPLATES: &[(&str, &str)] = embedded!(
     "seat_review_item.md",
     "seat_reclaimed.md",
     "ops_notice.txt",
+    "email_sent.md",
+    "email_failed.md",
+    "support_team.md",
+    "support_team_mr.md",
 );
 
 #[derive(Debug, thiserror::Error)]

@@ -115,6 +115,27 @@ CREATE TABLE IF NOT EXISTS grant_expiry (
     revoked INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (project, iid, subject, instance)
 );
+CREATE TABLE IF NOT EXISTS notice (
+    key TEXT PRIMARY KEY,
+    sent_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notice_sent (at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS delivery (
+    key TEXT PRIMARY KEY,
+    at TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS support_mr (
+    project TEXT NOT NULL,
+    iid INTEGER NOT NULL,
+    username TEXT NOT NULL,
+    state TEXT NOT NULL,
+    mr_iid INTEGER,
+    mr_url TEXT,
+    checked_at TEXT,
+    PRIMARY KEY (project, iid, username)
+);
 CREATE TABLE IF NOT EXISTS seat_review (
     project TEXT NOT NULL,
     iid INTEGER NOT NULL,
@@ -379,6 +400,140 @@ impl Store {
         self.c().execute(
             "UPDATE grant_expiry SET reminded = MAX(reminded, ?3), revoked = MAX(revoked, ?4) WHERE project = ?1 AND iid = ?2",
             params![project, iid, reminded as i64, revoked as i64],
+        )?;
+        Ok(())
+    }
+}
+
+/// A merge request deleting a leaver's Support Team file, followed until merged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupportMr {
+    pub project: String,
+    pub iid: u64,
+    pub username: String,
+    /// `none` (no file), `open`, `merged`, `closed`.
+    pub state: String,
+    pub mr_iid: Option<u64>,
+    pub mr_url: Option<String>,
+}
+
+impl Store {
+    pub fn notice_sent_at(&self, key: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self
+            .c()
+            .query_row("SELECT sent_at FROM notice WHERE key = ?1", params![key], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .map(|s| parse_ts(&s)))
+    }
+
+    pub fn notices_since(&self, since: DateTime<Utc>) -> Result<usize, StoreError> {
+        Ok(self.c().query_row(
+            "SELECT COUNT(*) FROM notice_sent WHERE at > ?1",
+            params![ts(since)],
+            |r| r.get::<_, i64>(0),
+        )? as usize)
+    }
+
+    pub fn bump_suppressed(&self) -> Result<(), StoreError> {
+        self.c().execute(
+            "INSERT INTO counter (name, value) VALUES ('suppressed_notices', 1)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1",
+            [],
+        )?;
+        Ok(())
+    }
+
+    pub fn suppressed(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .c()
+            .query_row(
+                "SELECT value FROM counter WHERE name = 'suppressed_notices'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .unwrap_or(0) as u64)
+    }
+
+    /// A notice went out; the suppressed ones it mentioned are accounted for.
+    pub fn record_notice(&self, key: &str, at: DateTime<Utc>, mentioned: u64) -> Result<(), StoreError> {
+        let c = self.c();
+        c.execute(
+            "INSERT INTO notice (key, sent_at) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET sent_at = ?2",
+            params![key, ts(at)],
+        )?;
+        c.execute("INSERT INTO notice_sent (at) VALUES (?1)", params![ts(at)])?;
+        c.execute(
+            "UPDATE counter SET value = MAX(0, value - ?1) WHERE name = 'suppressed_notices'",
+            params![mentioned as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Whether a one-time delivery (an e-mail) already went out.
+    pub fn delivered(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .c()
+            .query_row("SELECT 1 FROM delivery WHERE key = ?1", params![key], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    pub fn record_delivery(&self, key: &str, detail: &str) -> Result<(), StoreError> {
+        self.c().execute(
+            "INSERT INTO delivery (key, at, detail) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO NOTHING",
+            params![key, ts(Utc::now()), detail],
+        )?;
+        Ok(())
+    }
+
+    pub fn support_mr(&self, project: &str, iid: u64, username: &str) -> Result<Option<SupportMr>, StoreError> {
+        Ok(self
+            .c()
+            .query_row(
+                "SELECT project, iid, username, state, mr_iid, mr_url FROM support_mr
+                 WHERE project = ?1 AND iid = ?2 AND username = ?3",
+                params![project, iid, username],
+                |r| {
+                    Ok(SupportMr {
+                        project: r.get(0)?,
+                        iid: r.get(1)?,
+                        username: r.get(2)?,
+                        state: r.get(3)?,
+                        mr_iid: r.get(4)?,
+                        mr_url: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn open_support_mrs(&self) -> Result<Vec<SupportMr>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare(
+            "SELECT project, iid, username, state, mr_iid, mr_url FROM support_mr WHERE state = 'open'",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(SupportMr {
+                project: r.get(0)?,
+                iid: r.get(1)?,
+                username: r.get(2)?,
+                state: r.get(3)?,
+                mr_iid: r.get(4)?,
+                mr_url: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn set_support_mr(&self, m: &SupportMr) -> Result<(), StoreError> {
+        self.c().execute(
+            "INSERT INTO support_mr (project, iid, username, state, mr_iid, mr_url, checked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(project, iid, username) DO UPDATE SET state = ?4, mr_iid = ?5, mr_url = ?6, checked_at = ?7",
+            params![m.project, m.iid, m.username, m.state, m.mr_iid, m.mr_url, ts(Utc::now())],
         )?;
         Ok(())
     }

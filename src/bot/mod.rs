@@ -8,6 +8,7 @@ mod observe;
 mod process;
 pub mod run;
 mod seats;
+mod support_team;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -96,6 +97,12 @@ pub struct Bot {
     last_stale_scan: Mutex<Option<std::time::Instant>>,
     /// Added to the clock for time-bound access (tests move time forward).
     pub clock_offset: chrono::Duration,
+    /// SMTP, when `[notify.email]` is configured (the People team's e-mail).
+    pub mailer: Option<Arc<crate::notify::Mailer>>,
+    /// Ops notices (Slack and/or e-mail), de-duplicated.
+    pub notifier: crate::notify::Notifier,
+    /// When open Support Team merge requests were last checked.
+    last_mr_check: Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +121,8 @@ pub enum StartError {
     Render(#[from] crate::render::RenderError),
     #[error("Zendesk {instance}: {problems}")]
     Missing { instance: String, problems: String },
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
 }
 
 impl Bot {
@@ -169,6 +178,21 @@ impl Bot {
             None => None,
         };
         let templates = Templates::load(Some(&cfg.bot.templates_dir))?;
+        let (mailer, notifier) = match &cfg.notify {
+            Some(n) => {
+                let mailer = match &n.email {
+                    Some(e) => Some(Arc::new(crate::notify::Mailer::new(e, secrets)?)),
+                    None => None,
+                };
+                let slack = match &n.slack {
+                    Some(s) => Some(crate::notify::Slack::new(s, secrets, http.clone())?),
+                    None => None,
+                };
+                let notifier = crate::notify::Notifier::new(n, mailer.clone(), slack)?;
+                (mailer, notifier)
+            }
+            None => (None, crate::notify::Notifier::none()),
+        };
         let bot = Bot {
             cfg,
             gitlab: Arc::new(gl),
@@ -182,6 +206,9 @@ impl Bot {
             concurrency: 4,
             last_stale_scan: Mutex::new(None),
             clock_offset: chrono::Duration::zero(),
+            mailer,
+            notifier,
+            last_mr_check: Mutex::new(None),
         };
         // Approvers and trusted authors are the same for every request: resolve
         // them once here rather than on the first issue. A failure is not fatal
@@ -214,6 +241,9 @@ impl Bot {
             concurrency: 4,
             last_stale_scan: Mutex::new(None),
             clock_offset: chrono::Duration::zero(),
+            mailer: None,
+            notifier: crate::notify::Notifier::none(),
+            last_mr_check: Mutex::new(None),
         })
     }
 
@@ -287,11 +317,28 @@ impl Bot {
                 }
                 Err(e) => {
                     tracing::error!(project = %project, error = %e, "poll failed; will try again next cycle");
+                    let text = e.to_string();
+                    let kind = if ["401", "403", "Unauthorized", "Forbidden", "404"]
+                        .iter()
+                        .any(|k| text.contains(k))
+                    {
+                        crate::notify::NoticeKind::ConfigurationError
+                    } else {
+                        crate::notify::NoticeKind::StepFailed
+                    };
+                    self.tell_ops(
+                        kind,
+                        format!("poll {project}: {text}"),
+                        format!("Polling {project} failed: {text}"),
+                        None,
+                    )
+                    .await;
                     report.errors.push(format!("{project}: {e}"));
                 }
             }
         }
         report.outcomes.extend(self.expiries().await);
+        report.outcomes.extend(self.support_team_followups().await);
         report
     }
 

@@ -14,6 +14,8 @@ use crate::plan::{self, Action, BlockReason, Observed, Plan, StepState};
 use crate::report;
 use crate::request::{self, IssueFacts, Request, RequestKind, checklist};
 
+use crate::notify::{Notice, NoticeKind};
+
 use super::observe::ObserveError;
 use super::{Bot, Outcome};
 
@@ -63,6 +65,31 @@ fn occurrence(req: &Request, index: usize) -> Option<(String, usize)> {
 }
 
 impl Bot {
+    /// Tell ops (Slack and/or e-mail), de-duplicated; never in a dry run.
+    pub(super) async fn tell_ops(
+        &self,
+        kind: NoticeKind,
+        cause: String,
+        detail: String,
+        url: Option<String>,
+    ) {
+        if self.dry_run {
+            return;
+        }
+        self.notifier
+            .notice(
+                &self.store,
+                &self.templates,
+                Notice {
+                    kind,
+                    cause,
+                    detail,
+                    url,
+                },
+            )
+            .await;
+    }
+
     /// Process one issue under its lease; failures are remembered for retry.
     pub async fn process(&self, project: &str, iid: u64) -> Outcome {
         if !self.dry_run {
@@ -197,6 +224,13 @@ impl Bot {
             } => {
                 if security {
                     tracing::warn!(iid = request.iid, reasons = ?reasons, "refused for a security reason");
+                    self.tell_ops(
+                        NoticeKind::SecurityRefusal,
+                        format!("#{} {}", request.iid, reasons.join("; ")),
+                        format!("#{} was refused: {}", request.iid, reasons.join("; ")),
+                        Some(request.web_url.clone()),
+                    )
+                    .await;
                 }
                 wb.sections.push(Section {
                     template: if close {
@@ -272,6 +306,17 @@ impl Bot {
                             iid = request.iid,
                             "an approval was applied by someone who may not give it"
                         );
+                        self.tell_ops(
+                            NoticeKind::SecurityRefusal,
+                            format!("#{} {}", request.iid, sig.join("; ")),
+                            format!(
+                                "#{}: an approval does not count: {}",
+                                request.iid,
+                                sig.join("; ")
+                            ),
+                            Some(request.web_url.clone()),
+                        )
+                        .await;
                     }
                 }
                 if verification_pending {
@@ -296,8 +341,15 @@ impl Bot {
                         }),
                         step: "citizenship",
                         key: "citizenship".into(),
-                        digest,
+                        digest: digest.clone(),
                     });
+                    if let Err(e) = self
+                        .citizenship_email(project, &request, &name, &digest, wb)
+                        .await?
+                    {
+                        wb.state_label = Some(labels.waiting.clone());
+                        return Ok(Outcome::Failed(e));
+                    }
                 }
                 wb.state_label = Some(labels.waiting.clone());
                 self.stale(facts, &request, &missing, wb);
@@ -312,6 +364,67 @@ impl Bot {
                 self.approved(project, approved, author, wb).await
             }
         }
+    }
+
+    /// Seed 001: the People team gets the verification request by e-mail, once
+    /// per issue (recorded in the store the moment the server accepts it, so a
+    /// crash before the note does not send it again), and the issue says so.
+    /// `Ok(Err(_))`: the server refused; said on the issue, retried next cycle.
+    async fn citizenship_email(
+        &self,
+        project: &str,
+        request: &Request,
+        name: &str,
+        digest: &str,
+        wb: &mut Writeback,
+    ) -> Result<Result<(), String>, ProcessError> {
+        let Some(m) = &self.mailer else {
+            return Ok(Ok(()));
+        };
+        if m.people_team.is_empty() {
+            return Ok(Ok(()));
+        }
+        let key = format!("citizenship-email:{project}:{}", request.iid);
+        let to = m.people_team.join(", ");
+        if !self.store.delivered(&key)? {
+            let body = self.templates.render(
+                "citizenship_email.txt",
+                &json!({"name": name, "issue_url": request.web_url}),
+            )?;
+            let id = format!(
+                "<citizenship-{}-{}@access-bot>",
+                short_hash(project),
+                request.iid
+            );
+            match m
+                .send(&m.people_team, "US Citizenship Verification Request", &body, &id)
+                .await
+            {
+                Ok(()) => {
+                    self.store.record_delivery(&key, &to)?;
+                    tracing::info!(iid = request.iid, to = %to, "citizenship verification e-mail sent");
+                }
+                Err(e) => {
+                    tracing::warn!(iid = request.iid, error = %e, "citizenship verification e-mail not sent");
+                    wb.sections.push(Section {
+                        template: "email_failed.md",
+                        ctx: json!({"to": to, "error": e.to_string()}),
+                        step: "email",
+                        key: format!("email-failed:{}", short_hash(&e.to_string())),
+                        digest: digest.to_string(),
+                    });
+                    return Ok(Err(format!("e-mail to the People team: {e}")));
+                }
+            }
+        }
+        wb.sections.push(Section {
+            template: "email_sent.md",
+            ctx: json!({"to": to, "subject": "US Citizenship Verification Request"}),
+            step: "email",
+            key: "citizenship-email".into(),
+            digest: digest.to_string(),
+        });
+        Ok(Ok(()))
     }
 
     async fn approved(
@@ -404,6 +517,20 @@ impl Bot {
                 digest,
             });
             wb.state_label = Some(labels.failed.clone());
+            if !transient {
+                self.tell_ops(
+                    NoticeKind::StepFailed,
+                    format!("{}: {error}", step.instance),
+                    format!(
+                        "#{}: {} for {} failed: {error}",
+                        req.iid,
+                        step.action.describe(),
+                        step.subject.as_str()
+                    ),
+                    Some(req.web_url.clone()),
+                )
+                .await;
+            }
             return Ok(Outcome::Failed(error));
         }
 
@@ -443,6 +570,17 @@ impl Bot {
             self.record_grants(project, req, p, &observed, exp.0);
         }
         if blocked {
+            for b in &p.blocked {
+                if let plan::BlockReason::ManagerCannotTakeTickets { manager, .. } = &b.reason {
+                    self.tell_ops(
+                        NoticeKind::ManagerCannotTakeTickets,
+                        format!("#{} {manager}", req.iid),
+                        format!("#{}: {}", req.iid, b.reason.explain(&b.instance)),
+                        Some(req.web_url.clone()),
+                    )
+                    .await;
+                }
+            }
             wb.state_label = Some(labels.failed.clone());
             return Ok(Outcome::Failed(
                 p.blocked
@@ -451,6 +589,12 @@ impl Bot {
                     .collect::<Vec<_>>()
                     .join("; "),
             ));
+        }
+        if req.kind == RequestKind::Offboarding
+            && let Some(error) = self.support_team_files(project, req, wb).await?
+        {
+            wb.state_label = Some(labels.failed.clone());
+            return Ok(Outcome::Failed(error));
         }
         wb.state_label = Some(labels.done.clone());
         wb.close = complete && self.cfg.policy_for(req.kind).close_when_done;

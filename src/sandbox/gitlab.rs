@@ -2,7 +2,7 @@
 //! `docs/api-gitlab.md`): issues, notes, label events, users. Tokens map to
 //! users, so the world knows who did what.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -69,6 +69,24 @@ pub struct GlProject {
     pub members: Option<BTreeSet<u64>>,
     /// Users with rights to change labels (`None`: everyone); others' label changes are silently dropped.
     pub label_editors: Option<BTreeSet<u64>>,
+    /// Repository: branch -> path -> content.
+    pub files: BTreeMap<String, BTreeMap<String, String>>,
+    pub merge_requests: Vec<GlMergeRequest>,
+    /// Users who may push and open merge requests (`None`: everyone); others get 403.
+    pub writers: Option<BTreeSet<u64>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GlMergeRequest {
+    pub iid: u64,
+    pub source_branch: String,
+    pub target_branch: String,
+    pub title: String,
+    pub description: String,
+    pub author: u64,
+    pub reviewer_ids: Vec<u64>,
+    /// `opened`, `closed`, `merged`.
+    pub state: String,
 }
 
 /// A GitLab webhook registered in the sandbox.
@@ -165,8 +183,50 @@ impl GitlabWorld {
             issues: Vec::new(),
             members: None,
             label_editors: None,
+            files: BTreeMap::from([("main".to_string(), BTreeMap::new())]),
+            merge_requests: Vec::new(),
+            writers: None,
         });
         id
+    }
+
+    /// Put a file on a branch (creating the branch).
+    pub fn put_file(&mut self, project: &str, branch: &str, path: &str, content: &str) {
+        if let Some(p) = self.project_mut(project) {
+            p.files
+                .entry(branch.to_string())
+                .or_default()
+                .insert(path.to_string(), content.to_string());
+        }
+    }
+
+    /// Merge a merge request as a maintainer would: the target branch takes the
+    /// source branch's files; the source branch is removed.
+    pub fn merge(&mut self, project: &str, iid: u64) -> bool {
+        let Some(p) = self.project_mut(project) else {
+            return false;
+        };
+        let Some(mr) = p.merge_requests.iter_mut().find(|m| m.iid == iid) else {
+            return false;
+        };
+        if mr.state != "opened" {
+            return false;
+        }
+        mr.state = "merged".into();
+        let (src, dst) = (mr.source_branch.clone(), mr.target_branch.clone());
+        if let Some(files) = p.files.remove(&src) {
+            p.files.insert(dst, files);
+        }
+        true
+    }
+
+    pub fn close_merge_request(&mut self, project: &str, iid: u64) {
+        if let Some(m) = self
+            .project_mut(project)
+            .and_then(|p| p.merge_requests.iter_mut().find(|m| m.iid == iid))
+        {
+            m.state = "closed".into();
+        }
     }
 
     fn project_mut(&mut self, key: &str) -> Option<&mut GlProject> {
@@ -537,8 +597,229 @@ pub fn router(server: GitlabServer) -> Router {
             "/api/v4/projects/{project}/issues/{iid}/resource_label_events",
             get(label_events),
         )
+        .route(
+            "/api/v4/projects/{project}/repository/files/{file_path}",
+            get(show_file).delete(delete_file),
+        )
+        .route(
+            "/api/v4/projects/{project}/repository/branches/{branch}",
+            get(show_branch),
+        )
+        .route(
+            "/api/v4/projects/{project}/merge_requests",
+            get(list_mrs).post(create_mr),
+        )
+        .route(
+            "/api/v4/projects/{project}/merge_requests/{iid}",
+            get(show_mr),
+        )
         .fallback(|| async { err(StatusCode::NOT_FOUND, "404 Not Found") })
         .with_state(server)
+}
+
+fn mr_json(w: &GitlabWorld, p: &GlProject, m: &GlMergeRequest) -> Value {
+    json!({
+        "id": p.id * 100_000 + m.iid, "iid": m.iid, "project_id": p.id,
+        "title": m.title, "description": m.description, "state": m.state,
+        "source_branch": m.source_branch, "target_branch": m.target_branch,
+        "author": w.user_json(m.author),
+        "reviewers": m.reviewer_ids.iter().map(|r| w.user_json(*r)).collect::<Vec<_>>(),
+        "web_url": format!("https://gitlab.sandbox/{}/-/merge_requests/{}", p.path, m.iid),
+        "merge_status": "can_be_merged", "draft": false,
+    })
+}
+
+/// `GET .../repository/files/:file_path?ref=`: 404 "File Not Found" (or "Commit
+/// Not Found" for an unknown ref), as GitLab answers.
+async fn show_file(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path((project, file_path)): Path<(String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let w = s.lock();
+    if let Err(r) = auth(&w, &headers) {
+        return r;
+    }
+    let Some(p) = w.project(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    let Some(reference) = param(&q, "ref") else {
+        return err(StatusCode::BAD_REQUEST, "ref is missing");
+    };
+    let Some(files) = p.files.get(reference) else {
+        return err(StatusCode::NOT_FOUND, "404 Commit Not Found");
+    };
+    match files.get(&file_path) {
+        Some(content) => {
+            use base64::Engine;
+            axum::Json(json!({
+                "file_name": file_path.rsplit('/').next().unwrap_or(""),
+                "file_path": file_path, "size": content.len(), "encoding": "base64",
+                "content": base64::engine::general_purpose::STANDARD.encode(content),
+                "ref": reference, "blob_id": "0000", "commit_id": "0000", "last_commit_id": "0000",
+            }))
+            .into_response()
+        }
+        None => err(StatusCode::NOT_FOUND, "404 File Not Found"),
+    }
+}
+
+/// `DELETE .../repository/files/:file_path` with `branch`, `start_branch`,
+/// `commit_message`: 204; 400 when the file is not there.
+async fn delete_file(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path((project, file_path)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let params = body_params(&headers, &body);
+    let Some(p) = w.project_mut(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    if p.writers.as_ref().is_some_and(|ws| !ws.contains(&user)) {
+        return err(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let (Some(branch), Some(_message)) = (param(&params, "branch"), param(&params, "commit_message")) else {
+        return err(StatusCode::BAD_REQUEST, "branch, commit_message are missing");
+    };
+    if !p.files.contains_key(branch) {
+        let Some(start) = param(&params, "start_branch").and_then(|b| p.files.get(b)).cloned() else {
+            return err(StatusCode::BAD_REQUEST, "You can only create or edit files when you are on a branch");
+        };
+        p.files.insert(branch.to_string(), start);
+    }
+    let files = p.files.entry(branch.to_string()).or_default();
+    if files.remove(&file_path).is_none() {
+        return err(StatusCode::BAD_REQUEST, "A file with this name doesn't exist");
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn show_branch(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path((project, branch)): Path<(String, String)>,
+) -> Response {
+    let w = s.lock();
+    if let Err(r) = auth(&w, &headers) {
+        return r;
+    }
+    match w.project(&project) {
+        Some(p) if p.files.contains_key(&branch) => {
+            axum::Json(json!({"name": branch, "merged": false, "protected": branch == "main", "default": branch == "main"})).into_response()
+        }
+        Some(_) => err(StatusCode::NOT_FOUND, "404 Branch Not Found"),
+        None => err(StatusCode::NOT_FOUND, "404 Project Not Found"),
+    }
+}
+
+async fn list_mrs(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let w = s.lock();
+    if let Err(r) = auth(&w, &headers) {
+        return r;
+    }
+    let Some(p) = w.project(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    let source = param(&q, "source_branch");
+    let state = param(&q, "state").filter(|s| *s != "all");
+    let items: Vec<Value> = p
+        .merge_requests
+        .iter()
+        .rev()
+        .filter(|m| source.is_none_or(|b| m.source_branch == b))
+        .filter(|m| state.is_none_or(|st| m.state == st))
+        .map(|m| mr_json(&w, p, m))
+        .collect();
+    let base = format!("{}/api/v4/projects/{}/merge_requests", w.base_url, p.id);
+    paginate(items, &q, &base)
+}
+
+/// `POST .../merge_requests`: 201; 409 when an open one exists for the source branch.
+async fn create_mr(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let params = body_params(&headers, &body);
+    let reviewers: Vec<u64> = params
+        .iter()
+        .filter(|(k, _)| k == "reviewer_ids[]" || k == "reviewer_ids")
+        .flat_map(|(_, v)| v.split(',').filter_map(|x| x.trim().parse().ok()).collect::<Vec<u64>>())
+        .collect();
+    let Some(p) = w.project_mut(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    if p.writers.as_ref().is_some_and(|ws| !ws.contains(&user)) {
+        return err(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let (Some(source), Some(target), Some(title)) = (
+        param(&params, "source_branch"),
+        param(&params, "target_branch"),
+        param(&params, "title"),
+    ) else {
+        return err(StatusCode::BAD_REQUEST, "source_branch, target_branch, title are missing");
+    };
+    if !p.files.contains_key(source) {
+        return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"message": ["Source branch does not exist"]}))).into_response();
+    }
+    if let Some(m) = p
+        .merge_requests
+        .iter()
+        .find(|m| m.source_branch == source && m.state == "opened")
+    {
+        return (StatusCode::CONFLICT, axum::Json(json!({"message": [format!("Another open merge request already exists for this source branch: !{}", m.iid)]}))).into_response();
+    }
+    let mr = GlMergeRequest {
+        iid: p.merge_requests.len() as u64 + 1,
+        source_branch: source.to_string(),
+        target_branch: target.to_string(),
+        title: title.to_string(),
+        description: param(&params, "description").unwrap_or("").to_string(),
+        author: user,
+        reviewer_ids: reviewers,
+        state: "opened".into(),
+    };
+    p.merge_requests.push(mr.clone());
+    let Some(p) = w.project(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    (StatusCode::CREATED, axum::Json(mr_json(&w, p, &mr))).into_response()
+}
+
+async fn show_mr(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path((project, iid)): Path<(String, u64)>,
+) -> Response {
+    let w = s.lock();
+    if let Err(r) = auth(&w, &headers) {
+        return r;
+    }
+    let Some(p) = w.project(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    match p.merge_requests.iter().find(|m| m.iid == iid) {
+        Some(m) => axum::Json(mr_json(&w, p, m)).into_response(),
+        None => err(StatusCode::NOT_FOUND, "404 Not found"),
+    }
 }
 
 fn err(status: StatusCode, message: &str) -> Response {

@@ -6,6 +6,7 @@ pub mod faults;
 pub mod gitlab;
 pub mod google;
 pub mod harness;
+pub mod notify;
 pub mod scenario;
 pub mod zendesk;
 
@@ -24,6 +25,9 @@ pub const DOMAIN: &str = "gitlab.com";
 pub const SERVICE_ACCOUNT: &str = "access-bot@access-bot-sandbox.iam.gserviceaccount.com";
 
 /// People of the default world: (GitLab username, name, email).
+/// The Support Team repository of seed 000.
+pub const SUPPORT_TEAM: &str = "gitlab-support-readiness/support-team";
+
 pub const PEOPLE: &[(&str, &str, &str)] = &[
     ("access-bot", "access-bot", "access-bot@gitlab.com"),
     (
@@ -67,6 +71,13 @@ pub struct Sandbox {
     pub secrets: Secrets,
     /// A configuration pointing at these servers.
     pub config: Config,
+    /// Every e-mail the bot sent.
+    pub smtp: notify::SmtpSink,
+    pub smtp_addr: SocketAddr,
+    /// Every Slack notice the bot posted.
+    pub slack: notify::SlackServer,
+    pub slack_knobs: Knobs,
+    pub slack_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -260,7 +271,61 @@ impl Sandbox {
             );
         }
 
+        // The Support Team repository, with one leaver's file.
+        {
+            let mut w = gl.lock();
+            w.add_project(SUPPORT_TEAM);
+            w.put_file(
+                SUPPORT_TEAM,
+                "main",
+                "data/agents/cquinn.yaml",
+                "name: Casey Quinn\nzendesk: global\n",
+            );
+            w.put_file(SUPPORT_TEAM, "main", "data/agents/lyle.yaml", "name: Lyle Kozloff\n");
+        }
+        if let Some(st) = config.support_team.as_mut() {
+            st.project = SUPPORT_TEAM.to_string();
+            // The sandbox is fast; look at open merge requests every cycle.
+            st.check_every = "0s".into();
+        }
+
+        // Where notices land: an SMTP sink and a Slack webhook.
+        let smtp = notify::SmtpSink::default();
+        let (smtp_addr, t_smtp) = smtp.serve(port(10)).await?;
+        tasks.push(t_smtp);
+        let slack = notify::SlackServer::default();
+        let slack_path = "/services/T0SANDBOX/B0SANDBOX/sandboxslacksecret".to_string();
+        slack.lock().path = slack_path.clone();
+        let slack_knobs = Knobs::new(Flavor::Other);
+        let (slack_addr, t_slack) =
+            serve(notify::slack_router(slack.clone()), slack_knobs.clone(), port(11)).await?;
+        tasks.push(t_slack);
+        if let Some(n) = config.notify.as_mut() {
+            if let Some(e) = n.email.as_mut() {
+                e.smtp_host = "127.0.0.1".into();
+                e.smtp_port = Some(smtp_addr.port());
+                e.tls = "none".into();
+                if let (Some(u), Some(pw)) = (&e.username_env, &e.password_env) {
+                    smtp.lock().credentials =
+                        Some(("access-bot".into(), "smtp-password-sandbox".into()));
+                    secrets.push((u.clone(), "access-bot".into()));
+                    secrets.push((pw.clone(), "smtp-password-sandbox".into()));
+                }
+            }
+            if let Some(sl) = &n.slack {
+                secrets.push((
+                    sl.webhook_env.clone(),
+                    format!("http://{slack_addr}{slack_path}"),
+                ));
+            }
+        }
+
         Ok(Sandbox {
+            smtp,
+            smtp_addr,
+            slack,
+            slack_knobs,
+            slack_addr,
             gitlab: gl,
             gitlab_knobs,
             gitlab_addr,
@@ -359,6 +424,12 @@ impl Sandbox {
                         None => line.to_string(),
                     }
                 }
+                ("notify.email", Some("smtp_host")) => format!(
+                    "smtp_host = \"127.0.0.1\"\nsmtp_port = {}",
+                    self.smtp_addr.port()
+                ),
+                ("notify.email", Some("tls")) => "tls = \"none\"".to_string(),
+                ("support_team", Some("project")) => format!("project = \"{SUPPORT_TEAM}\""),
                 ("google", Some("key_env")) => match key_path {
                     Some(p) => format!(
                         "key_path = \"{p}\"\nbase_url = \"http://{}\"",

@@ -1,0 +1,351 @@
+//! Beyond the issue: e-mail over SMTP (the People team's citizenship
+//! verification request, ops notices) and Slack incoming-webhook notices,
+//! de-duplicated and rate-limited so an outage makes one notice, not hundreds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::config::{EmailConfig, NotifyConfig, SlackConfig};
+use crate::render::Templates;
+use crate::secret::{Secret, Secrets};
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("notify configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
+    #[error("the SMTP server refused the message ({permanent}): {detail}")]
+    Smtp { permanent: Permanence, detail: String },
+    #[error("Slack refused the notice: HTTP {status} {body}")]
+    Slack { status: u16, body: String },
+    #[error("Slack could not be reached: {0}")]
+    SlackUnreachable(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permanence {
+    Permanent,
+    Transient,
+}
+
+impl std::fmt::Display for Permanence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Permanence::Permanent => "permanent: fix the address or the account",
+            Permanence::Transient => "transient: it will be retried",
+        })
+    }
+}
+
+/// SMTP with STARTTLS (required), implicit TLS, or (loopback only) plain.
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    pub people_team: Vec<String>,
+    pub ops: Vec<String>,
+}
+
+impl Mailer {
+    pub fn new(cfg: &EmailConfig, secrets: &Secrets) -> Result<Mailer, NotifyError> {
+        let bad = |e: lettre::transport::smtp::Error| NotifyError::Config(e.to_string());
+        let mut b = match cfg.tls.as_str() {
+            "implicit" => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.smtp_host).map_err(bad)?,
+            "none" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.smtp_host),
+            _ => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.smtp_host)
+                .map_err(bad)?,
+        };
+        let port = cfg.smtp_port.unwrap_or(match cfg.tls.as_str() {
+            "implicit" => 465,
+            "none" => 25,
+            _ => 587,
+        });
+        b = b.port(port).timeout(Some(Duration::from_secs(30)));
+        if let (Some(u), Some(p)) = (&cfg.username_env, &cfg.password_env) {
+            b = b.credentials(Credentials::new(
+                secrets.get(u)?.expose().to_string(),
+                secrets.get(p)?.expose().to_string(),
+            ));
+        }
+        let from: Mailbox = format!("access-bot <{}>", cfg.from)
+            .parse()
+            .map_err(|e: lettre::address::AddressError| NotifyError::Config(e.to_string()))?;
+        Ok(Mailer {
+            transport: b.build(),
+            from,
+            people_team: cfg.people_team.clone(),
+            ops: cfg.ops.clone(),
+        })
+    }
+
+    /// One plain-text message. `message_id` is stable per purpose, so a copy
+    /// sent twice (a crash in the instant between the server's 250 and our
+    /// record of it) is recognisable as the same message by mail clients.
+    pub async fn send(
+        &self,
+        to: &[String],
+        subject: &str,
+        body: &str,
+        message_id: &str,
+    ) -> Result<(), NotifyError> {
+        let mut m = Message::builder()
+            .from(self.from.clone())
+            .subject(subject)
+            .message_id(Some(message_id.to_string()))
+            .header(ContentType::TEXT_PLAIN);
+        for t in to {
+            let mb: Mailbox = t
+                .parse()
+                .map_err(|e: lettre::address::AddressError| NotifyError::Config(e.to_string()))?;
+            m = m.to(mb);
+        }
+        let msg = m
+            .body(body.to_string())
+            .map_err(|e| NotifyError::Config(e.to_string()))?;
+        match self.transport.send(msg).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(NotifyError::Smtp {
+                permanent: if e.is_permanent() {
+                    Permanence::Permanent
+                } else {
+                    Permanence::Transient
+                },
+                detail: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// A Slack incoming webhook. The URL is the credential: it lives in a Secret.
+pub struct Slack {
+    url: Secret,
+    http: reqwest::Client,
+}
+
+impl Slack {
+    pub fn new(cfg: &SlackConfig, secrets: &Secrets, http: reqwest::Client) -> Result<Slack, NotifyError> {
+        Ok(Slack {
+            url: secrets.get(&cfg.webhook_env)?,
+            http,
+        })
+    }
+
+    /// Slack answers 200 `ok`; errors are plain-text codes (`invalid_token`,
+    /// `no_service`, `channel_not_found`, ...) with 4xx, which are not retried;
+    /// 429 (with `Retry-After`) and 5xx are retried twice.
+    pub async fn post(&self, text: &str) -> Result<(), NotifyError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self
+                .http
+                .post(self.url.expose())
+                .json(&serde_json::json!({"text": text}))
+                .send()
+                .await;
+            let r = match r {
+                Ok(r) => r,
+                Err(e) if attempt < 3 => {
+                    tracing::debug!(error = %e.without_url(), "Slack unreachable; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    continue;
+                }
+                // reqwest errors carry the URL, which is the secret: never show it.
+                Err(e) => {
+                    return Err(NotifyError::SlackUnreachable(
+                        if e.is_timeout() { "timed out" } else { "connection failed" }.into(),
+                    ));
+                }
+            };
+            let status = r.status().as_u16();
+            let wait = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let body = r.text().await.unwrap_or_default();
+            if (200..300).contains(&status) {
+                return Ok(());
+            }
+            if (status == 429 || status >= 500) && attempt < 3 {
+                let secs = wait.unwrap_or(1).min(30);
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                continue;
+            }
+            return Err(NotifyError::Slack {
+                status,
+                body: body.chars().take(200).collect(),
+            });
+        }
+    }
+}
+
+/// Why a person is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    StepFailed,
+    ConfigurationError,
+    SecurityRefusal,
+    ManagerCannotTakeTickets,
+}
+
+impl NoticeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::StepFailed => "step failed",
+            NoticeKind::ConfigurationError => "configuration error",
+            NoticeKind::SecurityRefusal => "approval refused for a security reason",
+            NoticeKind::ManagerCannotTakeTickets => "manager cannot take tickets",
+        }
+    }
+}
+
+pub struct Notice {
+    pub kind: NoticeKind,
+    /// What makes two notices the same (the error, not the issue): an outage
+    /// failing fifty issues is one cause.
+    pub cause: String,
+    pub detail: String,
+    pub url: Option<String>,
+}
+
+/// The dedupe key: kind and cause, with numbers blurred (ids, counts, times).
+pub fn notice_key(kind: NoticeKind, cause: &str) -> String {
+    let blurred: String = cause
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .take(120)
+        .collect();
+    format!("{}:{blurred}", kind.as_str())
+}
+
+/// Ops notices over Slack and/or e-mail, de-duplicated and rate-limited
+/// through the state store (so restarts do not re-send).
+pub struct Notifier {
+    mailer: Option<Arc<Mailer>>,
+    slack: Option<Slack>,
+    window: chrono::Duration,
+    max_per_hour: u32,
+}
+
+impl Notifier {
+    pub fn none() -> Notifier {
+        Notifier {
+            mailer: None,
+            slack: None,
+            window: chrono::Duration::hours(6),
+            max_per_hour: 10,
+        }
+    }
+
+    pub fn new(
+        cfg: &NotifyConfig,
+        mailer: Option<Arc<Mailer>>,
+        slack: Option<Slack>,
+    ) -> Result<Notifier, NotifyError> {
+        let window = crate::config::parse_duration(&cfg.dedupe_window)
+            .map_err(NotifyError::Config)
+            .and_then(|d| chrono::Duration::from_std(d).map_err(|e| NotifyError::Config(e.to_string())))?;
+        Ok(Notifier {
+            mailer: mailer.filter(|m| !m.ops.is_empty()),
+            slack,
+            window,
+            max_per_hour: cfg.max_per_hour,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.mailer.is_some() || self.slack.is_some()
+    }
+
+    /// Send unless the same notice went out within the window or the hourly
+    /// budget is spent. Never fails the caller: problems are logged.
+    pub async fn notice(&self, store: &Store, templates: &Templates, n: Notice) {
+        if !self.enabled() {
+            return;
+        }
+        let key = notice_key(n.kind, &n.cause);
+        let now = Utc::now();
+        match store.notice_sent_at(&key) {
+            Ok(Some(t)) if now - t < self.window => {
+                let _ = store.bump_suppressed();
+                tracing::debug!(kind = n.kind.as_str(), "notice already sent in the window; suppressed");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the notice record; not sending");
+                return;
+            }
+            _ => {}
+        }
+        if store
+            .notices_since(now - chrono::Duration::hours(1))
+            .unwrap_or(0)
+            >= self.max_per_hour as usize
+        {
+            let _ = store.bump_suppressed();
+            tracing::warn!(kind = n.kind.as_str(), "hourly notice budget spent; suppressed");
+            return;
+        }
+        let suppressed = store.suppressed().unwrap_or(0);
+        let text = match templates.render(
+            "ops_notice.txt",
+            &serde_json::json!({
+                "title": n.kind.as_str(),
+                "detail": n.detail,
+                "url": n.url,
+                "suppressed": suppressed,
+            }),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot render the ops notice");
+                return;
+            }
+        };
+        let mut delivered = false;
+        if let Some(s) = &self.slack {
+            match s.post(&text).await {
+                Ok(()) => delivered = true,
+                Err(e) => tracing::error!(error = %e, "ops notice not delivered to Slack"),
+            }
+        }
+        if let Some(m) = &self.mailer {
+            let id = format!("<notice-{}@access-bot>", hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(format!("{key}{now}").as_bytes())[..8]));
+            match m
+                .send(&m.ops, &format!("access-bot: {}", n.kind.as_str()), &text, &id)
+                .await
+            {
+                Ok(()) => delivered = true,
+                Err(e) => tracing::error!(error = %e, "ops notice not delivered by e-mail"),
+            }
+        }
+        if delivered {
+            let _ = store.record_notice(&key, now, suppressed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_blur_numbers_so_one_outage_is_one_notice() {
+        assert_eq!(
+            notice_key(NoticeKind::StepFailed, "Zendesk global: HTTP 503 after 4 attempts (issue 12)"),
+            notice_key(NoticeKind::StepFailed, "Zendesk global: HTTP 503 after 4 attempts (issue 97)"),
+        );
+        assert_ne!(
+            notice_key(NoticeKind::StepFailed, "Zendesk global: HTTP 503"),
+            notice_key(NoticeKind::StepFailed, "Zendesk federal: HTTP 503"),
+        );
+    }
+}
