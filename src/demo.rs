@@ -272,6 +272,17 @@ impl Demo {
         sb.add_label("mlee", iid("team tag"), "AR-Approval::Manager Approved")
             .await?;
         run_until_quiet(&bot, 4).await;
+        // A maintainer merges the merge request deleting Casey's Support Team file.
+        let open_mrs: Vec<u64> = sb
+            .gitlab
+            .lock()
+            .project(crate::sandbox::SUPPORT_TEAM)
+            .map(|p| p.merge_requests.iter().map(|m| m.iid).collect())
+            .unwrap_or_default();
+        for mr in open_mrs {
+            sb.gitlab.lock().merge(crate::sandbox::SUPPORT_TEAM, mr);
+        }
+        run_until_quiet(&bot, 4).await;
 
         let mut demo = Demo {
             sandbox: sb,
@@ -345,6 +356,20 @@ impl Demo {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+        }
+        drop(g);
+        let _ = writeln!(t, "\nE-mails sent (SMTP sink):");
+        for m in sb.smtp.messages() {
+            let _ = writeln!(
+                t,
+                "  to {}: {}",
+                m.to.join(", "),
+                m.header("Subject").unwrap_or_default()
+            );
+        }
+        let _ = writeln!(t, "\nSlack notices to ops:");
+        for text in sb.slack.texts() {
+            let _ = writeln!(t, "  {}", text.lines().collect::<Vec<_>>().join(" / "));
         }
         self.transcript = t;
     }
@@ -508,6 +533,35 @@ impl Demo {
             "offboarding: evidence table",
             comments("offboarding").contains("| Account | Before | After |"),
         );
+        fail(
+            "offboarding: Support Team file deleted by a merged merge request, item ticked",
+            sb.gitlab
+                .lock()
+                .project(crate::sandbox::SUPPORT_TEAM)
+                .is_some_and(|p| {
+                    p.merge_requests.iter().any(|m| m.state == "merged")
+                        && p.files
+                            .get("main")
+                            .is_some_and(|f| !f.contains_key("data/agents/cquinn.yaml"))
+                })
+                && sb
+                    .ticked(iid("offboarding"))
+                    .iter()
+                    .any(|t| t.contains("Support Team")),
+        );
+        // 4b. The People team got the verification e-mail, once per Federal request.
+        fail(
+            "US Federal: the People team was e-mailed once per request",
+            sb.smtp
+                .messages()
+                .iter()
+                .filter(|m| {
+                    m.header("Subject").as_deref() == Some("US Citizenship Verification Request")
+                        && m.to == ["people-connect@gitlab.com"]
+                })
+                .count()
+                == 2,
+        );
         // 8. Security.
         fail(
             "self-approval: nothing granted",
@@ -516,6 +570,13 @@ impl Demo {
         fail(
             "self-approval: the comment says why",
             comments("security: self-approval").contains("self-approval does not count"),
+        );
+        fail(
+            "self-approval: ops were told on Slack",
+            sb.slack
+                .texts()
+                .iter()
+                .any(|t| t.contains("security reason") || t.contains("does not count")),
         );
     }
 }

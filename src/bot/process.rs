@@ -312,7 +312,11 @@ impl Bot {
                             format!(
                                 "#{}: an approval does not count: {}",
                                 request.iid,
-                                sig.join("; ")
+                                views
+                                    .iter()
+                                    .map(|v| format!("{} {}", v.label, v.detail))
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
                             ),
                             Some(request.web_url.clone()),
                         )
