@@ -565,7 +565,10 @@ impl Config {
                 if e.tls == "none" && !loopback {
                     return Err(err(
                         "tls",
-                        format!("notify.email.tls = \"none\" sends credentials and personal data in clear text; only allowed for a loopback host, not {:?}", e.smtp_host),
+                        format!(
+                            "notify.email.tls = \"none\" sends credentials and personal data in clear text; only allowed for a loopback host, not {:?}",
+                            e.smtp_host
+                        ),
                     ));
                 }
                 if e.username_env.is_some() != e.password_env.is_some() {
@@ -574,9 +577,17 @@ impl Config {
                         "notify.email: set both username_env and password_env, or neither".into(),
                     ));
                 }
-                for a in e.people_team.iter().chain(&e.ops).chain(std::iter::once(&e.from)) {
+                for a in e
+                    .people_team
+                    .iter()
+                    .chain(&e.ops)
+                    .chain(std::iter::once(&e.from))
+                {
                     if crate::request::Email::parse(a).is_err() {
-                        return Err(err(a, format!("notify.email: {a:?} is not an e-mail address")));
+                        return Err(err(
+                            a,
+                            format!("notify.email: {a:?} is not an e-mail address"),
+                        ));
                     }
                 }
             }

@@ -529,10 +529,7 @@ impl GitlabApi for GitlabClient {
                 .build(),
         )?;
         let ep = api::ignore(ep);
-        match self
-            .retry("file", || ep.query_async(&self.client))
-            .await
-        {
+        match self.retry("file", || ep.query_async(&self.client)).await {
             Ok(()) => Ok(true),
             Err(GitlabError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -547,10 +544,7 @@ impl GitlabApi for GitlabClient {
                 .build(),
         )?;
         let ep = api::ignore(ep);
-        match self
-            .retry("branch", || ep.query_async(&self.client))
-            .await
-        {
+        match self.retry("branch", || ep.query_async(&self.client)).await {
             Ok(()) => Ok(true),
             Err(GitlabError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),

@@ -21,8 +21,11 @@ pub enum NotifyError {
     Config(String),
     #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
-    #[error("the SMTP server refused the message ({permanent}): {detail}")]
-    Smtp { permanent: Permanence, detail: String },
+    #[error("the SMTP server refused the message: {detail} ({permanent})")]
+    Smtp {
+        permanent: Permanence,
+        detail: String,
+    },
     #[error("Slack refused the notice: HTTP {status} {body}")]
     Slack { status: u16, body: String },
     #[error("Slack could not be reached: {0}")]
@@ -38,8 +41,8 @@ pub enum Permanence {
 impl std::fmt::Display for Permanence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Permanence::Permanent => "permanent: fix the address or the account",
-            Permanence::Transient => "transient: it will be retried",
+            Permanence::Permanent => "permanent",
+            Permanence::Transient => "transient",
         })
     }
 }
@@ -56,10 +59,13 @@ impl Mailer {
     pub fn new(cfg: &EmailConfig, secrets: &Secrets) -> Result<Mailer, NotifyError> {
         let bad = |e: lettre::transport::smtp::Error| NotifyError::Config(e.to_string());
         let mut b = match cfg.tls.as_str() {
-            "implicit" => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.smtp_host).map_err(bad)?,
+            "implicit" => {
+                AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.smtp_host).map_err(bad)?
+            }
             "none" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.smtp_host),
-            _ => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.smtp_host)
-                .map_err(bad)?,
+            _ => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.smtp_host).map_err(bad)?
+            }
         };
         let port = cfg.smtp_port.unwrap_or(match cfg.tls.as_str() {
             "implicit" => 465,
@@ -129,7 +135,11 @@ pub struct Slack {
 }
 
 impl Slack {
-    pub fn new(cfg: &SlackConfig, secrets: &Secrets, http: reqwest::Client) -> Result<Slack, NotifyError> {
+    pub fn new(
+        cfg: &SlackConfig,
+        secrets: &Secrets,
+        http: reqwest::Client,
+    ) -> Result<Slack, NotifyError> {
         Ok(Slack {
             url: secrets.get(&cfg.webhook_env)?,
             http,
@@ -159,7 +169,12 @@ impl Slack {
                 // reqwest errors carry the URL, which is the secret: never show it.
                 Err(e) => {
                     return Err(NotifyError::SlackUnreachable(
-                        if e.is_timeout() { "timed out" } else { "connection failed" }.into(),
+                        if e.is_timeout() {
+                            "timed out"
+                        } else {
+                            "connection failed"
+                        }
+                        .into(),
                     ));
                 }
             };
@@ -252,7 +267,9 @@ impl Notifier {
     ) -> Result<Notifier, NotifyError> {
         let window = crate::config::parse_duration(&cfg.dedupe_window)
             .map_err(NotifyError::Config)
-            .and_then(|d| chrono::Duration::from_std(d).map_err(|e| NotifyError::Config(e.to_string())))?;
+            .and_then(|d| {
+                chrono::Duration::from_std(d).map_err(|e| NotifyError::Config(e.to_string()))
+            })?;
         Ok(Notifier {
             mailer: mailer.filter(|m| !m.ops.is_empty()),
             slack,
@@ -276,7 +293,10 @@ impl Notifier {
         match store.notice_sent_at(&key) {
             Ok(Some(t)) if now - t < self.window => {
                 let _ = store.bump_suppressed();
-                tracing::debug!(kind = n.kind.as_str(), "notice already sent in the window; suppressed");
+                tracing::debug!(
+                    kind = n.kind.as_str(),
+                    "notice already sent in the window; suppressed"
+                );
                 return;
             }
             Err(e) => {
@@ -291,7 +311,10 @@ impl Notifier {
             >= self.max_per_hour as usize
         {
             let _ = store.bump_suppressed();
-            tracing::warn!(kind = n.kind.as_str(), "hourly notice budget spent; suppressed");
+            tracing::warn!(
+                kind = n.kind.as_str(),
+                "hourly notice budget spent; suppressed"
+            );
             return;
         }
         let suppressed = store.suppressed().unwrap_or(0);
@@ -318,9 +341,19 @@ impl Notifier {
             }
         }
         if let Some(m) = &self.mailer {
-            let id = format!("<notice-{}@access-bot>", hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(format!("{key}{now}").as_bytes())[..8]));
+            let id = format!(
+                "<notice-{}@access-bot>",
+                hex::encode(
+                    &<sha2::Sha256 as sha2::Digest>::digest(format!("{key}{now}").as_bytes())[..8]
+                )
+            );
             match m
-                .send(&m.ops, &format!("access-bot: {}", n.kind.as_str()), &text, &id)
+                .send(
+                    &m.ops,
+                    &format!("access-bot: {}", n.kind.as_str()),
+                    &text,
+                    &id,
+                )
                 .await
             {
                 Ok(()) => delivered = true,
@@ -340,8 +373,14 @@ mod tests {
     #[test]
     fn keys_blur_numbers_so_one_outage_is_one_notice() {
         assert_eq!(
-            notice_key(NoticeKind::StepFailed, "Zendesk global: HTTP 503 after 4 attempts (issue 12)"),
-            notice_key(NoticeKind::StepFailed, "Zendesk global: HTTP 503 after 4 attempts (issue 97)"),
+            notice_key(
+                NoticeKind::StepFailed,
+                "Zendesk global: HTTP 503 after 4 attempts (issue 12)"
+            ),
+            notice_key(
+                NoticeKind::StepFailed,
+                "Zendesk global: HTTP 503 after 4 attempts (issue 97)"
+            ),
         );
         assert_ne!(
             notice_key(NoticeKind::StepFailed, "Zendesk global: HTTP 503"),

@@ -421,9 +421,11 @@ impl Store {
     pub fn notice_sent_at(&self, key: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(self
             .c()
-            .query_row("SELECT sent_at FROM notice WHERE key = ?1", params![key], |r| {
-                r.get::<_, String>(0)
-            })
+            .query_row(
+                "SELECT sent_at FROM notice WHERE key = ?1",
+                params![key],
+                |r| r.get::<_, String>(0),
+            )
             .optional()?
             .map(|s| parse_ts(&s)))
     }
@@ -458,7 +460,12 @@ impl Store {
     }
 
     /// A notice went out; the suppressed ones it mentioned are accounted for.
-    pub fn record_notice(&self, key: &str, at: DateTime<Utc>, mentioned: u64) -> Result<(), StoreError> {
+    pub fn record_notice(
+        &self,
+        key: &str,
+        at: DateTime<Utc>,
+        mentioned: u64,
+    ) -> Result<(), StoreError> {
         let c = self.c();
         c.execute(
             "INSERT INTO notice (key, sent_at) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET sent_at = ?2",
@@ -476,7 +483,11 @@ impl Store {
     pub fn delivered(&self, key: &str) -> Result<bool, StoreError> {
         Ok(self
             .c()
-            .query_row("SELECT 1 FROM delivery WHERE key = ?1", params![key], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM delivery WHERE key = ?1",
+                params![key],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some())
     }
@@ -489,7 +500,12 @@ impl Store {
         Ok(())
     }
 
-    pub fn support_mr(&self, project: &str, iid: u64, username: &str) -> Result<Option<SupportMr>, StoreError> {
+    pub fn support_mr(
+        &self,
+        project: &str,
+        iid: u64,
+        username: &str,
+    ) -> Result<Option<SupportMr>, StoreError> {
         Ok(self
             .c()
             .query_row(

@@ -401,7 +401,12 @@ impl Bot {
                 request.iid
             );
             match m
-                .send(&m.people_team, "US Citizenship Verification Request", &body, &id)
+                .send(
+                    &m.people_team,
+                    "US Citizenship Verification Request",
+                    &body,
+                    &id,
+                )
                 .await
             {
                 Ok(()) => {

@@ -41,27 +41,32 @@ impl Bot {
             let path = st.path.replace("{username}", &username);
             let row = match self.store.support_mr(project, req.iid, &username)? {
                 Some(r) => r,
-                None => match self.open_support_mr(project, req, &st, &username, &path).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let text = e.to_string();
-                        wb.sections.push(Section {
+                None => {
+                    match self
+                        .open_support_mr(project, req, &st, &username, &path)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let text = e.to_string();
+                            wb.sections.push(Section {
                             template: "support_team.md",
                             ctx: json!({"kind": "failed", "path": path, "repo": st.project, "error": text}),
                             step: "support-team",
                             key: format!("support-team:failed:{username}:{}", hash(&text)),
                             digest: String::new(),
                         });
-                        self.tell_ops(
+                            self.tell_ops(
                             crate::notify::NoticeKind::StepFailed,
                             format!("support team {}: {text}", st.project),
                             format!("#{}: cannot open the merge request deleting {path} in {}: {text}", req.iid, st.project),
                             Some(req.web_url.clone()),
                         )
                         .await;
-                        return Ok(Some(text));
+                            return Ok(Some(text));
+                        }
                     }
-                },
+                }
             };
             let (kind, key) = match row.state.as_str() {
                 "none" => ("none", format!("support-team:none:{username}")),
@@ -119,7 +124,10 @@ impl Bot {
                             path,
                             &branch,
                             &st.target_branch,
-                            &format!("Remove {path}: {username} was offboarded\n\n{}", req.web_url),
+                            &format!(
+                                "Remove {path}: {username} was offboarded\n\n{}",
+                                req.web_url
+                            ),
                         )
                         .await?;
                 }
@@ -147,7 +155,12 @@ impl Bot {
                     .await?
             }
         };
-        row.state = if mr.state == "merged" { "merged" } else { "open" }.into();
+        row.state = if mr.state == "merged" {
+            "merged"
+        } else {
+            "open"
+        }
+        .into();
         row.mr_iid = Some(mr.iid);
         row.mr_url = Some(mr.web_url);
         self.store.set_support_mr(&row)?;

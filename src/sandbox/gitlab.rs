@@ -685,18 +685,32 @@ async fn delete_file(
     if p.writers.as_ref().is_some_and(|ws| !ws.contains(&user)) {
         return err(StatusCode::FORBIDDEN, "403 Forbidden");
     }
-    let (Some(branch), Some(_message)) = (param(&params, "branch"), param(&params, "commit_message")) else {
-        return err(StatusCode::BAD_REQUEST, "branch, commit_message are missing");
+    let (Some(branch), Some(_message)) =
+        (param(&params, "branch"), param(&params, "commit_message"))
+    else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "branch, commit_message are missing",
+        );
     };
     if !p.files.contains_key(branch) {
-        let Some(start) = param(&params, "start_branch").and_then(|b| p.files.get(b)).cloned() else {
-            return err(StatusCode::BAD_REQUEST, "You can only create or edit files when you are on a branch");
+        let Some(start) = param(&params, "start_branch")
+            .and_then(|b| p.files.get(b))
+            .cloned()
+        else {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "You can only create or edit files when you are on a branch",
+            );
         };
         p.files.insert(branch.to_string(), start);
     }
     let files = p.files.entry(branch.to_string()).or_default();
     if files.remove(&file_path).is_none() {
-        return err(StatusCode::BAD_REQUEST, "A file with this name doesn't exist");
+        return err(
+            StatusCode::BAD_REQUEST,
+            "A file with this name doesn't exist",
+        );
     }
     StatusCode::NO_CONTENT.into_response()
 }
@@ -762,7 +776,11 @@ async fn create_mr(
     let reviewers: Vec<u64> = params
         .iter()
         .filter(|(k, _)| k == "reviewer_ids[]" || k == "reviewer_ids")
-        .flat_map(|(_, v)| v.split(',').filter_map(|x| x.trim().parse().ok()).collect::<Vec<u64>>())
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
         .collect();
     let Some(p) = w.project_mut(&project) else {
         return err(StatusCode::NOT_FOUND, "404 Project Not Found");
@@ -775,10 +793,17 @@ async fn create_mr(
         param(&params, "target_branch"),
         param(&params, "title"),
     ) else {
-        return err(StatusCode::BAD_REQUEST, "source_branch, target_branch, title are missing");
+        return err(
+            StatusCode::BAD_REQUEST,
+            "source_branch, target_branch, title are missing",
+        );
     };
     if !p.files.contains_key(source) {
-        return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"message": ["Source branch does not exist"]}))).into_response();
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({"message": ["Source branch does not exist"]})),
+        )
+            .into_response();
     }
     if let Some(m) = p
         .merge_requests

@@ -281,7 +281,12 @@ impl Sandbox {
                 "data/agents/cquinn.yaml",
                 "name: Casey Quinn\nzendesk: global\n",
             );
-            w.put_file(SUPPORT_TEAM, "main", "data/agents/lyle.yaml", "name: Lyle Kozloff\n");
+            w.put_file(
+                SUPPORT_TEAM,
+                "main",
+                "data/agents/lyle.yaml",
+                "name: Lyle Kozloff\n",
+            );
         }
         if let Some(st) = config.support_team.as_mut() {
             st.project = SUPPORT_TEAM.to_string();
@@ -297,8 +302,12 @@ impl Sandbox {
         let slack_path = "/services/T0SANDBOX/B0SANDBOX/sandboxslacksecret".to_string();
         slack.lock().path = slack_path.clone();
         let slack_knobs = Knobs::new(Flavor::Other);
-        let (slack_addr, t_slack) =
-            serve(notify::slack_router(slack.clone()), slack_knobs.clone(), port(11)).await?;
+        let (slack_addr, t_slack) = serve(
+            notify::slack_router(slack.clone()),
+            slack_knobs.clone(),
+            port(11),
+        )
+        .await?;
         tasks.push(t_slack);
         if let Some(n) = config.notify.as_mut() {
             if let Some(e) = n.email.as_mut() {

@@ -79,7 +79,10 @@ impl SmtpSink {
         }
     }
 
-    pub async fn serve(&self, port: u16) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    pub async fn serve(
+        &self,
+        port: u16,
+    ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let sink = self.clone();
@@ -97,7 +100,8 @@ impl SmtpSink {
     async fn session(&self, stream: tokio::net::TcpStream) -> std::io::Result<()> {
         let (r, mut w) = stream.into_split();
         let mut lines = BufReader::new(r);
-        w.write_all(b"220 smtp.sandbox ESMTP access-bot sandbox\r\n").await?;
+        w.write_all(b"220 smtp.sandbox ESMTP access-bot sandbox\r\n")
+            .await?;
         let mut from = String::new();
         let mut to: Vec<String> = Vec::new();
         let mut user: Option<String> = None;
@@ -179,7 +183,8 @@ impl SmtpSink {
                 if to.is_empty() {
                     "503 5.5.1 Error: need RCPT command".into()
                 } else {
-                    w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+                    w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                        .await?;
                     let mut data = String::new();
                     loop {
                         let mut l = String::new();
