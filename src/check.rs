@@ -43,6 +43,28 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
                             Err(e) => out.push((false, format!("GitLab project {p}: {e}"))),
                         }
                     }
+                    if let Some(st) = &cfg.support_team {
+                        match gl.branch_exists(&st.project, &st.target_branch).await {
+                            Ok(true) => out.push((
+                                true,
+                                format!(
+                                    "Support Team repository {}: branch {} readable",
+                                    st.project, st.target_branch
+                                ),
+                            )),
+                            Ok(false) => out.push((
+                                false,
+                                format!(
+                                    "Support Team repository {}: no branch {} (support_team.target_branch)",
+                                    st.project, st.target_branch
+                                ),
+                            )),
+                            Err(e) => out.push((
+                                false,
+                                format!("Support Team repository {}: {e}", st.project),
+                            )),
+                        }
+                    }
                 }
                 Ok(me) => out.push((
                     false,
@@ -119,6 +141,34 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
                         Err(e) => out.push((false, format!("Google group {group} ({name}): {e}"))),
                     }
                 }
+            }
+        }
+    }
+    if let Some(n) = &cfg.notify {
+        if let Some(e) = &n.email {
+            match crate::notify::Mailer::new(e, secrets) {
+                Err(err) => out.push((false, format!("SMTP: {err}"))),
+                Ok(m) => match m.check().await {
+                    Ok(()) => out.push((
+                        true,
+                        format!("SMTP {} ({}): connected and accepted", e.smtp_host, e.tls),
+                    )),
+                    Err(err) => out.push((false, format!("SMTP {}: {err}", e.smtp_host))),
+                },
+            }
+        }
+        if let Some(sl) = &n.slack {
+            // Slack has no way to test a webhook without posting to the channel.
+            match secrets.get(&sl.webhook_env) {
+                Ok(url) if url.expose().starts_with("https://hooks.slack.com/") => out.push((
+                    true,
+                    "Slack webhook: configured (not posted to; Slack has no test call)".into(),
+                )),
+                Ok(_) => out.push((
+                    true,
+                    "Slack webhook: configured, not a hooks.slack.com address (a proxy or a test server?)".into(),
+                )),
+                Err(e) => out.push((false, format!("Slack: {e}"))),
             }
         }
     }

@@ -90,6 +90,25 @@ impl Mailer {
         })
     }
 
+    /// Connect, greet and authenticate, without sending anything (`check`).
+    pub async fn check(&self) -> Result<(), NotifyError> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(NotifyError::Smtp {
+                permanent: Permanence::Transient,
+                detail: "the server did not answer NOOP".into(),
+            }),
+            Err(e) => Err(NotifyError::Smtp {
+                permanent: if e.is_permanent() {
+                    Permanence::Permanent
+                } else {
+                    Permanence::Transient
+                },
+                detail: e.to_string(),
+            }),
+        }
+    }
+
     /// One plain-text message. `message_id` is stable per purpose, so a copy
     /// sent twice (a crash in the instant between the server's 250 and our
     /// record of it) is recognisable as the same message by mail clients.

@@ -510,6 +510,16 @@ async fn check_reports_each_system_and_exactly_what_is_wrong() {
             .iter()
             .any(|(_, l)| l.contains("connected as @access-bot"))
     );
+    for needle in [
+        "SMTP 127.0.0.1 (none): connected and accepted",
+        "Support Team repository gitlab-support-readiness/support-team: branch main readable",
+        "Slack webhook: configured",
+    ] {
+        assert!(
+            lines.iter().any(|(_, l)| l.contains(needle)),
+            "{needle}: {lines:#?}"
+        );
+    }
 
     let mut cfg = sb.config.clone();
     cfg.zendesk
@@ -528,7 +538,7 @@ async fn check_reports_each_system_and_exactly_what_is_wrong() {
             .enumerate()
             .map(|(i, v)| (format!("unused{i}"), v))
             .chain(sb.config.secret_envs().into_iter().map(|(var, _)| {
-                let v = if var == "ZENDESK_GLOBAL_CLIENT_SECRET" {
+                let v = if var == "ZENDESK_GLOBAL_CLIENT_SECRET" || var == "SMTP_PASSWORD" {
                     "wrong".to_string()
                 } else {
                     sb.secrets.get(&var).unwrap().expose().to_string()
@@ -554,6 +564,12 @@ async fn check_reports_each_system_and_exactly_what_is_wrong() {
         fails
             .iter()
             .any(|l| l.contains("okta-nope@gitlab.com") && l.contains("does not exist")),
+        "{fails:#?}"
+    );
+    assert!(
+        fails
+            .iter()
+            .any(|l| l.starts_with("SMTP 127.0.0.1") && l.contains("535")),
         "{fails:#?}"
     );
 }
