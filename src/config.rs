@@ -57,6 +57,9 @@ pub struct NotifyConfig {
     /// and mentioned in the next one that goes out.
     #[serde(default = "default_max_per_hour")]
     pub max_per_hour: u32,
+    /// Cron expression (with seconds) for a digest of the last 24 hours to ops; none by default.
+    #[serde(default)]
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -554,6 +557,10 @@ impl Config {
         if let Some(n) = &self.notify {
             parse_duration(&n.dedupe_window)
                 .map_err(|e| err("dedupe_window", format!("notify.dedupe_window: {e}")))?;
+            if let Some(c) = &n.digest {
+                c.parse::<cron::Schedule>()
+                    .map_err(|e| err(c, format!("notify.digest: {e}")))?;
+            }
             if let Some(e) = &n.email {
                 if !["starttls", "implicit", "none"].contains(&e.tls.as_str()) {
                     return Err(err(

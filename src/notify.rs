@@ -352,36 +352,35 @@ impl Notifier {
                 return;
             }
         };
+        let id = format!("{key}{now}");
+        if self
+            .deliver(&format!("access-bot: {}", n.kind.as_str()), &text, &id)
+            .await
+        {
+            let _ = store.record_notice(&key, now, suppressed);
+        }
+    }
+
+    /// Send a text to every ops channel; true if at least one took it.
+    pub async fn deliver(&self, subject: &str, text: &str, id_seed: &str) -> bool {
         let mut delivered = false;
         if let Some(s) = &self.slack {
-            match s.post(&text).await {
+            match s.post(text).await {
                 Ok(()) => delivered = true,
                 Err(e) => tracing::error!(error = %e, "ops notice not delivered to Slack"),
             }
         }
         if let Some(m) = &self.mailer {
             let id = format!(
-                "<notice-{}@access-bot>",
-                hex::encode(
-                    &<sha2::Sha256 as sha2::Digest>::digest(format!("{key}{now}").as_bytes())[..8]
-                )
+                "<ops-{}@access-bot>",
+                hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(id_seed.as_bytes())[..8])
             );
-            match m
-                .send(
-                    &m.ops,
-                    &format!("access-bot: {}", n.kind.as_str()),
-                    &text,
-                    &id,
-                )
-                .await
-            {
+            match m.send(&m.ops, subject, text, &id).await {
                 Ok(()) => delivered = true,
                 Err(e) => tracing::error!(error = %e, "ops notice not delivered by e-mail"),
             }
         }
-        if delivered {
-            let _ = store.record_notice(&key, now, suppressed);
-        }
+        delivered
     }
 }
 

@@ -43,6 +43,7 @@ pub const TEMPLATES: &[(&str, &str)] = embedded!(
     "email_failed.md",
     "support_team.md",
     "support_team_mr.md",
+    "digest.txt",
 );
 
 #[derive(Debug, thiserror::Error)]

@@ -379,5 +379,21 @@ async fn no_file_ticks_nothing_and_a_refusing_repository_is_a_clear_error() {
             .any(|t| t.contains("403") && t.contains("support-team"))
     );
     assert!(repo_files(&sb, "main").contains(&"data/agents/cquinn.yaml".to_string()));
-    let _ = PROJECT;
+}
+
+#[tokio::test]
+async fn the_daily_digest_counts_the_days_changes_once() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let b = sb.bot().await.unwrap();
+    file(&sb, "role-based entitlement").await;
+    run_until_quiet(&b, 3).await;
+    assert!(b.digest().await, "sent");
+    assert!(!b.digest().await, "once a day");
+    let texts = sb.slack.texts();
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    let t = &texts[0];
+    assert!(t.contains("the last 24 hours"), "{t}");
+    assert!(t.contains("changes on 1 issues"), "{t}");
+    assert!(t.contains("global create_agent"), "{t}");
+    assert!(t.contains(&format!("{PROJECT}#1")), "{t}");
 }

@@ -37,6 +37,8 @@ pub enum Event {
     Issue { project: String, iid: u64 },
     /// Review idle paid seats (`[seat_audit] schedule`).
     SeatAudit,
+    /// Send ops the digest of the last 24 hours (`[notify] digest`).
+    Digest,
 }
 
 /// What happened to one issue in one cycle.
@@ -278,6 +280,10 @@ impl Bot {
                 }
                 report
             }
+            Event::Digest => {
+                self.digest().await;
+                CycleReport::default()
+            }
             Event::Issue { project, iid } => {
                 let o = self.process(&project, iid).await;
                 CycleReport {
@@ -286,6 +292,66 @@ impl Bot {
                 }
             }
         }
+    }
+
+    /// What the bot did in the last 24 hours, to ops (Slack and/or e-mail), once
+    /// a day: the audit trail counted by action and outcome, and the issues.
+    pub async fn digest(&self) -> bool {
+        if self.dry_run || !self.notifier.enabled() {
+            return false;
+        }
+        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let key = format!("digest:{today}");
+        if self.store.delivered(&key).unwrap_or(true) {
+            return false;
+        }
+        let rows = self
+            .store
+            .audit_rows(&crate::store::AuditQuery {
+                since: Some(chrono::Utc::now() - chrono::Duration::hours(24)),
+                ..Default::default()
+            })
+            .unwrap_or_default();
+        let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+        let mut issues: BTreeSet<(String, u64)> = BTreeSet::new();
+        for r in &rows {
+            // Step keys are `instance/email/type...`; other rows are a bare action.
+            let kind: String = r
+                .action
+                .split('/')
+                .nth(2)
+                .unwrap_or(&r.action)
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let action = format!("{} {kind}", r.instance);
+            *counts.entry((action, r.outcome.clone())).or_insert(0) += 1;
+            issues.insert((r.project.clone(), r.iid));
+        }
+        let ctx = serde_json::json!({
+            "date": today,
+            "changes": rows.len(),
+            "counts": counts
+                .iter()
+                .map(|((a, o), n)| serde_json::json!({"action": a, "outcome": o, "n": n}))
+                .collect::<Vec<_>>(),
+            "issues": issues.iter().map(|(p, i)| format!("{p}#{i}")).collect::<Vec<_>>(),
+        });
+        let text = match self.templates.render("digest.txt", &ctx) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot render the digest");
+                return false;
+            }
+        };
+        let sent = self
+            .notifier
+            .deliver(&format!("access-bot: digest {today}"), &text, &key)
+            .await;
+        if sent {
+            let _ = self.store.record_delivery(&key, "ops");
+        }
+        sent
     }
 
     /// One pass over every project: changed issues, plus those to retry.

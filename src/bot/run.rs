@@ -257,6 +257,24 @@ pub async fn run(
                 }
             })
         });
+    let digest_ticker = bot
+        .cfg
+        .notify
+        .as_ref()
+        .and_then(|n| n.digest.as_deref())
+        .and_then(|c| c.parse::<cron::Schedule>().ok())
+        .map(|sched| {
+            let tx = tx.clone();
+            let schedule = PollSchedule::Cron(Box::new(sched));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(next_delay(&schedule)).await;
+                    if tx.send(Event::Digest).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        });
     tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
@@ -276,7 +294,7 @@ pub async fn run(
     }
     tracing::info!("shutting down");
     ticker.abort();
-    if let Some(t) = seat_ticker {
+    for t in [seat_ticker, digest_ticker].into_iter().flatten() {
         t.abort();
     }
     if let Some(w) = web {
