@@ -284,6 +284,63 @@ impl Demo {
         }
         run_until_quiet(&bot, 4).await;
 
+        // The monthly idle-seat review: everyone above logged in today, Dana not
+        // for 200 days. The review issue lists her; a reviewer ticks her line.
+        for z in sb.zendesk.values() {
+            for u in z.server.lock().users.values_mut() {
+                u.last_login_at = Some(chrono::Utc::now());
+            }
+        }
+        sb.seed_zendesk(&ZendeskAccount {
+            instance: "global".into(),
+            name: "Dana Idle".into(),
+            email: "dana.idle@gitlab.com".into(),
+            role: "agent".into(),
+            custom_role: Some("Support Engineer".into()),
+            groups: vec![],
+            tags: vec![],
+            user_fields: Default::default(),
+            open_tickets: 0,
+            suspended: false,
+            last_login_days_ago: Some(200),
+        })?;
+        bot.audit_seats(None).await?;
+        let label = bot
+            .cfg
+            .seat_audit
+            .as_ref()
+            .map(|s| s.label.clone())
+            .unwrap_or_default();
+        let review = sb
+            .gitlab
+            .lock()
+            .project(crate::sandbox::PROJECT)
+            .and_then(|p| {
+                p.issues
+                    .iter()
+                    .find(|i| i.labels.contains(&label))
+                    .map(|i| i.iid)
+            })
+            .unwrap_or(0);
+        let ticked: String = sb
+            .description(review)
+            .lines()
+            .map(|l| {
+                if l.contains("(dana.idle@gitlab.com)") {
+                    l.replacen("- [ ]", "- [x]", 1)
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        sb.edit_description("lyle", review, &ticked).await?;
+        run_until_quiet(&bot, 4).await;
+        issues.push(DemoIssue {
+            name: "seat review",
+            iid: review,
+        });
+
         let mut demo = Demo {
             sandbox: sb,
             issues,
@@ -561,6 +618,13 @@ impl Demo {
                 })
                 .count()
                 == 2,
+        );
+        // 9. Seat review.
+        fail(
+            "seat review: Dana's idle seat reclaimed on the reviewer's tick, review closed",
+            zd("global", "dana.idle@gitlab.com")
+                .is_some_and(|u| u.custom_role_id == sb.zd("global").light_agent_role())
+                && sb.state(iid("seat review")) == "closed",
         );
         // 8. Security.
         fail(

@@ -398,6 +398,11 @@ impl Sandbox {
             "\n[google]\nbase_url = \"http://{}\"\n# the key's token_uri is http://{}/token\n",
             self.google_addr, self.google_addr
         ));
+        s.push_str(&format!(
+            "\n[notify.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"none\"\n# an SMTP sink: it keeps what it receives\n\n[notify.slack]\n# a fake incoming webhook at http://{}/services/T0SANDBOX/B0SANDBOX/sandboxslacksecret\n",
+            self.smtp_addr.port(),
+            self.slack_addr
+        ));
         s
     }
 }
