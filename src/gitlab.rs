@@ -266,6 +266,16 @@ impl GitlabClient {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, CrateError>>,
     {
+        let r = self.retry_inner(what, f).await;
+        crate::metrics::api("gitlab", &r);
+        r
+    }
+
+    async fn retry_inner<T, F, Fut>(&self, what: &str, f: F) -> Result<T, GitlabError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, CrateError>>,
+    {
         let mut attempt = 0;
         loop {
             let err = match f().await {
@@ -433,7 +443,7 @@ impl GitlabApi for GitlabClient {
             .body(body)
             .build()
             .map_err(|e| GitlabError::Rejected(e.to_string()))?;
-        match api::ignore(ep).query_async(&self.client).await {
+        let r = match api::ignore(ep).query_async(&self.client).await {
             Ok(()) => Ok(()),
             Err(api::ApiError::GitlabRateLimited { retry_after, .. }) => {
                 // A 429 means the note was not created: waiting and sending once more is safe.
@@ -456,7 +466,9 @@ impl GitlabApi for GitlabClient {
                 attempts: 1,
                 detail: scrub(&e.to_string()),
             }),
-        }
+        };
+        crate::metrics::api("gitlab", &r);
+        r
     }
 
     async fn edit_issue(
@@ -507,12 +519,15 @@ impl GitlabApi for GitlabClient {
             .confidential(true)
             .build()
             .map_err(|e| GitlabError::Rejected(e.to_string()))?;
-        ep.query_async(&self.client)
+        let r = ep
+            .query_async(&self.client)
             .await
             .map_err(|e| GitlabError::Exhausted {
                 attempts: 1,
                 detail: scrub(&e.to_string()),
-            })
+            });
+        crate::metrics::api("gitlab", &r);
+        r
     }
 
     async fn file_exists(
@@ -570,10 +585,12 @@ impl GitlabApi for GitlabClient {
         )?;
         // Not retried blindly: a commit that landed but whose answer was lost
         // is found by the caller (the branch exists) on its next pass.
-        api::ignore(ep)
+        let r = api::ignore(ep)
             .query_async(&self.client)
             .await
-            .map_err(|e| GitlabError::Rejected(scrub(&e.to_string())))
+            .map_err(|e| GitlabError::Rejected(scrub(&e.to_string())));
+        crate::metrics::api("gitlab", &r);
+        r
     }
 
     async fn merge_requests_from(
@@ -607,9 +624,12 @@ impl GitlabApi for GitlabClient {
             b.reviewers(mr.reviewer_ids.iter().copied());
         }
         let ep = built(b.build())?;
-        ep.query_async(&self.client)
+        let r = ep
+            .query_async(&self.client)
             .await
-            .map_err(|e| GitlabError::Rejected(scrub(&e.to_string())))
+            .map_err(|e| GitlabError::Rejected(scrub(&e.to_string())));
+        crate::metrics::api("gitlab", &r);
+        r
     }
 
     async fn merge_request(&self, project: &str, iid: u64) -> Result<ApiMergeRequest, GitlabError> {

@@ -199,6 +199,18 @@ impl GoogleClient {
         body: Option<&Value>,
         group: &str,
     ) -> Result<(u16, Value), GoogleError> {
+        let r = self.call_once(method, url, body, group).await;
+        crate::metrics::api("google", &r);
+        r
+    }
+
+    async fn call_once(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        group: &str,
+    ) -> Result<(u16, Value), GoogleError> {
         let mut attempt = 0u32;
         loop {
             let token = self.token().await?;

@@ -16,6 +16,7 @@ pub mod gitlab;
 pub mod google;
 pub mod http;
 pub mod marker;
+pub mod metrics;
 pub mod notify;
 pub mod plan;
 pub mod progress;

@@ -405,6 +405,18 @@ impl ZendeskClient {
         body: Option<&Value>,
         what: &str,
     ) -> Result<(StatusCode, Value), ZendeskError> {
+        let r = self.call_once(method, path, body, what).await;
+        crate::metrics::api(&format!("zendesk.{}", self.instance), &r);
+        r
+    }
+
+    async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<(StatusCode, Value), ZendeskError> {
         let url = if path.starts_with("http") {
             path.to_string()
         } else {

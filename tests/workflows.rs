@@ -1247,6 +1247,23 @@ async fn webhook_reacts_without_waiting_for_the_poll_and_rejects_bad_tokens() {
             .status(),
         200
     );
+    // Prometheus counters: API calls by system and steps by outcome are there.
+    let m = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "access_bot_api_calls_total{system=\"gitlab\",result=\"ok\"}",
+        "access_bot_api_calls_total{system=\"zendesk.global\",result=\"ok\"}",
+        "access_bot_api_calls_total{system=\"google\",result=\"ok\"}",
+        "access_bot_steps_total{outcome=\"ok\"}",
+    ] {
+        assert!(m.contains(needle), "{needle} missing:\n{m}");
+    }
 }
 
 #[tokio::test]

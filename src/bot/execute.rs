@@ -121,6 +121,7 @@ impl Bot {
                 result.failed = Some((step.clone(), e.to_string(), true));
                 return result;
             }
+            crate::metrics::step(label);
             match outcome {
                 Ok(_) => {
                     tracing::info!(iid, step = %step.key, "done");

@@ -92,7 +92,8 @@ fn router(state: WebState) -> Router {
         .route(
             "/metrics",
             get(|State(s): State<WebState>| async move {
-                let m = s.metrics.lock().map(|m| m.render()).unwrap_or_default();
+                let mut m = s.metrics.lock().map(|m| m.render()).unwrap_or_default();
+                m.push_str(&crate::metrics::render());
                 ([("content-type", "text/plain; version=0.0.4")], m)
             }),
         )
