@@ -621,7 +621,9 @@ impl GitlabApi for GitlabClient {
             .description(mr.description.as_str())
             .remove_source_branch(true);
         if !mr.reviewer_ids.is_empty() {
+            // "Assigned to the configured reviewers": both assignees and reviewers.
             b.reviewers(mr.reviewer_ids.iter().copied());
+            b.assignees(mr.reviewer_ids.iter().copied());
         }
         let ep = built(b.build())?;
         let r = ep

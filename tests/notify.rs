@@ -263,6 +263,7 @@ async fn offboarding_opens_one_merge_request_deleting_the_file_and_ticks_when_me
     );
     let lyle = sb.gitlab.lock().user_by_name("lyle").unwrap().id;
     assert_eq!(mr.reviewer_ids, [lyle]);
+    assert_eq!(mr.assignee_ids, [lyle]);
     assert!(repo_files(&sb, "main").contains(&"data/agents/cquinn.yaml".to_string()));
     assert!(
         !repo_files(&sb, "access-bot/offboard-cquinn")

@@ -85,6 +85,7 @@ pub struct GlMergeRequest {
     pub description: String,
     pub author: u64,
     pub reviewer_ids: Vec<u64>,
+    pub assignee_ids: Vec<u64>,
     /// `opened`, `closed`, `merged`.
     pub state: String,
 }
@@ -624,6 +625,7 @@ fn mr_json(w: &GitlabWorld, p: &GlProject, m: &GlMergeRequest) -> Value {
         "source_branch": m.source_branch, "target_branch": m.target_branch,
         "author": w.user_json(m.author),
         "reviewers": m.reviewer_ids.iter().map(|r| w.user_json(*r)).collect::<Vec<_>>(),
+        "assignees": m.assignee_ids.iter().map(|r| w.user_json(*r)).collect::<Vec<_>>(),
         "web_url": format!("https://gitlab.sandbox/{}/-/merge_requests/{}", p.path, m.iid),
         "merge_status": "can_be_merged", "draft": false,
     })
@@ -773,15 +775,20 @@ async fn create_mr(
         Err(r) => return r,
     };
     let params = body_params(&headers, &body);
-    let reviewers: Vec<u64> = params
-        .iter()
-        .filter(|(k, _)| k == "reviewer_ids[]" || k == "reviewer_ids")
-        .flat_map(|(_, v)| {
-            v.split(',')
-                .filter_map(|x| x.trim().parse().ok())
-                .collect::<Vec<u64>>()
-        })
-        .collect();
+    let ids = |key: &str| -> Vec<u64> {
+        params
+            .iter()
+            .filter(|(k, _)| *k == format!("{key}[]") || k == key)
+            .flat_map(|(_, v)| {
+                v.split(',')
+                    .filter_map(|x| x.trim().parse().ok())
+                    .collect::<Vec<u64>>()
+            })
+            .collect()
+    };
+    let reviewers = ids("reviewer_ids");
+    let mut assignees = ids("assignee_ids");
+    assignees.extend(ids("assignee_id"));
     let Some(p) = w.project_mut(&project) else {
         return err(StatusCode::NOT_FOUND, "404 Project Not Found");
     };
@@ -820,6 +827,7 @@ async fn create_mr(
         description: param(&params, "description").unwrap_or("").to_string(),
         author: user,
         reviewer_ids: reviewers,
+        assignee_ids: assignees,
         state: "opened".into(),
     };
     p.merge_requests.push(mr.clone());
