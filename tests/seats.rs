@@ -214,8 +214,8 @@ async fn review_issue_is_opened_updated_in_place_and_reclaims_on_a_reviewers_tic
     // A later monthly run keeps the decided lines exactly as they are.
     bot.audit_seats(Some("global")).await.unwrap();
     let d = sb.description(iid);
-    assert!(d.contains("- [x] Ann Idle"), "{d}");
-    assert!(d.contains("- [x] Ben Never"), "{d}");
+    assert!(d.contains("- [x] `Ann Idle`"), "{d}");
+    assert!(d.contains("- [x] `Ben Never`"), "{d}");
 
     // Marking Hal `[~]` (keep) closes the review; nothing more is written.
     let d = tick(&sb.description(iid), "hal.new@gitlab.com", '~');
@@ -236,8 +236,8 @@ async fn a_line_altered_by_someone_else_or_a_returning_agent_is_not_reclaimed() 
 
     // Someone rewrites Ann's line to point at Cat (active), then a reviewer ticks it.
     let d = sb.description(iid).replace(
-        "Ann Idle (ann.idle@gitlab.com)",
-        "Cat Active (cat.active@gitlab.com)",
+        "`Ann Idle` (ann.idle@gitlab.com)",
+        "`Cat Active` (cat.active@gitlab.com)",
     );
     sb.edit_description("jdoe", iid, &d).await.unwrap();
     let d = tick(&sb.description(iid), "cat.active@gitlab.com", 'x');
