@@ -326,6 +326,21 @@ impl GitlabClient {
     }
 }
 
+impl GitlabClient {
+    /// Whether a GET finds its object: 404 is `false`, other errors are errors.
+    async fn exists<E>(&self, what: &str, ep: E) -> Result<bool, GitlabError>
+    where
+        E: api::Endpoint + Sync,
+    {
+        let ep = api::ignore(ep);
+        match self.retry(what, || ep.query_async(&self.client)).await {
+            Ok(()) => Ok(true),
+            Err(GitlabError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// An endpoint builder fails only when a required field is missing: a bug here, reported as such.
 fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, GitlabError> {
     r.map_err(|e| GitlabError::Rejected(format!("building the request: {e}")))
@@ -543,12 +558,7 @@ impl GitlabApi for GitlabClient {
                 .ref_(reference)
                 .build(),
         )?;
-        let ep = api::ignore(ep);
-        match self.retry("file", || ep.query_async(&self.client)).await {
-            Ok(()) => Ok(true),
-            Err(GitlabError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.exists("file", ep).await
     }
 
     async fn branch_exists(&self, project: &str, branch: &str) -> Result<bool, GitlabError> {
@@ -558,12 +568,7 @@ impl GitlabApi for GitlabClient {
                 .branch(branch)
                 .build(),
         )?;
-        let ep = api::ignore(ep);
-        match self.retry("branch", || ep.query_async(&self.client)).await {
-            Ok(()) => Ok(true),
-            Err(GitlabError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.exists("branch", ep).await
     }
 
     async fn delete_file(

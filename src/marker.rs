@@ -73,6 +73,11 @@ impl Marker {
 
 /// Marker fields never contain spaces, `=` or `--` (which would end the HTML comment).
 /// Callers compare keys through this function too, so what is written is what is found.
+/// A short digest for marker keys: the same text gives the same key.
+pub fn short_hash(s: &str) -> String {
+    hex::encode(&Sha256::digest(s.as_bytes())[..4])
+}
+
 pub fn clean(s: &str) -> String {
     let mut out: String = s
         .chars()

@@ -500,6 +500,17 @@ impl Store {
         Ok(())
     }
 
+    fn support_mr_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SupportMr> {
+        Ok(SupportMr {
+            project: r.get(0)?,
+            iid: r.get(1)?,
+            username: r.get(2)?,
+            state: r.get(3)?,
+            mr_iid: r.get(4)?,
+            mr_url: r.get(5)?,
+        })
+    }
+
     pub fn support_mr(
         &self,
         project: &str,
@@ -512,16 +523,7 @@ impl Store {
                 "SELECT project, iid, username, state, mr_iid, mr_url FROM support_mr
                  WHERE project = ?1 AND iid = ?2 AND username = ?3",
                 params![project, iid, username],
-                |r| {
-                    Ok(SupportMr {
-                        project: r.get(0)?,
-                        iid: r.get(1)?,
-                        username: r.get(2)?,
-                        state: r.get(3)?,
-                        mr_iid: r.get(4)?,
-                        mr_url: r.get(5)?,
-                    })
-                },
+                Store::support_mr_row,
             )
             .optional()?)
     }
@@ -531,16 +533,7 @@ impl Store {
         let mut st = c.prepare(
             "SELECT project, iid, username, state, mr_iid, mr_url FROM support_mr WHERE state = 'open'",
         )?;
-        let rows = st.query_map([], |r| {
-            Ok(SupportMr {
-                project: r.get(0)?,
-                iid: r.get(1)?,
-                username: r.get(2)?,
-                state: r.get(3)?,
-                mr_iid: r.get(4)?,
-                mr_url: r.get(5)?,
-            })
-        })?;
+        let rows = st.query_map([], Store::support_mr_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 

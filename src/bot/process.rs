@@ -5,11 +5,10 @@
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::approval::{self, Decision, Directory};
 use crate::gitlab::{ApiIssue, IssueEdit};
-use crate::marker::Marker;
+use crate::marker::{Marker, short_hash};
 use crate::plan::{self, Action, BlockReason, Observed, Plan, StepState};
 use crate::report;
 use crate::request::{self, IssueFacts, Request, RequestKind, checklist};
@@ -48,10 +47,6 @@ pub(super) struct Writeback {
     pub ticks: Vec<(String, usize)>,
     pub state_label: Option<String>,
     pub close: bool,
-}
-
-fn short_hash(s: &str) -> String {
-    hex::encode(&Sha256::digest(s.as_bytes())[..4])
 }
 
 fn occurrence(req: &Request, index: usize) -> Option<(String, usize)> {
@@ -126,7 +121,7 @@ impl Bot {
         outcome
     }
 
-    pub(super) async fn facts(
+    async fn facts(
         &self,
         project: &str,
         issue: &ApiIssue,
@@ -143,6 +138,20 @@ impl Bot {
             issue: issue.to_input(author.as_ref()),
             label_events,
             notes,
+        })
+    }
+
+    /// The issue and its notes, without label events: enough for work that
+    /// decides from notes and markers (seat reviews, merge-request follow-ups).
+    pub(super) async fn notes_only(
+        &self,
+        project: &str,
+        issue: &ApiIssue,
+    ) -> Result<IssueFacts, ProcessError> {
+        Ok(IssueFacts {
+            issue: issue.to_input(None),
+            label_events: Vec::new(),
+            notes: self.gitlab.notes(project, issue.iid).await?,
         })
     }
 

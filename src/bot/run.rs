@@ -174,6 +174,24 @@ fn next_delay(schedule: &PollSchedule) -> Duration {
     }
 }
 
+/// Send `event` at every time of a cron expression (validated with the config).
+fn cron_ticker(
+    tx: &mpsc::Sender<Event>,
+    cron: Option<&str>,
+    event: Event,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let schedule = PollSchedule::Cron(Box::new(cron?.parse::<cron::Schedule>().ok()?));
+    let tx = tx.clone();
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(next_delay(&schedule)).await;
+            if tx.send(event.clone()).await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
 /// Options of the daemon.
 pub struct RunOptions {
     /// Webhook listener (`[webhook] listen`), with the secret.
@@ -239,43 +257,20 @@ pub async fn run(
             }
         })
     };
-    // The seat review runs on its own cron schedule, as an event like the rest.
-    let seat_ticker = bot
-        .cfg
-        .seat_audit
-        .as_ref()
-        .and_then(|s| s.schedule.as_deref())
-        .and_then(|c| c.parse::<cron::Schedule>().ok())
-        .map(|sched| {
-            let tx = tx.clone();
-            let schedule = PollSchedule::Cron(Box::new(sched));
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(next_delay(&schedule)).await;
-                    if tx.send(Event::SeatAudit).await.is_err() {
-                        return;
-                    }
-                }
-            })
-        });
-    let digest_ticker = bot
-        .cfg
-        .notify
-        .as_ref()
-        .and_then(|n| n.digest.as_deref())
-        .and_then(|c| c.parse::<cron::Schedule>().ok())
-        .map(|sched| {
-            let tx = tx.clone();
-            let schedule = PollSchedule::Cron(Box::new(sched));
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(next_delay(&schedule)).await;
-                    if tx.send(Event::Digest).await.is_err() {
-                        return;
-                    }
-                }
-            })
-        });
+    // The seat review and the digest run on their own cron schedules, as events like the rest.
+    let seat_ticker = cron_ticker(
+        &tx,
+        bot.cfg
+            .seat_audit
+            .as_ref()
+            .and_then(|s| s.schedule.as_deref()),
+        Event::SeatAudit,
+    );
+    let digest_ticker = cron_ticker(
+        &tx,
+        bot.cfg.notify.as_ref().and_then(|n| n.digest.as_deref()),
+        Event::Digest,
+    );
     tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::config::SeatAuditConfig;
 use crate::gitlab::{ApiIssue, IssueEdit};
+use crate::marker::short_hash;
 use crate::progress::Progress;
 use crate::request::checklist::{self, CheckState};
 use crate::seats::{self, SeatCandidate, TickVerdict};
@@ -287,6 +288,12 @@ impl Bot {
             tracing::info!("no idle paid seats: no review issue needed");
             return Ok(None);
         }
+        let display = self
+            .cfg
+            .zendesk
+            .get(instance)
+            .map(|z| z.display_name.clone())
+            .unwrap_or_else(|| instance.to_string());
         let render = |current: &BTreeMap<String, CheckState>| -> Result<String, SeatError> {
             let mut open_count = 0usize;
             let mut open_total = 0f64;
@@ -307,12 +314,6 @@ impl Bot {
                     json!({"mark": mark, "text": r.item_text})
                 })
                 .collect();
-            let display = self
-                .cfg
-                .zendesk
-                .get(instance)
-                .map(|z| z.display_name.clone())
-                .unwrap_or_else(|| instance.to_string());
             Ok(self.templates.render(
                 "seat_review.md",
                 &json!({
@@ -349,12 +350,6 @@ impl Bot {
             }
             None => {
                 let desc = render(&BTreeMap::new())?;
-                let display = self
-                    .cfg
-                    .zendesk
-                    .get(instance)
-                    .map(|z| z.display_name.clone())
-                    .unwrap_or_else(|| instance.to_string());
                 let created = self
                     .gitlab
                     .create_issue(
@@ -383,7 +378,7 @@ impl Bot {
         let Some(cfg) = self.cfg.seat_audit.clone() else {
             return Ok(Outcome::Ignored);
         };
-        let facts = self.facts(project, issue, None).await?;
+        let facts = self.notes_only(project, issue).await?;
         let rows = self.store.seat_candidates(instance, period)?;
         let items = checklist::parse(issue.description.as_deref().unwrap_or(""));
         let mut reviewers = BTreeSet::new();
@@ -409,11 +404,9 @@ impl Bot {
         let mut reclaimed_now: BTreeSet<String> = BTreeSet::new();
         for item in items.iter().filter(|i| i.state == CheckState::Done) {
             let Some(row) = rows.iter().find(|r| r.item_text == item.text) else {
-                let h =
-                    hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(item.text.as_bytes())[..4]);
                 section(
                     "unknown",
-                    format!("seat-unknown:{h}"),
+                    format!("seat-unknown:{}", short_hash(&item.text)),
                     json!({"text": item.text}),
                 );
                 continue;
@@ -476,13 +469,9 @@ impl Bot {
                                 &format!("seat review ticked by @{by}"),
                                 "failed",
                             )?;
-                            let h = hex::encode(
-                                &<sha2::Sha256 as sha2::Digest>::digest(e.to_string().as_bytes())
-                                    [..4],
-                            );
                             section(
                                 "failed",
-                                format!("seat-failed:{email}:{h}"),
+                                format!("seat-failed:{email}:{}", short_hash(&e.to_string())),
                                 json!({"email": email, "error": e.to_string()}),
                             );
                             failed = Some(e.to_string());

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::config::SupportTeamConfig;
 use crate::gitlab::NewMergeRequest;
+use crate::marker::short_hash;
 use crate::request::Request;
 use crate::request::checklist::{self, CheckState};
 use crate::store::SupportMr;
@@ -53,7 +54,7 @@ impl Bot {
                             template: "support_team.md",
                             ctx: json!({"kind": "failed", "path": path, "repo": st.project, "error": text}),
                             step: "support-team",
-                            key: format!("support-team:failed:{username}:{}", hash(&text)),
+                            key: format!("support-team:failed:{username}:{}", short_hash(&text)),
                             digest: String::new(),
                         });
                             self.tell_ops(
@@ -228,7 +229,7 @@ impl Bot {
             _ => return Ok(None),
         };
         let issue = self.gitlab.issue(&row.project, row.iid).await?;
-        let facts = self.facts(&row.project, &issue, None).await?;
+        let facts = self.notes_only(&row.project, &issue).await?;
         let mut wb = Writeback::default();
         if kind == "merged" {
             let wanted = st.item.to_lowercase();
@@ -259,8 +260,4 @@ impl Bot {
         })?;
         Ok(Some(Outcome::Done))
     }
-}
-
-fn hash(s: &str) -> String {
-    hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(s.as_bytes())[..4])
 }
