@@ -1,17 +1,29 @@
-//! Is this request approved, by whom, and does the approval still hold?
+//! Is this request approved, by whom, and does the approval still hold? Pure.
 //!
-//! Only this module can build an [`Approved`]; provisioning code takes one, so
-//! nothing can be granted on an unverified approval. The rule (see
-//! `docs/approvals.md` in the shared notes):
-//! - each required label is present now and its latest `add` was by an
-//!   authorised approver (by user id), who is neither the requester nor a subject;
-//! - nobody but the bot changed the description's text after that approval;
-//! - the approval binds to the latest plan comment posted before it: if the
-//!   request's digest differs from that plan's, the approval no longer applies;
-//!   without such a plan comment, any description change by someone else after
-//!   the approval (text or checkbox) voids it;
-//! - entitlement and offboarding issues are trusted only when authored by the
-//!   configured automation and edited by nobody else;
+//! Only this module builds an [`Approved`]; the executor takes nothing else,
+//! so nothing is changed on an unverified approval. The invariant:
+//!
+//! > The bot performs a change only if that exact change is listed in a plan
+//! > comment the bot itself posted on this issue, and every approval the change
+//! > requires was applied, by someone allowed to give it, after that plan
+//! > comment and before any later change to the request. An approval
+//! > authorises one execution of one plan.
+//!
+//! The bot's own comments are known by their sealed markers ([`History`]): a
+//! plan carries the digest of the request it describes, a result the digest it
+//! executed and the digest its ticks leave behind. Everything else follows:
+//! - the request now must be the one the latest plan describes (its digest, or
+//!   a state the bot's own ticks explain); otherwise a new plan is posted;
+//! - each required approval (see `policy`) is the latest `add` of its label,
+//!   by an authorised approver (by user id), who is neither the requester nor a
+//!   person the request is for (by user id and e-mail; when the bot cannot tell,
+//!   it does not count), applied after the plan, with no change to the request
+//!   (text, title, a tick on a bot item, by anyone but the bot) since;
+//! - once a result says the plan is done, the plan is consumed: nothing more
+//!   happens without a new plan and approvals applied after it;
+//! - trusted automation's issues (entitlements, offboarding) are trusted only
+//!   when the automation filed them, applied their kind's label, and nobody
+//!   else changed them (ticking an item the bot does not manage is allowed);
 //! - a denial label (citizenship) by an authorised person refuses and closes.
 
 use std::collections::{BTreeSet, HashMap};
@@ -20,13 +32,35 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{ApprovalRule, Config};
-use crate::marker::Marker;
-use crate::request::{IssueFacts, LabelAction, LabelEvent, Request, UserRef};
+use crate::marker::{Marker, MarkerError, MarkerKey};
+use crate::policy::{self, Requester, Requirements};
+use crate::request::{Email, IssueFacts, LabelAction, LabelEvent, Note, Request, UserRef};
 
-/// GitLab usernames resolved to user ids by the adapter (lower-cased keys).
+/// A GitLab user as the bot knows them: id and username from GitLab, the
+/// company e-mail from an identity source (unknown when no source can tell).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub id: u64,
+    pub username: String,
+    pub email: Option<Email>,
+}
+
+/// GitLab users resolved by the adapter (usernames compared case-insensitively).
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
-    ids: HashMap<String, u64>,
+    by_name: HashMap<String, Identity>,
+    by_id: HashMap<u64, Identity>,
+    /// Usernames GitLab says do not exist.
+    absent: BTreeSet<String>,
+}
+
+/// What the directory says about a username.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    Found(&'a Identity),
+    NotFound,
+    /// Not looked up (or the lookup failed): nothing may be concluded.
+    Unknown,
 }
 
 impl Directory {
@@ -34,14 +68,48 @@ impl Directory {
         Directory::default()
     }
 
+    pub fn add(&mut self, identity: Identity) {
+        self.by_name
+            .insert(identity.username.to_ascii_lowercase(), identity.clone());
+        self.by_id.insert(identity.id, identity);
+    }
+
+    /// A user known by id and username only (no e-mail).
     pub fn insert(&mut self, username: &str, id: u64) {
-        self.ids.insert(username.to_ascii_lowercase(), id);
+        self.add(Identity {
+            id,
+            username: username.to_string(),
+            email: None,
+        });
+    }
+
+    pub fn add_absent(&mut self, username: &str) {
+        self.absent.insert(username.to_ascii_lowercase());
+    }
+
+    fn key(username: &str) -> String {
+        username.trim_start_matches('@').to_ascii_lowercase()
+    }
+
+    pub fn lookup(&self, username: &str) -> Lookup<'_> {
+        let k = Directory::key(username);
+        match self.by_name.get(&k) {
+            Some(i) => Lookup::Found(i),
+            None if self.absent.contains(&k) => Lookup::NotFound,
+            None => Lookup::Unknown,
+        }
     }
 
     pub fn id(&self, username: &str) -> Option<u64> {
-        self.ids
-            .get(&username.trim_start_matches('@').to_ascii_lowercase())
-            .copied()
+        self.by_name.get(&Directory::key(username)).map(|i| i.id)
+    }
+
+    pub fn by_id(&self, id: u64) -> Option<&Identity> {
+        self.by_id.get(&id)
+    }
+
+    pub fn email_of(&self, id: u64) -> Option<&Email> {
+        self.by_id.get(&id).and_then(|i| i.email.as_ref())
     }
 
     /// Every username a decision about this request may need resolved.
@@ -77,6 +145,141 @@ impl Directory {
 /// The keyword for "the subject's manager named in the issue".
 pub const MANAGER: &str = "@manager";
 
+/// A bot comment whose marker verified: the only kind of bot comment that counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub note_id: u64,
+    pub at: DateTime<Utc>,
+    pub marker: Marker,
+    /// The note's text without its marker (verified with it).
+    pub content: String,
+}
+
+impl Record {
+    pub fn done(&self) -> bool {
+        self.marker.field("done") == Some("1")
+    }
+    pub fn after(&self) -> Option<&str> {
+        self.marker.field("after")
+    }
+    /// Bot items (by ordinal) the result ticks.
+    pub fn ticks(&self) -> BTreeSet<usize> {
+        self.marker
+            .field("ticks")
+            .map(|t| t.split('.').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The bot's own comments on one issue, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub records: Vec<Record>,
+    /// Notes by the bot's account whose marker did not verify (tampered, forged
+    /// through echoed text, or sealed with another key).
+    pub rejected: Vec<(u64, MarkerError)>,
+}
+
+impl History {
+    pub fn read(notes: &[Note], bot_id: u64, key: &MarkerKey, project: &str, iid: u64) -> History {
+        let mut h = History::default();
+        for n in notes.iter().filter(|n| !n.system && n.author.id == bot_id) {
+            match Marker::open(key, project, iid, &n.body) {
+                Ok(marker) => h.records.push(Record {
+                    note_id: n.id,
+                    at: n.created_at,
+                    marker,
+                    content: Marker::content_of(&n.body).to_string(),
+                }),
+                Err(MarkerError::Missing) => {}
+                Err(e) => h.rejected.push((n.id, e)),
+            }
+        }
+        h.records.sort_by_key(|r| (r.at, r.note_id));
+        h
+    }
+
+    pub fn push(&mut self, r: Record) {
+        self.records.push(r);
+        self.records.sort_by_key(|r| (r.at, r.note_id));
+    }
+
+    /// Section keys already on the issue.
+    pub fn keys(&self) -> BTreeSet<String> {
+        self.records
+            .iter()
+            .flat_map(|r| r.marker.keys.iter().cloned())
+            .collect()
+    }
+
+    pub fn latest_plan(&self) -> Option<&Record> {
+        self.records.iter().rev().find(|r| r.marker.kind == "plan")
+    }
+
+    /// Results of the latest plan, oldest first.
+    pub fn results(&self) -> Vec<&Record> {
+        let Some(p) = self.latest_plan() else {
+            return Vec::new();
+        };
+        self.records
+            .iter()
+            .filter(|r| r.marker.kind == "result" && (r.at, r.note_id) > (p.at, p.note_id))
+            .filter(|r| r.marker.field("plan") == Some(p.marker.digest.as_str()))
+            .collect()
+    }
+}
+
+/// Where the request stands against the bot's plan comments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// The bot never posted a plan here.
+    NoPlan,
+    /// The request differs from the latest plan (or changed after it was done).
+    Stale { plan: Record },
+    /// The request is what the latest plan describes, maybe partly done.
+    Current { plan: Record },
+    /// The latest plan was carried out. `retick`: the bot's ticks are not on
+    /// the issue (lost, or undone by someone) and are put back; nothing is run again.
+    Done {
+        plan: Record,
+        result: Record,
+        retick: bool,
+    },
+}
+
+pub fn stage(history: &History, digest: &str) -> Stage {
+    let Some(plan) = history.latest_plan().cloned() else {
+        return Stage::NoPlan;
+    };
+    let results = history.results();
+    if let Some(last) = results.last().filter(|r| r.done()) {
+        let after = last.after().unwrap_or(last.marker.digest.as_str());
+        if digest == after {
+            return Stage::Done {
+                plan,
+                result: (*last).clone(),
+                retick: false,
+            };
+        }
+        if digest == last.marker.digest {
+            return Stage::Done {
+                plan,
+                result: (*last).clone(),
+                retick: true,
+            };
+        }
+        return Stage::Stale { plan };
+    }
+    let known = std::iter::once(plan.marker.digest.as_str())
+        .chain(results.iter().filter_map(|r| r.after()))
+        .any(|d| d == digest);
+    if known {
+        Stage::Current { plan }
+    } else {
+        Stage::Stale { plan }
+    }
+}
+
 /// One approval that holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Granted {
@@ -91,12 +294,27 @@ pub struct Granted {
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Missing {
     NotApplied,
-    Removed { by: String },
+    Removed {
+        by: String,
+    },
     NoEventRecord,
-    Unauthorized { by: String },
-    SelfApproval { by: String },
-    EditedAfter { by: String },
-    PlanChanged,
+    Unauthorized {
+        by: String,
+    },
+    SelfApproval {
+        by: String,
+    },
+    /// The bot cannot establish that the approver is not a person the request is for.
+    IdentityUnknown {
+        by: String,
+    },
+    /// Applied before the plan it would approve (or before a plan was consumed).
+    BeforePlan {
+        by: String,
+    },
+    EditedAfter {
+        by: String,
+    },
 }
 
 impl Missing {
@@ -113,11 +331,14 @@ impl Missing {
             Missing::SelfApproval { by } => {
                 format!("applied by `@{by}`, who is the requester or a person this request is for; self-approval does not count")
             }
+            Missing::IdentityUnknown { by } => format!(
+                "applied by `@{by}`, but the bot cannot establish that `@{by}` is not a person this request is for (no e-mail address is known for them); it does not count"
+            ),
+            Missing::BeforePlan { by } => format!(
+                "applied by `@{by}` before the current plan; an approval counts only for the plan it follows: review the plan, then remove the label and apply it again"
+            ),
             Missing::EditedAfter { by } => {
-                format!("the description was edited by `@{by}` after the approval, so the approval no longer applies; please approve again")
-            }
-            Missing::PlanChanged => {
-                "the request changed after the plan that was approved; please review the new plan and approve again".into()
+                format!("the request was changed by `@{by}` after the approval, so the approval no longer applies; please review and approve again")
             }
         }
     }
@@ -140,23 +361,47 @@ pub struct MissingApproval {
     pub missing: Missing,
 }
 
-/// A request whose approval has been verified. Only `decide` builds one.
+/// Something whose approval the approval module verified, bound to the plan
+/// comment it approved. Only this module creates one; `map` keeps the proof
+/// while the planner turns the request into steps.
 #[derive(Debug, Clone)]
 pub struct Approved<T> {
-    request: T,
+    inner: T,
     granted: Vec<Granted>,
     digest: String,
+    plan: Record,
+    requirements: Requirements,
 }
 
 impl<T> Approved<T> {
     pub fn request(&self) -> &T {
-        &self.request
+        &self.inner
+    }
+    pub fn inner(&self) -> &T {
+        &self.inner
     }
     pub fn granted(&self) -> &[Granted] {
         &self.granted
     }
+    /// The request digest at the time of the decision.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+    /// The plan comment this approval is bound to.
+    pub fn plan(&self) -> &Record {
+        &self.plan
+    }
+    pub fn requirements(&self) -> &Requirements {
+        &self.requirements
+    }
+    pub(crate) fn map<U>(&self, f: impl FnOnce(&T) -> U) -> Approved<U> {
+        Approved {
+            inner: f(&self.inner),
+            granted: self.granted.clone(),
+            digest: self.digest.clone(),
+            plan: self.plan.clone(),
+            requirements: self.requirements.clone(),
+        }
     }
 }
 
@@ -165,10 +410,17 @@ pub enum Decision {
     Approved(Approved<Request>),
     Waiting {
         request: Request,
+        stage: Stage,
         missing: Vec<MissingApproval>,
         granted: Vec<Granted>,
-        /// A required citizenship-style verification (an approval with a denial label) is outstanding.
+        /// A required verification (an approval with a denial label) is outstanding.
         verification_pending: bool,
+        requirements: Requirements,
+    },
+    /// The latest plan was carried out and nothing changed since.
+    Done {
+        request: Request,
+        stage: Stage,
     },
     Refused {
         request: Box<Request>,
@@ -184,137 +436,69 @@ impl Decision {
     pub fn request(&self) -> &Request {
         match self {
             Decision::Approved(a) => a.request(),
-            Decision::Waiting { request, .. } => request,
+            Decision::Waiting { request, .. } | Decision::Done { request, .. } => request,
             Decision::Refused { request, .. } => request,
         }
     }
 }
 
-/// The latest plan comment digest the bot posted, and when.
-pub fn plan_comments(facts: &IssueFacts, bot_id: u64) -> Vec<(DateTime<Utc>, String)> {
-    let mut v: Vec<_> = facts
-        .notes
-        .iter()
-        .filter(|n| !n.system && n.author.id == bot_id)
-        .flat_map(|n| {
-            Marker::find_all(&n.body)
-                .into_iter()
-                .filter(|m| m.step == "plan")
-                .map(|m| (n.created_at, m.digest))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    v.sort();
-    v
+/// Everything a decision reads besides the request.
+pub struct Context<'a> {
+    pub facts: &'a IssueFacts,
+    pub cfg: &'a Config,
+    pub dir: &'a Directory,
+    pub bot_id: u64,
+    pub history: &'a History,
+    pub requester: &'a Requester,
 }
 
-/// Does the latest plan comment describe the request as it is now?
-pub fn plan_is_current(request: &Request, facts: &IssueFacts, bot_id: u64) -> bool {
-    plan_comments(facts, bot_id)
-        .last()
-        .is_some_and(|(_, d)| *d == request.digest())
+/// What the request needs, as `decide` computes it (for `plan` and comments).
+pub fn requirements(request: &Request, cx: &Context) -> Requirements {
+    let ss = policy::self_service(request, cx.requester, cx.cfg);
+    policy::requirements(request, cx.cfg, ss)
 }
 
-/// Names of the approvals this request needs: its kind's policy plus what
-/// each instance it grants in requires. Kinds pre-approved through their
-/// template (trusted authors) take only the instance's verifications (the
-/// approvals with a denial label, such as citizenship), not its approvals.
-pub fn required_approvals(request: &Request, cfg: &Config) -> Vec<String> {
-    let policy = cfg.policy_for(request.kind);
-    let pre_approved = !policy.trusted_authors.is_empty();
-    let mut names = policy.approvals;
-    for inst in request.granting_instances() {
-        if let Some(z) = cfg.zendesk.get(inst) {
-            for r in &z.requires {
-                let verification = cfg
-                    .approvals
-                    .get(r)
-                    .is_some_and(|a| a.denied_label.is_some());
-                if pre_approved && !verification {
-                    continue;
-                }
-                if !names.contains(r) {
-                    names.push(r.clone());
-                }
-            }
-        }
-    }
-    names
-}
-
-pub fn decide(
-    request: Request,
-    facts: &IssueFacts,
-    cfg: &Config,
-    dir: &Directory,
-    bot_id: u64,
-) -> Decision {
+pub fn decide(request: Request, cx: &Context) -> Decision {
+    let cfg = cx.cfg;
+    let facts = cx.facts;
     let digest = request.digest();
-    let policy = cfg.policy_for(request.kind);
     let events = sorted_events(&facts.label_events);
+    let requirements = requirements(&request, cx);
+    let refuse = |request: Request, reasons: Vec<String>, security: bool| Decision::Refused {
+        request: Box::new(request),
+        reasons,
+        close: false,
+        security,
+    };
 
-    // Trusted automation (entitlements, offboarding).
+    // Protected people and rows that do not add up are refused outright.
+    let mut reasons = identity_problems(&request, cx);
+    let policy = cfg.policy_for(request.kind);
     if !policy.trusted_authors.is_empty() {
-        let trusted: BTreeSet<u64> = policy
-            .trusted_authors
-            .iter()
-            .filter_map(|u| dir.id(u))
-            .collect();
-        let mut reasons = Vec::new();
-        if !trusted.contains(&facts.issue.author.id) {
-            reasons.push(format!(
-                "a {} is only trusted when filed by the automation ({}); this one was filed by `@{}`",
-                request.kind.human(),
-                policy
-                    .trusted_authors
-                    .iter()
-                    .map(|u| format!("`@{u}`"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                facts.issue.author.username
-            ));
-        }
-        for n in facts.notes.iter().filter(|n| n.is_description_change()) {
-            if n.author.id != bot_id && !trusted.contains(&n.author.id) {
-                reasons.push(format!(
-                    "the description was changed by `@{}` at {}; a {} must not be edited by hand",
-                    n.author.username,
-                    n.created_at.format("%Y-%m-%d %H:%M UTC"),
-                    request.kind.human()
-                ));
-                break;
-            }
-        }
-        if !reasons.is_empty() {
-            return Decision::Refused {
-                request: Box::new(request),
-                reasons,
-                close: false,
-                security: true,
-            };
-        }
+        reasons.extend(trust_problems(&request, cx, &events, &digest));
+    }
+    if !reasons.is_empty() {
+        return refuse(request, reasons, true);
     }
 
-    let subject_ids: BTreeSet<u64> = request
-        .subjects
-        .iter()
-        .filter_map(|s| s.gitlab_username.as_deref().and_then(|u| dir.id(u)))
-        .collect();
-    let subject_names: BTreeSet<String> = request
-        .subjects
-        .iter()
-        .filter_map(|s| s.gitlab_username.as_ref().map(|u| u.to_ascii_lowercase()))
-        .collect();
-    let plans = plan_comments(facts, bot_id);
+    let stage = stage(cx.history, &digest);
+    if let Stage::Done { .. } = stage {
+        return Decision::Done { request, stage };
+    }
+    let plan_at = match &stage {
+        Stage::Current { plan } => Some(plan),
+        _ => None,
+    };
 
+    let subjects = subject_identities(&request, cx.dir);
     let mut granted = Vec::new();
     let mut missing = Vec::new();
     let mut verification_pending = false;
-    for name in required_approvals(&request, cfg) {
-        let Some(rule) = cfg.approvals.get(&name) else {
+    for name in &requirements.required {
+        let Some(rule) = cfg.approvals.get(name) else {
             continue; // validated at load time
         };
-        let authorised = authorised_ids(rule, &request, dir);
+        let authorised = authorised_ids(rule, &request, cx.dir);
 
         // Denial (e.g. citizenship could not be verified): refuse and close.
         if let Some(denied) = &rule.denied_label
@@ -336,19 +520,7 @@ pub fn decide(
             };
         }
 
-        let verdict = check_one(
-            rule,
-            &authorised,
-            facts,
-            &events,
-            &request,
-            &subject_ids,
-            &subject_names,
-            &plans,
-            &digest,
-            bot_id,
-        );
-        match verdict {
+        match check_one(rule, &authorised, &request, &subjects, cx, &events, plan_at) {
             Ok(ev) => granted.push(Granted {
                 approval: name.clone(),
                 label: rule.label.clone(),
@@ -369,35 +541,242 @@ pub fn decide(
         }
     }
 
-    if missing.is_empty() {
-        Decision::Approved(Approved {
-            request,
+    match stage {
+        Stage::Current { plan } if missing.is_empty() => Decision::Approved(Approved {
+            inner: request,
             granted,
             digest,
-        })
-    } else {
-        Decision::Waiting {
+            plan,
+            requirements,
+        }),
+        stage => Decision::Waiting {
             request,
+            stage,
             missing,
             granted,
             verification_pending,
+            requirements,
+        },
+    }
+}
+
+/// A subject as the approval check sees them.
+struct SubjectIdentity {
+    id: Option<u64>,
+    email: Email,
+    /// The row's e-mail is the one an identity source knows for its username.
+    verified: bool,
+}
+
+fn subject_identities(request: &Request, dir: &Directory) -> Vec<SubjectIdentity> {
+    request
+        .subjects
+        .iter()
+        .map(|s| {
+            let found = s
+                .gitlab_username
+                .as_deref()
+                .map(|u| dir.lookup(u))
+                .and_then(|l| match l {
+                    Lookup::Found(i) => Some(i),
+                    _ => None,
+                });
+            SubjectIdentity {
+                id: found.map(|i| i.id),
+                email: s.email.clone(),
+                verified: found.and_then(|i| i.email.as_ref()) == Some(&s.email),
+            }
+        })
+        .collect()
+}
+
+/// Rows whose username and e-mail belong to different people, usernames
+/// GitLab does not know, and protected accounts.
+fn identity_problems(request: &Request, cx: &Context) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &request.subjects {
+        let protected = cx
+            .cfg
+            .bot
+            .protected
+            .iter()
+            .any(|p| Email::parse(p).is_ok_and(|p| p == s.email));
+        if protected {
+            out.push(format!(
+                "{} is a protected account (`bot.protected`); the bot never changes it",
+                crate::render::code_span(s.email.as_str())
+            ));
+        }
+        if let Some(u) = &s.gitlab_username {
+            match cx.dir.lookup(u) {
+                Lookup::Found(i) => {
+                    if let Some(e) = &i.email
+                        && *e != s.email
+                    {
+                        out.push(format!(
+                            "the row for {} names the GitLab user `@{}`, whose e-mail address is not that one; a row must name one person",
+                            crate::render::code_span(s.email.as_str()),
+                            i.username
+                        ));
+                    }
+                }
+                Lookup::NotFound => out.push(format!(
+                    "{} is not a GitLab user",
+                    crate::render::code_span(&format!("@{u}"))
+                )),
+                Lookup::Unknown => {}
+            }
+        }
+        if let Some(m) = &s.manager
+            && cx.dir.lookup(m) == Lookup::NotFound
+        {
+            out.push(format!(
+                "the manager {} is not a GitLab user",
+                crate::render::code_span(&format!("@{m}"))
+            ));
         }
     }
+    out
+}
+
+/// `marked the checklist item **X** as completed|incomplete` -> X, unescaped.
+pub fn checklist_note_item(body: &str) -> Option<String> {
+    let rest = body.strip_prefix("marked the checklist item **")?;
+    let end = rest
+        .rfind("** as completed")
+        .or_else(|| rest.rfind("** as incomplete"))?;
+    Some(unescape(&rest[..end]))
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' && chars.peek().is_some_and(|n| n.is_ascii_punctuation()) {
+            continue;
+        }
+        out.push(c);
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn same_item(note_item: &str, raw: &str, visible: &str) -> bool {
+    let n = |s: &str| unescape(s);
+    note_item == n(raw) || note_item == n(visible)
+}
+
+/// A change to the request that a note records, if any: a text or title edit,
+/// or a tick on an item the bot manages (or one it cannot tell apart).
+fn request_change(note: &Note, request: &Request) -> bool {
+    if !note.system {
+        return false;
+    }
+    if note.body.starts_with("changed the description") || note.body.starts_with("changed title") {
+        return true;
+    }
+    match checklist_note_item(&note.body) {
+        Some(x) => {
+            let unmanaged = request
+                .unmanaged
+                .iter()
+                .any(|u| same_item(&x, &u.raw, &u.text));
+            let managed = request.items.iter().any(|i| same_item(&x, &i.raw, &i.text));
+            managed || !unmanaged
+        }
+        None => false,
+    }
+}
+
+/// Why an issue of a trusted kind cannot be trusted, if it cannot.
+fn trust_problems(
+    request: &Request,
+    cx: &Context,
+    events: &[&LabelEvent],
+    digest: &str,
+) -> Vec<String> {
+    let cfg = cx.cfg;
+    let policy = cfg.policy_for(request.kind);
+    let trusted: BTreeSet<u64> = policy
+        .trusted_authors
+        .iter()
+        .filter_map(|u| cx.dir.id(u))
+        .collect();
+    let names = policy
+        .trusted_authors
+        .iter()
+        .map(|u| format!("`@{u}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let kind = request.kind.human();
+    let mut out = Vec::new();
+    let facts = cx.facts;
+    if !trusted.contains(&facts.issue.author.id) {
+        out.push(format!(
+            "a {kind} is only trusted when filed by the automation ({names}); this one was filed by `@{}`",
+            facts.issue.author.username
+        ));
+    }
+    // The label that makes it this kind must be the automation's too.
+    let rule_labels: BTreeSet<&String> = cfg
+        .kinds
+        .iter()
+        .filter(|r| r.kind == request.kind)
+        .flat_map(|r| r.labels.iter())
+        .filter(|l| facts.issue.labels.contains(l))
+        .collect();
+    for label in rule_labels {
+        match latest_add(events, label) {
+            Some(ev) if trusted.contains(&ev.user.id) => {}
+            Some(ev) => out.push(format!(
+                "the label {} that makes this a {kind} was applied by `@{}`, not by the automation",
+                crate::render::code_span(label),
+                ev.user.username
+            )),
+            None => out.push(format!(
+                "GitLab has no record of who applied the label {}, which makes this a {kind}",
+                crate::render::code_span(label)
+            )),
+        }
+    }
+    // Nobody else may change it; ticking an item the bot does not manage is
+    // fine, unless the request changed since the bot's plan (a text edit made
+    // together with a tick leaves only the tick's note behind).
+    let plan = cx.history.latest_plan();
+    let unchanged_since_plan = matches!(
+        stage(cx.history, digest),
+        Stage::Current { .. } | Stage::Done { .. }
+    );
+    for n in facts
+        .notes
+        .iter()
+        .filter(|n| n.system && n.author.id != cx.bot_id && !trusted.contains(&n.author.id))
+    {
+        let after_plan = plan.is_some_and(|p| n.created_at >= p.at);
+        let change = request_change(n, request);
+        let tick_only = checklist_note_item(&n.body).is_some() && !change;
+        if change || (tick_only && after_plan && !unchanged_since_plan) {
+            out.push(format!(
+                "`@{}` changed it at {}; a {kind} must not be edited by anyone but the automation",
+                n.author.username,
+                n.created_at.format("%Y-%m-%d %H:%M UTC")
+            ));
+            break;
+        }
+    }
+    out
 }
 
 #[allow(clippy::too_many_arguments)]
 fn check_one<'a>(
     rule: &ApprovalRule,
     authorised: &BTreeSet<u64>,
-    facts: &IssueFacts,
-    events: &[&'a LabelEvent],
     request: &Request,
-    subject_ids: &BTreeSet<u64>,
-    subject_names: &BTreeSet<String>,
-    plans: &[(DateTime<Utc>, String)],
-    digest: &str,
-    bot_id: u64,
+    subjects: &[SubjectIdentity],
+    cx: &Context,
+    events: &[&'a LabelEvent],
+    plan: Option<&Record>,
 ) -> Result<&'a LabelEvent, Missing> {
+    let facts = cx.facts;
     let label = &rule.label;
     if !facts.issue.labels.contains(label) {
         let last = events
@@ -414,42 +793,42 @@ fn check_one<'a>(
     let Some(ev) = latest_add(events, label) else {
         return Err(Missing::NoEventRecord);
     };
-    if ev.user.id == request.requester.id
-        || subject_ids.contains(&ev.user.id)
-        || subject_names.contains(&ev.user.username.to_ascii_lowercase())
-    {
-        return Err(Missing::SelfApproval {
-            by: ev.user.username.clone(),
-        });
+    let by = ev.user.username.clone();
+    let approver_email = cx.dir.email_of(ev.user.id);
+    let is_subject = subjects
+        .iter()
+        .any(|s| s.id == Some(ev.user.id) || approver_email.is_some_and(|e| *e == s.email));
+    if ev.user.id == request.requester.id || is_subject {
+        return Err(Missing::SelfApproval { by });
     }
     if !authorised.contains(&ev.user.id) {
-        return Err(Missing::Unauthorized {
-            by: ev.user.username.clone(),
-        });
+        return Err(Missing::Unauthorized { by });
     }
-    // Timestamps can tie; when they do, the order is unknown, so an edit at the same
-    // instant counts as after the approval, and a plan must come strictly before it.
-    let after = |n: &&crate::request::Note| n.author.id != bot_id && n.created_at >= ev.created_at;
-    if let Some(n) = facts.notes.iter().filter(|n| n.is_text_edit()).find(after) {
+    // Not the same person as any subject: shown by their e-mail, or by a
+    // subject whose row an identity source confirmed (then ids decide).
+    let distinct = subjects
+        .iter()
+        .all(|s| approver_email.is_some() || (s.verified && s.id.is_some()));
+    if !distinct {
+        return Err(Missing::IdentityUnknown { by });
+    }
+    let Some(plan) = plan else {
+        return Err(Missing::BeforePlan { by });
+    };
+    // Timestamps can tie; when they do, the order is unknown, so an approval
+    // at the plan's instant counts as before it, and an edit at the
+    // approval's instant as after it.
+    if ev.created_at <= plan.at {
+        return Err(Missing::BeforePlan { by });
+    }
+    if let Some(n) = facts.notes.iter().find(|n| {
+        n.author.id != cx.bot_id && n.created_at >= ev.created_at && request_change(n, request)
+    }) {
         return Err(Missing::EditedAfter {
             by: n.author.username.clone(),
         });
     }
-    match plans.iter().rev().find(|(at, _)| *at < ev.created_at) {
-        Some((_, d)) if d != digest => Err(Missing::PlanChanged),
-        Some(_) => Ok(ev),
-        None => match facts
-            .notes
-            .iter()
-            .filter(|n| n.is_description_change())
-            .find(after)
-        {
-            Some(n) => Err(Missing::EditedAfter {
-                by: n.author.username.clone(),
-            }),
-            None => Ok(ev),
-        },
-    }
+    Ok(ev)
 }
 
 fn sorted_events(events: &[LabelEvent]) -> Vec<&LabelEvent> {
@@ -515,4 +894,25 @@ fn describe_approvers(rule: &ApprovalRule, request: &Request) -> String {
         })
         .collect::<Vec<_>>()
         .join(" or ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checklist_notes_are_read_back_unescaped() {
+        assert_eq!(
+            checklist_note_item(
+                "marked the checklist item **Zendesk Global: Light\\_Agent** as completed"
+            )
+            .as_deref(),
+            Some("Zendesk Global: Light_Agent")
+        );
+        assert_eq!(
+            checklist_note_item("marked the checklist item **a ** as b** as incomplete").as_deref(),
+            Some("a ** as b")
+        );
+        assert_eq!(checklist_note_item("changed the description"), None);
+    }
 }

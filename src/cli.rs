@@ -653,8 +653,18 @@ pub fn explain(
             })
         }
         Ok(req) => {
-            let plan = plan::preview(&req, &Observed::default(), cfg);
-            let required = crate::approval::required_approvals(&req, cfg);
+            let requester = crate::policy::Requester {
+                username: issue.author.username.clone(),
+                email: issue
+                    .author_email
+                    .as_deref()
+                    .and_then(|e| request::Email::parse(e).ok()),
+            };
+            let ss = crate::policy::self_service(&req, &requester, cfg);
+            let verified = ss == crate::policy::SelfService::Verified;
+            let requirements = crate::policy::requirements(&req, cfg, ss);
+            let plan = plan::preview(&req, &Observed::default(), cfg, verified);
+            let required = requirements.required.clone();
             let policy = cfg.policy_for(req.kind);
             let text = match format {
                 OutputFormat::Json => {
@@ -667,12 +677,14 @@ pub fn explain(
                         "unmanaged": req.unmanaged,
                         "expires": req.expires,
                         "required_approvals": required,
+                        "requirements": requirements,
                         "trusted_authors": policy.trusted_authors,
                         "plan": plan,
                     }))? + "\n"
                 }
                 OutputFormat::Text => {
-                    let mut view = report::plan_view(&req, &plan, cfg, &[], &[], false);
+                    let mut view =
+                        report::plan_view(&req, &plan, cfg, &[], &[], &requirements, false);
                     view.approvals = required
                         .iter()
                         .filter_map(|n| cfg.approvals.get(n).map(|r| (n, r)))

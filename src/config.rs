@@ -22,7 +22,9 @@ pub struct Config {
     /// Named approvals (label + who may apply it), referenced by policies.
     #[serde(default)]
     pub approvals: BTreeMap<String, ApprovalRule>,
-    /// What each kind of request needs before the bot acts.
+    /// What each kind of change needs, whatever the issue's kind or title.
+    pub changes: ChangeRules,
+    /// What each kind of request needs on top (never less).
     #[serde(default)]
     pub policy: BTreeMap<RequestKind, KindPolicy>,
     #[serde(default)]
@@ -148,6 +150,26 @@ pub struct BotConfig {
     /// Labels the bot uses to show its state on an issue.
     #[serde(default)]
     pub state_labels: StateLabels,
+    /// Environment variable holding the key that seals the bot's comment
+    /// markers (at least 16 bytes; keep it stable, and secret).
+    pub marker_key_env: String,
+    /// Accounts the bot never changes, by e-mail (besides its own accounts
+    /// and every Zendesk admin, which are always protected).
+    #[serde(default)]
+    pub protected: Vec<String>,
+}
+
+/// The approvals each kind of change needs (names of `[approvals.*]`). A
+/// request needs the union over everything it asks for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRules {
+    /// Granting or changing a Zendesk access level (each level may add its own `requires`).
+    pub level: Vec<String>,
+    /// Adding or removing a team tag.
+    pub team_tag: Vec<String>,
+    /// Adding someone to an instance's Okta group on its own (it assigns the app).
+    pub app_group: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,7 +210,8 @@ impl StateLabels {
 #[serde(deny_unknown_fields)]
 pub struct KindRule {
     pub kind: RequestKind,
-    /// All of these labels must be on the issue. The first one is also the label the bot polls for.
+    /// All of these labels must be on the issue.
+    #[serde(default)]
     pub labels: Vec<String>,
     /// Optional regular expression the title must match.
     #[serde(default)]
@@ -222,6 +245,11 @@ pub struct KindPolicy {
     /// Close the issue when everything is done.
     #[serde(default)]
     pub close_when_done: bool,
+    /// Approvals a trusted author's issue already carries: its template was
+    /// approved by them when it was merged. Verifications (approvals with a
+    /// `denied_label`, such as citizenship) cannot be pre-approved.
+    #[serde(default)]
+    pub pre_approved: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -265,7 +293,7 @@ pub enum ZendeskAuth {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLevel {
     /// Other names for this level in checklist items (case-insensitive).
@@ -282,6 +310,17 @@ pub struct AccessLevel {
     /// Zendesk groups (by name) the agent must be in.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Approvals this level needs instead of `[changes] level` (the
+    /// instance's `requires` still apply).
+    #[serde(default)]
+    pub requires: Option<Vec<String>>,
+    /// The requester may ask for this level for themself without the level's
+    /// approvals (the instance's `requires` still apply). Self-service only
+    /// creates an account or raises an end-user to this level and adds the
+    /// instance's Okta group; it never reactivates a suspended account,
+    /// changes an agent, or adds tags.
+    #[serde(default)]
+    pub self_service: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -481,10 +520,19 @@ impl Config {
             parse_duration(key).map_err(|e| err(key, e))?;
         }
         for rule in &self.kinds {
-            if rule.labels.is_empty() {
+            if rule.labels.is_empty() && rule.title.is_none() {
                 return Err(err(
                     "[[kinds]]",
-                    format!("the rule for {} has no labels to poll for", rule.kind),
+                    format!("the rule for {} has neither labels nor a title", rule.kind),
+                ));
+            }
+            if !self.policy_for(rule.kind).trusted_authors.is_empty() && rule.labels.is_empty() {
+                return Err(err(
+                    "[[kinds]]",
+                    format!(
+                        "the rule for {} (a trusted kind) needs a label: the label's event shows who made the issue that kind",
+                        rule.kind
+                    ),
                 ));
             }
             if let Some(t) = &rule.title {
@@ -505,6 +553,46 @@ impl Config {
         };
         for (kind, p) in &self.policy {
             check_refs(&p.approvals, &format!("policy.{kind}"))?;
+            check_refs(&p.pre_approved, &format!("policy.{kind}.pre_approved"))?;
+            if !p.pre_approved.is_empty() && p.trusted_authors.is_empty() {
+                return Err(err(
+                    "pre_approved",
+                    format!(
+                        "policy.{kind}.pre_approved needs trusted_authors: only a trusted automation's template can carry approvals"
+                    ),
+                ));
+            }
+            for n in &p.pre_approved {
+                if self
+                    .approvals
+                    .get(n)
+                    .is_some_and(|a| a.denied_label.is_some())
+                {
+                    return Err(err(
+                        n,
+                        format!(
+                            "policy.{kind}.pre_approved names {n:?}, a verification (it has a denied_label); a template cannot verify a person"
+                        ),
+                    ));
+                }
+            }
+        }
+        check_refs(&self.changes.level, "changes.level")?;
+        check_refs(&self.changes.team_tag, "changes.team_tag")?;
+        check_refs(&self.changes.app_group, "changes.app_group")?;
+        if self.bot.marker_key_env.trim().is_empty() {
+            return Err(err(
+                "marker_key_env",
+                "bot.marker_key_env must name the variable holding the marker key".into(),
+            ));
+        }
+        for e in &self.bot.protected {
+            if crate::request::Email::parse(e).is_err() {
+                return Err(err(
+                    e,
+                    format!("bot.protected: {e:?} is not an e-mail address"),
+                ));
+            }
         }
         for (name, z) in &self.zendesk {
             check_refs(&z.requires, &format!("zendesk.{name}"))?;
@@ -523,6 +611,17 @@ impl Config {
                         format!(
                             "zendesk.{name}.access_levels.{level:?}: role {:?} is not agent, admin or end-user",
                             a.role
+                        ),
+                    ));
+                }
+                if let Some(r) = &a.requires {
+                    check_refs(r, &format!("zendesk.{name}.access_levels.{level:?}"))?;
+                }
+                if a.self_service && (!a.light_agent || !a.groups.is_empty()) {
+                    return Err(err(
+                        level,
+                        format!(
+                            "zendesk.{name}.access_levels.{level:?}: self_service is only for a light-agent level without groups"
                         ),
                     ));
                 }
@@ -716,7 +815,13 @@ impl Config {
 
     /// Environment variables the configuration names, with what each is for.
     pub fn secret_envs(&self) -> Vec<(String, String)> {
-        let mut v = vec![(self.gitlab.token_env.clone(), "GitLab token".to_string())];
+        let mut v = vec![
+            (self.gitlab.token_env.clone(), "GitLab token".to_string()),
+            (
+                self.bot.marker_key_env.clone(),
+                "key sealing the bot's comment markers".to_string(),
+            ),
+        ];
         for (name, z) in &self.zendesk {
             match &z.auth {
                 ZendeskAuth::Oauth {
@@ -842,7 +947,7 @@ mod tests {
 
     #[test]
     fn undefined_approval_reference_is_an_error() {
-        let text = example().replacen("approvals = [\"manager\"]", "approvals = [\"managr\"]", 1);
+        let text = example().replacen("team_tag = [\"manager\"]", "team_tag = [\"managr\"]", 1);
         let e = Config::parse(&text, Path::new("bot.toml")).unwrap_err();
         assert!(e.to_string().contains("managr"), "{e}");
         assert!(e.line.is_some());

@@ -5,7 +5,6 @@
 
 use std::fmt::Write as _;
 
-use crate::marker::Marker;
 use crate::sandbox::harness::run_until_quiet;
 use crate::sandbox::scenario::ZendeskAccount;
 use crate::sandbox::{Ports, Sandbox};
@@ -369,7 +368,11 @@ impl Demo {
             }
             for c in sb.comments(i.iid) {
                 let _ = writeln!(t, "\n--- comment by @{} ---", c.author);
-                for line in c.body.lines().filter(|l| Marker::find(l).is_none()) {
+                for line in c
+                    .body
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with(crate::marker::PREFIX))
+                {
                     let _ = writeln!(t, "  {line}");
                 }
             }

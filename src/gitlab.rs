@@ -176,7 +176,8 @@ pub trait GitlabApi: Send + Sync {
     async fn issue(&self, project: &str, iid: u64) -> Result<ApiIssue, GitlabError>;
     async fn notes(&self, project: &str, iid: u64) -> Result<Vec<Note>, GitlabError>;
     async fn label_events(&self, project: &str, iid: u64) -> Result<Vec<LabelEvent>, GitlabError>;
-    async fn create_note(&self, project: &str, iid: u64, body: &str) -> Result<(), GitlabError>;
+    /// Post a note; returns it as created (its id and time identify the bot's record).
+    async fn create_note(&self, project: &str, iid: u64, body: &str) -> Result<Note, GitlabError>;
     async fn edit_issue(
         &self,
         project: &str,
@@ -449,7 +450,7 @@ impl GitlabApi for GitlabClient {
             .collect())
     }
 
-    async fn create_note(&self, project: &str, iid: u64, body: &str) -> Result<(), GitlabError> {
+    async fn create_note(&self, project: &str, iid: u64, body: &str) -> Result<Note, GitlabError> {
         // Not retried blindly: a retry after a dropped connection could post twice.
         // The caller re-lists notes (markers) before posting again on a later cycle.
         let ep = api::projects::issues::notes::CreateIssueNote::builder()
@@ -458,8 +459,15 @@ impl GitlabApi for GitlabClient {
             .body(body)
             .build()
             .map_err(|e| GitlabError::Rejected(e.to_string()))?;
-        let r = match api::ignore(ep).query_async(&self.client).await {
-            Ok(()) => Ok(()),
+        let to_note = |n: ApiNote| Note {
+            id: n.id,
+            author: n.author.to_ref(),
+            body: n.body,
+            created_at: n.created_at,
+            system: n.system,
+        };
+        let r = match ep.query_async(&self.client).await {
+            Ok(n) => Ok(to_note(n)),
             Err(api::ApiError::GitlabRateLimited { retry_after, .. }) => {
                 // A 429 means the note was not created: waiting and sending once more is safe.
                 tokio::time::sleep(retry_after).await;
@@ -469,9 +477,9 @@ impl GitlabApi for GitlabClient {
                     .body(body)
                     .build()
                     .map_err(|e| GitlabError::Rejected(e.to_string()))?;
-                api::ignore(ep)
-                    .query_async(&self.client)
+                ep.query_async(&self.client)
                     .await
+                    .map(to_note)
                     .map_err(|e| GitlabError::Exhausted {
                         attempts: 2,
                         detail: scrub(&e.to_string()),

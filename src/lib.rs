@@ -19,6 +19,7 @@ pub mod marker;
 pub mod metrics;
 pub mod notify;
 pub mod plan;
+pub mod policy;
 pub mod progress;
 pub mod render;
 pub mod report;

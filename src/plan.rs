@@ -3,7 +3,7 @@
 //!
 //! Two entry points: [`preview`] for anything (the plan comment, `plan`,
 //! `--dry-run`), and [`build`] which needs an [`Approved`] request and is the
-//! only way to get an [`ExecutablePlan`], the type the executor takes.
+//! only way to get an `Approved<Plan>`, the type the executor takes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,6 +56,8 @@ pub struct Observed {
     pub google: BTreeMap<(String, Email), bool>,
     /// Managers' emails by GitLab username (for ticket reassignment).
     pub manager_emails: BTreeMap<String, Email>,
+    /// Accounts never changed, with why (the bot's own accounts).
+    pub protected: BTreeMap<Email, String>,
 }
 
 impl Observed {
@@ -236,6 +238,10 @@ pub enum BlockReason {
     ManagerCannotTakeTickets { manager: String, why: String },
     /// Offboarding with open tickets but no manager named.
     NoManager,
+    /// The bot's own account, a Zendesk admin or a `bot.protected` account.
+    Protected { why: String },
+    /// Self-service never reactivates a suspended account.
+    SuspendedSelfService,
 }
 
 impl BlockReason {
@@ -254,6 +260,12 @@ impl BlockReason {
             ),
             BlockReason::NoManager => format!(
                 "has open tickets in {instance}, but the issue names no manager to hand them to; stopped before demoting"
+            ),
+            BlockReason::Protected { why } => format!(
+                "is {why} in {instance}; the bot never changes such an account. Nothing was changed"
+            ),
+            BlockReason::SuspendedSelfService => format!(
+                "has a suspended account in {instance}; a self-service request does not reactivate it. Ask Support Operations. Nothing was changed"
             ),
         }
     }
@@ -277,18 +289,9 @@ pub struct Plan {
     pub notes: Vec<Note>,
     /// Items the bot owns and that are already ticked or `[~]`: left alone.
     pub skipped_items: Vec<usize>,
-}
-
-/// A plan built from an approved request: the only thing the executor runs.
-#[derive(Debug, Clone)]
-pub struct ExecutablePlan {
-    plan: Plan,
-}
-
-impl ExecutablePlan {
-    pub fn plan(&self) -> &Plan {
-        &self.plan
-    }
+    /// Planned as self-service (the requester for themself): no reactivation,
+    /// no change to an agent.
+    pub self_service: bool,
 }
 
 impl Plan {
@@ -317,19 +320,22 @@ impl Plan {
     }
 }
 
-pub fn preview(request: &Request, observed: &Observed, cfg: &Config) -> Plan {
-    make(request, observed, cfg)
+/// What the bot would do: for the plan comment, `plan` and `--dry-run`.
+pub fn preview(request: &Request, observed: &Observed, cfg: &Config, self_service: bool) -> Plan {
+    make(request, observed, cfg, self_service)
 }
 
-pub fn build(approved: &Approved<Request>, observed: &Observed, cfg: &Config) -> ExecutablePlan {
-    ExecutablePlan {
-        plan: make(approved.request(), observed, cfg),
-    }
+/// The only way to a plan the executor runs: from a verified approval, whose
+/// proof (and the plan comment it is bound to) the plan keeps.
+pub fn build(approved: &Approved<Request>, observed: &Observed, cfg: &Config) -> Approved<Plan> {
+    let self_service = approved.requirements().self_service == crate::policy::SelfService::Verified;
+    approved.map(|request| make(request, observed, cfg, self_service))
 }
 
 struct Builder<'a> {
     cfg: &'a Config,
     observed: &'a Observed,
+    self_service: bool,
     steps: Vec<Step>,
     blocked: Vec<Blocked>,
     notes: Vec<Note>,
@@ -395,10 +401,11 @@ impl Builder<'_> {
     }
 }
 
-fn make(request: &Request, observed: &Observed, cfg: &Config) -> Plan {
+fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool) -> Plan {
     let mut b = Builder {
         cfg,
         observed,
+        self_service,
         steps: Vec::new(),
         blocked: Vec::new(),
         notes: Vec::new(),
@@ -426,6 +433,31 @@ fn make(request: &Request, observed: &Observed, cfg: &Config) -> Plan {
     };
 
     for s in &request.subjects {
+        // Never change a protected account (the bot's own, an admin, a listed one).
+        let mut protected = false;
+        for inst in request.instances() {
+            let why = if let Some(why) = observed.protected.get(&s.email) {
+                Some(why.clone())
+            } else if let Lookup::Found(a) = observed.account(inst, &s.email)
+                && a.role == "admin"
+            {
+                Some("a Zendesk admin".to_string())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                let item = open
+                    .iter()
+                    .find(|i| i.action.instance() == inst)
+                    .map(|i| i.index)
+                    .unwrap_or(0);
+                b.block(s, inst, item, BlockReason::Protected { why });
+                protected = true;
+            }
+        }
+        if protected {
+            continue;
+        }
         for it in &open {
             match &it.action {
                 ItemAction::Zendesk {
@@ -569,6 +601,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config) -> Plan {
         blocked: b.blocked,
         notes: b.notes,
         skipped_items,
+        self_service,
     }
 }
 
@@ -639,6 +672,10 @@ fn grant_level(
             // A full agent asking for a light agent keeps what they have (the seed:
             // "Looks like you are already a full agent."), so the step is "already so".
             let keeps_full_agent = lv.light_agent && a.is_agent() && !a.is_light_agent();
+            if a.suspended && !keeps_full_agent && b.self_service {
+                b.block(s, instance, item, BlockReason::SuspendedSelfService);
+                return false;
+            }
             if keeps_full_agent {
                 b.note(
                     s,
@@ -669,7 +706,7 @@ fn grant_level(
                 },
                 keeps_full_agent || target_ok(a),
             );
-            if a.suspended {
+            if a.suspended && !keeps_full_agent {
                 b.push(s, instance, item, Action::Unsuspend, false);
             }
             for g in &lv.groups {
@@ -834,4 +871,163 @@ fn deprovision(b: &mut Builder<'_>, request: &Request, s: &Subject, instance: &s
         Action::Suspend,
         a.is_some_and(|a| a.suspended),
     );
+}
+
+/// What a time-bound plan gives one person in one instance, and how to take
+/// it back: computed before the first write, from the approved plan and the
+/// state observed then, and written on the issue.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct GrantRecord {
+    pub subject: Email,
+    pub instance: String,
+    /// What the request gives (`level:NAME`, `group:NAME`, `tag:NAME`,
+    /// `okta:GROUP`, `active`), whether or not it had to change anything.
+    pub gives: Vec<String>,
+    /// The steps that undo what it changed, last change first.
+    pub undo: Vec<Action>,
+}
+
+fn gives(action: &Action) -> Option<String> {
+    Some(match action {
+        Action::CreateAgent { level, .. } | Action::SetRole { level, .. } => {
+            format!("level:{level}")
+        }
+        Action::AddToGroup { group } => format!("group:{group}"),
+        Action::AddTag { tag } => format!("tag:{tag}"),
+        Action::AddGoogleMember { group } => format!("okta:{group}"),
+        Action::Unsuspend => "active".into(),
+        _ => return None,
+    })
+}
+
+/// One record per person and instance the plan grants in.
+pub fn grant_records(request: &Request, plan: &Plan, before: &Observed) -> Vec<GrantRecord> {
+    let mut out = Vec::new();
+    for s in &request.subjects {
+        for inst in request.granting_instances() {
+            let steps: Vec<&Step> = plan
+                .steps
+                .iter()
+                .filter(|st| st.subject == s.email && st.instance == inst)
+                .collect();
+            if steps.is_empty() {
+                continue;
+            }
+            let prior = before
+                .zendesk
+                .get(&(inst.to_string(), s.email.clone()))
+                .and_then(|a| a.as_ref());
+            out.push(GrantRecord {
+                subject: s.email.clone(),
+                instance: inst.to_string(),
+                gives: steps.iter().filter_map(|st| gives(&st.action)).collect(),
+                undo: steps
+                    .iter()
+                    .filter(|st| st.state == StepState::ToDo)
+                    .rev()
+                    .filter_map(|st| st.action.inverse(prior))
+                    .collect(),
+            });
+        }
+    }
+    out
+}
+
+/// Whether the account holds this configured access level now.
+pub fn has_level(cfg: &Config, instance: &str, level: &str, a: &ZendeskAccount) -> bool {
+    let Some(lv) = cfg
+        .zendesk
+        .get(instance)
+        .and_then(|z| z.access_levels.get(level))
+    else {
+        return false;
+    };
+    a.role == lv.role
+        && if lv.light_agent {
+            a.role_type == Some(1)
+        } else {
+            match &lv.custom_role {
+                Some(cr) => a
+                    .custom_role
+                    .as_deref()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(cr)),
+                None => a.role_type != Some(1),
+            }
+        }
+}
+
+/// Of a grant's undo steps, the ones it still owns now: the account still has
+/// what the grant set, and no other request (still in force) gives it. The
+/// rest are kept, each with why.
+pub fn still_owned(
+    cfg: &Config,
+    record: &GrantRecord,
+    now: Option<&ZendeskAccount>,
+    okta_member: Option<bool>,
+    held_elsewhere: &BTreeSet<String>,
+) -> (Vec<Action>, Vec<(Action, String)>) {
+    let mut undo = Vec::new();
+    let mut kept = Vec::new();
+    let level = record
+        .gives
+        .iter()
+        .find_map(|g| g.strip_prefix("level:").map(String::from));
+    for a in &record.undo {
+        let why: Option<String> = match a {
+            Action::DemoteToEndUser | Action::SetRole { .. } => match (now, &level) {
+                (None, _) => Some("the account no longer exists".into()),
+                (Some(acc), Some(l)) if !has_level(cfg, &record.instance, l, acc) => Some(format!(
+                    "the account no longer has {l} (it was changed since), so the role is left as it is"
+                )),
+                (Some(_), Some(l)) if held_elsewhere.contains(&format!("level:{l}")) => {
+                    Some(format!("another request in force also gives {l}"))
+                }
+                (Some(acc), _) if acc.role == "admin" => {
+                    Some("the account is a Zendesk admin now".into())
+                }
+                _ => None,
+            },
+            Action::RemoveFromGroup { group } => match now {
+                Some(acc) if !acc.groups.iter().any(|g| g.eq_ignore_ascii_case(group)) => {
+                    Some(format!("no longer in {group}"))
+                }
+                None => Some("the account no longer exists".into()),
+                _ if held_elsewhere.contains(&format!("group:{group}")) => {
+                    Some(format!("another request in force also gives {group}"))
+                }
+                _ => None,
+            },
+            Action::RemoveTag { tag } => match now {
+                Some(acc) if !acc.tags.contains(tag) => Some(format!("no longer tagged {tag}")),
+                None => Some("the account no longer exists".into()),
+                _ if held_elsewhere.contains(&format!("tag:{tag}")) => {
+                    Some(format!("another request in force also gives {tag}"))
+                }
+                _ => None,
+            },
+            Action::RemoveGoogleMember { group } => {
+                if okta_member == Some(false) {
+                    Some(format!("no longer in {group}"))
+                } else if held_elsewhere.contains(&format!("okta:{group}")) {
+                    Some(format!("another request in force also gives {group}"))
+                } else {
+                    None
+                }
+            }
+            Action::Suspend => match now {
+                Some(acc) if acc.suspended => Some("already suspended".into()),
+                None => Some("the account no longer exists".into()),
+                _ if !held_elsewhere.is_empty() => {
+                    Some("another request in force gives access in this instance".into())
+                }
+                _ => None,
+            },
+            _ => Some("not a step that ends a grant".into()),
+        };
+        match why {
+            Some(w) => kept.push((a.clone(), w)),
+            None => undo.push(a.clone()),
+        }
+    }
+    (undo, kept)
 }

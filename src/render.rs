@@ -11,8 +11,6 @@ use std::path::Path;
 
 use minijinja::{Environment, Value};
 
-use crate::marker::Marker;
-
 macro_rules! embedded {
     ($($name:literal),* $(,)?) => {
         &[$(($name, include_str!(concat!("../templates/", $name)))),*]
@@ -44,6 +42,7 @@ pub const TEMPLATES: &[(&str, &str)] = embedded!(
     "support_team.md",
     "support_team_mr.md",
     "digest.txt",
+    "grant_record.md",
 );
 
 #[derive(Debug, thiserror::Error)]
@@ -114,20 +113,6 @@ impl Templates {
             })?;
         Ok(tidy(&out))
     }
-
-    /// Render a comment and append its hidden marker.
-    pub fn comment(
-        &self,
-        name: &str,
-        ctx: &impl serde::Serialize,
-        step: &str,
-        key: &str,
-        digest: &str,
-    ) -> Result<String, RenderError> {
-        let body = self.render(name, ctx)?;
-        let marker = Marker::new(step, key, digest, &body);
-        Ok(format!("{}\n\n{}\n", body.trim_end(), marker.render()))
-    }
 }
 
 /// Collapse runs of blank lines left by template logic.
@@ -149,27 +134,57 @@ fn tidy(s: &str) -> String {
     out.trim().to_string() + "\n"
 }
 
-/// Inline code span safe for GitLab: no backticks inside, one line, bounded
-/// length, pipes escaped so it can sit in a table cell.
+/// Longest shown value: enough to recognise it, too short to flood a comment.
+pub const MAX_SHOWN: usize = 120;
+
+/// User-supplied text, shown inert: an inline code span (no mentions, links,
+/// references, HTML or quick actions are rendered inside one), fenced with
+/// more backticks than the text contains so it cannot close the span early,
+/// on one line, bounded in length, pipes escaped for table cells, and with
+/// `<` and `>` replaced so that not even the raw note can carry an HTML
+/// comment or a marker prefix.
 pub fn code_span(s: &str) -> String {
     let mut t: String = s
         .chars()
         .map(|c| match c {
-            '`' => '\'',
             '\n' | '\r' | '\t' => ' ',
+            '<' => '\u{2039}',
+            '>' => '\u{203a}',
             c if c.is_control() => ' ',
+            // Invisible and direction-changing characters would make the shown
+            // text differ from what the bot read.
+            '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}' => ' ',
             c => c,
         })
         .collect();
-    if t.chars().count() > 120 {
-        t = t.chars().take(117).collect::<String>() + "...";
+    if t.chars().count() > MAX_SHOWN {
+        t = t.chars().take(MAX_SHOWN - 1).collect::<String>() + "\u{2026}";
     }
     let t = t.trim().replace('|', "\\|");
     if t.is_empty() {
-        "` `".into()
-    } else {
-        format!("`{t}`")
+        return "` `".into();
     }
+    let longest = t.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest + 1);
+    let pad = if t.starts_with('`') || t.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{t}{pad}{fence}")
+}
+
+/// A list of user-supplied texts for a comment: at most `max` shown, each
+/// inert, then how many more there were.
+pub fn code_list(items: &[String], max: usize) -> String {
+    let mut out: Vec<String> = items.iter().take(max).map(|i| code_span(i)).collect();
+    if items.len() > max {
+        out.push(format!("and {} more", items.len() - max));
+    }
+    out.join(", ")
 }
 
 /// Plain text for a table cell (already validated text such as names).
@@ -184,9 +199,19 @@ mod tests {
     #[test]
     fn code_span_neutralises() {
         assert_eq!(code_span("@all"), "`@all`");
-        assert_eq!(code_span("a`b|c\n/close"), "`a'b\\|c /close`");
+        assert_eq!(code_span("a`b|c\n/close"), "``a`b\\|c /close``");
+        assert_eq!(code_span("``x"), "``` ``x ```");
         assert_eq!(code_span(""), "` `");
-        assert!(code_span(&"x".repeat(500)).len() < 130);
+        assert_eq!(
+            code_span("<!-- access-bot -->"),
+            "`\u{2039}!-- access-bot --\u{203a}`"
+        );
+        assert!(!code_span("a\u{202e}b").contains('\u{202e}'));
+        assert!(code_span(&"x".repeat(500)).chars().count() < 130);
+        assert_eq!(
+            code_list(&["a".into(), "b".into(), "c".into()], 2),
+            "`a`, `b`, and 1 more"
+        );
     }
 
     #[test]

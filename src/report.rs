@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::approval::{Granted, MissingApproval};
 use crate::config::Config;
 use crate::plan::{Plan, StepState};
+use crate::policy::{Requirements, SelfService};
 use crate::request::Request;
 
 #[derive(Debug, Serialize)]
@@ -50,6 +51,19 @@ pub struct ApprovalView {
     pub detail: String,
 }
 
+/// What one item needs, and why (the configuration rule), for `plan` and the plan comment.
+#[derive(Debug, Serialize)]
+pub struct NeedsView {
+    pub item: String,
+    pub change: String,
+    /// `label` (rule), …
+    pub needs: Vec<String>,
+    pub waived: Vec<String>,
+}
+
+/// At most this many items of other systems are repeated in a comment.
+pub const MAX_LISTED: usize = 10;
+
 #[derive(Debug, Serialize)]
 pub struct PlanView {
     pub iid: u64,
@@ -58,8 +72,15 @@ pub struct PlanView {
     pub subjects: Vec<SubjectView>,
     pub systems: Vec<SystemView>,
     pub approvals: Vec<ApprovalView>,
+    /// Per item: the approvals it needs and the rule that says so.
+    pub needs: Vec<NeedsView>,
+    /// Why self-service does not apply, when the request looks like it.
+    pub self_service_note: Option<String>,
+    /// Other systems' items (at most `MAX_LISTED`, then a count).
     pub unmanaged: Vec<String>,
+    pub unmanaged_more: usize,
     pub skipped: Vec<String>,
+    pub skipped_more: usize,
     pub expires: Option<String>,
     pub voided: bool,
 }
@@ -164,8 +185,56 @@ pub fn plan_view(
     cfg: &Config,
     missing: &[MissingApproval],
     granted: &[Granted],
+    requirements: &Requirements,
     voided: bool,
 ) -> PlanView {
+    let label_of = |name: &str| {
+        cfg.approvals
+            .get(name)
+            .map(|a| a.label.clone())
+            .unwrap_or_else(|| name.to_string())
+    };
+    let needs = requirements
+        .items
+        .iter()
+        .map(|n| NeedsView {
+            item: request
+                .items
+                .iter()
+                .find(|i| i.ordinal == n.item)
+                .map(|i| i.text.clone())
+                .unwrap_or_default(),
+            change: n.change.clone(),
+            needs: n
+                .needs
+                .iter()
+                .map(|x| format!("`{}` ({})", label_of(&x.approval), x.because))
+                .collect(),
+            waived: n
+                .waived
+                .iter()
+                .map(|x| format!("`{}`: {}", label_of(&x.approval), x.because))
+                .collect(),
+        })
+        .chain(requirements.kind_needs.iter().map(|k| NeedsView {
+            item: String::new(),
+            change: format!("a {}", request.kind.human()),
+            needs: vec![format!("`{}` ({})", label_of(&k.approval), k.because)],
+            waived: Vec::new(),
+        }))
+        .collect();
+    let self_service_note = match &requirements.self_service {
+        SelfService::Unverified(why) => Some(format!(
+            "This is not handled as self-service, because {why}; it needs the approvals below."
+        )),
+        _ => None,
+    };
+    let unmanaged: Vec<String> = request.unmanaged.iter().map(|u| u.text.clone()).collect();
+    let skipped: Vec<String> = plan
+        .skipped_items
+        .iter()
+        .map(|i| item_text(request, *i))
+        .collect();
     let mut approvals: Vec<ApprovalView> = granted
         .iter()
         .map(|g| ApprovalView {
@@ -186,12 +255,12 @@ pub fn plan_view(
         subjects: subjects(request),
         systems: systems(request, plan, cfg, None),
         approvals,
-        unmanaged: request.unmanaged.iter().map(|u| u.text.clone()).collect(),
-        skipped: plan
-            .skipped_items
-            .iter()
-            .map(|i| item_text(request, *i))
-            .collect(),
+        needs,
+        self_service_note,
+        unmanaged_more: unmanaged.len().saturating_sub(MAX_LISTED),
+        unmanaged: unmanaged.into_iter().take(MAX_LISTED).collect(),
+        skipped_more: skipped.len().saturating_sub(MAX_LISTED),
+        skipped: skipped.into_iter().take(MAX_LISTED).collect(),
         expires: request.expires.map(|e| e.0.to_string()),
         voided,
     }

@@ -63,6 +63,20 @@ pub struct Grant {
     pub revoked: bool,
 }
 
+/// Access a completed request gave someone (`what`: `level:NAME`,
+/// `group:NAME`, `tag:NAME`, `okta:GROUP`), permanent or until a date: a
+/// time-bound grant ending never takes away what another request still gives.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Holding {
+    pub project: String,
+    pub iid: u64,
+    pub subject: String,
+    pub instance: String,
+    pub what: String,
+    pub expires: Option<chrono::NaiveDate>,
+    pub at: DateTime<Utc>,
+}
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS cursor (
     project TEXT PRIMARY KEY,
@@ -114,6 +128,16 @@ CREATE TABLE IF NOT EXISTS grant_expiry (
     reminded INTEGER NOT NULL DEFAULT 0,
     revoked INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (project, iid, subject, instance)
+);
+CREATE TABLE IF NOT EXISTS holding (
+    project TEXT NOT NULL,
+    iid INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    what TEXT NOT NULL,
+    expires TEXT,
+    at TEXT NOT NULL,
+    PRIMARY KEY (project, iid, subject, instance, what)
 );
 CREATE TABLE IF NOT EXISTS notice (
     key TEXT PRIMARY KEY,
@@ -387,6 +411,49 @@ impl Store {
                 revoked: r.get::<_, i64>(7)? != 0,
             })
         })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn record_holding(&self, h: &Holding) -> Result<(), StoreError> {
+        self.c().execute(
+            "INSERT INTO holding (project, iid, subject, instance, what, expires, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(project, iid, subject, instance, what) DO UPDATE SET expires = excluded.expires, at = excluded.at",
+            params![h.project, h.iid, h.subject, h.instance, h.what, h.expires.map(|d| d.to_string()), ts(h.at)],
+        )?;
+        Ok(())
+    }
+
+    /// What other issues give this person in this instance and still hold on
+    /// `day`: permanent, or ending after it.
+    pub fn other_holdings(
+        &self,
+        project: &str,
+        iid: u64,
+        subject: &str,
+        instance: &str,
+        day: chrono::NaiveDate,
+    ) -> Result<Vec<Holding>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare(
+            "SELECT project, iid, subject, instance, what, expires, at FROM holding
+             WHERE subject = ?1 AND instance = ?2 AND NOT (project = ?3 AND iid = ?4)
+               AND (expires IS NULL OR expires > ?5)",
+        )?;
+        let rows = st.query_map(
+            params![subject, instance, project, iid, day.to_string()],
+            |r| {
+                Ok(Holding {
+                    project: r.get(0)?,
+                    iid: r.get(1)?,
+                    subject: r.get(2)?,
+                    instance: r.get(3)?,
+                    what: r.get(4)?,
+                    expires: r.get::<_, Option<String>>(5)?.and_then(|d| d.parse().ok()),
+                    at: parse_ts(&r.get::<_, String>(6)?),
+                })
+            },
+        )?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 

@@ -940,13 +940,17 @@ pub struct Resolved {
     /// Group name (lower-case) -> id.
     pub groups: BTreeMap<String, u64>,
     pub group_names: BTreeMap<u64, String>,
+    /// The bot's own account here: never changed.
+    pub me: Option<User>,
 }
 
 impl Resolved {
     pub async fn load(api: &dyn ZendeskApi) -> Result<Resolved, ZendeskError> {
         let roles = api.custom_roles().await?;
         let groups = api.groups().await?;
+        let me = api.me().await?;
         Ok(Resolved {
+            me: Some(me),
             light_agent_role: roles.iter().find(|r| r.role_type == Some(1)).map(|r| r.id),
             roles: roles
                 .iter()

@@ -1,50 +1,164 @@
-//! Approval rules, one scenario each (pure: label events and notes as data).
+//! Approval rules, one scenario each (pure: label events, notes and the bot's
+//! own records as data). The invariant they spell out: a change happens only
+//! if a plan comment the bot posted lists it, and every approval it needs was
+//! applied after that comment, by someone allowed, with no change to the
+//! request since; a completed plan is consumed.
 
 mod common;
 
-use access_bot::approval::{self, Decision, Directory, Missing};
+use access_bot::approval::{
+    self, Context, Decision, Directory, History, Identity, Missing, Record, Stage,
+};
 use access_bot::marker::Marker;
-use access_bot::request::parse_request;
+use access_bot::policy::Requester;
+use access_bot::request::{Email, Request, parse_request};
 use common::*;
 
 const MANAGER_LABEL: &str = "AR-Approval::Manager Approved";
 const OWNER_LABEL: &str = "Zendesk::System Owner Approved";
+const VERIFIED: &str = "US-Citizenship::Verified";
+const DENIED: &str = "US-Citizenship::Not Verified";
+
+const PEOPLE: &[(&str, u64, Option<&str>)] = &[
+    ("access-bot", BOT, None),
+    ("jdoe", 10, Some("jane.doe@gitlab.com")),
+    ("mlee", 11, Some("mlee@gitlab.com")),
+    ("lyle", 12, Some("lyle@gitlab.com")),
+    ("jason", 13, Some("jason@gitlab.com")),
+    ("mallory", 14, Some("mallory@gitlab.com")),
+    ("people-connect-1", 15, Some("people-connect-1@gitlab.com")),
+    (
+        "gitlab-employment-bot",
+        16,
+        Some("employment-bot@gitlab.com"),
+    ),
+    ("srivera", 17, Some("sam.rivera@gitlab.com")),
+    ("kpatel", 18, Some("kpatel@gitlab.com")),
+    ("achen", 19, Some("alex.chen@gitlab.com")),
+    ("nomail", 20, None),
+];
 
 fn dir() -> Directory {
     let mut d = Directory::new();
-    for (n, id) in [
-        ("access-bot", BOT),
-        ("jdoe", 10),
-        ("mlee", 11),
-        ("lyle", 12),
-        ("jason", 13),
-        ("mallory", 14),
-        ("people-connect-1", 15),
-        ("gitlab-employment-bot", 16),
-        ("srivera", 17),
-        ("kpatel", 18),
-        ("achen", 19),
-    ] {
-        d.insert(n, id);
+    for (n, id, e) in PEOPLE {
+        d.add(Identity {
+            id: *id,
+            username: n.to_string(),
+            email: e.and_then(|e| Email::parse(e).ok()),
+        });
     }
+    d.add_absent("ghost");
     d
 }
 
-const TEAM_TAG_BODY: &str = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: add tag `partner_support_agent`\n- Justification for this access: partner work\n";
-
-fn tag_facts() -> Facts {
-    Facts::new(issue(
-        "Jane Doe, Zendesk Global tag partner support",
-        &["support::to do"],
-        user(10, "jdoe"),
-        TEAM_TAG_BODY,
-    ))
+fn uid(name: &str) -> u64 {
+    PEOPLE.iter().find(|p| p.0 == name).map(|p| p.1).unwrap()
 }
 
-fn decide(f: &Facts) -> Decision {
-    let cfg = config();
-    let req = parse_request(&f.facts.issue, &cfg).unwrap();
-    approval::decide(req, &f.facts, &cfg, &dir(), BOT)
+fn u(name: &str) -> access_bot::request::UserRef {
+    user(uid(name), name)
+}
+
+/// One issue: its facts and the bot's records on it.
+struct Case {
+    f: Facts,
+    history: History,
+    dir: Directory,
+    next_note: u64,
+}
+
+const TABLE: &str = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n";
+
+impl Case {
+    fn new(title: &str, labels: &[&str], author: &str, body: &str) -> Case {
+        Case {
+            f: Facts::new(issue(title, labels, u(author), body)),
+            history: History::default(),
+            dir: dir(),
+            next_note: 9000,
+        }
+    }
+
+    fn request(&self) -> Request {
+        parse_request(&self.f.facts.issue, &config()).unwrap()
+    }
+
+    /// The bot posts a plan for the request as it is now.
+    fn plan(&mut self, minute: i64) -> &mut Self {
+        let d = self.request().digest();
+        self.record(Marker::new("plan", vec![format!("plan:{d}")], &d), minute)
+    }
+
+    fn record(&mut self, m: Marker, minute: i64) -> &mut Self {
+        self.next_note += 1;
+        self.history.push(Record {
+            note_id: self.next_note,
+            at: at(minute),
+            marker: m,
+            content: String::new(),
+        });
+        self
+    }
+
+    /// The bot reports the plan carried out (or not), ticking these bot items.
+    fn result(&mut self, minute: i64, done: bool, ticks: &[usize]) -> &mut Self {
+        let req = self.request();
+        let plan = self.history.latest_plan().unwrap().marker.digest.clone();
+        let set = ticks.iter().copied().collect();
+        let m = Marker::new("result", vec![], &req.digest())
+            .with("plan", &plan)
+            .with("done", if done { "1" } else { "0" })
+            .with("after", &req.digest_after_ticks(&set))
+            .with(
+                "ticks",
+                &ticks
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join("."),
+            );
+        self.record(m, minute)
+    }
+
+    fn label(&mut self, by: &str, label: &str, minute: i64) -> &mut Self {
+        self.f.label(u(by), label, minute);
+        self
+    }
+
+    fn note(&mut self, by: &str, body: &str, minute: i64) -> &mut Self {
+        self.f.note(u(by), body, true, minute);
+        self
+    }
+
+    fn set_body(&mut self, body: &str) -> &mut Self {
+        self.f.facts.issue.description = body.into();
+        self
+    }
+
+    fn decide_as(&self, requester_email: Option<&str>) -> Decision {
+        let cfg = config();
+        let requester = Requester {
+            username: self.f.facts.issue.author.username.clone(),
+            email: requester_email.and_then(|e| Email::parse(e).ok()),
+        };
+        let cx = Context {
+            facts: &self.f.facts,
+            cfg: &cfg,
+            dir: &self.dir,
+            bot_id: BOT,
+            history: &self.history,
+            requester: &requester,
+        };
+        approval::decide(self.request(), &cx)
+    }
+
+    fn decide(&self) -> Decision {
+        let email = self
+            .dir
+            .by_id(self.f.facts.issue.author.id)
+            .and_then(|i| i.email.clone());
+        self.decide_as(email.as_ref().map(|e| e.as_str()))
+    }
 }
 
 fn missing(d: &Decision) -> Vec<Missing> {
@@ -54,299 +168,757 @@ fn missing(d: &Decision) -> Vec<Missing> {
     }
 }
 
-fn plan_note(f: &mut Facts, minute: i64) {
-    let cfg = config();
-    let digest = parse_request(&f.facts.issue, &cfg).unwrap().digest();
-    let m = Marker::new("plan", &format!("plan:{digest}"), &digest, "plan");
-    f.note(
-        user(BOT, "access-bot"),
-        &format!("plan\n{}", m.render()),
-        false,
-        minute,
-    );
+fn approved(d: &Decision) -> Vec<String> {
+    match d {
+        Decision::Approved(a) => a.granted().iter().map(|g| g.by.username.clone()).collect(),
+        other => panic!("expected approved, got {other:?}"),
+    }
 }
 
-#[test]
-fn manager_approval_by_the_manager_is_approved() {
-    let mut f = tag_facts();
-    f.label(user(11, "mlee"), MANAGER_LABEL, 5);
-    match decide(&f) {
-        Decision::Approved(a) => {
-            assert_eq!(a.granted().len(), 1);
-            assert_eq!(a.granted()[0].by.username, "mlee");
-        }
-        other => panic!("{other:?}"),
+fn refused(d: &Decision) -> String {
+    match d {
+        Decision::Refused { reasons, .. } => reasons.join("\n"),
+        other => panic!("expected refused, got {other:?}"),
     }
+}
+
+fn tag_case() -> Case {
+    Case::new(
+        "Jane Doe, Zendesk Global tag partner support",
+        &[],
+        "jdoe",
+        &format!(
+            "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: add tag `partner_support_agent`\n- Justification for this access: partner work\n- [ ] Slack: #partners\n"
+        ),
+    )
+}
+
+fn special_case() -> Case {
+    Case::new(
+        "Robin Kim, Zendesk Global, Support Engineer",
+        &[],
+        "jdoe",
+        &format!(
+            "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Engineer\n"
+        ),
+    )
+}
+
+// ------------------------------------------------------------ the plan first
+
+#[test]
+fn manager_approval_after_the_plan_is_approved() {
+    let mut c = tag_case();
+    c.plan(1).label("mlee", MANAGER_LABEL, 5);
+    assert_eq!(approved(&c.decide()), vec!["mlee"]);
 }
 
 #[test]
 fn no_label_is_waiting() {
-    let f = tag_facts();
-    assert_eq!(missing(&decide(&f)), vec![Missing::NotApplied]);
+    let mut c = tag_case();
+    c.plan(1);
+    assert_eq!(missing(&c.decide()), vec![Missing::NotApplied]);
 }
 
 #[test]
+fn an_approval_before_the_plan_does_not_count() {
+    for (label_at, plan_at) in [(1, 5), (5, 5)] {
+        let mut c = tag_case();
+        c.label("mlee", MANAGER_LABEL, label_at).plan(plan_at);
+        assert_eq!(
+            missing(&c.decide()),
+            vec![Missing::BeforePlan { by: "mlee".into() }],
+            "label at {label_at}, plan at {plan_at}"
+        );
+    }
+}
+
+#[test]
+fn without_any_plan_nothing_is_approved() {
+    let mut c = tag_case();
+    c.label("mlee", MANAGER_LABEL, 5);
+    let d = c.decide();
+    assert!(matches!(
+        &d,
+        Decision::Waiting {
+            stage: Stage::NoPlan,
+            ..
+        }
+    ));
+    assert_eq!(missing(&d), vec![Missing::BeforePlan { by: "mlee".into() }]);
+}
+
+#[test]
+fn an_approval_of_an_older_plan_does_not_hold() {
+    let mut c = tag_case();
+    c.plan(1).label("mlee", MANAGER_LABEL, 5);
+    // The request changes: the plan no longer describes it.
+    let body =
+        c.f.facts
+            .issue
+            .description
+            .replace("partner_support_agent", "order_management_team");
+    c.set_body(&body);
+    let d = c.decide();
+    assert!(matches!(
+        &d,
+        Decision::Waiting {
+            stage: Stage::Stale { .. },
+            ..
+        }
+    ));
+    assert_eq!(missing(&d), vec![Missing::BeforePlan { by: "mlee".into() }]);
+    // A new plan, then a new approval after it: approved.
+    c.plan(7);
+    assert_eq!(
+        missing(&c.decide()),
+        vec![Missing::BeforePlan { by: "mlee".into() }]
+    );
+    c.f.unlabel(u("mlee"), MANAGER_LABEL, 8);
+    c.label("mlee", MANAGER_LABEL, 9);
+    assert_eq!(approved(&c.decide()), vec!["mlee"]);
+}
+
+// ------------------------------------------------------------ who approves
+
+#[test]
 fn self_approval_does_not_count() {
-    let mut f = tag_facts();
-    f.label(user(10, "jdoe"), MANAGER_LABEL, 5);
-    let m = missing(&decide(&f));
+    let mut c = tag_case();
+    c.plan(1).label("jdoe", MANAGER_LABEL, 5);
+    let m = missing(&c.decide());
     assert!(matches!(&m[0], Missing::SelfApproval { by } if by == "jdoe"));
     assert!(m[0].is_security());
 }
 
 #[test]
+fn the_manager_named_as_the_subject_by_email_is_a_self_approval() {
+    // No username in the row: the row is the manager by e-mail.
+    let mut c = Case::new(
+        "Promotion",
+        &[],
+        "jdoe",
+        &format!(
+            "{TABLE}| M Lee | mlee@gitlab.com | - | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Manager\n"
+        ),
+    );
+    c.plan(1)
+        .label("mlee", MANAGER_LABEL, 5)
+        .label("lyle", OWNER_LABEL, 5);
+    let m = missing(&c.decide());
+    assert!(
+        m.contains(&Missing::SelfApproval { by: "mlee".into() }),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn a_row_whose_username_and_email_disagree_is_refused() {
+    // Someone else's username, the approver's e-mail.
+    let mut c = Case::new(
+        "Promotion",
+        &[],
+        "jdoe",
+        &format!(
+            "{TABLE}| Jane Doe | lyle@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Manager\n"
+        ),
+    );
+    c.plan(1)
+        .label("mlee", MANAGER_LABEL, 5)
+        .label("lyle", OWNER_LABEL, 5);
+    assert!(refused(&c.decide()).contains("one person"));
+}
+
+#[test]
+fn an_approver_the_bot_cannot_tell_apart_from_the_subject_does_not_count() {
+    // The approver has no known e-mail and the row has no username: it could be them.
+    let mut c = Case::new(
+        "x",
+        &[],
+        "jdoe",
+        &format!(
+            "{TABLE}| Some One | some.one@gitlab.com | - | @nomail |\n\n- [ ] Zendesk Global: add tag `partner_support_agent`\n"
+        ),
+    );
+    c.plan(1).label("nomail", MANAGER_LABEL, 5);
+    assert_eq!(
+        missing(&c.decide()),
+        vec![Missing::IdentityUnknown {
+            by: "nomail".into()
+        }]
+    );
+    // With a username in the row, GitLab's ids tell them apart.
+    let mut c = Case::new(
+        "x",
+        &[],
+        "jdoe",
+        &format!(
+            "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @nomail |\n\n- [ ] Zendesk Global: add tag `partner_support_agent`\n"
+        ),
+    );
+    c.plan(1).label("nomail", MANAGER_LABEL, 5);
+    assert_eq!(approved(&c.decide()), vec!["nomail"]);
+}
+
+#[test]
 fn approval_by_someone_else_does_not_count() {
-    let mut f = tag_facts();
-    f.label(user(14, "mallory"), MANAGER_LABEL, 5);
-    assert!(matches!(&missing(&decide(&f))[0], Missing::Unauthorized { by } if by == "mallory"));
+    let mut c = tag_case();
+    c.plan(1).label("mallory", MANAGER_LABEL, 5);
+    assert!(matches!(&missing(&c.decide())[0], Missing::Unauthorized { by } if by == "mallory"));
 }
 
 #[test]
 fn a_username_lookalike_with_another_id_does_not_count() {
-    // Same username string, different user id: ids decide.
-    let mut f = tag_facts();
-    f.label(user(999, "mlee"), MANAGER_LABEL, 5);
+    let mut c = tag_case();
+    c.plan(1);
+    c.f.label(user(999, "mlee"), MANAGER_LABEL, 5);
     assert!(matches!(
-        &missing(&decide(&f))[0],
+        &missing(&c.decide())[0],
         Missing::Unauthorized { .. }
     ));
 }
 
 #[test]
 fn removed_approval_does_not_count() {
-    let mut f = tag_facts();
-    f.label(user(11, "mlee"), MANAGER_LABEL, 5)
-        .unlabel(user(11, "mlee"), MANAGER_LABEL, 6);
-    assert!(matches!(&missing(&decide(&f))[0], Missing::Removed { .. }));
+    let mut c = tag_case();
+    c.plan(1).label("mlee", MANAGER_LABEL, 5);
+    c.f.unlabel(u("mlee"), MANAGER_LABEL, 6);
+    assert!(matches!(&missing(&c.decide())[0], Missing::Removed { .. }));
 }
 
 #[test]
 fn label_present_without_event_does_not_count() {
-    let mut f = tag_facts();
-    f.facts.issue.labels.push(MANAGER_LABEL.into());
-    assert_eq!(missing(&decide(&f)), vec![Missing::NoEventRecord]);
+    let mut c = tag_case();
+    c.plan(1);
+    c.f.facts.issue.labels.push(MANAGER_LABEL.into());
+    assert_eq!(missing(&c.decide()), vec![Missing::NoEventRecord]);
 }
 
 #[test]
 fn latest_add_decides_regardless_of_event_order() {
-    let mut f = tag_facts();
-    f.label(user(14, "mallory"), MANAGER_LABEL, 9); // later, unauthorised
-    f.label(user(11, "mlee"), MANAGER_LABEL, 5);
-    // Events arrive unordered; mallory's is the latest add.
+    let mut c = tag_case();
+    c.plan(1)
+        .label("mallory", MANAGER_LABEL, 9)
+        .label("mlee", MANAGER_LABEL, 5);
+    // Events arrive out of order; the later one (mallory) decides.
     assert!(matches!(
-        &missing(&decide(&f))[0],
+        &missing(&c.decide())[0],
         Missing::Unauthorized { .. }
     ));
 }
 
 #[test]
-fn text_edit_after_approval_voids_it() {
-    let mut f = tag_facts();
-    f.label(user(11, "mlee"), MANAGER_LABEL, 5);
-    f.note(user(10, "jdoe"), "changed the description", true, 7);
-    assert!(matches!(&missing(&decide(&f))[0], Missing::EditedAfter { by } if by == "jdoe"));
+fn special_request_needs_both_approvals() {
+    let mut c = special_case();
+    c.plan(1).label("mlee", MANAGER_LABEL, 5);
+    assert_eq!(missing(&c.decide()), vec![Missing::NotApplied]);
+    c.label("lyle", OWNER_LABEL, 6);
+    assert_eq!(approved(&c.decide()), vec!["mlee", "lyle"]);
 }
 
 #[test]
-fn edit_before_approval_is_fine() {
-    let mut f = tag_facts();
-    f.note(user(10, "jdoe"), "changed the description", true, 3);
-    f.label(user(11, "mlee"), MANAGER_LABEL, 5);
-    assert!(matches!(decide(&f), Decision::Approved(_)));
-}
-
-#[test]
-fn bot_ticks_after_approval_do_not_void() {
-    let mut f = tag_facts();
-    f.label(user(11, "mlee"), MANAGER_LABEL, 5);
-    f.note(
-        user(BOT, "access-bot"),
-        "marked the checklist item **x** as completed",
-        true,
-        7,
+fn bulk_request_with_different_managers_cannot_be_approved_by_one_of_them() {
+    let mut c = Case::new(
+        "Bulk",
+        &[],
+        "jdoe",
+        &format!(
+            "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n| Sam Rivera | sam.rivera@gitlab.com | @srivera | @kpatel |\n\n- [ ] Zendesk Global: add tag `partner_support_agent`\n"
+        ),
     );
-    assert!(matches!(decide(&f), Decision::Approved(_)));
-}
-
-#[test]
-fn others_ticking_after_approval_void_without_a_plan_comment() {
-    let mut f = tag_facts();
-    f.label(user(11, "mlee"), MANAGER_LABEL, 5);
-    f.note(
-        user(14, "mallory"),
-        "marked the checklist item **Okta** as completed",
-        true,
-        7,
-    );
+    c.plan(1).label("mlee", MANAGER_LABEL, 5);
     assert!(matches!(
-        &missing(&decide(&f))[0],
+        &missing(&c.decide())[0],
+        Missing::Unauthorized { .. }
+    ));
+}
+
+// ------------------------------------------------------------ changes after approval
+
+#[test]
+fn text_edit_after_approval_voids_it() {
+    let mut c = tag_case();
+    c.plan(1)
+        .label("mlee", MANAGER_LABEL, 5)
+        .note("jdoe", "changed the description", 6);
+    assert_eq!(
+        missing(&c.decide()),
+        vec![Missing::EditedAfter { by: "jdoe".into() }]
+    );
+}
+
+#[test]
+fn a_title_change_after_approval_voids_it() {
+    let mut c = tag_case();
+    c.plan(1).label("mlee", MANAGER_LABEL, 5).note(
+        "mallory",
+        "changed title from **a** to **b**",
+        6,
+    );
+    assert_eq!(
+        missing(&c.decide()),
+        vec![Missing::EditedAfter {
+            by: "mallory".into()
+        }]
+    );
+}
+
+#[test]
+fn an_edit_at_the_same_instant_as_the_approval_counts_as_after() {
+    let mut c = tag_case();
+    c.plan(1)
+        .label("mlee", MANAGER_LABEL, 5)
+        .note("jdoe", "changed the description", 5);
+    assert!(matches!(
+        &missing(&c.decide())[0],
         Missing::EditedAfter { .. }
     ));
 }
 
 #[test]
-fn others_ticking_after_approval_are_fine_with_a_matching_plan() {
-    let mut f = tag_facts();
-    plan_note(&mut f, 2);
-    f.label(user(11, "mlee"), MANAGER_LABEL, 5);
-    f.note(
-        user(14, "mallory"),
-        "marked the checklist item **Okta** as completed",
+fn an_edit_between_plan_and_approval_is_fine() {
+    let mut c = tag_case();
+    c.plan(1)
+        .note("jdoe", "changed the description", 3)
+        .label("mlee", MANAGER_LABEL, 5);
+    assert_eq!(approved(&c.decide()), vec!["mlee"]);
+}
+
+#[test]
+fn bot_ticks_after_approval_do_not_void() {
+    let mut c = tag_case();
+    c.plan(1).label("mlee", MANAGER_LABEL, 5);
+    c.f.note(
+        user(BOT, "access-bot"),
+        "marked the checklist item **Zendesk Global: add tag `partner_support_agent`** as completed",
         true,
-        7,
+        6,
     );
-    assert!(matches!(decide(&f), Decision::Approved(_)));
+    assert_eq!(approved(&c.decide()), vec!["mlee"]);
 }
 
 #[test]
-fn approval_of_an_older_plan_does_not_hold() {
-    let mut f = tag_facts();
-    // A plan for different content (another digest), then the approval.
-    let m = Marker::new("plan", "plan:0000", "0000000000000000", "plan");
-    f.note(user(BOT, "access-bot"), &m.render(), false, 2);
-    f.label(user(11, "mlee"), MANAGER_LABEL, 5);
-    assert_eq!(missing(&decide(&f)), vec![Missing::PlanChanged]);
+fn others_ticking_their_own_systems_after_approval_are_fine() {
+    let mut c = tag_case();
+    c.plan(1).label("mlee", MANAGER_LABEL, 5).note(
+        "mallory",
+        "marked the checklist item **Slack: #partners** as completed",
+        6,
+    );
+    let body =
+        c.f.facts
+            .issue
+            .description
+            .replace("- [ ] Slack", "- [x] Slack");
+    c.set_body(&body);
+    assert_eq!(approved(&c.decide()), vec!["mlee"]);
 }
 
 #[test]
-fn special_request_needs_both_approvals() {
-    let body = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Engineer\n";
-    let mut f = Facts::new(issue(
-        "Jane Doe, Zendesk Global, Support Engineer",
-        &["support::to do"],
-        user(10, "jdoe"),
-        body,
-    ));
-    f.label(user(11, "mlee"), MANAGER_LABEL, 5);
-    let m = missing(&decide(&f));
-    assert_eq!(m, vec![Missing::NotApplied]);
-    f.label(user(12, "lyle"), OWNER_LABEL, 6);
-    assert!(matches!(decide(&f), Decision::Approved(_)));
-}
-
-#[test]
-fn bulk_request_with_different_managers_needs_a_listed_approver() {
-    let body = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n| Sam Rivera | sam.rivera@gitlab.com | @srivera | @kpatel |\n\n- [ ] Zendesk Global: add tag `partner_support_agent`\n";
-    let mut f = Facts::new(issue(
-        "Bulk Access, Zendesk Global tag",
-        &["support::to do"],
-        user(14, "mallory"),
-        body,
-    ));
-    f.label(user(11, "mlee"), MANAGER_LABEL, 5);
+fn others_ticking_a_bot_item_after_approval_void_it() {
+    let mut c = tag_case();
+    c.plan(1).label("mlee", MANAGER_LABEL, 5).note(
+        "mallory",
+        "marked the checklist item **Zendesk Global: add tag `partner_support_agent`** as completed",
+        6,
+    );
     assert!(matches!(
-        &missing(&decide(&f))[0],
-        Missing::Unauthorized { .. }
+        &missing(&c.decide())[0],
+        Missing::EditedAfter { .. }
     ));
 }
 
-fn rbe_facts(author: (u64, &str)) -> Facts {
-    let mut f = Facts::new(issue(
-        "Role-based entitlements: Sam Rivera, Support Engineer",
-        &["BaselineEntitlementAR", "support::to do", MANAGER_LABEL],
-        user(author.0, author.1),
-        &example("b_entitlement.md"),
+#[test]
+fn tick_state_is_part_of_the_plan() {
+    // A bot item ticked before the plan is left alone by it; unticking it later
+    // means a new plan (and approvals after that).
+    let body = format!(
+        "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [x] Zendesk Global: Agent - Support Manager\n- [ ] Zendesk Global: add tag `partner_support_agent`\n"
+    );
+    let mut c = Case::new("x", &[], "jdoe", &body);
+    c.plan(1)
+        .label("mlee", MANAGER_LABEL, 5)
+        .label("lyle", OWNER_LABEL, 5);
+    assert_eq!(approved(&c.decide()), vec!["mlee", "lyle"]);
+    c.set_body(&body.replace("- [x] Zendesk", "- [ ] Zendesk"));
+    let d = c.decide();
+    assert!(
+        matches!(
+            &d,
+            Decision::Waiting {
+                stage: Stage::Stale { .. },
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+}
+
+// ------------------------------------------------------------ one execution
+
+#[test]
+fn a_completed_plan_is_consumed() {
+    let mut c = tag_case();
+    c.plan(1)
+        .label("mlee", MANAGER_LABEL, 5)
+        .result(6, true, &[0]);
+    // The ticks are not on the issue yet: put them back, run nothing.
+    assert!(matches!(
+        c.decide(),
+        Decision::Done {
+            stage: Stage::Done { retick: true, .. },
+            ..
+        }
     ));
-    f.label(user(author.0, author.1), MANAGER_LABEL, 0);
-    f
+    let ticked =
+        c.f.facts
+            .issue
+            .description
+            .replace("- [ ] Zendesk", "- [x] Zendesk");
+    c.set_body(&ticked);
+    assert!(matches!(
+        c.decide(),
+        Decision::Done {
+            stage: Stage::Done { retick: false, .. },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_change_after_completion_needs_a_new_plan_and_new_approvals() {
+    let mut c = tag_case();
+    c.plan(1)
+        .label("mlee", MANAGER_LABEL, 5)
+        .result(6, true, &[0]);
+    // Unticking is not enough to replay: a different request (tag changed) is stale,
+    // and the old approval predates any new plan.
+    let body =
+        c.f.facts
+            .issue
+            .description
+            .replace("partner_support_agent", "oem_management_team");
+    c.set_body(&body);
+    let d = c.decide();
+    assert!(matches!(
+        &d,
+        Decision::Waiting {
+            stage: Stage::Stale { .. },
+            ..
+        }
+    ));
+    assert_eq!(missing(&d), vec![Missing::BeforePlan { by: "mlee".into() }]);
+    c.plan(8);
+    assert_eq!(
+        missing(&c.decide()),
+        vec![Missing::BeforePlan { by: "mlee".into() }]
+    );
+}
+
+#[test]
+fn a_partly_done_plan_continues_on_its_approval() {
+    let body = format!(
+        "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: add tag `partner_support_agent`\n- [ ] Zendesk Global: add tag `order_management_team`\n"
+    );
+    let mut c = Case::new("x", &[], "jdoe", &body);
+    c.plan(1)
+        .label("mlee", MANAGER_LABEL, 5)
+        .result(6, false, &[0]);
+    c.set_body(&body.replacen("- [ ] Zendesk", "- [x] Zendesk", 1));
+    c.f.note(
+        user(BOT, "access-bot"),
+        "marked the checklist item **Zendesk Global: add tag `partner_support_agent`** as completed",
+        true,
+        6,
+    );
+    assert_eq!(approved(&c.decide()), vec!["mlee"]);
+}
+
+// ------------------------------------------------------------ what is asked decides
+
+#[test]
+fn a_light_agent_title_asking_for_more_needs_what_more_needs() {
+    let mut c = Case::new(
+        "Jane Doe: Zendesk Global light agent",
+        &[],
+        "jdoe",
+        &format!(
+            "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Support Manager\n"
+        ),
+    );
+    c.plan(1);
+    assert_eq!(missing(&c.decide()).len(), 2);
+}
+
+#[test]
+fn light_agent_for_oneself_needs_no_approval_once_planned() {
+    let mut c = Case::new(
+        "Light agent",
+        &[],
+        "jdoe",
+        "- [ ] Zendesk Global: Light Agent\n",
+    );
+    c.f.facts.issue.author_email = Some("jane.doe@gitlab.com".into());
+    // Nothing before the plan.
+    assert!(matches!(
+        c.decide(),
+        Decision::Waiting {
+            stage: Stage::NoPlan,
+            ..
+        }
+    ));
+    c.plan(1);
+    assert_eq!(approved(&c.decide()), Vec::<String>::new());
+}
+
+#[test]
+fn light_agent_whose_requester_is_unknown_waits_for_the_manager() {
+    let mut c = Case::new(
+        "Light agent",
+        &[],
+        "nomail",
+        &format!(
+            "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Light Agent\n"
+        ),
+    );
+    c.plan(1);
+    let d = c.decide_as(None);
+    assert_eq!(missing(&d), vec![Missing::NotApplied]);
+    let Decision::Waiting { requirements, .. } = d else {
+        unreachable!()
+    };
+    assert!(matches!(
+        requirements.self_service,
+        access_bot::policy::SelfService::Unverified(_)
+    ));
+}
+
+#[test]
+fn light_agent_for_someone_else_waits_for_the_manager() {
+    let mut c = Case::new(
+        "Light agent",
+        &[],
+        "mallory",
+        &format!(
+            "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Light Agent\n"
+        ),
+    );
+    c.plan(1);
+    assert_eq!(missing(&c.decide()), vec![Missing::NotApplied]);
+}
+
+#[test]
+fn protected_accounts_are_refused() {
+    let cfg_body = format!(
+        "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: add tag `partner_support_agent`\n"
+    );
+    let mut c = Case::new("x", &[], "jdoe", &cfg_body);
+    c.plan(1).label("mlee", MANAGER_LABEL, 5);
+    let mut cfg = config();
+    cfg.bot.protected = vec!["jane.doe@gitlab.com".into()];
+    let requester = Requester {
+        username: "jdoe".into(),
+        email: None,
+    };
+    let d = approval::decide(
+        parse_request(&c.f.facts.issue, &cfg).unwrap(),
+        &Context {
+            facts: &c.f.facts,
+            cfg: &cfg,
+            dir: &c.dir,
+            bot_id: BOT,
+            history: &c.history,
+            requester: &requester,
+        },
+    );
+    assert!(refused(&d).contains("protected"));
+}
+
+#[test]
+fn a_username_gitlab_does_not_know_is_refused() {
+    let mut c = Case::new(
+        "x",
+        &[],
+        "jdoe",
+        &format!(
+            "{TABLE}| Jane Doe | jane.doe@gitlab.com | @ghost | @mlee |\n\n- [ ] Zendesk Global: add tag `partner_support_agent`\n"
+        ),
+    );
+    c.plan(1);
+    assert!(refused(&c.decide()).contains("not a GitLab user"));
+}
+
+// ------------------------------------------------------------ trusted automation
+
+fn rbe(author: &str, extra_labels: &[&str]) -> Case {
+    let mut labels = vec!["BaselineEntitlementAR"];
+    labels.extend_from_slice(extra_labels);
+    let mut c = Case::new(
+        "Role-based entitlements: Sam Rivera",
+        &labels,
+        author,
+        &format!(
+            "{TABLE}| Sam Rivera | sam.rivera@gitlab.com | @srivera | @kpatel |\n\n#### Support to-do:\n* [ ]  `Zendesk Global`: `Agent, role Support Engineer`\n* [ ]  `Zendesk US Federal`: `Light Agent`\n* [ ]  `Slack`: `#support`\n"
+        ),
+    );
+    // Labels set when the issue is filed are its author's label events.
+    for l in labels {
+        c.f.label(u(author), l, 0);
+    }
+    c
 }
 
 #[test]
 fn entitlement_from_the_automation_waits_only_for_citizenship() {
-    let mut f = rbe_facts((16, "gitlab-employment-bot"));
-    let m = match decide(&f) {
-        Decision::Waiting {
-            missing,
-            verification_pending,
-            ..
-        } => {
-            assert!(verification_pending);
-            missing
-        }
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(m.len(), 1);
-    assert_eq!(m[0].approval, "citizenship");
-    f.label(user(15, "people-connect-1"), "US-Citizenship::Verified", 10);
-    assert!(matches!(decide(&f), Decision::Approved(_)));
+    let mut c = rbe("gitlab-employment-bot", &[]);
+    c.plan(1);
+    assert_eq!(missing(&c.decide()), vec![Missing::NotApplied]);
+    c.label("people-connect-1", VERIFIED, 5);
+    assert_eq!(approved(&c.decide()), vec!["people-connect-1"]);
 }
 
 #[test]
 fn entitlement_from_anyone_else_is_refused() {
-    let f = rbe_facts((14, "mallory"));
-    match decide(&f) {
-        Decision::Refused {
-            security, reasons, ..
-        } => {
-            assert!(security);
-            assert!(reasons[0].contains("mallory"), "{reasons:?}");
-        }
+    let mut c = rbe("mallory", &[]);
+    c.plan(1);
+    assert!(refused(&c.decide()).contains("only trusted when filed by the automation"));
+}
+
+#[test]
+fn entitlement_edited_by_a_person_is_refused() {
+    let mut c = rbe("gitlab-employment-bot", &[]);
+    c.plan(1).note("mallory", "changed the description", 2);
+    assert!(refused(&c.decide()).contains("must not be edited"));
+}
+
+#[test]
+fn the_kind_label_must_come_from_the_automation() {
+    let mut c = rbe("gitlab-employment-bot", &[]);
+    c.f.facts.issue.labels.clear();
+    c.label("mallory", "BaselineEntitlementAR", 1);
+    assert!(refused(&c.decide()).contains("not by the automation"));
+}
+
+#[test]
+fn an_offboarding_label_added_by_someone_else_does_not_make_an_offboarding() {
+    // An entitlement filed by the automation; someone adds `offboarding`.
+    let mut c = Case::new(
+        "Role-based entitlements: Sam Rivera",
+        &["BaselineEntitlementAR"],
+        "gitlab-employment-bot",
+        &format!(
+            "{TABLE}| Sam Rivera | sam.rivera@gitlab.com | @srivera | @kpatel |\n\n- [ ]  @zd: Remove the team member from Zendesk Global\n"
+        ),
+    );
+    c.f.label(u("gitlab-employment-bot"), "BaselineEntitlementAR", 0);
+    c.label("mallory", "offboarding", 2);
+    assert!(refused(&c.decide()).contains("not by the automation"));
+}
+
+fn offboarding() -> Case {
+    let mut c = Case::new(
+        "Offboarding: Alex Chen",
+        &["offboarding"],
+        "gitlab-employment-bot",
+        &format!(
+            "{TABLE}| Alex Chen | alex.chen@gitlab.com | @achen | @mlee |\n\n- [ ]  @zd: Remove the team member from Zendesk Global\n- [ ]  @it: Remove the team member from Slack\n"
+        ),
+    );
+    c.f.label(u("gitlab-employment-bot"), "offboarding", 0);
+    c
+}
+
+#[test]
+fn another_team_ticking_its_own_line_does_not_block_an_offboarding() {
+    let mut c = offboarding();
+    c.note(
+        "mallory",
+        "marked the checklist item **@it: Remove the team member from Slack** as completed",
+        2,
+    );
+    let body =
+        c.f.facts
+            .issue
+            .description
+            .replace("- [ ]  @it", "- [x]  @it");
+    c.set_body(&body);
+    c.plan(3);
+    assert_eq!(approved(&c.decide()), Vec::<String>::new());
+}
+
+#[test]
+fn someone_ticking_the_bots_line_on_an_offboarding_is_refused() {
+    let mut c = offboarding();
+    c.plan(1).note(
+        "mallory",
+        "marked the checklist item **@zd: Remove the team member from Zendesk Global** as completed",
+        2,
+    );
+    assert!(refused(&c.decide()).contains("must not be edited"));
+}
+
+#[test]
+fn a_text_edit_hidden_behind_a_tick_after_the_plan_is_refused() {
+    // GitLab writes only the tick's note when an edit also changes text.
+    let mut c = offboarding();
+    c.plan(1).note(
+        "mallory",
+        "marked the checklist item **@it: Remove the team member from Slack** as completed",
+        2,
+    );
+    let body =
+        c.f.facts
+            .issue
+            .description
+            .replace(
+                "alex.chen@gitlab.com | @achen",
+                "sam.rivera@gitlab.com | @srivera",
+            )
+            .replace("- [ ]  @it", "- [x]  @it");
+    c.set_body(&body);
+    assert!(refused(&c.decide()).contains("must not be edited"));
+}
+
+// ------------------------------------------------------------ verification
+
+fn federal() -> Case {
+    let mut c = Case::new(
+        "Bo Li: Zendesk US Federal light agent",
+        &[],
+        "jdoe",
+        &format!(
+            "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk US Federal: Light Agent\n"
+        ),
+    );
+    c.plan(1);
+    c
+}
+
+#[test]
+fn citizenship_denied_by_the_people_team_refuses_and_closes() {
+    let mut c = federal();
+    c.label("people-connect-1", DENIED, 5);
+    match c.decide() {
+        Decision::Refused { close, .. } => assert!(close),
         other => panic!("{other:?}"),
     }
 }
 
 #[test]
-fn entitlement_edited_by_a_person_is_refused() {
-    let mut f = rbe_facts((16, "gitlab-employment-bot"));
-    f.note(user(14, "mallory"), "changed the description", true, 3);
-    assert!(matches!(
-        decide(&f),
-        Decision::Refused { security: true, .. }
-    ));
-}
-
-#[test]
-fn citizenship_denied_by_the_people_team_refuses_and_closes() {
-    let mut f = rbe_facts((16, "gitlab-employment-bot"));
-    f.label(
-        user(15, "people-connect-1"),
-        "US-Citizenship::Not Verified",
-        10,
-    );
-    assert!(matches!(
-        decide(&f),
-        Decision::Refused {
-            close: true,
-            security: false,
-            ..
-        }
-    ));
-}
-
-#[test]
 fn forged_verification_does_not_count() {
-    let mut f = rbe_facts((16, "gitlab-employment-bot"));
-    f.label(user(14, "mallory"), "US-Citizenship::Verified", 10);
-    assert!(matches!(
-        &missing(&decide(&f))[0],
-        Missing::Unauthorized { .. }
-    ));
-    // ...and a forged denial is ignored.
-    let mut g = rbe_facts((16, "gitlab-employment-bot"));
-    g.label(user(14, "mallory"), "US-Citizenship::Not Verified", 10);
-    assert!(matches!(decide(&g), Decision::Waiting { .. }));
-}
-
-#[test]
-fn light_agent_global_needs_no_approval() {
-    let mut i = issue(
-        "Zendesk Global light agent",
-        &["support::to do"],
-        user(10, "jdoe"),
-        "- [ ] Zendesk Global: Light Agent\n- Justification for this access: I read tickets.\n",
+    let mut c = federal();
+    c.label("mlee", MANAGER_LABEL, 4)
+        .label("mallory", VERIFIED, 5);
+    let m = missing(&c.decide());
+    assert!(
+        matches!(&m[0], Missing::Unauthorized { by } if by == "mallory"),
+        "{m:?}"
     );
-    i.author_email = Some("jane.doe@gitlab.com".into());
-    let f = Facts::new(i);
-    assert!(matches!(decide(&f), Decision::Approved(_)));
 }
 
 #[test]
-fn an_edit_at_the_same_instant_as_the_approval_counts_as_after() {
-    let mut f = tag_facts();
-    f.label(user(11, "mlee"), MANAGER_LABEL, 5);
-    f.note(user(10, "jdoe"), "changed the description", true, 5);
-    assert!(matches!(
-        &missing(&decide(&f))[0],
-        Missing::EditedAfter { .. }
-    ));
+fn federal_self_service_still_needs_manager_and_verification() {
+    let mut c = federal();
+    c.label("mlee", MANAGER_LABEL, 4)
+        .label("people-connect-1", VERIFIED, 5);
+    assert_eq!(approved(&c.decide()), vec!["mlee", "people-connect-1"]);
 }

@@ -125,7 +125,8 @@ fn empty_and_huge_bodies() {
         "- [ ] Slack: #chan\n".repeat(50_000)
     );
     assert!(big.len() > 900_000);
-    assert_eq!(errors("zendesk", &big), vec![RequestError::NoBotItems]);
+    // Nothing for the bot: not a request at all (and so not commented on).
+    assert_eq!(errors("zendesk", &big), vec![RequestError::UnknownKind]);
 }
 
 #[test]
@@ -137,10 +138,24 @@ fn unknown_kind() {
 
 #[test]
 fn table_with_missing_columns() {
-    let body = "| Full name | Email | Manager |\n|---|---|---|\n| Jane | jane@gitlab.com |\n\n- [ ] Zendesk Global: Light Agent\n";
+    // GitLab shows the missing cells empty, and so does the bot read them.
+    let body = "| Full name | Email | Manager |\n|---|---|---|\n| Jane | jane@gitlab.com |\n\n- [ ] Zendesk Global: add tag partner_support_agent\n";
+    let r = parse_request(&issue("zendesk", &[], user(10, "jdoe"), body), &config()).unwrap();
+    assert_eq!(r.subjects[0].manager, None);
+    // Two tables of people, or a table and `Key: value` lines, are ambiguous.
+    let two = format!(
+        "{HEAD}| A B | a@gitlab.com | @ab | @mlee |\n\n{HEAD}| C D | c@gitlab.com | @cd | @mlee |\n\n- [ ] Zendesk Global: add tag partner_support_agent\n"
+    );
     assert!(matches!(
-        errors("zendesk", body)[0],
-        RequestError::TableRow { line: 3, .. }
+        errors("zendesk", &two)[0],
+        RequestError::TableRow { .. }
+    ));
+    let mixed = format!(
+        "Email: c@gitlab.com\n\n{HEAD}| A B | a@gitlab.com | @ab | @mlee |\n\n- [ ] Zendesk Global: add tag partner_support_agent\n"
+    );
+    assert!(matches!(
+        errors("zendesk", &mixed)[0],
+        RequestError::TableRow { .. }
     ));
 }
 
@@ -244,19 +259,35 @@ fn emails_outside_the_allowed_domains_are_refused() {
 
 #[test]
 fn mentions_and_markdown_in_names_are_refused_and_escaped() {
-    for name in ["@all", "Jane [x](http://evil)", "Jane <b>", "/close"] {
+    for name in ["@all", "/close", "Jane *Doe*!", "Jane \\@all"] {
         let body = format!(
             "{HEAD}| {name} | jane@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Light Agent\n"
         );
         let e = errors("zendesk", &body);
         let shown = e[0].to_string();
-        assert!(matches!(e[0], RequestError::BadSubject { .. }), "{name}");
-        // The name only ever appears inside a code span.
         assert!(
-            shown.contains(&format!("`{}`", name.replace('|', "\\|"))),
-            "{shown}"
+            matches!(e[0], RequestError::BadSubject { .. }),
+            "{name}: {e:?}"
+        );
+        // The name only ever appears inside a code span.
+        assert!(shown.contains('`') && !shown.contains("`@all`@"), "{shown}");
+    }
+    // HTML in a row: what it shows and what it says can differ.
+    for cell in ["Jane <b>", "Jane <!-- Mallory -->", "<span>Jane</span>"] {
+        let body = format!(
+            "{HEAD}| {cell} | jane@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Light Agent\n"
+        );
+        assert!(
+            matches!(errors("zendesk", &body)[0], RequestError::TableRow { .. }),
+            "{cell}"
         );
     }
+    // A link is read as GitLab shows it: its text.
+    let body = format!(
+        "{HEAD}| Jane [Doe](http://evil) | jane@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Light Agent\n"
+    );
+    let r = parse_request(&issue("zendesk", &[], user(10, "jdoe"), &body), &config()).unwrap();
+    assert_eq!(r.subjects[0].name, "Jane Doe");
 }
 
 #[test]
@@ -272,13 +303,29 @@ fn light_agent_is_self_service() {
     let r = parse_request(&i, &cfg).unwrap();
     assert_eq!(r.kind, RequestKind::LightAgent);
     assert_eq!(r.subjects[0].email.as_str(), "jane.doe@gitlab.com");
-    // Naming someone else is refused.
+    // Naming someone else is a light-agent request too, but not self-service:
+    // it needs the manager.
     i.description = format!(
         "{HEAD}| Bo Li | bo@gitlab.com | @bli | @mlee |\n\n- [ ] Zendesk Global: Light Agent\n"
     );
+    let r = parse_request(&i, &cfg).unwrap();
+    assert_eq!(r.kind, RequestKind::LightAgent);
+    let me = access_bot::policy::Requester {
+        username: "jdoe".into(),
+        email: access_bot::request::Email::parse("jane.doe@gitlab.com").ok(),
+    };
+    let ss = access_bot::policy::self_service(&r, &me, &cfg);
+    assert!(matches!(ss, access_bot::policy::SelfService::Unverified(_)));
+    assert_eq!(
+        access_bot::policy::requirements(&r, &cfg, ss).required,
+        vec!["manager"]
+    );
+    // Without a table and without the author's e-mail, nobody can be named.
+    i.description = "- [ ] Zendesk Global: Light Agent\n".into();
+    i.author_email = None;
     assert!(matches!(
         parse_request(&i, &cfg).unwrap_err()[0],
-        RequestError::NotSelf { .. }
+        RequestError::AuthorUnknown { .. }
     ));
 }
 
@@ -313,7 +360,7 @@ fn expiry_date_and_duration() {
 }
 
 #[test]
-fn digest_ignores_ticks_and_other_systems() {
+fn digest_covers_the_bots_ticks_but_not_other_systems() {
     let cfg = config();
     let a = example("a_access_request.md");
     let d0 = parse_request(
@@ -322,16 +369,22 @@ fn digest_ignores_ticks_and_other_systems() {
     )
     .unwrap()
     .digest();
-    let ticked =
-        a.replacen("- [ ] Slack", "- [x] Slack", 1)
-            .replacen("- [ ] Google", "- [x] Google", 1);
+    let other = a.replacen("- [ ] Slack", "- [x] Slack", 1);
     let d1 = parse_request(
-        &issue("zendesk", &["support::to do"], user(10, "jdoe"), &ticked),
+        &issue("zendesk", &["support::to do"], user(10, "jdoe"), &other),
         &cfg,
     )
     .unwrap()
     .digest();
-    assert_eq!(d0, d1);
+    assert_eq!(d0, d1, "another system's tick is not the bot's business");
+    let ours = a.replacen("- [ ] Google", "- [x] Google", 1);
+    let d_ours = parse_request(
+        &issue("zendesk", &["support::to do"], user(10, "jdoe"), &ours),
+        &cfg,
+    )
+    .unwrap()
+    .digest();
+    assert_ne!(d0, d_ours, "a ticked bot item is one the plan leaves alone");
     let changed = a.replace("light agent, add tag", "Agent - Support Engineer, add tag");
     let d2 = parse_request(
         &issue("zendesk", &["support::to do"], user(10, "jdoe"), &changed),

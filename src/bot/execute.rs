@@ -1,12 +1,15 @@
-//! Carry out an [`ExecutablePlan`]: each step is idempotent, recorded in the
-//! audit trail as it completes, and the first failure stops the plan (the next
-//! cycle re-reads the systems, so finished steps show as already done).
+//! Carry out an approved plan: each step is idempotent, recorded in the audit
+//! trail as it completes, and the first failure stops the plan (the next cycle
+//! re-reads the systems, so finished steps show as already done). Whatever the
+//! plan says, the bot's own accounts, Zendesk admins and protected accounts
+//! are never written to, and a self-service grant re-reads the account right
+//! before it writes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::approval::Approved;
-use crate::plan::{Action, ExecutablePlan, Observed, Step, StepState};
-use crate::request::{Email, Request};
+use crate::plan::{Action, Observed, Plan, Step, StepState};
+use crate::request::Email;
 use crate::zendesk::UserPatch;
 
 use super::Bot;
@@ -42,48 +45,57 @@ impl Bot {
     pub(super) async fn execute(
         &self,
         project: &str,
-        approved: &Approved<Request>,
-        plan: &ExecutablePlan,
+        plan: &Approved<Plan>,
         observed: &Observed,
     ) -> ExecResult {
-        let req = approved.request();
-        let approvers = approved
+        let p = plan.inner();
+        let approvers = plan
             .granted()
             .iter()
             .map(|g| format!("{}@{}", g.by.username, g.at.to_rfc3339()))
             .collect::<Vec<_>>()
             .join(", ");
         let approvers = if approvers.is_empty() {
-            match req.kind {
+            match p.kind {
                 crate::request::RequestKind::RoleBasedEntitlement
                 | crate::request::RequestKind::Offboarding => {
-                    format!("trusted author {}", req.requester.username)
+                    "trusted automation (pre-approved template)".to_string()
                 }
-                _ => "self-service (no approval required)".to_string(),
+                _ if p.self_service => "self-service (no approval required)".to_string(),
+                _ => "no approval required".to_string(),
             }
         } else {
             approvers
         };
+        let approvers = format!("{approvers}; plan {}", plan.plan().marker.digest);
         let mut ids: BTreeMap<(String, Email), u64> = BTreeMap::new();
         for ((inst, email), acc) in &observed.zendesk {
             if let Some(a) = acc {
                 ids.insert((inst.clone(), email.clone()), a.id);
             }
         }
-        let steps: Vec<Step> = plan
-            .plan()
+        let steps: Vec<Step> = p
             .steps
             .iter()
             .filter(|s| s.state != StepState::AlreadyDone)
             .cloned()
             .collect();
-        self.run_steps(project, req.iid, &steps, &approvers, &mut ids, observed)
-            .await
+        self.run_steps(
+            project,
+            p.iid,
+            &steps,
+            &approvers,
+            &mut ids,
+            observed,
+            p.self_service,
+        )
+        .await
     }
 
     /// Run steps in order, recording each in the audit trail before anything
     /// reports it; stop at the first failure. Also used to end time-bound
     /// access, which only takes away (or restores) what an approved plan gave.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn run_steps(
         &self,
         project: &str,
@@ -92,6 +104,7 @@ impl Bot {
         approvers: &str,
         ids: &mut BTreeMap<(String, Email), u64>,
         observed: &Observed,
+        self_service: bool,
     ) -> ExecResult {
         let mut result = ExecResult::default();
         for step in steps {
@@ -100,7 +113,10 @@ impl Bot {
                 .get(&(step.instance.clone(), step.subject.clone()))
                 .map(|a| serde_json::to_string(a).unwrap_or_default())
                 .unwrap_or_default();
-            let outcome = self.step(step, ids, observed).await;
+            let outcome = match self.guard(step, observed, self_service).await {
+                Ok(()) => self.step(step, ids, observed).await,
+                Err(e) => Err(e),
+            };
             let (label, after) = match &outcome {
                 Ok(after) => ("ok", after.clone()),
                 Err(e) => ("failed", e.to_string()),
@@ -136,6 +152,59 @@ impl Bot {
             }
         }
         result
+    }
+
+    /// The last check before a write: never the bot's own account, an admin or
+    /// a protected account; a self-service grant only onto no account, an
+    /// end-user or a light agent, and never a suspended one, as read right now.
+    async fn guard(
+        &self,
+        step: &Step,
+        observed: &Observed,
+        self_service: bool,
+    ) -> Result<(), StepError> {
+        let protected = self
+            .cfg
+            .bot
+            .protected
+            .iter()
+            .any(|p| Email::parse(p).is_ok_and(|p| p == step.subject));
+        if protected || observed.protected.contains_key(&step.subject) {
+            return Err(StepError::Other(format!(
+                "{} is a protected account; the bot never changes it",
+                step.subject
+            )));
+        }
+        let observed_admin = observed
+            .zendesk
+            .get(&(step.instance.clone(), step.subject.clone()))
+            .and_then(|a| a.as_ref())
+            .is_some_and(|a| a.role == "admin");
+        if observed_admin {
+            return Err(StepError::Other(format!(
+                "{} is a Zendesk admin; the bot never changes an admin",
+                step.subject
+            )));
+        }
+        let grants_role = matches!(
+            step.action,
+            Action::CreateAgent { .. } | Action::SetRole { .. } | Action::Unsuspend
+        );
+        if self_service && grants_role && !step.action.is_google() {
+            let inst = self
+                .instance(&step.instance)
+                .map_err(|e| StepError::Other(e.to_string()))?;
+            if let Some(u) = inst.api.find_user(&step.subject).await? {
+                let light = u.role == "agent" && u.role_type == Some(1);
+                if u.suspended || u.role == "admin" || (u.role != "end-user" && !light) {
+                    return Err(StepError::Other(format!(
+                        "the account of {} changed since it was read (now role {}, suspended {}); a self-service request does not change it",
+                        step.subject, u.role, u.suspended
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn user_id(
@@ -439,11 +508,12 @@ mod tests {
 
     use mockall::Sequence;
 
-    use crate::approval::{self, Decision, Directory};
+    use crate::approval::{self, Context, Decision, Directory, History, Record};
     use crate::bot::{Bot, Instance};
     use crate::config::Config;
     use crate::gitlab::{ApiUser, MockGitlabApi};
     use crate::plan::{self, Observed, ZendeskAccount};
+    use crate::policy::Requester;
     use crate::request::{IssueFacts, IssueInput, UserRef, parse_request};
     use crate::store::Store;
     use crate::zendesk::{BulkOutcome, MockZendeskApi, Resolved, Ticket, User, ZendeskError};
@@ -485,13 +555,43 @@ mod tests {
         };
         let facts = IssueFacts {
             issue: issue.clone(),
-            label_events: vec![],
+            label_events: vec![crate::request::LabelEvent {
+                id: 1,
+                user: UserRef {
+                    id: 2,
+                    username: "gitlab-employment-bot".into(),
+                },
+                created_at: chrono::Utc::now(),
+                label: Some("offboarding".into()),
+                action: crate::request::LabelAction::Add,
+            }],
             notes: vec![],
         };
         let mut dir = Directory::new();
         dir.insert("gitlab-employment-bot", 2);
         let req = parse_request(&issue, &cfg).unwrap();
-        let Decision::Approved(approved) = approval::decide(req, &facts, &cfg, &dir, 1) else {
+        let history = History {
+            records: vec![Record {
+                note_id: 1,
+                at: chrono::Utc::now(),
+                marker: crate::marker::Marker::new("plan", vec![], &req.digest()),
+                content: String::new(),
+            }],
+            rejected: vec![],
+        };
+        let requester = Requester {
+            username: "gitlab-employment-bot".into(),
+            email: None,
+        };
+        let cx = Context {
+            facts: &facts,
+            cfg: &cfg,
+            dir: &dir,
+            bot_id: 1,
+            history: &history,
+            requester: &requester,
+        };
+        let Decision::Approved(approved) = approval::decide(req, &cx) else {
             panic!("not approved")
         };
         let mut obs = Observed::default();
@@ -540,7 +640,7 @@ mod tests {
             },
         )
         .unwrap();
-        bot.execute("p", &approved, &exec, &obs).await
+        bot.execute("p", &exec, &obs).await
     }
 
     #[tokio::test]

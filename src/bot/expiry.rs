@@ -1,18 +1,40 @@
-//! Time-bound access: a reminder before the date, and on the date the exact
-//! undo of what was granted (recorded when it was granted), then a comment and
-//! a tick on the issue's revocation item (`- [ ] Access revoked on expiry`).
+//! Time-bound access: a reminder before the date, and on the date the undo of
+//! what the grant still owns, then a comment and a tick on the issue's
+//! revocation item (`- [ ] Access revoked on expiry`).
+//!
+//! The undo was computed before the grant's first write, from the approved plan
+//! and the state observed then. On the date the bot reads the account again and
+//! takes back only what the grant still owns: what it set is still there, and
+//! no other request in force gives it (a later permanent role, another
+//! time-bound grant). Whatever it leaves, it says why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::plan::{Action, Observed, Step, StepState};
-use crate::request::{Email, IssueFacts, checklist};
+use crate::approval::History;
+use crate::plan::{self, Action, GrantRecord, Observed, Step, StepState};
+use crate::request::{IssueFacts, checklist};
 use crate::store::Grant;
 
-use super::process::{Section, Writeback};
+use super::writeback::{Section, Ticks, Writeback};
 use super::{Bot, Outcome};
+
+/// A grant as stored: the record, or (older rows) the undo steps alone.
+pub(super) fn record_of(g: &Grant) -> Option<GrantRecord> {
+    let subject = crate::request::Email::parse(&g.subject).ok()?;
+    if let Ok(r) = serde_json::from_str::<GrantRecord>(&g.undo) {
+        return Some(r);
+    }
+    let undo: Vec<Action> = serde_json::from_str(&g.undo).ok()?;
+    Some(GrantRecord {
+        subject,
+        instance: g.instance.clone(),
+        gives: Vec::new(),
+        undo,
+    })
+}
 
 impl Bot {
     /// The bot's notion of now (tests move it forward).
@@ -25,8 +47,12 @@ impl Bot {
         if self.dry_run {
             return Vec::new();
         }
-        let Ok(grants) = self.store.grants() else {
-            return Vec::new();
+        let grants = match self.store.grants() {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the time-bound grants");
+                return Vec::new();
+            }
         };
         let before = crate::config::parse_duration(&self.cfg.lifecycle.expiry_reminder_before)
             .ok()
@@ -55,27 +81,6 @@ impl Bot {
         out
     }
 
-    fn undo_steps(grants: &[Grant]) -> Vec<Step> {
-        let mut steps = Vec::new();
-        for g in grants {
-            let Ok(subject) = Email::parse(&g.subject) else {
-                continue;
-            };
-            let actions: Vec<Action> = serde_json::from_str(&g.undo).unwrap_or_default();
-            for (i, a) in actions.into_iter().enumerate() {
-                steps.push(Step {
-                    key: format!("{}/{}/revoke-{i}", g.instance, subject),
-                    subject: subject.clone(),
-                    instance: g.instance.clone(),
-                    action: a,
-                    item: 0,
-                    state: StepState::ToDo,
-                });
-            }
-        }
-        steps
-    }
-
     async fn issue_facts(
         &self,
         project: &str,
@@ -91,17 +96,24 @@ impl Bot {
         Ok((issue, facts))
     }
 
+    fn undo_line(&self, r: &GrantRecord, a: &Action) -> String {
+        format!(
+            "{} in {}: {}",
+            crate::render::code_span(r.subject.as_str()),
+            self.display(&r.instance),
+            a.describe()
+        )
+    }
+
     async fn remind(&self, project: &str, iid: u64, grants: &[Grant]) -> Outcome {
-        let steps = Self::undo_steps(grants);
-        let revocations: Vec<String> = steps
+        let revocations: Vec<String> = grants
             .iter()
-            .map(|s| {
-                format!(
-                    "{} in {}: {}",
-                    crate::render::code_span(s.subject.as_str()),
-                    self.display(&s.instance),
-                    s.action.describe()
-                )
+            .filter_map(record_of)
+            .flat_map(|r| {
+                r.undo
+                    .iter()
+                    .map(|a| self.undo_line(&r, a))
+                    .collect::<Vec<_>>()
             })
             .collect();
         let expires = grants
@@ -112,22 +124,24 @@ impl Bot {
             .unwrap_or_default();
         let result = async {
             let (issue, facts) = self.issue_facts(project, iid).await?;
+            let history = self.history(project, &facts).await;
             let wb = Writeback {
+                kind: "expiry-reminder",
                 sections: vec![Section {
                     template: "expiry_reminder.md",
                     ctx: json!({"expires": expires, "revocations": revocations}),
-                    step: "expiry-reminder",
                     key: format!("expiry-reminder:{expires}"),
-                    digest: String::new(),
                 }],
                 ..Default::default()
             };
-            self.write_back(project, &issue, &facts, wb).await
+            self.write_back(project, &issue, &history, wb).await
         }
         .await;
         match result {
-            Ok(()) => {
-                let _ = self.store.mark_grant(project, iid, true, false);
+            Ok(_) => {
+                if let Err(e) = self.store.mark_grant(project, iid, true, false) {
+                    tracing::error!(iid, error = %e, "cannot record the reminder");
+                }
                 Outcome::Waiting
             }
             Err(e) => Outcome::Failed(e.to_string()),
@@ -135,13 +149,65 @@ impl Bot {
     }
 
     async fn revoke(&self, project: &str, iid: u64, grants: &[Grant]) -> Outcome {
-        let steps = Self::undo_steps(grants);
-        let expires = grants
-            .iter()
-            .map(|g| g.expires)
-            .min()
-            .map(|d| d.to_string())
-            .unwrap_or_default();
+        let expires = grants.iter().map(|g| g.expires).min().unwrap_or_default();
+        let mut steps = Vec::new();
+        let mut lines = Vec::new();
+        let mut observed = Observed::default();
+        for g in grants {
+            let Some(record) = record_of(g) else {
+                tracing::error!(iid, subject = %g.subject, "unreadable time-bound grant; left alone");
+                continue;
+            };
+            // Read the account again: the grant may not own what it set any more.
+            let now = match self.instance(&record.instance) {
+                Ok(inst) => match super::observe::account(inst, &record.subject, false).await {
+                    Ok(a) => a,
+                    Err(e) => return Outcome::Failed(e.to_string()),
+                },
+                Err(e) => return Outcome::Failed(e.to_string()),
+            };
+            let okta_group = record.undo.iter().find_map(|a| match a {
+                Action::RemoveGoogleMember { group } => Some(group.clone()),
+                _ => None,
+            });
+            let member = match (&self.groups, &okta_group) {
+                (Some(groups), Some(group)) => {
+                    match groups.is_member(group, record.subject.as_str()).await {
+                        Ok(m) => Some(m),
+                        Err(e) => return Outcome::Failed(e.to_string()),
+                    }
+                }
+                _ => None,
+            };
+            let held: BTreeSet<String> = match self.store.other_holdings(
+                project,
+                iid,
+                record.subject.as_str(),
+                &record.instance,
+                expires,
+            ) {
+                Ok(h) => h.into_iter().map(|h| h.what).collect(),
+                Err(e) => return Outcome::Failed(e.to_string()),
+            };
+            observed.zendesk.insert(
+                (record.instance.clone(), record.subject.clone()),
+                now.clone(),
+            );
+            let (undo, kept) = plan::still_owned(&self.cfg, &record, now.as_ref(), member, &held);
+            for (i, a) in undo.into_iter().enumerate() {
+                steps.push(Step {
+                    key: format!("{}/{}/revoke-{i}", record.instance, record.subject),
+                    subject: record.subject.clone(),
+                    instance: record.instance.clone(),
+                    action: a,
+                    item: 0,
+                    state: StepState::ToDo,
+                });
+            }
+            for (a, why) in kept {
+                lines.push(json!({"done": false, "kept": true, "text": self.undo_line(&record, &a), "why": why}));
+            }
+        }
         let mut ids = BTreeMap::new();
         let r = self
             .run_steps(
@@ -150,27 +216,30 @@ impl Bot {
                 &steps,
                 &format!("expiry on {expires} of #{iid}"),
                 &mut ids,
-                &Observed::default(),
+                &observed,
+                false,
             )
             .await;
-        let lines: Vec<serde_json::Value> = steps
+        let mut all_lines: Vec<serde_json::Value> = steps
             .iter()
             .map(|s| {
-                json!({"done": r.done.contains(&s.key), "text": format!("{} in {}: {}", crate::render::code_span(s.subject.as_str()), self.display(&s.instance), s.action.describe())})
+                json!({"done": r.done.contains(&s.key), "kept": false, "why": "", "text": format!("{} in {}: {}", crate::render::code_span(s.subject.as_str()), self.display(&s.instance), s.action.describe())})
             })
             .collect();
+        all_lines.extend(lines);
         if let Some((step, error, _)) = &r.failed {
             tracing::warn!(iid, step = %step.key, error = %error, "revocation incomplete; will retry next cycle");
             return Outcome::Failed(error.clone());
         }
         let result = async {
             let (issue, facts) = self.issue_facts(project, iid).await?;
+            let history: History = self.history(project, &facts).await;
             let items = checklist::parse(&facts.issue.description);
             let ticks = items
                 .iter()
                 .filter(|i| {
                     i.state == checklist::CheckState::Open
-                        && i.text.to_lowercase().contains("revoked on expiry")
+                        && i.visible.to_lowercase().contains("revoked on expiry")
                 })
                 .map(|i| {
                     (
@@ -183,33 +252,26 @@ impl Bot {
                 })
                 .collect();
             let wb = Writeback {
+                kind: "expired",
                 sections: vec![Section {
                     template: "expired.md",
-                    ctx: json!({"expires": expires, "revocations": lines}),
-                    step: "expired",
+                    ctx: json!({"expires": expires.to_string(), "revocations": all_lines}),
                     key: format!("expired:{expires}"),
-                    digest: String::new(),
                 }],
-                ticks,
+                ticks: Ticks::ByText(ticks),
                 ..Default::default()
             };
-            self.write_back(project, &issue, &facts, wb).await
+            self.write_back(project, &issue, &history, wb).await
         }
         .await;
         match result {
-            Ok(()) => {
-                let _ = self.store.mark_grant(project, iid, true, true);
+            Ok(_) => {
+                if let Err(e) = self.store.mark_grant(project, iid, true, true) {
+                    tracing::error!(iid, error = %e, "cannot record the revocation");
+                }
                 Outcome::Done
             }
             Err(e) => Outcome::Failed(e.to_string()),
         }
-    }
-
-    fn display(&self, instance: &str) -> String {
-        self.cfg
-            .zendesk
-            .get(instance)
-            .map(|z| z.display_name.clone())
-            .unwrap_or_else(|| instance.to_string())
     }
 }

@@ -9,6 +9,7 @@ mod process;
 pub mod run;
 mod seats;
 mod support_team;
+mod writeback;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -90,6 +91,8 @@ pub struct Bot {
     pub templates: Templates,
     pub store: Arc<Store>,
     pub me: ApiUser,
+    /// Seals and verifies the markers of the bot's comments.
+    pub marker_key: crate::marker::MarkerKey,
     pub dry_run: bool,
     /// GitLab users by username (lower-case), cached for the life of the process.
     users: Mutex<HashMap<String, Option<ApiUser>>>,
@@ -125,6 +128,11 @@ pub enum StartError {
     Missing { instance: String, problems: String },
     #[error(transparent)]
     Notify(#[from] crate::notify::NotifyError),
+    #[error("the marker key ({var}): {source}")]
+    MarkerKey {
+        var: String,
+        source: crate::marker::MarkerError,
+    },
 }
 
 impl Bot {
@@ -151,6 +159,11 @@ impl Bot {
             .map_err(|e| crate::zendesk::ZendeskError::Config {
                 instance: "-".into(),
                 detail: e.to_string(),
+            })?;
+        let marker_key = crate::marker::MarkerKey::new(&secrets.get(&cfg.bot.marker_key_env)?)
+            .map_err(|source| StartError::MarkerKey {
+                var: cfg.bot.marker_key_env.clone(),
+                source,
             })?;
         let token = secrets.get(&cfg.gitlab.token_env)?;
         let gl = GitlabClient::connect(&cfg.gitlab.url, &token).await?;
@@ -203,6 +216,7 @@ impl Bot {
             templates,
             store,
             me,
+            marker_key,
             dry_run: false,
             users: Mutex::new(HashMap::new()),
             concurrency: 4,
@@ -238,6 +252,7 @@ impl Bot {
             groups,
             store,
             me,
+            marker_key: crate::marker::MarkerKey::random(),
             dry_run: false,
             users: Mutex::new(HashMap::new()),
             concurrency: 4,
@@ -249,21 +264,30 @@ impl Bot {
         })
     }
 
-    /// A GitLab user by username, cached.
+    /// A GitLab user by username, cached; `None` when failing to look them up.
     pub async fn user(&self, username: &str) -> Option<ApiUser> {
+        self.lookup_user(username).await.ok().flatten()
+    }
+
+    /// A GitLab user by username, cached: `Ok(None)` when GitLab says there is
+    /// no such user, `Err` when it could not be asked (not cached).
+    pub async fn lookup_user(
+        &self,
+        username: &str,
+    ) -> Result<Option<ApiUser>, crate::gitlab::GitlabError> {
         let key = username.trim_start_matches('@').to_ascii_lowercase();
         if let Some(u) = self.users.lock().await.get(&key) {
-            return u.clone();
+            return Ok(u.clone());
         }
         match self.gitlab.user_by_username(&key).await {
             Ok(u) => {
                 self.users.lock().await.insert(key, u.clone());
-                u
+                Ok(u)
             }
             Err(e) => {
                 // Not cached: a transient failure must not stick.
                 tracing::warn!(username = %key, error = %e, "cannot resolve GitLab user");
-                None
+                Err(e)
             }
         }
     }
@@ -408,43 +432,29 @@ impl Bot {
         report
     }
 
-    /// Issues to look at: changed since the cursor (minus the overlap), not yet
-    /// seen at this `updated_at`, carrying a kind label; plus the retry list.
+    /// Issues to look at: changed since the cursor, not yet
+    /// seen at this `updated_at`, that are requests by what they ask for (or a
+    /// rule's label, or a seat review); plus the retry list.
     async fn candidates(
         &self,
         project: &str,
     ) -> Result<(Vec<u64>, Option<DateTime<Utc>>), crate::gitlab::GitlabError> {
-        let labels = self.cfg.poll_labels();
+        let seat_label = self.cfg.seat_audit.as_ref().map(|s| s.label.clone());
         let cursor = self.store.cursor(project).ok().flatten();
         let overlap = chrono::Duration::from_std(self.cfg.poll_overlap()).unwrap_or_default();
-        let issues = match cursor {
-            // Steady state: one request per project, however many issues exist.
-            Some(c) => {
-                self.gitlab
-                    .list_issues(project, None, Some(c - overlap))
-                    .await?
-            }
-            // First run: list by label, so that unrelated issues are not all read.
-            None => {
-                let mut all = Vec::new();
-                for l in &labels {
-                    all.extend(self.gitlab.list_issues(project, Some(l), None).await?);
-                }
-                all
-            }
-        };
-        // Nothing at all on a first run: start the cursor from our clock (minus the
-        // overlap, which also absorbs a small clock skew with GitLab).
-        let newest = issues
-            .iter()
-            .map(|i| i.updated_at)
-            .max()
-            .or_else(|| cursor.is_none().then(|| Utc::now() - overlap));
+        // The next listing starts where this one started, minus the overlap (applied
+        // once, here): it absorbs clock skew with GitLab and changes that were not
+        // yet visible. When nothing changes for longer than the overlap, a poll is
+        // one request per project, however many issues exist. The first run reads
+        // every open issue once.
+        let started = Utc::now();
+        let issues = self.gitlab.list_issues(project, None, cursor).await?;
+        let newest = Some(started - overlap);
         let mut latest: BTreeMap<u64, DateTime<Utc>> = BTreeMap::new();
-        for i in issues
-            .iter()
-            .filter(|i| i.labels.iter().any(|l| labels.contains(l)))
-        {
+        for i in issues.iter().filter(|i| {
+            seat_label.as_ref().is_some_and(|l| i.labels.contains(l))
+                || crate::request::is_candidate(&i.to_input(None), &self.cfg)
+        }) {
             let e = latest.entry(i.iid).or_insert(i.updated_at);
             if i.updated_at > *e {
                 *e = i.updated_at;

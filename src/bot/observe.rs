@@ -61,6 +61,32 @@ pub async fn account(
 }
 
 impl Bot {
+    /// The bot's own accounts: its Zendesk admin account in each instance and
+    /// the Google identities it acts as.
+    pub(super) fn own_accounts(&self) -> std::collections::BTreeMap<Email, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for (name, inst) in &self.zendesk {
+            if let Some(e) = inst
+                .resolved
+                .me
+                .as_ref()
+                .and_then(|u| u.email.as_deref())
+                .and_then(|e| Email::parse(e).ok())
+            {
+                out.insert(
+                    e,
+                    format!("the bot's own account in {}", self.display(name)),
+                );
+            }
+        }
+        if let Some(g) = &self.cfg.google
+            && let Some(subject) = g.subject.as_deref().and_then(|e| Email::parse(e).ok())
+        {
+            out.insert(subject, "the admin the bot acts as in Google".into());
+        }
+        out
+    }
+
     pub(super) fn instance(&self, name: &str) -> Result<&Instance, ObserveError> {
         self.zendesk
             .get(name)
@@ -70,7 +96,10 @@ impl Bot {
     /// Zendesk accounts of every subject (and, for offboarding, of their managers)
     /// in every instance the request touches, and their Okta group memberships.
     pub(super) async fn observe(&self, req: &Request) -> Result<Observed, ObserveError> {
-        let mut obs = Observed::default();
+        let mut obs = Observed {
+            protected: self.own_accounts(),
+            ..Default::default()
+        };
         let offboarding = req.kind.revokes();
         for inst_name in req.instances() {
             let inst = self.instance(inst_name)?;

@@ -1,21 +1,28 @@
-//! One issue, one cycle: read, decide, act, report. At most one new comment
-//! (sections joined, each with its own marker) and one description edit
-//! (ticks, state label, close) per issue per cycle.
+//! One issue, one cycle: read, decide, act, report.
+//!
+//! The order is what makes it safe: the plan comment is posted (and read back
+//! as the bot's own record) before anything is changed; approvals count only
+//! after it; the request is read again right before acting; the result comment
+//! is posted before the ticks, and says which digest the ticks leave behind, so
+//! a crash anywhere is picked up where it stopped and a completed plan is
+//! never run a second time.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::approval::{self, Decision, Directory};
-use crate::gitlab::{ApiIssue, IssueEdit};
-use crate::marker::{Marker, short_hash};
-use crate::plan::{self, Action, BlockReason, Observed, Plan, StepState};
+use crate::approval::{self, Context, Decision, Directory, History, Identity, Stage};
+use crate::gitlab::ApiIssue;
+use crate::marker::short_hash;
+use crate::plan::{self, Action, BlockReason, Observed, Plan};
+use crate::policy::Requester;
 use crate::report;
-use crate::request::{self, IssueFacts, Request, RequestKind, checklist};
+use crate::request::{self, Email, IssueFacts, Request, RequestKind, checklist};
 
 use crate::notify::{Notice, NoticeKind};
 
 use super::observe::ObserveError;
+use super::writeback::{Section, Ticks, Writeback};
 use super::{Bot, Outcome};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,35 +35,14 @@ pub enum ProcessError {
     Render(#[from] crate::render::RenderError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("cannot look up the GitLab user @{0} right now; trying again next cycle")]
+    Lookup(String),
 }
 
-/// A comment section to post (if its key is not on the issue yet).
-pub(super) struct Section {
-    pub template: &'static str,
-    pub ctx: Value,
-    pub step: &'static str,
-    pub key: String,
-    pub digest: String,
-}
-
-/// What to write back to the issue at the end of the cycle.
-#[derive(Default)]
-pub(super) struct Writeback {
-    pub sections: Vec<Section>,
-    /// (item text, occurrence among items with that text) to tick.
-    pub ticks: Vec<(String, usize)>,
-    pub state_label: Option<String>,
-    pub close: bool,
-}
-
-fn occurrence(req: &Request, index: usize) -> Option<(String, usize)> {
-    let item = req.items.iter().find(|i| i.index == index)?;
-    let n = req
-        .items
-        .iter()
-        .filter(|i| i.text == item.text && i.index < index)
-        .count();
-    Some((item.text.clone(), n))
+/// The author of an issue as far as identity sources tell (never the issue itself).
+struct Author {
+    email: Option<String>,
+    name: Option<String>,
 }
 
 impl Bot {
@@ -111,34 +97,19 @@ impl Bot {
                 }
             };
         if !self.dry_run {
-            let _ = match &outcome {
+            let r = match &outcome {
                 Outcome::Failed(why) => self.store.add_retry(project, iid, why),
                 _ => self.store.clear_retry(project, iid),
             };
-            let _ = self.store.release(project, iid);
+            if let Err(e) = r {
+                tracing::error!(iid, error = %e, "cannot record the issue's outcome");
+            }
+            if let Err(e) = self.store.release(project, iid) {
+                tracing::error!(iid, error = %e, "cannot release the issue's lease");
+            }
         }
         tracing::info!(iid, outcome = ?outcome, "processed");
         outcome
-    }
-
-    async fn facts(
-        &self,
-        project: &str,
-        issue: &ApiIssue,
-        kind: Option<RequestKind>,
-    ) -> Result<IssueFacts, ProcessError> {
-        let author = if kind == Some(RequestKind::LightAgent) {
-            self.user(&issue.author.username).await
-        } else {
-            None
-        };
-        let notes = self.gitlab.notes(project, issue.iid).await?;
-        let label_events = self.gitlab.label_events(project, issue.iid).await?;
-        Ok(IssueFacts {
-            issue: issue.to_input(author.as_ref()),
-            label_events,
-            notes,
-        })
     }
 
     /// The issue and its notes, without label events: enough for work that
@@ -155,15 +126,68 @@ impl Bot {
         })
     }
 
-    async fn directory(&self, req: &Request) -> Directory {
+    /// The bot's verified records on an issue. Notes by the bot's account that
+    /// do not verify are someone's forgery or edit: logged and told to ops.
+    pub(super) async fn history(&self, project: &str, facts: &IssueFacts) -> History {
+        let h = History::read(
+            &facts.notes,
+            self.me.id,
+            &self.marker_key,
+            project,
+            facts.issue.iid,
+        );
+        if let Some((note, e)) = h.rejected.first() {
+            tracing::warn!(iid = facts.issue.iid, note, error = %e, "a note by the bot's account does not verify; it does not count");
+            self.tell_ops(
+                NoticeKind::SecurityRefusal,
+                format!("#{} tampered bot note", facts.issue.iid),
+                format!(
+                    "#{}: {} note(s) by the bot's account do not verify ({e}); they were edited by someone, or carry a forged marker, and are ignored",
+                    facts.issue.iid,
+                    h.rejected.len()
+                ),
+                Some(facts.issue.web_url.clone()),
+            )
+            .await;
+        }
+        h
+    }
+
+    /// GitLab users the decision needs, with e-mails from the identity sources.
+    /// A lookup that fails is an error (retried), never a silent "unknown".
+    async fn directory(&self, names: BTreeSet<String>) -> Result<Directory, ProcessError> {
         let mut d = Directory::new();
-        d.insert(&self.me.username, self.me.id);
-        for u in Directory::wanted(req, &self.cfg) {
-            if let Some(user) = self.user(&u).await {
-                d.insert(&user.username, user.id);
+        d.add(Identity {
+            id: self.me.id,
+            username: self.me.username.clone(),
+            email: None,
+        });
+        for u in names {
+            match self.lookup_user(&u).await {
+                Ok(Some(user)) => d.add(Identity {
+                    id: user.id,
+                    username: user.username.clone(),
+                    email: user.any_email().and_then(|e| Email::parse(&e).ok()),
+                }),
+                Ok(None) => d.add_absent(&u),
+                Err(_) => return Err(ProcessError::Lookup(u)),
             }
         }
-        d
+        Ok(d)
+    }
+
+    async fn author(&self, username: &str) -> Result<Author, ProcessError> {
+        match self.lookup_user(username).await {
+            Ok(Some(u)) => Ok(Author {
+                email: u.any_email(),
+                name: u.name.clone(),
+            }),
+            Ok(None) => Ok(Author {
+                email: None,
+                name: None,
+            }),
+            Err(_) => Err(ProcessError::Lookup(username.to_string())),
+        }
     }
 
     async fn process_inner(&self, project: &str, iid: u64) -> Result<Outcome, ProcessError> {
@@ -182,48 +206,150 @@ impl Bot {
                 .process_seat_review(project, &issue, &instance, &period)
                 .await;
         }
-        let probe = issue.to_input(None);
-        let Some(kind) = request::classify(&probe, &self.cfg) else {
+        if !request::is_candidate(&issue.to_input(None), &self.cfg) {
             return Ok(Outcome::Ignored);
-        };
-        let facts = self.facts(project, &issue, Some(kind)).await?;
-        let mut wb = Writeback::default();
-        let labels = &self.cfg.bot.state_labels;
-
-        let outcome = match request::parse_request(&facts.issue, &self.cfg) {
-            Err(errors) => {
-                let texts: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-                wb.sections.push(Section {
-                    template: "invalid.md",
-                    ctx: json!({"errors": texts}),
-                    step: "invalid",
-                    key: format!("invalid:{}", short_hash(&texts.join("\n"))),
-                    digest: String::new(),
-                });
-                wb.state_label = Some(labels.refused.clone());
-                Outcome::Refused
-            }
-            Ok(req) => {
-                let dir = self.directory(&req).await;
-                let decision = approval::decide(req, &facts, &self.cfg, &dir, self.me.id);
-                self.decided(project, &facts, decision, &mut wb).await?
-            }
-        };
-        if self.dry_run {
-            return Ok(outcome);
         }
-        self.write_back(project, &issue, &facts, wb).await?;
-        Ok(outcome)
-    }
-
-    async fn decided(
-        &self,
-        project: &str,
-        facts: &IssueFacts,
-        decision: Decision,
-        wb: &mut Writeback,
-    ) -> Result<Outcome, ProcessError> {
+        let author = self.author(&issue.author.username).await?;
+        let mut input = issue.to_input(None);
+        input.author_email = author.email.clone();
+        input.author_name = author.name.clone();
+        let facts = IssueFacts {
+            issue: input,
+            notes: self.gitlab.notes(project, iid).await?,
+            label_events: self.gitlab.label_events(project, iid).await?,
+        };
+        let mut history = self.history(project, &facts).await;
         let labels = &self.cfg.bot.state_labels;
+
+        let req = match request::parse_request(&facts.issue, &self.cfg) {
+            Ok(req) => req,
+            Err(errors) => {
+                if self.dry_run {
+                    return Ok(Outcome::Refused);
+                }
+                let shown: Vec<String> = errors
+                    .iter()
+                    .take(request::MAX_ERRORS)
+                    .map(|e| e.to_string())
+                    .collect();
+                let more = errors.len().saturating_sub(shown.len());
+                let wb = Writeback {
+                    kind: "invalid",
+                    sections: vec![Section {
+                        template: "invalid.md",
+                        ctx: json!({"errors": shown, "more": more}),
+                        key: format!("invalid:{}", short_hash(&shown.join("\n"))),
+                    }],
+                    state_label: Some(labels.refused.clone()),
+                    ..Default::default()
+                };
+                self.write_back(project, &issue, &history, wb).await?;
+                return Ok(Outcome::Refused);
+            }
+        };
+        let mut names = Directory::wanted(&req, &self.cfg);
+        names.insert(issue.author.username.clone());
+        let dir = self.directory(names).await?;
+        let requester = Requester {
+            username: issue.author.username.clone(),
+            email: author.email.as_deref().and_then(|e| Email::parse(e).ok()),
+        };
+
+        let decision = {
+            let cx = Context {
+                facts: &facts,
+                cfg: &self.cfg,
+                dir: &dir,
+                bot_id: self.me.id,
+                history: &history,
+                requester: &requester,
+            };
+            approval::decide(req.clone(), &cx)
+        };
+        let decision = match decision {
+            Decision::Waiting {
+                request,
+                stage,
+                missing,
+                granted,
+                verification_pending,
+                requirements,
+            } if !matches!(stage, Stage::Current { .. }) => {
+                // No plan describes the request as it is: post one first. It is
+                // the record every approval must follow.
+                if self.dry_run {
+                    let plan = plan::preview(&request, &Observed::default(), &self.cfg, false);
+                    let view = report::plan_view(
+                        &request,
+                        &plan,
+                        &self.cfg,
+                        &missing,
+                        &granted,
+                        &requirements,
+                        false,
+                    );
+                    return Ok(Outcome::Planned(self.templates.render("plan.md", &view)?));
+                }
+                let observed = self.observe(&request).await?;
+                let ss = requirements.self_service == crate::policy::SelfService::Verified;
+                let plan = plan::preview(&request, &observed, &self.cfg, ss);
+                let digest = request.digest();
+                let view = report::plan_view(
+                    &request,
+                    &plan,
+                    &self.cfg,
+                    &missing,
+                    &granted,
+                    &requirements,
+                    matches!(stage, Stage::Stale { .. }),
+                );
+                let mut wb = Writeback {
+                    kind: "plan",
+                    digest: digest.clone(),
+                    sections: vec![Section {
+                        template: "plan.md",
+                        ctx: serde_json::to_value(&view).unwrap_or_default(),
+                        key: format!("plan:{digest}"),
+                    }],
+                    state_label: Some(labels.waiting.clone()),
+                    ..Default::default()
+                };
+                let mut early = None;
+                if verification_pending
+                    && let Err(e) = self
+                        .verification(project, &request, &digest, &mut wb)
+                        .await?
+                {
+                    early = Some(Outcome::Failed(e));
+                }
+                if !requirements.required.is_empty() {
+                    self.stale(&facts, &request, &missing, &dir, &mut wb);
+                }
+                if let Some(r) = self.write_back(project, &issue, &history, wb).await? {
+                    history.push(r);
+                }
+                if let Some(o) = early {
+                    return Ok(o);
+                }
+                self.security_notice(&request, &missing).await;
+                // Decide again with the plan on record: a request that needs no
+                // approval (self-service, a trusted automation's) goes ahead now.
+                let cx = Context {
+                    facts: &facts,
+                    cfg: &self.cfg,
+                    dir: &dir,
+                    bot_id: self.me.id,
+                    history: &history,
+                    requester: &requester,
+                };
+                match approval::decide(req, &cx) {
+                    d @ Decision::Approved(_) => d,
+                    _ => return Ok(Outcome::Waiting),
+                }
+            }
+            d => d,
+        };
+
         match decision {
             Decision::Refused {
                 request,
@@ -231,69 +357,33 @@ impl Bot {
                 close,
                 security,
             } => {
-                if security {
-                    tracing::warn!(iid = request.iid, reasons = ?reasons, "refused for a security reason");
-                    self.tell_ops(
-                        NoticeKind::SecurityRefusal,
-                        format!("#{} {}", request.iid, reasons.join("; ")),
-                        format!("#{} was refused: {}", request.iid, reasons.join("; ")),
-                        Some(request.web_url.clone()),
-                    )
-                    .await;
-                }
-                wb.sections.push(Section {
-                    template: if close {
-                        "citizenship_denied.md"
-                    } else {
-                        "refused.md"
-                    },
-                    ctx: json!({"reasons": reasons, "close": close}),
-                    step: "refused",
-                    key: format!(
-                        "refused:{}:{}",
-                        request.digest(),
-                        short_hash(&reasons.join("\n"))
-                    ),
-                    digest: request.digest(),
-                });
-                wb.state_label = Some(labels.refused.clone());
-                wb.close = close;
-                Ok(Outcome::Refused)
+                self.refuse(
+                    project, &issue, &history, &request, reasons, close, security,
+                )
+                .await
+            }
+            Decision::Done { request, stage } => {
+                self.already_done(project, &issue, &history, &request, &author, stage)
+                    .await
             }
             Decision::Waiting {
                 request,
                 missing,
                 granted,
                 verification_pending,
+                ..
             } => {
-                let digest = request.digest();
-                let plans = approval::plan_comments(facts, self.me.id);
-                let current = plans.last().is_some_and(|(_, d)| *d == digest);
                 if self.dry_run {
-                    let plan = plan::preview(&request, &Observed::default(), &self.cfg);
-                    let view =
-                        report::plan_view(&request, &plan, &self.cfg, &missing, &granted, false);
-                    return Ok(Outcome::Planned(self.templates.render("plan.md", &view)?));
+                    return Ok(Outcome::Waiting);
                 }
-                if !current {
-                    let observed = self.observe(&request).await?;
-                    let plan = plan::preview(&request, &observed, &self.cfg);
-                    let view = report::plan_view(
-                        &request,
-                        &plan,
-                        &self.cfg,
-                        &missing,
-                        &granted,
-                        !plans.is_empty(),
-                    );
-                    wb.sections.push(Section {
-                        template: "plan.md",
-                        ctx: serde_json::to_value(&view).unwrap_or_default(),
-                        step: "plan",
-                        key: format!("plan:{digest}"),
-                        digest: digest.clone(),
-                    });
-                } else if missing
+                let digest = request.digest();
+                let mut wb = Writeback {
+                    kind: "waiting",
+                    digest: digest.clone(),
+                    state_label: Some(labels.waiting.clone()),
+                    ..Default::default()
+                };
+                if missing
                     .iter()
                     .any(|m| m.missing != approval::Missing::NotApplied)
                 {
@@ -306,77 +396,185 @@ impl Bot {
                     wb.sections.push(Section {
                         template: "waiting.md",
                         ctx: json!({"kind": request.kind.human(), "missing": views, "granted": report::granted_views(&granted)}),
-                        step: "waiting",
                         key: format!("waiting:{digest}:{}", short_hash(&sig.join("\n"))),
-                        digest: digest.clone(),
                     });
-                    if missing.iter().any(|m| m.missing.is_security()) {
-                        tracing::warn!(
-                            iid = request.iid,
-                            "an approval was applied by someone who may not give it"
-                        );
-                        self.tell_ops(
-                            NoticeKind::SecurityRefusal,
-                            format!("#{} {}", request.iid, sig.join("; ")),
-                            format!(
-                                "#{}: an approval does not count: {}",
-                                request.iid,
-                                views
-                                    .iter()
-                                    .map(|v| format!("{} {}", v.label, v.detail))
-                                    .collect::<Vec<_>>()
-                                    .join("; ")
-                            ),
-                            Some(request.web_url.clone()),
-                        )
-                        .await;
-                    }
+                    self.security_notice(&request, &missing).await;
                 }
-                if verification_pending {
-                    let rule = self
-                        .cfg
-                        .approvals
-                        .values()
-                        .find(|r| r.denied_label.is_some());
-                    let name = request
-                        .subjects
-                        .first()
-                        .map(|s| s.name.clone())
-                        .unwrap_or_default();
-                    wb.sections.push(Section {
-                        template: "citizenship_request.md",
-                        ctx: json!({
-                            "name": name,
-                            "issue_url": request.web_url,
-                            "verifiers": rule.map(|r| r.approvers.iter().map(|a| format!("`@{}`", a.trim_start_matches('@'))).collect::<Vec<_>>().join(", ")),
-                            "verified_label": rule.map(|r| r.label.clone()),
-                            "denied_label": rule.and_then(|r| r.denied_label.clone()),
-                        }),
-                        step: "citizenship",
-                        key: "citizenship".into(),
-                        digest: digest.clone(),
-                    });
-                    if let Err(e) = self
-                        .citizenship_email(project, &request, &name, &digest, wb)
+                let mut early = None;
+                if verification_pending
+                    && let Err(e) = self
+                        .verification(project, &request, &digest, &mut wb)
                         .await?
-                    {
-                        wb.state_label = Some(labels.waiting.clone());
-                        return Ok(Outcome::Failed(e));
-                    }
+                {
+                    early = Some(Outcome::Failed(e));
                 }
-                wb.state_label = Some(labels.waiting.clone());
-                self.stale(facts, &request, &missing, wb);
-                Ok(Outcome::Waiting)
+                self.stale(&facts, &request, &missing, &dir, &mut wb);
+                self.write_back(project, &issue, &history, wb).await?;
+                Ok(early.unwrap_or(Outcome::Waiting))
             }
             Decision::Approved(approved) => {
-                let author = if approved.request().kind == RequestKind::LightAgent {
-                    self.user(&facts.issue.author.username).await
-                } else {
-                    None
-                };
-                self.approved(project, approved, author, wb).await
+                self.approved(project, &issue, &history, approved, &author)
+                    .await
             }
         }
+    }
+
+    async fn security_notice(&self, request: &Request, missing: &[approval::MissingApproval]) {
+        if !missing.iter().any(|m| m.missing.is_security()) {
+            return;
+        }
+        let views = report::missing_views(missing);
+        let sig: Vec<String> = views
+            .iter()
+            .map(|v| format!("{} {}", v.label, v.detail))
+            .collect();
+        tracing::warn!(
+            iid = request.iid,
+            "an approval was applied by someone who may not give it"
+        );
+        self.tell_ops(
+            NoticeKind::SecurityRefusal,
+            format!("#{} {}", request.iid, sig.join("; ")),
+            format!(
+                "#{}: an approval does not count: {}",
+                request.iid,
+                sig.join("; ")
+            ),
+            Some(request.web_url.clone()),
+        )
+        .await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse(
+        &self,
+        project: &str,
+        issue: &ApiIssue,
+        history: &History,
+        request: &Request,
+        reasons: Vec<String>,
+        close: bool,
+        security: bool,
+    ) -> Result<Outcome, ProcessError> {
+        if self.dry_run {
+            return Ok(Outcome::Refused);
+        }
+        if security {
+            tracing::warn!(iid = request.iid, reasons = ?reasons, "refused for a security reason");
+            self.tell_ops(
+                NoticeKind::SecurityRefusal,
+                format!("#{} {}", request.iid, reasons.join("; ")),
+                format!("#{} was refused: {}", request.iid, reasons.join("; ")),
+                Some(request.web_url.clone()),
+            )
+            .await;
+        }
+        let digest = request.digest();
+        let wb = Writeback {
+            kind: "refused",
+            digest: digest.clone(),
+            sections: vec![Section {
+                template: if close {
+                    "citizenship_denied.md"
+                } else {
+                    "refused.md"
+                },
+                ctx: json!({"reasons": reasons, "close": close}),
+                key: format!("refused:{digest}:{}", short_hash(&reasons.join("\n"))),
+            }],
+            state_label: Some(self.cfg.bot.state_labels.refused.clone()),
+            close,
+            ..Default::default()
+        };
+        self.write_back(project, issue, history, wb).await?;
+        Ok(Outcome::Refused)
+    }
+
+    /// The latest plan was carried out. Put back the bot's ticks if they are
+    /// missing; never run anything again.
+    async fn already_done(
+        &self,
+        project: &str,
+        issue: &ApiIssue,
+        history: &History,
+        request: &Request,
+        author: &Author,
+        stage: Stage,
+    ) -> Result<Outcome, ProcessError> {
+        let Stage::Done { result, retick, .. } = stage else {
+            return Ok(Outcome::Ignored);
+        };
+        if self.dry_run {
+            return Ok(Outcome::Done);
+        }
+        let labels = &self.cfg.bot.state_labels;
+        let mut wb = Writeback {
+            kind: "result",
+            digest: request.digest(),
+            state_label: Some(labels.done.clone()),
+            close: self.cfg.policy_for(request.kind).close_when_done,
+            ..Default::default()
+        };
+        if retick {
+            wb.ticks = Ticks::Request {
+                ordinals: result.ticks(),
+                digest: request.digest(),
+                author_email: author.email.clone(),
+                author_name: author.name.clone(),
+            };
+        }
+        let mut outcome = Outcome::Done;
+        if request.kind == RequestKind::Offboarding
+            && let Some(error) = self.support_team_files(project, request, &mut wb).await?
+        {
+            wb.state_label = Some(labels.failed.clone());
+            outcome = Outcome::Failed(error);
+        }
+        let nothing_to_do = !retick
+            && wb.sections.is_empty()
+            && issue.labels.contains(&labels.done)
+            && (!wb.close || issue.state != "opened");
+        if !nothing_to_do {
+            self.write_back(project, issue, history, wb).await?;
+        } else {
+            self.store.mark_seen(project, issue.iid, issue.updated_at)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Seed 001: the People team is asked to verify citizenship, on the issue
+    /// and (with `[notify.email]`) by e-mail, once per issue.
+    /// `Ok(Err(_))`: the mail server refused; said on the issue, retried next cycle.
+    async fn verification(
+        &self,
+        project: &str,
+        request: &Request,
+        digest: &str,
+        wb: &mut Writeback,
+    ) -> Result<Result<(), String>, ProcessError> {
+        let rule = self
+            .cfg
+            .approvals
+            .values()
+            .find(|r| r.denied_label.is_some());
+        let name = request
+            .subjects
+            .first()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        wb.sections.push(Section {
+            template: "citizenship_request.md",
+            ctx: json!({
+                "name": name,
+                "issue_url": request.web_url,
+                "verifiers": rule.map(|r| r.approvers.iter().map(|a| format!("`@{}`", a.trim_start_matches('@'))).collect::<Vec<_>>().join(", ")),
+                "verified_label": rule.map(|r| r.label.clone()),
+                "denied_label": rule.and_then(|r| r.denied_label.clone()),
+            }),
+            key: "citizenship".into(),
+        });
+        self.citizenship_email(project, request, &name, digest, wb)
+            .await
     }
 
     /// Seed 001: the People team gets the verification request by e-mail, once
@@ -391,6 +589,7 @@ impl Bot {
         digest: &str,
         wb: &mut Writeback,
     ) -> Result<Result<(), String>, ProcessError> {
+        let _ = digest;
         let Some(m) = &self.mailer else {
             return Ok(Ok(()));
         };
@@ -427,9 +626,7 @@ impl Bot {
                     wb.sections.push(Section {
                         template: "email_failed.md",
                         ctx: json!({"to": to, "error": e.to_string()}),
-                        step: "email",
                         key: format!("email-failed:{}", short_hash(&e.to_string())),
-                        digest: digest.to_string(),
                     });
                     return Ok(Err(format!("e-mail to the People team: {e}")));
                 }
@@ -438,9 +635,7 @@ impl Bot {
         wb.sections.push(Section {
             template: "email_sent.md",
             ctx: json!({"to": to, "subject": "US Citizenship Verification Request"}),
-            step: "email",
             key: "citizenship-email".into(),
-            digest: digest.to_string(),
         });
         Ok(Ok(()))
     }
@@ -448,52 +643,134 @@ impl Bot {
     async fn approved(
         &self,
         project: &str,
+        issue: &ApiIssue,
+        history: &History,
         approved: approval::Approved<Request>,
-        author: Option<crate::gitlab::ApiUser>,
-        wb: &mut Writeback,
+        author: &Author,
     ) -> Result<Outcome, ProcessError> {
         let labels = &self.cfg.bot.state_labels;
         let req = approved.request();
         let digest = approved.digest().to_string();
         let observed = self.observe(req).await?;
         let exec = plan::build(&approved, &observed, &self.cfg);
-        let p = exec.plan();
+        let p = exec.inner();
         if self.dry_run {
-            let view = report::plan_view(req, p, &self.cfg, &[], approved.granted(), false);
+            let view = report::plan_view(
+                req,
+                p,
+                &self.cfg,
+                &[],
+                approved.granted(),
+                approved.requirements(),
+                false,
+            );
             return Ok(Outcome::Planned(self.templates.render("plan.md", &view)?));
         }
+        let plan_digest = approved.plan().marker.digest.clone();
+        let result_note = |sections: Vec<Section>, done: bool, ticks: &BTreeSet<usize>| {
+            let after = req.digest_after_ticks(ticks);
+            Writeback {
+                kind: "result",
+                digest: digest.clone(),
+                fields: vec![
+                    ("plan", plan_digest.clone()),
+                    ("done", if done { "1" } else { "0" }.to_string()),
+                    ("after", after.clone()),
+                    (
+                        "ticks",
+                        if ticks.is_empty() {
+                            "-".to_string()
+                        } else {
+                            ticks
+                                .iter()
+                                .map(|t| t.to_string())
+                                .collect::<Vec<_>>()
+                                .join(".")
+                        },
+                    ),
+                ],
+                sections,
+                ticks: Ticks::Request {
+                    ordinals: ticks.clone(),
+                    digest: digest.clone(),
+                    author_email: author.email.clone(),
+                    author_name: author.name.clone(),
+                },
+                ..Default::default()
+            }
+        };
 
-        // Blocked because the person has no account yet: change nothing at all.
-        let needs_account: Vec<_> = p
+        // Things the bot will not do at all: nothing is changed for anyone.
+        let refusals: Vec<&plan::Blocked> = p
             .blocked
             .iter()
-            .filter(|b| b.reason == BlockReason::NeedsAccountFirst)
+            .filter(|b| {
+                matches!(
+                    b.reason,
+                    BlockReason::NeedsAccountFirst
+                        | BlockReason::Protected { .. }
+                        | BlockReason::SuspendedSelfService
+                        | BlockReason::NoAccountToChange
+                )
+            })
             .collect();
-        if !needs_account.is_empty() {
-            let people: Vec<Value> = needs_account
+        let grants = !req.kind.revokes();
+        if !refusals.is_empty() || (grants && !p.blocked.is_empty()) {
+            let protected = refusals
+                .iter()
+                .any(|b| matches!(b.reason, BlockReason::Protected { .. }));
+            let reasons: Vec<String> = p
+                .blocked
                 .iter()
                 .map(|b| {
-                    let name = req.subjects.iter().find(|s| s.email == b.subject).map(|s| s.name.clone()).unwrap_or_default();
-                    json!({"name": name, "email": b.subject.as_str(), "system": self.cfg.zendesk[&b.instance].display_name})
+                    format!(
+                        "{} {}",
+                        crate::render::code_span(b.subject.as_str()),
+                        b.reason.explain(&self.display(&b.instance))
+                    )
                 })
                 .collect();
-            wb.sections.push(Section {
-                template: "needs_account_first.md",
-                ctx: json!({"people": people}),
-                step: "needs-account",
-                key: format!("needs-account:{digest}"),
-                digest,
-            });
-            wb.state_label = Some(labels.refused.clone());
-            return Ok(Outcome::Refused);
+            if refusals
+                .iter()
+                .all(|b| b.reason == BlockReason::NeedsAccountFirst)
+                && !refusals.is_empty()
+            {
+                let people: Vec<Value> = refusals
+                    .iter()
+                    .map(|b| {
+                        let name = req.subjects.iter().find(|s| s.email == b.subject).map(|s| s.name.clone()).unwrap_or_default();
+                        json!({"name": name, "email": b.subject.as_str(), "system": self.display(&b.instance)})
+                    })
+                    .collect();
+                let wb = Writeback {
+                    kind: "refused",
+                    digest: digest.clone(),
+                    sections: vec![Section {
+                        template: "needs_account_first.md",
+                        ctx: json!({"people": people}),
+                        key: format!("needs-account:{digest}"),
+                    }],
+                    state_label: Some(labels.refused.clone()),
+                    ..Default::default()
+                };
+                self.write_back(project, issue, history, wb).await?;
+                return Ok(Outcome::Refused);
+            }
+            return self
+                .refuse(project, issue, history, req, reasons, false, protected)
+                .await;
         }
 
         let mut done = BTreeSet::new();
         let mut failure = None;
+        let mut grant_note = None;
         if !p.is_noop() {
             // Time of check = time of use: the request must be what was approved, right now.
             let fresh = self.gitlab.issue(project, req.iid).await?;
-            let still = request::parse_request(&fresh.to_input(author.as_ref()), &self.cfg)
+            let mut input = fresh.to_input(None);
+            input.author_email = author.email.clone();
+            input.author_name = author.name.clone();
+            let still = request::parse_request(&input, &self.cfg)
                 .map(|r| r.digest() == digest)
                 .unwrap_or(false);
             let labels_held = approved
@@ -505,36 +782,67 @@ impl Bot {
                     iid = req.iid,
                     "the issue changed just before acting; deciding again next cycle"
                 );
+                self.store.forget_seen(project, req.iid)?;
                 return Ok(Outcome::Waiting);
             }
-            let r = self.execute(project, &approved, &exec, &observed).await;
+            // Time-bound: what to take back on the date is written on the issue
+            // before the first write, from the state as it is now.
+            if let Some(exp) = req.expires {
+                let key = format!("grant:{plan_digest}");
+                if !history.keys().contains(&crate::marker::clean(&key)) {
+                    let records = plan::grant_records(req, p, &observed);
+                    let wb = Writeback {
+                        kind: "grant",
+                        digest: digest.clone(),
+                        sections: vec![Section {
+                            template: "grant_record.md",
+                            ctx: json!({
+                                "expires": exp.0.to_string(),
+                                "lines": records.iter().flat_map(|r| r.undo.iter().map(|a| format!("{} in {}: {}", crate::render::code_span(r.subject.as_str()), self.display(&r.instance), a.describe())).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                                "record": json_block(&serde_json::json!({"expires": exp.0.to_string(), "grants": records})),
+                            }),
+                            key,
+                        }],
+                        ..Default::default()
+                    };
+                    if let Some(r) = self.write_back(project, issue, history, wb).await? {
+                        grant_note = Some(r);
+                    }
+                }
+            }
+            let r = self.execute(project, &exec, &observed).await;
             done = r.done;
             failure = r.failed;
         }
 
         let completed = p.items_completed_by(&done);
-        wb.ticks = completed
+        let ticks: BTreeSet<usize> = req
+            .items
             .iter()
-            .filter_map(|i| occurrence(req, *i))
+            .filter(|i| completed.contains(&i.index) && i.state == checklist::CheckState::Open)
+            .map(|i| i.ordinal)
             .collect();
         let mut systems = report::systems(req, p, &self.cfg, Some(&done));
 
         if let Some((step, error, transient)) = failure {
-            wb.sections.push(Section {
-                template: "failed.md",
-                ctx: json!({
-                    "step": step.action.describe(),
-                    "subject": step.subject.as_str(),
-                    "system": self.cfg.zendesk.get(&step.instance).map(|z| z.display_name.clone()).unwrap_or_default(),
-                    "error": error,
-                    "done": systems.iter().flat_map(|s| s.steps.iter().filter(|st| st.done).map(|st| st.text.clone())).collect::<Vec<_>>(),
-                    "transient": transient,
-                }),
-                step: "failed",
-                key: format!("failed:{digest}:{}:{}", step.key, short_hash(&error)),
-                digest,
-            });
+            let mut wb = result_note(
+                vec![Section {
+                    template: "failed.md",
+                    ctx: json!({
+                        "step": step.action.describe(),
+                        "subject": step.subject.as_str(),
+                        "system": self.display(&step.instance),
+                        "error": error,
+                        "done": systems.iter().flat_map(|s| s.steps.iter().filter(|st| st.done).map(|st| st.text.clone())).collect::<Vec<_>>(),
+                        "transient": transient,
+                    }),
+                    key: format!("failed:{plan_digest}:{}:{}", step.key, short_hash(&error)),
+                }],
+                false,
+                &ticks,
+            );
             wb.state_label = Some(labels.failed.clone());
+            self.write_back(project, issue, history, wb).await?;
             if !transient {
                 self.tell_ops(
                     NoticeKind::StepFailed,
@@ -563,11 +871,15 @@ impl Bot {
             .map(|i| i.index)
             .collect();
         let complete = !blocked && open_items.iter().all(|i| completed.contains(i));
-        let has_work = !p.steps.is_empty() || !p.notes.is_empty() || blocked;
-        if has_work {
-            let ticked: Vec<String> = wb.ticks.iter().map(|(t, _)| t.clone()).collect();
-            let (light_agent, light_text) = light_agent_result(req, p, &done);
-            wb.sections.push(Section {
+        let ticked: Vec<String> = req
+            .items
+            .iter()
+            .filter(|i| ticks.contains(&i.ordinal))
+            .map(|i| i.text.clone())
+            .collect();
+        let (light_agent, light_text) = light_agent_result(req, p, &done);
+        let mut wb = result_note(
+            vec![Section {
                 template: "result.md",
                 ctx: json!({
                     "complete": complete,
@@ -577,15 +889,41 @@ impl Bot {
                     "light_agent_result": light_text,
                     "expires": req.expires.map(|e| e.0.to_string()),
                 }),
-                step: "result",
-                key: format!("result:{digest}"),
-                digest: digest.clone(),
-            });
-        }
-        if let Some(exp) = req.expires
-            && complete
-        {
-            self.record_grants(project, req, p, &observed, exp.0);
+                // Once per outcome: done, or blocked for these reasons (not once
+                // per retry of the same situation).
+                key: format!(
+                    "result:{plan_digest}:{}",
+                    if complete {
+                        "done".to_string()
+                    } else {
+                        short_hash(
+                            &p.blocked
+                                .iter()
+                                .map(|b| b.reason.explain(&b.instance))
+                                .collect::<Vec<_>>()
+                                .join("\n"),
+                        )
+                    }
+                ),
+            }],
+            complete,
+            &ticks,
+        );
+        if complete {
+            let records = history
+                .records
+                .iter()
+                .chain(grant_note.iter())
+                .rev()
+                .find(|r| {
+                    r.marker.kind == "grant"
+                        && r.marker
+                            .keys
+                            .contains(&crate::marker::clean(&format!("grant:{plan_digest}")))
+                })
+                .and_then(|r| read_json_block::<GrantFile>(&r.content))
+                .map(|f| f.grants);
+            self.record_holdings(project, req, p, &observed, records);
         }
         if blocked {
             for b in &p.blocked {
@@ -600,6 +938,7 @@ impl Bot {
                 }
             }
             wb.state_label = Some(labels.failed.clone());
+            self.write_back(project, issue, history, wb).await?;
             return Ok(Outcome::Failed(
                 p.blocked
                     .iter()
@@ -608,15 +947,25 @@ impl Bot {
                     .join("; "),
             ));
         }
-        if req.kind == RequestKind::Offboarding
-            && let Some(error) = self.support_team_files(project, req, wb).await?
-        {
-            wb.state_label = Some(labels.failed.clone());
-            return Ok(Outcome::Failed(error));
-        }
         wb.state_label = Some(labels.done.clone());
         wb.close = complete && self.cfg.policy_for(req.kind).close_when_done;
-        Ok(Outcome::Done)
+        let mut outcome = Outcome::Done;
+        if req.kind == RequestKind::Offboarding
+            && let Some(error) = self.support_team_files(project, req, &mut wb).await?
+        {
+            wb.state_label = Some(labels.failed.clone());
+            outcome = Outcome::Failed(error);
+        }
+        self.write_back(project, issue, history, wb).await?;
+        Ok(outcome)
+    }
+
+    pub(super) fn display(&self, instance: &str) -> String {
+        self.cfg
+            .zendesk
+            .get(instance)
+            .map(|z| z.display_name.clone())
+            .unwrap_or_else(|| instance.to_string())
     }
 
     /// A request waiting too long gets one reminder naming the missing approvers,
@@ -626,6 +975,7 @@ impl Bot {
         facts: &IssueFacts,
         request: &Request,
         missing: &[approval::MissingApproval],
+        dir: &Directory,
         wb: &mut Writeback,
     ) {
         let lc = &self.cfg.lifecycle;
@@ -637,18 +987,17 @@ impl Bot {
         };
         let age = chrono::Utc::now() - facts.issue.created_at;
         let days = age.num_days();
-        let digest = request.digest();
         if age.to_std().is_ok_and(|a| a >= close) {
             wb.sections.push(Section {
                 template: "stale_closed.md",
                 ctx: json!({"days": days}),
-                step: "stale-closed",
                 key: "stale-closed".into(),
-                digest,
             });
             wb.close = true;
         } else if age.to_std().is_ok_and(|a| a >= remind) {
             // Deliberate mentions: the reminder is meant to reach the approvers.
+            // Only accounts GitLab confirmed as users are mentioned, never a name
+            // as typed in the issue (it could be `@all` or a group).
             let mention = |m: &approval::MissingApproval| {
                 let rule = self.cfg.approvals.get(&m.approval);
                 rule.map(|r| {
@@ -665,7 +1014,10 @@ impl Bot {
                                 vec![a.trim_start_matches('@').to_string()]
                             }
                         })
-                        .map(|u| format!("@{u}"))
+                        .filter_map(|u| match dir.lookup(&u) {
+                            approval::Lookup::Found(i) => Some(format!("@{}", i.username)),
+                            _ => None,
+                        })
                         .collect::<BTreeSet<_>>()
                         .into_iter()
                         .collect::<Vec<_>>()
@@ -684,49 +1036,60 @@ impl Bot {
             wb.sections.push(Section {
                 template: "stale_reminder.md",
                 ctx: json!({"days": days, "missing": list, "close_in_days": close_in}),
-                step: "stale-reminder",
                 key: "stale-reminder".into(),
-                digest,
             });
         }
     }
 
-    /// Remember how to undo exactly what was granted: the inverse of each step the
-    /// bot performed, in reverse order, against the state observed before.
-    fn record_grants(
+    /// A completed grant: what it gives (so that a time-bound grant ending
+    /// never takes away what this one still gives) and, when time-bound, how to
+    /// take it back (the record written on the issue before the first write;
+    /// computed now only if that record cannot be read).
+    fn record_holdings(
         &self,
         project: &str,
         req: &Request,
         p: &Plan,
-        before: &Observed,
-        expires: chrono::NaiveDate,
+        observed: &Observed,
+        written: Option<Vec<plan::GrantRecord>>,
     ) {
-        for s in &req.subjects {
-            for inst in req.granting_instances() {
-                let prior = before
-                    .zendesk
-                    .get(&(inst.to_string(), s.email.clone()))
-                    .and_then(|a| a.as_ref());
-                let undo: Vec<plan::Action> = p
-                    .steps
-                    .iter()
-                    .filter(|st| {
-                        st.subject == s.email && st.instance == inst && st.state == StepState::ToDo
-                    })
-                    .rev()
-                    .filter_map(|st| st.action.inverse(prior))
-                    .collect();
-                let undo = serde_json::to_value(&undo).unwrap_or_default();
-                let _ = self.store.record_grant(&crate::store::Grant {
+        if req.kind.revokes() {
+            return;
+        }
+        let expires = req.expires.map(|e| e.0);
+        let now = chrono::Utc::now();
+        let computed = plan::grant_records(req, p, observed);
+        for r in &computed {
+            for what in &r.gives {
+                if let Err(e) = self.store.record_holding(&crate::store::Holding {
                     project: project.into(),
                     iid: req.iid,
-                    subject: s.email.to_string(),
-                    instance: inst.to_string(),
-                    undo: undo.to_string(),
+                    subject: r.subject.to_string(),
+                    instance: r.instance.clone(),
+                    what: what.clone(),
                     expires,
-                    reminded: false,
-                    revoked: false,
-                });
+                    at: now,
+                }) {
+                    tracing::error!(iid = req.iid, error = %e, "cannot record what the request gives");
+                }
+            }
+        }
+        let Some(exp) = expires else {
+            return;
+        };
+        for r in written.unwrap_or(computed) {
+            let undo = serde_json::to_string(&r).unwrap_or_default();
+            if let Err(e) = self.store.record_grant(&crate::store::Grant {
+                project: project.into(),
+                iid: req.iid,
+                subject: r.subject.to_string(),
+                instance: r.instance.clone(),
+                undo,
+                expires: exp,
+                reminded: false,
+                revoked: false,
+            }) {
+                tracing::error!(iid = req.iid, error = %e, "cannot record the time-bound grant");
             }
         }
     }
@@ -792,95 +1155,28 @@ impl Bot {
             }
         }
     }
+}
 
-    pub(super) async fn write_back(
-        &self,
-        project: &str,
-        issue: &ApiIssue,
-        facts: &IssueFacts,
-        wb: Writeback,
-    ) -> Result<(), ProcessError> {
-        // Comments: skip sections already on the issue (markers), post the rest as one note.
-        let existing: BTreeSet<String> = facts
-            .notes
-            .iter()
-            .filter(|n| !n.system && n.author.id == self.me.id)
-            .flat_map(|n| Marker::find_all(&n.body).into_iter().map(|m| m.key))
-            .collect();
-        let mut parts = Vec::new();
-        for s in wb
-            .sections
-            .iter()
-            .filter(|s| !existing.contains(&crate::marker::clean(&s.key)))
-        {
-            parts.push(
-                self.templates
-                    .comment(s.template, &s.ctx, s.step, &s.key, &s.digest)?,
-            );
-        }
-        if !parts.is_empty() {
-            self.gitlab
-                .create_note(project, issue.iid, &parts.join("\n---\n\n"))
-                .await?;
-        }
+/// The record on a time-bound grant's issue.
+#[derive(serde::Deserialize)]
+struct GrantFile {
+    grants: Vec<plan::GrantRecord>,
+}
 
-        // One edit: ticks, state label, close; read the issue right before editing.
-        let fresh = self.gitlab.issue(project, issue.iid).await?;
-        let description = fresh.description.clone().unwrap_or_default();
-        let items = checklist::parse(&description);
-        let targets: Vec<usize> = wb
-            .ticks
-            .iter()
-            .filter_map(|(text, n)| checklist::find(&items, text, *n))
-            .filter(|i| i.state == checklist::CheckState::Open)
-            .map(|i| i.index)
-            .collect();
-        let mut edit = IssueEdit::default();
-        if !targets.is_empty()
-            && let Ok(ticked) = checklist::tick(&description, &targets)
-        {
-            edit.description = Some(ticked);
-        }
-        if let Some(l) = &wb.state_label {
-            if !fresh.labels.contains(l) {
-                edit.add_labels.push(l.clone());
-            }
-            edit.remove_labels = self
-                .cfg
-                .bot
-                .state_labels
-                .all()
-                .iter()
-                .filter(|x| *x != l && fresh.labels.iter().any(|y| y == *x))
-                .map(|x| x.to_string())
-                .collect();
-        }
-        edit.close = wb.close && fresh.state == "opened";
-        let last = if edit != IssueEdit::default() {
-            let after = self.gitlab.edit_issue(project, issue.iid, &edit).await?;
-            if let (Some(ts), Some(_)) = (&after.task_completion_status, &edit.description) {
-                let ours = checklist::completion(&checklist::parse(
-                    after.description.as_deref().unwrap_or(""),
-                ));
-                if (ts.count, ts.completed_count) != ours {
-                    tracing::warn!(iid = issue.iid, gitlab = ?(ts.count, ts.completed_count), ours = ?ours, "task_completion_status differs from our count (quoted items?)");
-                }
-            }
-            if let Some(l) = &wb.state_label
-                && !after.labels.contains(l)
-            {
-                tracing::error!(
-                    iid = issue.iid,
-                    "GitLab dropped the label change: the bot needs Reporter (Planner) rights"
-                );
-            }
-            after.updated_at
-        } else {
-            fresh.updated_at
-        };
-        self.store.mark_seen(project, issue.iid, last)?;
-        Ok(())
-    }
+/// A JSON value as a fenced block no content can close early.
+fn json_block(v: &serde_json::Value) -> String {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest.max(2) + 1);
+    format!("{fence}json\n{text}\n{fence}")
+}
+
+/// The first fenced JSON block of a (verified) note, parsed.
+fn read_json_block<T: serde::de::DeserializeOwned>(content: &str) -> Option<T> {
+    let start = content.find("json\n")? + 5;
+    let rest = &content[start..];
+    let end = rest.find("\n```")?;
+    serde_json::from_str(&rest[..end]).ok()
 }
 
 /// The seed's result text for light-agent requests.

@@ -16,7 +16,8 @@ use crate::seats::{self, SeatCandidate, TickVerdict};
 use crate::store::SeatCandidateRow;
 use crate::zendesk::{User, UserPatch, ZendeskError};
 
-use super::process::{ProcessError, Section, Writeback};
+use super::process::ProcessError;
+use super::writeback::{Section, Writeback};
 use super::{Bot, Instance, Outcome};
 
 #[derive(Debug, thiserror::Error)]
@@ -395,9 +396,7 @@ impl Bot {
             wb.sections.push(Section {
                 template: "seat_reclaimed.md",
                 ctx: json!({"kind": kind, "r": r}),
-                step: "seat-review",
                 key,
-                digest: String::new(),
             });
         };
         let mut failed = None;
@@ -504,7 +503,8 @@ impl Bot {
             CheckState::Open => false,
         });
         wb.close = all_decided && failed.is_none();
-        self.write_back(project, issue, &facts, wb).await?;
+        let history = self.history(project, &facts).await;
+        self.write_back(project, issue, &history, wb).await?;
         Ok(match failed {
             Some(e) => Outcome::Failed(e),
             None if all_decided => Outcome::Done,

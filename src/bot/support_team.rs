@@ -12,7 +12,8 @@ use crate::request::Request;
 use crate::request::checklist::{self, CheckState};
 use crate::store::SupportMr;
 
-use super::process::{ProcessError, Section, Writeback};
+use super::process::ProcessError;
+use super::writeback::{Section, Ticks, Writeback};
 use super::{Bot, Outcome};
 
 fn branch_for(username: &str) -> String {
@@ -53,9 +54,7 @@ impl Bot {
                             wb.sections.push(Section {
                             template: "support_team.md",
                             ctx: json!({"kind": "failed", "path": path, "repo": st.project, "error": text}),
-                            step: "support-team",
                             key: format!("support-team:failed:{username}:{}", short_hash(&text)),
-                            digest: String::new(),
                         });
                             self.tell_ops(
                             crate::notify::NoticeKind::StepFailed,
@@ -76,9 +75,7 @@ impl Bot {
             wb.sections.push(Section {
                 template: "support_team.md",
                 ctx: json!({"kind": kind, "path": path, "repo": st.project, "url": row.mr_url, "username": username}),
-                step: "support-team",
                 key,
-                digest: String::new(),
             });
         }
         Ok(None)
@@ -242,18 +239,17 @@ impl Bot {
                     .iter()
                     .filter(|i| i.text == item.text && i.index < item.index)
                     .count();
-                wb.ticks.push((item.text.clone(), n));
+                wb.ticks = Ticks::ByText(vec![(item.text.clone(), n)]);
             }
         }
         let path = st.path.replace("{username}", &row.username);
         wb.sections.push(Section {
             template: "support_team.md",
             ctx: json!({"kind": kind, "path": path, "repo": st.project, "url": row.mr_url, "username": row.username}),
-            step: "support-team",
             key: format!("support-team:{kind}:{}", row.username),
-            digest: String::new(),
         });
-        self.write_back(&row.project, &issue, &facts, wb).await?;
+        let history = self.history(&row.project, &facts).await;
+        self.write_back(&row.project, &issue, &history, wb).await?;
         self.store.set_support_mr(&SupportMr {
             state: kind.into(),
             ..row.clone()

@@ -32,8 +32,15 @@ pub struct ChecklistItem {
     pub state: CheckState,
     /// Nesting depth (0 for top-level list items).
     pub depth: usize,
-    /// The item's first-line text after the checkbox, trimmed.
+    /// The item's first-line text after the checkbox, trimmed, as written.
     pub text: String,
+    /// The item's own paragraph as GitLab shows it: Markdown emphasis and link
+    /// targets dropped, code spans kept in backticks, lines joined. Meaning is
+    /// read from this, never from text a reader cannot see.
+    pub visible: String,
+    /// The item holds raw HTML (a comment, a tag): what it shows and what it
+    /// says can differ, so the bot does not act on it.
+    pub has_html: bool,
     /// The nearest heading (or bold "step" line) above the item.
     pub section: Option<String>,
     /// The text of a directly following plain item that starts with "Justification".
@@ -61,6 +68,8 @@ pub fn parse(text: &str) -> Vec<ChecklistItem> {
     let mut in_paragraph_start = false;
     // A plain (non-task) item directly after a task item may carry its justification.
     let mut last_task_item: Option<usize> = None;
+    // The task item whose own text is being collected, and the list depth it lives at.
+    let mut collecting: Option<(usize, usize)> = None;
 
     let line_starts = line_starts(text);
     for (event, range) in Parser::new_ext(text, Options::empty()).into_offset_iter() {
@@ -93,6 +102,37 @@ pub fn parse(text: &str) -> Vec<ChecklistItem> {
             Event::Start(Tag::Strong) if in_paragraph_start => {
                 strong_para = Some(String::new());
             }
+            // A nested list ends the parent item's own text.
+            Event::Start(Tag::List(_)) if collecting.is_some_and(|(_, d)| list_item_depth > d) => {
+                collecting = None;
+            }
+            Event::Code(t) if collecting.is_some() => {
+                if let Some((i, _)) = collecting {
+                    items[i].visible.push('`');
+                    items[i].visible.push_str(&t);
+                    items[i].visible.push('`');
+                }
+            }
+            Event::Text(t) if collecting.is_some() => {
+                if let Some((i, _)) = collecting {
+                    items[i].visible.push_str(&t);
+                }
+            }
+            Event::SoftBreak | Event::HardBreak if collecting.is_some() => {
+                if let Some((i, _)) = collecting {
+                    items[i].visible.push(' ');
+                }
+            }
+            Event::InlineHtml(_)
+            | Event::Html(_)
+            | Event::InlineMath(_)
+            | Event::DisplayMath(_)
+                if collecting.is_some() =>
+            {
+                if let Some((i, _)) = collecting {
+                    items[i].has_html = true;
+                }
+            }
             Event::Text(t) | Event::Code(t) => {
                 if let Some((_, h)) = heading.as_mut() {
                     h.push_str(&t);
@@ -120,10 +160,13 @@ pub fn parse(text: &str) -> Vec<ChecklistItem> {
                             state,
                             depth,
                             text: item_text,
+                            visible: String::new(),
+                            has_html: false,
                             section: section.clone(),
                             justification: None,
                         });
                         last_task_item = Some(items.len() - 1);
+                        collecting = Some((items.len() - 1, list_item_depth));
                     }
                     None => {
                         if let Some(i) = last_task_item.take() {
@@ -139,11 +182,29 @@ pub fn parse(text: &str) -> Vec<ChecklistItem> {
                     }
                 }
             }
-            Event::End(TagEnd::Item) => list_item_depth = list_item_depth.saturating_sub(1),
+            Event::End(TagEnd::Item) => {
+                if collecting.is_some_and(|(_, d)| d == list_item_depth) {
+                    collecting = None;
+                }
+                list_item_depth = list_item_depth.saturating_sub(1);
+            }
             _ => {}
         }
     }
+    for it in &mut items {
+        it.visible = visible_text(&it.visible);
+    }
     items
+}
+
+/// The collected text minus the checkbox, whitespace collapsed.
+fn visible_text(collected: &str) -> String {
+    let t = collected.trim_start();
+    let t = ["[ ]", "[\t]", "[x]", "[X]", "[~]"]
+        .iter()
+        .find_map(|b| t.strip_prefix(b))
+        .unwrap_or(t);
+    t.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Set the given items to done. Returns the new text, in which exactly the
@@ -286,6 +347,21 @@ mod tests {
                 ("e".into(), CheckState::Inapplicable),
             ]
         );
+    }
+
+    #[test]
+    fn visible_text_is_what_gitlab_shows() {
+        let md = "- [ ] Zendesk **Global**: [Light Agent](http://x) `tag`\n  continued\n  - [ ] child\n- [x] a <!-- hidden --> b\n";
+        let items = parse(md);
+        assert_eq!(
+            items[0].visible,
+            "Zendesk Global: Light Agent `tag` continued"
+        );
+        assert!(!items[0].has_html);
+        assert_eq!(items[1].visible, "child");
+        assert_eq!(items[2].visible, "a b");
+        assert!(items[2].has_html);
+        assert_eq!(items[2].text, "a <!-- hidden --> b");
     }
 
     #[test]

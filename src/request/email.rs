@@ -36,19 +36,19 @@ impl From<Email> for String {
 pub enum EmailError {
     #[error("no email address given")]
     Empty,
-    #[error("{0:?} is not a plain email address: it must contain exactly one @")]
+    #[error("{0} is not a plain email address: it must contain exactly one @")]
     AtCount(String),
     #[error(
-        "{0:?} contains characters that are not allowed in an address (only ASCII letters, digits and . _ - are accepted)"
+        "{0} contains characters that are not allowed in an address (only ASCII letters, digits and . _ - are accepted)"
     )]
     BadLocal(String),
-    #[error("{0:?} uses a sub-address (+tag); give the person's primary address")]
+    #[error("{0} uses a sub-address (+tag); give the person's primary address")]
     SubAddress(String),
     #[error(
-        "{0:?} has an invalid domain (ASCII letters, digits, hyphens and dots only, no trailing dot)"
+        "{0} has an invalid domain (ASCII letters, digits, hyphens and dots only, no trailing dot)"
     )]
     BadDomain(String),
-    #[error("{0:?} is too long")]
+    #[error("{0} is too long")]
     TooLong(String),
 }
 
@@ -135,8 +135,9 @@ impl fmt::Display for Email {
     }
 }
 
+/// The rejected value, inert (it is repeated in a comment).
 fn truncate(s: &str) -> String {
-    s.chars().take(80).collect()
+    crate::render::code_span(s)
 }
 
 #[cfg(test)]

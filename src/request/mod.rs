@@ -4,6 +4,7 @@ pub mod checklist;
 pub mod email;
 pub mod input;
 pub mod subjects;
+pub mod visible;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -21,6 +22,12 @@ pub use subjects::Subject;
 
 /// GitLab's limit on a description; anything longer cannot be a real issue body.
 pub const MAX_DESCRIPTION: usize = 1_048_576;
+/// People in one request: more is a list to split, not a request to read.
+pub const MAX_SUBJECTS: usize = 25;
+/// Checklist items the bot manages in one request.
+pub const MAX_BOT_ITEMS: usize = 40;
+/// Problems reported in one comment (the rest are counted).
+pub const MAX_ERRORS: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -121,6 +128,13 @@ impl ItemAction {
             | ItemAction::GoogleRemove { instance, .. } => instance,
         }
     }
+
+    pub fn revokes(&self) -> bool {
+        matches!(
+            self,
+            ItemAction::ZendeskRemove { .. } | ItemAction::GoogleRemove { .. }
+        )
+    }
 }
 
 /// A checklist item the bot owns.
@@ -128,8 +142,13 @@ impl ItemAction {
 pub struct BotItem {
     /// Index among all checklist items of the description.
     pub index: usize,
+    /// Index among the bot's items (stable while the request's digest is).
+    pub ordinal: usize,
     pub line: usize,
+    /// The item as GitLab shows it (what is read, shown and digested).
     pub text: String,
+    /// The first line as written (what GitLab's checklist notes quote).
+    pub raw: String,
     pub state: CheckState,
     pub section: Option<String>,
     pub justification: Option<String>,
@@ -141,6 +160,7 @@ pub struct BotItem {
 pub struct UnmanagedItem {
     pub line: usize,
     pub text: String,
+    pub raw: String,
 }
 
 /// Time-bound access: revoke on this date.
@@ -159,6 +179,11 @@ pub struct Request {
     pub items: Vec<BotItem>,
     pub unmanaged: Vec<UnmanagedItem>,
     pub expires: Option<Expiry>,
+    /// Every `[[kinds]]` rule that matched (their policies add approvals).
+    pub matched_kinds: Vec<RequestKind>,
+    /// The configuration each item relies on (access levels, Okta groups), so
+    /// that changing it in `bot.toml` changes the digest, and the plan.
+    pub definitions: BTreeMap<String, serde_json::Value>,
 }
 
 /// Why an issue cannot become a request. Each says what to fix.
@@ -179,16 +204,21 @@ pub enum RequestError {
     NoSubjects,
     #[error("line {line}: {reason}")]
     BadSubject { line: usize, reason: String },
-    #[error("{0} is listed more than once")]
+    #[error("{} is listed more than once", crate::render::code_span(.0))]
     DuplicateSubject(String),
-    #[error("the email domain of {email} is not one the bot provisions (allowed: {allowed})")]
+    #[error("the email domain of {} is not one the bot provisions (allowed: {allowed})", crate::render::code_span(.email))]
     DomainNotAllowed { email: String, allowed: String },
+    #[error("{0} people are named; one request may name at most {max}, so split it", max = MAX_SUBJECTS)]
+    TooManySubjects(usize),
+    #[error("{0} items name systems the bot manages; one request may hold at most {max}, so split it", max = MAX_BOT_ITEMS)]
+    TooManyItems(usize),
     #[error("no checklist item names a system the bot manages")]
     NoBotItems,
     #[error("line {line}: {reason}")]
     BadItem { line: usize, reason: String },
     #[error(
-        "line {line}: access level {level:?} is not in the configured table for {instance}; the bot grants only: {allowed}"
+        "line {line}: access level {} is not in the configured table for {instance}; the bot grants only: {allowed}",
+        crate::render::code_span(.level)
     )]
     UnknownAccessLevel {
         line: usize,
@@ -196,7 +226,7 @@ pub enum RequestError {
         level: String,
         allowed: String,
     },
-    #[error("line {line}: tag {tag:?} is not a configured team tag (allowed: {allowed})")]
+    #[error("line {line}: tag {} is not a configured team tag (allowed: {allowed})", crate::render::code_span(.tag))]
     UnknownTag {
         line: usize,
         tag: String,
@@ -205,18 +235,18 @@ pub enum RequestError {
     #[error("conflicting items for {0}: {1}")]
     Conflict(String, String),
     #[error(
-        "light-agent requests are self-service: the person must be the issue's author (@{author}), not {other}"
+        "the bot cannot tell the e-mail address of `@{author}`, who filed this request: add the personal-information table (Full name, Email, GitLab username, Manager)"
     )]
-    NotSelf { author: String, other: String },
+    AuthorUnknown { author: String },
     #[error("{0}")]
     Expiry(String),
 }
 
-/// Decide the kind from the configured rules (first match wins).
-pub fn classify(issue: &IssueInput, cfg: &Config) -> Option<RequestKind> {
+/// The `[[kinds]]` rules that match the issue's labels and title, in order.
+pub fn matching_rules(issue: &IssueInput, cfg: &Config) -> Vec<RequestKind> {
     cfg.kinds
         .iter()
-        .find(|rule| {
+        .filter(|rule| {
             rule.labels.iter().all(|l| issue.labels.contains(l))
                 && rule.title.as_ref().is_none_or(|t| {
                     Regex::new(t)
@@ -225,9 +255,79 @@ pub fn classify(issue: &IssueInput, cfg: &Config) -> Option<RequestKind> {
                 })
         })
         .map(|r| r.kind)
+        .collect()
 }
 
-/// Parse and validate. Every problem found is reported, not just the first.
+/// The kind a rule gives an issue on its own: kinds whose issues come from a
+/// trusted automation (entitlements, offboarding), then a role change. Any
+/// other kind is read from what the checklist asks for (`content_kind`).
+pub fn classify(issue: &IssueInput, cfg: &Config) -> Option<RequestKind> {
+    let rules = matching_rules(issue, cfg);
+    rules
+        .iter()
+        .copied()
+        .find(|k| !cfg.policy_for(*k).trusted_authors.is_empty())
+        .or_else(|| rules.into_iter().find(|k| *k == RequestKind::RoleChange))
+}
+
+/// Worth reading: a rule gives it a kind, or a checklist item names a system
+/// the bot manages. Cheap (no approval logic), for the poller.
+pub fn is_candidate(issue: &IssueInput, cfg: &Config) -> bool {
+    classify(issue, cfg).is_some()
+        || checklist::parse(&issue.description)
+            .iter()
+            .any(|it| !matches!(classify_item(it, false, cfg), Ok(None)))
+}
+
+/// What a request is, from what it asks for: self-service levels (and their
+/// Okta groups) only is a light-agent request, tags only a team-tag request,
+/// any other Zendesk access level a special request, anything else an access
+/// request. The title plays no part: it cannot lower what a request needs.
+fn content_kind(items: &[BotItem], cfg: &Config) -> RequestKind {
+    let mut levels = 0;
+    let mut self_service = true;
+    let mut tags_only = true;
+    for it in items {
+        match &it.action {
+            ItemAction::Zendesk {
+                instance,
+                level,
+                add_tags,
+                remove_tags,
+            } => {
+                if let Some(l) = level {
+                    levels += 1;
+                    tags_only = false;
+                    let ss = cfg
+                        .zendesk
+                        .get(instance)
+                        .and_then(|z| z.access_levels.get(l))
+                        .is_some_and(|a| a.self_service);
+                    self_service &= ss;
+                }
+                if !add_tags.is_empty() || !remove_tags.is_empty() {
+                    self_service = false;
+                }
+            }
+            ItemAction::GoogleAdd { .. } => tags_only = false,
+            ItemAction::ZendeskRemove { .. } | ItemAction::GoogleRemove { .. } => {
+                self_service = false;
+                tags_only = false;
+            }
+        }
+    }
+    if levels > 0 && self_service {
+        RequestKind::LightAgent
+    } else if tags_only && !items.is_empty() {
+        RequestKind::TeamTag
+    } else if levels > 0 {
+        RequestKind::SpecialRequest
+    } else {
+        RequestKind::AccessRequest
+    }
+}
+
+/// Parse and validate. Every problem found is reported (up to `MAX_ERRORS`).
 pub fn parse_request(issue: &IssueInput, cfg: &Config) -> Result<Request, Vec<RequestError>> {
     let text = issue.description.as_str();
     if text.len() > MAX_DESCRIPTION {
@@ -236,26 +336,21 @@ pub fn parse_request(issue: &IssueInput, cfg: &Config) -> Result<Request, Vec<Re
     if text.trim().is_empty() {
         return Err(vec![RequestError::EmptyDescription]);
     }
-    let kind = classify(issue, cfg).ok_or_else(|| vec![RequestError::UnknownKind])?;
+    let rule_kind = classify(issue, cfg);
+    let revoking = rule_kind.is_some_and(RequestKind::revokes);
     let mut errors = Vec::new();
-
-    let subjects = match subjects::parse_raw(text) {
-        Ok(raw) => validate_subjects(issue, kind, raw, cfg, &mut errors),
-        Err(e) => {
-            errors.push(e);
-            Vec::new()
-        }
-    };
 
     let all_items = checklist::parse(text);
     let mut items = Vec::new();
     let mut unmanaged = Vec::new();
     for it in &all_items {
-        match classify_item(it, kind, cfg) {
+        match classify_item(it, revoking, cfg) {
             Ok(Some(action)) => items.push(BotItem {
                 index: it.index,
+                ordinal: items.len(),
                 line: it.line,
-                text: it.text.clone(),
+                text: it.visible.clone(),
+                raw: it.text.clone(),
                 state: it.state,
                 section: it.section.clone(),
                 justification: it.justification.clone(),
@@ -263,15 +358,35 @@ pub fn parse_request(issue: &IssueInput, cfg: &Config) -> Result<Request, Vec<Re
             }),
             Ok(None) => unmanaged.push(UnmanagedItem {
                 line: it.line,
-                text: it.text.clone(),
+                text: it.visible.clone(),
+                raw: it.text.clone(),
             }),
             Err(e) => errors.push(e),
         }
     }
+    if items.is_empty() && errors.is_empty() && rule_kind.is_none() {
+        return Err(vec![RequestError::UnknownKind]);
+    }
     if items.is_empty() && errors.is_empty() {
         errors.push(RequestError::NoBotItems);
     }
+    if items.len() > MAX_BOT_ITEMS {
+        errors.push(RequestError::TooManyItems(items.len()));
+    }
+    let kind = rule_kind.unwrap_or_else(|| content_kind(&items, cfg));
     check_conflicts(kind, &items, &mut errors);
+
+    let subjects = match subjects::parse_raw(text) {
+        Ok(raw) if raw.len() > MAX_SUBJECTS => {
+            errors.push(RequestError::TooManySubjects(raw.len()));
+            Vec::new()
+        }
+        Ok(raw) => validate_subjects(issue, kind, raw, cfg, &mut errors),
+        Err(e) => {
+            errors.push(e);
+            Vec::new()
+        }
+    };
 
     let expires = match parse_expiry(text, issue.created_at.date_naive()) {
         Ok(e) => e,
@@ -284,6 +399,7 @@ pub fn parse_request(issue: &IssueInput, cfg: &Config) -> Result<Request, Vec<Re
     if !errors.is_empty() {
         return Err(errors);
     }
+    let definitions = definitions(&items, cfg);
     Ok(Request {
         iid: issue.iid,
         kind,
@@ -294,7 +410,35 @@ pub fn parse_request(issue: &IssueInput, cfg: &Config) -> Result<Request, Vec<Re
         items,
         unmanaged,
         expires,
+        matched_kinds: matching_rules(issue, cfg),
+        definitions,
     })
+}
+
+/// The configuration the items rely on, keyed by what they name.
+fn definitions(items: &[BotItem], cfg: &Config) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for it in items {
+        let instance = it.action.instance();
+        let Some(z) = cfg.zendesk.get(instance) else {
+            continue;
+        };
+        out.insert(
+            format!("{instance}/instance"),
+            serde_json::json!({"okta_group": z.okta_group, "requires": z.requires}),
+        );
+        if let ItemAction::Zendesk {
+            level: Some(level), ..
+        } = &it.action
+            && let Some(a) = z.access_levels.get(level)
+        {
+            out.insert(
+                format!("{instance}/level/{level}"),
+                serde_json::to_value(a).unwrap_or_default(),
+            );
+        }
+    }
+    out
 }
 
 fn validate_subjects(
@@ -306,52 +450,20 @@ fn validate_subjects(
 ) -> Vec<Subject> {
     let mut out: Vec<Subject> = Vec::new();
     let mut raw = raw;
-    if kind == RequestKind::LightAgent {
-        // Self-service: the subject is the author. A table, if present, must name the author.
-        match raw.len() {
-            0 => raw.push(subjects::RawSubject {
+    // A light-agent request may leave the person out: it is then for its author,
+    // as far as the bot can establish who that is.
+    if kind == RequestKind::LightAgent && raw.is_empty() {
+        match &issue.author_email {
+            Some(email) => raw.push(subjects::RawSubject {
                 line: 0,
                 name: issue.author_name.clone(),
-                email: issue.author_email.clone(),
+                email: Some(email.clone()),
                 gitlab_username: Some(issue.author.username.clone()),
                 manager: None,
             }),
-            1 => {
-                let r = &mut raw[0];
-                let named = r
-                    .gitlab_username
-                    .as_deref()
-                    .and_then(subjects::parse_username);
-                if let Some(u) = named
-                    && !u.eq_ignore_ascii_case(&issue.author.username)
-                {
-                    errors.push(RequestError::NotSelf {
-                        author: issue.author.username.clone(),
-                        other: format!("@{u}"),
-                    });
-                    return out;
-                }
-                r.gitlab_username = Some(issue.author.username.clone());
-                if let (Some(given), Some(known)) = (&r.email, &issue.author_email)
-                    && Email::parse(given).ok() != Email::parse(known).ok()
-                {
-                    errors.push(RequestError::NotSelf {
-                        author: issue.author.username.clone(),
-                        other: "another person's email".into(),
-                    });
-                    return out;
-                }
-                if r.email.is_none() {
-                    r.email = issue.author_email.clone();
-                }
-                if r.name.is_none() {
-                    r.name = issue.author_name.clone();
-                }
-            }
-            _ => {
-                errors.push(RequestError::NotSelf {
+            None => {
+                errors.push(RequestError::AuthorUnknown {
                     author: issue.author.username.clone(),
-                    other: format!("{} people", raw.len()),
                 });
                 return out;
             }
@@ -476,10 +588,25 @@ lazy_regex!(
 
 fn classify_item(
     it: &ChecklistItem,
-    kind: RequestKind,
+    revoking: bool,
     cfg: &Config,
 ) -> Result<Option<ItemAction>, RequestError> {
-    let Some((system, details, removal)) = system_and_details(&it.text) else {
+    let action = classify_visible(it, revoking, cfg)?;
+    if action.is_some() && it.has_html {
+        return Err(RequestError::BadItem {
+            line: it.line,
+            reason: "the item holds HTML, so what it shows and what it says can differ; write plain text".into(),
+        });
+    }
+    Ok(action)
+}
+
+fn classify_visible(
+    it: &ChecklistItem,
+    revoking: bool,
+    cfg: &Config,
+) -> Result<Option<ItemAction>, RequestError> {
+    let Some((system, details, removal)) = system_and_details(&it.visible) else {
         return Ok(None);
     };
     let bad = |reason: String| RequestError::BadItem {
@@ -505,7 +632,12 @@ fn classify_item(
             .to_string();
         let full = cfg.zendesk[&instance].okta_group.clone().unwrap_or(group);
         let _ = gsystem;
-        return Ok(Some(if removal || kind.revokes() {
+        if removal && !revoking {
+            return Err(bad(
+                "removing access is done by an offboarding issue from the automation, not by a request".into(),
+            ));
+        }
+        return Ok(Some(if removal || revoking {
             ItemAction::GoogleRemove {
                 instance,
                 group: full,
@@ -522,17 +654,20 @@ fn classify_item(
         return Ok(None);
     };
     let instance = instance.to_string();
-    if removal || kind.revokes() {
+    if removal && !revoking {
+        return Err(bad(
+            "removing access is done by an offboarding issue from the automation, not by a request"
+                .into(),
+        ));
+    }
+    if removal || revoking {
         if !removal {
             return Err(bad(format!(
                 "an offboarding issue can only remove access; {} asks for something else",
-                crate::render::code_span(&it.text)
+                crate::render::code_span(&it.visible)
             )));
         }
         return Ok(Some(ItemAction::ZendeskRemove { instance }));
-    }
-    if removal {
-        return Err(bad("a removal line in a request that grants access".into()));
     }
 
     let z = &cfg.zendesk[&instance];
@@ -733,59 +868,98 @@ fn check_conflicts(kind: RequestKind, items: &[BotItem], errors: &mut Vec<Reques
 
 /// `Expires: 2026-12-31` or `Expires: 90d` (from the issue's creation date).
 fn parse_expiry(text: &str, created: NaiveDate) -> Result<Option<Expiry>, RequestError> {
-    for (_, line) in subjects::plain_lines(text) {
-        let Some((k, v)) = subjects::key_value(line) else {
+    let mut found: Option<(usize, Option<Expiry>)> = None;
+    for line in visible::read(text).lines {
+        let Some((k, _)) = subjects::key_value(&line.text) else {
             continue;
         };
         let k = k.to_ascii_lowercase();
         if k != "expires" && k != "expiry" && k != "access expires" {
             continue;
         }
-        let v = v.trim();
-        if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-            if d <= created {
+        let this = expiry_line(&line.text, created)?;
+        match &found {
+            Some((first, e)) if *e != this => {
                 return Err(RequestError::Expiry(format!(
-                    "the expiry date {d} is not after the issue's creation"
+                    "line {}: a second expiry that differs from the one at line {first}; keep one",
+                    line.line
                 )));
             }
-            return Ok(Some(Expiry(d)));
+            Some(_) => {}
+            None => found = Some((line.line, this)),
         }
-        return match crate::config::parse_duration(v) {
-            Ok(dur) if dur.as_secs() >= 86_400 => Ok(Some(Expiry(
-                created + chrono::Days::new(dur.as_secs() / 86_400),
-            ))),
-            _ => Err(RequestError::Expiry(format!(
-                "`Expires:` must be a date (YYYY-MM-DD) or a number of days or weeks (90d, 12w), not {}",
-                crate::render::code_span(v)
-            ))),
-        };
     }
-    Ok(None)
+    Ok(found.and_then(|(_, e)| e))
+}
+
+fn expiry_line(text: &str, created: NaiveDate) -> Result<Option<Expiry>, RequestError> {
+    let Some((_, v)) = subjects::key_value(text) else {
+        return Ok(None);
+    };
+    let v = v.trim();
+    if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+        if d <= created {
+            return Err(RequestError::Expiry(format!(
+                "the expiry date {d} is not after the issue's creation"
+            )));
+        }
+        return Ok(Some(Expiry(d)));
+    }
+    match crate::config::parse_duration(v) {
+        Ok(dur) if dur.as_secs() >= 86_400 => Ok(Some(Expiry(
+            created + chrono::Days::new(dur.as_secs() / 86_400),
+        ))),
+        _ => Err(RequestError::Expiry(format!(
+            "`Expires:` must be a date (YYYY-MM-DD) or a number of days or weeks (90d, 12w), not {}",
+            crate::render::code_span(v)
+        ))),
+    }
 }
 
 impl Request {
-    /// Digest of what an approver approves: kind, people, and the bot-owned
-    /// items' text and meaning. Not tick states, not other systems' lines.
+    /// Digest of what an approver approves: who asks, the kind (and every rule
+    /// that matched), the people, each bot-owned item's text, meaning and tick
+    /// state (a ticked item is one the bot leaves alone), the expiry, and the
+    /// configuration the items rely on. Not other systems' lines. 128 bits, so
+    /// that nobody can craft two requests with the same digest.
     pub fn digest(&self) -> String {
         #[derive(Serialize)]
         struct Canon<'a> {
+            requester: u64,
             kind: RequestKind,
+            matched_kinds: &'a [RequestKind],
             subjects: &'a [Subject],
-            items: Vec<(&'a str, &'a ItemAction)>,
+            items: Vec<(&'a str, &'a ItemAction, CheckState)>,
             expires: Option<Expiry>,
+            definitions: &'a BTreeMap<String, serde_json::Value>,
         }
         let canon = Canon {
+            requester: self.requester.id,
             kind: self.kind,
+            matched_kinds: &self.matched_kinds,
             subjects: &self.subjects,
             items: self
                 .items
                 .iter()
-                .map(|i| (i.text.as_str(), &i.action))
+                .map(|i| (i.text.as_str(), &i.action, i.state))
                 .collect(),
             expires: self.expires,
+            definitions: &self.definitions,
         };
         let json = serde_json::to_vec(&canon).unwrap_or_default();
-        hex::encode(&Sha256::digest(&json)[..8])
+        hex::encode(&Sha256::digest(&json)[..16])
+    }
+
+    /// The digest this request will have once the bot ticks these items
+    /// (by ordinal): what a completed plan leaves on the issue.
+    pub fn digest_after_ticks(&self, ordinals: &BTreeSet<usize>) -> String {
+        let mut after = self.clone();
+        for it in &mut after.items {
+            if ordinals.contains(&it.ordinal) && it.state == CheckState::Open {
+                it.state = CheckState::Done;
+            }
+        }
+        after.digest()
     }
 
     pub fn instances(&self) -> BTreeSet<&str> {

@@ -50,65 +50,6 @@ fn field_of(header: &str) -> Field {
     }
 }
 
-/// Lines outside fenced code blocks and block quotes, with 1-based numbers.
-pub(crate) fn plain_lines(text: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut fence: Option<&str> = None;
-    for (i, raw) in text.split('\n').enumerate() {
-        let line = raw.trim_end_matches('\r');
-        let t = line.trim_start();
-        if let Some(f) = fence {
-            if t.starts_with(f) {
-                fence = None;
-            }
-            continue;
-        }
-        if t.starts_with("```") {
-            fence = Some("```");
-            continue;
-        }
-        if t.starts_with("~~~") {
-            fence = Some("~~~");
-            continue;
-        }
-        if t.starts_with('>') {
-            continue;
-        }
-        out.push((i + 1, line));
-    }
-    out
-}
-
-fn split_row(line: &str) -> Vec<String> {
-    let t = line.trim();
-    let t = t.strip_prefix('|').unwrap_or(t);
-    let t = t.strip_suffix('|').unwrap_or(t);
-    let mut cells = Vec::new();
-    let mut cur = String::new();
-    let mut chars = t.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if chars.peek() == Some(&'|') => {
-                cur.push('|');
-                chars.next();
-            }
-            '|' => cells.push(std::mem::take(&mut cur).trim().to_string()),
-            _ => cur.push(c),
-        }
-    }
-    cells.push(cur.trim().to_string());
-    cells
-}
-
-fn is_separator(line: &str) -> bool {
-    let cells = split_row(line);
-    !cells.is_empty()
-        && cells.iter().all(|c| {
-            let c = c.trim();
-            !c.is_empty() && c.chars().all(|ch| ch == '-' || ch == ':') && c.contains('-')
-        })
-}
-
 fn clean(v: &str) -> Option<String> {
     let v = v.trim();
     if v.is_empty() || v == "-" || v.eq_ignore_ascii_case("n/a") {
@@ -118,63 +59,96 @@ fn clean(v: &str) -> Option<String> {
     }
 }
 
-/// Read subjects from the first table whose header has an email column, or
-/// else from `Key: value` lines.
+/// Read subjects from the one table whose header has an email column, or
+/// else from `Key: value` lines; both, or two such tables, are ambiguous.
+/// Only what a reader of the rendered issue sees counts (see `visible`).
 pub fn parse_raw(text: &str) -> Result<Vec<RawSubject>, RequestError> {
-    let lines = plain_lines(text);
-    let mut i = 0;
-    while i + 1 < lines.len() {
-        let (_, header) = lines[i];
-        let (_, sep) = lines[i + 1];
-        if header.trim_start().starts_with('|') && is_separator(sep) {
-            let fields: Vec<Field> = split_row(header).iter().map(|h| field_of(h)).collect();
-            if fields.contains(&Field::Email) {
-                let mut out = Vec::new();
-                for &(n, row) in &lines[i + 2..] {
-                    if !row.trim_start().starts_with('|') {
-                        break;
-                    }
-                    let cells = split_row(row);
-                    if cells.len() < fields.len() {
-                        return Err(RequestError::TableRow {
-                            line: n,
-                            reason: format!(
-                                "the row has {} cells but the header has {} columns",
-                                cells.len(),
-                                fields.len()
-                            ),
-                        });
-                    }
-                    let mut s = RawSubject {
-                        line: n,
-                        name: None,
-                        email: None,
-                        gitlab_username: None,
-                        manager: None,
-                    };
-                    for (f, c) in fields.iter().zip(cells.iter()) {
-                        let v = clean(c);
-                        match f {
-                            Field::Name => s.name = v,
-                            Field::Email => s.email = v,
-                            Field::Gitlab => s.gitlab_username = v,
-                            Field::Manager => s.manager = v,
-                            Field::Other => {}
-                        }
-                    }
-                    if s.name.is_none()
-                        && s.email.is_none()
-                        && s.gitlab_username.is_none()
-                        && s.manager.is_none()
-                    {
-                        continue; // an empty template row
-                    }
-                    out.push(s);
-                }
-                return Ok(out);
+    let seen = super::visible::read(text);
+    let tables: Vec<&super::visible::Table> = seen
+        .tables
+        .iter()
+        .filter(|t| t.header.iter().any(|h| field_of(h) == Field::Email))
+        .collect();
+    let kv_lines: Vec<&super::visible::Line> = seen
+        .lines
+        .iter()
+        .filter(|l| key_value(&l.text).is_some_and(|(k, _)| field_of(&k) != Field::Other))
+        .collect();
+    if tables.len() > 1 {
+        return Err(RequestError::TableRow {
+            line: tables[1].line,
+            reason: format!(
+                "a second table of people (the first is at line {}); keep one table",
+                tables[0].line
+            ),
+        });
+    }
+    if let (Some(t), Some(l)) = (tables.first(), kv_lines.first()) {
+        return Err(RequestError::TableRow {
+            line: l.line,
+            reason: format!(
+                "people are given both in the table at line {} and as a `Key: value` line; keep the table",
+                t.line
+            ),
+        });
+    }
+    if let Some(t) = tables.first() {
+        let fields: Vec<Field> = t.header.iter().map(|h| field_of(h)).collect();
+        let mut out = Vec::new();
+        for row in &t.rows {
+            if row.has_html {
+                return Err(RequestError::TableRow {
+                    line: row.line,
+                    reason: "the row holds HTML, so what it shows and what it says can differ; write plain text".into(),
+                });
             }
+            if row.cells.len() < fields.len() {
+                return Err(RequestError::TableRow {
+                    line: row.line,
+                    reason: format!(
+                        "the row has {} cells but the header has {} columns",
+                        row.cells.len(),
+                        fields.len()
+                    ),
+                });
+            }
+            let mut s = RawSubject {
+                line: row.line,
+                name: None,
+                email: None,
+                gitlab_username: None,
+                manager: None,
+            };
+            for (f, c) in fields.iter().zip(row.cells.iter()) {
+                let v = clean(c);
+                let slot = match f {
+                    Field::Name => &mut s.name,
+                    Field::Email => &mut s.email,
+                    Field::Gitlab => &mut s.gitlab_username,
+                    Field::Manager => &mut s.manager,
+                    Field::Other => continue,
+                };
+                if slot.is_some() && v.is_some() && *slot != v {
+                    return Err(RequestError::TableRow {
+                        line: row.line,
+                        reason: "two columns of the row mean the same field with different values"
+                            .into(),
+                    });
+                }
+                if v.is_some() {
+                    *slot = v;
+                }
+            }
+            if s.name.is_none()
+                && s.email.is_none()
+                && s.gitlab_username.is_none()
+                && s.manager.is_none()
+            {
+                continue; // an empty template row
+            }
+            out.push(s);
         }
-        i += 1;
+        return Ok(out);
     }
 
     // `Key: value` lines, one person.
@@ -185,10 +159,19 @@ pub fn parse_raw(text: &str) -> Result<Vec<RawSubject>, RequestError> {
         gitlab_username: None,
         manager: None,
     };
-    for &(n, line) in &lines {
-        let Some((k, v)) = key_value(line) else {
+    for l in kv_lines {
+        let Some((k, v)) = key_value(&l.text) else {
             continue;
         };
+        if l.has_html {
+            return Err(RequestError::TableRow {
+                line: l.line,
+                reason: format!(
+                    "the {} line holds HTML, so what it shows and what it says can differ; write plain text",
+                    k.trim()
+                ),
+            });
+        }
         let v = clean(&v);
         let slot = match field_of(&k) {
             Field::Name => &mut s.name,
@@ -199,7 +182,7 @@ pub fn parse_raw(text: &str) -> Result<Vec<RawSubject>, RequestError> {
         };
         if slot.is_some() && v.is_some() && *slot != v {
             return Err(RequestError::TableRow {
-                line: n,
+                line: l.line,
                 reason: format!(
                     "{} is given twice with different values; file one issue per person or use a table",
                     k.trim()
@@ -207,7 +190,7 @@ pub fn parse_raw(text: &str) -> Result<Vec<RawSubject>, RequestError> {
             });
         }
         if s.line == 0 {
-            s.line = n;
+            s.line = l.line;
         }
         if v.is_some() {
             *slot = v;
@@ -279,12 +262,12 @@ mod tests {
     }
 
     #[test]
-    fn short_row_is_an_error() {
+    fn a_short_row_has_empty_cells_as_shown() {
+        // GitLab renders the missing cells empty; so does the bot.
         let md = "| Full name | Email | Manager |\n|---|---|---|\n| Jane | jane@example.com |\n";
-        assert!(matches!(
-            parse_raw(md),
-            Err(RequestError::TableRow { line: 3, .. })
-        ));
+        let s = parse_raw(md).unwrap();
+        assert_eq!(s[0].email.as_deref(), Some("jane@example.com"));
+        assert_eq!(s[0].manager, None);
     }
 
     #[test]

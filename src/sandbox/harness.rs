@@ -153,7 +153,7 @@ impl Sandbox {
                     .map(|u| u.username.clone())
                     .unwrap_or_default(),
                 body: n.body.clone(),
-                marker: Marker::find(&n.body),
+                marker: Marker::peek(&n.body),
             })
             .collect()
     }

@@ -149,6 +149,10 @@ impl Sandbox {
             w.add_project(PROJECT);
             w.base_url = format!("http://{gitlab_addr}");
             secrets.push((
+                config.bot.marker_key_env.clone(),
+                hex::encode(rand::random::<[u8; 32]>()),
+            ));
+            secrets.push((
                 config.gitlab.token_env.clone(),
                 w.user_by_name(&config.gitlab.bot_username)
                     .map(|u| u.token.clone())
