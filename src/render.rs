@@ -90,6 +90,7 @@ impl Templates {
         env.set_lstrip_blocks(true);
         env.add_filter("code", |v: Value| code_span(&v.to_string()));
         env.add_filter("cell", |v: Value| escape_cell(&v.to_string()));
+        env.add_filter("block", |v: Value| code_block(&v.to_string()));
         for (name, text) in sources {
             env.add_template_owned(name.clone(), text)
                 .map_err(|source| RenderError::Template { name, source })?;
@@ -175,6 +176,28 @@ pub fn code_span(s: &str) -> String {
         ""
     };
     format!("{fence}{pad}{t}{pad}{fence}")
+}
+
+/// Longer text (an error a service returned) as a fenced block: the fence is
+/// longer than any run of backticks inside, `<` and `>` are replaced as in
+/// [`code_span`], and the length is bounded.
+pub fn code_block(s: &str) -> String {
+    let mut t: String = s
+        .chars()
+        .map(|c| match c {
+            '<' => '\u{2039}',
+            '>' => '\u{203a}',
+            '\n' | '\t' => c,
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    if t.chars().count() > 2000 {
+        t = t.chars().take(1999).collect::<String>() + "\u{2026}";
+    }
+    let longest = t.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest.max(2) + 1);
+    format!("{fence}text\n{}\n{fence}", t.trim_end())
 }
 
 /// A list of user-supplied texts for a comment: at most `max` shown, each

@@ -74,6 +74,8 @@ pub struct GlProject {
     pub merge_requests: Vec<GlMergeRequest>,
     /// Users who may push and open merge requests (`None`: everyone); others get 403.
     pub writers: Option<BTreeSet<u64>>,
+    /// Maintainers: on GitLab they may edit anyone's note.
+    pub maintainers: BTreeSet<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -187,8 +189,60 @@ impl GitlabWorld {
             files: BTreeMap::from([("main".to_string(), BTreeMap::new())]),
             merge_requests: Vec::new(),
             writers: None,
+            maintainers: BTreeSet::new(),
         });
         id
+    }
+
+    /// Edit a note as `editor`: its author, or a maintainer of the project.
+    pub fn edit_note(
+        &mut self,
+        project: &str,
+        iid: u64,
+        note: u64,
+        editor: u64,
+        body: &str,
+    ) -> Result<GlNote, StatusCode> {
+        let now = self.now();
+        let p = self.project_mut(project).ok_or(StatusCode::NOT_FOUND)?;
+        let maintainer = p.maintainers.contains(&editor);
+        let issue = p
+            .issues
+            .iter_mut()
+            .find(|i| i.iid == iid)
+            .ok_or(StatusCode::NOT_FOUND)?;
+        let n = issue
+            .notes
+            .iter_mut()
+            .find(|n| n.id == note && !n.system)
+            .ok_or(StatusCode::NOT_FOUND)?;
+        if n.author != editor && !maintainer {
+            return Err(StatusCode::FORBIDDEN);
+        }
+        n.body = body.to_string();
+        issue.updated_at = now;
+        Ok(n.clone())
+    }
+
+    /// Change the title as `editor`, with GitLab's system note.
+    pub fn set_title(&mut self, project: &str, iid: u64, editor: u64, title: &str) {
+        let now = self.now();
+        let id = self.id();
+        if let Some(i) = self
+            .project_mut(project)
+            .and_then(|p| p.issues.iter_mut().find(|i| i.iid == iid))
+            && i.title != title
+        {
+            i.notes.push(GlNote {
+                id,
+                author: editor,
+                body: format!("changed title from **{}** to **{}**", i.title, title),
+                system: true,
+                created_at: now,
+            });
+            i.title = title.to_string();
+            i.updated_at = now;
+        }
     }
 
     /// Put a file on a branch (creating the branch).
@@ -593,6 +647,10 @@ pub fn router(server: GitlabServer) -> Router {
         .route(
             "/api/v4/projects/{project}/issues/{iid}/notes",
             get(list_notes).post(create_note),
+        )
+        .route(
+            "/api/v4/projects/{project}/issues/{iid}/notes/{note}",
+            axum::routing::put(edit_note),
         )
         .route(
             "/api/v4/projects/{project}/issues/{iid}/resource_label_events",
@@ -1216,14 +1274,7 @@ async fn edit_issue(
         w.set_description(&project, iid, user, d);
     }
     if let Some(t) = param(&params, "title") {
-        let now = w.now();
-        if let Some(i) = w
-            .project_mut(&project)
-            .and_then(|p| p.issues.iter_mut().find(|i| i.iid == iid))
-        {
-            i.title = t.to_string();
-            i.updated_at = now;
-        }
+        w.set_title(&project, iid, user, t);
     }
     let mut add: Vec<String> = param(&params, "add_labels")
         .map(split_labels)
@@ -1350,6 +1401,47 @@ async fn create_note(
                 .into_response()
         }
         None => err(StatusCode::NOT_FOUND, "404 Issue Not Found"),
+    }
+}
+
+async fn edit_note(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path((project, iid, note)): Path<(String, u64, u64)>,
+    body: Bytes,
+) -> Response {
+    let mut w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let params = body_params(&headers, &body);
+    let Some(text) = param(&params, "body").map(String::from) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "400 (Bad request) \"body\" not given",
+        );
+    };
+    let visible_issue = w
+        .project(&project)
+        .and_then(|p| {
+            p.issues
+                .iter()
+                .find(|i| i.iid == iid)
+                .map(|i| visible(p, i, user))
+        })
+        .unwrap_or(false);
+    if !visible_issue {
+        return err(StatusCode::NOT_FOUND, "404 Issue Not Found");
+    }
+    match w.edit_note(&project, iid, note, user, &text) {
+        Ok(n) => axum::Json(
+            json!({"id": n.id, "body": n.body, "author": w.user_json(n.author),
+            "created_at": ts(n.created_at), "system": false}),
+        )
+        .into_response(),
+        Err(StatusCode::FORBIDDEN) => err(StatusCode::FORBIDDEN, "403 Forbidden"),
+        Err(_) => err(StatusCode::NOT_FOUND, "404 Note Not Found"),
     }
 }
 

@@ -106,6 +106,12 @@ impl GoogleWorld {
         }
     }
 
+    pub fn remove_member(&mut self, group: &str, email: &str) {
+        if let Some(g) = self.groups.get_mut(&group.to_ascii_lowercase()) {
+            g.retain(|m| !m.email.eq_ignore_ascii_case(email));
+        }
+    }
+
     fn in_domain(&self, email: &str) -> bool {
         email
             .rsplit_once('@')

@@ -99,6 +99,51 @@ impl Sandbox {
             .map(|_| ())
     }
 
+    /// Edit a note as `user` (its author or a project maintainer, as on GitLab).
+    pub async fn edit_note_as(
+        &self,
+        user: &str,
+        iid: u64,
+        note: u64,
+        body: &str,
+    ) -> anyhow::Result<()> {
+        let r = self
+            .client()
+            .put(format!("{}/{iid}/notes/{note}", self.issues_url()))
+            .header("PRIVATE-TOKEN", self.token_of(user))
+            .form(&[("body", body)])
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "edit note as {user}: {}",
+            r.status()
+        );
+        Ok(())
+    }
+
+    pub async fn edit_title(&self, user: &str, iid: u64, title: &str) -> anyhow::Result<()> {
+        self.put_issue(user, iid, &[("title", title)])
+            .await
+            .map(|_| ())
+    }
+
+    /// Everything Zendesk and Google hold, as text: the same text before and
+    /// after means the bot changed nothing anywhere.
+    pub fn target_state(&self) -> String {
+        let mut out = String::new();
+        for name in self.zendesk.keys() {
+            let w = self.zd(name);
+            out.push_str(&format!(
+                "zendesk {name}\nusers {:?}\nmemberships {:?}\ntickets {:?}\n",
+                w.users, w.memberships, w.tickets
+            ));
+        }
+        let g = self.google.lock();
+        out.push_str(&format!("google {:?}\n", g.groups));
+        out
+    }
+
     pub async fn comment_as(&self, user: &str, iid: u64, body: &str) -> anyhow::Result<()> {
         let r = self
             .client()
