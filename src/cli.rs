@@ -120,7 +120,7 @@ pub enum Command {
         /// A seed scenario (TOML) with people, accounts and issues.
         #[arg(long)]
         seed: Option<PathBuf>,
-        /// First port (GitLab); Google is +1, Zendesk instances +2, +3.
+        /// First port (GitLab); Google is +1, Zendesk instances +2, +3 (0: any free ports, printed).
         #[arg(long, default_value_t = 18080)]
         port: u16,
     },
@@ -446,7 +446,21 @@ async fn demo() -> anyhow::Result<u8> {
 
 #[cfg(feature = "sandbox")]
 async fn sandbox(seed: Option<&Path>, port: u16) -> anyhow::Result<u8> {
-    let sb = crate::sandbox::Sandbox::start(crate::sandbox::Ports { base: Some(port) }).await?;
+    let ports = crate::sandbox::Ports {
+        base: (port != 0).then_some(port),
+    };
+    let sb = crate::sandbox::Sandbox::start(ports).await?;
+    // The addresses first, one per line, so that scripts and tests can read
+    // the ports back (with `--port 0` they are whatever was free).
+    println!("Sandbox listening:");
+    println!("  gitlab http://{}", sb.gitlab_addr);
+    println!("  google http://{}", sb.google_addr);
+    for (name, z) in &sb.zendesk {
+        println!("  zendesk.{name} http://{}", z.addr);
+    }
+    println!("  smtp {}", sb.smtp_addr);
+    println!("  slack http://{}", sb.slack_addr);
+    let port = sb.gitlab_addr.port();
     if let Some(seed) = seed {
         let text =
             std::fs::read_to_string(seed).with_context(|| format!("reading {}", seed.display()))?;

@@ -1,4 +1,4 @@
-//! GitLab adapter on the `gitlab` crate's async client (see `docs/api-gitlab.md`).
+//! GitLab adapter on the `gitlab` crate's async client (REST API v4).
 //!
 //! 429: wait for `Retry-After`. 5xx and dropped connections: retry with capped,
 //! jittered backoff, then give up on that call (the loop gives up on the issue
