@@ -496,7 +496,8 @@ pub fn process_env(var: &str) -> Option<String> {
 
 impl Config {
     /// Read an operator's configuration file: environment overrides applied
-    /// (`ACCESS_BOT_GITLAB_URL`, `ACCESS_BOT_PROJECTS`, `CI_SERVER_URL`) and
+    /// (`ACCESS_BOT_GITLAB_URL`, `ACCESS_BOT_PROJECTS`, `CI_SERVER_URL`,
+    /// `ACCESS_BOT_OPS_LISTEN`) and
     /// `templates_dir` resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with(path, &process_env)
@@ -545,6 +546,10 @@ impl Config {
             && let Some(u) = set("CI_SERVER_URL")
         {
             self.gitlab.url = u;
+        }
+        // Containers: the probes come from outside, so the image listens on all interfaces.
+        if let Some(l) = set("ACCESS_BOT_OPS_LISTEN") {
+            self.ops.listen = l;
         }
         if let Some(p) = set("ACCESS_BOT_PROJECTS") {
             self.gitlab.projects = p
@@ -1590,6 +1595,13 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.gitlab.url, "https://gitlab.example.com");
         assert_eq!(cfg.gitlab.projects, vec!["a/b", "42"]);
+        let cfg = Config::parse_with(
+            &example(),
+            p,
+            &env_of(&[("ACCESS_BOT_OPS_LISTEN", "0.0.0.0:9090")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.ops.listen, "0.0.0.0:9090");
         // CI_SERVER_URL does not beat the file...
         let cfg = Config::parse_with(
             &example(),
