@@ -407,3 +407,43 @@ async fn run_as_a_process_says_what_it_watches_and_serves_the_probes() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn absurd_durations_are_errors_not_panics() {
+    let dir = temp_dir("dur");
+    let body = dir.join("issue.md");
+    std::fs::write(
+        &body,
+        "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Engineer\n\nExpires: 99999999999999d\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("--config")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bot.toml"))
+        .args([
+            "plan",
+            "--title",
+            "Zendesk Global access",
+            "--labels",
+            "support::to do",
+            "--body-file",
+        ])
+        .arg(&body)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("Expires"), "{stdout}");
+    let out = bin()
+        .arg("--config")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bot.toml"))
+        .args(["log", "--since", "99999999999999w"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("too long"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
