@@ -1,7 +1,9 @@
 //! The command line. `anyhow` lives here, at the edge.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -11,6 +13,40 @@ use crate::plan::{self, Observed};
 use crate::render::Templates;
 use crate::report;
 use crate::request::{self, IssueInput, RequestKind, UserRef};
+
+/// Set once stdout's reader went away (`access-bot log | head -1`): the rest
+/// of the output is dropped, and the command still finishes its work and
+/// exits with the code its work deserves.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Write to stdout; a closed pipe is not an error worth a panic.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|_| out.flush()) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            tracing::warn!(error = %e, "cannot write to stdout");
+        }
+    }
+}
+
+macro_rules! out {
+    ($($t:tt)*) => { write_out(format_args!($($t)*)) };
+}
+macro_rules! outln {
+    ($($t:tt)*) => { write_out(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// An error that ends the command with a given exit code (the message keeps its causes).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
 
 /// Exit codes (also in the README).
 pub mod exit {
@@ -32,7 +68,12 @@ pub mod exit {
 )]
 pub struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, default_value = "bot.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "ACCESS_BOT_CONFIG",
+        default_value = "bot.toml"
+    )]
     pub config: PathBuf,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -120,7 +161,7 @@ pub enum Command {
         /// A seed scenario (TOML) with people, accounts and issues.
         #[arg(long)]
         seed: Option<PathBuf>,
-        /// First port (GitLab); Google is +1, Zendesk instances +2, +3.
+        /// First port (GitLab); Google is +1, Zendesk instances +2, +3 (0: any free ports, printed).
         #[arg(long, default_value_t = 18080)]
         port: u16,
     },
@@ -172,7 +213,11 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(exit::CONFIG)
+            let code = e
+                .downcast_ref::<Exit>()
+                .map(|x| x.code)
+                .unwrap_or(exit::CONFIG);
+            ExitCode::from(code)
         }
     }
 }
@@ -185,8 +230,15 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // A second initialisation (tests) keeps the first subscriber; nothing to report.
     let _ = match format {
-        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+        // `message` and the event's fields at the top level, where log
+        // pipelines look for them; the issue's span stays under `span`.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init(),
@@ -225,24 +277,62 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 
 async fn connect(config: &Path, dry_run: bool) -> anyhow::Result<crate::bot::Bot> {
     let cfg = load_config(config)?;
-    let store = std::sync::Arc::new(crate::store::Store::open(&cfg.bot.state_db)?);
-    let mut bot = crate::bot::Bot::connect(cfg, &crate::secret::Secrets::from_env(), store).await?;
+    connect_with(cfg, dry_run).await
+}
+
+/// Connect to every system; what goes wrong talking to them is a connectivity
+/// failure (exit 3), what is wrong locally a configuration error (exit 2).
+/// A dry run never creates the state database: without one it works in memory.
+async fn connect_with(cfg: Config, dry_run: bool) -> anyhow::Result<crate::bot::Bot> {
+    let store = if dry_run {
+        match crate::store::Store::open_existing(&cfg.bot.state_db)? {
+            Some(s) => s,
+            None => crate::store::Store::open(Path::new(":memory:"))?,
+        }
+    } else {
+        crate::store::Store::open(&cfg.bot.state_db)?
+    };
+    let store = std::sync::Arc::new(store);
+    let mut bot = crate::bot::Bot::connect(cfg, &crate::secret::Secrets::from_env(), store)
+        .await
+        .map_err(start_error)?;
     bot.dry_run = dry_run;
     Ok(bot)
+}
+
+/// The exit code a start-up failure deserves, with its causes in the message.
+fn start_error(e: crate::bot::StartError) -> anyhow::Error {
+    use crate::bot::StartError as S;
+    let code = match &e {
+        S::Gitlab(_) | S::Zendesk(_) | S::Google(_) | S::Missing { .. } | S::Notify(_) => {
+            exit::CHECK
+        }
+        S::Secret(_) | S::Store(_) | S::Render(_) | S::MarkerKey { .. } => exit::CONFIG,
+    };
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(&format!(": {text}"));
+        }
+        source = s.source();
+    }
+    anyhow::Error::new(Exit { code, message })
 }
 
 fn print_report(r: &crate::bot::CycleReport) {
     for (project, iid, o) in &r.outcomes {
         match o {
-            crate::bot::Outcome::Planned(text) => println!("== {project}#{iid}: would do\n{text}"),
-            other => println!(
+            crate::bot::Outcome::Planned(text) => outln!("== {project}#{iid}: would do\n{text}"),
+            other => outln!(
                 "{project}#{iid}: {}",
                 serde_json::to_string(other).unwrap_or_default()
             ),
         }
     }
     for e in &r.errors {
-        println!("error: {e}");
+        outln!("error: {e}");
     }
 }
 
@@ -250,21 +340,79 @@ async fn once(config: &Path, dry_run: bool) -> anyhow::Result<u8> {
     let bot = connect(config, dry_run).await?;
     let r = bot.cycle().await;
     print_report(&r);
+    outln!("{}", summary(&r, dry_run));
     Ok(if r.failed() { exit::FAILED } else { exit::OK })
 }
 
+/// One line at the end of `once`: how many issues, by outcome.
+pub fn summary(r: &crate::bot::CycleReport, dry_run: bool) -> String {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, _, o) in &r.outcomes {
+        let name = serde_json::to_value(o)
+            .ok()
+            .and_then(|v| v["outcome"].as_str().map(String::from))
+            .unwrap_or_else(|| "unknown".into());
+        *counts.entry(name).or_insert(0) += 1;
+    }
+    let by = if counts.is_empty() {
+        "nothing to do".to_string()
+    } else {
+        counts
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "access-bot once{}: {} issue{} ({by}); {} poll error{}",
+        if dry_run { " --dry-run" } else { "" },
+        r.outcomes.len(),
+        if r.outcomes.len() == 1 { "" } else { "s" },
+        r.errors.len(),
+        if r.errors.len() == 1 { "" } else { "s" },
+    )
+}
+
 async fn daemon(config: &Path, dry_run: bool) -> anyhow::Result<u8> {
-    let bot = std::sync::Arc::new(connect(config, dry_run).await?);
-    let webhook = match &bot.cfg.webhook {
+    let cfg = load_config(config)?;
+    let webhook = match &cfg.webhook {
         Some(w) => Some((
             w.listen.clone(),
             crate::secret::Secrets::from_env().get(&w.token_env)?,
         )),
         None => None,
     };
+    // The operations listener comes up first, so that probes see "starting"
+    // (not a refused connection) while the bot connects and resolves ids.
+    let metrics = crate::bot::run::Metrics::for_config(&cfg);
+    let same_listener = webhook.as_ref().is_some_and(|(w, _)| *w == cfg.ops.listen);
+    let (ops, ops_addr) = if same_listener {
+        (Some(cfg.ops.listen.clone()), None)
+    } else {
+        let (addr, task) = crate::bot::run::serve_ops(
+            &cfg.ops.listen,
+            metrics.clone(),
+            crate::listen::Limits::default(),
+        )
+        .await
+        .map_err(|e| Exit {
+            code: exit::CONFIG,
+            message: format!("[ops] listen: {e}"),
+        })?;
+        // Lives as long as the process.
+        drop(task);
+        (None, Some(addr))
+    };
+    let bot = std::sync::Arc::new(connect_with(cfg, dry_run).await?);
     crate::bot::run::run(
         bot,
-        crate::bot::run::RunOptions { webhook },
+        crate::bot::run::RunOptions {
+            webhook,
+            ops,
+            ops_addr,
+            metrics: Some(metrics),
+            ..Default::default()
+        },
         crate::bot::run::shutdown_signal(),
     )
     .await?;
@@ -272,18 +420,19 @@ async fn daemon(config: &Path, dry_run: bool) -> anyhow::Result<u8> {
 }
 
 async fn plan_live(config: &Path, args: &PlanArgs) -> anyhow::Result<u8> {
+    // Read-only: a dry run, which never creates the state database.
     let mut bot = connect(config, true).await?;
     bot.dry_run = true;
     let project = bot.cfg.gitlab.projects[0].clone();
     let iid = args.issue.unwrap_or_default();
     let o = bot.process(&project, iid).await;
     match &o {
-        crate::bot::Outcome::Planned(text) => print!("{text}"),
-        crate::bot::Outcome::Ignored => println!(
+        crate::bot::Outcome::Planned(text) => out!("{text}"),
+        crate::bot::Outcome::Ignored => outln!(
             "#{iid}: not for the bot: closed, or no [[kinds]] rule matches its labels and title (labels the bot polls: {})",
             bot.cfg.poll_labels().join(", ")
         ),
-        other => println!(
+        other => outln!(
             "#{iid}: {}",
             serde_json::to_string_pretty(other).unwrap_or_default()
         ),
@@ -303,7 +452,7 @@ async fn audit_seats(
 ) -> anyhow::Result<u8> {
     let bot = connect(config, dry_run).await?;
     let reports = bot.audit_seats(instance).await?;
-    print!("{}", render_seat_reports(&reports, format));
+    out!("{}", render_seat_reports(&reports, format));
     Ok(exit::OK)
 }
 
@@ -332,17 +481,26 @@ pub fn render_seat_reports(reports: &[crate::bot::SeatReport], format: SeatForma
                     r.active_by_tickets,
                     money(r.yearly_total, &r.currency)
                 ));
-                for c in &r.candidates {
-                    out.push_str(&format!(
-                        "  {:<40} {:<24} last login {:<10} {:>6} days idle{}\n",
-                        c.email,
-                        c.role,
-                        c.last_login,
-                        c.days_idle
-                            .map(|d| d.to_string())
-                            .unwrap_or_else(|| "-".into()),
-                        if c.suspended { " (suspended)" } else { "" }
-                    ));
+                let rows: Vec<Vec<String>> = r
+                    .candidates
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.email.clone(),
+                            c.role.clone(),
+                            c.last_login.clone(),
+                            c.days_idle
+                                .map(|d| d.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            if c.suspended { "suspended" } else { "" }.to_string(),
+                        ]
+                    })
+                    .collect();
+                if !rows.is_empty() {
+                    for l in table(&["email", "role", "last login", "days idle", ""], &rows).lines()
+                    {
+                        out.push_str(&format!("  {l}\n"));
+                    }
                 }
                 if let Some(u) = &r.issue_url {
                     out.push_str(&format!("  review issue: {u}\n"));
@@ -361,15 +519,29 @@ fn audit_log(
     format: LogOutput,
 ) -> anyhow::Result<u8> {
     let cfg = load_config(config)?;
-    let store = crate::store::Store::open(&cfg.bot.state_db)?;
     let since = match since {
-        Some(s) => Some(
-            chrono::Utc::now()
-                - chrono::Duration::from_std(
-                    crate::config::parse_duration(s).map_err(|e| anyhow::anyhow!(e))?,
-                )?,
-        ),
+        Some(s) => {
+            let d =
+                crate::config::parse_duration(s).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+            let d = chrono::Duration::from_std(d)?;
+            Some(
+                chrono::Utc::now()
+                    .checked_sub_signed(d)
+                    .ok_or_else(|| anyhow::anyhow!("--since {s}: too far back"))?,
+            )
+        }
         None => None,
+    };
+    // Reading the trail must not create an empty one.
+    let Some(store) = crate::store::Store::open_existing(&cfg.bot.state_db)? else {
+        return Err(Exit {
+            code: exit::CONFIG,
+            message: format!(
+                "no state database at {}: the bot has not run with this configuration here (bot.state_db), so there is no audit trail to show",
+                cfg.bot.state_db.display()
+            ),
+        }
+        .into());
     };
     let rows = store.audit_rows(&crate::store::AuditQuery {
         since,
@@ -377,39 +549,94 @@ fn audit_log(
         project: None,
         iid: issue,
     })?;
-    print!("{}", render_audit(&rows, format));
+    out!("{}", render_audit(&rows, format));
     Ok(exit::OK)
 }
 
-/// The audit rows as a table or as JSON lines.
+/// The audit rows as a table or as JSON lines. In JSON, `before` and `after`
+/// are the objects they record (text stays text; nothing recorded is `null`).
 pub fn render_audit(rows: &[crate::store::AuditRow], format: LogOutput) -> String {
     let mut out = String::new();
     match format {
         LogOutput::Json => {
             for r in rows {
-                out.push_str(&serde_json::to_string(r).unwrap_or_default());
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                for key in ["before", "after"] {
+                    let text = v[key].as_str().unwrap_or_default().to_string();
+                    v[key] = structured(&text);
+                }
+                out.push_str(&v.to_string());
                 out.push('\n');
             }
         }
         LogOutput::Table => {
-            out.push_str(&format!(
-                "{:<20} {:<6} {:<28} {:<8} {:<48} {:<8} {}\n",
-                "time (UTC)", "issue", "person", "system", "action", "outcome", "approved by"
+            let body: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        format!("#{}", r.iid),
+                        r.subject.clone(),
+                        r.instance.clone(),
+                        r.action.rsplit('/').next().unwrap_or(&r.action).to_string(),
+                        r.outcome.clone(),
+                        r.approvers.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &[
+                    "time (UTC)",
+                    "issue",
+                    "person",
+                    "system",
+                    "action",
+                    "outcome",
+                    "approved by",
+                ],
+                &body,
             ));
-            for r in rows {
-                let action = r.action.rsplit('/').next().unwrap_or(&r.action);
-                out.push_str(&format!(
-                    "{:<20} {:<6} {:<28} {:<8} {:<48} {:<8} {}\n",
-                    r.at.format("%Y-%m-%d %H:%M:%S"),
-                    format!("#{}", r.iid),
-                    r.subject,
-                    r.instance,
-                    action,
-                    r.outcome,
-                    r.approvers
-                ));
+        }
+    }
+    out
+}
+
+/// A stored audit value as JSON: parsed when it is JSON, else the text.
+fn structured(text: &str) -> serde_json::Value {
+    if text.trim().is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}
+
+/// A text table whose columns are as wide as their widest cell (the last
+/// column is not padded).
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
             }
         }
+    }
+    let line = |cells: Vec<&str>| {
+        let n = cells.len();
+        let mut l = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i + 1 == n {
+                l.push_str(c);
+            } else {
+                let pad = widths[i].saturating_sub(c.chars().count());
+                l.push_str(c);
+                l.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
     out
 }
@@ -424,13 +651,13 @@ async fn check(config: &Path) -> anyhow::Result<u8> {
 async fn demo() -> anyhow::Result<u8> {
     let started = std::time::Instant::now();
     let demo = crate::demo::Demo::run().await?;
-    println!(
-        "access-bot demo: every workflow of the seeds against the embedded sandbox\n{}",
+    outln!(
+        "access-bot demo: every workflow against the embedded sandbox\n{}",
         demo.transcript
     );
-    println!("\n==================================================================");
+    outln!("\n==================================================================");
     if demo.failures.is_empty() {
-        println!(
+        outln!(
             "All {} workflows reached their expected end in {:.1}s.",
             demo.issues.len(),
             started.elapsed().as_secs_f64()
@@ -438,7 +665,7 @@ async fn demo() -> anyhow::Result<u8> {
         Ok(exit::OK)
     } else {
         for f in &demo.failures {
-            println!("NOT REACHED: {f}");
+            outln!("NOT REACHED: {f}");
         }
         Ok(exit::FAILED)
     }
@@ -446,14 +673,28 @@ async fn demo() -> anyhow::Result<u8> {
 
 #[cfg(feature = "sandbox")]
 async fn sandbox(seed: Option<&Path>, port: u16) -> anyhow::Result<u8> {
-    let sb = crate::sandbox::Sandbox::start(crate::sandbox::Ports { base: Some(port) }).await?;
+    let ports = crate::sandbox::Ports {
+        base: (port != 0).then_some(port),
+    };
+    let sb = crate::sandbox::Sandbox::start(ports).await?;
+    // The addresses first, one per line, so that scripts and tests can read
+    // the ports back (with `--port 0` they are whatever was free).
+    outln!("Sandbox listening:");
+    outln!("  gitlab http://{}", sb.gitlab_addr);
+    outln!("  google http://{}", sb.google_addr);
+    for (name, z) in &sb.zendesk {
+        outln!("  zendesk.{name} http://{}", z.addr);
+    }
+    outln!("  smtp {}", sb.smtp_addr);
+    outln!("  slack http://{}", sb.slack_addr);
+    let port = sb.gitlab_addr.port();
     if let Some(seed) = seed {
         let text =
             std::fs::read_to_string(seed).with_context(|| format!("reading {}", seed.display()))?;
         let scenario = crate::sandbox::scenario::Scenario::parse(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", seed.display()))?;
         let iids = sb.apply(&scenario).await?;
-        println!(
+        outln!(
             "Seeded {}: {} issues ({:?})",
             seed.display(),
             iids.len(),
@@ -474,13 +715,13 @@ async fn sandbox(seed: Option<&Path>, port: u16) -> anyhow::Result<u8> {
             Some(&key_path.display().to_string()),
         ),
     )?;
-    println!("Sandbox running (Ctrl-C to stop).\n\n{}", sb.snippet());
-    println!(
+    outln!("Sandbox running (Ctrl-C to stop).\n\n{}", sb.snippet());
+    outln!(
         "A complete configuration for it: {}\n  (export the variables below, then: access-bot --config {} once)\n",
         cfg_path.display(),
         cfg_path.display()
     );
-    println!("Secrets (sandbox only):");
+    outln!("Secrets (sandbox only):");
     for (var, _) in sb.config.secret_envs() {
         if let Ok(v) = sb.secrets.get(&var) {
             let shown = if v.expose().len() > 80 {
@@ -488,10 +729,10 @@ async fn sandbox(seed: Option<&Path>, port: u16) -> anyhow::Result<u8> {
             } else {
                 v.expose().to_string()
             };
-            println!("  {var}={shown}");
+            outln!("  {var}={shown}");
         }
     }
-    println!(
+    outln!(
         "\nTry: curl -H 'PRIVATE-TOKEN: {}' http://{}/api/v4/projects/support%2Faccess-requests/issues",
         sb.token_of("access-bot"),
         sb.gitlab_addr
@@ -501,7 +742,13 @@ async fn sandbox(seed: Option<&Path>, port: u16) -> anyhow::Result<u8> {
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {
-    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+    Config::load(path).map_err(|e| {
+        Exit {
+            code: exit::CONFIG,
+            message: e.to_string(),
+        }
+        .into()
+    })
 }
 
 fn check_config(path: &Path) -> anyhow::Result<u8> {
@@ -512,8 +759,8 @@ fn check_config(path: &Path) -> anyhow::Result<u8> {
             return Ok(exit::CONFIG);
         }
     };
-    println!("{}: valid", path.display());
-    println!(
+    outln!("{}: valid", path.display());
+    outln!(
         "GitLab {} projects {} as @{}, polling {} (labels: {})",
         cfg.gitlab.url,
         cfg.gitlab.projects.join(", "),
@@ -521,6 +768,7 @@ fn check_config(path: &Path) -> anyhow::Result<u8> {
         cfg.gitlab.poll_interval,
         cfg.poll_labels().join(", ")
     );
+    let mut kinds: Vec<Vec<String>> = Vec::new();
     for k in RequestKind::ALL {
         let p = cfg.policy_for(k);
         let rules = cfg.kinds.iter().filter(|r| r.kind == k).count();
@@ -534,10 +782,13 @@ fn check_config(path: &Path) -> anyhow::Result<u8> {
         } else {
             format!("approvals {}", p.approvals.join(" + "))
         };
-        println!("  {:<24} {needs}", k.human());
+        kinds.push(vec![format!("  {}", k.human()), needs]);
+    }
+    for l in table(&["", ""], &kinds).lines().skip(1) {
+        outln!("{l}");
     }
     for (name, z) in &cfg.zendesk {
-        println!(
+        outln!(
             "Zendesk {name} ({}) at {}, {} req/min, levels: {}{}{}",
             z.display_name,
             z.base_url,
@@ -559,7 +810,7 @@ fn check_config(path: &Path) -> anyhow::Result<u8> {
         );
     }
     if let Some(g) = &cfg.google {
-        println!(
+        outln!(
             "Google Groups at {} ({})",
             g.base_url,
             if g.subject.is_some() {
@@ -569,18 +820,18 @@ fn check_config(path: &Path) -> anyhow::Result<u8> {
             }
         );
     }
-    println!(
+    outln!(
         "Allowed email domains: {}",
         cfg.bot.allowed_email_domains.join(", ")
     );
     let missing: Vec<_> = cfg
         .secret_envs()
         .into_iter()
-        .filter(|(v, _)| std::env::var(v).map(|x| x.is_empty()).unwrap_or(true))
+        .filter(|(v, _)| !crate::secret::Secret::is_provided(v))
         .map(|(v, what)| format!("{v} ({what})"))
         .collect();
     if !missing.is_empty() {
-        println!(
+        outln!(
             "Not set in this environment (needed to run, not to validate): {}",
             missing.join(", ")
         );
@@ -613,7 +864,7 @@ fn plan_offline(config: &Path, args: &PlanArgs) -> anyhow::Result<u8> {
     };
     let templates = Templates::load(Some(&cfg.bot.templates_dir))?;
     let out = explain(&issue, &cfg, &templates, args.format)?;
-    print!("{}", out.text);
+    out!("{}", out.text);
     Ok(if out.actionable {
         exit::OK
     } else {
@@ -722,5 +973,81 @@ pub fn explain(
                 actionable: true,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_fit_their_content() {
+        let rows = vec![
+            vec![
+                "a".to_string(),
+                "a-very-long-person@gitlab.com".into(),
+                "x".into(),
+            ],
+            vec!["bbbb".to_string(), "b@gitlab.com".into(), "y".into()],
+        ];
+        let t = table(&["k", "person", "last"], &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        // Each column as wide as its widest cell, plus two spaces; no trailing blanks.
+        assert_eq!(lines[0], "k     person                         last");
+        assert_eq!(lines[1], "a     a-very-long-person@gitlab.com  x");
+        assert_eq!(lines[2], "bbbb  b@gitlab.com                   y");
+    }
+
+    #[test]
+    fn audit_json_has_structured_before_and_after() {
+        let row = |before: &str, after: &str| crate::store::AuditRow {
+            id: 1,
+            at: chrono::Utc::now(),
+            project: "p".into(),
+            iid: 1,
+            subject: "a@gitlab.com".into(),
+            instance: "global".into(),
+            action: "global/a@gitlab.com/set_role".into(),
+            before: before.into(),
+            after: after.into(),
+            approvers: "mlee".into(),
+            outcome: "ok".into(),
+        };
+        let out = render_audit(
+            &[
+                row(r#"{"role":"end-user","tags":["x"]}"#, "role agent"),
+                row("", r#"["a","b"]"#),
+            ],
+            LogOutput::Json,
+        );
+        let v: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(v[0]["before"]["role"], "end-user");
+        assert_eq!(v[0]["after"], "role agent");
+        assert!(v[1]["before"].is_null());
+        assert_eq!(v[1]["after"][1], "b");
+    }
+
+    #[test]
+    fn once_summary_counts_by_outcome() {
+        let r = crate::bot::CycleReport {
+            outcomes: vec![
+                ("p".into(), 1, crate::bot::Outcome::Done),
+                ("p".into(), 2, crate::bot::Outcome::Done),
+                ("p".into(), 3, crate::bot::Outcome::Failed("x".into())),
+                ("p".into(), 4, crate::bot::Outcome::Waiting),
+            ],
+            errors: vec!["p: down".into()],
+        };
+        assert_eq!(
+            summary(&r, false),
+            "access-bot once: 4 issues (2 done, 1 failed, 1 waiting); 1 poll error"
+        );
+        assert_eq!(
+            summary(&Default::default(), true),
+            "access-bot once --dry-run: 0 issues (nothing to do); 0 poll errors"
+        );
     }
 }

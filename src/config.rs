@@ -43,6 +43,38 @@ pub struct Config {
     /// The Support Team repository whose per-agent file offboarding deletes.
     #[serde(default)]
     pub support_team: Option<SupportTeamConfig>,
+    /// The operations listener of `run`: `/healthz`, `/readyz`, `/metrics`.
+    #[serde(default)]
+    pub ops: OpsConfig,
+}
+
+/// `[ops]`: health, readiness and metrics, on a listener of their own so that
+/// it can stay private while the webhook listener is public.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Address of the operations listener (loopback by default; `0.0.0.0:9090`
+    /// in a container, where the probes come from outside).
+    #[serde(default = "default_ops_listen")]
+    pub listen: String,
+    /// `/healthz` fails when no poll cycle completed for this long. Default:
+    /// five poll intervals, at least five minutes (a long offboarding must not
+    /// get the process restarted mid-way).
+    #[serde(default)]
+    pub unhealthy_after: Option<String>,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            listen: default_ops_listen(),
+            unhealthy_after: None,
+        }
+    }
+}
+
+fn default_ops_listen() -> String {
+    "127.0.0.1:9090".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,7 +112,7 @@ pub struct EmailConfig {
     #[serde(default)]
     pub password_env: Option<String>,
     pub from: String,
-    /// Recipients of the US citizenship verification request (seed 001).
+    /// Recipients of the US citizenship verification request.
     #[serde(default)]
     pub people_team: Vec<String>,
     /// Recipients of ops notices (optional; Slack may be enough).
@@ -120,8 +152,11 @@ pub struct SupportTeamConfig {
 #[serde(deny_unknown_fields)]
 pub struct GitlabConfig {
     /// `https://gitlab.com` or a self-managed instance (`http://` for loopback tests).
+    /// `ACCESS_BOT_GITLAB_URL` overrides it; `CI_SERVER_URL` is used when neither is set.
+    #[serde(default)]
     pub url: String,
-    /// Projects to poll, by full path or numeric id.
+    /// Projects to poll, by full path or numeric id (`ACCESS_BOT_PROJECTS` overrides them).
+    #[serde(default)]
     pub projects: Vec<String>,
     /// Environment variable holding the bot's personal/project access token.
     pub token_env: String,
@@ -157,6 +192,10 @@ pub struct BotConfig {
     /// and every Zendesk admin, which are always protected).
     #[serde(default)]
     pub protected: Vec<String>,
+    /// Time zone of every cron schedule: `UTC` (default), an IANA name
+    /// (`Europe/Berlin`), or a fixed offset (`+02:00`).
+    #[serde(default)]
+    pub time_zone: Option<String>,
 }
 
 /// The approvals each kind of change needs (names of `[approvals.*]`). A
@@ -481,54 +520,192 @@ pub enum PollSchedule {
     Cron(Box<cron::Schedule>),
 }
 
+/// Where the configuration's environment overrides come from (the process
+/// environment in production; a map in tests, the real one being process-wide).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+/// The process environment, for `Config::load`.
+pub fn process_env(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
 impl Config {
+    /// Read an operator's configuration file: environment overrides applied
+    /// (`ACCESS_BOT_GITLAB_URL`, `ACCESS_BOT_PROJECTS`, `CI_SERVER_URL`,
+    /// `ACCESS_BOT_OPS_LISTEN`) and
+    /// `templates_dir` resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, &process_env)
+    }
+
+    /// As `load`, with the environment given.
+    pub fn load_with(path: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             path: path.to_path_buf(),
             line: None,
             message: format!("cannot read: {e}"),
         })?;
-        Config::parse(&text, path)
+        let mut cfg = Config::parse_with(&text, path, env)?;
+        cfg.resolve_templates_dir(&text, path)?;
+        Ok(cfg)
     }
 
+    /// Parse and validate, without the environment (tests, the embedded example).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
+        Config::parse_with(text, path, &no_env)
+    }
+
+    /// Parse, apply the environment overrides, validate.
+    pub fn parse_with(text: &str, path: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
             path: path.to_path_buf(),
             line: e.span().map(|s| line_of(text, s.start)),
             message: e.message().trim().to_string(),
         })?;
+        cfg.apply_env(env);
         cfg.validate(text, path)?;
         Ok(cfg)
     }
 
+    /// Environment over file for the GitLab URL and projects; GitLab CI's
+    /// `CI_SERVER_URL` only when neither names a URL.
+    fn apply_env(&mut self, env: Env<'_>) {
+        let set = |k: &str| {
+            env(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        if let Some(u) = set("ACCESS_BOT_GITLAB_URL") {
+            self.gitlab.url = u;
+        } else if self.gitlab.url.trim().is_empty()
+            && let Some(u) = set("CI_SERVER_URL")
+        {
+            self.gitlab.url = u;
+        }
+        // Containers: the probes come from outside, so the image listens on all interfaces.
+        if let Some(l) = set("ACCESS_BOT_OPS_LISTEN") {
+            self.ops.listen = l;
+        }
+        if let Some(p) = set("ACCESS_BOT_PROJECTS") {
+            self.gitlab.projects = p
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+    }
+
+    /// `templates_dir` relative to the configuration file's folder (not to
+    /// wherever the process was started). Named in the file, it must exist;
+    /// left at its default, a missing folder means the built-in templates.
+    fn resolve_templates_dir(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolved = base.join(&self.bot.templates_dir);
+        let named = locate_exact(text, &["bot", "templates_dir"]);
+        if named.is_some() && !resolved.is_dir() {
+            return Err(ConfigError {
+                path: path.to_path_buf(),
+                line: named,
+                message: format!(
+                    "bot.templates_dir: {} is not a folder (a relative path is taken from the configuration file's folder)",
+                    resolved.display()
+                ),
+            });
+        }
+        self.bot.templates_dir = resolved;
+        Ok(())
+    }
+
     fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let err = |key: &str, message: String| ConfigError {
+        // The line comes from the parser's spans of the key path, so it is the
+        // offending key's own line, not the first text that looks like it.
+        let err = |key: &[&str], message: String| ConfigError {
             path: path.to_path_buf(),
-            line: find_line(text, key),
+            line: locate(text, key),
             message,
         };
+        if self.gitlab.url.trim().is_empty() {
+            return Err(err(
+                &["gitlab"],
+                "no GitLab URL: set gitlab.url, or ACCESS_BOT_GITLAB_URL (CI_SERVER_URL in a GitLab pipeline)".into(),
+            ));
+        }
         if self.gitlab.projects.is_empty() {
-            return Err(err("projects", "`gitlab.projects` names no project".into()));
+            return Err(err(
+                &["gitlab", "projects"],
+                "`gitlab.projects` names no project (or set ACCESS_BOT_PROJECTS, comma-separated)"
+                    .into(),
+            ));
         }
-        parse_duration(&self.gitlab.poll_overlap).map_err(|e| err("poll_overlap", e))?;
-        self.poll_schedule().map_err(|e| err("poll_interval", e))?;
-        for key in [
-            &self.lifecycle.stale_reminder_after,
-            &self.lifecycle.stale_close_after,
-            &self.lifecycle.expiry_reminder_before,
+        parse_duration(&self.gitlab.poll_overlap).map_err(|e| {
+            err(
+                &["gitlab", "poll_overlap"],
+                format!("gitlab.poll_overlap: {e}"),
+            )
+        })?;
+        let tz = self
+            .time_zone()
+            .map_err(|e| err(&["bot", "time_zone"], e))?;
+        let schedule = self
+            .poll_schedule()
+            .map_err(|e| err(&["gitlab", "poll_interval"], e))?;
+        let loopback_gitlab = is_loopback_url(&self.gitlab.url);
+        // Every poll costs at least one GitLab call per project: a zero or
+        // sub-second interval hammers GitLab. The sandbox (loopback) may go down to 1s.
+        let min = if loopback_gitlab { 1 } else { MIN_POLL_SECS };
+        let every = match &schedule {
+            PollSchedule::Every(d) => *d,
+            PollSchedule::Cron(c) => shortest_gap(c, tz),
+        };
+        if every < Duration::from_secs(min) {
+            return Err(err(
+                &["gitlab", "poll_interval"],
+                format!(
+                    "gitlab.poll_interval {:?} polls every {:?}; the minimum is {min}s (use the webhook for faster reactions)",
+                    self.gitlab.poll_interval, every
+                ),
+            ));
+        }
+        for (field, key) in [
+            ("stale_reminder_after", &self.lifecycle.stale_reminder_after),
+            ("stale_close_after", &self.lifecycle.stale_close_after),
+            (
+                "expiry_reminder_before",
+                &self.lifecycle.expiry_reminder_before,
+            ),
         ] {
-            parse_duration(key).map_err(|e| err(key, e))?;
+            parse_duration(key)
+                .map_err(|e| err(&["lifecycle", field], format!("lifecycle.{field}: {e}")))?;
         }
-        for rule in &self.kinds {
+        if let Some(u) = &self.ops.unhealthy_after {
+            parse_duration(u).map_err(|e| {
+                err(
+                    &["ops", "unhealthy_after"],
+                    format!("ops.unhealthy_after: {e}"),
+                )
+            })?;
+        }
+        if self.ops.listen.trim().is_empty() {
+            return Err(err(
+                &["ops", "listen"],
+                "ops.listen is empty: give an address such as 127.0.0.1:9090".into(),
+            ));
+        }
+        for (i, rule) in self.kinds.iter().enumerate() {
+            let idx = i.to_string();
             if rule.labels.is_empty() && rule.title.is_none() {
                 return Err(err(
-                    "[[kinds]]",
+                    &["kinds", &idx],
                     format!("the rule for {} has neither labels nor a title", rule.kind),
                 ));
             }
             if !self.policy_for(rule.kind).trusted_authors.is_empty() && rule.labels.is_empty() {
                 return Err(err(
-                    "[[kinds]]",
+                    &["kinds", &idx, "labels"],
                     format!(
                         "the rule for {} (a trusted kind) needs a label: the label's event shows who made the issue that kind",
                         rule.kind
@@ -536,15 +713,19 @@ impl Config {
                 ));
             }
             if let Some(t) = &rule.title {
-                regex::Regex::new(t)
-                    .map_err(|e| err(t, format!("invalid title regex {t:?}: {e}")))?;
+                regex::Regex::new(t).map_err(|e| {
+                    err(
+                        &["kinds", &idx, "title"],
+                        format!("invalid title regex {t:?}: {e}"),
+                    )
+                })?;
             }
         }
-        let check_refs = |names: &[String], ctx: &str| -> Result<(), ConfigError> {
+        let check_refs = |names: &[String], at: &[&str], ctx: &str| -> Result<(), ConfigError> {
             for n in names {
                 if !self.approvals.contains_key(n) {
                     return Err(err(
-                        n,
+                        at,
                         format!("{ctx} requires approval {n:?}, which no [approvals.{n}] defines"),
                     ));
                 }
@@ -552,11 +733,20 @@ impl Config {
             Ok(())
         };
         for (kind, p) in &self.policy {
-            check_refs(&p.approvals, &format!("policy.{kind}"))?;
-            check_refs(&p.pre_approved, &format!("policy.{kind}.pre_approved"))?;
+            let k = kind.to_string();
+            check_refs(
+                &p.approvals,
+                &["policy", &k, "approvals"],
+                &format!("policy.{kind}"),
+            )?;
+            check_refs(
+                &p.pre_approved,
+                &["policy", &k, "pre_approved"],
+                &format!("policy.{kind}.pre_approved"),
+            )?;
             if !p.pre_approved.is_empty() && p.trusted_authors.is_empty() {
                 return Err(err(
-                    "pre_approved",
+                    &["policy", &k, "pre_approved"],
                     format!(
                         "policy.{kind}.pre_approved needs trusted_authors: only a trusted automation's template can carry approvals"
                     ),
@@ -569,7 +759,7 @@ impl Config {
                     .is_some_and(|a| a.denied_label.is_some())
                 {
                     return Err(err(
-                        n,
+                        &["policy", &k, "pre_approved"],
                         format!(
                             "policy.{kind}.pre_approved names {n:?}, a verification (it has a denied_label); a template cannot verify a person"
                         ),
@@ -577,37 +767,63 @@ impl Config {
                 }
             }
         }
-        check_refs(&self.changes.level, "changes.level")?;
-        check_refs(&self.changes.team_tag, "changes.team_tag")?;
-        check_refs(&self.changes.app_group, "changes.app_group")?;
+        check_refs(&self.changes.level, &["changes", "level"], "changes.level")?;
+        check_refs(
+            &self.changes.team_tag,
+            &["changes", "team_tag"],
+            "changes.team_tag",
+        )?;
+        check_refs(
+            &self.changes.app_group,
+            &["changes", "app_group"],
+            "changes.app_group",
+        )?;
         if self.bot.marker_key_env.trim().is_empty() {
             return Err(err(
-                "marker_key_env",
+                &["bot", "marker_key_env"],
                 "bot.marker_key_env must name the variable holding the marker key".into(),
             ));
         }
         for e in &self.bot.protected {
             if crate::request::Email::parse(e).is_err() {
                 return Err(err(
-                    e,
+                    &["bot", "protected"],
                     format!("bot.protected: {e:?} is not an e-mail address"),
                 ));
             }
         }
+        check_url(&self.gitlab.url, "gitlab.url").map_err(|e| err(&["gitlab", "url"], e))?;
+        let mut okta_groups: BTreeMap<String, &str> = BTreeMap::new();
         for (name, z) in &self.zendesk {
-            check_refs(&z.requires, &format!("zendesk.{name}"))?;
-            url::Url::parse(&z.base_url)
-                .map_err(|e| err(&z.base_url, format!("zendesk.{name}.base_url: {e}")))?;
+            check_refs(
+                &z.requires,
+                &["zendesk", name, "requires"],
+                &format!("zendesk.{name}"),
+            )?;
+            check_url(&z.base_url, &format!("zendesk.{name}.base_url"))
+                .map_err(|e| err(&["zendesk", name, "base_url"], e))?;
+            // One Okta group assigns one instance's app: shared, removing
+            // someone from one instance would take away the other as well.
+            if let Some(g) = &z.okta_group
+                && let Some(other) = okta_groups.insert(normalize(g), name)
+            {
+                return Err(err(
+                    &["zendesk", name, "okta_group"],
+                    format!(
+                        "zendesk.{name}.okta_group {g:?} is also zendesk.{other}'s: each instance needs its own group"
+                    ),
+                ));
+            }
             if z.requests_per_minute == 0 {
                 return Err(err(
-                    "requests_per_minute",
+                    &["zendesk", name, "requests_per_minute"],
                     format!("zendesk.{name}.requests_per_minute must be above 0"),
                 ));
             }
             for (level, a) in &z.access_levels {
                 if !["agent", "admin", "end-user"].contains(&a.role.as_str()) {
                     return Err(err(
-                        level,
+                        &["zendesk", name, "access_levels", level, "role"],
                         format!(
                             "zendesk.{name}.access_levels.{level:?}: role {:?} is not agent, admin or end-user",
                             a.role
@@ -615,11 +831,15 @@ impl Config {
                     ));
                 }
                 if let Some(r) = &a.requires {
-                    check_refs(r, &format!("zendesk.{name}.access_levels.{level:?}"))?;
+                    check_refs(
+                        r,
+                        &["zendesk", name, "access_levels", level, "requires"],
+                        &format!("zendesk.{name}.access_levels.{level:?}"),
+                    )?;
                 }
                 if a.self_service && (!a.light_agent || !a.groups.is_empty()) {
                     return Err(err(
-                        level,
+                        &["zendesk", name, "access_levels", level, "self_service"],
                         format!(
                             "zendesk.{name}.access_levels.{level:?}: self_service is only for a light-agent level without groups"
                         ),
@@ -627,7 +847,7 @@ impl Config {
                 }
                 if a.light_agent && a.custom_role.is_some() {
                     return Err(err(
-                        level,
+                        &["zendesk", name, "access_levels", level, "custom_role"],
                         format!(
                             "zendesk.{name}.access_levels.{level:?}: light_agent picks the role by role_type 1; do not also name custom_role"
                         ),
@@ -635,42 +855,46 @@ impl Config {
                 }
             }
         }
-        url::Url::parse(&self.gitlab.url).map_err(|e| err("url", format!("gitlab.url: {e}")))?;
-        if let Some(g) = &self.google
-            && g.key_path.is_none()
-            && g.key_env.is_none()
-        {
-            return Err(err(
-                "[google]",
-                "[google] needs key_path or key_env for the service-account key".into(),
-            ));
+        if let Some(g) = &self.google {
+            if g.key_path.is_none() && g.key_env.is_none() {
+                return Err(err(
+                    &["google"],
+                    "[google] needs key_path or key_env for the service-account key".into(),
+                ));
+            }
+            check_url(&g.base_url, "google.base_url")
+                .map_err(|e| err(&["google", "base_url"], e))?;
         }
         for d in &self.bot.allowed_email_domains {
             if d.is_empty() || d.contains('@') || d.ends_with('.') || !d.is_ascii() {
                 return Err(err(
-                    d,
+                    &["bot", "allowed_email_domains"],
                     format!("allowed email domain {d:?} is not a plain ASCII domain"),
                 ));
             }
         }
         if let Some(n) = &self.notify {
-            parse_duration(&n.dedupe_window)
-                .map_err(|e| err("dedupe_window", format!("notify.dedupe_window: {e}")))?;
+            parse_duration(&n.dedupe_window).map_err(|e| {
+                err(
+                    &["notify", "dedupe_window"],
+                    format!("notify.dedupe_window: {e}"),
+                )
+            })?;
             if let Some(c) = &n.digest {
-                c.parse::<cron::Schedule>()
-                    .map_err(|e| err(c, format!("notify.digest: {e}")))?;
+                parse_cron(c)
+                    .map_err(|e| err(&["notify", "digest"], format!("notify.digest: {e}")))?;
             }
             if let Some(e) = &n.email {
                 if !["starttls", "implicit", "none"].contains(&e.tls.as_str()) {
                     return Err(err(
-                        "tls",
+                        &["notify", "email", "tls"],
                         "notify.email.tls must be starttls, implicit or none".into(),
                     ));
                 }
                 let loopback = ["localhost", "127.0.0.1", "::1"].contains(&e.smtp_host.as_str());
                 if e.tls == "none" && !loopback {
                     return Err(err(
-                        "tls",
+                        &["notify", "email", "tls"],
                         format!(
                             "notify.email.tls = \"none\" sends credentials and personal data in clear text; only allowed for a loopback host, not {:?}",
                             e.smtp_host
@@ -679,7 +903,7 @@ impl Config {
                 }
                 if e.username_env.is_some() != e.password_env.is_some() {
                     return Err(err(
-                        "username_env",
+                        &["notify", "email", "username_env"],
                         "notify.email: set both username_env and password_env, or neither".into(),
                     ));
                 }
@@ -691,7 +915,7 @@ impl Config {
                 {
                     if crate::request::Email::parse(a).is_err() {
                         return Err(err(
-                            a,
+                            &["notify", "email"],
                             format!("notify.email: {a:?} is not an e-mail address"),
                         ));
                     }
@@ -701,30 +925,48 @@ impl Config {
         if let Some(t) = &self.support_team {
             if !t.path.contains("{username}") {
                 return Err(err(
-                    "path",
+                    &["support_team", "path"],
                     "support_team.path must contain {username}".into(),
                 ));
             }
-            parse_duration(&t.check_every)
-                .map_err(|e| err("check_every", format!("support_team.check_every: {e}")))?;
+            parse_duration(&t.check_every).map_err(|e| {
+                err(
+                    &["support_team", "check_every"],
+                    format!("support_team.check_every: {e}"),
+                )
+            })?;
         }
         if let Some(s) = &self.seat_audit {
             if !["light_agent", "end_user"].contains(&s.reclaim_to.as_str()) {
                 return Err(err(
-                    "reclaim_to",
+                    &["seat_audit", "reclaim_to"],
                     "seat_audit.reclaim_to must be light_agent or end_user".into(),
                 ));
             }
+            // A negative or NaN price would make every saving in the review wrong.
+            if !s.price_per_seat_month.is_finite() || s.price_per_seat_month < 0.0 {
+                return Err(err(
+                    &["seat_audit", "price_per_seat_month"],
+                    format!(
+                        "seat_audit.price_per_seat_month must be a number of at least 0, not {}",
+                        s.price_per_seat_month
+                    ),
+                ));
+            }
             if let Some(c) = &s.schedule {
-                c.parse::<cron::Schedule>()
-                    .map_err(|e| err(c, format!("seat_audit.schedule: {e}")))?;
+                parse_cron(c).map_err(|e| {
+                    err(
+                        &["seat_audit", "schedule"],
+                        format!("seat_audit.schedule: {e}"),
+                    )
+                })?;
             }
             // Ticks are only seen on polled projects.
             if let Some(p) = &s.project
                 && !self.gitlab.projects.contains(p)
             {
                 return Err(err(
-                    p,
+                    &["seat_audit", "project"],
                     format!(
                         "seat_audit.project {p:?} must also be listed in gitlab.projects, or reviewers' ticks are never seen"
                     ),
@@ -732,7 +974,7 @@ impl Config {
             }
             if s.reviewers.is_empty() {
                 return Err(err(
-                    "reviewers",
+                    &["seat_audit", "reviewers"],
                     "seat_audit.reviewers is empty: nobody could approve a reclaim".into(),
                 ));
             }
@@ -743,14 +985,41 @@ impl Config {
     pub fn poll_schedule(&self) -> Result<PollSchedule, String> {
         let s = self.gitlab.poll_interval.trim();
         if s.contains(' ') {
-            s.parse::<cron::Schedule>()
+            parse_cron(s)
                 .map(|c| PollSchedule::Cron(Box::new(c)))
-                .map_err(|e| {
-                    format!("poll_interval {s:?} is neither a duration nor a cron expression: {e}")
-                })
+                .map_err(|e| format!("gitlab.poll_interval: {e}"))
         } else {
-            parse_duration(s).map(PollSchedule::Every)
+            parse_duration(s)
+                .map(PollSchedule::Every)
+                .map_err(|e| format!("gitlab.poll_interval: {e} (or a cron expression)"))
         }
+    }
+
+    /// The time zone of the cron schedules (`[bot] time_zone`, UTC by default).
+    pub fn time_zone(&self) -> Result<Zone, String> {
+        match &self.bot.time_zone {
+            None => Ok(Zone::Utc),
+            Some(z) => Zone::parse(z),
+        }
+    }
+
+    /// How long `/healthz` tolerates no completed poll cycle.
+    pub fn unhealthy_after(&self) -> Duration {
+        if let Some(d) = self
+            .ops
+            .unhealthy_after
+            .as_deref()
+            .and_then(|u| parse_duration(u).ok())
+        {
+            return d;
+        }
+        let tz = self.time_zone().unwrap_or(Zone::Utc);
+        let every = match self.poll_schedule() {
+            Ok(PollSchedule::Every(d)) => d,
+            Ok(PollSchedule::Cron(c)) => longest_gap(&c, tz),
+            Err(_) => Duration::from_secs(60),
+        };
+        every.saturating_mul(5).max(Duration::from_secs(300))
     }
 
     pub fn poll_overlap(&self) -> Duration {
@@ -881,7 +1150,14 @@ pub fn normalize(s: &str) -> String {
         .to_lowercase()
 }
 
-/// `90s`, `15m`, `2h`, `7d`, `2w`, or a bare number of seconds.
+/// The longest duration accepted anywhere: a hundred years. Longer ones are
+/// typos, and date arithmetic on them would overflow.
+pub const MAX_DURATION_SECS: u64 = 100 * 366 * 86_400;
+
+/// The shortest poll interval against a real GitLab.
+pub const MIN_POLL_SECS: u64 = 5;
+
+/// `90s`, `15m`, `2h`, `7d`, `2w`, or a bare number of seconds; at most a hundred years.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s
@@ -903,16 +1179,252 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Ok(Duration::from_secs(n * mult))
+    match n.checked_mul(mult) {
+        Some(secs) if secs <= MAX_DURATION_SECS => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{s:?} is too long (at most 100 years)")),
+    }
+}
+
+/// The accepted cron forms, for error messages.
+pub const CRON_FORMS: &str = "5 fields `minute hour day-of-month month day-of-week` (\"*/5 * * * *\", \"0 9 * * 1-5\"), 6 fields with seconds first (\"0 */5 * * * *\"), or 7 with a year last";
+
+/// A cron expression as operators write it: the standard 5 fields (day of
+/// week 0-7, Sunday 0 or 7), or 6/7 fields with seconds first (and a year).
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let normalized = match fields.len() {
+        5 => {
+            let dow = standard_day_of_week(fields[4])
+                .map_err(|e| format!("{expr:?}: {e}; accepted: {CRON_FORMS}"))?;
+            format!(
+                "0 {} {} {} {} {dow}",
+                fields[0], fields[1], fields[2], fields[3]
+            )
+        }
+        6 | 7 => fields.join(" "),
+        n => {
+            return Err(format!("{expr:?} has {n} fields; accepted: {CRON_FORMS}"));
+        }
+    };
+    normalized.parse::<cron::Schedule>().map_err(|e| {
+        format!("{expr:?} is not a valid cron expression ({e}); accepted: {CRON_FORMS}")
+    })
+}
+
+/// Standard cron numbers the days of the week from Sunday = 0 (7 too); the
+/// `cron` crate from Sunday = 1. Names and `*` mean the same in both.
+fn standard_day_of_week(field: &str) -> Result<String, String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in field.split(',') {
+        if part.starts_with('*') || part.chars().any(|c| c.is_ascii_alphabetic()) {
+            out.push(part.to_string());
+            continue;
+        }
+        let (range, step) = match part.split_once('/') {
+            Some((r, s)) => (
+                r,
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| format!("bad step in day of week {part:?}"))?,
+            ),
+            None => (part, 1),
+        };
+        let num = |v: &str| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n <= 7)
+                .ok_or_else(|| format!("day of week {v:?} is not 0-7 or a name"))
+        };
+        let (a, b) = match range.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None if part.contains('/') => (num(range)?, 6),
+            None => {
+                let a = num(range)?;
+                (a, a)
+            }
+        };
+        if a > b {
+            return Err(format!("day-of-week range {range:?} runs backwards"));
+        }
+        let mut days: Vec<u32> = (a..=b).step_by(step as usize).map(|d| d % 7 + 1).collect();
+        days.sort_unstable();
+        days.dedup();
+        out.extend(days.iter().map(|d| d.to_string()));
+    }
+    Ok(out.join(","))
+}
+
+/// The time zone cron schedules are read in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Zone {
+    Utc,
+    Fixed(chrono::FixedOffset),
+    Iana(chrono_tz::Tz),
+}
+
+impl Zone {
+    /// `UTC`, an IANA name (`Europe/Berlin`, daylight saving included), or a
+    /// fixed offset (`+02:00`, `-0530`, `UTC+2`).
+    pub fn parse(s: &str) -> Result<Zone, String> {
+        let t = s.trim();
+        if ["utc", "z", "etc/utc", "gmt"].contains(&t.to_ascii_lowercase().as_str()) {
+            return Ok(Zone::Utc);
+        }
+        if let Ok(tz) = t.parse::<chrono_tz::Tz>() {
+            return Ok(Zone::Iana(tz));
+        }
+        let off = t
+            .strip_prefix("UTC")
+            .or_else(|| t.strip_prefix("GMT"))
+            .unwrap_or(t);
+        let bad = || {
+            format!(
+                "bot.time_zone {s:?}: use UTC, an IANA name such as Europe/Berlin, or a fixed offset such as +02:00"
+            )
+        };
+        let (sign, rest) = match off.chars().next() {
+            Some('+') => (1, &off[1..]),
+            Some('-') => (-1, &off[1..]),
+            _ => return Err(bad()),
+        };
+        let digits: String = rest.chars().filter(|c| *c != ':').collect();
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) || digits.len() > 4 {
+            return Err(bad());
+        }
+        let (h, m) = if digits.len() <= 2 {
+            (digits.parse::<i32>().map_err(|_| bad())?, 0)
+        } else {
+            let (h, m) = digits.split_at(digits.len() - 2);
+            (
+                h.parse::<i32>().map_err(|_| bad())?,
+                m.parse::<i32>().map_err(|_| bad())?,
+            )
+        };
+        if h > 14 || m > 59 {
+            return Err(bad());
+        }
+        chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+            .map(Zone::Fixed)
+            .ok_or_else(bad)
+    }
+
+    /// The next `n` times of `schedule` after now, in UTC.
+    pub fn upcoming(
+        self,
+        schedule: &cron::Schedule,
+        n: usize,
+    ) -> Vec<chrono::DateTime<chrono::Utc>> {
+        self.upcoming_after(schedule, chrono::Utc::now(), n)
+    }
+
+    /// The next `n` times of `schedule` after `after`, in UTC.
+    pub fn upcoming_after(
+        self,
+        schedule: &cron::Schedule,
+        after: chrono::DateTime<chrono::Utc>,
+        n: usize,
+    ) -> Vec<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Zone::Utc => schedule.after(&after).take(n).collect(),
+            Zone::Fixed(o) => schedule
+                .after(&after.with_timezone(&o))
+                .take(n)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .collect(),
+            Zone::Iana(tz) => schedule
+                .after(&after.with_timezone(&tz))
+                .take(n)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .collect(),
+        }
+    }
+}
+
+/// Gaps between the next runs of a schedule (the first few).
+fn gaps(c: &cron::Schedule, tz: Zone) -> Vec<Duration> {
+    tz.upcoming(c, 12)
+        .windows(2)
+        .filter_map(|w| (w[1] - w[0]).to_std().ok())
+        .collect()
+}
+
+fn shortest_gap(c: &cron::Schedule, tz: Zone) -> Duration {
+    gaps(c, tz).into_iter().min().unwrap_or(Duration::MAX)
+}
+
+fn longest_gap(c: &cron::Schedule, tz: Zone) -> Duration {
+    gaps(c, tz)
+        .into_iter()
+        .max()
+        .unwrap_or(Duration::from_secs(3600))
+}
+
+/// Is this URL's host on the loopback interface (the sandbox, a local proxy)?
+pub fn is_loopback_url(u: &str) -> bool {
+    url::Url::parse(u).is_ok_and(|u| match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    })
+}
+
+/// An API base URL: https, or http to loopback only (the token would travel in clear text).
+fn check_url(u: &str, key: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(u).map_err(|e| format!("{key} {u:?}: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback_url(u) => Ok(()),
+        "http" => Err(format!(
+            "{key} {u:?} is http:// to a host that is not loopback: the credentials would travel in clear text; use https://"
+        )),
+        s => Err(format!("{key} {u:?}: scheme {s:?} is not https")),
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// Best-effort line of a key or value for semantic errors.
-fn find_line(text: &str, needle: &str) -> Option<usize> {
-    text.find(needle).map(|o| line_of(text, o))
+/// The line of a key path (`["zendesk", "global", "base_url"]`, array
+/// elements by index) from the TOML parser's spans; the deepest part of the
+/// path that exists when the rest does not (a missing key: its table).
+pub fn locate(text: &str, path: &[&str]) -> Option<usize> {
+    walk(text, path).map(|(line, _)| line)
+}
+
+/// The line of a key path only when the whole path is in the file.
+pub fn locate_exact(text: &str, path: &[&str]) -> Option<usize> {
+    walk(text, path).and_then(|(line, depth)| (depth == path.len()).then_some(line))
+}
+
+/// (line, how many segments were found) of the deepest existing part of a key path.
+fn walk(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut line = None;
+    let mut depth = 0;
+    let mut table: Option<&toml::de::DeTable<'_>> = Some(doc.get_ref());
+    let mut value: Option<&toml::de::DeValue<'_>> = None;
+    for seg in path {
+        let next = match (table, value) {
+            (Some(t), _) => t.get_key_value(*seg).map(|(k, v)| (k.span().start, v)),
+            (None, Some(toml::de::DeValue::Array(a))) => seg
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| a.get(i))
+                .map(|v| (v.span().start, v)),
+            _ => None,
+        };
+        let Some((start, v)) = next else {
+            break;
+        };
+        line = Some(line_of(text, start));
+        depth += 1;
+        table = v.get_ref().as_table();
+        value = Some(v.get_ref());
+    }
+    line.map(|l| (l, depth))
 }
 
 #[cfg(test)]
@@ -971,5 +1483,327 @@ mod tests {
         );
         let cfg = Config::parse(&text, Path::new("bot.toml")).unwrap();
         assert!(matches!(cfg.poll_schedule(), Ok(PollSchedule::Cron(_))));
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("bot.toml"))
+    }
+
+    fn line_starting(text: &str, prefix: &str, after: &str) -> usize {
+        let start = text.find(after).unwrap();
+        line_of(text, start + text[start..].find(prefix).unwrap())
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_offending_keys_own_line() {
+        // `path` appears many times before [support_team]; the error must name
+        // the line inside that section.
+        let text = example().replacen(
+            "path = \"data/agents/{username}.yaml\"",
+            "path = \"data/agents/x.yaml\"",
+            1,
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("support_team.path"), "{e}");
+        assert_eq!(
+            e.line,
+            Some(line_starting(&text, "path = ", "[support_team]")),
+            "{e}"
+        );
+        // An array-of-tables element, by index.
+        let text = example().replacen(
+            "title = \"(?i)role change|change role\"",
+            "title = \"(\"",
+            1,
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.line,
+            Some(text.lines().position(|l| l == "title = \"(\"").unwrap() + 1),
+            "{e}"
+        );
+        // A nested table key.
+        let text = example().replacen(
+            "base_url = \"https://gitlab-federal-support.zendesk.com\"",
+            "base_url = \"http://gitlab-federal-support.zendesk.com\"",
+            1,
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.line,
+            Some(line_starting(&text, "base_url", "[zendesk.federal]")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn locate_follows_tables_arrays_and_quoted_keys() {
+        let t = "a = 1\n[x]\ny = 2\n[[k]]\nz = 1\n[[k]]\nz = 2\n[q.\"Light Agent\"]\nrole = \"agent\"\n";
+        assert_eq!(locate(t, &["x", "y"]), Some(3));
+        assert_eq!(locate(t, &["k", "1", "z"]), Some(7));
+        assert_eq!(locate(t, &["q", "Light Agent", "role"]), Some(9));
+        // Missing key: the deepest part that exists.
+        assert_eq!(locate(t, &["x", "nope"]), Some(2));
+        assert_eq!(locate(t, &["nope"]), None);
+    }
+
+    #[test]
+    fn five_field_cron_is_standard_cron() {
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let next = |e: &str, tz: Zone| tz.upcoming_after(&parse_cron(e).unwrap(), t0, 10);
+        // Monday to Friday at 09:00, as standard cron means 1-5.
+        let weekdays = next("0 9 * * 1-5", Zone::Utc);
+        assert_eq!(weekdays, next("0 0 9 * * Mon-Fri", Zone::Utc));
+        assert!(weekdays.iter().all(|t| {
+            use chrono::{Datelike, Timelike};
+            t.hour() == 9 && t.weekday().number_from_monday() <= 5
+        }));
+        // Sunday is 0 and 7; names work as they are.
+        assert_eq!(
+            next("30 6 * * 0", Zone::Utc),
+            next("0 30 6 * * Sun", Zone::Utc)
+        );
+        assert_eq!(
+            next("30 6 * * 7", Zone::Utc),
+            next("0 30 6 * * Sun", Zone::Utc)
+        );
+        assert_eq!(
+            next("30 6 * * 5-7", Zone::Utc),
+            next("0 30 6 * * Fri,Sat,Sun", Zone::Utc)
+        );
+        assert_eq!(
+            next("*/5 * * * *", Zone::Utc)[1] - next("*/5 * * * *", Zone::Utc)[0],
+            chrono::Duration::minutes(5)
+        );
+        // 6 and 7 fields are still the cron crate's own.
+        assert!(parse_cron("0 0 6 1 * *").is_ok());
+        assert!(parse_cron("0 0 6 1 * * 2027").is_ok());
+        // A bad expression lists the accepted forms.
+        for bad in ["* * *", "61 * * * *", "0 9 * * 8", "every day"] {
+            let e = parse_cron(bad).unwrap_err();
+            assert!(
+                e.contains("5 fields") && e.contains("6 fields"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn cron_schedules_follow_the_configured_time_zone() {
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-07-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let c = parse_cron("0 9 * * *").unwrap();
+        let hour = |z: Zone| {
+            use chrono::Timelike;
+            z.upcoming_after(&c, t0, 1)[0].hour()
+        };
+        assert_eq!(hour(Zone::Utc), 9);
+        // Berlin in July is UTC+2 (daylight saving).
+        assert_eq!(hour(Zone::parse("Europe/Berlin").unwrap()), 7);
+        assert_eq!(hour(Zone::parse("+02:00").unwrap()), 7);
+        assert_eq!(hour(Zone::parse("UTC-5").unwrap()), 14);
+        assert!(Zone::parse("Mars/Olympus").is_err());
+        let text = example().replacen(
+            "team_tags =",
+            "time_zone = \"America/New_York\"\nteam_tags =",
+            1,
+        );
+        assert!(matches!(
+            parse(&text).unwrap().time_zone(),
+            Ok(Zone::Iana(_))
+        ));
+        let text = example().replacen("team_tags =", "time_zone = \"Moon\"\nteam_tags =", 1);
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("IANA"), "{e}");
+        assert_eq!(
+            e.line,
+            Some(
+                text.lines()
+                    .position(|l| l.starts_with("time_zone"))
+                    .unwrap()
+                    + 1
+            )
+        );
+    }
+
+    #[test]
+    fn validation_catches_real_mistakes() {
+        let refused = |from: &str, to: &str, needle: &str| {
+            let text = example().replacen(from, to, 1);
+            assert_ne!(text, example(), "{from} not in the example");
+            let e = parse(&text).expect_err(to);
+            assert!(e.to_string().contains(needle), "{to}: {e}");
+            assert!(e.line.is_some(), "{to}: {e}");
+        };
+        let poll = "poll_interval = \"60s\"";
+        refused(poll, "poll_interval = \"0s\"", "minimum is 5s");
+        refused(poll, "poll_interval = \"2s\"", "minimum is 5s");
+        refused(poll, "poll_interval = \"* * * * * *\"", "minimum is 5s");
+        refused(poll, "poll_interval = \"99999999999999999w\"", "too long");
+        assert!(parse(&example().replacen(poll, "poll_interval = \"*/5 * * * *\"", 1)).is_ok());
+        refused(
+            "url = \"https://gitlab.com\"",
+            "url = \"http://gitlab.example.com\"",
+            "clear text",
+        );
+        refused(
+            "base_url = \"https://gitlab.zendesk.com\"",
+            "base_url = \"http://gitlab.zendesk.com\"",
+            "clear text",
+        );
+        refused(
+            "key_env = \"GOOGLE_SERVICE_ACCOUNT_KEY\"",
+            "key_env = \"GOOGLE_SERVICE_ACCOUNT_KEY\"\nbase_url = \"http://10.1.2.3\"",
+            "clear text",
+        );
+        refused(
+            "okta_group = \"okta-zendeskfederal-users@gitlab.com\"",
+            "okta_group = \"OKTA-zendeskglobal-users@gitlab.com\"",
+            "each instance needs its own group",
+        );
+        refused(
+            "price_per_seat_month = 115.0",
+            "price_per_seat_month = -1.0",
+            "at least 0",
+        );
+        refused(
+            "price_per_seat_month = 115.0",
+            "price_per_seat_month = nan",
+            "at least 0",
+        );
+        refused(
+            "schedule = \"0 0 6 1 * *\"",
+            "schedule = \"every month\"",
+            "5 fields",
+        );
+        refused(
+            "stale_close_after = \"30d\"",
+            "stale_close_after = \"18446744073709551615w\"",
+            "too long",
+        );
+        // Loopback http is fine (the sandbox), and so is a 1s poll there.
+        let text = example()
+            .replacen(
+                "url = \"https://gitlab.com\"",
+                "url = \"http://127.0.0.1:8080\"",
+                1,
+            )
+            .replacen(poll, "poll_interval = \"1s\"", 1);
+        assert!(parse(&text).is_ok());
+        assert!(parse_duration("18446744073709551615s").is_err());
+        assert!(parse_duration("1000000000000000000w").is_err());
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn environment_overrides_url_and_projects() {
+        let p = Path::new("bot.toml");
+        let cfg = Config::parse_with(
+            &example(),
+            p,
+            &env_of(&[
+                ("ACCESS_BOT_GITLAB_URL", "https://gitlab.example.com"),
+                ("ACCESS_BOT_PROJECTS", "a/b, 42 ,"),
+                ("CI_SERVER_URL", "https://ci.example.com"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.gitlab.url, "https://gitlab.example.com");
+        assert_eq!(cfg.gitlab.projects, vec!["a/b", "42"]);
+        let cfg = Config::parse_with(
+            &example(),
+            p,
+            &env_of(&[("ACCESS_BOT_OPS_LISTEN", "0.0.0.0:9090")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.ops.listen, "0.0.0.0:9090");
+        // CI_SERVER_URL does not beat the file...
+        let cfg = Config::parse_with(
+            &example(),
+            p,
+            &env_of(&[("CI_SERVER_URL", "https://ci.example.com")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.gitlab.url, "https://gitlab.com");
+        // ...but fills in when the file names no URL and no projects come from elsewhere.
+        let bare = example()
+            .replacen("url = \"https://gitlab.com\"\n", "", 1)
+            .replacen(
+                "projects = [\"gitlab-com/team-member-epics/access-requests\"]\n",
+                "",
+                1,
+            );
+        let cfg = Config::parse_with(
+            &bare,
+            p,
+            &env_of(&[
+                ("CI_SERVER_URL", "https://ci.example.com"),
+                ("ACCESS_BOT_PROJECTS", "x/y"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.gitlab.url, "https://ci.example.com");
+        let e = Config::parse_with(&bare, p, &env_of(&[])).unwrap_err();
+        assert!(e.message.contains("ACCESS_BOT_GITLAB_URL"), "{e}");
+        // The environment's URL is validated like the file's.
+        let e = Config::parse_with(
+            &example(),
+            p,
+            &env_of(&[("ACCESS_BOT_GITLAB_URL", "http://gitlab.example.com")]),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("clear text"), "{e}");
+    }
+
+    #[test]
+    fn templates_dir_is_relative_to_the_config_file_and_must_exist() {
+        let dir = std::env::temp_dir().join(format!("ab-cfg-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(dir.join("etc/templates")).unwrap();
+        let cfg_path = dir.join("etc/bot.toml");
+        std::fs::write(&cfg_path, example()).unwrap();
+        let cfg = Config::load_with(&cfg_path, &env_of(&[])).unwrap();
+        assert_eq!(cfg.bot.templates_dir, dir.join("etc/templates"));
+        // Named but missing: an error on its line.
+        std::fs::remove_dir(dir.join("etc/templates")).unwrap();
+        let e = Config::load_with(&cfg_path, &env_of(&[])).unwrap_err();
+        assert!(e.message.contains("is not a folder"), "{e}");
+        assert_eq!(
+            e.line,
+            Some(
+                example()
+                    .lines()
+                    .position(|l| l.starts_with("templates_dir"))
+                    .unwrap()
+                    + 1
+            )
+        );
+        // Left out: the built-in templates, no error.
+        let text = example().replacen("templates_dir = \"templates\"\n", "", 1);
+        std::fs::write(&cfg_path, text).unwrap();
+        assert!(Config::load_with(&cfg_path, &env_of(&[])).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ops_listener_is_on_by_default_on_loopback() {
+        let cfg = parse(&example()).unwrap();
+        assert_eq!(cfg.ops.listen, "127.0.0.1:9090");
+        // Five 60 s intervals, at least five minutes.
+        assert_eq!(cfg.unhealthy_after(), Duration::from_secs(300));
+        let text = example().replacen("poll_interval = \"60s\"", "poll_interval = \"10m\"", 1)
+            + "\n[ops]\nlisten = \"0.0.0.0:9100\"\n";
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.ops.listen, "0.0.0.0:9100");
+        assert_eq!(cfg.unhealthy_after(), Duration::from_secs(3000));
     }
 }

@@ -14,6 +14,15 @@ pub const FEDERAL_OKTA: &str = "okta-zendeskfederal-users@gitlab.com";
 
 const TABLE: &str = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n";
 
+/// One line of an issue's story.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A person's or the bot's action: a label, a tick, an edit, closing.
+    Action(String),
+    /// A comment, shown in full.
+    Comment(String),
+}
+
 pub struct DemoIssue {
     pub name: &'static str,
     pub iid: u64,
@@ -366,14 +375,22 @@ impl Demo {
             if !ticked.is_empty() {
                 let _ = writeln!(t, "ticked: {}", ticked.join(" | "));
             }
-            for c in sb.comments(i.iid) {
-                let _ = writeln!(t, "\n--- comment by @{} ---", c.author);
-                for line in c
-                    .body
-                    .lines()
-                    .filter(|l| !l.trim_start().starts_with(crate::marker::PREFIX))
-                {
-                    let _ = writeln!(t, "  {line}");
+            // The story, in order: who filed it, who applied which label
+            // when, who ticked or edited what, and what the bot said.
+            for (at, who, what) in self.timeline(i.iid) {
+                match what {
+                    Entry::Comment(body) => {
+                        let _ = writeln!(t, "\n--- {at}  comment by @{who} ---");
+                        for line in body
+                            .lines()
+                            .filter(|l| !l.trim_start().starts_with(crate::marker::PREFIX))
+                        {
+                            let _ = writeln!(t, "  {line}");
+                        }
+                    }
+                    Entry::Action(text) => {
+                        let _ = writeln!(t, "{at}  @{who} {text}");
+                    }
                 }
             }
         }
@@ -434,7 +451,72 @@ impl Demo {
         self.transcript = t;
     }
 
+    /// Everything that happened on an issue, oldest first: (time, who, what).
+    pub fn timeline(&self, iid: u64) -> Vec<(String, String, Entry)> {
+        let w = self.sandbox.gitlab.lock();
+        let Some(issue) = w.issue(crate::sandbox::PROJECT, iid) else {
+            return Vec::new();
+        };
+        let name = |id: u64| {
+            w.user(id)
+                .map(|u| u.username.clone())
+                .unwrap_or_else(|| format!("user {id}"))
+        };
+        // (time, order among equal times, who, what)
+        let mut events: Vec<(chrono::DateTime<chrono::Utc>, u64, String, Entry)> = vec![(
+            issue.created_at,
+            0,
+            name(issue.author),
+            Entry::Action(format!("filed the issue \"{}\"", issue.title)),
+        )];
+        for e in &issue.label_events {
+            events.push((
+                e.created_at,
+                e.id,
+                name(e.user),
+                Entry::Action(format!(
+                    "{} label `{}`",
+                    if e.add { "added" } else { "removed" },
+                    e.label
+                )),
+            ));
+        }
+        for n in &issue.notes {
+            let entry = if n.system {
+                Entry::Action(n.body.replace("**", "\""))
+            } else {
+                Entry::Comment(n.body.clone())
+            };
+            events.push((n.created_at, n.id, name(n.author), entry));
+        }
+        events.sort_by_key(|(at, id, _, _)| (*at, *id));
+        events
+            .into_iter()
+            .map(|(at, _, who, what)| (at.format("%H:%M:%S%.3f").to_string(), who, what))
+            .collect()
+    }
+
     fn check(&mut self) {
+        // The transcript tells who did what: the approvers' labels, the reviewer's tick.
+        let (special_story, review_story) = {
+            let iid_of = |n: &str| {
+                self.issues
+                    .iter()
+                    .find(|i| i.name == n)
+                    .map(|i| i.iid)
+                    .unwrap_or(0)
+            };
+            let story = |n: &str| {
+                self.timeline(iid_of(n))
+                    .into_iter()
+                    .filter_map(|(_, who, e)| match e {
+                        Entry::Action(a) => Some(format!("@{who} {a}")),
+                        Entry::Comment(_) => None,
+                    })
+                    .collect::<Vec<_>>()
+            };
+            (story("special request"), story("seat review"))
+        };
         let sb = &self.sandbox;
         let iid = |n: &str| {
             self.issues
@@ -628,6 +710,19 @@ impl Demo {
             zd("global", "dana.idle@gitlab.com")
                 .is_some_and(|u| u.custom_role_id == sb.zd("global").light_agent_role())
                 && sb.state(iid("seat review")) == "closed",
+        );
+        fail(
+            "transcript: the manager's and the system owner's approvals are in the special request's story",
+            special_story
+                .contains(&"@mlee added label `AR-Approval::Manager Approved`".to_string())
+                && special_story
+                    .contains(&"@lyle added label `Zendesk::System Owner Approved`".to_string()),
+        );
+        fail(
+            "transcript: the reviewer's tick is in the seat review's story",
+            review_story.iter().any(|a| {
+                a.starts_with("@lyle marked the checklist item") && a.contains("dana.idle")
+            }),
         );
         // 8. Security.
         fail(

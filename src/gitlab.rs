@@ -1,4 +1,4 @@
-//! GitLab adapter on the `gitlab` crate's async client (see `docs/api-gitlab.md`).
+//! GitLab adapter on the `gitlab` crate's async client (REST API v4).
 //!
 //! 429: wait for `Retry-After`. 5xx and dropped connections: retry with capped,
 //! jittered backoff, then give up on that call (the loop gives up on the issue
@@ -250,7 +250,7 @@ impl GitlabClient {
         let client = b
             .build_async()
             .await
-            .map_err(|e| GitlabError::Connect(scrub(&e.to_string())))?;
+            .map_err(|e| GitlabError::Connect(scrub(&with_causes(&e))))?;
         Ok(GitlabClient {
             client,
             backoff: Backoff::default(),
@@ -311,7 +311,7 @@ impl GitlabClient {
             if attempt >= self.backoff.attempts {
                 return Err(GitlabError::Exhausted {
                     attempts: attempt,
-                    detail: scrub(&err.to_string()),
+                    detail: scrub(&with_causes(&err)),
                 });
             }
             if let Some(w) = wait {
@@ -319,7 +319,7 @@ impl GitlabClient {
                     what,
                     attempt,
                     "GitLab call failed, retrying: {}",
-                    scrub(&err.to_string())
+                    scrub(&with_causes(&err))
                 );
                 tokio::time::sleep(w).await;
             }
@@ -349,12 +349,39 @@ fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, GitlabError> {
 
 /// Error texts from the HTTP client may carry URLs; tokens are sent as headers,
 /// never in URLs, but keep messages short and free of query strings anyway.
+/// Error text without query strings (they can carry tokens), capped.
 fn scrub(s: &str) -> String {
-    let mut out: String = s.chars().take(400).collect();
-    if let Some(i) = out.find('?') {
-        out.truncate(i);
+    let mut out = String::new();
+    let mut in_query = false;
+    for c in s.chars() {
+        if c == '?' {
+            in_query = true;
+            continue;
+        }
+        if in_query && (c == ')' || c.is_whitespace()) {
+            in_query = false;
+        }
+        if !in_query {
+            out.push(c);
+        }
     }
-    out
+    out.chars().take(600).collect()
+}
+
+/// An error and its causes ("error sending request: connection refused"):
+/// the top line alone rarely says what went wrong.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
 }
 
 #[async_trait]

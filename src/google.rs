@@ -1,5 +1,5 @@
 //! Google Groups membership (the Okta app assignment), via the Admin SDK
-//! Directory `members` resource (see `docs/api-google.md`).
+//! Directory `members` resource (`admin.directory.group.member` scope).
 //!
 //! Authentication is a service account: with a Groups admin role of its own
 //! (no subject), or with domain-wide delegation (a subject to act as). The

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod gitlab;
 pub mod google;
 pub mod http;
+pub mod listen;
 pub mod marker;
 pub mod metrics;
 pub mod notify;

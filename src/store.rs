@@ -196,7 +196,20 @@ impl Store {
         let conn = if path.as_os_str() == ":memory:" {
             Connection::open_in_memory()?
         } else {
-            Connection::open(path)?
+            let new = !path.exists();
+            let conn = Connection::open(path)?;
+            // The audit trail names people and their access: owner only,
+            // whatever the umask of the process that created it.
+            #[cfg(unix)]
+            if new {
+                use std::os::unix::fs::PermissionsExt;
+                if let Err(e) =
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot make the state database private");
+                }
+            }
+            conn
         };
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -205,6 +218,15 @@ impl Store {
             conn: Mutex::new(conn),
             owner: format!("{}-{}", std::process::id(), rand::random::<u32>()),
         })
+    }
+
+    /// Open the database only if it is already there (`None` otherwise):
+    /// read-only commands must not leave an empty database behind.
+    pub fn open_existing(path: &Path) -> Result<Option<Store>, StoreError> {
+        if path.as_os_str() != ":memory:" && !path.exists() {
+            return Ok(None);
+        }
+        Store::open(path).map(Some)
     }
 
     fn c(&self) -> std::sync::MutexGuard<'_, Connection> {

@@ -1,4 +1,4 @@
-//! Zendesk Support connector, one client per instance (see `docs/api-zendesk.md`).
+//! Zendesk Support connector, one client per instance (Support API v2).
 //!
 //! Auth: OAuth client credentials (cached, refreshed a minute before expiry and
 //! once after a 401) or the legacy `email/token` API token (warned about: they

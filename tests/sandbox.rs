@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 fn fixture(rel: &str) -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
+        .join("tests/fixtures")
         .join(rel);
     serde_json::from_str(
         &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
@@ -1246,17 +1246,44 @@ async fn the_example_seed_applies() {
     );
 }
 
-#[tokio::test]
-async fn access_bot_sandbox_serves_every_api_on_fixed_ports() {
-    let port = 30000 + (rand::random::<u16>() % 20000);
-    let t0 = std::time::Instant::now();
+/// `access-bot sandbox --port 0`: the ports are whatever was free; the
+/// process prints them first, one per line. (A random base port in the
+/// ephemeral range collided on a busy machine.)
+fn spawn_sandbox(port: u16) -> (std::process::Child, std::collections::BTreeMap<String, u16>) {
+    use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_access-bot"))
         .args(["sandbox", "--port", &port.to_string(), "--seed"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scenario.toml"))
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut ports = std::collections::BTreeMap::new();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = out.lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some((name, addr)) = line.trim().split_once(' ')
+            && let Some((_, p)) = addr.rsplit_once(':')
+            && let Ok(p) = p.parse::<u16>()
+        {
+            ports.insert(name.to_string(), p);
+        }
+        if line.trim().starts_with("slack ") {
+            break;
+        }
+    }
+    // Keep draining stdout so that the sandbox never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, ports)
+}
+
+#[tokio::test]
+async fn access_bot_sandbox_serves_every_api_on_free_ports() {
+    let t0 = std::time::Instant::now();
+    let (mut child, ports) = spawn_sandbox(0);
+    let port = ports["gitlab"];
+    assert_ne!(port, 0);
     let http = reqwest::Client::new();
     let mut up = None;
     for _ in 0..500 {
@@ -1293,11 +1320,11 @@ async fn access_bot_sandbox_serves_every_api_on_fixed_ports() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(issues.len(), 2, "seeded");
-    // Google on +1, Zendesk instances on +2 and +3: each answers in its own error shape.
+    // Google and the Zendesk instances: each answers in its own error shape.
     let g: Value = http
         .get(format!(
             "http://127.0.0.1:{}/admin/directory/v1/groups/x/members",
-            port + 1
+            ports["google"]
         ))
         .send()
         .await
@@ -1306,7 +1333,7 @@ async fn access_bot_sandbox_serves_every_api_on_fixed_ports() {
         .await
         .unwrap();
     assert_eq!(g["error"]["code"], 401);
-    for p in [port + 2, port + 3] {
+    for p in [ports["zendesk.global"], ports["zendesk.federal"]] {
         let r = http
             .get(format!("http://127.0.0.1:{p}/api/v2/users/me.json"))
             .send()
@@ -1316,4 +1343,22 @@ async fn access_bot_sandbox_serves_every_api_on_fixed_ports() {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test]
+async fn sandbox_port_in_use_is_named() {
+    // Hold a port, then ask the sandbox for it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_access-bot"))
+        .args(["sandbox", "--port", &port.to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")),
+        "the error names the port: {stderr}"
+    );
+    drop(held);
 }

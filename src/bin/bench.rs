@@ -489,21 +489,33 @@ impl Drop for Child {
     }
 }
 
+/// A port that was free a moment ago (the child process binds it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18090)
+}
+
 /// `access-bot run` as its own process against the sandbox.
 async fn spawn_run(sb: &Sandbox, poll: &str, webhook: Option<&str>) -> Option<(Child, Duration)> {
     let dir = std::env::temp_dir().join(format!("ab-bench-{}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).ok()?;
     let cfg = dir.join("bot.toml");
-    std::fs::write(
-        &cfg,
-        sb.config_toml(
-            &dir.join("state.db").display().to_string(),
-            webhook,
-            poll,
-            None,
-        ),
-    )
-    .ok()?;
+    let mut text = sb.config_toml(
+        &dir.join("state.db").display().to_string(),
+        webhook,
+        poll,
+        None,
+    );
+    if let Some(listen) = webhook {
+        // One listener for the webhook and the probes: start-up is timed until /healthz answers there.
+        text = text.replace(
+            "[ops]\nlisten = \"127.0.0.1:0\"",
+            &format!("[ops]\nlisten = \"{listen}\""),
+        );
+    }
+    std::fs::write(&cfg, text).ok()?;
     let t0 = Instant::now();
     let child = std::process::Command::new(bot_binary())
         .arg("--config")
@@ -573,8 +585,7 @@ async fn bench_reaction_and_footprint(md: &mut String, rounds: usize) {
     let mut footprint = Vec::new();
     for (path, poll, hook) in [("webhook", "10m", true), ("polling every 2 s", "2s", false)] {
         let sb = Sandbox::start(Ports::default()).await.expect("sandbox");
-        let port = 20000 + (rand::random::<u16>() % 20000);
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("127.0.0.1:{}", free_port());
         let Some((child, startup)) = spawn_run(&sb, poll, Some(&listen)).await else {
             eprintln!("could not start access-bot run");
             let _ = writeln!(

@@ -542,7 +542,7 @@ impl Bot {
         Ok(outcome)
     }
 
-    /// Seed 001: the People team is asked to verify citizenship, on the issue
+    /// US Federal access: the People team is asked to verify citizenship, on the issue
     /// and (with `[notify.email]`) by e-mail, once per issue.
     /// `Ok(Err(_))`: the mail server refused; said on the issue, retried next cycle.
     async fn verification(
@@ -577,7 +577,7 @@ impl Bot {
             .await
     }
 
-    /// Seed 001: the People team gets the verification request by e-mail, once
+    /// The People team gets the verification request by e-mail, once
     /// per issue (recorded in the store the moment the server accepts it, so a
     /// crash before the note does not send it again), and the issue says so.
     /// `Ok(Err(_))`: the server refused; said on the issue, retried next cycle.

@@ -1,39 +1,92 @@
 //! The daemon: polls on the configured schedule, takes GitLab webhooks as
-//! immediate events, serves `/healthz` and `/metrics`, and stops cleanly on
-//! SIGINT/SIGTERM after the event in flight.
+//! immediate events, serves `/healthz`, `/readyz` and `/metrics` on an
+//! operations listener of its own, and stops cleanly on SIGINT/SIGTERM after
+//! the event in flight.
+//!
+//! The webhook listener is public (GitLab must reach it) and hardened (see
+//! [`crate::listen`]); the operations listener can stay private. A burst of
+//! deliveries for one issue is coalesced into one look at it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
 use subtle::ConstantTimeEq;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::config::PollSchedule;
+use crate::config::{Config, PollSchedule, Zone};
+use crate::listen::{Limits, ListenerStats};
 use crate::secret::Secret;
 
 use super::{Bot, CycleReport, Event};
 
-/// Counters for `/metrics`.
-#[derive(Default)]
+/// A webhook body is read only after its token checked out, and only up to
+/// this (an issue description is at most 1,000,000 characters; a hook carries
+/// it once, escaped).
+pub const MAX_WEBHOOK_BODY: usize = 8 * 1024 * 1024;
+/// An authenticated sender has this long to send the body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deliveries for one issue are merged until they have been quiet this long...
+pub const COALESCE_SETTLE: Duration = Duration::from_millis(150);
+/// ...or until the first of them has waited this long.
+pub const COALESCE_MAX_WAIT: Duration = Duration::from_secs(2);
+/// Issues waiting at most; more are dropped (polling picks them up).
+const MAX_PENDING: usize = 10_000;
+
+/// Counters and health for `/metrics`, `/healthz` and `/readyz`.
 pub struct Metrics {
     outcomes: BTreeMap<String, u64>,
     cycles: u64,
     poll_errors: u64,
     webhooks: BTreeMap<String, u64>,
     last_poll: Option<Instant>,
+    /// The last poll cycle in which every project could be listed.
+    last_good_poll: Option<Instant>,
+    started: Instant,
+    /// Start-up work done (connected, first poll cycle finished).
+    ready: bool,
+    /// `/healthz` fails after this long without a good poll cycle.
+    pub unhealthy_after: Duration,
+    listeners: Vec<(&'static str, Arc<ListenerStats>)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            outcomes: BTreeMap::new(),
+            cycles: 0,
+            poll_errors: 0,
+            webhooks: BTreeMap::new(),
+            last_poll: None,
+            last_good_poll: None,
+            started: Instant::now(),
+            ready: false,
+            unhealthy_after: Duration::from_secs(300),
+            listeners: Vec::new(),
+        }
+    }
 }
 
 impl Metrics {
+    /// Fresh counters with the health threshold of `cfg`.
+    pub fn for_config(cfg: &Config) -> Arc<StdMutex<Metrics>> {
+        Arc::new(StdMutex::new(Metrics {
+            unhealthy_after: cfg.unhealthy_after(),
+            ..Metrics::default()
+        }))
+    }
+
     fn record(&mut self, r: &CycleReport) {
         for (_, _, o) in &r.outcomes {
             let name = serde_json::to_value(o)
@@ -43,6 +96,42 @@ impl Metrics {
             *self.outcomes.entry(name).or_insert(0) += 1;
         }
         self.poll_errors += r.errors.len() as u64;
+    }
+
+    /// A poll cycle ended; `ok` when every project could be listed.
+    pub fn poll_done(&mut self, ok: bool) {
+        self.cycles += 1;
+        self.last_poll = Some(Instant::now());
+        if ok {
+            self.last_good_poll = Some(Instant::now());
+        }
+    }
+
+    pub fn set_ready(&mut self) {
+        self.ready = true;
+    }
+
+    fn count_webhook(&mut self, k: &str) {
+        *self.webhooks.entry(k.to_string()).or_insert(0) += 1;
+    }
+
+    /// `Ok` with a short status, or `Err` with why not.
+    pub fn health(&self) -> Result<String, String> {
+        let since = self.last_good_poll.unwrap_or(self.started).elapsed();
+        let what = if self.last_good_poll.is_some() {
+            "since the last good poll cycle"
+        } else {
+            "since start, and no poll cycle completed yet"
+        };
+        if since > self.unhealthy_after {
+            Err(format!(
+                "unhealthy: {}s {what} (limit {}s)\n",
+                since.as_secs(),
+                self.unhealthy_after.as_secs()
+            ))
+        } else {
+            Ok(format!("ok: {}s {what}\n", since.as_secs()))
+        }
     }
 
     fn render(&self) -> String {
@@ -58,7 +147,7 @@ impl Metrics {
             "# TYPE access_bot_poll_cycles_total counter\naccess_bot_poll_cycles_total {}\n# TYPE access_bot_poll_errors_total counter\naccess_bot_poll_errors_total {}\n",
             self.cycles, self.poll_errors
         ));
-        s.push_str("# TYPE access_bot_webhooks_total counter\n");
+        s.push_str("# HELP access_bot_webhooks_total Webhook deliveries, by what became of them.\n# TYPE access_bot_webhooks_total counter\n");
         for (k, v) in &self.webhooks {
             s.push_str(&format!(
                 "access_bot_webhooks_total{{result=\"{k}\"}} {v}\n"
@@ -70,42 +159,191 @@ impl Metrics {
                 t.elapsed().as_secs_f64()
             ));
         }
+        s.push_str(&format!(
+            "# TYPE access_bot_ready gauge\naccess_bot_ready {}\n# TYPE access_bot_healthy gauge\naccess_bot_healthy {}\n",
+            u8::from(self.ready),
+            u8::from(self.health().is_ok())
+        ));
+        if !self.listeners.is_empty() {
+            s.push_str("# HELP access_bot_connections Connections of the bot's listeners.\n# TYPE access_bot_connections gauge\n");
+            for (name, l) in &self.listeners {
+                s.push_str(&format!(
+                    "access_bot_connections{{listener=\"{name}\"}} {}\n",
+                    l.open.load(Ordering::Relaxed)
+                ));
+            }
+            s.push_str("# HELP access_bot_connections_closed_total Connections the bot closed or refused, by reason.\n# TYPE access_bot_connections_closed_total counter\n");
+            for (name, l) in &self.listeners {
+                for (reason, n) in [
+                    ("evicted_idle", l.evicted.load(Ordering::Relaxed)),
+                    ("idle_timeout", l.idle_closed.load(Ordering::Relaxed)),
+                    ("refused_busy", l.refused.load(Ordering::Relaxed)),
+                ] {
+                    s.push_str(&format!(
+                        "access_bot_connections_closed_total{{listener=\"{name}\",reason=\"{reason}\"}} {n}\n"
+                    ));
+                }
+            }
+        }
         s
+    }
+}
+
+fn lock(m: &StdMutex<Metrics>) -> std::sync::MutexGuard<'_, Metrics> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Webhook deliveries waiting to become one event per issue.
+pub struct Coalescer {
+    pending: StdMutex<HashMap<(String, u64), (Instant, Instant)>>,
+    wake: Notify,
+    settle: Duration,
+    max_wait: Duration,
+}
+
+/// What became of an offered delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// The first for its issue: it will be looked at.
+    Queued,
+    /// Merged with one already waiting for the same issue.
+    Coalesced,
+    /// Too many issues waiting; polling will pick it up.
+    Dropped,
+}
+
+impl Coalescer {
+    pub fn new(settle: Duration, max_wait: Duration) -> Arc<Coalescer> {
+        Arc::new(Coalescer {
+            pending: StdMutex::new(HashMap::new()),
+            wake: Notify::new(),
+            settle,
+            max_wait,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), (Instant, Instant)>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn offer(&self, project: String, iid: u64) -> Offer {
+        let now = Instant::now();
+        let mut p = self.lock();
+        if let Some(e) = p.get_mut(&(project.clone(), iid)) {
+            e.1 = now;
+            return Offer::Coalesced;
+        }
+        if p.len() >= MAX_PENDING {
+            return Offer::Dropped;
+        }
+        p.insert((project, iid), (now, now));
+        drop(p);
+        self.wake.notify_one();
+        Offer::Queued
+    }
+
+    /// Hand each issue to `tx` once its deliveries settled; ends when `tx` closes.
+    pub async fn dispatch(self: Arc<Self>, tx: mpsc::Sender<Event>) {
+        loop {
+            let now = Instant::now();
+            let (due, next) = {
+                let mut p = self.lock();
+                let due: Vec<(String, u64)> = p
+                    .iter()
+                    .filter(|(_, (first, last))| {
+                        now.duration_since(*last) >= self.settle
+                            || now.duration_since(*first) >= self.max_wait
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in &due {
+                    p.remove(k);
+                }
+                let next = p
+                    .values()
+                    .map(|(first, last)| (*last + self.settle).min(*first + self.max_wait))
+                    .min();
+                (due, next)
+            };
+            for (project, iid) in due {
+                if tx.send(Event::Issue { project, iid }).await.is_err() {
+                    return;
+                }
+            }
+            match next {
+                Some(t) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(t.into()) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        }
     }
 }
 
 #[derive(Clone)]
 struct WebState {
-    tx: mpsc::Sender<Event>,
     /// Events the bot itself caused (its comments and edits) are not worth a look.
     bot_username: String,
     token: Option<Secret>,
     projects: Vec<String>,
     metrics: Arc<StdMutex<Metrics>>,
+    coalescer: Arc<Coalescer>,
 }
 
-/// The webhook, health and metrics routes.
-fn router(state: WebState) -> Router {
+/// `/webhook` alone: the public listener.
+fn webhook_router(state: WebState) -> Router {
     Router::new()
         .route("/webhook", post(webhook))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            get(|State(s): State<WebState>| async move {
-                let mut m = s.metrics.lock().map(|m| m.render()).unwrap_or_default();
-                m.push_str(&crate::metrics::render());
-                ([("content-type", "text/plain; version=0.0.4")], m)
-            }),
-        )
         .with_state(state)
 }
 
-async fn webhook(State(s): State<WebState>, headers: HeaderMap, body: Bytes) -> Response {
-    let count = |k: &str| {
-        if let Ok(mut m) = s.metrics.lock() {
-            *m.webhooks.entry(k.to_string()).or_insert(0) += 1;
-        }
-    };
+/// `/healthz`, `/readyz` and `/metrics`: the operations listener.
+pub fn ops_router(metrics: Arc<StdMutex<Metrics>>) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|State(m): State<Arc<StdMutex<Metrics>>>| async move {
+                match lock(&m).health() {
+                    Ok(s) => (StatusCode::OK, s),
+                    Err(s) => (StatusCode::SERVICE_UNAVAILABLE, s),
+                }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(|State(m): State<Arc<StdMutex<Metrics>>>| async move {
+                if lock(&m).ready {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<StdMutex<Metrics>>>| async move {
+                let mut text = lock(&m).render();
+                text.push_str(&crate::metrics::render());
+                ([("content-type", "text/plain; version=0.0.4")], text)
+            }),
+        )
+        .with_state(metrics)
+}
+
+async fn webhook(State(s): State<WebState>, req: Request) -> Response {
+    let count = |k: &str| lock(&s.metrics).count_webhook(k);
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    // The token is checked before a byte of the body is read: an
+    // unauthenticated sender cannot make the bot buffer anything.
     let given = headers
         .get("x-gitlab-token")
         .map(|v| v.as_bytes().to_vec())
@@ -122,6 +360,15 @@ async fn webhook(State(s): State<WebState>, headers: HeaderMap, body: Bytes) -> 
         count("unauthorized");
         return (StatusCode::UNAUTHORIZED, "bad token").into_response();
     }
+    // Refused before reading: a declared length over the limit.
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_WEBHOOK_BODY as u64) {
+        count("too_large");
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+    }
     let kind = headers
         .get("x-gitlab-event")
         .and_then(|v| v.to_str().ok())
@@ -133,7 +380,31 @@ async fn webhook(State(s): State<WebState>, headers: HeaderMap, body: Bytes) -> 
         count("ignored");
         return (StatusCode::OK, "ignored").into_response();
     }
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let bytes = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        axum::body::to_bytes(Body::new(body), MAX_WEBHOOK_BODY),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "webhook body refused (over {MAX_WEBHOOK_BODY} bytes or broken)");
+            count("too_large");
+            return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+        }
+        Err(_) => {
+            count("timeout");
+            return (StatusCode::REQUEST_TIMEOUT, "body too slow").into_response();
+        }
+    };
+    let v: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook body is not JSON");
+            count("bad_json");
+            return (StatusCode::BAD_REQUEST, "not JSON").into_response();
+        }
+    };
     if v["user"]["username"]
         .as_str()
         .is_some_and(|u| u.eq_ignore_ascii_case(&s.bot_username))
@@ -152,8 +423,17 @@ async fn webhook(State(s): State<WebState>, headers: HeaderMap, body: Bytes) -> 
     match (iid, project) {
         (Some(iid), Some(p)) if s.projects.contains(&p) => {
             // Answer at once; the work happens in the loop (GitLab disables slow hooks).
-            let _ = s.tx.try_send(Event::Issue { project: p, iid });
-            count("accepted");
+            match s.coalescer.offer(p, iid) {
+                Offer::Queued => count("accepted"),
+                Offer::Coalesced => count("coalesced"),
+                Offer::Dropped => {
+                    tracing::warn!(
+                        iid,
+                        "too many issues waiting; polling will pick this one up"
+                    );
+                    count("dropped");
+                }
+            }
             (StatusCode::ACCEPTED, "queued").into_response()
         }
         _ => {
@@ -163,13 +443,13 @@ async fn webhook(State(s): State<WebState>, headers: HeaderMap, body: Bytes) -> 
     }
 }
 
-fn next_delay(schedule: &PollSchedule) -> Duration {
+fn next_delay(schedule: &PollSchedule, tz: Zone) -> Duration {
     match schedule {
         PollSchedule::Every(d) => *d,
-        PollSchedule::Cron(c) => c
-            .upcoming(chrono::Utc)
-            .next()
-            .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
+        PollSchedule::Cron(c) => tz
+            .upcoming(c, 1)
+            .first()
+            .and_then(|t| (*t - chrono::Utc::now()).to_std().ok())
             .unwrap_or(Duration::from_secs(60)),
     }
 }
@@ -178,13 +458,20 @@ fn next_delay(schedule: &PollSchedule) -> Duration {
 fn cron_ticker(
     tx: &mpsc::Sender<Event>,
     cron: Option<&str>,
+    tz: Zone,
     event: Event,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let schedule = PollSchedule::Cron(Box::new(cron?.parse::<cron::Schedule>().ok()?));
+    let schedule = match crate::config::parse_cron(cron?) {
+        Ok(c) => PollSchedule::Cron(Box::new(c)),
+        Err(e) => {
+            tracing::error!(error = %e, "schedule not started");
+            return None;
+        }
+    };
     let tx = tx.clone();
     Some(tokio::spawn(async move {
         loop {
-            tokio::time::sleep(next_delay(&schedule)).await;
+            tokio::time::sleep(next_delay(&schedule, tz)).await;
             if tx.send(event.clone()).await.is_err() {
                 return;
             }
@@ -192,13 +479,47 @@ fn cron_ticker(
     }))
 }
 
+/// Where `run` listens, once it does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Listening {
+    pub ops: Option<SocketAddr>,
+    pub webhook: Option<SocketAddr>,
+}
+
 /// Options of the daemon.
+#[derive(Default)]
 pub struct RunOptions {
     /// Webhook listener (`[webhook] listen`), with the secret.
     pub webhook: Option<(String, Secret)>,
+    /// Operations listener to bind (`[ops] listen`); `None` when it is
+    /// already served (see [`serve_ops`]) or not wanted.
+    pub ops: Option<String>,
+    /// An operations listener already serving `metrics`, for the start line.
+    pub ops_addr: Option<SocketAddr>,
+    /// Health and counters shared with an operations listener started earlier.
+    pub metrics: Option<Arc<StdMutex<Metrics>>>,
+    /// Told the bound addresses once listening (tests bind port 0).
+    pub on_listening: Option<oneshot::Sender<Listening>>,
+    /// Connection limits of both listeners.
+    pub limits: Limits,
 }
 
-/// Serve the webhook endpoint on a bound listener; returns the address.
+/// Serve the operations endpoints on `listen`; returns the bound address.
+pub async fn serve_ops(
+    listen: &str,
+    metrics: Arc<StdMutex<Metrics>>,
+    limits: Limits,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = crate::listen::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let stats = Arc::new(ListenerStats::default());
+    lock(&metrics).listeners.push(("ops", stats.clone()));
+    let task = crate::listen::serve(listener, ops_router(metrics), limits, stats);
+    Ok((addr, task))
+}
+
+/// Serve the webhook and the operations endpoints on one listener (both on
+/// the same address); returns the address. Events go to `tx`, coalesced.
 pub async fn serve_web(
     listen: &str,
     token: Option<Secret>,
@@ -206,20 +527,100 @@ pub async fn serve_web(
     projects: Vec<String>,
     tx: mpsc::Sender<Event>,
     metrics: Arc<StdMutex<Metrics>>,
-) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let app = router(WebState {
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let (addr, task, _) = serve_webhook(
+        listen,
+        token,
+        bot_username,
+        projects,
         tx,
+        metrics,
+        true,
+        Limits::default(),
+    )
+    .await?;
+    Ok((addr, task))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_webhook(
+    listen: &str,
+    token: Option<Secret>,
+    bot_username: &str,
+    projects: Vec<String>,
+    tx: mpsc::Sender<Event>,
+    metrics: Arc<StdMutex<Metrics>>,
+    with_ops: bool,
+    limits: Limits,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>, Arc<Coalescer>)> {
+    let listener = crate::listen::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let coalescer = Coalescer::new(COALESCE_SETTLE, COALESCE_MAX_WAIT);
+    let stats = Arc::new(ListenerStats::default());
+    lock(&metrics).listeners.push(("webhook", stats.clone()));
+    let mut app = webhook_router(WebState {
         bot_username: bot_username.to_string(),
         token,
         projects,
-        metrics,
+        metrics: metrics.clone(),
+        coalescer: coalescer.clone(),
     });
+    if with_ops {
+        app = app.merge(ops_router(metrics));
+    }
+    let server = crate::listen::serve(listener, app, limits, stats);
+    let dispatcher = tokio::spawn(coalescer.clone().dispatch(tx));
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        // Both stop together: aborting this task aborts neither by itself.
+        struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                for t in &self.0 {
+                    t.abort();
+                }
+            }
+        }
+        let guard = AbortOnDrop(vec![server, dispatcher]);
+        std::future::pending::<()>().await;
+        drop(guard);
     });
-    Ok((addr, task))
+    Ok((addr, task, coalescer))
+}
+
+/// One line for the log at start: what the bot watches, how often, where it listens.
+fn start_line(cfg: &Config, listening: &Listening, dry_run: bool) -> String {
+    let tz = cfg
+        .bot
+        .time_zone
+        .clone()
+        .unwrap_or_else(|| "UTC".to_string());
+    let poll = match cfg.poll_schedule() {
+        Ok(PollSchedule::Every(d)) => format!("every {}s", d.as_secs()),
+        Ok(PollSchedule::Cron(_)) => format!("on cron {:?} ({tz})", cfg.gitlab.poll_interval),
+        Err(e) => e,
+    };
+    let mut s = format!(
+        "access-bot {}{}: watching {} on {} (labels: {}), polling {poll}",
+        env!("CARGO_PKG_VERSION"),
+        if dry_run { " (dry run)" } else { "" },
+        cfg.gitlab.projects.join(", "),
+        cfg.gitlab.url,
+        cfg.poll_labels().join(", "),
+    );
+    s.push_str(&match listening.webhook {
+        Some(a) => format!("; webhook on http://{a}/webhook"),
+        None => "; no webhook".to_string(),
+    });
+    if let Some(a) = listening.ops {
+        s.push_str(&format!("; ops on http://{a} (/healthz /readyz /metrics)"));
+    }
+    if let Some(c) = cfg.seat_audit.as_ref().and_then(|s| s.schedule.as_ref()) {
+        s.push_str(&format!("; seat review on cron {c:?}"));
+    }
+    if let Some(c) = cfg.notify.as_ref().and_then(|n| n.digest.as_ref()) {
+        s.push_str(&format!("; digest on cron {c:?}"));
+    }
+    s
 }
 
 /// Run until `shutdown` resolves. Polls at start, then on schedule; webhook
@@ -230,47 +631,80 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let schedule = bot.cfg.poll_schedule().map_err(|e| anyhow::anyhow!(e))?;
+    let tz = bot.cfg.time_zone().map_err(|e| anyhow::anyhow!(e))?;
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
-    let metrics = Arc::new(StdMutex::new(Metrics::default()));
-    let mut web = None;
+    let metrics = opts
+        .metrics
+        .clone()
+        .unwrap_or_else(|| Metrics::for_config(&bot.cfg));
+    let mut listening = Listening {
+        ops: opts.ops_addr,
+        webhook: None,
+    };
+    let mut tasks = Vec::new();
+    let same = match (&opts.ops, &opts.webhook) {
+        (Some(o), Some((w, _))) => o == w,
+        _ => false,
+    };
     if let Some((listen, token)) = &opts.webhook {
-        let (addr, task) = serve_web(
+        let (addr, task, _) = serve_webhook(
             listen,
             Some(token.clone()),
             &bot.cfg.gitlab.bot_username,
             bot.cfg.gitlab.projects.clone(),
             tx.clone(),
             metrics.clone(),
+            same,
+            opts.limits,
         )
         .await?;
-        tracing::info!(%addr, "serving /webhook, /healthz and /metrics");
-        web = Some(task);
+        listening.webhook = Some(addr);
+        if same {
+            listening.ops = Some(addr);
+        }
+        tasks.push(task);
     }
-    let ticker = {
+    if let Some(listen) = opts.ops.as_deref().filter(|_| !same) {
+        let (addr, task) = serve_ops(listen, metrics.clone(), opts.limits).await?;
+        listening.ops = Some(addr);
+        tasks.push(task);
+    }
+    tracing::info!(
+        ops = ?listening.ops,
+        webhook = ?listening.webhook,
+        "{}",
+        start_line(&bot.cfg, &listening, bot.dry_run)
+    );
+    if let Some(ch) = opts.on_listening {
+        let _ = ch.send(listening);
+    }
+    tasks.push({
         let tx = tx.clone();
         tokio::spawn(async move {
             loop {
                 if tx.send(Event::Poll).await.is_err() {
                     return;
                 }
-                tokio::time::sleep(next_delay(&schedule)).await;
+                tokio::time::sleep(next_delay(&schedule, tz)).await;
             }
         })
-    };
+    });
     // The seat review and the digest run on their own cron schedules, as events like the rest.
-    let seat_ticker = cron_ticker(
+    tasks.extend(cron_ticker(
         &tx,
         bot.cfg
             .seat_audit
             .as_ref()
             .and_then(|s| s.schedule.as_deref()),
+        tz,
         Event::SeatAudit,
-    );
-    let digest_ticker = cron_ticker(
+    ));
+    tasks.extend(cron_ticker(
         &tx,
         bot.cfg.notify.as_ref().and_then(|n| n.digest.as_deref()),
+        tz,
         Event::Digest,
-    );
+    ));
     tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
@@ -280,21 +714,17 @@ pub async fn run(
         let is_poll = event == Event::Poll;
         // The event in flight finishes even if a signal arrives meanwhile.
         let report = bot.handle(event).await;
-        if let Ok(mut m) = metrics.lock() {
-            m.record(&report);
-            if is_poll {
-                m.cycles += 1;
-                m.last_poll = Some(Instant::now());
-            }
+        let mut m = lock(&metrics);
+        m.record(&report);
+        if is_poll {
+            m.poll_done(report.errors.is_empty());
+            // Start-up work ends with the first poll cycle.
+            m.set_ready();
         }
     }
     tracing::info!("shutting down");
-    ticker.abort();
-    for t in [seat_ticker, digest_ticker].into_iter().flatten() {
+    for t in tasks {
         t.abort();
-    }
-    if let Some(w) = web {
-        w.abort();
     }
     Ok(())
 }
@@ -302,7 +732,10 @@ pub async fn run(
 /// SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let term = async {
@@ -310,7 +743,10 @@ pub async fn shutdown_signal() {
             Ok(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
         }
     };
     #[cfg(not(unix))]

@@ -1,4 +1,4 @@
-//! Seed 000, deprovisioning: "Delete any Support Team files attached to the
+//! Offboarding: "Delete any Support Team files attached to the
 //! user (if applicable)". For each leaver the bot opens one merge request
 //! deleting their file in the Support Team repository, links it on the
 //! offboarding issue, and ticks the issue's item once the request is merged.

@@ -1,5 +1,5 @@
-//! A stateful fake of the GitLab v4 REST subset the bot uses (see
-//! `docs/api-gitlab.md`): issues, notes, label events, users. Tokens map to
+//! A stateful fake of the GitLab v4 REST subset the bot uses (the routes
+//! `src/gitlab.rs` calls): issues, notes, label events, users. Tokens map to
 //! users, so the world knows who did what.
 
 use std::collections::{BTreeMap, BTreeSet};

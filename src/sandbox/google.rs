@@ -1,6 +1,6 @@
 //! A fake of Google's OAuth token endpoint (JWT bearer grant, signature and
-//! claims checked) and the Admin SDK Directory `members` resource (see
-//! `docs/api-google.md`), with Google's error envelope.
+//! claims checked) and the Admin SDK Directory `members` resource, with
+//! Google's error envelope (compared with public examples in `tests/fixtures/google`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

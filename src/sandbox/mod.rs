@@ -25,7 +25,7 @@ pub const DOMAIN: &str = "gitlab.com";
 pub const SERVICE_ACCOUNT: &str = "access-bot@access-bot-sandbox.iam.gserviceaccount.com";
 
 /// People of the default world: (GitLab username, name, email).
-/// The Support Team repository of seed 000.
+/// The Support Team repository (per-agent files deleted on offboarding).
 pub const SUPPORT_TEAM: &str = "gitlab-support-readiness/support-team";
 
 pub const PEOPLE: &[(&str, &str, &str)] = &[
@@ -105,12 +105,24 @@ async fn serve(
         knobs,
         faults::middleware,
     ));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let listener = bind_loopback(port).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(%addr, error = %e, "sandbox server stopped");
+        }
     });
     Ok((addr, task))
+}
+
+/// Bind 127.0.0.1:`port` (0: any free port); the error names the port, so
+/// that `sandbox --port` says which one is taken.
+pub async fn bind_loopback(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on 127.0.0.1:{port}: {e}"))
+        })
 }
 
 /// The example configuration shipped with the bot, parsed once.
@@ -126,6 +138,11 @@ impl Sandbox {
     /// groups and Okta groups the example `bot.toml` names).
     pub async fn start(ports: Ports) -> anyhow::Result<Sandbox> {
         let mut config = example_config().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(b) = ports.base
+            && b.checked_add(11).is_none()
+        {
+            anyhow::bail!("port {b} is too high: the sandbox uses {b} to {b}+11");
+        }
         let port = |i: u16| ports.base.map(|b| b + i).unwrap_or(0);
 
         let gl = gitlab::GitlabServer::new();
@@ -435,6 +452,10 @@ impl Sandbox {
                 ("gitlab", Some("poll_interval")) => format!("poll_interval = \"{poll_interval}\""),
                 ("gitlab", Some("poll_overlap")) => "poll_overlap = \"2s\"".to_string(),
                 ("bot", Some("state_db")) => format!("state_db = \"{state_db}\""),
+                // The file is written elsewhere: a relative folder would not be there.
+                ("bot", Some("templates_dir")) => {
+                    "# templates_dir: left out, the built-in templates".to_string()
+                }
                 (s, Some("base_url")) if s.starts_with("zendesk.") => {
                     let name = s.trim_start_matches("zendesk.");
                     match self.zendesk.get(name) {
@@ -460,6 +481,9 @@ impl Sandbox {
             out.push_str(&replaced);
             out.push('\n');
         }
+        // Any free port, so that several sandboxes and bots can run side by
+        // side; `run` logs the address it bound.
+        out.push_str("\n[ops]\nlisten = \"127.0.0.1:0\"\n");
         if let Some(listen) = webhook_listen {
             out.push_str(&format!(
                 "\n[webhook]\nlisten = \"{listen}\"\ntoken_env = \"GITLAB_WEBHOOK_SECRET\"\n"

@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 
 /// One accepted message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +82,7 @@ impl SmtpSink {
         &self,
         port: u16,
     ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let listener = super::bind_loopback(port).await?;
         let addr = listener.local_addr()?;
         let sink = self.clone();
         let task = tokio::spawn(async move {

@@ -1,4 +1,5 @@
-//! A stateful fake of one Zendesk Support account (see `docs/api-zendesk.md`):
+//! A stateful fake of one Zendesk Support account (shapes checked against the
+//! public examples in `tests/fixtures/zendesk`):
 //! users, search, roles, groups and memberships, tags, user fields, tickets,
 //! `update_many` with `job_status`, OAuth client credentials and legacy API tokens.
 //! Paths are accepted with or without `.json`.
