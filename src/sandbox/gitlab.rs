@@ -471,6 +471,50 @@ impl GitlabWorld {
         true
     }
 
+    /// Rename a project label as `user`, as the Labels API does
+    /// (`PUT /projects/:id/labels/:label_id` with `new_name`; Reporters and up
+    /// may manage labels). Issues keep the label, and their resource label
+    /// events refer to the label, so both report the new name afterwards.
+    /// A title already in use is refused (409), an unknown label is a 404.
+    pub fn rename_label(
+        &mut self,
+        project: &str,
+        user: u64,
+        old: &str,
+        new: &str,
+    ) -> Result<(), (StatusCode, &'static str)> {
+        let Some(p) = self.project_mut(project) else {
+            return Err((StatusCode::NOT_FOUND, "404 Project Not Found"));
+        };
+        if p.label_editors.as_ref().is_some_and(|e| !e.contains(&user)) {
+            return Err((StatusCode::FORBIDDEN, "403 Forbidden"));
+        }
+        let in_use = |name: &str| {
+            p.issues.iter().any(|i| {
+                i.labels.iter().any(|l| l == name) || i.label_events.iter().any(|e| e.label == name)
+            })
+        };
+        if !in_use(old) {
+            return Err((StatusCode::NOT_FOUND, "404 Label Not Found"));
+        }
+        if in_use(new) {
+            return Err((StatusCode::CONFLICT, "Title has already been taken"));
+        }
+        for i in &mut p.issues {
+            for l in &mut i.labels {
+                if l == old {
+                    *l = new.to_string();
+                }
+            }
+            for e in &mut i.label_events {
+                if e.label == old {
+                    e.label = new.to_string();
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn add_note(&mut self, project: &str, iid: u64, author: u64, body: &str) -> Option<GlNote> {
         let now = self.now();
         let id = self.id();
@@ -655,6 +699,10 @@ pub fn router(server: GitlabServer) -> Router {
         .route(
             "/api/v4/projects/{project}/issues/{iid}/resource_label_events",
             get(label_events),
+        )
+        .route(
+            "/api/v4/projects/{project}/labels/{label}",
+            axum::routing::put(edit_label),
         )
         .route(
             "/api/v4/projects/{project}/repository/files/{file_path}",
@@ -1484,6 +1532,46 @@ async fn label_events(
             w.base_url, p.id
         ),
     )
+}
+
+/// `PUT /projects/:id/labels/:label_id` (the label by id or title) with `new_name`.
+async fn edit_label(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path((project, label)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let params = body_params(&headers, &body);
+    let Some(new) = param(&params, "new_name").map(String::from) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "400 (Bad request) \"new_name\" not given",
+        );
+    };
+    // By title, or by the id the label events report.
+    let old = w
+        .project(&project)
+        .and_then(|p| {
+            p.issues
+                .iter()
+                .flat_map(|i| {
+                    i.labels
+                        .iter()
+                        .chain(i.label_events.iter().map(|e| &e.label))
+                })
+                .find(|l| **l == label || label_id(l).to_string() == label)
+                .cloned()
+        })
+        .unwrap_or(label);
+    match w.rename_label(&project, user, &old, &new) {
+        Ok(()) => axum::Json(json!({"id": label_id(&new), "name": new})).into_response(),
+        Err((status, message)) => err(status, message),
+    }
 }
 
 fn label_id(name: &str) -> u64 {
