@@ -43,6 +43,8 @@ pub struct Identity {
     pub id: u64,
     pub username: String,
     pub email: Option<Email>,
+    /// The name on the GitLab account (not the issue's free text).
+    pub name: Option<String>,
 }
 
 /// GitLab users resolved by the adapter (usernames compared case-insensitively).
@@ -80,6 +82,7 @@ impl Directory {
             id,
             username: username.to_string(),
             email: None,
+            name: None,
         });
     }
 
@@ -156,6 +159,14 @@ pub struct Record {
 }
 
 impl Record {
+    /// The label id a plan bound an approval to, by approval name.
+    pub fn label_id(&self, approval: &str) -> Option<u64> {
+        self.marker.field("labels")?.split(',').find_map(|pair| {
+            let (name, id) = pair.split_once(':')?;
+            (name == approval).then(|| id.parse().ok()).flatten()
+        })
+    }
+
     pub fn done(&self) -> bool {
         self.marker.field("done") == Some("1")
     }
@@ -245,12 +256,36 @@ pub enum Stage {
         result: Record,
         retick: bool,
     },
+    /// The latest plan was refused when it came to act (no account yet, a
+    /// protected account, …): consumed like a completed one.
+    Closed { plan: Record, refusal: Record },
 }
 
-pub fn stage(history: &History, digest: &str) -> Stage {
+/// A digest of the approvals a request needs: a plan that listed other
+/// needs is not the plan of this request any more.
+pub fn needs_digest(required: &[String]) -> String {
+    let mut v: Vec<&str> = required.iter().map(String::as_str).collect();
+    v.sort_unstable();
+    crate::marker::short_hash(&v.join(","))
+}
+
+pub fn stage(history: &History, digest: &str, needs: &str) -> Stage {
     let Some(plan) = history.latest_plan().cloned() else {
         return Stage::NoPlan;
     };
+    if plan.marker.field("needs").is_some_and(|n| n != needs) {
+        return Stage::Stale { plan };
+    }
+    let after_plan = |r: &&Record| (r.at, r.note_id) > (plan.at, plan.note_id);
+    let refusal = history
+        .records
+        .iter()
+        .filter(after_plan)
+        .find(|r| {
+            r.marker.kind == "refused"
+                && r.marker.field("plan") == Some(plan.marker.digest.as_str())
+        })
+        .cloned();
     let results = history.results();
     if let Some(last) = results.last().filter(|r| r.done()) {
         let after = last.after().unwrap_or(last.marker.digest.as_str());
@@ -273,10 +308,10 @@ pub fn stage(history: &History, digest: &str) -> Stage {
     let known = std::iter::once(plan.marker.digest.as_str())
         .chain(results.iter().filter_map(|r| r.after()))
         .any(|d| d == digest);
-    if known {
-        Stage::Current { plan }
-    } else {
-        Stage::Stale { plan }
+    match (known, refusal) {
+        (true, Some(refusal)) => Stage::Closed { plan, refusal },
+        (true, None) => Stage::Current { plan },
+        (false, _) => Stage::Stale { plan },
     }
 }
 
@@ -285,8 +320,27 @@ pub fn stage(history: &History, digest: &str) -> Stage {
 pub struct Granted {
     pub approval: String,
     pub label: String,
+    /// The label's id, when the plan bound it.
+    pub label_id: Option<u64>,
+    /// The label event that gave it.
+    pub event: u64,
     pub by: UserRef,
     pub at: DateTime<Utc>,
+}
+
+impl Granted {
+    /// Still given by the same event, in these (fresh) label events: the
+    /// latest event of its label is that very `add`.
+    pub fn still_holds(&self, events: &[LabelEvent]) -> bool {
+        sorted_events(events)
+            .into_iter()
+            .rev()
+            .find(|e| match self.label_id {
+                Some(id) => e.label_id == Some(id),
+                None => e.label.as_deref() == Some(self.label.as_str()),
+            })
+            .is_some_and(|e| e.id == self.event && e.action == LabelAction::Add)
+    }
 }
 
 /// Why a required approval does not hold (yet).
@@ -310,6 +364,10 @@ pub enum Missing {
     },
     /// Applied before the plan it would approve (or before a plan was consumed).
     BeforePlan {
+        by: String,
+    },
+    /// By someone who already gave another approval this request needs.
+    SameApprover {
         by: String,
     },
     EditedAfter {
@@ -336,6 +394,9 @@ impl Missing {
             ),
             Missing::BeforePlan { by } => format!(
                 "applied by `@{by}` before the current plan; an approval counts only for the plan it follows: review the plan, then remove the label and apply it again"
+            ),
+            Missing::SameApprover { by } => format!(
+                "applied by `@{by}`, who already gave another approval this request needs; each approval needs a different person"
             ),
             Missing::EditedAfter { by } => {
                 format!("the request was changed by `@{by}` after the approval, so the approval no longer applies; please review and approve again")
@@ -394,6 +455,26 @@ impl<T> Approved<T> {
     pub fn requirements(&self) -> &Requirements {
         &self.requirements
     }
+    /// Its approvals, as they stand for a new plan that replaces the one they
+    /// approved: given before it, so they do not count for it.
+    pub fn superseded(&self, cfg: &Config, request: &Request) -> Vec<MissingApproval> {
+        self.granted
+            .iter()
+            .map(|g| MissingApproval {
+                approval: g.approval.clone(),
+                label: g.label.clone(),
+                who: cfg
+                    .approvals
+                    .get(&g.approval)
+                    .map(|r| describe_approvers(r, request))
+                    .unwrap_or_default(),
+                missing: Missing::BeforePlan {
+                    by: g.by.username.clone(),
+                },
+            })
+            .collect()
+    }
+
     pub(crate) fn map<U>(&self, f: impl FnOnce(&T) -> U) -> Approved<U> {
         Approved {
             inner: f(&self.inner),
@@ -452,18 +533,11 @@ pub struct Context<'a> {
     pub requester: &'a Requester,
 }
 
-/// What the request needs, as `decide` computes it (for `plan` and comments).
-pub fn requirements(request: &Request, cx: &Context) -> Requirements {
-    let ss = policy::self_service(request, cx.requester, cx.cfg);
-    policy::requirements(request, cx.cfg, ss)
-}
-
 pub fn decide(request: Request, cx: &Context) -> Decision {
     let cfg = cx.cfg;
     let facts = cx.facts;
     let digest = request.digest();
     let events = sorted_events(&facts.label_events);
-    let requirements = requirements(&request, cx);
     let refuse = |request: Request, reasons: Vec<String>, security: bool| Decision::Refused {
         request: Box::new(request),
         reasons,
@@ -471,18 +545,59 @@ pub fn decide(request: Request, cx: &Context) -> Decision {
         security,
     };
 
-    // Protected people and rows that do not add up are refused outright.
+    // Protected people and rows that do not add up are refused outright; so
+    // is a trusted kind the automation did not make.
     let mut reasons = identity_problems(&request, cx);
     let policy = cfg.policy_for(request.kind);
-    if !policy.trusted_authors.is_empty() {
-        reasons.extend(trust_problems(&request, cx, &events, &digest));
-    }
+    let trust = if policy.trusted_authors.is_empty() {
+        policy::Trust::NotApplicable
+    } else {
+        let t = trust_problems(&request, cx, &events, &digest);
+        reasons.extend(t.forged);
+        match t.edited {
+            None => policy::Trust::Intact,
+            // With nobody to confirm an edited one, it is refused.
+            Some(why) if policy.if_edited.is_empty() => {
+                reasons.push(why);
+                policy::Trust::Intact
+            }
+            Some(why) => policy::Trust::Lost(why),
+        }
+    };
     if !reasons.is_empty() {
         return refuse(request, reasons, true);
     }
+    let ss = policy::self_service(&request, cx.requester, cfg);
+    let requirements = policy::requirements(&request, cfg, ss, trust);
+    // A verification is of one person: one label cannot vouch for several.
+    let verifications: Vec<&String> = requirements
+        .required
+        .iter()
+        .filter(|n| {
+            cfg.approvals
+                .get(*n)
+                .is_some_and(|a| a.denied_label.is_some())
+        })
+        .collect();
+    if !verifications.is_empty() && request.subjects.len() > 1 {
+        let people = request.subjects.len();
+        return refuse(
+            request,
+            vec![format!(
+                "it names {people} people, and {} is verified per person: file one request per person",
+                verifications
+                    .iter()
+                    .filter_map(|n| cfg.approvals.get(*n))
+                    .map(|a| crate::render::code_span(&a.label))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )],
+            false,
+        );
+    }
 
-    let stage = stage(cx.history, &digest);
-    if let Stage::Done { .. } = stage {
+    let stage = stage(cx.history, &digest, &needs_digest(&requirements.required));
+    if let Stage::Done { .. } | Stage::Closed { .. } = stage {
         return Decision::Done { request, stage };
     }
     let plan_at = match &stage {
@@ -520,10 +635,32 @@ pub fn decide(request: Request, cx: &Context) -> Decision {
             };
         }
 
-        match check_one(rule, &authorised, &request, &subjects, cx, &events, plan_at) {
+        let verdict = check_one(
+            name,
+            rule,
+            &authorised,
+            &request,
+            &subjects,
+            cx,
+            &events,
+            plan_at,
+        )
+        .and_then(|ev| {
+            // Four eyes: one person gives one approval.
+            if granted.iter().any(|g: &Granted| g.by.id == ev.user.id) {
+                Err(Missing::SameApprover {
+                    by: ev.user.username.clone(),
+                })
+            } else {
+                Ok(ev)
+            }
+        });
+        match verdict {
             Ok(ev) => granted.push(Granted {
                 approval: name.clone(),
                 label: rule.label.clone(),
+                label_id: plan_at.and_then(|p| p.label_id(name)),
+                event: ev.id,
                 by: ev.user.clone(),
                 at: ev.created_at,
             }),
@@ -674,6 +811,12 @@ fn request_change(note: &Note, request: &Request) -> bool {
     if note.body.starts_with("changed the description") || note.body.starts_with("changed title") {
         return true;
     }
+    if note.body.starts_with("marked the checklist item")
+        && checklist_note_item(&note.body).is_none()
+    {
+        // A checklist note the bot cannot read (another wording, `[~]`): a change.
+        return true;
+    }
     match checklist_note_item(&note.body) {
         Some(x) => {
             let unmanaged = request
@@ -687,13 +830,19 @@ fn request_change(note: &Note, request: &Request) -> bool {
     }
 }
 
-/// Why an issue of a trusted kind cannot be trusted, if it cannot.
+/// What undermines a trusted issue: a forgery (refused), or a change by
+/// someone other than the automation (it then needs `if_edited` approvals).
+struct TrustProblems {
+    forged: Vec<String>,
+    edited: Option<String>,
+}
+
 fn trust_problems(
     request: &Request,
     cx: &Context,
     events: &[&LabelEvent],
     digest: &str,
-) -> Vec<String> {
+) -> TrustProblems {
     let cfg = cx.cfg;
     let policy = cfg.policy_for(request.kind);
     let trusted: BTreeSet<u64> = policy
@@ -709,6 +858,7 @@ fn trust_problems(
         .join(", ");
     let kind = request.kind.human();
     let mut out = Vec::new();
+    let mut edited = None;
     let facts = cx.facts;
     if !trusted.contains(&facts.issue.author.id) {
         out.push(format!(
@@ -742,10 +892,22 @@ fn trust_problems(
     // fine, unless the request changed since the bot's plan (a text edit made
     // together with a tick leaves only the tick's note behind).
     let plan = cx.history.latest_plan();
-    let unchanged_since_plan = matches!(
-        stage(cx.history, digest),
-        Stage::Current { .. } | Stage::Done { .. }
-    );
+    let unchanged_since_plan = cx
+        .history
+        .latest_plan()
+        .is_some_and(|p| p.marker.digest == digest)
+        || cx
+            .history
+            .results()
+            .iter()
+            .any(|r| r.after() == Some(digest));
+    // The people the issue is about may not touch it at all: a leaver ticking
+    // "their" line may hide an edit that drops their own removal.
+    let subject_ids: BTreeSet<u64> = request
+        .subjects
+        .iter()
+        .filter_map(|s| s.gitlab_username.as_deref().and_then(|u| cx.dir.id(u)))
+        .collect();
     for n in facts
         .notes
         .iter()
@@ -754,20 +916,53 @@ fn trust_problems(
         let after_plan = plan.is_some_and(|p| n.created_at >= p.at);
         let change = request_change(n, request);
         let tick_only = checklist_note_item(&n.body).is_some() && !change;
-        if change || (tick_only && after_plan && !unchanged_since_plan) {
-            out.push(format!(
-                "`@{}` changed it at {}; a {kind} must not be edited by anyone but the automation",
+        let by_subject = subject_ids.contains(&n.author.id)
+            && (tick_only || n.body.starts_with("marked the checklist item"));
+        if change || by_subject || (tick_only && after_plan && !unchanged_since_plan) {
+            edited = Some(format!(
+                "`@{}` changed it at {}; a {kind} changed by anyone but the automation is not pre-approved",
                 n.author.username,
                 n.created_at.format("%Y-%m-%d %H:%M UTC")
             ));
             break;
         }
     }
-    out
+    // The title cannot change without a note GitLab attributes, so it anchors
+    // the people against an edit GitLab records only as a tick.
+    if edited.is_none() && policy.subject_in_title {
+        let title = words(&facts.issue.title);
+        if let Some(s) = request
+            .subjects
+            .iter()
+            .find(|s| !contains_words(&title, &words(&s.name)))
+        {
+            edited = Some(format!(
+                "the title does not name {}, whom the issue is for; a {kind} names its person in its title",
+                crate::render::code_span(&s.name)
+            ));
+        }
+    }
+    TrustProblems {
+        forged: out,
+        edited,
+    }
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// `needle` appears in `hay` as consecutive words.
+fn contains_words(hay: &[String], needle: &[String]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn check_one<'a>(
+    name: &str,
     rule: &ApprovalRule,
     authorised: &BTreeSet<u64>,
     request: &Request,
@@ -778,11 +973,19 @@ fn check_one<'a>(
 ) -> Result<&'a LabelEvent, Missing> {
     let facts = cx.facts;
     let label = &rule.label;
-    if !facts.issue.labels.contains(label) {
-        let last = events
-            .iter()
-            .rev()
-            .find(|e| e.label.as_deref() == Some(label.as_str()));
+    // The label this approval is: by the id the plan recorded (a rename keeps
+    // the id and changes the name), else by name.
+    let bound = plan.and_then(|p| p.label_id(name));
+    let is_it = |e: &&LabelEvent| match bound {
+        Some(id) => e.label_id == Some(id),
+        None => e.label.as_deref() == Some(label.as_str()),
+    };
+    let last = events.iter().rev().find(|e| is_it(e)).copied();
+    let present = match bound {
+        Some(_) => last.is_some_and(|e| e.action == LabelAction::Add),
+        None => facts.issue.labels.contains(label),
+    };
+    if !present {
         return Err(match last {
             Some(e) if e.action == LabelAction::Remove => Missing::Removed {
                 by: e.user.username.clone(),
@@ -790,7 +993,7 @@ fn check_one<'a>(
             _ => Missing::NotApplied,
         });
     }
-    let Some(ev) = latest_add(events, label) else {
+    let Some(ev) = last.filter(|e| e.action == LabelAction::Add) else {
         return Err(Missing::NoEventRecord);
     };
     let by = ev.user.username.clone();
@@ -845,6 +1048,15 @@ fn latest_add<'a>(events: &[&'a LabelEvent], label: &str) -> Option<&'a LabelEve
         .rev()
         .find(|e| e.label.as_deref() == Some(label))?;
     (last.action == LabelAction::Add).then_some(*last)
+}
+
+/// The GitLab users who may give this approval for this request: the ones a
+/// reminder may mention (never a name as typed in the issue).
+pub fn approver_usernames(rule: &ApprovalRule, request: &Request, dir: &Directory) -> Vec<String> {
+    authorised_ids(rule, request, dir)
+        .into_iter()
+        .filter_map(|id| dir.by_id(id).map(|i| i.username.clone()))
+        .collect()
 }
 
 fn authorised_ids(rule: &ApprovalRule, request: &Request, dir: &Directory) -> BTreeSet<u64> {

@@ -913,7 +913,12 @@ pub fn explain(
             };
             let ss = crate::policy::self_service(&req, &requester, cfg);
             let verified = ss == crate::policy::SelfService::Verified;
-            let requirements = crate::policy::requirements(&req, cfg, ss);
+            let trust = if cfg.policy_for(req.kind).trusted_authors.is_empty() {
+                crate::policy::Trust::NotApplicable
+            } else {
+                crate::policy::Trust::Intact
+            };
+            let requirements = crate::policy::requirements(&req, cfg, ss, trust);
             let plan = plan::preview(&req, &Observed::default(), cfg, verified);
             let required = requirements.required.clone();
             let policy = cfg.policy_for(req.kind);

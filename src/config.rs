@@ -289,6 +289,20 @@ pub struct KindPolicy {
     /// `denied_label`, such as citizenship) cannot be pre-approved.
     #[serde(default)]
     pub pre_approved: Vec<String>,
+    /// The access levels those pre-approvals cover (empty: every level).
+    /// Any other level needs its approvals like any request.
+    #[serde(default)]
+    pub pre_approved_levels: Vec<String>,
+    /// When someone other than the automation changed a trusted issue (its
+    /// text, title, or a line the bot manages), it is no longer pre-approved:
+    /// it needs these approvals, after the bot's plan. Empty: it is refused.
+    #[serde(default)]
+    pub if_edited: Vec<String>,
+    /// Every person the issue names must appear in its title (which cannot
+    /// change without a note GitLab attributes): an anchor against a person
+    /// swapped in an edit GitLab records only as a tick.
+    #[serde(default)]
+    pub subject_in_title: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -744,6 +758,21 @@ impl Config {
                 &["policy", &k, "pre_approved"],
                 &format!("policy.{kind}.pre_approved"),
             )?;
+            check_refs(
+                &p.if_edited,
+                &["policy", &k, "if_edited"],
+                &format!("policy.{kind}.if_edited"),
+            )?;
+            if (!p.if_edited.is_empty() || p.subject_in_title || !p.pre_approved_levels.is_empty())
+                && p.trusted_authors.is_empty()
+            {
+                return Err(err(
+                    &["policy", &k],
+                    format!(
+                        "policy.{kind}: if_edited, subject_in_title and pre_approved_levels are for kinds with trusted_authors"
+                    ),
+                ));
+            }
             if !p.pre_approved.is_empty() && p.trusted_authors.is_empty() {
                 return Err(err(
                     &["policy", &k, "pre_approved"],

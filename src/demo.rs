@@ -276,7 +276,15 @@ impl Demo {
         )
         .await?;
         run_until_quiet(&bot, 4).await;
-        // The team tag needs the light agent from the Global request first: approve it now.
+        // The team tag needs the light agent from the Global request first. Jane
+        // has one now, so the plan the manager approves is not the plan the bot
+        // first posted (it said "no account yet"): the bot posts a new plan and
+        // the manager approves that one.
+        sb.add_label("mlee", iid("team tag"), "AR-Approval::Manager Approved")
+            .await?;
+        run_until_quiet(&bot, 4).await;
+        sb.remove_label("mlee", iid("team tag"), "AR-Approval::Manager Approved")
+            .await?;
         sb.add_label("mlee", iid("team tag"), "AR-Approval::Manager Approved")
             .await?;
         run_until_quiet(&bot, 4).await;

@@ -119,6 +119,8 @@ struct ApiNote {
 
 #[derive(Debug, Deserialize)]
 struct ApiLabel {
+    #[serde(default)]
+    id: Option<u64>,
     name: String,
 }
 
@@ -185,6 +187,13 @@ pub trait GitlabApi: Send + Sync {
         edit: &IssueEdit,
     ) -> Result<ApiIssue, GitlabError>;
     async fn user_by_username(&self, username: &str) -> Result<Option<ApiUser>, GitlabError>;
+    /// The ids of these project labels, creating any that does not exist yet
+    /// (an approval is bound to its label's id, which a rename does not change).
+    async fn label_ids(
+        &self,
+        project: &str,
+        names: &[String],
+    ) -> Result<std::collections::BTreeMap<String, u64>, GitlabError>;
     async fn create_issue(
         &self,
         project: &str,
@@ -466,6 +475,7 @@ impl GitlabApi for GitlabClient {
                     id: e.id,
                     user: e.user?.to_ref(),
                     created_at: e.created_at,
+                    label_id: e.label.as_ref().and_then(|l| l.id),
                     label: e.label.map(|l| l.name),
                     action: if e.action == "remove" {
                         LabelAction::Remove
@@ -552,6 +562,66 @@ impl GitlabApi for GitlabClient {
         Ok(users
             .into_iter()
             .find(|u| u.username.eq_ignore_ascii_case(username)))
+    }
+
+    async fn label_ids(
+        &self,
+        project: &str,
+        names: &[String],
+    ) -> Result<std::collections::BTreeMap<String, u64>, GitlabError> {
+        let mut out = std::collections::BTreeMap::new();
+        for name in names {
+            let ep = api::paged(
+                built(
+                    api::projects::labels::Labels::builder()
+                        .project(project)
+                        .search(name.as_str())
+                        .build(),
+                )?,
+                Pagination::All,
+            );
+            let found: Vec<ApiLabel> = self
+                .retry("labels", || ep.query_async(&self.client))
+                .await?;
+            if let Some(id) = found.iter().find(|l| l.name == *name).and_then(|l| l.id) {
+                out.insert(name.clone(), id);
+                continue;
+            }
+            let ep = built(
+                api::projects::labels::CreateLabel::builder()
+                    .project(project)
+                    .name(name.as_str())
+                    .color(api::projects::labels::LabelColor::from((
+                        0x69u8, 0xd1u8, 0x00u8,
+                    )))
+                    .build(),
+            )?;
+            let created: ApiLabel = match ep.query_async(&self.client).await {
+                Ok(l) => l,
+                // Created meanwhile (a 409): read it again.
+                Err(_) => {
+                    let ep = api::paged(
+                        built(
+                            api::projects::labels::Labels::builder()
+                                .project(project)
+                                .search(name.as_str())
+                                .build(),
+                        )?,
+                        Pagination::All,
+                    );
+                    let again: Vec<ApiLabel> = self
+                        .retry("labels", || ep.query_async(&self.client))
+                        .await?;
+                    again.into_iter().find(|l| l.name == *name).ok_or_else(|| {
+                        GitlabError::Rejected(format!("cannot create the label {name:?}"))
+                    })?
+                }
+            };
+            if let Some(id) = created.id {
+                out.insert(name.clone(), id);
+            }
+        }
+        Ok(out)
     }
 
     async fn create_issue(

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
+use sha2::Digest;
 
 use crate::approval::Approved;
 use crate::config::Config;
@@ -295,6 +296,33 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// What the plan changes, whatever is already so: one key per change
+    /// (`instance/email/level:NAME`, `instance/email/add_to_group:NAME`, …).
+    /// Creating an account and raising an existing one to a level are the
+    /// same change.
+    pub fn change_keys(&self) -> BTreeSet<String> {
+        self.steps
+            .iter()
+            .map(|s| match &s.action {
+                Action::CreateAgent { level, .. } | Action::SetRole { level, .. } => {
+                    format!("{}/{}/level:{level}", s.instance, s.subject)
+                }
+                _ => s.key.clone(),
+            })
+            .collect()
+    }
+
+    /// A digest of `change_keys`: an approval holds for the changes its plan
+    /// listed, not for whatever the accounts would need later.
+    pub fn changes_digest(&self) -> String {
+        let joined = self
+            .change_keys()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join("\n");
+        hex::encode(&sha2::Sha256::digest(joined.as_bytes())[..8])
+    }
+
     pub fn todo(&self) -> impl Iterator<Item = &Step> {
         self.steps.iter().filter(|s| s.state == StepState::ToDo)
     }
@@ -509,9 +537,15 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                             }
                         }
                     }
+                    // Self-service never changes an existing agent, not even their Okta app.
+                    let existing_agent = level.as_ref().is_some_and(|l| {
+                        z.access_levels.get(l).is_some_and(|lv| lv.light_agent)
+                            && matches!(account, Lookup::Found(a) if a.is_agent() && !a.is_light_agent())
+                    });
                     // Okta app via the instance's Google group, for anything that grants a level.
                     if let (Some(group), Some(_)) = (&z.okta_group, level)
                         && cfg.google.is_some()
+                        && !(b.self_service && existing_agent)
                     {
                         let item = google_item(instance, true)
                             .map(|g| g.index)
@@ -672,7 +706,7 @@ fn grant_level(
             // A full agent asking for a light agent keeps what they have (the seed:
             // "Looks like you are already a full agent."), so the step is "already so".
             let keeps_full_agent = lv.light_agent && a.is_agent() && !a.is_light_agent();
-            if a.suspended && !keeps_full_agent && b.self_service {
+            if a.suspended && b.self_service {
                 b.block(s, instance, item, BlockReason::SuspendedSelfService);
                 return false;
             }

@@ -46,6 +46,18 @@ pub enum SelfService {
     Unverified(String),
 }
 
+/// Whether a trusted automation's pre-approval applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "reason", rename_all = "snake_case")]
+pub enum Trust {
+    /// Not a trusted kind.
+    NotApplicable,
+    /// Filed and kept by the automation: `pre_approved` applies.
+    Intact,
+    /// Someone else changed it: `if_edited` applies instead, with why.
+    Lost(String),
+}
+
 /// Everything a request needs, with reasons.
 #[derive(Debug, Clone, Serialize)]
 pub struct Requirements {
@@ -57,6 +69,7 @@ pub struct Requirements {
     pub self_service: SelfService,
     /// A trusted author's issue: these were pre-approved by its template.
     pub pre_approved: Vec<String>,
+    pub trust: Trust,
 }
 
 /// Who asked, as far as the bot can tell.
@@ -134,15 +147,24 @@ fn needs(names: &[String], because: &str) -> Vec<Need> {
         .collect()
 }
 
-/// What `request` needs, given whether it is verified self-service.
-pub fn requirements(request: &Request, cfg: &Config, self_service: SelfService) -> Requirements {
+/// What `request` needs, given whether it is verified self-service and
+/// whether a trusted automation's pre-approval still applies.
+pub fn requirements(
+    request: &Request,
+    cfg: &Config,
+    self_service: SelfService,
+    trust: Trust,
+) -> Requirements {
     let ss = self_service == SelfService::Verified;
     let kind_policy = cfg.policy_for(request.kind);
-    let trusted = !kind_policy.trusted_authors.is_empty();
-    let pre_approved = if trusted {
+    let pre_approved = if trust == Trust::Intact {
         kind_policy.pre_approved.clone()
     } else {
         Vec::new()
+    };
+    let covered = |level: Option<&String>| {
+        kind_policy.pre_approved_levels.is_empty()
+            || level.is_some_and(|l| kind_policy.pre_approved_levels.contains(l))
     };
     let mut items = Vec::new();
     for it in &request.items {
@@ -211,9 +233,15 @@ pub fn requirements(request: &Request, cfg: &Config, self_service: SelfService) 
         if !it.action.revokes() {
             own.extend(needs(&z.requires, &inst_rule));
         }
+        let level = match &it.action {
+            ItemAction::Zendesk { level, .. } => level.as_ref(),
+            _ => None,
+        };
+        let level_covered =
+            !matches!(it.action, ItemAction::Zendesk { level: Some(_), .. }) || covered(level);
         let (kept, lifted): (Vec<Need>, Vec<Need>) = own
             .into_iter()
-            .partition(|n| !pre_approved.contains(&n.approval));
+            .partition(|n| !(level_covered && pre_approved.contains(&n.approval)));
         waived.extend(lifted.into_iter().map(|n| Need {
             because: format!(
                 "pre-approved by the template of a trusted automation (policy.{}.pre_approved; was {})",
@@ -238,6 +266,12 @@ pub fn requirements(request: &Request, cfg: &Config, self_service: SelfService) 
             ));
         }
     }
+    if let Trust::Lost(why) = &trust {
+        kind_needs.extend(needs(
+            &kind_policy.if_edited,
+            &format!("policy.{}.if_edited: {why}", request.kind),
+        ));
+    }
     let kind_needs: Vec<Need> = dedup(kind_needs)
         .into_iter()
         .filter(|n| !pre_approved.contains(&n.approval))
@@ -259,6 +293,7 @@ pub fn requirements(request: &Request, cfg: &Config, self_service: SelfService) 
         required,
         self_service,
         pre_approved,
+        trust,
     }
 }
 
@@ -322,7 +357,7 @@ mod tests {
             &[],
             &format!("{ROW}- [ ] Zendesk Global: Support Manager\n"),
         );
-        let needs = requirements(&r, &c, self_service(&r, &me(), &c));
+        let needs = requirements(&r, &c, self_service(&r, &me(), &c), Trust::NotApplicable);
         assert_eq!(needs.required, vec!["manager", "system_owner"]);
     }
 
@@ -332,19 +367,26 @@ mod tests {
         let r = req("x", &[], "- [ ] Zendesk Global: Light Agent\n");
         let ss = self_service(&r, &me(), &c);
         assert_eq!(ss, SelfService::Verified);
-        assert!(requirements(&r, &c, ss).required.is_empty());
+        assert!(
+            requirements(&r, &c, ss, Trust::NotApplicable)
+                .required
+                .is_empty()
+        );
         let stranger = Requester {
             username: "jdoe".into(),
             email: None,
         };
         let ss = self_service(&r, &stranger, &c);
         assert!(matches!(ss, SelfService::Unverified(_)));
-        assert_eq!(requirements(&r, &c, ss).required, vec!["manager"]);
+        assert_eq!(
+            requirements(&r, &c, ss, Trust::NotApplicable).required,
+            vec!["manager"]
+        );
         // US Federal keeps what the instance requires.
         let r = req("x", &[], "- [ ] Zendesk US Federal: Light Agent\n");
         let ss = self_service(&r, &me(), &c);
         assert_eq!(
-            requirements(&r, &c, ss).required,
+            requirements(&r, &c, ss, Trust::NotApplicable).required,
             vec!["manager", "citizenship"]
         );
     }
@@ -359,14 +401,20 @@ mod tests {
         );
         let ss = self_service(&r, &me(), &c);
         assert_eq!(ss, SelfService::NotApplicable);
-        assert_eq!(requirements(&r, &c, ss).required, vec!["manager"]);
+        assert_eq!(
+            requirements(&r, &c, ss, Trust::NotApplicable).required,
+            vec!["manager"]
+        );
         let r = req(
             "x",
             &[],
             &format!("{ROW}- [ ] Google Group: okta-zendeskglobal-users\n"),
         );
         let ss = self_service(&r, &me(), &c);
-        assert_eq!(requirements(&r, &c, ss).required, vec!["manager"]);
+        assert_eq!(
+            requirements(&r, &c, ss, Trust::NotApplicable).required,
+            vec!["manager"]
+        );
     }
 
     #[test]
@@ -377,7 +425,7 @@ mod tests {
             &["BaselineEntitlementAR"],
             &format!("{ROW}* [ ]  `Zendesk US Federal`: `Light Agent`\n"),
         );
-        let n = requirements(&r, &c, SelfService::NotApplicable);
+        let n = requirements(&r, &c, SelfService::NotApplicable, Trust::Intact);
         assert_eq!(n.required, vec!["citizenship"]);
         assert!(
             n.items[0]

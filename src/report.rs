@@ -76,6 +76,8 @@ pub struct PlanView {
     pub needs: Vec<NeedsView>,
     /// Why self-service does not apply, when the request looks like it.
     pub self_service_note: Option<String>,
+    /// Why a trusted automation's pre-approval no longer applies.
+    pub trust_note: Option<String>,
     /// Other systems' items (at most `MAX_LISTED`, then a count).
     pub unmanaged: Vec<String>,
     pub unmanaged_more: usize,
@@ -83,6 +85,8 @@ pub struct PlanView {
     pub skipped_more: usize,
     pub expires: Option<String>,
     pub voided: bool,
+    /// Why earlier approvals no longer apply (shown when `voided`).
+    pub voided_why: Option<String>,
 }
 
 pub fn subjects(request: &Request) -> Vec<SubjectView> {
@@ -229,6 +233,10 @@ pub fn plan_view(
         )),
         _ => None,
     };
+    let trust_note = match &requirements.trust {
+        crate::policy::Trust::Lost(why) => Some(why.clone()),
+        _ => None,
+    };
     let unmanaged: Vec<String> = request.unmanaged.iter().map(|u| u.text.clone()).collect();
     let skipped: Vec<String> = plan
         .skipped_items
@@ -257,12 +265,14 @@ pub fn plan_view(
         approvals,
         needs,
         self_service_note,
+        trust_note,
         unmanaged_more: unmanaged.len().saturating_sub(MAX_LISTED),
         unmanaged: unmanaged.into_iter().take(MAX_LISTED).collect(),
         skipped_more: skipped.len().saturating_sub(MAX_LISTED),
         skipped: skipped.into_iter().take(MAX_LISTED).collect(),
         expires: request.expires.map(|e| e.0.to_string()),
         voided,
+        voided_why: None,
     }
 }
 

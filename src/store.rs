@@ -54,6 +54,8 @@ pub struct AuditQuery {
 pub struct Grant {
     pub project: String,
     pub iid: u64,
+    /// The plan that granted it (an issue can grant twice, under two plans).
+    pub plan: String,
     pub subject: String,
     pub instance: String,
     /// JSON: what to undo (previous role, tags added, groups added, Okta group).
@@ -118,16 +120,18 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-CREATE TABLE IF NOT EXISTS grant_expiry (
+CREATE TABLE IF NOT EXISTS time_bound_grant (
     project TEXT NOT NULL,
     iid INTEGER NOT NULL,
+    plan TEXT NOT NULL,
     subject TEXT NOT NULL,
     instance TEXT NOT NULL,
     undo TEXT NOT NULL,
     expires TEXT NOT NULL,
     reminded INTEGER NOT NULL DEFAULT 0,
     revoked INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (project, iid, subject, instance)
+    at TEXT NOT NULL,
+    PRIMARY KEY (project, iid, plan, subject, instance)
 );
 CREATE TABLE IF NOT EXISTS holding (
     project TEXT NOT NULL,
@@ -403,37 +407,67 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// One grant per plan, person and instance; the first record wins (it
+    /// was computed before the first write).
     pub fn record_grant(&self, g: &Grant) -> Result<(), StoreError> {
         self.c().execute(
-            "INSERT INTO grant_expiry (project, iid, subject, instance, undo, expires, reminded, revoked)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0)
-             ON CONFLICT(project, iid, subject, instance) DO NOTHING",
-            params![g.project, g.iid, g.subject, g.instance, g.undo, g.expires.to_string()],
+            "INSERT INTO time_bound_grant (project, iid, plan, subject, instance, undo, expires, reminded, revoked, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8)
+             ON CONFLICT(project, iid, plan, subject, instance) DO NOTHING",
+            params![g.project, g.iid, g.plan, g.subject, g.instance, g.undo, g.expires.to_string(), ts(Utc::now())],
         )?;
         Ok(())
     }
 
+    /// Every time-bound grant, newest first (so that undoing them in this
+    /// order restores what was there before each).
     pub fn grants(&self) -> Result<Vec<Grant>, StoreError> {
         let c = self.c();
         let mut st = c.prepare(
-            "SELECT project, iid, subject, instance, undo, expires, reminded, revoked FROM grant_expiry ORDER BY expires",
+            "SELECT project, iid, plan, subject, instance, undo, expires, reminded, revoked
+             FROM time_bound_grant ORDER BY at DESC, rowid DESC",
         )?;
         let rows = st.query_map([], |r| {
             Ok(Grant {
                 project: r.get(0)?,
                 iid: r.get(1)?,
-                subject: r.get(2)?,
-                instance: r.get(3)?,
-                undo: r.get(4)?,
+                plan: r.get(2)?,
+                subject: r.get(3)?,
+                instance: r.get(4)?,
+                undo: r.get(5)?,
                 expires: r
-                    .get::<_, String>(5)?
+                    .get::<_, String>(6)?
                     .parse()
                     .unwrap_or(chrono::NaiveDate::MAX),
-                reminded: r.get::<_, i64>(6)? != 0,
-                revoked: r.get::<_, i64>(7)? != 0,
+                reminded: r.get::<_, i64>(7)? != 0,
+                revoked: r.get::<_, i64>(8)? != 0,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Access was taken away (an offboarding, a time-bound grant ending):
+    /// what requests gave this person in this instance is no longer in force.
+    pub fn end_holdings(
+        &self,
+        subject: &str,
+        instance: &str,
+        day: chrono::NaiveDate,
+        only: Option<(&str, u64)>,
+    ) -> Result<(), StoreError> {
+        match only {
+            Some((project, iid)) => self.c().execute(
+                "UPDATE holding SET expires = ?3 WHERE subject = ?1 AND instance = ?2
+                   AND (expires IS NULL OR expires > ?3) AND project = ?4 AND iid = ?5",
+                params![subject, instance, day.to_string(), project, iid],
+            )?,
+            None => self.c().execute(
+                "UPDATE holding SET expires = ?3 WHERE subject = ?1 AND instance = ?2
+                   AND (expires IS NULL OR expires > ?3)",
+                params![subject, instance, day.to_string()],
+            )?,
+        };
+        Ok(())
     }
 
     pub fn record_holding(&self, h: &Holding) -> Result<(), StoreError> {
@@ -487,7 +521,7 @@ impl Store {
         revoked: bool,
     ) -> Result<(), StoreError> {
         self.c().execute(
-            "UPDATE grant_expiry SET reminded = MAX(reminded, ?3), revoked = MAX(revoked, ?4) WHERE project = ?1 AND iid = ?2",
+            "UPDATE time_bound_grant SET reminded = MAX(reminded, ?3), revoked = MAX(revoked, ?4) WHERE project = ?1 AND iid = ?2",
             params![project, iid, reminded as i64, revoked as i64],
         )?;
         Ok(())

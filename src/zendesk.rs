@@ -670,15 +670,24 @@ impl ZendeskApi for ZendeskClient {
         let v = self
             .get(&format!("/users/search.json?query={q}"), "user")
             .await?;
-        let users: Vec<User> = self.parse(&v["users"])?;
+        let mut users: Vec<User> = self.parse(&v["users"])?;
         let mut exact: Vec<User> = users
-            .into_iter()
+            .iter()
             .filter(|u| {
                 u.email
                     .as_deref()
                     .is_some_and(|e| e.eq_ignore_ascii_case(email.as_str()))
             })
+            .cloned()
             .collect();
+        // No primary match, but one account holds the address as another of its
+        // identities: that account is who the address means (and
+        // `create_or_update` would change it), so it is what the bot looks at,
+        // with every guard (admins, the bot's own) applying to it.
+        if exact.is_empty() && users.len() == 1 {
+            tracing::info!(instance = %self.instance, "the address is a secondary identity of an existing account");
+            return Ok(users.pop());
+        }
         match exact.len() {
             0 => Ok(None),
             1 => Ok(exact.pop()),

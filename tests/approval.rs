@@ -45,6 +45,7 @@ fn dir() -> Directory {
             id: *id,
             username: n.to_string(),
             email: e.and_then(|e| Email::parse(e).ok()),
+            name: None,
         });
     }
     d.add_absent("ghost");
@@ -784,10 +785,52 @@ fn entitlement_from_anyone_else_is_refused() {
 }
 
 #[test]
-fn entitlement_edited_by_a_person_is_refused() {
+fn entitlement_edited_by_a_person_is_no_longer_pre_approved() {
     let mut c = rbe("gitlab-employment-bot", &[]);
     c.plan(1).note("mallory", "changed the description", 2);
-    assert!(refused(&c.decide()).contains("must not be edited"));
+    let (required, why) = trust_lost(&c.decide());
+    assert_eq!(required, vec!["manager", "system_owner", "citizenship"]);
+    assert!(why.contains("`@mallory` changed it"), "{why}");
+}
+
+/// A trusted issue someone else changed: waiting for its `if_edited` approvals.
+fn trust_lost(d: &Decision) -> (Vec<String>, String) {
+    match d {
+        Decision::Waiting { requirements, .. } => match &requirements.trust {
+            access_bot::policy::Trust::Lost(why) => (requirements.required.clone(), why.clone()),
+            other => panic!("trust is {other:?}"),
+        },
+        other => panic!("expected waiting, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_entitlement_whose_title_does_not_name_its_person_is_not_pre_approved() {
+    let mut c = rbe("gitlab-employment-bot", &[]);
+    c.f.facts.issue.title = "Role-based entitlements: Mallory Mallet".into();
+    c.plan(1);
+    let (_, why) = trust_lost(&c.decide());
+    assert!(why.contains("title does not name"), "{why}");
+}
+
+#[test]
+fn an_entitlement_level_outside_its_templates_needs_its_approvals() {
+    let mut c = rbe("gitlab-employment-bot", &[]);
+    let body =
+        c.f.facts
+            .issue
+            .description
+            .replace("Agent, role Support Engineer", "Agent - Support Manager");
+    c.set_body(&body);
+    c.plan(1);
+    let d = c.decide();
+    let Decision::Waiting { requirements, .. } = &d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        requirements.required,
+        vec!["manager", "system_owner", "citizenship"]
+    );
 }
 
 #[test]
@@ -846,18 +889,20 @@ fn another_team_ticking_its_own_line_does_not_block_an_offboarding() {
 }
 
 #[test]
-fn someone_ticking_the_bots_line_on_an_offboarding_is_refused() {
+fn someone_ticking_the_bots_line_on_an_offboarding_needs_a_system_owner() {
     let mut c = offboarding();
     c.plan(1).note(
         "mallory",
         "marked the checklist item **@zd: Remove the team member from Zendesk Global** as completed",
         2,
     );
-    assert!(refused(&c.decide()).contains("must not be edited"));
+    let (required, why) = trust_lost(&c.decide());
+    assert_eq!(required, vec!["system_owner"]);
+    assert!(why.contains("`@mallory` changed it"), "{why}");
 }
 
 #[test]
-fn a_text_edit_hidden_behind_a_tick_after_the_plan_is_refused() {
+fn a_text_edit_hidden_behind_a_tick_after_the_plan_needs_a_system_owner() {
     // GitLab writes only the tick's note when an edit also changes text.
     let mut c = offboarding();
     c.plan(1).note(
@@ -875,7 +920,54 @@ fn a_text_edit_hidden_behind_a_tick_after_the_plan_is_refused() {
             )
             .replace("- [ ]  @it", "- [x]  @it");
     c.set_body(&body);
-    assert!(refused(&c.decide()).contains("must not be edited"));
+    let (required, _) = trust_lost(&c.decide());
+    assert_eq!(required, vec!["system_owner"]);
+}
+
+#[test]
+fn a_checklist_note_the_bot_cannot_read_is_a_change() {
+    let mut c = offboarding();
+    c.plan(1).note(
+        "mallory",
+        "marked the checklist item **@zd: Remove the team member from Zendesk Global** as inapplicable",
+        2,
+    );
+    let (required, _) = trust_lost(&c.decide());
+    assert_eq!(required, vec!["system_owner"]);
+}
+
+#[test]
+fn one_person_cannot_give_two_approvals() {
+    // The system owner is also the subject's manager: four eyes still.
+    let mut c = Case::new(
+        "x",
+        &[],
+        "jdoe",
+        &format!(
+            "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @lyle |\n\n- [ ] Zendesk Global: Agent - Support Engineer\n"
+        ),
+    );
+    c.plan(1)
+        .label("lyle", MANAGER_LABEL, 5)
+        .label("lyle", OWNER_LABEL, 6);
+    assert_eq!(
+        missing(&c.decide()),
+        vec![Missing::SameApprover { by: "lyle".into() }]
+    );
+}
+
+#[test]
+fn a_verification_covers_one_person() {
+    let mut c = Case::new(
+        "Federal",
+        &[],
+        "mlee",
+        &format!(
+            "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n| Sam Rivera | sam.rivera@gitlab.com | @srivera | @mlee |\n\n- [ ] Zendesk US Federal: Light Agent\n"
+        ),
+    );
+    c.plan(1);
+    assert!(refused(&c.decide()).contains("verified per person"));
 }
 
 // ------------------------------------------------------------ verification

@@ -510,20 +510,16 @@ async fn hole_federal_second_person_rides_on_the_first_persons_citizenship() {
         .await
         .unwrap();
     run(&bot).await;
-    let asked = bot_text(&sb, iid);
-    assert!(asked.contains("US Citizen"), "{asked}");
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
     sb.add_label("people-connect-1", iid, VERIFIED)
         .await
         .unwrap();
     run(&bot).await;
-    let ask = citizenship_question(&sb, iid);
-    if zd(&sb, "federal", "mallory@gitlab.com").is_some() {
-        assert!(
-            ask.contains("Mallory") || ask.contains("mallory"),
-            "mallory was provisioned in US Federal, but the People team was only asked about:\n{ask}"
-        );
-    }
+    // One verification label cannot vouch for two people: refused.
+    assert!(zd(&sb, "federal", "mallory@gitlab.com").is_none());
+    assert!(zd(&sb, "federal", "bo.li@gitlab.com").is_none());
+    let text = bot_text(&sb, iid);
+    assert!(text.contains("verified per person"), "{text}");
 }
 
 /// HOLE (verification asked about a name the requester chose).
@@ -726,13 +722,18 @@ async fn hole_expiry_after_offboarding_keeps_the_okta_group_and_the_account_acti
         bot_text(&sb, la)
     );
     // 2. Offboarded by the automation.
-    let (_, otitle, olabels, obody) = demo("offboarding");
+    let (_, _, olabels, obody) = demo("offboarding");
     let obody = obody.replace(
         "| Casey Quinn | casey.quinn@gitlab.com | @cquinn | @mlee |",
         "| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |",
     );
     let off = sb
-        .file_issue("gitlab-employment-bot", otitle, &olabels, &obody)
+        .file_issue(
+            "gitlab-employment-bot",
+            "Offboarding: Jane Doe",
+            &olabels,
+            &obody,
+        )
         .await
         .unwrap();
     run(&bot).await;
@@ -804,7 +805,11 @@ async fn hole_leaver_marks_own_offboarding_not_applicable_masked_by_a_tick() {
     assert_ne!(forged, body);
     sb.edit_description("cquinn", iid, &forged).await.unwrap();
     run(&bot).await;
-    assert_casey_offboarded(&sb);
+    // The leaver touched their own offboarding: it is no longer pre-approved,
+    // a system owner must confirm what is left alone (ops are told).
+    let text = bot_text(&sb, iid);
+    assert!(text.contains("**Not pre-approved:**"), "{text}");
+    assert!(text.contains("Zendesk::System Owner Approved"), "{text}");
 }
 
 /// HOLE (revocation fails open).
@@ -824,6 +829,11 @@ async fn hole_leaver_keeps_access_by_touching_own_offboarding() {
         "Remove the team member from Slack ",
     );
     sb.edit_description("cquinn", iid, &touched).await.unwrap();
+    run(&bot).await;
+    // Not refused: a system owner confirms the changed offboarding, and it runs.
+    let text = bot_text(&sb, iid);
+    assert!(text.contains("**Not pre-approved:**"), "{text}");
+    sb.add_label("lyle", iid, OWNER).await.unwrap();
     run(&bot).await;
     assert_casey_offboarded(&sb);
 }

@@ -71,7 +71,7 @@ async fn the_people_team_gets_one_email_even_across_a_crash_before_the_note() {
     );
     let body = m.body();
     assert!(
-        body.contains("Can you verify if Bo Li is a US Citizen?"),
+        body.contains("Can you verify if Bo Li (bo.li@gitlab.com) is a US Citizen?"),
         "{body}"
     );
     assert!(

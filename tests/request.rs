@@ -317,7 +317,8 @@ fn light_agent_is_self_service() {
     let ss = access_bot::policy::self_service(&r, &me, &cfg);
     assert!(matches!(ss, access_bot::policy::SelfService::Unverified(_)));
     assert_eq!(
-        access_bot::policy::requirements(&r, &cfg, ss).required,
+        access_bot::policy::requirements(&r, &cfg, ss, access_bot::policy::Trust::NotApplicable)
+            .required,
         vec!["manager"]
     );
     // Without a table and without the author's e-mail, nobody can be named.

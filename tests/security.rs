@@ -1041,7 +1041,10 @@ async fn an_entitlement_edited_by_someone_else_is_refused() {
         .await;
     w.run().await;
     w.unchanged();
-    w.says(iid, &["must not be edited"]);
+    w.says(
+        iid,
+        &["is not pre-approved", "Zendesk::System Owner Approved"],
+    );
 }
 
 #[tokio::test]
@@ -1083,7 +1086,10 @@ async fn an_entitlement_changed_together_with_a_tick_after_its_plan_is_refused()
     w.label("people-connect-1", iid, VERIFIED).await;
     w.run().await;
     w.unchanged();
-    w.says(iid, &["must not be edited"]);
+    w.says(
+        iid,
+        &["is not pre-approved", "Zendesk::System Owner Approved"],
+    );
 }
 
 #[tokio::test]
@@ -1107,7 +1113,10 @@ async fn an_entitlement_retitled_by_someone_else_is_refused() {
         .unwrap();
     w.run().await;
     w.unchanged();
-    w.says(iid, &["must not be edited"]);
+    w.says(
+        iid,
+        &["is not pre-approved", "Zendesk::System Owner Approved"],
+    );
 }
 
 #[tokio::test]
@@ -1152,7 +1161,10 @@ async fn someone_ticking_the_bots_line_on_an_offboarding_is_refused() {
     w.edit("achen", iid, "- [ ]  @zd", "- [x]  @zd").await;
     w.run().await;
     w.unchanged();
-    w.says(iid, &["must not be edited"]);
+    w.says(
+        iid,
+        &["is not pre-approved", "Zendesk::System Owner Approved"],
+    );
 }
 
 #[tokio::test]

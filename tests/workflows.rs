@@ -310,9 +310,11 @@ async fn light_agent_global_covers_all_four_starting_points() {
         "full.agent@gitlab.com",
         "light.agent@gitlab.com",
     ]) {
-        assert!(
+        // Self-service never changes an existing agent, not even their Okta app.
+        assert_eq!(
             sb.google_member(GLOBAL_OKTA, e),
-            "{e} should be in the Okta group"
+            e != "full.agent@gitlab.com",
+            "{e} in the Okta group"
         );
         assert_eq!(sb.state(*i), "closed");
     }
@@ -328,7 +330,7 @@ async fn light_agent_federal_waits_for_verification_then_provisions() {
         &sb,
         &[
             "access-bot plan",
-            "Can you verify if `Bo Li` is a US Citizen?",
+            "Can you verify if `Bo Li (bo.li@gitlab.com)` is a US Citizen?",
             "https://gitlab.sandbox/support/access-requests/-/issues/1",
             "US-Citizenship::Verified",
         ],
@@ -876,8 +878,17 @@ async fn security_entitlement_not_from_the_automation_or_edited() {
         ],
     );
     s.done(&sb);
+    // The genuine one, changed by someone else, is no longer pre-approved: it
+    // needs the approvals any such request needs.
     let mut s = Seen::new(genuine);
-    s.expect(&sb, &["will not act", "`@mallory` changed it"]);
+    s.expect(
+        &sb,
+        &[
+            "access-bot plan",
+            "**Not pre-approved:** `@mallory` changed it",
+            "Zendesk::System Owner Approved",
+        ],
+    );
     s.done(&sb);
     untouched(&sb, &["sam.rivera@gitlab.com", "bo.li@gitlab.com"]);
 }
@@ -1272,23 +1283,21 @@ async fn webhook_reacts_without_waiting_for_the_poll_and_rejects_bad_tokens() {
     bot.handle(event).await;
     assert!(t.elapsed() < std::time::Duration::from_secs(2));
     assert!(zd(&sb, "global", "jane.doe@gitlab.com").is_some());
-    assert_eq!(
-        http.get(format!("http://{addr}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    // The public webhook listener serves nothing else: the operations
+    // endpoints live on their own, private listener (tests/ops.rs).
+    for path in ["/healthz", "/metrics"] {
+        assert_eq!(
+            http.get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404,
+            "{path}"
+        );
+    }
     // Prometheus counters: API calls by system and steps by outcome are there.
-    let m = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = access_bot::metrics::render();
     for needle in [
         "access_bot_api_calls_total{system=\"gitlab\",result=\"ok\"}",
         "access_bot_api_calls_total{system=\"zendesk.global\",result=\"ok\"}",

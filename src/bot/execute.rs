@@ -539,7 +539,7 @@ mod tests {
         let body = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| Casey Quinn | casey@gitlab.com | @cq | @mlee |\n\n- [ ]  @a: Remove the team member from Zendesk Global\n";
         let issue = IssueInput {
             iid: 1,
-            title: "Offboarding".into(),
+            title: "Offboarding: Casey Quinn".into(),
             description: body.into(),
             labels: vec!["offboarding".into()],
             author: UserRef {
@@ -563,6 +563,7 @@ mod tests {
                 },
                 created_at: chrono::Utc::now(),
                 label: Some("offboarding".into()),
+                label_id: None,
                 action: crate::request::LabelAction::Add,
             }],
             notes: vec![],

@@ -150,10 +150,10 @@ impl Bot {
 
     async fn revoke(&self, project: &str, iid: u64, grants: &[Grant]) -> Outcome {
         let expires = grants.iter().map(|g| g.expires).min().unwrap_or_default();
-        let mut steps = Vec::new();
-        let mut lines = Vec::new();
-        let mut observed = Observed::default();
-        for g in grants {
+        let mut all_lines: Vec<serde_json::Value> = Vec::new();
+        // Newest grant first, each against the accounts as they are after the
+        // one before was undone (an issue can grant twice, under two plans).
+        for (n, g) in grants.iter().enumerate() {
             let Some(record) = record_of(g) else {
                 tracing::error!(iid, subject = %g.subject, "unreadable time-bound grant; left alone");
                 continue;
@@ -189,47 +189,46 @@ impl Bot {
                 Ok(h) => h.into_iter().map(|h| h.what).collect(),
                 Err(e) => return Outcome::Failed(e.to_string()),
             };
+            let mut observed = Observed::default();
             observed.zendesk.insert(
                 (record.instance.clone(), record.subject.clone()),
                 now.clone(),
             );
             let (undo, kept) = plan::still_owned(&self.cfg, &record, now.as_ref(), member, &held);
-            for (i, a) in undo.into_iter().enumerate() {
-                steps.push(Step {
-                    key: format!("{}/{}/revoke-{i}", record.instance, record.subject),
+            let steps: Vec<Step> = undo
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| Step {
+                    key: format!("{}/{}/revoke-{n}-{i}", record.instance, record.subject),
                     subject: record.subject.clone(),
                     instance: record.instance.clone(),
                     action: a,
                     item: 0,
                     state: StepState::ToDo,
-                });
-            }
-            for (a, why) in kept {
-                lines.push(json!({"done": false, "kept": true, "text": self.undo_line(&record, &a), "why": why}));
-            }
-        }
-        let mut ids = BTreeMap::new();
-        let r = self
-            .run_steps(
-                project,
-                iid,
-                &steps,
-                &format!("expiry on {expires} of #{iid}"),
-                &mut ids,
-                &observed,
-                false,
-            )
-            .await;
-        let mut all_lines: Vec<serde_json::Value> = steps
-            .iter()
-            .map(|s| {
+                })
+                .collect();
+            let mut ids = BTreeMap::new();
+            let r = self
+                .run_steps(
+                    project,
+                    iid,
+                    &steps,
+                    &format!("expiry on {expires} of #{iid}"),
+                    &mut ids,
+                    &observed,
+                    false,
+                )
+                .await;
+            all_lines.extend(steps.iter().map(|s| {
                 json!({"done": r.done.contains(&s.key), "kept": false, "why": "", "text": format!("{} in {}: {}", crate::render::code_span(s.subject.as_str()), self.display(&s.instance), s.action.describe())})
-            })
-            .collect();
-        all_lines.extend(lines);
-        if let Some((step, error, _)) = &r.failed {
-            tracing::warn!(iid, step = %step.key, error = %error, "revocation incomplete; will retry next cycle");
-            return Outcome::Failed(error.clone());
+            }));
+            all_lines.extend(kept.into_iter().map(|(a, why)| {
+                json!({"done": false, "kept": true, "text": self.undo_line(&record, &a), "why": why})
+            }));
+            if let Some((step, error, _)) = &r.failed {
+                tracing::warn!(iid, step = %step.key, error = %error, "revocation incomplete; will retry next cycle");
+                return Outcome::Failed(error.clone());
+            }
         }
         let result = async {
             let (issue, facts) = self.issue_facts(project, iid).await?;
@@ -268,6 +267,16 @@ impl Bot {
             Ok(_) => {
                 if let Err(e) = self.store.mark_grant(project, iid, true, true) {
                     tracing::error!(iid, error = %e, "cannot record the revocation");
+                }
+                for g in grants {
+                    if let Err(e) = self.store.end_holdings(
+                        &g.subject,
+                        &g.instance,
+                        expires,
+                        Some((project, iid)),
+                    ) {
+                        tracing::error!(iid, error = %e, "cannot end what the grant gave");
+                    }
                 }
                 Outcome::Done
             }

@@ -39,6 +39,26 @@ pub enum ProcessError {
     Lookup(String),
 }
 
+/// What acting on an approved plan came to.
+enum Acted {
+    Outcome(Outcome),
+    /// The accounts changed since the plan: the approval does not cover the
+    /// changes now needed; a new plan says why.
+    Replan(String),
+}
+
+/// What a plan comment is made of.
+struct PlanPost<'a> {
+    request: &'a Request,
+    requirements: &'a crate::policy::Requirements,
+    missing: &'a [approval::MissingApproval],
+    granted: &'a [approval::Granted],
+    verification_pending: bool,
+    /// Why earlier approvals no longer apply, if any did.
+    voided: Option<String>,
+    observed: &'a Observed,
+}
+
 /// The author of an issue as far as identity sources tell (never the issue itself).
 struct Author {
     email: Option<String>,
@@ -161,6 +181,7 @@ impl Bot {
             id: self.me.id,
             username: self.me.username.clone(),
             email: None,
+            name: None,
         });
         for u in names {
             match self.lookup_user(&u).await {
@@ -168,6 +189,7 @@ impl Bot {
                     id: user.id,
                     username: user.username.clone(),
                     email: user.any_email().and_then(|e| Email::parse(&e).ok()),
+                    name: user.name.clone(),
                 }),
                 Ok(None) => d.add_absent(&u),
                 Err(_) => return Err(ProcessError::Lookup(u)),
@@ -255,85 +277,13 @@ impl Bot {
             email: author.email.as_deref().and_then(|e| Email::parse(e).ok()),
         };
 
-        let decision = {
-            let cx = Context {
-                facts: &facts,
-                cfg: &self.cfg,
-                dir: &dir,
-                bot_id: self.me.id,
-                history: &history,
-                requester: &requester,
-            };
-            approval::decide(req.clone(), &cx)
-        };
-        let decision = match decision {
-            Decision::Waiting {
-                request,
-                stage,
-                missing,
-                granted,
-                verification_pending,
-                requirements,
-            } if !matches!(stage, Stage::Current { .. }) => {
-                // No plan describes the request as it is: post one first. It is
-                // the record every approval must follow.
-                if self.dry_run {
-                    let plan = plan::preview(&request, &Observed::default(), &self.cfg, false);
-                    let view = report::plan_view(
-                        &request,
-                        &plan,
-                        &self.cfg,
-                        &missing,
-                        &granted,
-                        &requirements,
-                        false,
-                    );
-                    return Ok(Outcome::Planned(self.templates.render("plan.md", &view)?));
-                }
-                let observed = self.observe(&request).await?;
-                let ss = requirements.self_service == crate::policy::SelfService::Verified;
-                let plan = plan::preview(&request, &observed, &self.cfg, ss);
-                let digest = request.digest();
-                let view = report::plan_view(
-                    &request,
-                    &plan,
-                    &self.cfg,
-                    &missing,
-                    &granted,
-                    &requirements,
-                    matches!(stage, Stage::Stale { .. }),
-                );
-                let mut wb = Writeback {
-                    kind: "plan",
-                    digest: digest.clone(),
-                    sections: vec![Section {
-                        template: "plan.md",
-                        ctx: serde_json::to_value(&view).unwrap_or_default(),
-                        key: format!("plan:{digest}"),
-                    }],
-                    state_label: Some(labels.waiting.clone()),
-                    ..Default::default()
-                };
-                let mut early = None;
-                if verification_pending
-                    && let Err(e) = self
-                        .verification(project, &request, &digest, &mut wb)
-                        .await?
-                {
-                    early = Some(Outcome::Failed(e));
-                }
-                if !requirements.required.is_empty() {
-                    self.stale(&facts, &request, &missing, &dir, &mut wb);
-                }
-                if let Some(r) = self.write_back(project, &issue, &history, wb).await? {
-                    history.push(r);
-                }
-                if let Some(o) = early {
-                    return Ok(o);
-                }
-                self.security_notice(&request, &missing).await;
-                // Decide again with the plan on record: a request that needs no
-                // approval (self-service, a trusted automation's) goes ahead now.
+        // Decide; post a plan when none describes the request (or the accounts
+        // changed since the plan), then decide again with it on record: a
+        // request that needs no approval goes ahead at once. Bounded: a plan is
+        // posted at most twice in one cycle.
+        let mut replan: Option<String> = None;
+        for _ in 0..3 {
+            let decision = {
                 let cx = Context {
                     facts: &facts,
                     cfg: &self.cfg,
@@ -342,81 +292,249 @@ impl Bot {
                     history: &history,
                     requester: &requester,
                 };
-                match approval::decide(req, &cx) {
-                    d @ Decision::Approved(_) => d,
-                    _ => return Ok(Outcome::Waiting),
-                }
-            }
-            d => d,
-        };
-
-        match decision {
-            Decision::Refused {
-                request,
-                reasons,
-                close,
-                security,
-            } => {
-                self.refuse(
-                    project, &issue, &history, &request, reasons, close, security,
-                )
-                .await
-            }
-            Decision::Done { request, stage } => {
-                self.already_done(project, &issue, &history, &request, &author, stage)
-                    .await
-            }
-            Decision::Waiting {
-                request,
-                missing,
-                granted,
-                verification_pending,
-                ..
-            } => {
-                if self.dry_run {
-                    return Ok(Outcome::Waiting);
-                }
-                let digest = request.digest();
-                let mut wb = Writeback {
-                    kind: "waiting",
-                    digest: digest.clone(),
-                    state_label: Some(labels.waiting.clone()),
-                    ..Default::default()
-                };
-                if missing
-                    .iter()
-                    .any(|m| m.missing != approval::Missing::NotApplied)
-                {
-                    // Something happened that does not count: say why, once per situation.
-                    let views = report::missing_views(&missing);
-                    let sig: Vec<String> = views
-                        .iter()
-                        .map(|v| format!("{}{}", v.label, v.detail))
-                        .collect();
-                    wb.sections.push(Section {
-                        template: "waiting.md",
-                        ctx: json!({"kind": request.kind.human(), "missing": views, "granted": report::granted_views(&granted)}),
-                        key: format!("waiting:{digest}:{}", short_hash(&sig.join("\n"))),
-                    });
+                approval::decide(req.clone(), &cx)
+            };
+            match decision {
+                Decision::Waiting {
+                    request,
+                    stage,
+                    missing,
+                    granted,
+                    verification_pending,
+                    requirements,
+                } if !matches!(stage, Stage::Current { .. }) => {
+                    if self.dry_run {
+                        let plan = plan::preview(&request, &Observed::default(), &self.cfg, false);
+                        let view = report::plan_view(
+                            &request,
+                            &plan,
+                            &self.cfg,
+                            &missing,
+                            &granted,
+                            &requirements,
+                            false,
+                        );
+                        return Ok(Outcome::Planned(self.templates.render("plan.md", &view)?));
+                    }
+                    let observed = self.observe(&request).await?;
+                    let why = matches!(stage, Stage::Stale { .. }).then(|| {
+                            "The request changed since an earlier plan (or after it was carried out), so any earlier approval no longer applies: approve this plan again.".to_string()
+                        });
+                    let early = self
+                        .post_plan(
+                            project,
+                            &issue,
+                            &facts,
+                            &dir,
+                            &mut history,
+                            PlanPost {
+                                request: &request,
+                                requirements: &requirements,
+                                missing: &missing,
+                                granted: &granted,
+                                verification_pending,
+                                voided: why,
+                                observed: &observed,
+                            },
+                        )
+                        .await?;
+                    if let Some(o) = early {
+                        return Ok(o);
+                    }
                     self.security_notice(&request, &missing).await;
+                    if !requirements.required.is_empty() {
+                        // Approvals come after the plan: nothing more this cycle.
+                        return Ok(Outcome::Waiting);
+                    }
                 }
-                let mut early = None;
-                if verification_pending
-                    && let Err(e) = self
-                        .verification(project, &request, &digest, &mut wb)
+                Decision::Refused {
+                    request,
+                    reasons,
+                    close,
+                    security,
+                } => {
+                    return self
+                        .refuse(
+                            project, &issue, &history, &request, reasons, close, security, None,
+                        )
+                        .await;
+                }
+                Decision::Done { request, stage } => {
+                    return self
+                        .already_done(project, &issue, &history, &request, &author, stage)
+                        .await;
+                }
+                Decision::Waiting {
+                    request,
+                    missing,
+                    granted,
+                    verification_pending,
+                    ..
+                } => {
+                    if self.dry_run {
+                        return Ok(Outcome::Waiting);
+                    }
+                    let digest = request.digest();
+                    let mut wb = Writeback {
+                        kind: "waiting",
+                        digest: digest.clone(),
+                        state_label: Some(labels.waiting.clone()),
+                        ..Default::default()
+                    };
+                    if missing
+                        .iter()
+                        .any(|m| m.missing != approval::Missing::NotApplied)
+                    {
+                        // Something happened that does not count: say why, once per situation.
+                        let views = report::missing_views(&missing);
+                        let sig: Vec<String> = views
+                            .iter()
+                            .map(|v| format!("{}{}", v.label, v.detail))
+                            .collect();
+                        wb.sections.push(Section {
+                            template: "waiting.md",
+                            ctx: json!({"kind": request.kind.human(), "missing": views, "granted": report::granted_views(&granted)}),
+                            key: format!("waiting:{digest}:{}", short_hash(&sig.join("\n"))),
+                        });
+                        self.security_notice(&request, &missing).await;
+                    }
+                    let mut early = None;
+                    if verification_pending
+                        && let Err(e) = self.verification(project, &request, &dir, &mut wb).await?
+                    {
+                        early = Some(Outcome::Failed(e));
+                    }
+                    self.stale(&facts, &request, &missing, &dir, &mut wb);
+                    self.write_back(project, &issue, &history, wb).await?;
+                    return Ok(early.unwrap_or(Outcome::Waiting));
+                }
+                Decision::Approved(approved) => {
+                    let request = approved.request().clone();
+                    let requirements = approved.requirements().clone();
+                    let superseded = approved.superseded(&self.cfg, &request);
+                    match self
+                        .approved(project, &issue, &history, approved, &author)
                         .await?
-                {
-                    early = Some(Outcome::Failed(e));
+                    {
+                        Acted::Outcome(o) => return Ok(o),
+                        // At most one new plan per cycle for this reason.
+                        Acted::Replan(_) if replan.is_some() => return Ok(Outcome::Waiting),
+                        Acted::Replan(why) => {
+                            replan = Some(why.clone());
+                            let observed = self.observe(&request).await?;
+                            if let Some(o) = self
+                                .post_plan(
+                                    project,
+                                    &issue,
+                                    &facts,
+                                    &dir,
+                                    &mut history,
+                                    PlanPost {
+                                        request: &request,
+                                        requirements: &requirements,
+                                        missing: &superseded,
+                                        granted: &[],
+                                        verification_pending: false,
+                                        voided: Some(why),
+                                        observed: &observed,
+                                    },
+                                )
+                                .await?
+                            {
+                                return Ok(o);
+                            }
+                            if !requirements.required.is_empty() {
+                                return Ok(Outcome::Waiting);
+                            }
+                        }
+                    }
                 }
-                self.stale(&facts, &request, &missing, &dir, &mut wb);
-                self.write_back(project, &issue, &history, wb).await?;
-                Ok(early.unwrap_or(Outcome::Waiting))
-            }
-            Decision::Approved(approved) => {
-                self.approved(project, &issue, &history, approved, &author)
-                    .await
             }
         }
+        Ok(Outcome::Waiting)
+    }
+
+    /// Post the plan comment: what the bot will do, what each change needs,
+    /// and (sealed in its marker) the digests an approval binds to.
+    /// `Some(outcome)`: stop here (the People team's e-mail failed).
+    async fn post_plan(
+        &self,
+        project: &str,
+        issue: &ApiIssue,
+        facts: &IssueFacts,
+        dir: &Directory,
+        history: &mut History,
+        p: PlanPost<'_>,
+    ) -> Result<Option<Outcome>, ProcessError> {
+        let request = p.request;
+        let ss = p.requirements.self_service == crate::policy::SelfService::Verified;
+        let plan = plan::preview(request, p.observed, &self.cfg, ss);
+        let digest = request.digest();
+        let changes = plan.changes_digest();
+        let mut view = report::plan_view(
+            request,
+            &plan,
+            &self.cfg,
+            p.missing,
+            p.granted,
+            p.requirements,
+            p.voided.is_some(),
+        );
+        view.voided_why = p.voided.clone();
+        // Each approval is bound to its label's id, which a rename cannot move.
+        let label_names: Vec<String> = p
+            .requirements
+            .required
+            .iter()
+            .filter_map(|n| self.cfg.approvals.get(n).map(|a| a.label.clone()))
+            .collect();
+        let ids = if label_names.is_empty() {
+            Default::default()
+        } else {
+            self.gitlab.label_ids(project, &label_names).await?
+        };
+        let label_field = p
+            .requirements
+            .required
+            .iter()
+            .filter_map(|n| {
+                let label = &self.cfg.approvals.get(n)?.label;
+                Some(format!("{n}:{}", ids.get(label)?))
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut fields = vec![
+            ("changes", changes.clone()),
+            ("needs", approval::needs_digest(&p.requirements.required)),
+        ];
+        if !label_field.is_empty() {
+            fields.push(("labels", label_field));
+        }
+        let mut wb = Writeback {
+            kind: "plan",
+            digest: digest.clone(),
+            fields,
+            sections: vec![Section {
+                template: "plan.md",
+                ctx: serde_json::to_value(&view).unwrap_or_default(),
+                key: format!("plan:{digest}:{changes}"),
+            }],
+            state_label: Some(self.cfg.bot.state_labels.waiting.clone()),
+            ..Default::default()
+        };
+        let mut early = None;
+        if p.verification_pending
+            && let Err(e) = self.verification(project, request, dir, &mut wb).await?
+        {
+            early = Some(Outcome::Failed(e));
+        }
+        if !p.requirements.required.is_empty() {
+            self.stale(facts, request, p.missing, dir, &mut wb);
+        }
+        if let Some(r) = self.write_back(project, issue, history, wb).await? {
+            history.push(r);
+        }
+        Ok(early)
     }
 
     async fn security_notice(&self, request: &Request, missing: &[approval::MissingApproval]) {
@@ -455,6 +573,7 @@ impl Bot {
         reasons: Vec<String>,
         close: bool,
         security: bool,
+        plan: Option<&str>,
     ) -> Result<Outcome, ProcessError> {
         if self.dry_run {
             return Ok(Outcome::Refused);
@@ -473,6 +592,10 @@ impl Bot {
         let wb = Writeback {
             kind: "refused",
             digest: digest.clone(),
+            // Bound to the plan it refuses: that plan is consumed.
+            fields: plan
+                .map(|p| vec![("plan", p.to_string())])
+                .unwrap_or_default(),
             sections: vec![Section {
                 template: if close {
                     "citizenship_denied.md"
@@ -501,13 +624,25 @@ impl Bot {
         author: &Author,
         stage: Stage,
     ) -> Result<Outcome, ProcessError> {
-        let Stage::Done { result, retick, .. } = stage else {
-            return Ok(Outcome::Ignored);
+        let labels = &self.cfg.bot.state_labels;
+        let (result, retick) = match stage {
+            Stage::Done { result, retick, .. } => (result, retick),
+            // Refused when it came to act: nothing more without a new plan.
+            Stage::Closed { .. } => {
+                if !self.dry_run && !issue.labels.contains(&labels.refused) {
+                    let wb = Writeback {
+                        state_label: Some(labels.refused.clone()),
+                        ..Default::default()
+                    };
+                    self.write_back(project, issue, history, wb).await?;
+                }
+                return Ok(Outcome::Refused);
+            }
+            _ => return Ok(Outcome::Ignored),
         };
         if self.dry_run {
             return Ok(Outcome::Done);
         }
-        let labels = &self.cfg.bot.state_labels;
         let mut wb = Writeback {
             kind: "result",
             digest: request.digest(),
@@ -549,7 +684,7 @@ impl Bot {
         &self,
         project: &str,
         request: &Request,
-        digest: &str,
+        dir: &Directory,
         wb: &mut Writeback,
     ) -> Result<Result<(), String>, ProcessError> {
         let rule = self
@@ -557,23 +692,35 @@ impl Bot {
             .approvals
             .values()
             .find(|r| r.denied_label.is_some());
-        let name = request
-            .subjects
-            .first()
-            .map(|s| s.name.clone())
-            .unwrap_or_default();
+        // A verification is of one person (`decide` refuses more), named as
+        // GitLab and the identity sources know them, never by the free text
+        // of the issue: the People team checks who will get the access.
+        let Some(subject) = request.subjects.first() else {
+            return Ok(Ok(()));
+        };
+        let gitlab_name = subject
+            .gitlab_username
+            .as_deref()
+            .and_then(|u| match dir.lookup(u) {
+                approval::Lookup::Found(i) => i.name.clone(),
+                _ => None,
+            });
+        let who = match gitlab_name {
+            Some(n) => format!("{n} ({})", subject.email),
+            None => subject.email.to_string(),
+        };
         wb.sections.push(Section {
             template: "citizenship_request.md",
             ctx: json!({
-                "name": name,
+                "name": who,
                 "issue_url": request.web_url,
                 "verifiers": rule.map(|r| r.approvers.iter().map(|a| format!("`@{}`", a.trim_start_matches('@'))).collect::<Vec<_>>().join(", ")),
                 "verified_label": rule.map(|r| r.label.clone()),
                 "denied_label": rule.and_then(|r| r.denied_label.clone()),
             }),
-            key: "citizenship".into(),
+            key: format!("citizenship:{}", short_hash(subject.email.as_str())),
         });
-        self.citizenship_email(project, request, &name, digest, wb)
+        self.citizenship_email(project, request, &who, &subject.email, wb)
             .await
     }
 
@@ -586,17 +733,20 @@ impl Bot {
         project: &str,
         request: &Request,
         name: &str,
-        digest: &str,
+        subject: &Email,
         wb: &mut Writeback,
     ) -> Result<Result<(), String>, ProcessError> {
-        let _ = digest;
         let Some(m) = &self.mailer else {
             return Ok(Ok(()));
         };
         if m.people_team.is_empty() {
             return Ok(Ok(()));
         }
-        let key = format!("citizenship-email:{project}:{}", request.iid);
+        let key = format!(
+            "citizenship-email:{project}:{}:{}",
+            request.iid,
+            short_hash(subject.as_str())
+        );
         let to = m.people_team.join(", ");
         if !self.store.delivered(&key)? {
             let body = self.templates.render(
@@ -604,9 +754,10 @@ impl Bot {
                 &json!({"name": name, "issue_url": request.web_url}),
             )?;
             let id = format!(
-                "<citizenship-{}-{}@access-bot>",
+                "<citizenship-{}-{}-{}@access-bot>",
                 short_hash(project),
-                request.iid
+                request.iid,
+                short_hash(subject.as_str())
             );
             match m
                 .send(
@@ -635,7 +786,7 @@ impl Bot {
         wb.sections.push(Section {
             template: "email_sent.md",
             ctx: json!({"to": to, "subject": "US Citizenship Verification Request"}),
-            key: "citizenship-email".into(),
+            key: format!("citizenship-email:{}", short_hash(subject.as_str())),
         });
         Ok(Ok(()))
     }
@@ -647,7 +798,7 @@ impl Bot {
         history: &History,
         approved: approval::Approved<Request>,
         author: &Author,
-    ) -> Result<Outcome, ProcessError> {
+    ) -> Result<Acted, ProcessError> {
         let labels = &self.cfg.bot.state_labels;
         let req = approved.request();
         let digest = approved.digest().to_string();
@@ -664,9 +815,25 @@ impl Bot {
                 approved.requirements(),
                 false,
             );
-            return Ok(Outcome::Planned(self.templates.render("plan.md", &view)?));
+            return Ok(Acted::Outcome(Outcome::Planned(
+                self.templates.render("plan.md", &view)?,
+            )));
         }
         let plan_digest = approved.plan().marker.digest.clone();
+        // The approval covers the changes its plan listed. If the accounts now
+        // need other changes (someone was suspended, an account appeared), a
+        // new plan says so and needs its own approvals.
+        if let Some(listed) = approved.plan().marker.field("changes")
+            && listed != p.changes_digest()
+        {
+            tracing::info!(
+                iid = req.iid,
+                "the accounts changed since the plan; posting a new one"
+            );
+            return Ok(Acted::Replan(
+                "The accounts changed since the earlier plan, so it no longer says what would be done, and approvals given to it no longer apply: this plan lists what is needed now. Approve it again.".into(),
+            ));
+        }
         let result_note = |sections: Vec<Section>, done: bool, ticks: &BTreeSet<usize>| {
             let after = req.digest_after_ticks(ticks);
             Writeback {
@@ -745,6 +912,7 @@ impl Bot {
                 let wb = Writeback {
                     kind: "refused",
                     digest: digest.clone(),
+                    fields: vec![("plan", plan_digest.clone())],
                     sections: vec![Section {
                         template: "needs_account_first.md",
                         ctx: json!({"people": people}),
@@ -754,11 +922,21 @@ impl Bot {
                     ..Default::default()
                 };
                 self.write_back(project, issue, history, wb).await?;
-                return Ok(Outcome::Refused);
+                return Ok(Acted::Outcome(Outcome::Refused));
             }
             return self
-                .refuse(project, issue, history, req, reasons, false, protected)
-                .await;
+                .refuse(
+                    project,
+                    issue,
+                    history,
+                    req,
+                    reasons,
+                    false,
+                    protected,
+                    Some(&plan_digest),
+                )
+                .await
+                .map(Acted::Outcome);
         }
 
         let mut done = BTreeSet::new();
@@ -773,17 +951,21 @@ impl Bot {
             let still = request::parse_request(&input, &self.cfg)
                 .map(|r| r.digest() == digest)
                 .unwrap_or(false);
-            let labels_held = approved
-                .granted()
-                .iter()
-                .all(|g| fresh.labels.contains(&g.label));
+            // Each approval still given by the very event that gave it (not
+            // removed and applied again by someone else meanwhile).
+            let labels_held = if approved.granted().is_empty() {
+                true
+            } else {
+                let events = self.gitlab.label_events(project, req.iid).await?;
+                approved.granted().iter().all(|g| g.still_holds(&events))
+            };
             if !still || !labels_held || fresh.state != "opened" {
                 tracing::info!(
                     iid = req.iid,
                     "the issue changed just before acting; deciding again next cycle"
                 );
                 self.store.forget_seen(project, req.iid)?;
-                return Ok(Outcome::Waiting);
+                return Ok(Acted::Outcome(Outcome::Waiting));
             }
             // Time-bound: what to take back on the date is written on the issue
             // before the first write, from the state as it is now.
@@ -857,11 +1039,13 @@ impl Bot {
                 )
                 .await;
             }
-            return Ok(Outcome::Failed(error));
+            return Ok(Acted::Outcome(Outcome::Failed(error)));
         }
 
         if req.kind == RequestKind::Offboarding {
             self.add_evidence(req, &observed, &mut systems).await;
+            self.inapplicable_but_active(req, &observed, &mut systems)
+                .await;
         }
         let blocked = !p.blocked.is_empty();
         let open_items: BTreeSet<usize> = req
@@ -923,7 +1107,7 @@ impl Bot {
                 })
                 .and_then(|r| read_json_block::<GrantFile>(&r.content))
                 .map(|f| f.grants);
-            self.record_holdings(project, req, p, &observed, records);
+            self.record_holdings(project, req, p, &observed, records, &plan_digest);
         }
         if blocked {
             for b in &p.blocked {
@@ -939,13 +1123,13 @@ impl Bot {
             }
             wb.state_label = Some(labels.failed.clone());
             self.write_back(project, issue, history, wb).await?;
-            return Ok(Outcome::Failed(
+            return Ok(Acted::Outcome(Outcome::Failed(
                 p.blocked
                     .iter()
                     .map(|b| b.reason.explain(&b.instance))
                     .collect::<Vec<_>>()
                     .join("; "),
-            ));
+            )));
         }
         wb.state_label = Some(labels.done.clone());
         wb.close = complete && self.cfg.policy_for(req.kind).close_when_done;
@@ -957,7 +1141,7 @@ impl Bot {
             outcome = Outcome::Failed(error);
         }
         self.write_back(project, issue, history, wb).await?;
-        Ok(outcome)
+        Ok(Acted::Outcome(outcome))
     }
 
     pub(super) fn display(&self, instance: &str) -> String {
@@ -995,35 +1179,21 @@ impl Bot {
             });
             wb.close = true;
         } else if age.to_std().is_ok_and(|a| a >= remind) {
-            // Deliberate mentions: the reminder is meant to reach the approvers.
-            // Only accounts GitLab confirmed as users are mentioned, never a name
-            // as typed in the issue (it could be `@all` or a group).
+            // Deliberate mentions: the reminder is meant to reach the approvers,
+            // and only those GitLab confirmed can approve it (never a name as
+            // typed in the issue: it could be `@all`, a group, or anyone).
             let mention = |m: &approval::MissingApproval| {
-                let rule = self.cfg.approvals.get(&m.approval);
-                rule.map(|r| {
-                    r.approvers
-                        .iter()
-                        .flat_map(|a| {
-                            if a == approval::MANAGER {
-                                request
-                                    .subjects
-                                    .iter()
-                                    .filter_map(|s| s.manager.clone())
-                                    .collect::<Vec<_>>()
-                            } else {
-                                vec![a.trim_start_matches('@').to_string()]
-                            }
-                        })
-                        .filter_map(|u| match dir.lookup(&u) {
-                            approval::Lookup::Found(i) => Some(format!("@{}", i.username)),
-                            _ => None,
-                        })
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default()
+                self.cfg
+                    .approvals
+                    .get(&m.approval)
+                    .map(|r| {
+                        approval::approver_usernames(r, request, dir)
+                            .into_iter()
+                            .map(|u| format!("@{u}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default()
             };
             let list: Vec<Value> = missing
                 .iter()
@@ -1052,8 +1222,20 @@ impl Bot {
         p: &Plan,
         observed: &Observed,
         written: Option<Vec<plan::GrantRecord>>,
+        plan_digest: &str,
     ) {
         if req.kind.revokes() {
+            // Access taken away: what other requests gave these people in
+            // these instances is no longer in force (an expiring grant must
+            // not keep an offboarded person's access alive).
+            let today = chrono::Utc::now().date_naive();
+            for s in &req.subjects {
+                for inst in req.instances() {
+                    if let Err(e) = self.store.end_holdings(s.email.as_str(), inst, today, None) {
+                        tracing::error!(iid = req.iid, error = %e, "cannot end what the person held");
+                    }
+                }
+            }
             return;
         }
         let expires = req.expires.map(|e| e.0);
@@ -1082,6 +1264,7 @@ impl Bot {
             if let Err(e) = self.store.record_grant(&crate::store::Grant {
                 project: project.into(),
                 iid: req.iid,
+                plan: plan_digest.to_string(),
                 subject: r.subject.to_string(),
                 instance: r.instance.clone(),
                 undo,
@@ -1090,6 +1273,60 @@ impl Bot {
                 revoked: false,
             }) {
                 tracing::error!(iid = req.iid, error = %e, "cannot record the time-bound grant");
+            }
+        }
+    }
+
+    /// An offboarding line marked not applicable (`[~]`) is left alone, as
+    /// asked; but if the leaver still holds access there, that is said on the
+    /// issue and told to ops rather than passed over in silence.
+    async fn inapplicable_but_active(
+        &self,
+        req: &Request,
+        observed: &Observed,
+        systems: &mut Vec<report::SystemView>,
+    ) {
+        for it in req
+            .items
+            .iter()
+            .filter(|i| i.state == checklist::CheckState::Inapplicable)
+        {
+            let request::ItemAction::ZendeskRemove { instance } = &it.action else {
+                continue;
+            };
+            for s in &req.subjects {
+                let Some(Some(a)) = observed.zendesk.get(&(instance.clone(), s.email.clone()))
+                else {
+                    continue;
+                };
+                if a.role == "end-user" && a.suspended {
+                    continue;
+                }
+                let text = format!(
+                    "{} is marked not applicable, so it was left alone, but {} still has an account there ({}, {}): check it by hand",
+                    crate::render::code_span(&it.text),
+                    crate::render::code_span(s.email.as_str()),
+                    a.role,
+                    if a.suspended { "suspended" } else { "active" }
+                );
+                systems.push(report::SystemView {
+                    title: format!(
+                        "{}: {}",
+                        self.display(instance),
+                        crate::render::code_span(s.email.as_str())
+                    ),
+                    steps: Vec::new(),
+                    blocked: vec![text.clone()],
+                    notes: Vec::new(),
+                    evidence: Vec::new(),
+                });
+                self.tell_ops(
+                    NoticeKind::SecurityRefusal,
+                    format!("#{} inapplicable but active {instance}", req.iid),
+                    format!("#{}: {text}", req.iid),
+                    Some(req.web_url.clone()),
+                )
+                .await;
             }
         }
     }

@@ -32,9 +32,10 @@ use crate::secret::Secret;
 use super::{Bot, CycleReport, Event};
 
 /// A webhook body is read only after its token checked out, and only up to
-/// this (an issue description is at most 1,000,000 characters; a hook carries
-/// it once, escaped).
-pub const MAX_WEBHOOK_BODY: usize = 8 * 1024 * 1024;
+/// this (an issue description is at most 1,000,000 characters; an update hook
+/// carries it up to three times, as current and as previous and current
+/// change, escaped). Larger deliveries are refused; polling still sees the issue.
+pub const MAX_WEBHOOK_BODY: usize = 3 * 1024 * 1024;
 /// An authenticated sender has this long to send the body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deliveries for one issue are merged until they have been quiet this long...
@@ -518,8 +519,8 @@ pub async fn serve_ops(
     Ok((addr, task))
 }
 
-/// Serve the webhook and the operations endpoints on one listener (both on
-/// the same address); returns the address. Events go to `tx`, coalesced.
+/// Serve the webhook alone on a listener (the operations endpoints live on
+/// their own, private one); returns the address. Events go to `tx`, coalesced.
 pub async fn serve_web(
     listen: &str,
     token: Option<Secret>,
@@ -535,7 +536,7 @@ pub async fn serve_web(
         projects,
         tx,
         metrics,
-        true,
+        false,
         Limits::default(),
     )
     .await?;

@@ -48,8 +48,12 @@ pub struct LabelEvent {
     pub id: u64,
     pub user: UserRef,
     pub created_at: DateTime<Utc>,
-    /// `None` when the label was deleted since.
+    /// `None` when the label was deleted since. Its current name: a label can
+    /// be renamed, so decisions compare `label_id` where they can.
     pub label: Option<String>,
+    /// The label's id, which stays the same when it is renamed.
+    #[serde(default)]
+    pub label_id: Option<u64>,
     pub action: LabelAction,
 }
 

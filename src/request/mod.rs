@@ -632,6 +632,13 @@ fn classify_visible(
             .to_string();
         let full = cfg.zendesk[&instance].okta_group.clone().unwrap_or(group);
         let _ = gsystem;
+        if !removal && let Some(w) = reversing_word(&normalize(&gdetails)) {
+            return Err(bad(format!(
+                "{} says {}: the bot only adds people to a group on a request (removal is done by offboarding); write what to add",
+                crate::render::code_span(&it.visible),
+                crate::render::code_span(w)
+            )));
+        }
         if removal && !revoking {
             return Err(bad(
                 "removing access is done by an offboarding issue from the automation, not by a request".into(),
@@ -693,6 +700,15 @@ fn classify_visible(
         }
         rest = rest.replace(&c[0], " ");
     }
+    // Only what the bot can read for certain: a word that reverses or limits
+    // the meaning ("revoke", "not", "instead of") is not skipped over.
+    if let Some(w) = reversing_word(&rest) {
+        return Err(bad(format!(
+            "{} says {}, which the bot does not read: ask for one access level (and `add tag X` / `remove tag X`) in plain words",
+            crate::render::code_span(&it.visible),
+            crate::render::code_span(w)
+        )));
+    }
 
     // Access level: exact name/alias match, else a single phrase match.
     let level = match_level(z, &rest);
@@ -728,6 +744,43 @@ fn classify_visible(
         add_tags,
         remove_tags,
     }))
+}
+
+/// A word that takes away, reverses or limits what an item asks for.
+fn reversing_word(norm: &str) -> Option<&'static str> {
+    const WORDS: &[&str] = &[
+        "remove",
+        "removed",
+        "removal",
+        "revoke",
+        "revoked",
+        "revocation",
+        "delete",
+        "deleted",
+        "downgrade",
+        "demote",
+        "deactivate",
+        "disable",
+        "suspend",
+        "unsuspend",
+        "reactivate",
+        "offboard",
+        "offboarding",
+        "not",
+        "no",
+        "never",
+        "without",
+        "except",
+        "instead",
+        "unless",
+        "but",
+        "undo",
+        "drop",
+        "strip",
+        "cancel",
+    ];
+    norm.split(|c: char| !c.is_alphanumeric())
+        .find_map(|w| WORDS.iter().find(|x| **x == w).copied())
 }
 
 fn mentions_role(norm: &str) -> bool {

@@ -76,6 +76,20 @@ pub struct GlProject {
     pub writers: Option<BTreeSet<u64>>,
     /// Maintainers: on GitLab they may edit anyone's note.
     pub maintainers: BTreeSet<u64>,
+    /// Project labels by name: an id stays with its label when it is renamed.
+    pub labels: BTreeMap<String, u64>,
+}
+
+impl GlProject {
+    /// The label's id, creating the label on first use (as `add_labels` does).
+    pub fn label_id(&mut self, name: &str) -> u64 {
+        let next = 1000 + self.labels.len() as u64 + 1;
+        *self.labels.entry(name.to_string()).or_insert(next)
+    }
+
+    pub fn known_label_id(&self, name: &str) -> u64 {
+        self.labels.get(name).copied().unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +204,7 @@ impl GitlabWorld {
             merge_requests: Vec::new(),
             writers: None,
             maintainers: BTreeSet::new(),
+            labels: BTreeMap::new(),
         });
         id
     }
@@ -328,6 +343,9 @@ impl GitlabWorld {
             }
         }
         let p = self.project_mut(project)?;
+        for l in &final_labels {
+            p.label_id(l);
+        }
         let iid = p.issues.iter().map(|i| i.iid).max().unwrap_or(0) + 1;
         p.issues.push(GlIssue {
             id,
@@ -422,6 +440,9 @@ impl GitlabWorld {
         if p.label_editors.as_ref().is_some_and(|e| !e.contains(&user)) {
             return false;
         }
+        for a in add {
+            p.label_id(a);
+        }
         let Some(issue) = p.issues.iter_mut().find(|i| i.iid == iid) else {
             return false;
         };
@@ -499,6 +520,10 @@ impl GitlabWorld {
         }
         if in_use(new) {
             return Err((StatusCode::CONFLICT, "Title has already been taken"));
+        }
+        // The label keeps its id under its new name.
+        if let Some(id) = p.labels.remove(old) {
+            p.labels.insert(new.to_string(), id);
         }
         for i in &mut p.issues {
             for l in &mut i.labels {
@@ -691,6 +716,10 @@ pub fn router(server: GitlabServer) -> Router {
         .route(
             "/api/v4/projects/{project}/issues/{iid}/notes",
             get(list_notes).post(create_note),
+        )
+        .route(
+            "/api/v4/projects/{project}/labels",
+            get(list_labels).post(create_label),
         )
         .route(
             "/api/v4/projects/{project}/issues/{iid}/notes/{note}",
@@ -1520,7 +1549,7 @@ async fn label_events(
         .map(|e| {
             json!({"id": e.id, "user": w.user_json(e.user), "created_at": ts(e.created_at),
                    "resource_type": "Issue", "resource_id": i.id,
-                   "label": {"id": label_id(&e.label), "name": e.label, "color": "#34495E", "description": ""},
+                   "label": {"id": p.known_label_id(&e.label), "name": e.label, "color": "#34495E", "description": ""},
                    "action": if e.add { "add" } else { "remove" }})
         })
         .collect();
@@ -1564,18 +1593,87 @@ async fn edit_label(
                         .iter()
                         .chain(i.label_events.iter().map(|e| &e.label))
                 })
-                .find(|l| **l == label || label_id(l).to_string() == label)
+                .find(|l| **l == label || p.known_label_id(l).to_string() == label)
                 .cloned()
         })
         .unwrap_or(label);
     match w.rename_label(&project, user, &old, &new) {
-        Ok(()) => axum::Json(json!({"id": label_id(&new), "name": new})).into_response(),
+        Ok(()) => {
+            let id = w
+                .project(&project)
+                .map(|p| p.known_label_id(&new))
+                .unwrap_or(0);
+            axum::Json(json!({"id": id, "name": new})).into_response()
+        }
         Err((status, message)) => err(status, message),
     }
 }
 
-fn label_id(name: &str) -> u64 {
-    name.bytes()
-        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
-        % 100_000
+/// `GET /projects/:id/labels`: every project label with its id.
+async fn list_labels(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let w = s.lock();
+    if let Err(r) = auth(&w, &headers) {
+        return r;
+    }
+    let Some(p) = w.project(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    let search = param(&q, "search").map(str::to_lowercase);
+    let items: Vec<Value> = p
+        .labels
+        .iter()
+        .filter(|(n, _)| search.as_ref().is_none_or(|s| n.to_lowercase().contains(s)))
+        .map(|(n, id)| json!({"id": id, "name": n, "color": "#34495E", "description": null}))
+        .collect();
+    paginate(
+        items,
+        &q,
+        &format!("{}/api/v4/projects/{}/labels", w.base_url, p.id),
+    )
+}
+
+/// `POST /projects/:id/labels` (`name`, `color`): 409 when the name is taken.
+async fn create_label(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let params = body_params(&headers, &body);
+    let (Some(name), Some(_color)) = (param(&params, "name"), param(&params, "color")) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "400 (Bad request) \"name\" or \"color\" not given",
+        );
+    };
+    let name = name.to_string();
+    let Some(p) = w.project_mut(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    if p.label_editors.as_ref().is_some_and(|e| !e.contains(&user)) {
+        return err(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    if p.labels.contains_key(&name) {
+        return (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"message": "Label already exists"})),
+        )
+            .into_response();
+    }
+    let id = p.label_id(&name);
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({"id": id, "name": name, "color": "#34495E", "description": null})),
+    )
+        .into_response()
 }

@@ -82,6 +82,7 @@ impl Facts {
             user: by,
             created_at: at(minute),
             label: Some(label.into()),
+            label_id: None,
             action: LabelAction::Add,
         });
         if !self.facts.issue.labels.iter().any(|l| l == label) {
@@ -97,6 +98,7 @@ impl Facts {
             user: by,
             created_at: at(minute),
             label: Some(label.into()),
+            label_id: None,
             action: LabelAction::Remove,
         });
         self.facts.issue.labels.retain(|l| l != label);
