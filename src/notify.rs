@@ -47,12 +47,30 @@ impl std::fmt::Display for Permanence {
     }
 }
 
+/// Every SMTP exchange gives up after this long.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// SMTP with STARTTLS (required), implicit TLS, or (loopback only) plain.
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// What the two-phase send needs to open its own connection.
+    host: String,
+    port: u16,
+    tls: String,
+    credentials: Option<Credentials>,
     from: Mailbox,
     pub people_team: Vec<String>,
     pub ops: Vec<String>,
+}
+
+/// How a two-phase send ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handover {
+    /// The server said 250: it has the message.
+    Accepted,
+    /// The message was handed over but the server's answer never came: it
+    /// most likely has it; never send it again.
+    AnswerLost(String),
 }
 
 impl Mailer {
@@ -72,18 +90,25 @@ impl Mailer {
             "none" => 25,
             _ => 587,
         });
-        b = b.port(port).timeout(Some(Duration::from_secs(30)));
+        b = b.port(port).timeout(Some(SMTP_TIMEOUT));
+        let mut credentials = None;
         if let (Some(u), Some(p)) = (&cfg.username_env, &cfg.password_env) {
-            b = b.credentials(Credentials::new(
+            let c = Credentials::new(
                 secrets.get(u)?.expose().to_string(),
                 secrets.get(p)?.expose().to_string(),
-            ));
+            );
+            b = b.credentials(c.clone());
+            credentials = Some(c);
         }
         let from: Mailbox = format!("access-bot <{}>", cfg.from)
             .parse()
             .map_err(|e: lettre::address::AddressError| NotifyError::Config(e.to_string()))?;
         Ok(Mailer {
             transport: b.build(),
+            host: cfg.smtp_host.clone(),
+            port,
+            tls: cfg.tls.clone(),
+            credentials,
             from,
             people_team: cfg.people_team.clone(),
             ops: cfg.ops.clone(),
@@ -109,16 +134,110 @@ impl Mailer {
         }
     }
 
-    /// One plain-text message. `message_id` is stable per purpose, so a copy
-    /// sent twice (a crash in the instant between the server's 250 and our
-    /// record of it) is recognisable as the same message by mail clients.
-    pub async fn send(
+    /// One plain-text message in two phases, for messages that must go out
+    /// exactly once. The transaction is opened (connect, TLS, AUTH, MAIL,
+    /// RCPT, DATA); then `before_handover` runs (it records, where it survives
+    /// a crash, that the message is about to be handed over); then the
+    /// message and its final dot go in one write, and the server answers. A
+    /// crash before the final dot leaves the server nothing to deliver (it
+    /// drops a transaction that did not end), so whoever finds no record may
+    /// send again; a crash after it is covered by the record. An error from
+    /// `before_handover` abandons the transaction.
+    pub async fn send_two_phase<F, E>(
         &self,
         to: &[String],
         subject: &str,
         body: &str,
         message_id: &str,
-    ) -> Result<(), NotifyError> {
+        before_handover: F,
+    ) -> Result<Result<Handover, NotifyError>, E>
+    where
+        F: std::future::Future<Output = Result<(), E>>,
+    {
+        use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+        use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+        use lettre::transport::smtp::extension::ClientId;
+        let smtp = |detail: String, permanent: bool| NotifyError::Smtp {
+            permanent: if permanent {
+                Permanence::Permanent
+            } else {
+                Permanence::Transient
+            },
+            detail,
+        };
+        let of = |e: lettre::transport::smtp::Error| smtp(e.to_string(), e.is_permanent());
+        let message = match self.message(to, subject, body, message_id) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        let envelope = message.envelope().clone();
+        let bytes = message.formatted();
+        let opened = async {
+            let hello = ClientId::default();
+            let params = || TlsParameters::new(self.host.clone()).map_err(of);
+            let wrapper = if self.tls == "implicit" {
+                Some(params()?)
+            } else {
+                None
+            };
+            let mut conn = AsyncSmtpConnection::connect_tokio1(
+                (self.host.as_str(), self.port),
+                Some(SMTP_TIMEOUT),
+                &hello,
+                wrapper,
+                None,
+            )
+            .await
+            .map_err(of)?;
+            if self.tls != "implicit" && self.tls != "none" {
+                if !conn.can_starttls() {
+                    return Err(smtp("the server does not offer STARTTLS".into(), true));
+                }
+                conn.starttls(params()?, &hello).await.map_err(of)?;
+            }
+            if let Some(c) = &self.credentials {
+                use lettre::transport::smtp::authentication::Mechanism;
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], c)
+                    .await
+                    .map_err(of)?;
+            }
+            conn.command(Mail::new(envelope.from().cloned(), vec![]))
+                .await
+                .map_err(of)?;
+            for r in envelope.to() {
+                conn.command(Rcpt::new(r.clone(), vec![]))
+                    .await
+                    .map_err(of)?;
+            }
+            conn.command(Data).await.map_err(of)?;
+            Ok(conn)
+        }
+        .await;
+        let mut conn = match opened {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = before_handover.await {
+            conn.abort().await;
+            return Err(e);
+        }
+        let answer = conn.message(&bytes).await;
+        let _ = conn.quit().await;
+        Ok(match answer {
+            Ok(_) => Ok(Handover::Accepted),
+            // A refusal is an answer: the server does not have the message.
+            Err(e) if e.is_permanent() || e.is_transient() => Err(of(e)),
+            Err(e) => Ok(Handover::AnswerLost(e.to_string())),
+        })
+    }
+
+    fn message(
+        &self,
+        to: &[String],
+        subject: &str,
+        body: &str,
+        message_id: &str,
+    ) -> Result<Message, NotifyError> {
         let mut m = Message::builder()
             .from(self.from.clone())
             .subject(subject)
@@ -130,9 +249,21 @@ impl Mailer {
                 .map_err(|e: lettre::address::AddressError| NotifyError::Config(e.to_string()))?;
             m = m.to(mb);
         }
-        let msg = m
-            .body(body.to_string())
-            .map_err(|e| NotifyError::Config(e.to_string()))?;
+        m.body(body.to_string())
+            .map_err(|e| NotifyError::Config(e.to_string()))
+    }
+
+    /// One plain-text message. `message_id` is stable per purpose, so a copy
+    /// sent twice (a crash in the instant between the server's 250 and our
+    /// record of it) is recognisable as the same message by mail clients.
+    pub async fn send(
+        &self,
+        to: &[String],
+        subject: &str,
+        body: &str,
+        message_id: &str,
+    ) -> Result<(), NotifyError> {
+        let msg = self.message(to, subject, body, message_id)?;
         match self.transport.send(msg).await {
             Ok(_) => Ok(()),
             Err(e) => Err(NotifyError::Smtp {

@@ -21,8 +21,58 @@ pub enum StoreError {
 
 pub struct Store {
     conn: Mutex<Connection>,
-    /// Who holds leases taken through this handle.
+    /// Who holds leases taken through this handle: `host/pid/nonce`.
     owner: String,
+}
+
+/// Owners alive in this process (a lease of this process whose owner is not
+/// here was held by a bot that is gone: a restart in the same process).
+static LIVE_OWNERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A lease whose holder has not shown a sign of life for this long is taken
+/// over (the holder renews every few seconds while it works).
+pub const LEASE_STALE_AFTER: chrono::Duration = chrono::Duration::seconds(20);
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && !h.contains('/'))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Whether the owner of a lease is certainly gone: a process on this host
+/// that no longer runs, or a handle of this very process that was dropped.
+/// Another host's owner is never judged here (its heartbeat is).
+fn owner_is_gone(owner: &str) -> bool {
+    let mut parts = owner.splitn(3, '/');
+    let (Some(host), Some(pid), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    if host != host_name() {
+        return false;
+    }
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    if pid == std::process::id() {
+        return !LIVE_OWNERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|o| o == owner);
+    }
+    cfg!(target_os = "linux") && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        LIVE_OWNERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|o| *o != self.owner);
+    }
 }
 
 /// One row of the audit trail.
@@ -96,11 +146,12 @@ CREATE TABLE IF NOT EXISTS retry (
     reason TEXT NOT NULL,
     PRIMARY KEY (project, iid)
 );
-CREATE TABLE IF NOT EXISTS lease (
+DROP TABLE IF EXISTS lease;
+CREATE TABLE IF NOT EXISTS issue_lease (
     project TEXT NOT NULL,
     iid INTEGER NOT NULL,
     owner TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
+    heartbeat TEXT NOT NULL,
     PRIMARY KEY (project, iid)
 );
 CREATE TABLE IF NOT EXISTS audit (
@@ -218,9 +269,19 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(SCHEMA)?;
+        let owner = format!(
+            "{}/{}/{:08x}",
+            host_name(),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        LIVE_OWNERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(owner.clone());
         Ok(Store {
             conn: Mutex::new(conn),
-            owner: format!("{}-{}", std::process::id(), rand::random::<u32>()),
+            owner,
         })
     }
 
@@ -326,26 +387,59 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// Take the lease on an issue for `ttl`, unless someone else holds a live one.
-    pub fn try_lease(
-        &self,
-        project: &str,
-        iid: u64,
-        ttl: chrono::Duration,
-    ) -> Result<bool, StoreError> {
+    /// Take the lease on an issue, unless another live holder has it: one
+    /// that renewed it within `LEASE_STALE_AFTER` and is not known to be gone.
+    pub fn try_lease(&self, project: &str, iid: u64) -> Result<bool, StoreError> {
         let now = Utc::now();
-        let n = self.c().execute(
-            "INSERT INTO lease (project, iid, owner, expires_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(project, iid) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
-             WHERE lease.owner = excluded.owner OR lease.expires_at < ?5",
-            params![project, iid, self.owner, ts(now + ttl), ts(now)],
+        let c = self.c();
+        let held: Option<(String, String)> = c
+            .query_row(
+                "SELECT owner, heartbeat FROM issue_lease WHERE project = ?1 AND iid = ?2",
+                params![project, iid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match held {
+            None => {
+                let n = c.execute(
+                    "INSERT OR IGNORE INTO issue_lease (project, iid, owner, heartbeat) VALUES (?1, ?2, ?3, ?4)",
+                    params![project, iid, self.owner, ts(now)],
+                )?;
+                Ok(n == 1)
+            }
+            Some((owner, beat)) => {
+                let free = owner == self.owner
+                    || parse_ts(&beat) + LEASE_STALE_AFTER < now
+                    || owner_is_gone(&owner);
+                if !free {
+                    return Ok(false);
+                }
+                // Compare and swap: only if nobody took it meanwhile.
+                let n = c.execute(
+                    "UPDATE issue_lease SET owner = ?3, heartbeat = ?4
+                     WHERE project = ?1 AND iid = ?2 AND owner = ?5 AND heartbeat = ?6",
+                    params![project, iid, self.owner, ts(now), owner, beat],
+                )?;
+                if n == 1 && owner != self.owner {
+                    tracing::info!(iid, previous = %owner, "took over the lease of a holder that is gone");
+                }
+                Ok(n == 1)
+            }
+        }
+    }
+
+    /// A sign of life for every lease this handle holds.
+    pub fn heartbeat(&self) -> Result<(), StoreError> {
+        self.c().execute(
+            "UPDATE issue_lease SET heartbeat = ?2 WHERE owner = ?1",
+            params![self.owner, ts(Utc::now())],
         )?;
-        Ok(n == 1)
+        Ok(())
     }
 
     pub fn release(&self, project: &str, iid: u64) -> Result<(), StoreError> {
         self.c().execute(
-            "DELETE FROM lease WHERE project = ?1 AND iid = ?2 AND owner = ?3",
+            "DELETE FROM issue_lease WHERE project = ?1 AND iid = ?2 AND owner = ?3",
             params![project, iid, self.owner],
         )?;
         Ok(())
@@ -615,6 +709,18 @@ impl Store {
             .is_some())
     }
 
+    /// What was recorded for a delivery key, if anything.
+    pub fn delivery(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .c()
+            .query_row(
+                "SELECT detail FROM delivery WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     pub fn record_delivery(&self, key: &str, detail: &str) -> Result<(), StoreError> {
         self.c().execute(
             "INSERT INTO delivery (key, at, detail) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO NOTHING",
@@ -838,25 +944,49 @@ mod tests {
     }
 
     #[test]
-    fn leases_exclude_other_owners_until_expiry() {
+    fn leases_exclude_live_owners_and_pass_from_gone_ones() {
         let dir = std::env::temp_dir().join(format!("ab-lease-{}.db", rand::random::<u32>()));
         let a = Store::open(&dir).unwrap();
         let b = Store::open(&dir).unwrap();
-        assert!(a.try_lease("p", 1, chrono::Duration::minutes(5)).unwrap());
-        assert!(
-            a.try_lease("p", 1, chrono::Duration::minutes(5)).unwrap(),
-            "re-entrant for its owner"
-        );
-        assert!(!b.try_lease("p", 1, chrono::Duration::minutes(5)).unwrap());
+        assert!(a.try_lease("p", 1).unwrap());
+        assert!(a.try_lease("p", 1).unwrap(), "re-entrant for its owner");
+        assert!(!b.try_lease("p", 1).unwrap(), "a live holder keeps it");
         a.release("p", 1).unwrap();
-        assert!(b.try_lease("p", 1, chrono::Duration::minutes(5)).unwrap());
-        assert!(!a.try_lease("p", 1, chrono::Duration::minutes(5)).unwrap());
-        // An expired lease can be taken over.
-        assert!(
-            b.try_lease("p", 2, chrono::Duration::milliseconds(-1))
-                .unwrap()
-        );
-        assert!(a.try_lease("p", 2, chrono::Duration::minutes(5)).unwrap());
+        assert!(b.try_lease("p", 1).unwrap());
+        assert!(!a.try_lease("p", 1).unwrap());
+        // A holder that stopped renewing loses it.
+        b.c()
+            .execute(
+                "UPDATE issue_lease SET heartbeat = ?1",
+                params![ts(Utc::now()
+                    - LEASE_STALE_AFTER
+                    - chrono::Duration::seconds(1))],
+            )
+            .unwrap();
+        assert!(a.try_lease("p", 1).unwrap());
+        // A holder that is gone (its handle dropped: the bot was killed and
+        // restarted) loses it at once, heartbeat or not.
+        assert!(a.try_lease("p", 2).unwrap());
+        a.heartbeat().unwrap();
+        drop(a);
+        assert!(b.try_lease("p", 2).unwrap());
+        // A process on this host that no longer runs.
+        b.c()
+            .execute(
+                "UPDATE issue_lease SET owner = ?1 WHERE iid = 2",
+                params![format!("{}/{}/00000000", host_name(), u32::MAX - 7)],
+            )
+            .unwrap();
+        let c = Store::open(&dir).unwrap();
+        assert_eq!(c.try_lease("p", 2).unwrap(), cfg!(target_os = "linux"));
+        // Another host's holder is judged by its heartbeat only.
+        c.c()
+            .execute(
+                "UPDATE issue_lease SET owner = 'elsewhere/1/00000000', heartbeat = ?1 WHERE iid = 2",
+                params![ts(Utc::now())],
+            )
+            .unwrap();
+        assert!(!c.try_lease("p", 2).unwrap());
         let _ = std::fs::remove_file(&dir);
     }
 }

@@ -37,27 +37,38 @@ fn bodies_of(sb: &Sandbox, iid: u64) -> Vec<String> {
     sb.bot_comments(iid).into_iter().map(|c| c.body).collect()
 }
 
+fn notes_route(iid: u64) -> String {
+    format!("POST /api/v4/projects/support%2Faccess-requests/issues/{iid}/notes")
+}
+
+fn message_ids(sb: &Sandbox) -> Vec<String> {
+    sb.smtp
+        .messages()
+        .iter()
+        .filter_map(|m| m.header("Message-ID"))
+        .collect()
+}
+
 #[tokio::test]
-async fn the_people_team_gets_one_email_even_across_a_crash_before_the_note() {
+async fn no_email_goes_out_before_the_request_is_on_the_issue() {
     let sb = Sandbox::start(Ports::default()).await.unwrap();
     let st = store();
     let b = bot(&sb, &st).await;
     let iid = file(&sb, "light agent, Zendesk US Federal").await;
-    // The comment fails (GitLab 500 on notes), after the e-mail went out.
-    sb.gitlab_knobs.fail_next(
-        &format!("POST /api/v4/projects/support%2Faccess-requests/issues/{iid}/notes"),
-        1,
-        Failure::Status(500),
-    );
+    // The plan (which asks the People team on the issue) cannot be posted.
+    sb.gitlab_knobs
+        .fail_next(&notes_route(iid), 1, Failure::Status(500));
     let r = b.cycle().await;
     assert!(r.failed(), "the cycle reports the failed comment");
-    assert_eq!(sb.smtp.messages().len(), 1);
+    assert!(
+        sb.smtp.messages().is_empty(),
+        "no e-mail without its record"
+    );
     assert!(bodies_of(&sb, iid).is_empty());
 
-    // Restart (a new process, same state database): no second e-mail; the note now.
+    // Restart (a new process, same state database).
     drop(b);
     let b = bot(&sb, &st).await;
-    run_until_quiet(&b, 3).await;
     run_until_quiet(&b, 3).await;
     let mails = sb.smtp.messages();
     assert_eq!(mails.len(), 1, "exactly one e-mail");
@@ -79,10 +90,79 @@ async fn the_people_team_gets_one_email_even_across_a_crash_before_the_note() {
         "{body}"
     );
     let notes = bodies_of(&sb, iid);
-    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes.len(), 2, "{notes:?}");
     assert!(notes[0].contains("citizenship"), "{}", notes[0]);
-    assert!(notes[0].contains("E-mailed the verification request"));
-    assert!(notes[0].contains("people-connect@gitlab.com"));
+    assert!(notes[1].contains("E-mailed the verification request"));
+    assert!(notes[1].contains("people-connect@gitlab.com"));
+}
+
+#[tokio::test]
+async fn an_email_whose_note_failed_is_not_sent_again_after_a_restart() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let st = store();
+    let b = bot(&sb, &st).await;
+    let iid = file(&sb, "light agent, Zendesk US Federal").await;
+    // The plan goes up, the e-mail goes out, the note saying so fails.
+    sb.gitlab_knobs
+        .fail_after(&notes_route(iid), 1, 1, Failure::Status(500));
+    let r = b.cycle().await;
+    assert!(r.failed(), "{r:?}");
+    assert_eq!(sb.smtp.messages().len(), 1);
+    drop(b);
+    let b = bot(&sb, &st).await;
+    run_until_quiet(&b, 3).await;
+    assert_eq!(sb.smtp.messages().len(), 1, "not sent again");
+    let notes = bodies_of(&sb, iid);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[1].contains("E-mailed the verification request"));
+}
+
+#[tokio::test]
+async fn a_lost_final_answer_counts_as_sent_and_says_so() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let st = store();
+    sb.smtp.lock().lose_answer_next = 1;
+    let b = bot(&sb, &st).await;
+    let iid = file(&sb, "light agent, Zendesk US Federal").await;
+    run_until_quiet(&b, 3).await;
+    drop(b);
+    let b = bot(&sb, &st).await;
+    run_until_quiet(&b, 3).await;
+    assert_eq!(sb.smtp.messages().len(), 1, "never sent twice");
+    let notes = bodies_of(&sb, iid);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes[1].contains("its final answer never reached the bot"),
+        "{}",
+        notes[1]
+    );
+}
+
+#[tokio::test]
+async fn with_the_database_lost_between_hand_over_and_note_the_copy_has_the_same_message_id() {
+    // The one case the bot cannot tell apart: the server has the message,
+    // and both the note and the bot's own record of the hand-over are gone.
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let b = bot(&sb, &store()).await;
+    let iid = file(&sb, "light agent, Zendesk US Federal").await;
+    sb.gitlab_knobs
+        .fail_after(&notes_route(iid), 1, 1, Failure::Status(500));
+    b.cycle().await;
+    drop(b);
+    let b = bot(&sb, &store()).await;
+    run_until_quiet(&b, 3).await;
+    let ids = message_ids(&sb);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids[0], ids[1], "the same message, twice");
+    let notes = bodies_of(&sb, iid);
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| n.contains("E-mailed the verification request"))
+            .count(),
+        1,
+        "{notes:?}"
+    );
 }
 
 #[tokio::test]
@@ -98,19 +178,19 @@ async fn a_refusing_smtp_server_is_said_on_the_issue_and_retried() {
     );
     assert!(sb.smtp.messages().is_empty());
     let notes = bodies_of(&sb, iid);
-    assert_eq!(notes.len(), 1);
+    assert_eq!(notes.len(), 2, "the plan, then the refusal: {notes:?}");
     assert!(
-        notes[0].contains("Could not e-mail the verification request"),
+        notes[1].contains("Could not e-mail the verification request"),
         "{}",
-        notes[0]
+        notes[1]
     );
-    assert!(notes[0].contains("Relaying denied"), "{}", notes[0]);
+    assert!(notes[1].contains("Relaying denied"), "{}", notes[1]);
     // Next cycle (the issue is on the retry list): sent, and said once.
     run_until_quiet(&b, 3).await;
     assert_eq!(sb.smtp.messages().len(), 1);
     let notes = bodies_of(&sb, iid);
-    assert_eq!(notes.len(), 2);
-    assert!(notes[1].contains("E-mailed the verification request"));
+    assert_eq!(notes.len(), 3);
+    assert!(notes[2].contains("E-mailed the verification request"));
 }
 
 #[tokio::test]

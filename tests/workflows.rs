@@ -335,6 +335,13 @@ async fn light_agent_federal_waits_for_verification_then_provisions() {
             "US-Citizenship::Verified",
         ],
     );
+    s.expect(
+        &sb,
+        &[
+            "E-mailed the verification request",
+            "people-connect@gitlab.com",
+        ],
+    );
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
     run_until_quiet(&bot, 3).await;
     assert!(
@@ -373,6 +380,7 @@ async fn light_agent_federal_denied_is_closed_without_provisioning() {
     run_until_quiet(&bot, 3).await;
     let mut s = Seen::new(iid);
     s.expect(&sb, &["US Citizen"]);
+    s.expect(&sb, &["E-mailed the verification request"]);
     s.expect(
         &sb,
         &[
@@ -1011,6 +1019,7 @@ async fn security_federal_without_or_with_forged_verification() {
     run_until_quiet(&bot, 3).await;
     let mut s = Seen::new(iid);
     s.expect(&sb, &["US Citizen"]);
+    s.expect(&sb, &["E-mailed the verification request"]);
     s.expect(
         &sb,
         &["applied by `@mallory`, who is not an authorised approver"],

@@ -61,6 +61,17 @@ struct PlanPost<'a> {
     observed: &'a Observed,
 }
 
+/// The person the People team is e-mailed about.
+struct ToVerify {
+    who: String,
+    email: Email,
+}
+
+/// The key of the verification request on the issue (one per person).
+fn verification_key(email: &Email) -> String {
+    format!("citizenship:{}", short_hash(email.as_str()))
+}
+
 /// The author of an issue as far as identity sources tell (never the issue itself).
 struct Author {
     email: Option<String>,
@@ -93,34 +104,58 @@ impl Bot {
             .await;
     }
 
-    /// Process one issue under its lease; failures are remembered for retry.
+    /// Process one issue under its lease. Until the issue reaches a stable
+    /// outcome (done, waiting, refused, ignored) it stays on the retry list,
+    /// recorded before any work starts: a bot killed mid-way leaves it there,
+    /// so the next run looks at it again whatever the poll cursor says.
     pub async fn process(&self, project: &str, iid: u64) -> Outcome {
         if !self.dry_run {
-            match self
-                .store
-                .try_lease(project, iid, chrono::Duration::minutes(15))
-            {
+            match self.store.try_lease(project, iid) {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::info!(iid, "another runner is working on this issue; skipping");
+                    if let Err(e) = self.store.add_retry(project, iid, "busy") {
+                        tracing::error!(iid, error = %e, "cannot keep the issue on the retry list");
+                    }
                     return Outcome::Busy;
                 }
                 Err(e) => return Outcome::Failed(e.to_string()),
             }
+            if let Err(e) = self.store.add_retry(project, iid, "in progress") {
+                tracing::error!(iid, error = %e, "cannot mark the issue in progress");
+                let _ = self.store.release(project, iid);
+                return Outcome::Failed(e.to_string());
+            }
         }
         // Every line logged while working on the issue carries its iid (connectors included).
         let span = tracing::info_span!("issue", iid, project);
-        let outcome =
-            match tracing::Instrument::instrument(self.process_inner(project, iid), span).await {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::warn!(iid, error = %e, "giving up on this issue for this cycle");
-                    Outcome::Failed(e.to_string())
+        let work = tracing::Instrument::instrument(self.process_inner(project, iid), span);
+        // Signs of life while it works, so that a long step keeps the lease
+        // and a dead holder's lease is taken over quickly.
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(work);
+        let result = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = every.tick() => {
+                    if !self.dry_run && let Err(e) = self.store.heartbeat() {
+                        tracing::warn!(iid, error = %e, "cannot renew the issue's lease");
+                    }
                 }
-            };
+            }
+        };
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(iid, error = %e, "giving up on this issue for this cycle");
+                Outcome::Failed(e.to_string())
+            }
+        };
         if !self.dry_run {
             let r = match &outcome {
                 Outcome::Failed(why) => self.store.add_retry(project, iid, why),
+                Outcome::Busy => self.store.add_retry(project, iid, "busy"),
                 _ => self.store.clear_retry(project, iid),
             };
             if let Err(e) = r {
@@ -411,15 +446,23 @@ impl Bot {
                         });
                         self.security_notice(&request, &missing).await;
                     }
-                    let mut early = None;
-                    if verification_pending
-                        && let Err(e) = self.verification(project, &request, &dir, &mut wb).await?
-                    {
-                        early = Some(Outcome::Failed(e));
-                    }
+                    let email = if verification_pending {
+                        self.verification(&request, &dir, &mut wb)
+                    } else {
+                        None
+                    };
                     self.stale(&facts, &request, &missing, &dir, &mut wb);
-                    self.write_back(project, &issue, &history, wb).await?;
-                    return Ok(early.unwrap_or(Outcome::Waiting));
+                    if let Some(r) = self.write_back(project, &issue, &history, wb).await? {
+                        history.push(r);
+                    }
+                    if let Some(to_verify) = email
+                        && let Err(e) = self
+                            .verification_email(project, &issue, &history, &request, &to_verify)
+                            .await?
+                    {
+                        return Ok(Outcome::Failed(e));
+                    }
+                    return Ok(Outcome::Waiting);
                 }
                 Decision::Approved(approved) => {
                     let request = approved.request().clone();
@@ -535,19 +578,25 @@ impl Bot {
             state_label: Some(self.cfg.bot.state_labels.waiting.clone()),
             ..Default::default()
         };
-        let mut early = None;
-        if p.verification_pending
-            && let Err(e) = self.verification(project, request, dir, &mut wb).await?
-        {
-            early = Some(Outcome::Failed(e));
-        }
+        let email = if p.verification_pending {
+            self.verification(request, dir, &mut wb)
+        } else {
+            None
+        };
         if !p.requirements.required.is_empty() {
             self.stale(facts, request, p.missing, dir, &mut wb);
         }
         if let Some(r) = self.write_back(project, issue, history, wb).await? {
             history.push(r);
         }
-        Ok(early)
+        if let Some(to_verify) = email
+            && let Err(e) = self
+                .verification_email(project, issue, history, request, &to_verify)
+                .await?
+        {
+            return Ok(Some(Outcome::Failed(e)));
+        }
+        Ok(None)
     }
 
     async fn security_notice(&self, request: &Request, missing: &[approval::MissingApproval]) {
@@ -690,16 +739,16 @@ impl Bot {
         Ok(outcome)
     }
 
-    /// US Federal access: the People team is asked to verify citizenship, on the issue
-    /// and (with `[notify.email]`) by e-mail, once per issue.
-    /// `Ok(Err(_))`: the mail server refused; said on the issue, retried next cycle.
-    async fn verification(
+    /// US Federal access: the People team is asked to verify citizenship on
+    /// the issue (a section of the note being written). Returns the person to
+    /// e-mail the People team about, when `[notify.email]` is configured; the
+    /// e-mail goes out only after that note is on the issue.
+    fn verification(
         &self,
-        project: &str,
         request: &Request,
         dir: &Directory,
         wb: &mut Writeback,
-    ) -> Result<Result<(), String>, ProcessError> {
+    ) -> Option<ToVerify> {
         let rule = self
             .cfg
             .approvals
@@ -708,9 +757,7 @@ impl Bot {
         // A verification is of one person (`decide` refuses more), named as
         // GitLab and the identity sources know them, never by the free text
         // of the issue: the People team checks who will get the access.
-        let Some(subject) = request.subjects.first() else {
-            return Ok(Ok(()));
-        };
+        let subject = request.subjects.first()?;
         let gitlab_name = subject
             .gitlab_username
             .as_deref()
@@ -731,77 +778,110 @@ impl Bot {
                 "verified_label": rule.map(|r| r.label.clone()),
                 "denied_label": rule.and_then(|r| r.denied_label.clone()),
             }),
-            key: format!("citizenship:{}", short_hash(subject.email.as_str())),
+            key: verification_key(&subject.email),
         });
-        self.citizenship_email(project, request, &who, &subject.email, wb)
-            .await
+        self.mailer
+            .as_ref()
+            .filter(|m| !m.people_team.is_empty())
+            .map(|_| ToVerify {
+                who,
+                email: subject.email.clone(),
+            })
     }
 
-    /// The People team gets the verification request by e-mail, once
-    /// per issue (recorded in the store the moment the server accepts it, so a
-    /// crash before the note does not send it again), and the issue says so.
+    /// The People team's e-mail, exactly once, with the issue as the memory:
+    /// the verification request on the issue is the record that the e-mail
+    /// is due; the note saying it was sent is the record that it went. In
+    /// between, the mail server gets the message in two phases, and the
+    /// instant before the hand-over is recorded in the store: after a crash
+    /// the bot sends again only if the message cannot have been handed over
+    /// (with an empty store it cannot tell, and sends again with the same
+    /// Message-ID, which mail systems show once).
     /// `Ok(Err(_))`: the server refused; said on the issue, retried next cycle.
-    async fn citizenship_email(
+    async fn verification_email(
         &self,
         project: &str,
+        issue: &ApiIssue,
+        history: &History,
         request: &Request,
-        name: &str,
-        subject: &Email,
-        wb: &mut Writeback,
+        v: &ToVerify,
     ) -> Result<Result<(), String>, ProcessError> {
         let Some(m) = &self.mailer else {
             return Ok(Ok(()));
         };
-        if m.people_team.is_empty() {
+        let keys = history.keys();
+        let sent_key = format!("citizenship-email:{}", short_hash(v.email.as_str()));
+        if keys.contains(&crate::marker::clean(&sent_key)) {
             return Ok(Ok(()));
         }
-        let key = format!(
+        if !keys.contains(&crate::marker::clean(&verification_key(&v.email))) {
+            // The request is not on the issue (its note failed): nothing to send yet.
+            return Ok(Ok(()));
+        }
+        let store_key = format!(
             "citizenship-email:{project}:{}:{}",
             request.iid,
-            short_hash(subject.as_str())
+            short_hash(v.email.as_str())
         );
         let to = m.people_team.join(", ");
-        if !self.store.delivered(&key)? {
-            let body = self.templates.render(
-                "citizenship_email.txt",
-                &json!({"name": name, "issue_url": request.web_url}),
-            )?;
-            let id = format!(
-                "<citizenship-{}-{}-{}@access-bot>",
-                short_hash(project),
-                request.iid,
-                short_hash(subject.as_str())
-            );
-            match m
-                .send(
-                    &m.people_team,
-                    "US Citizenship Verification Request",
-                    &body,
-                    &id,
-                )
-                .await
-            {
-                Ok(()) => {
-                    self.store.record_delivery(&key, &to)?;
-                    tracing::info!(iid = request.iid, to = %to, "citizenship verification e-mail sent");
+        let subject = "US Citizenship Verification Request";
+        let said = |template: &'static str, ctx: serde_json::Value, key: String| Writeback {
+            kind: "email",
+            digest: request.digest(),
+            sections: vec![Section { template, ctx, key }],
+            ..Default::default()
+        };
+        let handed = self.store.delivery(&store_key)?;
+        let outcome = match handed.as_deref() {
+            // Handed over before a crash: the server has it (or its answer was lost).
+            Some(_) => Ok(crate::notify::Handover::AnswerLost(
+                "the bot stopped before the server's answer arrived".into(),
+            )),
+            None => {
+                let body = self.templates.render(
+                    "citizenship_email.txt",
+                    &json!({"name": v.who, "issue_url": request.web_url}),
+                )?;
+                let id = format!(
+                    "<citizenship-{}-{}-{}@access-bot>",
+                    short_hash(project),
+                    request.iid,
+                    short_hash(v.email.as_str())
+                );
+                let record = async { self.store.record_delivery(&store_key, "handing over") };
+                m.send_two_phase(&m.people_team, subject, &body, &id, record)
+                    .await?
+            }
+        };
+        match outcome {
+            Ok(h) => {
+                if handed.is_none() {
+                    self.store.record_delivery(&store_key, &to)?;
                 }
-                Err(e) => {
-                    tracing::warn!(iid = request.iid, error = %e, "citizenship verification e-mail not sent");
-                    wb.sections.push(Section {
-                        template: "email_failed.md",
-                        ctx: json!({"to": to, "error": e.to_string()}),
-                        key: format!("email-failed:{}", short_hash(&e.to_string())),
-                    });
-                    return Ok(Err(format!("e-mail to the People team: {e}")));
-                }
+                tracing::info!(iid = request.iid, to = %to, handover = ?h, "citizenship verification e-mail sent");
+                let lost = match h {
+                    crate::notify::Handover::Accepted => None,
+                    crate::notify::Handover::AnswerLost(why) => Some(why),
+                };
+                let wb = said(
+                    "email_sent.md",
+                    json!({"to": to, "subject": subject, "answer_lost": lost}),
+                    sent_key,
+                );
+                self.write_back(project, issue, history, wb).await?;
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                tracing::warn!(iid = request.iid, error = %e, "citizenship verification e-mail not sent");
+                let wb = said(
+                    "email_failed.md",
+                    json!({"to": to, "error": e.to_string()}),
+                    format!("email-failed:{}", short_hash(&e.to_string())),
+                );
+                self.write_back(project, issue, history, wb).await?;
+                Ok(Err(format!("e-mail to the People team: {e}")))
             }
         }
-        wb.sections.push(Section {
-            template: "email_sent.md",
-            ctx: json!({"to": to, "subject": "US Citizenship Verification Request"}),
-            key: format!("citizenship-email:{}", short_hash(subject.as_str())),
-        });
-        Ok(Ok(()))
     }
 
     async fn approved(

@@ -23,9 +23,9 @@ fn branch_for(username: &str) -> String {
 impl Bot {
     /// After an offboarding's Zendesk and Google work: one merge request per
     /// leaver with a file, or a note that there is none. Idempotent: the store
-    /// remembers what was done, and GitLab is asked (existing merge request,
-    /// existing branch) before anything is created, so a crash anywhere ends
-    /// in one branch, one merge request and one comment.
+    /// is a cache, and GitLab is asked (a merge request from the branch in any
+    /// state, the branch) before anything is created, so a crash anywhere, or
+    /// a lost store, ends in one branch, one merge request and one comment.
     /// `Ok(Some(error))`: the repository refused; said on the issue, retried.
     pub(super) async fn support_team_files(
         &self,
@@ -98,12 +98,15 @@ impl Bot {
             mr_iid: None,
             mr_url: None,
         };
-        let existing = self
+        // Any merge request from the branch, whatever its state: one closed
+        // unmerged was a person's decision, not a reason to open another (and
+        // after losing the store, this is how the bot finds its own again).
+        let mut from_branch = self
             .gitlab
             .merge_requests_from(&st.project, &branch)
-            .await?
-            .into_iter()
-            .find(|m| m.state != "closed");
+            .await?;
+        from_branch.sort_by_key(|m| (m.state == "closed", std::cmp::Reverse(m.iid)));
+        let existing = from_branch.into_iter().next();
         let mr = match existing {
             Some(m) => m,
             None => {

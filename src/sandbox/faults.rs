@@ -33,6 +33,8 @@ struct Scripted {
     /// Method and path prefix, e.g. `PUT /api/v2/users`; empty matches everything.
     route: String,
     remaining: u32,
+    /// Matching requests to let through before failing.
+    skip: u32,
     failure: Failure,
 }
 
@@ -84,9 +86,15 @@ impl Knobs {
 
     /// The next `count` requests matching `route` (`"PUT /api/v2/users"`, or `""` for any) fail.
     pub fn fail_next(&self, route: &str, count: u32, failure: Failure) {
+        self.fail_after(route, 0, count, failure);
+    }
+
+    /// Let `skip` matching requests through, then fail the next `count`.
+    pub fn fail_after(&self, route: &str, skip: u32, count: u32, failure: Failure) {
         self.lock().scripted.push(Scripted {
             route: route.to_string(),
             remaining: count,
+            skip,
             failure,
         });
     }
@@ -195,8 +203,12 @@ pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) ->
                 .iter_mut()
                 .find(|s| s.remaining > 0 && key.starts_with(&s.route))
         {
-            s.remaining -= 1;
-            decision = Some(Ok(s.failure.clone()));
+            if s.skip > 0 {
+                s.skip -= 1;
+            } else {
+                s.remaining -= 1;
+                decision = Some(Ok(s.failure.clone()));
+            }
         }
         k.scripted.retain(|s| s.remaining > 0);
         (k.latency, decision)

@@ -54,6 +54,9 @@ pub struct SmtpWorld {
     pub credentials: Option<(String, String)>,
     /// Answer the next transactions' MAIL FROM with this reply (e.g. `451 4.3.0 Try later`).
     pub refuse_next: Vec<String>,
+    /// Keep the next this-many messages but drop the connection instead of
+    /// answering 250 (the final reply lost on the way).
+    pub lose_answer_next: usize,
 }
 
 #[derive(Clone, Default)]
@@ -196,12 +199,21 @@ impl SmtpSink {
                         let l = l.strip_prefix('.').map(str::to_string).unwrap_or(l);
                         data.push_str(&l);
                     }
-                    self.lock().messages.push(Mail {
-                        from: std::mem::take(&mut from),
-                        to: std::mem::take(&mut to),
-                        data,
-                        user: user.clone(),
-                    });
+                    let lose = {
+                        let mut world = self.lock();
+                        world.messages.push(Mail {
+                            from: std::mem::take(&mut from),
+                            to: std::mem::take(&mut to),
+                            data,
+                            user: user.clone(),
+                        });
+                        let lose = world.lose_answer_next > 0;
+                        world.lose_answer_next = world.lose_answer_next.saturating_sub(1);
+                        lose
+                    };
+                    if lose {
+                        return Ok(());
+                    }
                     "250 2.0.0 Ok: queued".into()
                 }
             } else if upper == "RSET" {
