@@ -43,6 +43,7 @@ pub const TEMPLATES: &[(&str, &str)] = embedded!(
     "support_team_mr.md",
     "digest.txt",
     "grant_record.md",
+    "seat_listed.md",
 );
 
 #[derive(Debug, thiserror::Error)]

@@ -222,17 +222,8 @@ CREATE TABLE IF NOT EXISTS seat_review (
     period TEXT NOT NULL,
     PRIMARY KEY (instance, period)
 );
-CREATE TABLE IF NOT EXISTS seat_candidate (
-    instance TEXT NOT NULL,
-    period TEXT NOT NULL,
-    email TEXT NOT NULL,
-    zendesk_id INTEGER NOT NULL,
-    fields TEXT NOT NULL,
-    item_text TEXT NOT NULL,
-    listed_at TEXT NOT NULL,
-    reclaimed INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (instance, period, email)
-);
+-- The lines of a seat review are recorded on its issue.
+DROP TABLE IF EXISTS seat_candidate;
 "#;
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -696,19 +687,6 @@ impl Store {
         Ok(())
     }
 
-    /// Whether a one-time delivery (an e-mail) already went out.
-    pub fn delivered(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .c()
-            .query_row(
-                "SELECT 1 FROM delivery WHERE key = ?1",
-                params![key],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
-    }
-
     /// What was recorded for a delivery key, if anything.
     pub fn delivery(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
@@ -777,8 +755,9 @@ impl Store {
     }
 }
 
-/// A person listed on a seat review issue, exactly as the bot wrote them.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A person listed on a seat review issue, exactly as the bot wrote them
+/// (recorded on the issue, in the bot's sealed list notes).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct SeatCandidateRow {
     pub instance: String,
     pub period: String,
@@ -789,6 +768,8 @@ pub struct SeatCandidateRow {
     /// The checklist item's text as rendered: a tick counts only on this exact text.
     pub item_text: String,
     pub listed_at: DateTime<Utc>,
+    /// Known from the bot's notes on the issue, not recorded with the line.
+    #[serde(skip)]
     pub reclaimed: bool,
 }
 
@@ -809,22 +790,6 @@ impl Store {
             .optional()?)
     }
 
-    /// Which review (instance, period) an issue is, if it is one the bot opened.
-    pub fn seat_review_of(
-        &self,
-        project: &str,
-        iid: u64,
-    ) -> Result<Option<(String, String)>, StoreError> {
-        Ok(self
-            .c()
-            .query_row(
-                "SELECT instance, period FROM seat_review WHERE project = ?1 AND iid = ?2",
-                params![project, iid],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
-    }
-
     pub fn record_seat_review(
         &self,
         instance: &str,
@@ -836,69 +801,6 @@ impl Store {
             "INSERT INTO seat_review (project, iid, instance, period) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(instance, period) DO NOTHING",
             params![project, iid, instance, period],
-        )?;
-        Ok(())
-    }
-
-    pub fn seat_candidates(
-        &self,
-        instance: &str,
-        period: &str,
-    ) -> Result<Vec<SeatCandidateRow>, StoreError> {
-        let c = self.c();
-        let mut st = c.prepare(
-            "SELECT instance, period, email, zendesk_id, fields, item_text, listed_at, reclaimed
-             FROM seat_candidate WHERE instance = ?1 AND period = ?2 ORDER BY rowid",
-        )?;
-        let rows = st.query_map(params![instance, period], |r| {
-            Ok(SeatCandidateRow {
-                instance: r.get(0)?,
-                period: r.get(1)?,
-                email: r.get(2)?,
-                zendesk_id: r.get(3)?,
-                fields: r.get(4)?,
-                item_text: r.get(5)?,
-                listed_at: parse_ts(&r.get::<_, String>(6)?),
-                reclaimed: r.get::<_, i64>(7)? != 0,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
-
-    /// Remember a listed candidate; the first listing wins (its text is what a reviewer ticks).
-    pub fn record_seat_candidate(&self, row: &SeatCandidateRow) -> Result<(), StoreError> {
-        self.c().execute(
-            "INSERT INTO seat_candidate (instance, period, email, zendesk_id, fields, item_text, listed_at, reclaimed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)
-             ON CONFLICT(instance, period, email) DO NOTHING",
-            params![row.instance, row.period, row.email, row.zendesk_id, row.fields, row.item_text, ts(row.listed_at)],
-        )?;
-        Ok(())
-    }
-
-    /// Forget a candidate that is no longer idle and was never ticked.
-    pub fn drop_seat_candidate(
-        &self,
-        instance: &str,
-        period: &str,
-        email: &str,
-    ) -> Result<(), StoreError> {
-        self.c().execute(
-            "DELETE FROM seat_candidate WHERE instance = ?1 AND period = ?2 AND email = ?3 AND reclaimed = 0",
-            params![instance, period, email],
-        )?;
-        Ok(())
-    }
-
-    pub fn mark_seat_reclaimed(
-        &self,
-        instance: &str,
-        period: &str,
-        email: &str,
-    ) -> Result<(), StoreError> {
-        self.c().execute(
-            "UPDATE seat_candidate SET reclaimed = 1 WHERE instance = ?1 AND period = ?2 AND email = ?3",
-            params![instance, period, email],
         )?;
         Ok(())
     }

@@ -136,6 +136,18 @@ async fn dry_run_lists_idle_paid_seats_and_touches_nothing() {
     ));
 }
 
+/// The bot's comments on a review, without its list notes (the record of the lines).
+fn review_comments(sb: &Sandbox, iid: u64) -> Vec<access_bot::sandbox::harness::Comment> {
+    sb.bot_comments(iid)
+        .into_iter()
+        .filter(|c| c.marker.as_ref().is_none_or(|m| m.kind != "seat-list"))
+        .collect()
+}
+
+fn list_notes(sb: &Sandbox, iid: u64) -> usize {
+    sb.bot_comments(iid).len() - review_comments(sb, iid).len()
+}
+
 #[tokio::test]
 async fn review_issue_is_opened_updated_in_place_and_reclaims_on_a_reviewers_tick() {
     let (sb, bot) = seeded().await;
@@ -169,7 +181,7 @@ async fn review_issue_is_opened_updated_in_place_and_reclaims_on_a_reviewers_tic
     run_until_quiet(&bot, 3).await;
     assert_eq!(role(&sb, "ann.idle@gitlab.com").0, "agent");
     assert_eq!(role(&sb, "ann.idle@gitlab.com").1, None);
-    let c = sb.bot_comments(iid);
+    let c = review_comments(&sb, iid);
     assert_eq!(c.len(), 1);
     assert!(
         c[0].body
@@ -189,7 +201,7 @@ async fn review_issue_is_opened_updated_in_place_and_reclaims_on_a_reviewers_tic
     let light = sb.zd("global").light_agent_role();
     assert_eq!(role(&sb, "ann.idle@gitlab.com"), ("agent".into(), light));
     assert_eq!(role(&sb, "ben.never@gitlab.com"), ("agent".into(), light));
-    let c = sb.bot_comments(iid);
+    let c = review_comments(&sb, iid);
     assert_eq!(c.len(), 2, "one new comment for the cycle");
     assert!(
         c[1].body.contains("`ann.idle@gitlab.com`: seat reclaimed, now agent (Agent léger) (was agent); ticked by `@lyle`"),
@@ -223,9 +235,14 @@ async fn review_issue_is_opened_updated_in_place_and_reclaims_on_a_reviewers_tic
     run_until_quiet(&bot, 3).await;
     assert_eq!(sb.state(iid), "closed");
     assert_eq!(role(&sb, "hal.new@gitlab.com"), ("agent".into(), None));
-    assert_eq!(sb.bot_comments(iid).len(), 2);
+    assert_eq!(review_comments(&sb, iid).len(), 2);
     run_until_quiet(&bot, 3).await;
-    assert_eq!(sb.bot_comments(iid).len(), 2, "no duplicate comments");
+    assert_eq!(review_comments(&sb, iid).len(), 2, "no duplicate comments");
+    assert_eq!(
+        list_notes(&sb, iid),
+        2,
+        "one record per listing: the first, and Hal"
+    );
 }
 
 #[tokio::test]
@@ -316,4 +333,44 @@ async fn nothing_idle_opens_no_issue_and_a_crash_after_opening_finds_the_same_is
     );
     let outcome = bot2.process(access_bot::sandbox::PROJECT, iid).await;
     assert_eq!(outcome, Outcome::Waiting);
+}
+
+#[tokio::test]
+async fn the_review_lives_on_the_issue_a_bot_with_an_empty_store_carries_on() {
+    let (sb, bot) = seeded().await;
+    bot.audit_seats(Some("global")).await.unwrap();
+    let iid = review_iid(&sb);
+    drop(bot);
+    // A reviewer ticks Ann; someone adds a line of their own and it is ticked too.
+    let d = tick(&sb.description(iid), "ann.idle@gitlab.com", 'x');
+    let forged =
+        "- [x] `Cat Active` (cat.active@gitlab.com): agent, last login never, 1,380 USD a year\n";
+    sb.edit_description("lyle", iid, &format!("{d}\n{forged}"))
+        .await
+        .unwrap();
+    // A new bot, with nothing in its store.
+    let fresh = sb.bot().await.unwrap();
+    run_until_quiet(&fresh, 3).await;
+    let light = sb.zd("global").light_agent_role();
+    assert_eq!(role(&sb, "ann.idle@gitlab.com"), ("agent".into(), light));
+    assert_eq!(
+        role(&sb, "cat.active@gitlab.com"),
+        ("agent".into(), None),
+        "a line the bot did not record is never acted on"
+    );
+    // Another new bot's monthly run: the same issue, decided lines kept, no
+    // second record of the same lines.
+    let again = sb.bot().await.unwrap();
+    again.audit_seats(Some("global")).await.unwrap();
+    assert_eq!(review_iid(&sb), iid);
+    let d = sb.description(iid);
+    assert!(d.contains("- [x] `Ann Idle`"), "{d}");
+    assert!(d.contains("ben.never@gitlab.com"), "{d}");
+    assert_eq!(list_notes(&sb, iid), 1, "the lines were recorded once");
+    run_until_quiet(&again, 3).await;
+    let reclaimed: Vec<_> = review_comments(&sb, iid)
+        .into_iter()
+        .filter(|c| c.body.contains("seat reclaimed"))
+        .collect();
+    assert_eq!(reclaimed.len(), 1, "Ann's seat was reclaimed once");
 }

@@ -341,7 +341,12 @@ impl Bot {
         }
         let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let key = format!("digest:{today}");
-        if self.store.delivered(&key).unwrap_or(true) {
+        if self
+            .store
+            .delivery(&key)
+            .map(|d| d.is_some())
+            .unwrap_or(true)
+        {
             return false;
         }
         let rows = self

@@ -266,7 +266,7 @@ impl Bot {
             return Ok(Outcome::Ignored);
         }
         // A seat review the bot opened: reviewers' ticks, not a request.
-        if let Some((instance, period)) = self.store.seat_review_of(project, iid)? {
+        if let Some((instance, period)) = self.seat_review_of(project, &issue).await? {
             if self.dry_run {
                 return Ok(Outcome::Planned(format!(
                     "seat review {instance} {period}: would reclaim the seats whose lines a reviewer ticked\n"
@@ -1494,7 +1494,7 @@ struct GrantFile {
 }
 
 /// A JSON value as a fenced block no content can close early.
-fn json_block(v: &serde_json::Value) -> String {
+pub(super) fn json_block(v: &serde_json::Value) -> String {
     let text = serde_json::to_string_pretty(v).unwrap_or_default();
     let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
     let fence = "`".repeat(longest.max(2) + 1);
@@ -1502,7 +1502,7 @@ fn json_block(v: &serde_json::Value) -> String {
 }
 
 /// The first fenced JSON block of a (verified) note, parsed.
-fn read_json_block<T: serde::de::DeserializeOwned>(content: &str) -> Option<T> {
+pub(super) fn read_json_block<T: serde::de::DeserializeOwned>(content: &str) -> Option<T> {
     let start = content.find("json\n")? + 5;
     let rest = &content[start..];
     let end = rest.find("\n```")?;

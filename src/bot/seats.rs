@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::approval::History;
 use crate::config::SeatAuditConfig;
 use crate::gitlab::{ApiIssue, IssueEdit};
 use crate::marker::short_hash;
@@ -34,6 +35,8 @@ pub enum SeatError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Render(#[from] crate::render::RenderError),
+    #[error(transparent)]
+    Process(Box<ProcessError>),
 }
 
 /// One instance's review, as printed by `audit-seats` and written to the issue.
@@ -75,6 +78,39 @@ fn describe(u: &User, role_names: &BTreeMap<u64, String>) -> String {
     } else {
         role
     }
+}
+
+/// The kind of the bot's note that records the lines it listed.
+const SEAT_LIST: &str = "seat-list";
+
+/// The lines the bot listed on a review issue, from its sealed list notes,
+/// each marked reclaimed if a note of the bot's says it was.
+fn listed_on(history: &History, instance: &str, period: &str) -> Vec<SeatCandidateRow> {
+    let keys = history.keys();
+    let mut by_email: BTreeMap<String, SeatCandidateRow> = BTreeMap::new();
+    for r in history.records.iter().filter(|r| {
+        r.marker.kind == SEAT_LIST
+            && r.marker.field("instance") == Some(instance)
+            && r.marker.field("period") == Some(period)
+    }) {
+        let rows: Vec<SeatCandidateRow> =
+            super::process::read_json_block(&r.content).unwrap_or_default();
+        for mut row in rows {
+            // The note's own instance and period, whatever the block says.
+            row.instance = instance.to_string();
+            row.period = period.to_string();
+            row.reclaimed = keys.contains(&crate::marker::clean(&format!(
+                "seat-reclaimed:{}",
+                row.email
+            )));
+            by_email.entry(row.email.clone()).or_insert(row);
+        }
+    }
+    by_email.into_values().collect()
+}
+
+fn boxed(e: ProcessError) -> SeatError {
+    SeatError::Process(Box::new(e))
 }
 
 impl Bot {
@@ -170,9 +206,9 @@ impl Bot {
         })
     }
 
-    /// The review issue of an instance and period: from the store, or (after
-    /// a crash between creating it and recording it) found by its marker
-    /// among the bot's own open issues with the review label.
+    /// The review issue of an instance and period: from the store (a cache),
+    /// or found among the bot's own issues with the review label by the
+    /// marker its description carries (after a crash, or with a lost store).
     async fn find_review(
         &self,
         project: &str,
@@ -200,6 +236,35 @@ impl Bot {
                 .record_seat_review(instance, period, project, i.iid)?;
         }
         Ok(found)
+    }
+
+    /// Which review an issue is: one the bot opened (its author) with the
+    /// review label, and a sealed list note of the bot's naming the instance
+    /// and period. The issue is the record; the store is not needed.
+    pub(super) async fn seat_review_of(
+        &self,
+        project: &str,
+        issue: &ApiIssue,
+    ) -> Result<Option<(String, String)>, ProcessError> {
+        let Some(cfg) = &self.cfg.seat_audit else {
+            return Ok(None);
+        };
+        if issue.author.id != self.me.id || !issue.labels.contains(&cfg.label) {
+            return Ok(None);
+        }
+        let facts = self.notes_only(project, issue).await?;
+        let history = self.history(project, &facts).await;
+        Ok(history
+            .records
+            .iter()
+            .rev()
+            .find(|r| r.marker.kind == SEAT_LIST)
+            .and_then(|r| {
+                Some((
+                    r.marker.field("instance")?.to_string(),
+                    r.marker.field("period")?.to_string(),
+                ))
+            }))
     }
 
     fn item_text(&self, cfg: &SeatAuditConfig, c: &SeatCandidate) -> Result<String, SeatError> {
@@ -242,50 +307,51 @@ impl Bot {
                 .map(|i| (i.text, i.state))
                 .collect()
         };
-        let current = states(
-            existing
-                .as_ref()
-                .and_then(|i| i.description.as_deref())
-                .unwrap_or(""),
-        );
         let now_idle: BTreeSet<&str> = report.candidates.iter().map(|c| c.email.as_str()).collect();
-        let listed = self.store.seat_candidates(instance, period)?;
-        for row in &listed {
-            let decided = matches!(
-                current.get(&row.item_text),
-                Some(CheckState::Done | CheckState::Inapplicable)
-            );
-            if !row.reclaimed && !decided && !now_idle.contains(row.email.as_str()) {
-                self.store
-                    .drop_seat_candidate(instance, period, &row.email)?;
+        let listed = match &existing {
+            Some(i) => {
+                let facts = self.notes_only(&project, i).await.map_err(boxed)?;
+                let history = self.history(&project, &facts).await;
+                listed_on(&history, instance, period)
             }
-        }
-        let known: BTreeSet<String> = self
-            .store
-            .seat_candidates(instance, period)?
-            .into_iter()
-            .map(|r| r.email)
-            .collect();
-        // Recorded before the issue shows them: a tick is only ever checked
-        // against a line the store knows the bot wrote.
-        for c in report
+            None => Vec::new(),
+        };
+        let known: BTreeSet<&str> = listed.iter().map(|r| r.email.as_str()).collect();
+        let new: Vec<SeatCandidateRow> = report
             .candidates
             .iter()
-            .filter(|c| !known.contains(&c.email))
-        {
-            self.store.record_seat_candidate(&SeatCandidateRow {
-                instance: instance.to_string(),
-                period: period.clone(),
-                email: c.email.clone(),
-                zendesk_id: c.zendesk_id,
-                fields: serde_json::to_string(c).unwrap_or_default(),
-                item_text: self.item_text(cfg, c)?,
-                listed_at: self.now(),
-                reclaimed: false,
-            })?;
-        }
-        let rows = self.store.seat_candidates(instance, period)?;
-        if rows.is_empty() && existing.is_none() {
+            .filter(|c| !known.contains(c.email.as_str()))
+            .map(|c| {
+                Ok(SeatCandidateRow {
+                    instance: instance.to_string(),
+                    period: period.clone(),
+                    email: c.email.clone(),
+                    zendesk_id: c.zendesk_id,
+                    fields: serde_json::to_string(c).unwrap_or_default(),
+                    item_text: self.item_text(cfg, c)?,
+                    listed_at: self.now(),
+                    reclaimed: false,
+                })
+            })
+            .collect::<Result<_, SeatError>>()?;
+        // Shown: every line decided on the issue or reclaimed, and every
+        // undecided one of a person still idle (the others are dropped).
+        let shown = |current: &BTreeMap<String, CheckState>| -> Vec<SeatCandidateRow> {
+            listed
+                .iter()
+                .chain(new.iter())
+                .filter(|r| {
+                    r.reclaimed
+                        || now_idle.contains(r.email.as_str())
+                        || matches!(
+                            current.get(&r.item_text),
+                            Some(CheckState::Done | CheckState::Inapplicable)
+                        )
+                })
+                .cloned()
+                .collect()
+        };
+        if listed.is_empty() && new.is_empty() && existing.is_none() {
             tracing::info!("no idle paid seats: no review issue needed");
             return Ok(None);
         }
@@ -298,7 +364,7 @@ impl Bot {
         let render = |current: &BTreeMap<String, CheckState>| -> Result<String, SeatError> {
             let mut open_count = 0usize;
             let mut open_total = 0f64;
-            let entries: Vec<serde_json::Value> = rows
+            let entries: Vec<serde_json::Value> = shown(current)
                 .iter()
                 .map(|r| {
                     let mark = match current.get(&r.item_text) {
@@ -332,23 +398,11 @@ impl Bot {
                 }),
             )?)
         };
-        match existing {
-            Some(issue) => {
-                // Read again right before writing, and keep every box as it is
-                // now: a reviewer may have ticked one since the first read.
-                // (GitLab has no conditional update; the window is this one
-                // round trip.)
-                let fresh = self.gitlab.issue(&project, issue.iid).await?;
-                let desc = render(&states(fresh.description.as_deref().unwrap_or("")))?;
-                if fresh.description.as_deref() != Some(desc.as_str()) {
-                    let edit = IssueEdit {
-                        description: Some(desc),
-                        ..Default::default()
-                    };
-                    self.gitlab.edit_issue(&project, issue.iid, &edit).await?;
-                }
-                Ok(Some(fresh.web_url))
-            }
+        // The issue first (empty), then the lines on record in a sealed note
+        // of the bot's, then the lines in the description: a tick is only
+        // ever checked against a line the bot recorded.
+        let issue = match existing {
+            Some(i) => i,
             None => {
                 let desc = render(&BTreeMap::new())?;
                 let created = self
@@ -363,9 +417,46 @@ impl Bot {
                 self.store
                     .record_seat_review(instance, period, &project, created.iid)?;
                 tracing::info!(iid = created.iid, "seat review issue opened");
-                Ok(Some(created.web_url))
+                created
             }
+        };
+        if !new.is_empty() {
+            let facts = self.notes_only(&project, &issue).await.map_err(boxed)?;
+            let history = self.history(&project, &facts).await;
+            let emails: Vec<&str> = new.iter().map(|r| r.email.as_str()).collect();
+            let wb = Writeback {
+                kind: SEAT_LIST,
+                fields: vec![
+                    ("instance", instance.to_string()),
+                    ("period", period.clone()),
+                ],
+                sections: vec![Section {
+                    template: "seat_listed.md",
+                    ctx: json!({
+                        "lines": new.iter().map(|r| r.item_text.clone()).collect::<Vec<_>>(),
+                        "record": super::process::json_block(&serde_json::to_value(&new).unwrap_or_default()),
+                    }),
+                    key: format!("seat-list:{period}:{}", short_hash(&emails.join(","))),
+                }],
+                ..Default::default()
+            };
+            self.write_back(&project, &issue, &history, wb)
+                .await
+                .map_err(boxed)?;
         }
+        // Read again right before writing, and keep every box as it is now: a
+        // reviewer may have ticked one since the first read. (GitLab has no
+        // conditional update; the window is this one round trip.)
+        let fresh = self.gitlab.issue(&project, issue.iid).await?;
+        let desc = render(&states(fresh.description.as_deref().unwrap_or("")))?;
+        if fresh.description.as_deref() != Some(desc.as_str()) {
+            let edit = IssueEdit {
+                description: Some(desc),
+                ..Default::default()
+            };
+            self.gitlab.edit_issue(&project, issue.iid, &edit).await?;
+        }
+        Ok(Some(fresh.web_url))
     }
 
     /// A review issue changed: act on every line a reviewer ticked.
@@ -380,7 +471,8 @@ impl Bot {
             return Ok(Outcome::Ignored);
         };
         let facts = self.notes_only(project, issue).await?;
-        let rows = self.store.seat_candidates(instance, period)?;
+        let history = self.history(project, &facts).await;
+        let rows = listed_on(&history, instance, period);
         let items = checklist::parse(issue.description.as_deref().unwrap_or(""));
         let mut reviewers = BTreeSet::new();
         for r in &cfg.reviewers {
@@ -452,7 +544,6 @@ impl Bot {
                                 &format!("seat review ticked by @{by}"),
                                 if kind == "reclaimed" { "ok" } else { "already" },
                             )?;
-                            self.store.mark_seat_reclaimed(instance, period, &email)?;
                             reclaimed_now.insert(email.clone());
                             section(kind, format!("seat-reclaimed:{email}"), ctx);
                         }
@@ -503,7 +594,6 @@ impl Bot {
             CheckState::Open => false,
         });
         wb.close = all_decided && failed.is_none();
-        let history = self.history(project, &facts).await;
         self.write_back(project, issue, &history, wb).await?;
         Ok(match failed {
             Some(e) => Outcome::Failed(e),
