@@ -707,10 +707,32 @@ pub async fn run(
         Event::Digest,
     ));
     tokio::pin!(shutdown);
+    // Wake-ups that piled up while the bot was busy (a slow cycle, a hung
+    // call) are taken together and each distinct one is handled once: a
+    // dozen queued polls are one poll.
+    let mut queued: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
     loop {
-        let event = tokio::select! {
-            _ = &mut shutdown => break,
-            e = rx.recv() => match e { Some(e) => e, None => break },
+        if !queued.is_empty() {
+            // A signal still stops the bot between queued events.
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = std::future::ready(()) => {}
+            }
+        } else {
+            let first = tokio::select! {
+                _ = &mut shutdown => break,
+                e = rx.recv() => match e { Some(e) => e, None => break },
+            };
+            queued.push_back(first);
+        }
+        while let Ok(e) = rx.try_recv() {
+            if !queued.contains(&e) {
+                queued.push_back(e);
+            }
+        }
+        let Some(event) = queued.pop_front() else {
+            continue;
         };
         let is_poll = event == Event::Poll;
         // The event in flight finishes even if a signal arrives meanwhile.
