@@ -20,7 +20,7 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
     let mut out = Vec::new();
     match secrets.get(&cfg.gitlab.token_env) {
         Err(e) => out.push((false, format!("GitLab: {e}"))),
-        Ok(token) => match GitlabClient::connect(&cfg.gitlab.url, &token).await {
+        Ok(token) => match GitlabClient::connect(&cfg.gitlab.url, &token, cfg.gitlab_timeout()).await {
             Err(e) => out.push((false, format!("GitLab: {e}"))),
             Ok(gl) => match gl.me().await {
                 Ok(me) if me.username.eq_ignore_ascii_case(&cfg.gitlab.bot_username) => {
