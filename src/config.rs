@@ -475,7 +475,7 @@ fn default_rpm() -> u32 {
     400
 }
 fn default_zendesk_scope() -> String {
-    "users:read users:write tickets:read tickets:write read".into()
+    crate::zendesk::required_scope()
 }
 fn default_google_base() -> String {
     "https://admin.googleapis.com".into()
