@@ -205,7 +205,14 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
                         Err(e) => out.push((false, format!("Google group {group} ({name}): {e}"))),
                     }
                 }
-
+                // A refused token is dropped and a new one fetched: that must work.
+                match client.refresh().await {
+                    Ok(()) => out.push((
+                        true,
+                        "Google: token refresh works (a new access token was issued)".into(),
+                    )),
+                    Err(e) => out.push((false, format!("Google: token refresh: {e}"))),
+                }
             }
         }
     }

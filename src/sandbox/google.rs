@@ -20,6 +20,7 @@ pub const MEMBER_SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.
 pub const GROUP_SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.group";
 const READONLY_SCOPE: &str =
     "https://www.googleapis.com/auth/admin.directory.group.member.readonly";
+const GROUP_READONLY_SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.group.readonly";
 
 #[derive(Debug, Clone)]
 pub struct ServiceAccount {
@@ -68,6 +69,18 @@ pub struct GoogleWorld {
 }
 
 impl GoogleWorld {
+    /// Invalidate every access token issued (a revocation, or an expiry
+    /// earlier than announced): the Directory API answers 401 to them.
+    pub fn revoke_tokens(&mut self) {
+        self.tokens.clear();
+    }
+
+    /// Access tokens issued so far and still valid.
+    pub fn live_tokens(&self) -> usize {
+        let now = chrono::Utc::now();
+        self.tokens.iter().filter(|t| t.expires > now).count()
+    }
+
     pub fn add_group(&mut self, email: &str) {
         self.groups.entry(email.to_ascii_lowercase()).or_default();
     }
@@ -293,6 +306,16 @@ async fn token(State(s): State<GoogleServer>, body: Bytes) -> Response {
     if scopes.is_empty() {
         return bad("Invalid OAuth scope or ID token audience provided.");
     }
+    if scopes
+        .iter()
+        .any(|s| !s.starts_with("https://www.googleapis.com/auth/"))
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "Invalid OAuth scope or ID token audience provided.",
+        );
+    }
     let identity = match claims["sub"].as_str() {
         Some(sub) => {
             // Domain-wide delegation: every scope must be authorised for this client id.
@@ -344,10 +367,12 @@ fn check(w: &GoogleWorld, headers: &HeaderMap, access: Access) -> Result<(), Res
         )
             .into_response());
     };
+    // As documented per method: insert and delete need `group` or
+    // `group.member`; get, hasMember and list accept their read-only variants too.
     let ok_scope = t.scopes.iter().any(|s| {
         s == MEMBER_SCOPE
             || s == GROUP_SCOPE
-            || (matches!(access, Access::Read) && s == READONLY_SCOPE)
+            || (matches!(access, Access::Read) && (s == READONLY_SCOPE || s == GROUP_READONLY_SCOPE))
     });
     if !ok_scope {
         return Err(error(
