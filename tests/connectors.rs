@@ -602,3 +602,542 @@ async fn zendesk_light_agent_seed_accounts_resolve() {
         Some(1)
     );
 }
+
+// ------------------------------------------------------------------ GitLab
+
+use access_bot::gitlab::{GitlabApi, GitlabClient, GitlabError, IssueEdit, NewMergeRequest};
+use access_bot::sandbox::{PROJECT, SUPPORT_TEAM};
+use access_bot::secret::Secret;
+
+/// The project paths as the `gitlab` crate sends them.
+const P: &str = "support%2Faccess-requests";
+const ST: &str = "gitlab-support-readiness%2Fsupport-team";
+
+async fn gitlab(sb: &Sandbox, timeout: Duration) -> GitlabClient {
+    GitlabClient::connect_with(
+        &sb.config.gitlab.url,
+        &Secret::new(sb.token_of("access-bot")),
+        timeout,
+        fast(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Run `call` with one 429 (GitLab's shape, `Retry-After: 1`) on `route`:
+/// it succeeds after waiting, and the route saw the 429 and then the request
+/// again (answered: a 404 is how "no such branch" is told).
+async fn after_429<T, F>(sb: &Sandbox, route: &str, call: F) -> T
+where
+    F: std::future::Future<Output = Result<T, GitlabError>>,
+{
+    sb.gitlab_knobs.clear_log();
+    sb.gitlab_knobs.fail_next(
+        route,
+        1,
+        Failure::TooMany {
+            retry_after: Some(1),
+        },
+    );
+    let t = std::time::Instant::now();
+    let v = call.await.unwrap_or_else(|e| panic!("{route}: {e}"));
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(950),
+        "{route}: Retry-After not honoured ({waited:?})"
+    );
+    let hits: Vec<u16> = sb
+        .gitlab_knobs
+        .log()
+        .iter()
+        .filter(|e| format!("{} {}", e.method, e.path).starts_with(route))
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(hits.first(), Some(&429), "{route}: {hits:?}");
+    assert!(
+        hits.len() >= 2 && hits[1..].iter().all(|s| *s != 429 && *s < 500),
+        "{route}: {hits:?}"
+    );
+    v
+}
+
+/// The world the GitLab calls below act on: an issue with a label and a note,
+/// and the Support Team repository with a leaver's file.
+async fn gitlab_world(sb: &Sandbox) -> u64 {
+    let iid = sb
+        .file_issue(
+            "jdoe",
+            "Zendesk light agent",
+            &["support::to do"],
+            "- [ ] x\n",
+        )
+        .await
+        .unwrap();
+    sb.comment_as("jdoe", iid, "hello").await.unwrap();
+    iid
+}
+
+#[tokio::test]
+async fn gitlab_429_on_every_call_the_bot_makes_is_waited_out() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let iid = gitlab_world(&sb).await;
+    let gl = gitlab(&sb, Duration::from_secs(5)).await;
+    let issues = format!("/api/v4/projects/{P}/issues");
+
+    let me = after_429(&sb, "GET /api/v4/user", gl.me()).await;
+    assert_eq!(me.username, "access-bot");
+    let list = after_429(
+        &sb,
+        &format!("GET {issues}"),
+        gl.list_issues(PROJECT, Some("support::to do"), None),
+    )
+    .await;
+    assert_eq!(list.len(), 1);
+    let issue = after_429(&sb, &format!("GET {issues}/{iid}"), gl.issue(PROJECT, iid)).await;
+    assert_eq!(issue.iid, iid);
+    let notes = after_429(
+        &sb,
+        &format!("GET {issues}/{iid}/notes"),
+        gl.notes(PROJECT, iid),
+    )
+    .await;
+    assert!(notes.iter().any(|n| n.body == "hello"));
+    let events = after_429(
+        &sb,
+        &format!("GET {issues}/{iid}/resource_label_events"),
+        gl.label_events(PROJECT, iid),
+    )
+    .await;
+    assert_eq!(events.len(), 1);
+
+    // Writes: each lands exactly once.
+    let note = after_429(
+        &sb,
+        &format!("POST {issues}/{iid}/notes"),
+        gl.create_note(PROJECT, iid, "the bot's note"),
+    )
+    .await;
+    assert_eq!(note.body, "the bot's note");
+    assert_eq!(
+        sb.comments(iid)
+            .iter()
+            .filter(|c| c.body == "the bot's note")
+            .count(),
+        1,
+        "posted exactly once"
+    );
+    let edit = IssueEdit {
+        add_labels: vec!["access-bot::planned".into()],
+        ..Default::default()
+    };
+    let edited = after_429(
+        &sb,
+        &format!("PUT {issues}/{iid}"),
+        gl.edit_issue(PROJECT, iid, &edit),
+    )
+    .await;
+    assert!(edited.labels.contains(&"access-bot::planned".to_string()));
+    let user = after_429(&sb, "GET /api/v4/users", gl.user_by_username("mlee")).await;
+    assert_eq!(user.map(|u| u.username).as_deref(), Some("mlee"));
+    let labels = format!("/api/v4/projects/{P}/labels");
+    let ids = after_429(
+        &sb,
+        &format!("GET {labels}"),
+        gl.label_ids(PROJECT, &["support::to do".to_string()]),
+    )
+    .await;
+    assert_eq!(ids.len(), 1);
+    let new_label = "AR-Approval::Manager Approved".to_string();
+    let ids = after_429(
+        &sb,
+        &format!("POST {labels}"),
+        gl.label_ids(PROJECT, std::slice::from_ref(&new_label)),
+    )
+    .await;
+    assert!(ids.contains_key(&new_label));
+    let created = after_429(
+        &sb,
+        &format!("POST {issues}"),
+        gl.create_issue(
+            PROJECT,
+            "Seat review",
+            "body",
+            &["zendesk-seat-review".into()],
+        ),
+    )
+    .await;
+    assert_eq!(
+        sb.gitlab
+            .lock()
+            .project(PROJECT)
+            .unwrap()
+            .issues
+            .iter()
+            .filter(|i| i.title == "Seat review")
+            .count(),
+        1,
+        "one issue opened"
+    );
+    assert_ne!(created.iid, iid);
+
+    // The Support Team repository: files, branches, merge requests.
+    let repo = format!("/api/v4/projects/{ST}");
+    let path = "data/agents/cquinn.yaml";
+    assert!(
+        after_429(
+            &sb,
+            &format!("GET {repo}/repository/files"),
+            gl.file_exists(SUPPORT_TEAM, path, "main"),
+        )
+        .await
+    );
+    assert!(
+        !after_429(
+            &sb,
+            &format!("GET {repo}/repository/branches"),
+            gl.branch_exists(SUPPORT_TEAM, "access-bot/offboard-cquinn"),
+        )
+        .await
+    );
+    after_429(
+        &sb,
+        &format!("DELETE {repo}/repository/files"),
+        gl.delete_file(
+            SUPPORT_TEAM,
+            path,
+            "access-bot/offboard-cquinn",
+            "main",
+            "Remove cquinn",
+        ),
+    )
+    .await;
+    let mr = NewMergeRequest {
+        source_branch: "access-bot/offboard-cquinn".into(),
+        target_branch: "main".into(),
+        title: "Remove cquinn".into(),
+        description: "offboarding".into(),
+        reviewer_ids: vec![],
+    };
+    let opened = after_429(
+        &sb,
+        &format!("POST {repo}/merge_requests"),
+        gl.create_merge_request(SUPPORT_TEAM, &mr),
+    )
+    .await;
+    assert_eq!(
+        sb.gitlab
+            .lock()
+            .project(SUPPORT_TEAM)
+            .unwrap()
+            .merge_requests
+            .len(),
+        1,
+        "one merge request opened"
+    );
+    let from = after_429(
+        &sb,
+        &format!("GET {repo}/merge_requests"),
+        gl.merge_requests_from(SUPPORT_TEAM, "access-bot/offboard-cquinn"),
+    )
+    .await;
+    assert_eq!(from.len(), 1);
+    let one = after_429(
+        &sb,
+        &format!("GET {repo}/merge_requests/{}", opened.iid),
+        gl.merge_request(SUPPORT_TEAM, opened.iid),
+    )
+    .await;
+    assert_eq!(one.state, "opened");
+}
+
+#[tokio::test]
+async fn gitlab_429_without_retry_after_backs_off_and_gives_up_after_bounded_attempts() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let iid = gitlab_world(&sb).await;
+    let gl = gitlab(&sb, Duration::from_secs(5)).await;
+    let route = format!("GET /api/v4/projects/{P}/issues/{iid}/notes");
+    // No Retry-After: the capped, jittered backoff (here at most 50 ms).
+    sb.gitlab_knobs
+        .fail_next(&route, 2, Failure::TooMany { retry_after: None });
+    let t = std::time::Instant::now();
+    gl.notes(PROJECT, iid).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    // Still limited after every attempt: a transient error, not a rejection.
+    sb.gitlab_knobs.clear_log();
+    sb.gitlab_knobs
+        .fail_next(&route, 100, Failure::TooMany { retry_after: None });
+    let e = gl.notes(PROJECT, iid).await.unwrap_err();
+    assert!(
+        matches!(e, GitlabError::Exhausted { attempts: 5, .. }),
+        "{e}"
+    );
+    assert!(e.is_transient());
+    assert_eq!(sb.gitlab_knobs.total(), 5);
+    sb.gitlab_knobs.clear_faults();
+    // A 429 on a new note is waited out too, and the note is posted once.
+    sb.gitlab_knobs.fail_next(
+        &format!("POST /api/v4/projects/{P}/issues/{iid}/notes"),
+        3,
+        Failure::TooMany { retry_after: None },
+    );
+    gl.create_note(PROJECT, iid, "once").await.unwrap();
+    assert_eq!(
+        sb.comments(iid).iter().filter(|c| c.body == "once").count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn gitlab_requests_time_out_and_a_timed_out_write_is_never_sent_twice() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let iid = gitlab_world(&sb).await;
+    let timeout = Duration::from_millis(300);
+    let gl = gitlab(&sb, timeout).await;
+    let issues = format!("/api/v4/projects/{P}/issues");
+
+    // A read that hangs once is answered by the retry.
+    sb.gitlab_knobs
+        .fail_next(&format!("GET {issues}/{iid}"), 1, Failure::Hang);
+    let t = std::time::Instant::now();
+    gl.issue(PROJECT, iid).await.unwrap();
+    assert!(t.elapsed() >= timeout && t.elapsed() < Duration::from_secs(3));
+    // A GitLab that hangs for good: the call gives up after two timeouts, in
+    // well under a second here (the daemon is never frozen).
+    sb.gitlab_knobs
+        .fail_next(&format!("GET {issues}"), 100, Failure::Hang);
+    let t = std::time::Instant::now();
+    let e = gl.list_issues(PROJECT, None, None).await.unwrap_err();
+    assert!(
+        matches!(e, GitlabError::Exhausted { .. }) && e.to_string().contains("no answer within"),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    sb.gitlab_knobs.clear_faults();
+
+    // A note whose answer never comes: posted once, not sent again, and the
+    // error says it may have been applied.
+    sb.gitlab_knobs.clear_log();
+    sb.gitlab_knobs.fail_next(
+        &format!("POST {issues}/{iid}/notes"),
+        1,
+        Failure::ApplyThenHang,
+    );
+    let e = gl
+        .create_note(PROJECT, iid, "answer lost")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, GitlabError::Unconfirmed { .. }), "{e}");
+    assert!(e.is_transient());
+    assert_eq!(
+        sb.gitlab_knobs
+            .count("POST", "/api/v4/projects/:project/issues/:id/notes"),
+        1,
+        "never retried within the call"
+    );
+    assert_eq!(
+        sb.comments(iid)
+            .iter()
+            .filter(|c| c.body == "answer lost")
+            .count(),
+        1
+    );
+    // The same with a dropped connection.
+    sb.gitlab_knobs.fail_next(
+        &format!("POST {issues}/{iid}/notes"),
+        1,
+        Failure::ApplyThenDrop,
+    );
+    let e = gl.create_note(PROJECT, iid, "dropped").await.unwrap_err();
+    assert!(matches!(e, GitlabError::Unconfirmed { .. }), "{e}");
+    assert_eq!(
+        sb.comments(iid)
+            .iter()
+            .filter(|c| c.body == "dropped")
+            .count(),
+        1
+    );
+    // A hung new issue is not sent again either (nothing was applied here).
+    sb.gitlab_knobs
+        .fail_next(&format!("POST {issues}"), 1, Failure::Hang);
+    let e = gl
+        .create_issue(PROJECT, "Hung", "x", &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, GitlabError::Unconfirmed { .. }), "{e}");
+
+    // Creating writes whose answer is lost find their own effect.
+    let labels = format!("/api/v4/projects/{P}/labels");
+    sb.gitlab_knobs
+        .fail_next(&format!("POST {labels}"), 1, Failure::ApplyThenHang);
+    let ids = gl
+        .label_ids(PROJECT, &["timed-out-label".to_string()])
+        .await
+        .unwrap();
+    assert!(ids.contains_key("timed-out-label"));
+    let repo = format!("/api/v4/projects/{ST}");
+    let branch = "access-bot/offboard-cquinn";
+    sb.gitlab_knobs.fail_next(
+        &format!("DELETE {repo}/repository/files"),
+        1,
+        Failure::ApplyThenHang,
+    );
+    gl.delete_file(
+        SUPPORT_TEAM,
+        "data/agents/cquinn.yaml",
+        branch,
+        "main",
+        "Remove cquinn",
+    )
+    .await
+    .unwrap();
+    // Sent again later (a crash before the caller saw the branch): the file
+    // is gone from the branch already, which is done.
+    gl.delete_file(
+        SUPPORT_TEAM,
+        "data/agents/cquinn.yaml",
+        branch,
+        "main",
+        "Remove cquinn",
+    )
+    .await
+    .unwrap();
+    sb.gitlab_knobs.fail_next(
+        &format!("POST {repo}/merge_requests"),
+        1,
+        Failure::ApplyThenDrop,
+    );
+    let mr = NewMergeRequest {
+        source_branch: branch.into(),
+        target_branch: "main".into(),
+        title: "Remove cquinn".into(),
+        description: "offboarding".into(),
+        reviewer_ids: vec![],
+    };
+    let first = gl.create_merge_request(SUPPORT_TEAM, &mr).await.unwrap();
+    // And again: 409, the open merge request is the one.
+    let again = gl.create_merge_request(SUPPORT_TEAM, &mr).await.unwrap();
+    assert_eq!(first.iid, again.iid);
+    assert_eq!(
+        sb.gitlab
+            .lock()
+            .project(SUPPORT_TEAM)
+            .unwrap()
+            .merge_requests
+            .len(),
+        1
+    );
+}
+
+/// What the bot leaves on an issue: each of its comments' marker kind and
+/// keys in order, the ticked items, the labels and the state.
+type Left = (Vec<(String, Vec<String>)>, Vec<String>, Vec<String>, String);
+
+fn left_on(sb: &Sandbox, iid: u64) -> Left {
+    let comments = sb
+        .bot_comments(iid)
+        .into_iter()
+        .map(|c| {
+            let m = c
+                .marker
+                .unwrap_or_else(|| panic!("a bot comment without a marker:\n{}", c.body));
+            (m.kind, m.keys)
+        })
+        .collect();
+    let mut labels = sb.labels(iid);
+    labels.sort();
+    (comments, sb.ticked(iid), labels, sb.state(iid))
+}
+
+async fn light_agent_request(sb: &Sandbox) -> u64 {
+    sb.file_issue(
+        "jdoe",
+        "Zendesk Global light agent",
+        &["support::to do"],
+        "- [ ] Zendesk Global: Light Agent\n- Justification for this access: reading tickets\n",
+    )
+    .await
+    .unwrap()
+}
+
+/// The bot with a short GitLab timeout.
+async fn bot_with_timeout(sb: &Sandbox, timeout: &str) -> access_bot::bot::Bot {
+    let mut cfg = sb.config.clone();
+    cfg.gitlab.request_timeout = timeout.into();
+    let store = std::sync::Arc::new(
+        access_bot::store::Store::open(std::path::Path::new(":memory:")).unwrap(),
+    );
+    access_bot::bot::Bot::connect_with(cfg, &sb.secrets, store, Duration::from_millis(5))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn gitlab_a_note_whose_answer_was_lost_is_found_by_its_marker_and_never_posted_twice() {
+    use access_bot::sandbox::harness::run_until_quiet;
+    // The same request without any fault: what the bot should leave.
+    let control = Sandbox::start(Ports::default()).await.unwrap();
+    let iid = light_agent_request(&control).await;
+    run_until_quiet(&control.bot().await.unwrap(), 6).await;
+    let expected = left_on(&control, iid);
+    assert!(!expected.0.is_empty());
+
+    for failure in [Failure::ApplyThenDrop, Failure::ApplyThenHang] {
+        let sb = Sandbox::start(Ports::default()).await.unwrap();
+        let bot = bot_with_timeout(&sb, "1s").await;
+        let iid = light_agent_request(&sb).await;
+        // The bot's first comment is posted, but its answer never arrives.
+        sb.gitlab_knobs.fail_next(
+            &format!("POST /api/v4/projects/{P}/issues/{iid}/notes"),
+            1,
+            failure.clone(),
+        );
+        bot.cycle().await;
+        assert_eq!(sb.bot_comments(iid).len(), 1, "{failure:?}");
+        assert_eq!(
+            sb.gitlab_knobs
+                .count("POST", "/api/v4/projects/:project/issues/:id/notes"),
+            1,
+            "{failure:?}: not sent again within the cycle"
+        );
+        run_until_quiet(&bot, 6).await;
+        assert_eq!(left_on(&sb, iid), expected, "{failure:?}");
+    }
+
+    // 429s on the bot's reads and on its comments: the same end, each comment once.
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let bot = bot_with_timeout(&sb, "5s").await;
+    let iid = light_agent_request(&sb).await;
+    let issue = format!("/api/v4/projects/{P}/issues/{iid}");
+    for route in [
+        format!("GET /api/v4/projects/{P}/issues"),
+        format!("GET {issue}/notes"),
+        format!("GET {issue}/resource_label_events"),
+        format!("POST {issue}/notes"),
+        format!("PUT {issue}"),
+    ] {
+        sb.gitlab_knobs.fail_next(
+            &route,
+            2,
+            Failure::TooMany {
+                retry_after: Some(1),
+            },
+        );
+    }
+    let reports = run_until_quiet(&bot, 6).await;
+    assert_eq!(
+        sb.gitlab_knobs
+            .log()
+            .iter()
+            .filter(|e| e.status == 429)
+            .count(),
+        10,
+        "every scripted 429 was met"
+    );
+    // Waited out within the call: no cycle saw an error or a failed issue.
+    assert!(reports.iter().all(|r| !r.failed()), "{reports:?}");
+    assert_eq!(left_on(&sb, iid), expected);
+}
