@@ -20,31 +20,32 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
     let mut out = Vec::new();
     match secrets.get(&cfg.gitlab.token_env) {
         Err(e) => out.push((false, format!("GitLab: {e}"))),
-        Ok(token) => match GitlabClient::connect(&cfg.gitlab.url, &token, cfg.gitlab_timeout()).await {
-            Err(e) => out.push((false, format!("GitLab: {e}"))),
-            Ok(gl) => match gl.me().await {
-                Ok(me) if me.username.eq_ignore_ascii_case(&cfg.gitlab.bot_username) => {
-                    out.push((
-                        true,
-                        format!("GitLab {}: connected as @{}", cfg.gitlab.url, me.username),
-                    ));
-                    for p in &cfg.gitlab.projects {
-                        match gl
-                            .list_issues(
-                                p,
-                                cfg.poll_labels().first().map(String::as_str),
-                                Some(chrono::Utc::now()),
-                            )
-                            .await
-                        {
-                            Ok(_) => {
-                                out.push((true, format!("GitLab project {p}: issues readable")))
+        Ok(token) => {
+            match GitlabClient::connect(&cfg.gitlab.url, &token, cfg.gitlab_timeout()).await {
+                Err(e) => out.push((false, format!("GitLab: {e}"))),
+                Ok(gl) => match gl.me().await {
+                    Ok(me) if me.username.eq_ignore_ascii_case(&cfg.gitlab.bot_username) => {
+                        out.push((
+                            true,
+                            format!("GitLab {}: connected as @{}", cfg.gitlab.url, me.username),
+                        ));
+                        for p in &cfg.gitlab.projects {
+                            match gl
+                                .list_issues(
+                                    p,
+                                    cfg.poll_labels().first().map(String::as_str),
+                                    Some(chrono::Utc::now()),
+                                )
+                                .await
+                            {
+                                Ok(_) => {
+                                    out.push((true, format!("GitLab project {p}: issues readable")))
+                                }
+                                Err(e) => out.push((false, format!("GitLab project {p}: {e}"))),
                             }
-                            Err(e) => out.push((false, format!("GitLab project {p}: {e}"))),
                         }
-                    }
-                    if let Some(st) = &cfg.support_team {
-                        match gl.branch_exists(&st.project, &st.target_branch).await {
+                        if let Some(st) = &cfg.support_team {
+                            match gl.branch_exists(&st.project, &st.target_branch).await {
                             Ok(true) => out.push((
                                 true,
                                 format!(
@@ -64,18 +65,19 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
                                 format!("Support Team repository {}: {e}", st.project),
                             )),
                         }
+                        }
                     }
-                }
-                Ok(me) => out.push((
-                    false,
-                    format!(
-                        "GitLab: the token belongs to @{}, but gitlab.bot_username is {}",
-                        me.username, cfg.gitlab.bot_username
-                    ),
-                )),
-                Err(e) => out.push((false, format!("GitLab: {e}"))),
-            },
-        },
+                    Ok(me) => out.push((
+                        false,
+                        format!(
+                            "GitLab: the token belongs to @{}, but gitlab.bot_username is {}",
+                            me.username, cfg.gitlab.bot_username
+                        ),
+                    )),
+                    Err(e) => out.push((false, format!("GitLab: {e}"))),
+                },
+            }
+        }
     }
     let http = reqwest::Client::new();
     for (name, inst) in &cfg.zendesk {

@@ -321,9 +321,7 @@ impl api::AsyncClient for Transport {
         };
         let (status, headers, bytes) = match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => {
-                return Err(api::ApiError::client(TransportError::Timeout(
-                    self.timeout,
-                )));
+                return Err(api::ApiError::client(TransportError::Timeout(self.timeout)));
             }
             Ok(Err(e)) => return Err(fail(with_causes(&e.without_url()))),
             Ok(Ok(x)) => x,
@@ -442,12 +440,7 @@ impl GitlabClient {
         r
     }
 
-    async fn call_inner<T, F, Fut>(
-        &self,
-        what: &str,
-        policy: Retry,
-        f: F,
-    ) -> Result<T, GitlabError>
+    async fn call_inner<T, F, Fut>(&self, what: &str, policy: Retry, f: F) -> Result<T, GitlabError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, CrateError>>,

@@ -422,7 +422,10 @@ impl GroupDirectory for GoogleClient {
             // "Member already exists" after an attempt whose answer was lost:
             // that attempt added them.
             Err(GoogleError::Invalid { status: 409, .. }) if lost => {
-                tracing::info!(group, "added by an attempt whose answer was lost (409 on the retry)");
+                tracing::info!(
+                    group,
+                    "added by an attempt whose answer was lost (409 on the retry)"
+                );
                 Change::Done
             }
             Err(GoogleError::Invalid { status: 409, .. }) => Change::AlreadySo,

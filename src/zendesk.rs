@@ -232,7 +232,10 @@ pub const CALLS: &[(&str, Need)] = &[
         "adding and removing group memberships",
         Need::new(None, true),
     ),
-    ("reassigning tickets in bulk", Need::new(Some("tickets"), true)),
+    (
+        "reassigning tickets in bulk",
+        Need::new(Some("tickets"), true),
+    ),
 ];
 
 /// The scopes the bot requests: exactly what `CALLS` need, without the
@@ -246,7 +249,11 @@ pub fn required_scope() -> String {
             scopes.push(s);
         }
     }
-    let global: Vec<String> = scopes.iter().filter(|s| !s.contains(':')).cloned().collect();
+    let global: Vec<String> = scopes
+        .iter()
+        .filter(|s| !s.contains(':'))
+        .cloned()
+        .collect();
     scopes.retain(|s| {
         s.split_once(':')
             .is_none_or(|(_, level)| !global.iter().any(|g| g == level))
@@ -438,10 +445,12 @@ impl ZendeskClient {
             Auth::ApiToken { .. } => Ok(Grant::ApiToken),
             Auth::Oauth { token, .. } => {
                 self.authorization(false).await?;
-                Ok(match token.lock().await.as_ref().and_then(|t| t.scopes.clone()) {
-                    Some(s) => Grant::Scopes(s),
-                    None => Grant::Unstated,
-                })
+                Ok(
+                    match token.lock().await.as_ref().and_then(|t| t.scopes.clone()) {
+                        Some(s) => Grant::Scopes(s),
+                        None => Grant::Unstated,
+                    },
+                )
             }
         }
     }

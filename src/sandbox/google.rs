@@ -372,7 +372,8 @@ fn check(w: &GoogleWorld, headers: &HeaderMap, access: Access) -> Result<(), Res
     let ok_scope = t.scopes.iter().any(|s| {
         s == MEMBER_SCOPE
             || s == GROUP_SCOPE
-            || (matches!(access, Access::Read) && (s == READONLY_SCOPE || s == GROUP_READONLY_SCOPE))
+            || (matches!(access, Access::Read)
+                && (s == READONLY_SCOPE || s == GROUP_READONLY_SCOPE))
     });
     if !ok_scope {
         return Err(error(

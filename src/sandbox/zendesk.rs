@@ -423,10 +423,9 @@ fn auth(w: &mut ZendeskWorld, headers: &HeaderMap) -> Result<(u64, bool), Respon
         let now = Utc::now();
         w.tokens.retain(|t| t.expires > now);
         if let Some(t) = w.tokens.iter().find(|t| t.token == tok) {
-            let write = t
-                .scopes
-                .iter()
-                .any(|s| s == "write" || s.ends_with(":write") || SCOPE_RESOURCES.contains(&s.as_str()));
+            let write = t.scopes.iter().any(|s| {
+                s == "write" || s.ends_with(":write") || SCOPE_RESOURCES.contains(&s.as_str())
+            });
             return Ok((w.admin_id, write));
         }
         return Err(error(
@@ -573,10 +572,9 @@ pub fn needed_scope(method: &axum::http::Method, path: &str) -> (Option<&'static
 
 fn covers(scopes: &[String], (resource, write): (Option<&str>, bool)) -> bool {
     let level = if write { "write" } else { "read" };
-    scopes.iter().any(|s| {
-        s == level
-            || resource.is_some_and(|r| *s == format!("{r}:{level}") || s == r)
-    })
+    scopes
+        .iter()
+        .any(|s| s == level || resource.is_some_and(|r| *s == format!("{r}:{level}") || s == r))
 }
 
 /// Refuses, as Zendesk does, a bearer token whose scopes do not cover the
