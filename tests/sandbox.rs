@@ -1362,3 +1362,122 @@ async fn sandbox_port_in_use_is_named() {
     );
     drop(held);
 }
+
+#[tokio::test]
+async fn gitlab_quick_actions_in_notes_run_as_their_author_with_their_rights() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let gl = Gl {
+        sb: &sb,
+        http: reqwest::Client::new(),
+    };
+    let iid = sb
+        .file_issue("jdoe", "t", &["support::to do"], "- [ ] x\n")
+        .await
+        .unwrap();
+    let note = |user: &str, body: &str| {
+        let r = gl
+            .http
+            .post(format!("{}/{iid}/notes", gl.issues()))
+            .header("PRIVATE-TOKEN", sb.token_of(user))
+            .form(&[("body", body)]);
+        async move {
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let events = |sb: &Sandbox| {
+        let w = sb.gitlab.lock();
+        let i = w.issue(PROJECT, iid).unwrap();
+        i.label_events
+            .iter()
+            .map(|e| {
+                (
+                    w.user(e.user).unwrap().username.clone(),
+                    e.label.clone(),
+                    e.add,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let system_notes = |sb: &Sandbox| {
+        let w = sb.gitlab.lock();
+        w.issue(PROJECT, iid)
+            .unwrap()
+            .notes
+            .iter()
+            .filter(|n| n.system)
+            .map(|n| (w.user(n.author).unwrap().username.clone(), n.body.clone()))
+            .collect::<Vec<_>>()
+    };
+
+    // Text and commands: the commands run as the author and leave the text.
+    let (s, n) = note(
+        "jdoe",
+        "Please look\n/label ~\"AR-Approval::Manager Approved\" ~extra\n/assign @mlee\n/close",
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(n["body"], "Please look");
+    assert_eq!(sb.comments(iid).last().unwrap().body, "Please look");
+    assert_eq!(sb.state(iid), "closed");
+    let labels = sb.labels(iid);
+    assert!(
+        labels.contains(&"AR-Approval::Manager Approved".to_string())
+            && labels.contains(&"extra".to_string()),
+        "{labels:?}"
+    );
+    let ev = events(&sb);
+    assert!(ev.contains(&("jdoe".into(), "AR-Approval::Manager Approved".into(), true)));
+    assert!(ev.contains(&("jdoe".into(), "extra".into(), true)));
+    let sys = system_notes(&sb);
+    assert!(sys.contains(&("jdoe".into(), "closed".into())), "{sys:?}");
+    assert!(
+        sys.contains(&("jdoe".into(), "assigned to @mlee".into())),
+        "{sys:?}"
+    );
+    let issue: Value = gl
+        .get("access-bot", &format!("{}/{iid}", gl.issues()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(issue["assignees"][0]["username"], "mlee");
+
+    // Only commands: no note (202), the commands ran.
+    let before = sb.comments(iid).len();
+    let (s, _) = note("jdoe", "/reopen\n/unlabel ~extra").await;
+    assert_eq!(s, 202);
+    assert_eq!(sb.comments(iid).len(), before);
+    assert_eq!(sb.state(iid), "opened");
+    assert!(!sb.labels(iid).contains(&"extra".to_string()));
+    assert!(events(&sb).contains(&("jdoe".into(), "extra".into(), false)));
+
+    // Stricter than GitLab where its documentation is silent: indented, and
+    // inside a code block, a command still runs.
+    let (s, n) = note("jdoe", "```\n  /close\n```").await;
+    assert_eq!(s, 201);
+    assert_eq!(n["body"], "```\n```");
+    assert_eq!(sb.state(iid), "closed");
+    note("jdoe", "/reopen").await;
+
+    // Without the rights: nothing runs and the text stays as written.
+    let bot = sb.gitlab.lock().user_by_name("access-bot").unwrap().id;
+    {
+        let mut w = sb.gitlab.lock();
+        let p = w.projects.iter_mut().find(|p| p.path == PROJECT).unwrap();
+        p.label_editors = Some([bot].into_iter().collect());
+    }
+    let text = "/close\n/label ~x\n/assign @mallory";
+    let (s, n) = note("mallory", text).await;
+    assert_eq!((s, n["body"].as_str()), (201, Some(text)));
+    assert_eq!(sb.state(iid), "opened");
+    assert!(!sb.labels(iid).contains(&"x".to_string()));
+    // The author may close their own issue without Reporter rights, not label it.
+    let (_, n) = note("jdoe", "/label ~x\n/close").await;
+    assert_eq!(n["body"], "/label ~x");
+    assert_eq!(sb.state(iid), "closed");
+    assert!(!sb.labels(iid).contains(&"x".to_string()));
+    // Text that merely mentions a command mid-line is not one.
+    let (_, n) = note("access-bot", "see /close and `/label ~x`").await;
+    assert_eq!(n["body"], "see /close and `/label ~x`");
+}
