@@ -1481,3 +1481,169 @@ async fn gitlab_quick_actions_in_notes_run_as_their_author_with_their_rights() {
     let (_, n) = note("access-bot", "see /close and `/label ~x`").await;
     assert_eq!(n["body"], "see /close and `/label ~x`");
 }
+
+#[tokio::test]
+async fn zendesk_scopes_are_enforced_on_every_route_strictly() {
+    use reqwest::Method as M;
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let base = format!("http://{}", sb.zendesk["global"].addr);
+    let http = reqwest::Client::new();
+    let (id, secret) = sb
+        .zd("global")
+        .oauth_clients
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .unwrap();
+    let token = |scope: &str| {
+        let r = http.post(format!("{base}/oauth/tokens")).json(&json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret, "scope": scope}));
+        async move {
+            let r = r.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (light, agent, group) = {
+        let mut w = sb.zd("global");
+        let g = w.add_group("Support AMER");
+        let a = w.add_user("A", "a@gitlab.com", "agent", None);
+        (w.light_agent_role(), a, g)
+    };
+    let _ = light;
+    // (method, path, body, the resource scope that covers it, if any)
+    let routes: Vec<(M, String, Option<Value>, Option<&str>)> = vec![
+        (M::GET, "/api/v2/users/me.json".into(), None, Some("users")),
+        (
+            M::GET,
+            "/api/v2/users/search.json?query=a".into(),
+            None,
+            Some("users"),
+        ),
+        (
+            M::GET,
+            format!("/api/v2/users/{agent}.json"),
+            None,
+            Some("users"),
+        ),
+        (
+            M::GET,
+            "/api/v2/users.json?role[]=agent".into(),
+            None,
+            Some("users"),
+        ),
+        (
+            M::PUT,
+            format!("/api/v2/users/{agent}.json"),
+            Some(json!({"user": {}})),
+            Some("users"),
+        ),
+        (
+            M::POST,
+            "/api/v2/users/create_or_update.json".into(),
+            Some(json!({"user": {"name": "B", "email": "b@gitlab.com"}})),
+            Some("users"),
+        ),
+        (
+            M::PUT,
+            format!("/api/v2/users/{agent}/tags.json"),
+            Some(json!({"tags": ["t"]})),
+            Some("users"),
+        ),
+        (
+            M::GET,
+            format!("/api/v2/users/{agent}/tickets/assigned.json"),
+            None,
+            Some("tickets"),
+        ),
+        (
+            M::PUT,
+            "/api/v2/tickets/update_many.json?ids=1".into(),
+            Some(json!({"ticket": {"assignee_id": agent}})),
+            Some("tickets"),
+        ),
+        (
+            M::GET,
+            format!("/api/v2/users/{agent}/group_memberships.json"),
+            None,
+            None,
+        ),
+        (M::GET, "/api/v2/groups.json".into(), None, None),
+        (M::GET, "/api/v2/custom_roles.json".into(), None, None),
+        (M::GET, "/api/v2/user_fields.json".into(), None, None),
+        (
+            M::POST,
+            "/api/v2/group_memberships.json".into(),
+            Some(json!({"group_membership": {"user_id": agent, "group_id": group}})),
+            None,
+        ),
+    ];
+    let call = |m: M, path: String, body: Option<Value>, tok: String| {
+        let mut rb = http.request(m, format!("{base}{path}")).bearer_auth(tok);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        async move { rb.send().await.unwrap().status().as_u16() }
+    };
+    for (m, path, body, resource) in routes {
+        let write = m != M::GET;
+        let level = if write { "write" } else { "read" };
+        let other = if write { "read" } else { "write" };
+        let mut granted = vec![level.to_string()];
+        let mut refused = vec![
+            other.to_string(),
+            "impersonate organizations hc".to_string(),
+        ];
+        match resource {
+            Some(r) => {
+                granted.push(format!("{r}:{level}"));
+                granted.push(r.to_string());
+                refused.push(format!("{r}:{other}"));
+                let unrelated = if r == "users" { "tickets" } else { "users" };
+                refused.push(format!("{unrelated}:{level} {unrelated}"));
+            }
+            // No documented resource scope: no resource scope stands in.
+            None => refused.push(format!("users:{level} tickets:{level} users tickets")),
+        }
+        for scope in &granted {
+            let (s, t) = token(scope).await;
+            assert_eq!(s, 200, "{scope}: {t}");
+            assert_eq!(t["scope"], scope.as_str());
+            let status = call(
+                m.clone(),
+                path.clone(),
+                body.clone(),
+                t["access_token"].as_str().unwrap().into(),
+            )
+            .await;
+            assert_ne!(status, 403, "{m} {path} with `{scope}`");
+            assert_ne!(status, 401);
+        }
+        for scope in &refused {
+            let (_, t) = token(scope).await;
+            let status = call(
+                m.clone(),
+                path.clone(),
+                body.clone(),
+                t["access_token"].as_str().unwrap().into(),
+            )
+            .await;
+            assert_eq!(status, 403, "{m} {path} with `{scope}`");
+        }
+    }
+    // Scopes Zendesk does not document are refused at the token.
+    for bad in ["groups:write", "users:admin", "everything"] {
+        let (s, t) = token(&format!("read {bad}")).await;
+        assert_eq!(
+            (s, t["error"].as_str()),
+            (400, Some("invalid_scope")),
+            "{bad}"
+        );
+    }
+    // A client's allowed scopes (Admin Center) bound what it may request.
+    sb.zd("global")
+        .allowed_scopes
+        .insert(id.clone(), vec!["read".into(), "users:write".into()]);
+    assert_eq!(token("read users:write").await.0, 200);
+    let (s, t) = token("read write").await;
+    assert_eq!((s, t["error"].as_str()), (400, Some("invalid_scope")));
+}
