@@ -182,9 +182,9 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
                         true,
                         format!("Zendesk {name}: token refresh works (a new token was issued and accepted)"),
                     )),
-                    Err(e) => out.push((false, format!("after a token refresh: {e}"))),
+                    Err(e) => out.push((false, format!("Zendesk {name} token refresh: the new token was not accepted: {e}"))),
                 },
-                Err(e) => out.push((false, format!("token refresh: {e}"))),
+                Err(e) => out.push((false, format!("Zendesk {name} token refresh: {e}"))),
             }
         }
     }
@@ -213,7 +213,7 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
                         true,
                         "Google: token refresh works (a new access token was issued)".into(),
                     )),
-                    Err(e) => out.push((false, format!("Google: token refresh: {e}"))),
+                    Err(e) => out.push((false, format!("Google token refresh: {e}"))),
                 }
             }
         }

@@ -1367,3 +1367,139 @@ async fn zendesk_scopes_requested_enforced_named_and_checked() {
         "{e}"
     );
 }
+
+// --------------------------------------------------------- Google, continued
+
+fn count_status(
+    k: &access_bot::sandbox::faults::Knobs,
+    method: &str,
+    prefix: &str,
+    status: u16,
+) -> usize {
+    k.log()
+        .iter()
+        .filter(|e| e.method == method && e.path.starts_with(prefix) && e.status == status)
+        .count()
+}
+
+#[tokio::test]
+async fn google_a_refused_token_is_dropped_and_a_new_one_fetched() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let g = google(&sb, sb.config.google.as_ref().unwrap()).unwrap();
+    assert!(!g.is_member(OKTA, "x@gitlab.com").await.unwrap());
+    assert_eq!(sb.google_knobs.count("POST", "/token"), 1);
+    // The tokens are revoked (or expire early): the next call meets a 401,
+    // drops the token, fetches a new one, and every later call uses that.
+    sb.google.lock().revoke_tokens();
+    for _ in 0..20 {
+        assert!(!g.is_member(OKTA, "x@gitlab.com").await.unwrap());
+    }
+    assert_eq!(sb.google_knobs.count("POST", "/token"), 2);
+    assert_eq!(
+        count_status(&sb.google_knobs, "GET", "/admin/", 401),
+        1,
+        "the refused token was sent once, never again"
+    );
+    assert_eq!(
+        count_status(&sb.google_knobs, "GET", "/admin/", 404),
+        21,
+        "answered (404: not a member)"
+    );
+    // A new token refused too is the key's problem: said, not retried forever.
+    sb.google_knobs
+        .fail_next("GET /admin", 2, Failure::Status(401));
+    let e = g.is_member(OKTA, "x@gitlab.com").await.unwrap_err();
+    assert!(matches!(e, GoogleError::Unauthorized), "{e}");
+    assert_eq!(sb.google_knobs.count("POST", "/token"), 3);
+    // And the next call starts with a fresh token.
+    assert!(!g.is_member(OKTA, "x@gitlab.com").await.unwrap());
+}
+
+#[tokio::test]
+async fn google_an_insert_whose_answer_was_lost_is_done_when_the_retry_meets_409() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let g = google(&sb, sb.config.google.as_ref().unwrap()).unwrap();
+    g.is_member(OKTA, "x@gitlab.com").await.unwrap();
+    sb.google_knobs.clear_log();
+    sb.google_knobs
+        .fail_next("POST /admin/directory/v1/groups", 1, Failure::ApplyThenDrop);
+    assert_eq!(
+        g.add_member(OKTA, "jane.doe@gitlab.com").await.unwrap(),
+        Change::Done,
+        "added by the attempt whose answer was lost"
+    );
+    let posts: Vec<u16> = sb
+        .google_knobs
+        .log()
+        .iter()
+        .filter(|e| e.method == "POST" && e.path.starts_with("/admin/"))
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(posts.len(), 2);
+    assert_eq!(posts[1], 409, "the retry met its own earlier insert");
+    assert_eq!(
+        sb.google
+            .lock()
+            .members(OKTA)
+            .iter()
+            .filter(|m| m.as_str() == "jane.doe@gitlab.com")
+            .count(),
+        1
+    );
+    // The same when the answer never comes (a timeout).
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let g = GoogleClient::new(sb.config.google.as_ref().unwrap(), &sb.secrets, http)
+        .unwrap()
+        .with_backoff(fast());
+    sb.google_knobs
+        .fail_next("POST /admin/directory/v1/groups", 1, Failure::ApplyThenHang);
+    assert_eq!(
+        g.add_member(OKTA, "bo.li@gitlab.com").await.unwrap(),
+        Change::Done
+    );
+    assert!(sb.google_member(OKTA, "bo.li@gitlab.com"));
+    // A 409 without a lost answer: someone else added them.
+    assert_eq!(
+        g.add_member(OKTA, "bo.li@gitlab.com").await.unwrap(),
+        Change::AlreadySo
+    );
+}
+
+#[tokio::test]
+async fn check_verifies_scopes_and_token_refresh_on_every_system() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let lines = access_bot::check::report(&sb.config, &sb.secrets).await;
+    assert!(lines.iter().all(|(ok, _)| *ok), "{lines:#?}");
+    for needle in [
+        "Zendesk global: the OAuth scopes granted (`read write`) cover every call the bot makes",
+        "Zendesk federal: the OAuth scopes granted (`read write`) cover every call the bot makes",
+        "Zendesk global: token refresh works",
+        "Zendesk federal: token refresh works",
+        "Google: token refresh works",
+    ] {
+        assert!(
+            lines.iter().any(|(_, l)| l.starts_with(needle)),
+            "{needle}: {lines:#?}"
+        );
+    }
+    // Two tokens each: the one used, and the refreshed one.
+    assert_eq!(sb.zd_knobs("global").count("POST", "/oauth/tokens"), 2);
+    assert_eq!(sb.google_knobs.count("POST", "/token"), 2);
+    // A Google token endpoint that stops issuing tokens: the refresh line says so.
+    sb.google
+        .lock()
+        .service_accounts
+        .get_mut(access_bot::sandbox::SERVICE_ACCOUNT)
+        .unwrap()
+        .public_key = vec![0; 16];
+    let lines = access_bot::check::report(&sb.config, &sb.secrets).await;
+    let fails: Vec<&String> = lines.iter().filter(|(ok, _)| !ok).map(|(_, l)| l).collect();
+    assert!(
+        fails.iter().any(|l| l.starts_with("Google token refresh:")
+            && l.contains("the key was rotated or deleted")),
+        "{fails:#?}"
+    );
+}

@@ -1647,3 +1647,121 @@ async fn zendesk_scopes_are_enforced_on_every_route_strictly() {
     let (s, t) = token("read write").await;
     assert_eq!((s, t["error"].as_str()), (400, Some("invalid_scope")));
 }
+
+#[tokio::test]
+async fn google_scopes_per_method_and_error_shapes_as_documented() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let key = sb
+        .secrets
+        .get("GOOGLE_SERVICE_ACCOUNT_KEY")
+        .unwrap()
+        .expose()
+        .to_string();
+    let token_uri = format!("http://{}/token", sb.google_addr);
+    let http = reqwest::Client::new();
+    let token = |scope: &str| {
+        let now = chrono::Utc::now().timestamp();
+        let assertion = jwt(
+            &key,
+            json!({"iss": access_bot::sandbox::SERVICE_ACCOUNT, "scope": scope, "aud": token_uri, "iat": now, "exp": now + 3600}),
+        );
+        let r = http.post(&token_uri).form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", assertion.as_str()),
+        ]);
+        async move {
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let members = format!(
+        "http://{}/admin/directory/v1/groups/{}/members",
+        sb.google_addr,
+        enc("okta-zendeskglobal-users@gitlab.com")
+    );
+    let call = |m: reqwest::Method, url: String, tok: String| {
+        let mut rb = http.request(m.clone(), url).bearer_auth(tok);
+        if m == reqwest::Method::POST {
+            rb = rb.json(&json!({"email": "jane.doe@gitlab.com", "role": "MEMBER"}));
+        }
+        async move {
+            let r = rb.send().await.unwrap();
+            let s = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            (
+                s,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let auth = "https://www.googleapis.com/auth/admin.directory.";
+    let member = format!("{members}/{}", enc("jane.doe@gitlab.com"));
+    use reqwest::Method as M;
+    // Reads accept the read-only variants; insert and delete do not.
+    for read_only in ["group.member.readonly", "group.readonly"] {
+        let (s, t) = token(&format!("{auth}{read_only}")).await;
+        assert_eq!(s, 200, "{t}");
+        let tok = t["access_token"].as_str().unwrap().to_string();
+        assert_eq!(call(M::GET, members.clone(), tok.clone()).await.0, 200);
+        for m in [M::POST, M::DELETE] {
+            let url = if m == M::POST {
+                members.clone()
+            } else {
+                member.clone()
+            };
+            let (s, e) = call(m.clone(), url, tok.clone()).await;
+            assert_eq!(
+                (s, e["error"]["errors"][0]["reason"].as_str()),
+                (403, Some("insufficientPermissions")),
+                "{m} with {read_only}"
+            );
+        }
+    }
+    for write in ["group.member", "group"] {
+        let (_, t) = token(&format!("{auth}{write}")).await;
+        let tok = t["access_token"].as_str().unwrap().to_string();
+        assert_eq!(
+            call(M::POST, members.clone(), tok.clone()).await.0,
+            200,
+            "{write}"
+        );
+        assert_eq!(
+            call(M::DELETE, member.clone(), tok.clone()).await.0,
+            204,
+            "{write}"
+        );
+    }
+    // A scope that is not Google's is refused at the token endpoint.
+    let (s, e) = token("admin.directory.group.member").await;
+    assert_eq!((s, e["error"].as_str()), (400, Some("invalid_scope")));
+    // A revoked token: 401 in Google's envelope.
+    let (_, t) = token(&format!("{auth}group.member")).await;
+    let tok = t["access_token"].as_str().unwrap().to_string();
+    assert_eq!(call(M::GET, members.clone(), tok.clone()).await.0, 200);
+    sb.google.lock().revoke_tokens();
+    let (s, e) = call(M::GET, members.clone(), tok).await;
+    assert_eq!(s, 401);
+    assert_eq!(e["error"]["status"], "UNAUTHENTICATED");
+    assert_eq!(e["error"]["errors"][0]["reason"], "authError");
+    // Quota and backend faults exactly as the public examples.
+    let (_, t) = token(&format!("{auth}group.member")).await;
+    let tok = t["access_token"].as_str().unwrap().to_string();
+    sb.google_knobs
+        .fail_next("GET /admin", 1, Failure::Status(403));
+    assert_eq!(
+        call(M::GET, members.clone(), tok.clone()).await,
+        (
+            403,
+            fixture("google/directory_error_403_quota_exceeded.json")
+        )
+    );
+    sb.google_knobs
+        .fail_next("GET /admin", 1, Failure::Status(503));
+    assert_eq!(
+        call(M::GET, members.clone(), tok).await,
+        (
+            503,
+            fixture("google/directory_error_503_backend_error.json")
+        )
+    );
+}
