@@ -1176,13 +1176,14 @@ async fn zendesk_reassignment_sends_the_group_up_front_whatever_the_job_error_sa
         assert_eq!(out.updated.len(), 13, "{wording}: {:?}", out.failed);
         assert!(out.failed.is_empty(), "{wording}");
         assert_eq!(out.bulk_calls, 2, "{wording}: no failed item to retry");
-        let w = sb.zd("global");
-        assert_eq!(w.open_tickets_of(manager), 13, "{wording}");
-        assert!(
-            w.tickets.values().all(|t| t.group_id != Some(billing)),
-            "{wording}: moved to the manager's group"
-        );
-        drop(w);
+        {
+            let w = sb.zd("global");
+            assert_eq!(w.open_tickets_of(manager), 13, "{wording}");
+            assert!(
+                w.tickets.values().all(|t| t.group_id != Some(billing)),
+                "{wording}: moved to the manager's group"
+            );
+        }
         // The sandbox does answer in this wording when the group is not sent
         // (told, wrongly, that the manager is in Billing): reported, not hidden.
         let more = tickets(&sb, leaver, Some(billing), 2);
