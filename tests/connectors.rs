@@ -1504,3 +1504,27 @@ async fn check_verifies_scopes_and_token_refresh_on_every_system() {
         "{fails:#?}"
     );
 }
+
+#[tokio::test]
+async fn gitlab_a_hung_gitlab_ends_the_cycle_instead_of_freezing_the_bot() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let bot = bot_with_timeout(&sb, "1s").await;
+    light_agent_request(&sb).await;
+    // Every request from now on is never answered.
+    sb.gitlab_knobs.fail_next("", 10_000, Failure::Hang);
+    let t = std::time::Instant::now();
+    let report = bot.cycle().await;
+    let took = t.elapsed();
+    eprintln!("a cycle against a hung GitLab ended after {took:?}");
+    assert!(report.failed(), "{report:?}");
+    assert!(
+        report.errors.iter().any(|e| e.contains("no answer within")),
+        "{report:?}"
+    );
+    // Two timeouts of a second and a backoff, not a hang.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    // GitLab answers again: the next cycle does the work.
+    sb.gitlab_knobs.clear_faults();
+    let report = bot.cycle().await;
+    assert!(!report.failed(), "{report:?}");
+}
