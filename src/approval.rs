@@ -47,13 +47,18 @@ pub struct Identity {
     pub name: Option<String>,
 }
 
-/// GitLab users resolved by the adapter (usernames compared case-insensitively).
+/// GitLab users resolved by the adapter (usernames compared case-insensitively),
+/// and what the company directory says about the people a request names.
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     by_name: HashMap<String, Identity>,
     by_id: HashMap<u64, Identity>,
     /// Usernames GitLab says do not exist.
     absent: BTreeSet<String>,
+    /// People are checked against the company directory: `people` holds what
+    /// it said (`None`: no such user).
+    pub checked: bool,
+    people: HashMap<Email, Option<crate::request::Person>>,
 }
 
 /// What the directory says about a username.
@@ -84,6 +89,16 @@ impl Directory {
             email: None,
             name: None,
         });
+    }
+
+    /// What the company directory said about an address.
+    pub fn add_person(&mut self, email: Email, person: Option<crate::request::Person>) {
+        self.checked = true;
+        self.people.insert(email, person);
+    }
+
+    pub fn person(&self, email: &Email) -> Option<&Option<crate::request::Person>> {
+        self.people.get(email)
     }
 
     pub fn add_absent(&mut self, username: &str) {
@@ -370,6 +385,11 @@ pub enum Missing {
     SameApprover {
         by: String,
     },
+    /// The manager named in the issue is not the person's manager in the
+    /// company directory (or the directory cannot tell).
+    ManagerNotConfirmed {
+        why: String,
+    },
     EditedAfter {
         by: String,
     },
@@ -395,6 +415,9 @@ impl Missing {
             Missing::BeforePlan { by } => format!(
                 "applied by `@{by}` before the current plan; an approval counts only for the plan it follows: review the plan, then remove the label and apply it again"
             ),
+            Missing::ManagerNotConfirmed { why } => format!(
+                "the manager named in the issue cannot approve: {why}"
+            ),
             Missing::SameApprover { by } => format!(
                 "applied by `@{by}`, who already gave another approval this request needs; each approval needs a different person"
             ),
@@ -408,7 +431,9 @@ impl Missing {
     pub fn is_security(&self) -> bool {
         matches!(
             self,
-            Missing::Unauthorized { .. } | Missing::SelfApproval { .. }
+            Missing::Unauthorized { .. }
+                | Missing::SelfApproval { .. }
+                | Missing::ManagerNotConfirmed { .. }
         )
     }
 }
@@ -614,6 +639,19 @@ pub fn decide(request: Request, cx: &Context) -> Decision {
             continue; // validated at load time
         };
         let authorised = authorised_ids(rule, &request, cx.dir);
+        // The manager the issue names must be the person's manager in the
+        // company directory: a requester does not pick their own approver.
+        if rule.approvers.iter().all(|a| a == MANAGER)
+            && let Some(why) = manager_not_confirmed(&request, cx.dir)
+        {
+            missing.push(MissingApproval {
+                approval: name.clone(),
+                label: rule.label.clone(),
+                who: describe_approvers(rule, &request),
+                missing: Missing::ManagerNotConfirmed { why },
+            });
+            continue;
+        }
 
         // Denial (e.g. citizenship could not be verified): refuse and close.
         if let Some(denied) = &rule.denied_label
@@ -731,7 +769,27 @@ fn subject_identities(request: &Request, dir: &Directory) -> Vec<SubjectIdentity
 /// GitLab does not know, and protected accounts.
 fn identity_problems(request: &Request, cx: &Context) -> Vec<String> {
     let mut out = Vec::new();
+    let grants = !request.kind.revokes();
     for s in &request.subjects {
+        // With a directory, access is granted only to active users of the domain.
+        if cx.dir.checked && grants {
+            match cx.dir.person(&s.email) {
+                Some(None) => out.push(format!(
+                    "{} is not a user of the company directory",
+                    crate::render::code_span(s.email.as_str())
+                )),
+                Some(Some(p)) if !p.active => out.push(format!(
+                    "{} is suspended in the company directory",
+                    crate::render::code_span(s.email.as_str())
+                )),
+                Some(Some(p)) if p.primary != s.email => out.push(format!(
+                    "{} is another address of {}; name the person by their primary address",
+                    crate::render::code_span(s.email.as_str()),
+                    crate::render::code_span(p.primary.as_str())
+                )),
+                _ => {}
+            }
+        }
         let protected = cx
             .cfg
             .bot
@@ -1050,6 +1108,53 @@ fn latest_add<'a>(events: &[&'a LabelEvent], label: &str) -> Option<&'a LabelEve
     (last.action == LabelAction::Add).then_some(*last)
 }
 
+/// Why the manager named for the request's people is not confirmed by the
+/// company directory (when people are checked against one).
+fn manager_not_confirmed(request: &Request, dir: &Directory) -> Option<String> {
+    if !dir.checked {
+        return None;
+    }
+    for s in &request.subjects {
+        let Some(named) = &s.manager else {
+            return Some(format!(
+                "no manager is named for {}",
+                crate::render::code_span(s.email.as_str())
+            ));
+        };
+        let named_email = match dir.lookup(named) {
+            Lookup::Found(i) => i.email.clone(),
+            _ => None,
+        };
+        let Some(named_email) = named_email else {
+            return Some(format!(
+                "the bot cannot establish the e-mail address of `@{named}`"
+            ));
+        };
+        match dir.person(&s.email) {
+            Some(Some(p)) if p.manager.as_ref() == Some(&named_email) => {}
+            Some(Some(p)) => {
+                return Some(match &p.manager {
+                    Some(_) => format!(
+                        "the company directory does not list `@{named}` as the manager of {}",
+                        crate::render::code_span(s.email.as_str())
+                    ),
+                    None => format!(
+                        "the company directory lists no manager for {}",
+                        crate::render::code_span(s.email.as_str())
+                    ),
+                });
+            }
+            _ => {
+                return Some(format!(
+                    "{} is not in the company directory",
+                    crate::render::code_span(s.email.as_str())
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// The GitLab users who may give this approval for this request: the ones a
 /// reminder may mention (never a name as typed in the issue).
 pub fn approver_usernames(rule: &ApprovalRule, request: &Request, dir: &Directory) -> Vec<String> {
@@ -1063,6 +1168,11 @@ fn authorised_ids(rule: &ApprovalRule, request: &Request, dir: &Directory) -> BT
     let mut ids = BTreeSet::new();
     for a in &rule.approvers {
         if a == MANAGER {
+            // With a company directory, only the manager it confirms counts,
+            // however the rule combines approvers.
+            if manager_not_confirmed(request, dir).is_some() {
+                continue;
+            }
             // The manager of every subject: one person for all, or nobody.
             let managers: BTreeSet<Option<u64>> = request
                 .subjects

@@ -218,6 +218,7 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
             }
         }
     }
+    out.extend(identity(cfg, secrets, &http).await);
     if let Some(n) = &cfg.notify {
         if let Some(e) = &n.email {
             match crate::notify::Mailer::new(e, secrets) {
@@ -244,6 +245,102 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
                 )),
                 Err(e) => out.push((false, format!("Slack: {e}"))),
             }
+        }
+    }
+    out
+}
+
+/// Whether each identity source answers for the bot's token, and the
+/// directory for its service account.
+async fn identity(cfg: &Config, secrets: &Secrets, http: &reqwest::Client) -> Vec<(bool, String)> {
+    use crate::config::IdentitySource;
+    let mut out = Vec::new();
+    let gl = match secrets.get(&cfg.gitlab.token_env) {
+        Ok(token) => GitlabClient::connect(&cfg.gitlab.url, &token, cfg.gitlab_timeout())
+            .await
+            .ok(),
+        Err(_) => None,
+    };
+    for source in &cfg.identity.sources {
+        match source {
+            IdentitySource::GitlabEnterpriseUsers => {
+                let group = cfg.identity.enterprise_group.clone().unwrap_or_default();
+                let Some(gl) = &gl else {
+                    out.push((
+                        false,
+                        "Identity (enterprise users): GitLab not reachable".into(),
+                    ));
+                    continue;
+                };
+                match gl.enterprise_user(&group, &cfg.gitlab.bot_username).await {
+                    Ok(_) => out.push((
+                        true,
+                        format!("Identity: enterprise users of group {group} readable (e-mails of its users)"),
+                    )),
+                    Err(e) => out.push((
+                        false,
+                        format!(
+                            "Identity: cannot list the enterprise users of group {group} (the bot's user must be an Owner of that top-level group): {e}"
+                        ),
+                    )),
+                }
+            }
+            IdentitySource::GitlabAdmin => {
+                let Some(gl) = &gl else {
+                    out.push((
+                        false,
+                        "Identity (GitLab admin): GitLab not reachable".into(),
+                    ));
+                    continue;
+                };
+                match gl.me().await {
+                    Ok(me) if me.is_admin == Some(true) => out.push((
+                        true,
+                        "Identity: the GitLab token is an administrator's (reads users' e-mails)".into(),
+                    )),
+                    Ok(_) => out.push((
+                        false,
+                        "Identity: gitlab_admin needs an administrator's token; this one cannot read other users' e-mails (on gitlab.com use gitlab_enterprise_users)".into(),
+                    )),
+                    Err(e) => out.push((false, format!("Identity (GitLab admin): {e}"))),
+                }
+            }
+            IdentitySource::Map => match &cfg.identity.map_path {
+                Some(p) => match crate::identity::read_map(p) {
+                    Ok(m) => out.push((
+                        true,
+                        format!("Identity: {} people in {}", m.len(), p.display()),
+                    )),
+                    Err(e) => out.push((false, format!("Identity: {e}"))),
+                },
+                None => out.push((false, "Identity: map without map_path".into())),
+            },
+        }
+    }
+    if cfg.identity.directory
+        && let Some(g) = &cfg.google
+    {
+        let probe = cfg
+            .bot
+            .allowed_email_domains
+            .first()
+            .and_then(|d| crate::request::Email::parse(&format!("access-bot-check@{d}")).ok());
+        match (
+            crate::directory::DirectoryClient::new(g, secrets, http.clone()),
+            probe,
+        ) {
+            (Err(e), _) => out.push((false, e.to_string())),
+            (Ok(_), None) => out.push((
+                false,
+                "Directory: set bot.allowed_email_domains (the company's domain)".into(),
+            )),
+            (Ok(d), Some(probe)) => match d.person(&probe).await {
+                Ok(_) => out.push((
+                    true,
+                    format!("Directory: users of {} readable", probe.domain()),
+                )),
+                Err(e) => out.push((false, e.to_string())),
+            },
         }
     }
     out

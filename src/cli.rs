@@ -308,6 +308,7 @@ fn start_error(e: crate::bot::StartError) -> anyhow::Error {
             exit::CHECK
         }
         S::Secret(_) | S::Store(_) | S::Render(_) | S::MarkerKey { .. } => exit::CONFIG,
+        S::Identity(_) => exit::CHECK,
     };
     let mut message = e.to_string();
     let mut source = std::error::Error::source(&e);

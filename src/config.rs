@@ -46,6 +46,61 @@ pub struct Config {
     /// The operations listener of `run`: `/healthz`, `/readyz`, `/metrics`.
     #[serde(default)]
     pub ops: OpsConfig,
+    /// Who is who: GitLab users and company e-mail addresses.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+}
+
+/// A place the bot learns a GitLab user's company e-mail address from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// gitlab.com: a top-level group Owner's token sees its enterprise users' e-mails.
+    GitlabEnterpriseUsers,
+    /// Self-managed GitLab: an administrator's token reads `email` from the users API.
+    GitlabAdmin,
+    /// A file of `username,email` lines (small installations).
+    Map,
+}
+
+/// `[identity]`: how the bot establishes who a GitLab user is. It never takes
+/// an e-mail address from an issue's text for this; when no source knows a
+/// person, whatever depends on it fails closed (self-service is not
+/// self-service, an approval that cannot be told apart from the person it is
+/// for does not count).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Tried in order; the first that knows the user wins.
+    #[serde(default = "default_identity_sources")]
+    pub sources: Vec<IdentitySource>,
+    /// The top-level group (path or id) for `gitlab_enterprise_users`.
+    #[serde(default)]
+    pub enterprise_group: Option<String>,
+    /// The file for `map` (relative to the configuration file).
+    #[serde(default)]
+    pub map_path: Option<PathBuf>,
+    /// Check people against the Google Workspace directory (with the `[google]`
+    /// service account, scope `admin.directory.user.readonly`): an address the
+    /// bot grants to must be an active user of the domain, and the manager
+    /// named for a person must be their manager there.
+    #[serde(default)]
+    pub directory: bool,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            sources: default_identity_sources(),
+            enterprise_group: None,
+            map_path: None,
+            directory: false,
+        }
+    }
+}
+
+fn default_identity_sources() -> Vec<IdentitySource> {
+    vec![IdentitySource::GitlabAdmin]
 }
 
 /// `[ops]`: health, readiness and metrics, on a listener of their own so that
@@ -328,6 +383,10 @@ pub struct ZendeskInstance {
     /// Extra `[approvals.*]` any grant in this instance needs (e.g. citizenship for US Federal).
     #[serde(default)]
     pub requires: Vec<String>,
+    /// An agent (by e-mail) who takes a leaver's open tickets when the manager
+    /// cannot (unknown, not an agent here, suspended); said on the issue.
+    #[serde(default)]
+    pub fallback_assignee: Option<String>,
     /// Access levels the bot may grant here. Anything else is refused.
     #[serde(default)]
     pub access_levels: BTreeMap<String, AccessLevel>,
@@ -572,7 +631,28 @@ impl Config {
         })?;
         let mut cfg = Config::parse_with(&text, path, env)?;
         cfg.resolve_templates_dir(&text, path)?;
+        cfg.resolve_identity_map(&text, path)?;
         Ok(cfg)
+    }
+
+    /// `identity.map_path` relative to the configuration file's folder; it
+    /// must be readable now, not at the first request.
+    fn resolve_identity_map(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let Some(map) = &self.identity.map_path else {
+            return Ok(());
+        };
+        let resolved = path.parent().unwrap_or(Path::new(".")).join(map);
+        if self.identity.sources.contains(&IdentitySource::Map)
+            && let Err(e) = crate::identity::read_map(&resolved)
+        {
+            return Err(ConfigError {
+                path: path.to_path_buf(),
+                line: locate_exact(text, &["identity", "map_path"]),
+                message: format!("identity.map_path: {e}"),
+            });
+        }
+        self.identity.map_path = Some(resolved);
+        Ok(())
     }
 
     /// Parse and validate, without the environment (tests, the embedded example).
@@ -829,6 +909,36 @@ impl Config {
             &["changes", "app_group"],
             "changes.app_group",
         )?;
+        if self.identity.sources.is_empty() {
+            return Err(err(
+                &["identity", "sources"],
+                "identity.sources is empty: the bot could never tell who anyone is".into(),
+            ));
+        }
+        if self
+            .identity
+            .sources
+            .contains(&IdentitySource::GitlabEnterpriseUsers)
+            && self.identity.enterprise_group.is_none()
+        {
+            return Err(err(
+                &["identity", "enterprise_group"],
+                "identity.sources names gitlab_enterprise_users: set identity.enterprise_group (the top-level group)".into(),
+            ));
+        }
+        if self.identity.sources.contains(&IdentitySource::Map) && self.identity.map_path.is_none()
+        {
+            return Err(err(
+                &["identity", "map_path"],
+                "identity.sources names map: set identity.map_path".into(),
+            ));
+        }
+        if self.identity.directory && self.google.is_none() {
+            return Err(err(
+                &["identity", "directory"],
+                "identity.directory needs the [google] service account".into(),
+            ));
+        }
         if self.bot.marker_key_env.trim().is_empty() {
             return Err(err(
                 &["bot", "marker_key_env"],

@@ -60,6 +60,9 @@ pub struct ApiUser {
     pub email: Option<String>,
     #[serde(default)]
     pub public_email: Option<String>,
+    /// Shown for the token's own user (`GET /user`), and to administrators.
+    #[serde(default)]
+    pub is_admin: Option<bool>,
 }
 
 impl ApiUser {
@@ -68,12 +71,6 @@ impl ApiUser {
             id: self.id,
             username: self.username.clone(),
         }
-    }
-    pub fn any_email(&self) -> Option<String> {
-        self.email
-            .clone()
-            .or_else(|| self.public_email.clone())
-            .filter(|e| !e.is_empty())
     }
 }
 
@@ -102,15 +99,18 @@ pub struct ApiIssue {
 }
 
 impl ApiIssue {
-    pub fn to_input(&self, author: Option<&ApiUser>) -> IssueInput {
+    /// The issue as the parser sees it. The author's e-mail and name are not
+    /// here: they come from the identity sources, never from what GitLab
+    /// shows publicly.
+    pub fn to_input(&self) -> IssueInput {
         IssueInput {
             iid: self.iid,
             title: self.title.clone(),
             description: self.description.clone().unwrap_or_default(),
             labels: self.labels.clone(),
             author: self.author.to_ref(),
-            author_email: author.and_then(|a| a.any_email()),
-            author_name: author.and_then(|a| a.name.clone()),
+            author_email: None,
+            author_name: None,
             web_url: self.web_url.clone(),
             created_at: self.created_at,
             updated_at: Some(self.updated_at),
@@ -199,6 +199,13 @@ pub trait GitlabApi: Send + Sync {
         edit: &IssueEdit,
     ) -> Result<ApiIssue, GitlabError>;
     async fn user_by_username(&self, username: &str) -> Result<Option<ApiUser>, GitlabError>;
+    /// An enterprise user of a top-level group, with their e-mail (a group
+    /// Owner's token sees it; `None` when they are not one of its enterprise users).
+    async fn enterprise_user(
+        &self,
+        group: &str,
+        username: &str,
+    ) -> Result<Option<ApiUser>, GitlabError>;
     /// The ids of these project labels, creating any that does not exist yet
     /// (an approval is bound to its label's id, which a rename does not change).
     async fn label_ids(
@@ -551,6 +558,33 @@ impl GitlabClient {
     }
 }
 
+/// `GET /groups/:id/enterprise_users?username=…`, which the `gitlab` crate
+/// does not have.
+struct EnterpriseUsers {
+    group: String,
+    username: String,
+}
+
+impl api::Endpoint for EnterpriseUsers {
+    fn method(&self) -> api::endpoint_prelude::Method {
+        api::endpoint_prelude::Method::GET
+    }
+
+    fn endpoint(&self) -> std::borrow::Cow<'static, str> {
+        format!(
+            "groups/{}/enterprise_users",
+            percent_encoding::utf8_percent_encode(&self.group, percent_encoding::NON_ALPHANUMERIC)
+        )
+        .into()
+    }
+
+    fn parameters(&self) -> api::QueryParams<'_> {
+        let mut p = api::QueryParams::default();
+        p.push("username", self.username.as_str());
+        p
+    }
+}
+
 /// An endpoint builder fails only when a required field is missing: a bug here, reported as such.
 fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, GitlabError> {
     r.map_err(|e| GitlabError::Rejected(format!("building the request: {e}")))
@@ -740,6 +774,23 @@ impl GitlabApi for GitlabClient {
     async fn user_by_username(&self, username: &str) -> Result<Option<ApiUser>, GitlabError> {
         let ep = built(api::users::Users::builder().username(username).build())?;
         let users: Vec<ApiUser> = self.retry("user", || ep.query_async(&self.client)).await?;
+        Ok(users
+            .into_iter()
+            .find(|u| u.username.eq_ignore_ascii_case(username)))
+    }
+
+    async fn enterprise_user(
+        &self,
+        group: &str,
+        username: &str,
+    ) -> Result<Option<ApiUser>, GitlabError> {
+        let ep = EnterpriseUsers {
+            group: group.to_string(),
+            username: username.to_string(),
+        };
+        let users: Vec<ApiUser> = self
+            .retry("enterprise users", || ep.query_async(&self.client))
+            .await?;
         Ok(users
             .into_iter()
             .find(|u| u.username.eq_ignore_ascii_case(username)))

@@ -12,9 +12,11 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "sandbox")]
 pub mod demo;
+pub mod directory;
 pub mod gitlab;
 pub mod google;
 pub mod http;
+pub mod identity;
 pub mod listen;
 pub mod marker;
 pub mod metrics;

@@ -177,8 +177,26 @@ impl Action {
             Action::RemoveFromGroup { group } => format!("remove from group {group}"),
             Action::AddTag { tag } => format!("add tag `{tag}`"),
             Action::RemoveTag { tag } => format!("remove tag `{tag}`"),
-            Action::ReassignTickets { manager, .. } => {
-                format!("reassign open tickets (status below closed) to the manager `@{manager}`")
+            Action::ReassignTickets {
+                manager,
+                manager_email,
+            } => {
+                // The address is who actually gets them (with a company
+                // directory, the leaver's manager there).
+                let who = if manager.contains('@') {
+                    crate::render::code_span(manager)
+                } else {
+                    format!("`@{manager}`")
+                };
+                match manager_email {
+                    Some(e) if e.as_str() != manager => format!(
+                        "reassign open tickets (status below closed) to the manager {who} ({})",
+                        crate::render::code_span(e.as_str())
+                    ),
+                    _ => {
+                        format!("reassign open tickets (status below closed) to the manager {who}")
+                    }
+                }
             }
             Action::RemoveAllTags => "remove all tags".into(),
             Action::ClearUserFields => "clear the user fields".into(),
@@ -293,6 +311,9 @@ pub struct Plan {
     /// Planned as self-service (the requester for themself): no reactivation,
     /// no change to an agent.
     pub self_service: bool,
+    /// Items that need nothing at all (an offboarding of someone with no
+    /// account there): done as they are, and ticked.
+    pub satisfied_items: BTreeSet<usize>,
 }
 
 impl Plan {
@@ -329,7 +350,12 @@ impl Plan {
 
     /// Items complete once every step tied to them is done and none is blocked.
     pub fn items_completed_by(&self, done_steps: &BTreeSet<String>) -> BTreeSet<usize> {
-        let items: BTreeSet<usize> = self.steps.iter().map(|s| s.item).collect();
+        let items: BTreeSet<usize> = self
+            .steps
+            .iter()
+            .map(|s| s.item)
+            .chain(self.satisfied_items.iter().copied())
+            .collect();
         let blocked: BTreeSet<usize> = self.blocked.iter().map(|b| b.item).collect();
         items
             .into_iter()
@@ -364,6 +390,7 @@ struct Builder<'a> {
     cfg: &'a Config,
     observed: &'a Observed,
     self_service: bool,
+    satisfied: BTreeSet<usize>,
     steps: Vec<Step>,
     blocked: Vec<Blocked>,
     notes: Vec<Note>,
@@ -434,6 +461,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
         cfg,
         observed,
         self_service,
+        satisfied: BTreeSet::new(),
         steps: Vec::new(),
         blocked: Vec::new(),
         notes: Vec::new(),
@@ -636,6 +664,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
         notes: b.notes,
         skipped_items,
         self_service,
+        satisfied_items: b.satisfied,
     }
 }
 
@@ -799,8 +828,9 @@ fn deprovision(b: &mut Builder<'_>, request: &Request, s: &Subject, instance: &s
             b.note(
                 s,
                 instance,
-                format!("has no account in {}; nothing to remove", z.display_name),
+                format!("has no account in {}: nothing to remove", z.display_name),
             );
+            b.satisfied.insert(item);
             return;
         }
         Lookup::Unknown => None,
@@ -808,53 +838,94 @@ fn deprovision(b: &mut Builder<'_>, request: &Request, s: &Subject, instance: &s
     };
     let tickets = a.and_then(|a| a.open_tickets);
     if tickets != Some(0) {
-        match &s.manager {
-            None => {
-                b.block(s, instance, item, BlockReason::NoManager);
-                return;
-            }
+        // Who takes the open tickets: the manager, or, when they cannot, the
+        // instance's fallback assignee (said on the issue), so that a leaver is
+        // never left half-deprovisioned for want of someone to hand them to.
+        let manager_problem: Option<(String, String)> = match &s.manager {
+            None => Some((String::new(), "no manager is named".to_string())),
             Some(m) => {
                 let email = b.observed.manager_emails.get(m).cloned();
-                if a.is_some() {
-                    let why = match &email {
-                        None => Some("no email is known for them in GitLab".to_string()),
-                        Some(e) => match b.observed.account(instance, e) {
-                            Lookup::Absent => {
-                                Some(format!("they have no account in {}", z.display_name))
-                            }
-                            Lookup::Found(ma) if !ma.can_take_tickets() => Some(if ma.suspended {
-                                "their account is suspended".into()
-                            } else if ma.is_light_agent() {
-                                "they are a light agent".into()
-                            } else {
-                                "they are not an agent".into()
-                            }),
-                            _ => None,
-                        },
-                    };
-                    if let Some(why) = why {
-                        b.block(
+                let why = match &email {
+                    None => Some("no e-mail address is known for them".to_string()),
+                    Some(e) => match b.observed.account(instance, e) {
+                        Lookup::Absent => {
+                            Some(format!("they have no account in {}", z.display_name))
+                        }
+                        Lookup::Found(ma) if !ma.can_take_tickets() => Some(if ma.suspended {
+                            "their account is suspended".into()
+                        } else if ma.is_light_agent() {
+                            "they are a light agent".into()
+                        } else {
+                            "they are not an agent".into()
+                        }),
+                        _ => None,
+                    },
+                };
+                match why {
+                    Some(w) if a.is_some() => Some((m.clone(), w)),
+                    _ => {
+                        b.push(
                             s,
                             instance,
                             item,
-                            BlockReason::ManagerCannotTakeTickets {
+                            Action::ReassignTickets {
                                 manager: m.clone(),
-                                why,
+                                manager_email: email,
                             },
+                            false,
                         );
-                        return;
+                        None
                     }
                 }
-                b.push(
-                    s,
-                    instance,
-                    item,
-                    Action::ReassignTickets {
-                        manager: m.clone(),
-                        manager_email: email,
-                    },
-                    false,
-                );
+            }
+        };
+        if let Some((manager, why)) = manager_problem {
+            let fallback = z
+                .fallback_assignee
+                .as_deref()
+                .and_then(|e| Email::parse(e).ok())
+                .filter(|fb| {
+                    matches!(b.observed.account(instance, fb), Lookup::Found(fa) if fa.can_take_tickets())
+                });
+            match fallback {
+                Some(fb) => {
+                    b.note(
+                        s,
+                        instance,
+                        format!(
+                            "open tickets go to the fallback assignee {} because {}: {why}",
+                            crate::render::code_span(fb.as_str()),
+                            if manager.is_empty() {
+                                "of the manager".to_string()
+                            } else {
+                                format!("the manager `@{manager}` cannot take them")
+                            }
+                        ),
+                    );
+                    b.push(
+                        s,
+                        instance,
+                        item,
+                        Action::ReassignTickets {
+                            manager: fb.to_string(),
+                            manager_email: Some(fb),
+                        },
+                        false,
+                    );
+                }
+                None if manager.is_empty() => {
+                    b.block(s, instance, item, BlockReason::NoManager);
+                    return;
+                }
+                None => {
+                    b.block(
+                        s,
+                        instance,
+                        item,
+                        BlockReason::ManagerCannotTakeTickets { manager, why },
+                    );
+                    return;
+                }
             }
         }
     } else {

@@ -137,20 +137,27 @@ impl Case {
     }
 
     fn decide_as(&self, requester_email: Option<&str>) -> Decision {
-        let cfg = config();
+        self.decide_with(&config(), requester_email)
+    }
+
+    fn decide_with(
+        &self,
+        cfg: &access_bot::config::Config,
+        requester_email: Option<&str>,
+    ) -> Decision {
         let requester = Requester {
             username: self.f.facts.issue.author.username.clone(),
             email: requester_email.and_then(|e| Email::parse(e).ok()),
         };
         let cx = Context {
             facts: &self.f.facts,
-            cfg: &cfg,
+            cfg,
             dir: &self.dir,
             bot_id: BOT,
             history: &self.history,
             requester: &requester,
         };
-        approval::decide(self.request(), &cx)
+        approval::decide(parse_request(&self.f.facts.issue, cfg).unwrap(), &cx)
     }
 
     fn decide(&self) -> Decision {
@@ -1013,4 +1020,109 @@ fn federal_self_service_still_needs_manager_and_verification() {
     c.label("mlee", MANAGER_LABEL, 4)
         .label("people-connect-1", VERIFIED, 5);
     assert_eq!(approved(&c.decide()), vec!["mlee", "people-connect-1"]);
+}
+
+// ------------------------------------------------------ the company directory
+
+fn person(email: &str, manager: Option<&str>, active: bool) -> Option<access_bot::request::Person> {
+    Some(access_bot::request::Person {
+        primary: Email::parse(email).unwrap(),
+        active,
+        manager: manager.map(|m| Email::parse(m).unwrap()),
+    })
+}
+
+fn jane() -> Email {
+    Email::parse("jane.doe@gitlab.com").unwrap()
+}
+
+#[test]
+fn with_a_directory_the_named_manager_approves_only_if_it_lists_them() {
+    for (listed, counts) in [
+        (Some("mlee@gitlab.com"), true),
+        (Some("kpatel@gitlab.com"), false),
+        (None, false),
+    ] {
+        let mut c = tag_case();
+        c.dir
+            .add_person(jane(), person("jane.doe@gitlab.com", listed, true));
+        c.plan(1).label("mlee", MANAGER_LABEL, 5);
+        let d = c.decide();
+        if counts {
+            assert_eq!(approved(&d), vec!["mlee"], "{listed:?}");
+        } else {
+            assert!(
+                matches!(
+                    missing(&d).as_slice(),
+                    [Missing::ManagerNotConfirmed { .. }]
+                ),
+                "{listed:?}: {d:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_person_the_directory_does_not_know_has_no_manager_to_approve() {
+    let mut c = tag_case();
+    c.dir.add_person(jane(), None);
+    c.plan(1).label("mlee", MANAGER_LABEL, 5);
+    let d = c.decide();
+    assert!(!matches!(d, Decision::Approved(_)), "{d:?}");
+}
+
+#[test]
+fn an_unconfirmed_manager_does_not_count_however_the_rule_combines_approvers() {
+    // A rule that lets the manager or a system owner approve.
+    let mut cfg = config();
+    cfg.approvals
+        .get_mut("manager")
+        .unwrap()
+        .approvers
+        .push("jason".into());
+    let mut c = tag_case();
+    c.dir.add_person(
+        jane(),
+        person("jane.doe@gitlab.com", Some("kpatel@gitlab.com"), true),
+    );
+    c.plan(1).label("mlee", MANAGER_LABEL, 5);
+    let d = c.decide_with(&cfg, Some("jane.doe@gitlab.com"));
+    assert!(!matches!(d, Decision::Approved(_)), "{d:?}");
+    // The other approver the rule names still can.
+    let mut c2 = tag_case();
+    c2.dir.add_person(
+        jane(),
+        person("jane.doe@gitlab.com", Some("kpatel@gitlab.com"), true),
+    );
+    c2.plan(1).label("jason", MANAGER_LABEL, 5);
+    assert_eq!(
+        approved(&c2.decide_with(&cfg, Some("jane.doe@gitlab.com"))),
+        vec!["jason"]
+    );
+}
+
+#[test]
+fn grants_need_an_active_primary_address_in_the_directory() {
+    for (p, why) in [
+        (None, "not a user of the company directory"),
+        (
+            person("jane.doe@gitlab.com", Some("mlee@gitlab.com"), false),
+            "suspended",
+        ),
+        (
+            person("jdoe@gitlab.com", Some("mlee@gitlab.com"), true),
+            "another address",
+        ),
+    ] {
+        let mut c = tag_case();
+        c.dir.add_person(jane(), p);
+        c.plan(1).label("mlee", MANAGER_LABEL, 5);
+        let d = c.decide();
+        let text = match &d {
+            Decision::Refused { reasons, .. } => reasons.join("\n"),
+            Decision::Waiting { missing, .. } => format!("{missing:?}"),
+            other => panic!("{why}: {other:?}"),
+        };
+        assert!(text.contains(why), "{why}: {text}");
+    }
 }

@@ -7,35 +7,38 @@
 //! are checked.
 //!
 //! A probe PASSES when the attack fails (nothing was granted or revoked that
-//! nobody approved, and the bot's comments are inert) and FAILS when it found
-//! a hole. The file has two parts:
+//! nobody approved, and the bot's comments are inert). The file has two parts:
 //!
-//! 1. `hole_*`: probes that FAIL on the code as it is (each with a comment
-//!    explaining the attack, the root cause and the class of bug);
-//! 2. `refused_*`: probes that PASS (the attack is refused): regression tests.
+//! 1. `closed_*`: probes that found a hole when they were written; each
+//!    comment says the attack, the root cause and the class of bug, and how
+//!    the class was closed (they are regression tests now);
+//! 2. `refused_*`: attacks the bot refused from the start.
 //!
-//! Run: `cargo test --test hostile_probe -- --test-threads=2`
-//! (about a minute; 19 probes fail, 43 pass at the time of writing).
+//! Run: `cargo test --test hostile_probe -- --test-threads=2` (about a minute).
 //!
-//! Holes by root cause (see each probe's comment):
+//! The classes the `closed_*` probes found, and what closed them:
 //! - GitLab writes only the tick note when an edit both ticks a box and changes
-//!   text; `trust_problems` allows tick-only notes on unmanaged items before a
-//!   plan: `hole_entitlement_rewritten_*`, `hole_offboarding_subject_swapped_*`,
-//!   `hole_leaver_marks_own_offboarding_*`.
-//! - `@manager` comes from the description: `hole_requester_names_an_accomplice_*`,
-//!   `hole_requester_named_manager_strips_*`, `hole_stale_reminder_mentions_*`.
-//! - A verification (citizenship) is asked about one name and applies to
-//!   everyone: `hole_federal_*`.
-//! - Approvals bind the request digest, not the steps; a refusal does not
-//!   consume them: `hole_approved_plan_runs_an_unsuspend_*`,
-//!   `hole_refused_request_runs_later_*`.
-//! - Time-bound bookkeeping: `hole_time_bound_upgrade_*`, `hole_expiry_after_offboarding_*`.
-//! - Revocation fails open: `hole_leaver_keeps_access_*`.
-//! - Self-service reaches a full agent's Okta group: `hole_self_service_readds_okta_*`.
-//! - Meaning read by phrase match, verbs dropped: `hole_items_asking_to_remove_*`.
-//! - Approval label identified by its (mutable) name: `hole_approval_forged_by_renaming_*`
-//!   (uses a sandbox addition: the Labels API rename, `PUT /projects/:id/labels/:label_id`).
-//! - Webhook receiver (class 11) unchanged: `hole_webhook_*`, `hole_metrics_*`.
+//!   text (`closed_entitlement_rewritten_*`, `closed_offboarding_subject_swapped_*`,
+//!   `closed_leaver_marks_own_offboarding_*`): an edited trusted issue needs
+//!   the `if_edited` approvals, titles anchor the person, subjects may not
+//!   touch their own issue.
+//! - `@manager` came from the description (`closed_requester_names_an_accomplice_*`,
+//!   `closed_requester_named_manager_strips_*`, `closed_stale_reminder_mentions_*`):
+//!   the manager must be the person's manager in the company directory.
+//! - A verification asked about one name applied to everyone (`closed_federal_*`):
+//!   one person per verification.
+//! - Approvals bound the request digest, not the steps, and a refusal did not
+//!   consume them (`closed_approved_plan_runs_an_unsuspend_*`,
+//!   `closed_refused_request_runs_later_*`): approvals bind the plan's change set.
+//! - Time-bound bookkeeping (`closed_time_bound_upgrade_*`, `closed_expiry_after_offboarding_*`):
+//!   grants per plan, holdings end on revocation.
+//! - Revocation failed open (`closed_leaver_keeps_access_*`).
+//! - Self-service reached a full agent's Okta group (`closed_self_service_readds_okta_*`).
+//! - Meaning read by phrase match, verbs dropped (`closed_items_asking_to_remove_*`):
+//!   reversing words are refused.
+//! - Approval label identified by its (mutable) name (`closed_approval_forged_by_renaming_*`,
+//!   with the sandbox's Labels API rename): approvals bind label ids.
+//! - Webhook receiver (class 11): `closed_webhook_*`, `closed_metrics_*`.
 //!
 //! Not modelled by the sandbox (so not probed end to end): editing or deleting
 //! another user's note (maintainers can, on GitLab), the "changed title" system
@@ -344,10 +347,10 @@ fn day(offset: i64) -> String {
 }
 
 // ========================================================================
-// PART 1: HOLES. Each of these probes FAILS on the current code.
+// PART 1: CLOSED. Each of these probes found a hole when it was written.
 // ========================================================================
 
-/// HOLE (class 6, trusted automation changed by others).
+/// CLOSED (was a hole: class 6, trusted automation changed by others).
 /// GitLab writes only "marked the checklist item X as completed" when an edit
 /// both toggles a box and changes other text (gitlab-foss#33577; the sandbox
 /// models it). Before the bot's first plan, mallory edits a genuine
@@ -357,7 +360,7 @@ fn day(offset: i64) -> String {
 /// does not manage, before any plan: allowed. The pre-approved template then
 /// creates mallory as a Support Manager.
 #[tokio::test]
-async fn hole_entitlement_rewritten_before_the_plan_masked_by_an_unmanaged_tick() {
+async fn closed_entitlement_rewritten_before_the_plan_masked_by_an_unmanaged_tick() {
     let (sb, bot) = start().await;
     let (author, title, labels, body) = demo("role-based entitlement");
     let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
@@ -378,13 +381,13 @@ async fn hole_entitlement_rewritten_before_the_plan_masked_by_an_unmanaged_tick(
     untouched(&sb, &["mallory@gitlab.com"]);
 }
 
-/// HOLE (class 6, and "revokes the wrong access").
+/// CLOSED (was a hole: class 6, and "revokes the wrong access").
 /// Same masking on an offboarding: before the plan, mallory replaces the
 /// leaver's row with lyle's (a system owner and Support Engineer) and ticks
 /// the unmanaged Slack line in the same edit. The bot offboards lyle: demoted,
 /// suspended, removed from Okta, his Support Team file deleted by an MR.
 #[tokio::test]
-async fn hole_offboarding_subject_swapped_before_the_plan_masked_by_an_unmanaged_tick() {
+async fn closed_offboarding_subject_swapped_before_the_plan_masked_by_an_unmanaged_tick() {
     let (sb, bot) = start().await;
     seed_leaver(&sb);
     seed(
@@ -422,7 +425,7 @@ async fn hole_offboarding_subject_swapped_before_the_plan_masked_by_an_unmanaged
     assert!(sb.google_member(GLOBAL_OKTA, "lyle@gitlab.com"));
 }
 
-/// HOLE (class 5 / 2: who may approve comes from the request itself).
+/// CLOSED (was a hole: class 5 / 2: who may approve comes from the request itself).
 /// `@manager` is "the manager named for every person in the issue", and the
 /// requester writes that name. Mallory names her colleague bli (any employee,
 /// or a compromised non-approver account) as her manager; bli applies the
@@ -432,7 +435,7 @@ async fn hole_offboarding_subject_swapped_before_the_plan_masked_by_an_unmanaged
 /// `Subject::manager`, which is parsed from the description; nothing ties it
 /// to an HR/identity source.
 #[tokio::test]
-async fn hole_requester_names_an_accomplice_as_manager() {
+async fn closed_requester_names_an_accomplice_as_manager() {
     let (sb, bot) = start().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Light Agent, add tag `partner_support_agent`\n",
@@ -449,12 +452,12 @@ async fn hole_requester_names_an_accomplice_as_manager() {
     untouched(&sb, &["mallory@gitlab.com"]);
 }
 
-/// HOLE (same root cause as above, used to revoke): mallory files a request
+/// CLOSED (was a hole: same root cause as above, used to revoke): mallory files a request
 /// for jdoe that *removes* jdoe's team tag, names her accomplice bli as jdoe's
 /// manager, and bli approves. Removing a tag needs only `manager`
 /// (`changes.team_tag`), and the manager is whoever the requester wrote.
 #[tokio::test]
-async fn hole_requester_named_manager_strips_a_colleagues_tag() {
+async fn closed_requester_named_manager_strips_a_colleagues_tag() {
     let (sb, bot) = start().await;
     sb.seed_zendesk(&ZendeskAccount {
         instance: "global".into(),
@@ -491,14 +494,14 @@ async fn hole_requester_named_manager_strips_a_colleagues_tag() {
     );
 }
 
-/// HOLE (verification bound to one person, applied to all).
+/// CLOSED (was a hole: verification bound to one person, applied to all).
 /// A US Federal request for two people: Bo Li (a verified citizen) first,
 /// mallory second, same manager. The bot's citizenship request (comment and
 /// e-mail) names only the first person (`process.rs` `verification()`:
 /// `request.subjects.first()`), the People team verifies Bo Li, and the single
 /// `US-Citizenship::Verified` label provisions both.
 #[tokio::test]
-async fn hole_federal_second_person_rides_on_the_first_persons_citizenship() {
+async fn closed_federal_second_person_rides_on_the_first_persons_citizenship() {
     let (sb, bot) = start().await;
     let body = format!(
         "{TABLE}{}{}\n- [ ] Zendesk US Federal: Light Agent\n",
@@ -522,7 +525,7 @@ async fn hole_federal_second_person_rides_on_the_first_persons_citizenship() {
     assert!(text.contains("verified per person"), "{text}");
 }
 
-/// HOLE (verification asked about a name the requester chose).
+/// CLOSED (was a hole: verification asked about a name the requester chose).
 /// Mallory files a US Federal light agent for herself (her own e-mail and
 /// username, so identity checks pass) but writes "Bo Li" in the name column.
 /// The citizenship request asks the People team "Can you verify if `Bo Li` is
@@ -530,7 +533,7 @@ async fn hole_federal_second_person_rides_on_the_first_persons_citizenship() {
 /// never compared with the identity source's name, and the request carries no
 /// e-mail or username.
 #[tokio::test]
-async fn hole_federal_citizenship_asked_about_a_name_the_requester_chose() {
+async fn closed_federal_citizenship_asked_about_a_name_the_requester_chose() {
     let (sb, bot) = start().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk US Federal: Light Agent\n",
@@ -555,7 +558,7 @@ async fn hole_federal_citizenship_asked_about_a_name_the_requester_chose() {
     }
 }
 
-/// HOLE (plan drift: the executed steps are not the approved steps).
+/// CLOSED (was a hole: plan drift: the executed steps are not the approved steps).
 /// The approval binds the request digest, not the steps. The plan comment
 /// said Robin is "already a light agent; nothing to do" (plus the Okta
 /// group). Robin is then suspended (offboarded elsewhere). The manager
@@ -563,7 +566,7 @@ async fn hole_federal_citizenship_asked_about_a_name_the_requester_chose() {
 /// state observed *now* (`plan::build`), which adds "unsuspend the account",
 /// a step no plan comment listed, and runs it.
 #[tokio::test]
-async fn hole_approved_plan_runs_an_unsuspend_no_plan_listed() {
+async fn closed_approved_plan_runs_an_unsuspend_no_plan_listed() {
     let (sb, bot) = start().await;
     seed(
         &sb,
@@ -599,7 +602,7 @@ async fn hole_approved_plan_runs_an_unsuspend_no_plan_listed() {
     );
 }
 
-/// HOLE (plan drift, second form: a refusal does not consume the approval).
+/// CLOSED (was a hole: plan drift, second form: a refusal does not consume the approval).
 /// A tag for jdoe, who has no Zendesk account: the plan lists no step ("has no
 /// light-agent or agent account ... Nothing was changed"), the manager
 /// approves anyway, and the bot refuses ("A light agent account is needed
@@ -608,7 +611,7 @@ async fn hole_approved_plan_runs_an_unsuspend_no_plan_listed() {
 /// ever listed. `Stage` only ends with a *result* note; a refusal leaves the
 /// plan Current and its approvals valid forever.
 #[tokio::test]
-async fn hole_refused_request_runs_later_on_the_old_approval() {
+async fn closed_refused_request_runs_later_on_the_old_approval() {
     let (sb, bot) = start().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: add tag `partner_support_agent`\n",
@@ -649,7 +652,7 @@ async fn hole_refused_request_runs_later_on_the_old_approval() {
     );
 }
 
-/// HOLE (class 7 variant: a time-bound grant extended on the same issue
+/// CLOSED (was a hole: class 7 variant: a time-bound grant extended on the same issue
 /// becomes permanent).
 /// jdoe files a self-service light agent with `Expires:` (done at once; the
 /// store records its undo: demote). She then edits the same issue to ask for
@@ -660,7 +663,7 @@ async fn hole_refused_request_runs_later_on_the_old_approval() {
 /// record stays, and on the date `still_owned` finds the account "no longer
 /// has Light Agent" and keeps everything. Support Engineer becomes permanent.
 #[tokio::test]
-async fn hole_time_bound_upgrade_on_the_same_issue_is_never_revoked() {
+async fn closed_time_bound_upgrade_on_the_same_issue_is_never_revoked() {
     let (sb, mut bot) = start().await;
     let body = format!(
         "{TABLE}{}\nExpires: {}\n\n- [ ] Zendesk Global: Light Agent\n",
@@ -701,7 +704,7 @@ async fn hole_time_bound_upgrade_on_the_same_issue_is_never_revoked() {
     );
 }
 
-/// HOLE (class 7 inverse: stale holdings keep access after expiry).
+/// CLOSED (was a hole: class 7 inverse: stale holdings keep access after expiry).
 /// jdoe got a permanent light agent (holding recorded), was then offboarded
 /// (demoted, suspended, out of Okta; the holding is never cleared), and is
 /// re-hired with a time-bound Support Engineer grant. On the date, the undo
@@ -710,7 +713,7 @@ async fn hole_time_bound_upgrade_on_the_same_issue_is_never_revoked() {
 /// long revoked request (`plan::still_owned`: "another request in force").
 /// She ends active and in the Okta group, which nothing in force grants.
 #[tokio::test]
-async fn hole_expiry_after_offboarding_keeps_the_okta_group_and_the_account_active() {
+async fn closed_expiry_after_offboarding_keeps_the_okta_group_and_the_account_active() {
     let (sb, mut bot) = start().await;
     // 1. A permanent self-service light agent.
     let (author, title, labels, body) = demo("light agent, Zendesk Global");
@@ -773,7 +776,7 @@ async fn hole_expiry_after_offboarding_keeps_the_okta_group_and_the_account_acti
     );
 }
 
-/// HOLE (revocation evaded silently).
+/// CLOSED (was a hole: revocation evaded silently).
 /// The leaver (cquinn still has GitLab access on their last day) edits their
 /// own offboarding before the bot's plan: both managed lines become `[~]`
 /// (not applicable) and, in the same edit, the unmanaged Slack line is
@@ -784,7 +787,7 @@ async fn hole_expiry_after_offboarding_keeps_the_okta_group_and_the_account_acti
 /// inapplicable", which `checklist_note_item` does not recognise at all, so
 /// even without the masking tick the change may pass.)
 #[tokio::test]
-async fn hole_leaver_marks_own_offboarding_not_applicable_masked_by_a_tick() {
+async fn closed_leaver_marks_own_offboarding_not_applicable_masked_by_a_tick() {
     let (sb, bot) = start().await;
     seed_leaver(&sb);
     let (author, title, labels, body) = demo("offboarding");
@@ -812,14 +815,14 @@ async fn hole_leaver_marks_own_offboarding_not_applicable_masked_by_a_tick() {
     assert!(text.contains("Zendesk::System Owner Approved"), "{text}");
 }
 
-/// HOLE (revocation fails open).
+/// CLOSED (was a hole: revocation fails open).
 /// Any edit of an offboarding by someone other than the automation refuses the
 /// whole issue (`trust_problems`), so a leaver who still has GitLab access
 /// keeps all their access by adding a space to their own offboarding. Ops is
 /// told, but nothing is revoked; for a revocation, refusing is the unsafe
 /// direction (the change nobody approved is the leaver keeping access).
 #[tokio::test]
-async fn hole_leaver_keeps_access_by_touching_own_offboarding() {
+async fn closed_leaver_keeps_access_by_touching_own_offboarding() {
     let (sb, bot) = start().await;
     seed_leaver(&sb);
     let (author, title, labels, body) = demo("offboarding");
@@ -838,7 +841,7 @@ async fn hole_leaver_keeps_access_by_touching_own_offboarding() {
     assert_casey_offboarded(&sb);
 }
 
-/// HOLE (self-service touches a full agent).
+/// CLOSED (was a hole: self-service touches a full agent).
 /// Mallory is a suspended full agent (suspended by ops, not demoted). Her
 /// self-service light-agent request is planned as "already a full agent;
 /// nothing was changed", but the Okta step is still planned and run: the
@@ -846,7 +849,7 @@ async fn hole_leaver_keeps_access_by_touching_own_offboarding() {
 /// `plan::grant_level` skips the suspended check when `keeps_full_agent`,
 /// and the executor's self-service guard only covers role steps, not Google.
 #[tokio::test]
-async fn hole_self_service_readds_okta_for_a_suspended_full_agent() {
+async fn closed_self_service_readds_okta_for_a_suspended_full_agent() {
     let (sb, bot) = start().await;
     seed(
         &sb,
@@ -875,7 +878,7 @@ async fn hole_self_service_readds_okta_for_a_suspended_full_agent() {
     );
 }
 
-/// HOLE (meaning read loosely: verbs are ignored).
+/// CLOSED (was a hole: meaning read loosely: verbs are ignored).
 /// An item that asks to *remove* access is read as a grant: the level and the
 /// Okta group are found by phrase match and every other word is dropped
 /// (`classify_visible`, `match_level`, `GROUP_TOKEN`). A manager who reads the
@@ -883,7 +886,7 @@ async fn hole_self_service_readds_okta_for_a_suspended_full_agent() {
 /// comment does say "create", so the approval is informed by the plan, but the
 /// bot should refuse an item whose words contradict what it will do.
 #[tokio::test]
-async fn hole_items_asking_to_remove_are_read_as_grants() {
+async fn closed_items_asking_to_remove_are_read_as_grants() {
     let (sb, bot) = start().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: revoke Light Agent\n- [ ] Google Group: remove from okta-zendeskglobal-users\n",
@@ -899,14 +902,14 @@ async fn hole_items_asking_to_remove_are_read_as_grants() {
     untouched(&sb, &["robin.kim@gitlab.com"]);
 }
 
-/// HOLE (class 10, low: the bot mentions people the requester chose).
+/// CLOSED (was a hole: class 10, low: the bot mentions people the requester chose).
 /// A request naming five people with five different "managers" can never get
 /// the manager approval (one manager for all is required), yet the stale
 /// reminder mentions every named manager who is a GitLab user. A requester
 /// can make the bot ping arbitrary employees (executives, on-call) once per
 /// request; 25 rows give 25 mentions.
 #[tokio::test]
-async fn hole_stale_reminder_mentions_everyone_the_requester_named_as_manager() {
+async fn closed_stale_reminder_mentions_everyone_the_requester_named_as_manager() {
     let (sb, _) = start().await;
     let people = [
         ("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee"),
@@ -963,7 +966,7 @@ async fn rename_label(sb: &Sandbox, user: &str, old: &str, new: &str) -> reqwest
         .status()
 }
 
-/// HOLE (approval identified by a mutable label name).
+/// CLOSED (was a hole: approval identified by a mutable label name).
 /// (Sandbox addition, documented GitLab behaviour: `PUT /projects/:id/labels/:label_id`
 /// with `new_name`; label events refer to the label, so they report its
 /// current name; Reporters may manage labels.)
@@ -976,7 +979,7 @@ async fn rename_label(sb: &Sandbox, user: &str, old: &str, new: &str) -> reqwest
 /// (`LabelEvent::label` is `e.label.map(|l| l.name)` in `gitlab.rs`); the
 /// label id is never pinned.
 #[tokio::test]
-async fn hole_approval_forged_by_renaming_a_label_the_manager_applied() {
+async fn closed_approval_forged_by_renaming_a_label_the_manager_applied() {
     let (sb, bot) = start().await;
     // The approval label exists in the project (used on an earlier request).
     let (author, title, labels, body) = demo("special request");
@@ -1046,13 +1049,13 @@ async fn webhook(
     (addr, rx, task)
 }
 
-/// HOLE (class 11, not addressed by the rewrite).
+/// CLOSED (was a hole: class 11, not addressed by the rewrite).
 /// `bot::run::serve_web` is a bare `axum::serve`: no header-read or idle
 /// timeout and no connection limit. 200 unauthenticated connections that send
 /// half a request line stay open indefinitely (here: still open after 12 s),
 /// each holding a descriptor of the bot's process.
 #[tokio::test]
-async fn hole_webhook_keeps_idle_unauthenticated_connections_open() {
+async fn closed_webhook_keeps_idle_unauthenticated_connections_open() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (addr, _rx, _task) = webhook(16).await;
     let mut conns = Vec::new();
@@ -1079,10 +1082,10 @@ async fn hole_webhook_keeps_idle_unauthenticated_connections_open() {
     );
 }
 
-/// HOLE (class 11): `/metrics` is served on the webhook's public listener,
+/// CLOSED (was a hole: class 11): `/metrics` is served on the webhook's public listener,
 /// unauthenticated, and there is no setting to move it to a private one.
 #[tokio::test]
-async fn hole_metrics_are_public_on_the_webhook_listener() {
+async fn closed_metrics_are_public_on_the_webhook_listener() {
     let (addr, _rx, _task) = webhook(16).await;
     let r = reqwest::get(format!("http://{addr}/metrics"))
         .await
@@ -1095,11 +1098,11 @@ async fn hole_metrics_are_public_on_the_webhook_listener() {
     );
 }
 
-/// HOLE (class 11): duplicate events for one issue are not coalesced. 300
+/// CLOSED (was a hole: class 11): duplicate events for one issue are not coalesced. 300
 /// valid hooks for the same issue queue 300 events; `run` handles each with a
 /// full read of the issue (notes, label events, users).
 #[tokio::test]
-async fn hole_webhook_duplicate_events_are_not_coalesced() {
+async fn closed_webhook_duplicate_events_are_not_coalesced() {
     let (addr, mut rx, _task) = webhook(1024).await;
     let http = reqwest::Client::new();
     let payload = serde_json::json!({"object_kind": "issue", "user": {"username": "mallory"}, "project": {"path_with_namespace": PROJECT}, "object_attributes": {"iid": 1}});

@@ -31,6 +31,16 @@ struct World {
 }
 
 impl World {
+    /// The company directory says `manager` manages `person` (even where that
+    /// is absurd: the checks after it must still hold on their own).
+    fn directory_manager(&self, person: &str, manager: &str) {
+        self.sb
+            .google
+            .lock()
+            .managers
+            .insert(person.into(), manager.into());
+    }
+
     async fn new() -> World {
         let sb = Sandbox::start(Ports::default()).await.unwrap();
         let bot = sb.bot().await.unwrap();
@@ -878,6 +888,8 @@ async fn the_manager_named_by_email_cannot_approve_their_own_promotion() {
         "Zendesk Global: Agent - Support Manager",
     )
     .await;
+    // Were the directory wrong, self-approval would still not count.
+    w.directory_manager("mlee@gitlab.com", "mlee@gitlab.com");
     w.run().await;
     w.label("mlee", iid, MANAGER).await;
     w.label("lyle", iid, OWNER).await;
@@ -932,6 +944,7 @@ async fn a_username_in_other_case_is_the_same_person() {
         "Zendesk Global: Agent - Support Engineer",
     )
     .await;
+    w.directory_manager("jane.doe@gitlab.com", "jane.doe@gitlab.com");
     w.run().await;
     w.label("jdoe", iid, MANAGER).await;
     w.label("lyle", iid, OWNER).await;

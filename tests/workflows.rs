@@ -765,6 +765,11 @@ async fn security_self_approval_by_requester_or_subject() {
         )
         .await
         .unwrap();
+    // Even were the company directory wrong about Bo's manager.
+    sb.google
+        .lock()
+        .managers
+        .insert("bo.li@gitlab.com".into(), "bo.li@gitlab.com".into());
     run_until_quiet(&bot, 3).await;
     sb.add_label("bli", iid2, MANAGER).await.unwrap();
     sb.add_label("lyle", iid2, OWNER).await.unwrap();

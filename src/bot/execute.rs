@@ -638,6 +638,7 @@ mod tests {
                 name: None,
                 email: None,
                 public_email: None,
+                is_admin: None,
             },
         )
         .unwrap();

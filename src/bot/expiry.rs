@@ -89,7 +89,7 @@ impl Bot {
         let issue = self.gitlab.issue(project, iid).await?;
         let notes = self.gitlab.notes(project, iid).await?;
         let facts = IssueFacts {
-            issue: issue.to_input(None),
+            issue: issue.to_input(),
             label_events: Vec::new(),
             notes,
         };

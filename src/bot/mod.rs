@@ -93,6 +93,8 @@ pub struct Bot {
     pub me: ApiUser,
     /// Seals and verifies the markers of the bot's comments.
     pub marker_key: crate::marker::MarkerKey,
+    /// Who is who: GitLab users' company e-mails, the company directory.
+    pub identity: crate::identity::Resolver,
     pub dry_run: bool,
     /// GitLab users by username (lower-case), cached for the life of the process.
     users: Mutex<HashMap<String, Option<ApiUser>>>,
@@ -128,6 +130,8 @@ pub enum StartError {
     Missing { instance: String, problems: String },
     #[error(transparent)]
     Notify(#[from] crate::notify::NotifyError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     #[error("the marker key ({var}): {source}")]
     MarkerKey {
         var: String,
@@ -208,9 +212,19 @@ impl Bot {
             }
             None => (None, crate::notify::Notifier::none()),
         };
+        let gitlab: Arc<dyn GitlabApi> = Arc::new(gl);
+        let directory = match (&cfg.google, cfg.identity.directory) {
+            (Some(g), true) => Some(
+                crate::directory::DirectoryClient::new(g, secrets, http.clone())
+                    .map_err(crate::identity::IdentityError::from)?,
+            ),
+            _ => None,
+        };
+        let identity = crate::identity::Resolver::new(&cfg, gitlab.clone(), directory)?;
         let bot = Bot {
             cfg,
-            gitlab: Arc::new(gl),
+            gitlab,
+            identity,
             zendesk,
             groups,
             templates,
@@ -246,6 +260,7 @@ impl Bot {
     ) -> Result<Bot, StartError> {
         Ok(Bot {
             templates: Templates::load(Some(&cfg.bot.templates_dir))?,
+            identity: crate::identity::Resolver::new(&cfg, gitlab.clone(), None)?,
             cfg,
             gitlab,
             zendesk,
@@ -453,7 +468,7 @@ impl Bot {
         let mut latest: BTreeMap<u64, DateTime<Utc>> = BTreeMap::new();
         for i in issues.iter().filter(|i| {
             seat_label.as_ref().is_some_and(|l| i.labels.contains(l))
-                || crate::request::is_candidate(&i.to_input(None), &self.cfg)
+                || crate::request::is_candidate(&i.to_input(), &self.cfg)
         }) {
             let e = latest.entry(i.iid).or_insert(i.updated_at);
             if i.updated_at > *e {

@@ -13,6 +13,8 @@ pub enum ObserveError {
     Google(#[from] crate::google::GoogleError),
     #[error("no Zendesk instance {0} is connected")]
     NoInstance(String),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// One account as the plan sees it.
@@ -108,15 +110,32 @@ impl Bot {
                 obs.zendesk
                     .insert((inst_name.to_string(), s.email.clone()), a);
             }
+            if offboarding
+                && let Some(fb) = self.cfg.zendesk[inst_name]
+                    .fallback_assignee
+                    .as_deref()
+                    .and_then(|e| Email::parse(e).ok())
+            {
+                let key = (inst_name.to_string(), fb.clone());
+                if let std::collections::btree_map::Entry::Vacant(slot) = obs.zendesk.entry(key) {
+                    slot.insert(account(inst, &fb, false).await?);
+                }
+            }
             if offboarding {
                 for s in &req.subjects {
                     let Some(m) = &s.manager else { continue };
-                    let Some(email) = self
-                        .user(m)
-                        .await
-                        .and_then(|u| u.any_email())
-                        .and_then(|e| Email::parse(&e).ok())
-                    else {
+                    // The manager's address from an identity source; with a
+                    // directory, the leaver's manager there is who gets the tickets.
+                    let named = match self.user(m).await {
+                        Some(u) => self.identity.email_of(&u).await?,
+                        None => None,
+                    };
+                    let from_directory = self
+                        .identity
+                        .person(&s.email)
+                        .await?
+                        .and_then(|p| p.manager);
+                    let Some(email) = from_directory.or(named) else {
                         continue;
                     };
                     obs.manager_emails.insert(m.clone(), email.clone());

@@ -37,6 +37,8 @@ pub enum ProcessError {
     Store(#[from] crate::store::StoreError),
     #[error("cannot look up the GitLab user @{0} right now; trying again next cycle")]
     Lookup(String),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// What acting on an approved plan came to.
@@ -140,7 +142,7 @@ impl Bot {
         issue: &ApiIssue,
     ) -> Result<IssueFacts, ProcessError> {
         Ok(IssueFacts {
-            issue: issue.to_input(None),
+            issue: issue.to_input(),
             label_events: Vec::new(),
             notes: self.gitlab.notes(project, issue.iid).await?,
         })
@@ -175,7 +177,11 @@ impl Bot {
 
     /// GitLab users the decision needs, with e-mails from the identity sources.
     /// A lookup that fails is an error (retried), never a silent "unknown".
-    async fn directory(&self, names: BTreeSet<String>) -> Result<Directory, ProcessError> {
+    async fn directory(
+        &self,
+        names: BTreeSet<String>,
+        request: &Request,
+    ) -> Result<Directory, ProcessError> {
         let mut d = Directory::new();
         d.add(Identity {
             id: self.me.id,
@@ -188,11 +194,18 @@ impl Bot {
                 Ok(Some(user)) => d.add(Identity {
                     id: user.id,
                     username: user.username.clone(),
-                    email: user.any_email().and_then(|e| Email::parse(&e).ok()),
+                    email: self.identity.email_of(&user).await?,
                     name: user.name.clone(),
                 }),
                 Ok(None) => d.add_absent(&u),
                 Err(_) => return Err(ProcessError::Lookup(u)),
+            }
+        }
+        // What the company directory says about each person the request names.
+        if self.identity.has_directory() {
+            for s in &request.subjects {
+                let p = self.identity.person(&s.email).await?;
+                d.add_person(s.email.clone(), p);
             }
         }
         Ok(d)
@@ -201,7 +214,7 @@ impl Bot {
     async fn author(&self, username: &str) -> Result<Author, ProcessError> {
         match self.lookup_user(username).await {
             Ok(Some(u)) => Ok(Author {
-                email: u.any_email(),
+                email: self.identity.email_of(&u).await?.map(|e| e.to_string()),
                 name: u.name.clone(),
             }),
             Ok(None) => Ok(Author {
@@ -228,11 +241,11 @@ impl Bot {
                 .process_seat_review(project, &issue, &instance, &period)
                 .await;
         }
-        if !request::is_candidate(&issue.to_input(None), &self.cfg) {
+        if !request::is_candidate(&issue.to_input(), &self.cfg) {
             return Ok(Outcome::Ignored);
         }
         let author = self.author(&issue.author.username).await?;
-        let mut input = issue.to_input(None);
+        let mut input = issue.to_input();
         input.author_email = author.email.clone();
         input.author_name = author.name.clone();
         let facts = IssueFacts {
@@ -271,7 +284,7 @@ impl Bot {
         };
         let mut names = Directory::wanted(&req, &self.cfg);
         names.insert(issue.author.username.clone());
-        let dir = self.directory(names).await?;
+        let dir = self.directory(names, &req).await?;
         let requester = Requester {
             username: issue.author.username.clone(),
             email: author.email.as_deref().and_then(|e| Email::parse(e).ok()),
@@ -945,7 +958,7 @@ impl Bot {
         if !p.is_noop() {
             // Time of check = time of use: the request must be what was approved, right now.
             let fresh = self.gitlab.issue(project, req.iid).await?;
-            let mut input = fresh.to_input(None);
+            let mut input = fresh.to_input();
             input.author_email = author.email.clone();
             input.author_name = author.name.clone();
             let still = request::parse_request(&input, &self.cfg)

@@ -133,7 +133,7 @@ impl Bot {
                 author_email,
                 author_name,
             } => {
-                let mut input = fresh.to_input(None);
+                let mut input = fresh.to_input();
                 input.author_email = author_email.clone();
                 input.author_name = author_name.clone();
                 match request::parse_request(&input, &self.cfg) {

@@ -87,3 +87,12 @@ pub struct IssueFacts {
     pub label_events: Vec<LabelEvent>,
     pub notes: Vec<Note>,
 }
+
+/// A person as the company directory knows them (plain data; the directory
+/// adapter fills it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    pub primary: super::Email,
+    pub active: bool,
+    pub manager: Option<super::Email>,
+}

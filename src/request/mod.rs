@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, normalize};
 pub use checklist::{CheckState, ChecklistItem};
 pub use email::{Email, EmailError};
-pub use input::{IssueFacts, IssueInput, LabelAction, LabelEvent, Note, UserRef};
+pub use input::{IssueFacts, IssueInput, LabelAction, LabelEvent, Note, Person, UserRef};
 pub use subjects::Subject;
 
 /// GitLab's limit on a description; anything longer cannot be a real issue body.

@@ -23,6 +23,20 @@ pub struct GlUser {
     pub name: String,
     pub email: String,
     pub token: String,
+    /// An instance administrator: sees everyone's `email`.
+    pub admin: bool,
+    /// The address the user chose to publish (`GET /users/:id` only).
+    pub public_email: Option<String>,
+}
+
+/// A top-level group: its Owners see its enterprise users' e-mails.
+#[derive(Debug, Clone)]
+pub struct GlGroup {
+    pub id: u64,
+    pub path: String,
+    pub owners: BTreeSet<u64>,
+    /// The verified domain that makes a user an enterprise user of the group.
+    pub domain: String,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +132,7 @@ pub struct Hook {
 #[derive(Debug)]
 pub struct GitlabWorld {
     pub users: Vec<GlUser>,
+    pub groups: Vec<GlGroup>,
     pub projects: Vec<GlProject>,
     pub hooks: Vec<Hook>,
     /// `http://host:port` of this server, for absolute `Link` headers.
@@ -135,6 +150,7 @@ impl Default for GitlabWorld {
     fn default() -> Self {
         GitlabWorld {
             users: Vec::new(),
+            groups: Vec::new(),
             projects: Vec::new(),
             hooks: Vec::new(),
             base_url: String::new(),
@@ -177,8 +193,41 @@ impl GitlabWorld {
             name: name.into(),
             email: email.into(),
             token: format!("glpat-sandbox-{username}"),
+            admin: false,
+            public_email: None,
         });
         id
+    }
+
+    /// A top-level group whose enterprise users are the users at `domain`.
+    pub fn add_group(&mut self, path: &str, domain: &str, owners: &[u64]) -> u64 {
+        let id = 9000 + self.groups.len() as u64 + 1;
+        self.groups.push(GlGroup {
+            id,
+            path: path.into(),
+            owners: owners.iter().copied().collect(),
+            domain: domain.to_ascii_lowercase(),
+        });
+        id
+    }
+
+    /// A user as another user sees them: `email` only for an administrator or
+    /// oneself; `public_email` only where GitLab shows it (`GET /users/:id`).
+    fn user_seen_by(&self, id: u64, viewer: u64, with_public: bool) -> Value {
+        let mut v = self.user_json(id);
+        if let Some(u) = self.user(id) {
+            let admin = self.user(viewer).is_some_and(|x| x.admin);
+            if admin || viewer == id {
+                v["email"] = json!(u.email);
+            }
+            if admin {
+                v["is_admin"] = json!(u.admin);
+            }
+            if with_public {
+                v["public_email"] = json!(u.public_email.clone().unwrap_or_default());
+            }
+        }
+        v
     }
 
     pub fn user_by_name(&self, username: &str) -> Option<&GlUser> {
@@ -839,6 +888,10 @@ pub fn router(server: GitlabServer) -> Router {
             get(list_notes).post(create_note),
         )
         .route(
+            "/api/v4/groups/{group}/enterprise_users",
+            get(enterprise_users),
+        )
+        .route(
             "/api/v4/projects/{project}/labels",
             get(list_labels).post(create_label),
         )
@@ -1144,6 +1197,7 @@ async fn me(State(s): State<GitlabServer>, headers: HeaderMap) -> Response {
             let mut u = w.user_json(id);
             if let Some(user) = w.user(id) {
                 u["email"] = json!(user.email);
+                u["is_admin"] = json!(user.admin);
             }
             axum::Json(u).into_response()
         }
@@ -1157,9 +1211,10 @@ async fn users(
     Query(q): Query<Vec<(String, String)>>,
 ) -> Response {
     let w = s.lock();
-    if let Err(r) = auth(&w, &headers) {
-        return r;
-    }
+    let viewer = match auth(&w, &headers) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     let username = q
         .iter()
         .find(|(k, _)| k == "username")
@@ -1172,11 +1227,7 @@ async fn users(
                 .as_ref()
                 .is_none_or(|n| u.username.eq_ignore_ascii_case(n))
         })
-        .map(|u| {
-            let mut v = w.user_json(u.id);
-            v["public_email"] = json!(u.email);
-            v
-        })
+        .map(|u| w.user_seen_by(u.id, viewer, false))
         .collect();
     axum::Json(list).into_response()
 }
@@ -1187,15 +1238,12 @@ async fn user_by_id(
     Path(id): Path<String>,
 ) -> Response {
     let w = s.lock();
-    if let Err(r) = auth(&w, &headers) {
-        return r;
-    }
+    let viewer = match auth(&w, &headers) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     match id.parse::<u64>().ok().and_then(|id| w.user(id)) {
-        Some(u) => {
-            let mut v = w.user_json(u.id);
-            v["public_email"] = json!(u.email);
-            axum::Json(v).into_response()
-        }
+        Some(u) => axum::Json(w.user_seen_by(u.id, viewer, true)).into_response(),
         None => err(StatusCode::NOT_FOUND, "404 User Not Found"),
     }
 }
@@ -1737,6 +1785,49 @@ async fn edit_label(
         }
         Err((status, message)) => err(status, message),
     }
+}
+
+/// `GET /groups/:id/enterprise_users`: only a top-level group's Owners may
+/// list them; each comes with their `email`.
+async fn enterprise_users(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path(group): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let w = s.lock();
+    let viewer = match auth(&w, &headers) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(g) = w
+        .groups
+        .iter()
+        .find(|g| g.path == group || g.id.to_string() == group)
+    else {
+        return err(StatusCode::NOT_FOUND, "404 Group Not Found");
+    };
+    if !g.owners.contains(&viewer) {
+        return err(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let username = param(&q, "username");
+    let suffix = format!("@{}", g.domain);
+    let items: Vec<Value> = w
+        .users
+        .iter()
+        .filter(|u| u.email.to_ascii_lowercase().ends_with(&suffix))
+        .filter(|u| username.is_none_or(|n| u.username.eq_ignore_ascii_case(n)))
+        .map(|u| {
+            let mut v = w.user_json(u.id);
+            v["email"] = json!(u.email);
+            v
+        })
+        .collect();
+    paginate(
+        items,
+        &q,
+        &format!("{}/api/v4/groups/{}/enterprise_users", w.base_url, g.id),
+    )
 }
 
 /// `GET /projects/:id/labels`: every project label with its id.

@@ -21,6 +21,9 @@ pub const GROUP_SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.g
 const READONLY_SCOPE: &str =
     "https://www.googleapis.com/auth/admin.directory.group.member.readonly";
 const GROUP_READONLY_SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.group.readonly";
+pub const USER_READONLY_SCOPE: &str =
+    "https://www.googleapis.com/auth/admin.directory.user.readonly";
+const USER_SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.user";
 
 #[derive(Debug, Clone)]
 pub struct ServiceAccount {
@@ -63,6 +66,15 @@ pub struct GoogleWorld {
     pub groups: BTreeMap<String, Vec<Member>>,
     /// Eventual consistency: a fresh membership is invisible to `get` for this many reads.
     pub consistency_reads: u32,
+    /// The directory's people: user -> manager (the `manager` relation).
+    pub managers: BTreeMap<String, String>,
+    /// Suspended users (still in the directory, not active).
+    pub suspended: BTreeSet<String>,
+    /// Alias address -> the user's primary address.
+    pub aliases: BTreeMap<String, String>,
+    /// Identities (service accounts or delegated admins) whose admin role
+    /// may read users; everyone else gets 403 from `users.get`.
+    pub user_readers: BTreeSet<String>,
     hidden: BTreeMap<(String, String), u32>,
     tokens: Vec<Token>,
     next: u64,
@@ -123,6 +135,15 @@ impl GoogleWorld {
         if let Some(g) = self.groups.get_mut(&group.to_ascii_lowercase()) {
             g.retain(|m| !m.email.eq_ignore_ascii_case(email));
         }
+    }
+
+    /// A user of the domain, optionally with a manager.
+    pub fn add_person(&mut self, email: &str, manager: Option<&str>) {
+        let email = email.to_ascii_lowercase();
+        if let Some(m) = manager {
+            self.managers.insert(email.clone(), m.to_ascii_lowercase());
+        }
+        self.users.insert(email);
     }
 
     fn in_domain(&self, email: &str) -> bool {
@@ -227,6 +248,7 @@ pub fn router(server: GoogleServer) -> Router {
             "/admin/directory/v1/groups/{group}/hasMember/{member}",
             get(has_member),
         )
+        .route("/admin/directory/v1/users/{user}", get(get_user))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "global", "notFound", "Not Found") })
         .with_state(server)
 }
@@ -348,6 +370,8 @@ async fn token(State(s): State<GoogleServer>, body: Bytes) -> Response {
 enum Access {
     Read,
     Write,
+    /// `users.get`: the user scopes, and an admin role that reads users.
+    ReadUsers,
 }
 
 fn check(w: &GoogleWorld, headers: &HeaderMap, access: Access) -> Result<(), Response> {
@@ -369,11 +393,15 @@ fn check(w: &GoogleWorld, headers: &HeaderMap, access: Access) -> Result<(), Res
     };
     // As documented per method: insert and delete need `group` or
     // `group.member`; get, hasMember and list accept their read-only variants too.
-    let ok_scope = t.scopes.iter().any(|s| {
-        s == MEMBER_SCOPE
-            || s == GROUP_SCOPE
-            || (matches!(access, Access::Read)
-                && (s == READONLY_SCOPE || s == GROUP_READONLY_SCOPE))
+    let ok_scope = t.scopes.iter().any(|s| match access {
+        Access::ReadUsers => s == USER_READONLY_SCOPE || s == USER_SCOPE,
+        Access::Read => {
+            s == MEMBER_SCOPE
+                || s == GROUP_SCOPE
+                || s == READONLY_SCOPE
+                || s == GROUP_READONLY_SCOPE
+        }
+        Access::Write => s == MEMBER_SCOPE || s == GROUP_SCOPE,
     });
     if !ok_scope {
         return Err(error(
@@ -383,10 +411,15 @@ fn check(w: &GoogleWorld, headers: &HeaderMap, access: Access) -> Result<(), Res
             "Request had insufficient authentication scopes.",
         ));
     }
-    let privileged = w.group_admins.contains(&t.identity)
-        || w.service_accounts
-            .get(&t.identity)
-            .is_some_and(|sa| sa.groups_admin);
+    let privileged = match access {
+        Access::ReadUsers => w.user_readers.contains(&t.identity),
+        Access::Read | Access::Write => {
+            w.group_admins.contains(&t.identity)
+                || w.service_accounts
+                    .get(&t.identity)
+                    .is_some_and(|sa| sa.groups_admin)
+        }
+    };
     if !privileged {
         return Err(error(
             StatusCode::FORBIDDEN,
@@ -592,4 +625,64 @@ async fn has_member(
         );
     }
     axum::Json(json!({"isMember": w.is_member(&group, &member)})).into_response()
+}
+
+/// `users.get`: by primary address or alias (answering with the primary).
+async fn get_user(
+    State(s): State<GoogleServer>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Response {
+    let w = s.lock();
+    if let Err(r) = check(&w, &headers, Access::ReadUsers) {
+        return r;
+    }
+    let key = user.to_ascii_lowercase();
+    let primary = w.aliases.get(&key).cloned().unwrap_or(key);
+    if !w.users.contains(&primary) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "global",
+            "notFound",
+            "Resource Not Found: userKey",
+        );
+    }
+    let id = primary
+        .bytes()
+        .fold(100_000_000_000_000_000_000u128, |h, b| {
+            h.wrapping_mul(31).wrapping_add(u128::from(b))
+        })
+        % 1_000_000_000_000_000_000_000;
+    let aliases: Vec<&String> = w
+        .aliases
+        .iter()
+        .filter(|(_, p)| **p == primary)
+        .map(|(a, _)| a)
+        .collect();
+    let mut emails = vec![json!({"address": primary, "primary": true})];
+    emails.extend(aliases.iter().map(|a| json!({"address": a})));
+    let relations: Vec<Value> = w
+        .managers
+        .get(&primary)
+        .map(|m| vec![json!({"value": m, "type": "manager"})])
+        .unwrap_or_default();
+    let local = primary.split('@').next().unwrap_or("");
+    axum::Json(json!({
+        "kind": "admin#directory#user",
+        "id": id.to_string(),
+        "etag": format!("\"sandbox-{id}\""),
+        "primaryEmail": primary,
+        "name": {"givenName": local, "familyName": "", "fullName": local},
+        "isAdmin": false,
+        "isDelegatedAdmin": false,
+        "suspended": w.suspended.contains(&primary),
+        "archived": false,
+        "emails": emails,
+        "aliases": aliases,
+        "relations": relations,
+        "customerId": "C0sandbox",
+        "orgUnitPath": "/",
+        "isMailboxSetup": true,
+    }))
+    .into_response()
 }

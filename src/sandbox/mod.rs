@@ -52,6 +52,21 @@ pub const PEOPLE: &[(&str, &str, &str)] = &[
     ("mallory", "Mallory Mallet", "mallory@gitlab.com"),
 ];
 
+/// The company directory's reporting lines of the default world
+/// (person -> manager). Anyone else has no manager on record.
+pub const MANAGERS: &[(&str, &str)] = &[
+    ("jane.doe@gitlab.com", "mlee@gitlab.com"),
+    ("robin.kim@gitlab.com", "mlee@gitlab.com"),
+    ("bo.li@gitlab.com", "mlee@gitlab.com"),
+    ("mallory@gitlab.com", "mlee@gitlab.com"),
+    ("alex.chen@gitlab.com", "kpatel@gitlab.com"),
+    ("casey.quinn@gitlab.com", "mlee@gitlab.com"),
+    ("lyle@gitlab.com", "mlee@gitlab.com"),
+    ("sam.rivera@gitlab.com", "kpatel@gitlab.com"),
+    ("mlee@gitlab.com", "kpatel@gitlab.com"),
+    ("kpatel@gitlab.com", "jason@gitlab.com"),
+];
+
 pub struct ZendeskInstanceServer {
     pub server: zendesk::ZendeskServer,
     pub knobs: Knobs,
@@ -163,6 +178,16 @@ impl Sandbox {
             for (u, n, e) in PEOPLE {
                 w.add_user(u, n, e);
             }
+            // On gitlab.com the bot learns e-mails as an Owner of the
+            // top-level group whose verified domain the company's users are on.
+            if let Some(group) = &config.identity.enterprise_group {
+                let owner = w
+                    .user_by_name(&config.gitlab.bot_username)
+                    .map(|u| u.id)
+                    .into_iter()
+                    .collect::<Vec<_>>();
+                w.add_group(group, DOMAIN, &owner);
+            }
             w.add_project(PROJECT);
             w.base_url = format!("http://{gitlab_addr}");
             secrets.push((
@@ -186,7 +211,11 @@ impl Sandbox {
             let mut w = g.lock();
             w.token_uri = format!("http://{google_addr}/token");
             for (_, _, e) in PEOPLE {
-                w.users.insert(e.to_string());
+                let manager = MANAGERS.iter().find(|(p, _)| p == e).map(|(_, m)| *m);
+                w.add_person(e, manager);
+            }
+            for (p, m) in MANAGERS {
+                w.add_person(p, Some(m));
             }
             w.users.insert("zendesk-admin@gitlab.com".into());
             w.group_admins.insert("zendesk-admin@gitlab.com".into());
@@ -198,6 +227,8 @@ impl Sandbox {
             let key = w
                 .create_service_account(SERVICE_ACCOUNT, true)
                 .map_err(|e| anyhow::anyhow!(e))?;
+            // Its admin role also reads users (the directory check).
+            w.user_readers.insert(SERVICE_ACCOUNT.to_string());
             if let Some(gc) = config.google.as_mut() {
                 gc.base_url = format!("http://{google_addr}");
                 gc.key_path = None;

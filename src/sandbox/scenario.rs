@@ -26,6 +26,9 @@ pub struct Person {
     pub username: String,
     pub name: String,
     pub email: String,
+    /// Their manager's e-mail in the company directory.
+    #[serde(default)]
+    pub manager: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,7 +129,7 @@ impl Sandbox {
         {
             let mut g = self.google.lock();
             for p in &s.people {
-                g.users.insert(p.email.to_ascii_lowercase());
+                g.add_person(&p.email, p.manager.as_deref());
             }
         }
         for a in &s.zendesk {
