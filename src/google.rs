@@ -83,30 +83,31 @@ struct HeldToken {
     renew_at: std::time::Instant,
 }
 
-pub struct GoogleClient {
-    base: String,
+/// The service account's access token for one scope, held by the bot: it
+/// signs the JWT (with `sub` under delegation), exchanges it at the key
+/// file's `token_uri`, keeps the token until a minute before it expires, and
+/// drops it when the API refuses it. Shared by the groups client and the
+/// directory of people.
+pub struct ServiceAccountTokens {
     http: reqwest::Client,
-    auth: Arc<gcp_auth::CustomServiceAccount>,
-    token: tokio::sync::Mutex<Option<HeldToken>>,
-    /// From the key file, for diagnosing a refused exchange.
+    key: Arc<gcp_auth::CustomServiceAccount>,
+    /// From the key file.
     client_email: String,
     token_uri: String,
     subject: Option<String>,
+    scope: &'static str,
     backoff: Backoff,
-    /// Reads after an insert before its 404 is believed (eventual consistency).
-    pub confirm_attempts: u32,
+    held: tokio::sync::Mutex<Option<HeldToken>>,
 }
 
-fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-impl GoogleClient {
+impl ServiceAccountTokens {
+    /// The `[google]` key, for tokens of `scope`.
     pub fn new(
         cfg: &GoogleConfig,
         secrets: &Secrets,
         http: reqwest::Client,
-    ) -> Result<GoogleClient, GoogleError> {
+        scope: &'static str,
+    ) -> Result<ServiceAccountTokens, GoogleError> {
         let json = match (&cfg.key_env, &cfg.key_path) {
             (Some(var), _) => secrets
                 .get(var)
@@ -125,32 +126,26 @@ impl GoogleClient {
         let bad_key = || {
             GoogleError::Key("the key is not a valid service-account key file (JSON with client_email, private_key, token_uri)".into())
         };
-        let sa = gcp_auth::CustomServiceAccount::from_json(&json).map_err(|_| bad_key())?;
+        let key = gcp_auth::CustomServiceAccount::from_json(&json).map_err(|_| bad_key())?;
         let fields: Value = serde_json::from_str(&json).map_err(|_| bad_key())?;
-        Ok(GoogleClient {
-            base: cfg.base_url.trim_end_matches('/').to_string(),
+        Ok(ServiceAccountTokens {
             http,
-            auth: Arc::new(sa),
-            token: tokio::sync::Mutex::new(None),
+            key: Arc::new(key),
             client_email: fields["client_email"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
             token_uri: fields["token_uri"].as_str().unwrap_or_default().to_string(),
             subject: cfg.subject.clone(),
+            scope,
             backoff: Backoff::default(),
-            confirm_attempts: 5,
+            held: tokio::sync::Mutex::new(None),
         })
     }
 
-    pub fn with_backoff(mut self, b: Backoff) -> Self {
-        self.backoff = b;
-        self
-    }
-
     /// The token held, or a new one.
-    async fn token(&self) -> Result<String, GoogleError> {
-        let mut held = self.token.lock().await;
+    pub async fn token(&self) -> Result<String, GoogleError> {
+        let mut held = self.held.lock().await;
         if let Some(t) = held.as_ref()
             && std::time::Instant::now() < t.renew_at
         {
@@ -168,8 +163,8 @@ impl GoogleClient {
 
     /// Drops the token held, if it is still `refused` (another caller may
     /// have replaced it already): it is never sent again.
-    async fn drop_token(&self, refused: &str) {
-        let mut held = self.token.lock().await;
+    pub async fn drop_token(&self, refused: &str) {
+        let mut held = self.held.lock().await;
         if held.as_ref().is_some_and(|t| t.token.expose() == refused) {
             *held = None;
         }
@@ -177,20 +172,19 @@ impl GoogleClient {
 
     /// Drops the token held and fetches a new one (`check`: refreshing works).
     pub async fn refresh(&self) -> Result<(), GoogleError> {
-        *self.token.lock().await = None;
+        *self.held.lock().await = None;
         self.token().await.map(|_| ())
     }
 
-    /// Signs a JWT for the member scope (with `sub` under delegation) and
-    /// exchanges it; Google's answer, when it refuses, says exactly what is
-    /// wrong (unauthorized_client, a bad subject, a deleted key).
+    /// Signs a JWT and exchanges it; Google's answer, when it refuses, says
+    /// exactly what is wrong (unauthorized_client, a bad subject, a deleted key).
     async fn exchange(&self) -> Result<(crate::secret::Secret, std::time::Duration), GoogleError> {
         use base64::Engine;
         let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         let mut attempt = 0u32;
         loop {
             let now = chrono::Utc::now().timestamp();
-            let mut claims = json!({"iss": self.client_email, "scope": SCOPE, "aud": self.token_uri, "iat": now, "exp": now + 3600});
+            let mut claims = json!({"iss": self.client_email, "scope": self.scope, "aud": self.token_uri, "iat": now, "exp": now + 3600});
             if let Some(s) = &self.subject {
                 claims["sub"] = json!(s);
             }
@@ -200,7 +194,7 @@ impl GoogleClient {
                 b64(claims.to_string().as_bytes())
             );
             let sig = self
-                .auth
+                .key
                 .signer()
                 .sign(unsigned.as_bytes())
                 .map_err(|e| GoogleError::Key(format!("cannot sign with the key: {e}")))?;
@@ -235,11 +229,14 @@ impl GoogleClient {
                 Ok(r) => {
                     let status = r.status();
                     let v: Value = r.json().await.unwrap_or(Value::Null);
-                    return Err(GoogleError::Token(explain_token_error(&format!(
-                        "{}: {} ({status})",
-                        v["error"].as_str().unwrap_or(""),
-                        v["error_description"].as_str().unwrap_or("")
-                    ))));
+                    return Err(GoogleError::Token(explain_token_error(
+                        &format!(
+                            "{}: {} ({status})",
+                            v["error"].as_str().unwrap_or(""),
+                            v["error_description"].as_str().unwrap_or("")
+                        ),
+                        self.scope,
+                    )));
                 }
                 Err(e) => e.without_url().to_string(),
             };
@@ -251,6 +248,54 @@ impl GoogleClient {
             }
             tokio::time::sleep(self.backoff.delay(attempt)).await;
         }
+    }
+}
+
+pub struct GoogleClient {
+    base: String,
+    http: reqwest::Client,
+    tokens: ServiceAccountTokens,
+    backoff: Backoff,
+    /// Reads after an insert before its 404 is believed (eventual consistency).
+    pub confirm_attempts: u32,
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl GoogleClient {
+    pub fn new(
+        cfg: &GoogleConfig,
+        secrets: &Secrets,
+        http: reqwest::Client,
+    ) -> Result<GoogleClient, GoogleError> {
+        Ok(GoogleClient {
+            base: cfg.base_url.trim_end_matches('/').to_string(),
+            tokens: ServiceAccountTokens::new(cfg, secrets, http.clone(), SCOPE)?,
+            http,
+            backoff: Backoff::default(),
+            confirm_attempts: 5,
+        })
+    }
+
+    pub fn with_backoff(mut self, b: Backoff) -> Self {
+        self.backoff = b;
+        self.tokens.backoff = b;
+        self
+    }
+
+    async fn token(&self) -> Result<String, GoogleError> {
+        self.tokens.token().await
+    }
+
+    async fn drop_token(&self, refused: &str) {
+        self.tokens.drop_token(refused).await
+    }
+
+    /// Drops the token held and fetches a new one (`check`: refreshing works).
+    pub async fn refresh(&self) -> Result<(), GoogleError> {
+        self.tokens.refresh().await
     }
 
     /// One call: token, retries on rate limits and backend errors, typed errors.
@@ -383,9 +428,12 @@ impl GoogleClient {
     }
 }
 
-fn explain_token_error(raw: &str) -> String {
+fn explain_token_error(raw: &str, scope: &str) -> String {
     if raw.contains("unauthorized_client") {
-        "unauthorized_client: domain-wide delegation is not granted for this service account's client id and the admin.directory.group.member scope".into()
+        let name = scope.rsplit('/').next().unwrap_or(scope);
+        format!(
+            "unauthorized_client: domain-wide delegation is not granted for this service account's client id and the {name} scope"
+        )
     } else if raw.contains("Invalid email or User ID") || raw.contains("Not a valid email") {
         "invalid_grant: the `subject` in [google] is not a user of the domain".into()
     } else if raw.contains("No valid verifier") || raw.contains("Invalid JWT Signature") {

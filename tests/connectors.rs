@@ -1486,9 +1486,10 @@ async fn check_verifies_scopes_and_token_refresh_on_every_system() {
             "{needle}: {lines:#?}"
         );
     }
-    // Two tokens each: the one used, and the refreshed one.
+    // Two tokens each: the one used, and the refreshed one (and Google's
+    // directory of people its own, for its own scope).
     assert_eq!(sb.zd_knobs("global").count("POST", "/oauth/tokens"), 2);
-    assert_eq!(sb.google_knobs.count("POST", "/token"), 2);
+    assert_eq!(sb.google_knobs.count("POST", "/token"), 3);
     // A Google token endpoint that stops issuing tokens: the refresh line says so.
     sb.google
         .lock()
@@ -1527,4 +1528,28 @@ async fn gitlab_a_hung_gitlab_ends_the_cycle_instead_of_freezing_the_bot() {
     sb.gitlab_knobs.clear_faults();
     let report = bot.cycle().await;
     assert!(!report.failed(), "{report:?}");
+}
+
+#[tokio::test]
+async fn google_the_directory_of_people_drops_a_refused_token_too() {
+    use access_bot::directory::DirectoryClient;
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let d = DirectoryClient::new(
+        sb.config.google.as_ref().unwrap(),
+        &sb.secrets,
+        reqwest::Client::new(),
+    )
+    .unwrap();
+    let jane = email("jane.doe@gitlab.com");
+    assert!(d.person(&jane).await.unwrap().is_some());
+    sb.google.lock().revoke_tokens();
+    for _ in 0..5 {
+        assert!(d.person(&jane).await.unwrap().is_some());
+    }
+    assert_eq!(sb.google_knobs.count("POST", "/token"), 2);
+    assert_eq!(
+        count_status(&sb.google_knobs, "GET", "/admin/directory/v1/users/", 401),
+        1,
+        "the refused token was sent once"
+    );
 }
