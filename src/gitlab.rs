@@ -280,6 +280,9 @@ pub enum TransportError {
     RateLimited { retry_after: Option<Duration> },
     #[error("{0}")]
     Http(String),
+    /// The request could not be built (a bug, or a token that is no header value): never retried.
+    #[error("building the request: {0}")]
+    Request(String),
 }
 
 /// The HTTP client the `gitlab` crate's endpoints run on.
@@ -306,18 +309,19 @@ impl api::AsyncClient for Transport {
         body: Vec<u8>,
     ) -> Result<::http::Response<bytes::Bytes>, CrateError> {
         let fail = |e: String| api::ApiError::client(TransportError::Http(e));
+        let bad = |e: String| api::ApiError::client(TransportError::Request(e));
         let mut token = ::http::HeaderValue::from_str(self.token.expose())
-            .map_err(|_| fail("the GitLab token is not a valid header value".into()))?;
+            .map_err(|_| bad("the GitLab token is not a valid header value".into()))?;
         token.set_sensitive(true);
         request
             .headers_mut()
-            .ok_or_else(|| fail("malformed request".into()))?
+            .ok_or_else(|| bad("malformed request".into()))?
             .insert("PRIVATE-TOKEN", token);
         let request: reqwest::Request = request
             .body(body)
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| bad(e.to_string()))?
             .try_into()
-            .map_err(|e: reqwest::Error| fail(with_causes(&e.without_url())))?;
+            .map_err(|e: reqwest::Error| bad(with_causes(&e.without_url())))?;
         // The whole exchange, answer body included, within the timeout.
         let exchange = async {
             let r = self.http.execute(request).await?;
@@ -343,7 +347,7 @@ impl api::AsyncClient for Transport {
         if let Some(h) = response.headers_mut() {
             *h = headers;
         }
-        response.body(bytes).map_err(|e| fail(e.to_string()))
+        response.body(bytes).map_err(|e| bad(e.to_string()))
     }
 }
 
@@ -527,6 +531,9 @@ fn classify(what: &str, err: CrateError) -> Failed {
         api::ApiError::Client {
             source: TransportError::Http(_),
         } => return Failed::Transient,
+        api::ApiError::Client {
+            source: TransportError::Request(e),
+        } => return Failed::Final(GitlabError::Rejected(e.clone())),
         api::ApiError::GitlabService { status, .. }
         | api::ApiError::GitlabWithStatus { status, .. }
         | api::ApiError::GitlabObjectWithStatus { status, .. }
