@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::gitlab::{GitlabApi, GitlabClient};
 use crate::google::{GoogleClient, GroupDirectory};
 use crate::secret::Secrets;
-use crate::zendesk::{Resolved, ZendeskApi, ZendeskClient};
+use crate::zendesk::{CALLS, Grant, Resolved, ZendeskApi, ZendeskClient};
 
 /// One line per check; returns whether everything passed.
 pub async fn run(cfg: &Config, secrets: &Secrets) -> bool {
@@ -20,31 +20,32 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
     let mut out = Vec::new();
     match secrets.get(&cfg.gitlab.token_env) {
         Err(e) => out.push((false, format!("GitLab: {e}"))),
-        Ok(token) => match GitlabClient::connect(&cfg.gitlab.url, &token).await {
-            Err(e) => out.push((false, format!("GitLab: {e}"))),
-            Ok(gl) => match gl.me().await {
-                Ok(me) if me.username.eq_ignore_ascii_case(&cfg.gitlab.bot_username) => {
-                    out.push((
-                        true,
-                        format!("GitLab {}: connected as @{}", cfg.gitlab.url, me.username),
-                    ));
-                    for p in &cfg.gitlab.projects {
-                        match gl
-                            .list_issues(
-                                p,
-                                cfg.poll_labels().first().map(String::as_str),
-                                Some(chrono::Utc::now()),
-                            )
-                            .await
-                        {
-                            Ok(_) => {
-                                out.push((true, format!("GitLab project {p}: issues readable")))
+        Ok(token) => {
+            match GitlabClient::connect(&cfg.gitlab.url, &token, cfg.gitlab_timeout()).await {
+                Err(e) => out.push((false, format!("GitLab: {e}"))),
+                Ok(gl) => match gl.me().await {
+                    Ok(me) if me.username.eq_ignore_ascii_case(&cfg.gitlab.bot_username) => {
+                        out.push((
+                            true,
+                            format!("GitLab {}: connected as @{}", cfg.gitlab.url, me.username),
+                        ));
+                        for p in &cfg.gitlab.projects {
+                            match gl
+                                .list_issues(
+                                    p,
+                                    cfg.poll_labels().first().map(String::as_str),
+                                    Some(chrono::Utc::now()),
+                                )
+                                .await
+                            {
+                                Ok(_) => {
+                                    out.push((true, format!("GitLab project {p}: issues readable")))
+                                }
+                                Err(e) => out.push((false, format!("GitLab project {p}: {e}"))),
                             }
-                            Err(e) => out.push((false, format!("GitLab project {p}: {e}"))),
                         }
-                    }
-                    if let Some(st) = &cfg.support_team {
-                        match gl.branch_exists(&st.project, &st.target_branch).await {
+                        if let Some(st) = &cfg.support_team {
+                            match gl.branch_exists(&st.project, &st.target_branch).await {
                             Ok(true) => out.push((
                                 true,
                                 format!(
@@ -64,23 +65,75 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
                                 format!("Support Team repository {}: {e}", st.project),
                             )),
                         }
+                        }
                     }
-                }
-                Ok(me) => out.push((
-                    false,
-                    format!(
-                        "GitLab: the token belongs to @{}, but gitlab.bot_username is {}",
-                        me.username, cfg.gitlab.bot_username
-                    ),
-                )),
-                Err(e) => out.push((false, format!("GitLab: {e}"))),
-            },
-        },
+                    Ok(me) => out.push((
+                        false,
+                        format!(
+                            "GitLab: the token belongs to @{}, but gitlab.bot_username is {}",
+                            me.username, cfg.gitlab.bot_username
+                        ),
+                    )),
+                    Err(e) => out.push((false, format!("GitLab: {e}"))),
+                },
+            }
+        }
     }
     let http = reqwest::Client::new();
     for (name, inst) in &cfg.zendesk {
         let client = match ZendeskClient::new(name, inst, secrets, http.clone()) {
             Ok(c) => c,
+            Err(e) => {
+                out.push((false, e.to_string()));
+                continue;
+            }
+        };
+        // The granted scopes against every call the bot makes, before any
+        // call: a missing one is named rather than found at the first write.
+        let oauth = match client.grant().await {
+            Ok(Grant::ApiToken) => {
+                out.push((
+                    true,
+                    format!("Zendesk {name}: legacy API token (the user's own rights, no scopes)"),
+                ));
+                false
+            }
+            Ok(Grant::Scopes(granted)) => {
+                let missing: Vec<_> = CALLS
+                    .iter()
+                    .filter(|(_, need)| !need.granted_by(&granted))
+                    .collect();
+                if missing.is_empty() {
+                    out.push((
+                        true,
+                        format!(
+                            "Zendesk {name}: the OAuth scopes granted (`{}`) cover every call the bot makes",
+                            granted.join(" ")
+                        ),
+                    ));
+                }
+                for (what, need) in missing {
+                    out.push((
+                        false,
+                        format!(
+                            "Zendesk {name}: the OAuth token lacks the `{}` scope, needed for {what} (granted: `{}`; the bot needs `{}`)",
+                            need.scope(),
+                            granted.join(" "),
+                            crate::zendesk::required_scope()
+                        ),
+                    ));
+                }
+                true
+            }
+            Ok(Grant::Unstated) => {
+                out.push((
+                    true,
+                    format!(
+                        "Zendesk {name}: the token response does not list the scopes granted; the calls below show what works"
+                    ),
+                ));
+                true
+            }
             Err(e) => {
                 out.push((false, e.to_string()));
                 continue;
@@ -121,6 +174,19 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
             }
             Err(e) => out.push((false, e.to_string())),
         }
+        if oauth {
+            // A token is dropped and fetched again after a 401: that must work.
+            match client.refresh().await {
+                Ok(()) => match client.me().await {
+                    Ok(_) => out.push((
+                        true,
+                        format!("Zendesk {name}: token refresh works (a new token was issued and accepted)"),
+                    )),
+                    Err(e) => out.push((false, format!("Zendesk {name} token refresh: the new token was not accepted: {e}"))),
+                },
+                Err(e) => out.push((false, format!("Zendesk {name} token refresh: {e}"))),
+            }
+        }
     }
     if let Some(g) = &cfg.google {
         match GoogleClient::new(g, secrets, http.clone()) {
@@ -140,6 +206,14 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
                         )),
                         Err(e) => out.push((false, format!("Google group {group} ({name}): {e}"))),
                     }
+                }
+                // A refused token is dropped and a new one fetched: that must work.
+                match client.refresh().await {
+                    Ok(()) => out.push((
+                        true,
+                        "Google: token refresh works (a new access token was issued)".into(),
+                    )),
+                    Err(e) => out.push((false, format!("Google token refresh: {e}"))),
                 }
             }
         }
@@ -182,7 +256,9 @@ async fn identity(cfg: &Config, secrets: &Secrets, http: &reqwest::Client) -> Ve
     use crate::config::IdentitySource;
     let mut out = Vec::new();
     let gl = match secrets.get(&cfg.gitlab.token_env) {
-        Ok(token) => GitlabClient::connect(&cfg.gitlab.url, &token).await.ok(),
+        Ok(token) => GitlabClient::connect(&cfg.gitlab.url, &token, cfg.gitlab_timeout())
+            .await
+            .ok(),
         Err(_) => None,
     };
     for source in &cfg.identity.sources {

@@ -223,6 +223,10 @@ pub struct GitlabConfig {
     /// How far before the last seen `updated_at` each poll starts again.
     #[serde(default = "default_overlap")]
     pub poll_overlap: String,
+    /// How long one GitLab request may take, answer included (a hung GitLab
+    /// must not hold the bot). A duration, `30s` by default.
+    #[serde(default = "default_gitlab_timeout")]
+    pub request_timeout: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -517,6 +521,9 @@ fn default_poll_interval() -> String {
 fn default_overlap() -> String {
     "2m".into()
 }
+fn default_gitlab_timeout() -> String {
+    "30s".into()
+}
 fn default_state_db() -> PathBuf {
     "access-bot.db".into()
 }
@@ -527,7 +534,7 @@ fn default_rpm() -> u32 {
     400
 }
 fn default_zendesk_scope() -> String {
-    "users:read users:write tickets:read tickets:write read".into()
+    crate::zendesk::required_scope()
 }
 fn default_google_base() -> String {
     "https://admin.googleapis.com".into()
@@ -741,6 +748,21 @@ impl Config {
                 format!("gitlab.poll_overlap: {e}"),
             )
         })?;
+        let timeout = parse_duration(&self.gitlab.request_timeout).map_err(|e| {
+            err(
+                &["gitlab", "request_timeout"],
+                format!("gitlab.request_timeout: {e}"),
+            )
+        })?;
+        if timeout.is_zero() || timeout > Duration::from_secs(600) {
+            return Err(err(
+                &["gitlab", "request_timeout"],
+                format!(
+                    "gitlab.request_timeout is {}: it must be more than 0s and at most 10m",
+                    self.gitlab.request_timeout
+                ),
+            ));
+        }
         let tz = self
             .time_zone()
             .map_err(|e| err(&["bot", "time_zone"], e))?;
@@ -1159,6 +1181,11 @@ impl Config {
             Err(_) => Duration::from_secs(60),
         };
         every.saturating_mul(5).max(Duration::from_secs(300))
+    }
+
+    /// The timeout of one GitLab request (`gitlab.request_timeout`).
+    pub fn gitlab_timeout(&self) -> Duration {
+        parse_duration(&self.gitlab.request_timeout).unwrap_or(crate::gitlab::DEFAULT_TIMEOUT)
     }
 
     pub fn poll_overlap(&self) -> Duration {

@@ -4,11 +4,10 @@
 //! Directory `users.get`, scope `admin.directory.user.readonly`, with the
 //! `[google]` service account (its own admin role, or domain-wide delegation).
 
-use std::sync::Arc;
-
 use serde::Deserialize;
 
 use crate::config::GoogleConfig;
+use crate::google::{GoogleError, ServiceAccountTokens};
 use crate::request::Email;
 use crate::secret::Secrets;
 
@@ -49,10 +48,19 @@ struct Relation {
     kind: String,
 }
 
+fn from_google(e: GoogleError) -> DirectoryError {
+    match e {
+        GoogleError::Key(k) => DirectoryError::Key(k),
+        GoogleError::Token(t) => DirectoryError::Token(t),
+        other => DirectoryError::Token(other.to_string()),
+    }
+}
+
 pub struct DirectoryClient {
     base: String,
     http: reqwest::Client,
-    auth: Arc<gcp_auth::CustomServiceAccount>,
+    /// Held by the bot, so that a token the API refuses (401) is dropped.
+    tokens: ServiceAccountTokens,
 }
 
 impl DirectoryClient {
@@ -61,35 +69,17 @@ impl DirectoryClient {
         secrets: &Secrets,
         http: reqwest::Client,
     ) -> Result<DirectoryClient, DirectoryError> {
-        let json = match (&cfg.key_env, &cfg.key_path) {
-            (Some(var), _) => secrets
-                .get(var)
-                .map_err(|e| DirectoryError::Key(e.to_string()))?
-                .expose()
-                .to_string(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| DirectoryError::Key(format!("{}: {e}", path.display())))?,
-            (None, None) => return Err(DirectoryError::Key("set key_path or key_env".into())),
-        };
-        let mut sa = gcp_auth::CustomServiceAccount::from_json(&json)
-            .map_err(|_| DirectoryError::Key("not a valid service-account key file".into()))?;
-        if let Some(sub) = &cfg.subject {
-            sa = sa.with_subject(sub.clone());
-        }
+        let tokens = ServiceAccountTokens::new(cfg, secrets, http.clone(), USER_SCOPE)
+            .map_err(from_google)?;
         Ok(DirectoryClient {
             base: cfg.base_url.trim_end_matches('/').to_string(),
             http,
-            auth: Arc::new(sa),
+            tokens,
         })
     }
 
     async fn token(&self) -> Result<String, DirectoryError> {
-        use gcp_auth::TokenProvider;
-        self.auth
-            .token(&[USER_SCOPE])
-            .await
-            .map(|t| t.as_str().to_string())
-            .map_err(|e| DirectoryError::Token(e.to_string()))
+        self.tokens.token().await.map_err(from_google)
     }
 
     /// The person with this address (primary or alias), or `None` when the
@@ -104,9 +94,10 @@ impl DirectoryClient {
             )
         );
         let mut attempt = 0u32;
+        let mut refused = false;
         loop {
             let token = self.token().await?;
-            let r = self.http.get(&url).bearer_auth(token).send().await;
+            let r = self.http.get(&url).bearer_auth(&token).send().await;
             let r = match r {
                 Ok(r) => r,
                 Err(e) if attempt < 3 => {
@@ -147,6 +138,15 @@ impl DirectoryClient {
                     }));
                 }
                 404 => return Ok(None),
+                // A refused token is dropped and a new one fetched, once; a
+                // new token refused too is the account's problem.
+                401 if !refused => {
+                    refused = true;
+                    self.tokens.drop_token(&token).await;
+                    tracing::warn!(
+                        "the directory refused the access token (401): fetching a new one"
+                    );
+                }
                 401 | 403 => return Err(DirectoryError::Forbidden { status }),
                 429 | 500..=599 if attempt < 3 => {
                     attempt += 1;

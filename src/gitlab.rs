@@ -1,10 +1,15 @@
 //! GitLab adapter on the `gitlab` crate's async client (REST API v4).
 //!
-//! 429: wait for `Retry-After`. 5xx and dropped connections: retry with capped,
-//! jittered backoff, then give up on that call (the loop gives up on the issue
-//! for this cycle, never on the whole loop).
+//! Every request has a timeout. A 429, on any endpoint: wait for `Retry-After`
+//! (every caller waits), or back off when there is none. 5xx, timeouts and
+//! dropped connections: retry reads and idempotent writes with capped,
+//! jittered backoff a bounded number of times, then give up on that call (the
+//! loop gives up on the issue for this cycle, never on the whole loop). A
+//! write that creates something is sent again only after a 429: any other
+//! failure may hide a write that happened, so its effect is looked for first.
 
 use std::future::Future;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -30,11 +35,18 @@ pub enum GitlabError {
     Exhausted { attempts: u32, detail: String },
     #[error("GitLab: request rejected: {0}")]
     Rejected(String),
+    #[error(
+        "GitLab: no answer to {what} ({detail}); it may have been applied, so it is not sent again before the bot has looked for its effect"
+    )]
+    Unconfirmed { what: String, detail: String },
 }
 
 impl GitlabError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, GitlabError::Exhausted { .. })
+        matches!(
+            self,
+            GitlabError::Exhausted { .. } | GitlabError::Unconfirmed { .. }
+        )
     }
 }
 
@@ -240,37 +252,173 @@ pub trait GitlabApi: Send + Sync {
 }
 
 pub struct GitlabClient {
-    client: gitlab::AsyncGitlab,
+    client: Transport,
     backoff: Backoff,
+    /// Nobody sends before this instant: a 429's wait holds every caller, not
+    /// only the one that saw it.
+    hold: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
-type CrateError = api::ApiError<gitlab::RestError>;
+/// How long one GitLab request may take, answer included, unless configured.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Timeouts a read survives before the call gives up: a hung server rarely
+/// recovers within a minute, and the next poll cycle tries again anyway.
+const MAX_TIMEOUTS: u32 = 2;
+
+type CrateError = api::ApiError<TransportError>;
+
+/// What went wrong below the `gitlab` crate. The crate's own client has no
+/// timeout, and turns a 429 into a rate-limit error only for some endpoint
+/// kinds (paged and body-less calls see the `text/plain` "Retry later" as an
+/// unreadable body), so the bot sends every request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("no answer within {}s", .0.as_secs_f64())]
+    Timeout(Duration),
+    #[error("rate limited (429)")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("{0}")]
+    Http(String),
+    /// The request could not be built (a bug, or a token that is no header value): never retried.
+    #[error("building the request: {0}")]
+    Request(String),
+}
+
+/// The HTTP client the `gitlab` crate's endpoints run on.
+struct Transport {
+    http: reqwest::Client,
+    rest: url::Url,
+    token: crate::secret::Secret,
+    timeout: Duration,
+}
+
+impl api::RestClient for Transport {
+    type Error = TransportError;
+
+    fn rest_endpoint(&self, endpoint: &str) -> Result<url::Url, CrateError> {
+        Ok(self.rest.join(endpoint)?)
+    }
+}
+
+#[async_trait]
+impl api::AsyncClient for Transport {
+    async fn rest_async(
+        &self,
+        mut request: ::http::request::Builder,
+        body: Vec<u8>,
+    ) -> Result<::http::Response<bytes::Bytes>, CrateError> {
+        let fail = |e: String| api::ApiError::client(TransportError::Http(e));
+        let bad = |e: String| api::ApiError::client(TransportError::Request(e));
+        let mut token = ::http::HeaderValue::from_str(self.token.expose())
+            .map_err(|_| bad("the GitLab token is not a valid header value".into()))?;
+        token.set_sensitive(true);
+        request
+            .headers_mut()
+            .ok_or_else(|| bad("malformed request".into()))?
+            .insert("PRIVATE-TOKEN", token);
+        let request: reqwest::Request = request
+            .body(body)
+            .map_err(|e| bad(e.to_string()))?
+            .try_into()
+            .map_err(|e: reqwest::Error| bad(with_causes(&e.without_url())))?;
+        // The whole exchange, answer body included, within the timeout.
+        let exchange = async {
+            let r = self.http.execute(request).await?;
+            let status = r.status();
+            let headers = r.headers().clone();
+            let bytes = r.bytes().await?;
+            Ok::<_, reqwest::Error>((status, headers, bytes))
+        };
+        let (status, headers, bytes) = match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => {
+                return Err(api::ApiError::client(TransportError::Timeout(self.timeout)));
+            }
+            Ok(Err(e)) => return Err(fail(with_causes(&e.without_url()))),
+            Ok(Ok(x)) => x,
+        };
+        if status == ::http::StatusCode::TOO_MANY_REQUESTS {
+            // The body is text/plain ("Retry later"): never parsed.
+            return Err(api::ApiError::client(TransportError::RateLimited {
+                retry_after: crate::http::retry_after(&headers),
+            }));
+        }
+        let mut response = ::http::Response::builder().status(status);
+        if let Some(h) = response.headers_mut() {
+            *h = headers;
+        }
+        response.body(bytes).map_err(|e| bad(e.to_string()))
+    }
+}
+
+/// How a call may be repeated after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads and idempotent writes: any transient failure is retried.
+    Safe,
+    /// A write that creates something: only a 429 (refused before anything
+    /// was done) is retried. A timeout, a dropped connection or a 5xx may
+    /// hide a write that happened, so the call reports it, and the bot looks
+    /// for the write's effect before it tries again.
+    OnlyRefused,
+}
+
+/// What one failed attempt means.
+enum Failed {
+    RateLimited(Option<Duration>),
+    Timeout,
+    Transient,
+    Final(GitlabError),
+}
 
 impl GitlabClient {
-    /// Builds the client; the crate checks the connection with `GET /user`.
+    /// Connects with this request timeout and checks the token with `GET /user`.
     pub async fn connect(
         url: &str,
         token: &crate::secret::Secret,
+        timeout: Duration,
+    ) -> Result<GitlabClient, GitlabError> {
+        GitlabClient::connect_with(url, token, timeout, Backoff::default()).await
+    }
+
+    /// As `connect`, with this request timeout and retry policy.
+    pub async fn connect_with(
+        url: &str,
+        token: &crate::secret::Secret,
+        timeout: Duration,
+        backoff: Backoff,
     ) -> Result<GitlabClient, GitlabError> {
         let parsed = url::Url::parse(url).map_err(|e| GitlabError::Connect(e.to_string()))?;
-        let host = match (parsed.host_str(), parsed.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_string(),
-            _ => return Err(GitlabError::Connect(format!("no host in {url}"))),
-        };
-        let mut b = gitlab::GitlabBuilder::new(host, token.expose());
-        if parsed.scheme() == "http" {
-            b.insecure();
+        if parsed.host_str().is_none() {
+            return Err(GitlabError::Connect(format!("no host in {url}")));
         }
-        b.user_agent("access-bot");
-        let client = b
-            .build_async()
-            .await
-            .map_err(|e| GitlabError::Connect(scrub(&with_causes(&e))))?;
-        Ok(GitlabClient {
-            client,
-            backoff: Backoff::default(),
-        })
+        let mut base = parsed;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let rest = base
+            .join("api/v4/")
+            .map_err(|e| GitlabError::Connect(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("access-bot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GitlabError::Connect(with_causes(&e)))?;
+        let gl = GitlabClient {
+            client: Transport {
+                http,
+                rest,
+                token: token.clone(),
+                timeout,
+            },
+            backoff,
+            hold: std::sync::Mutex::new(None),
+        };
+        // What the crate's own client checks when it is built.
+        match gl.me().await {
+            Ok(_) => Ok(gl),
+            Err(e @ (GitlabError::Unauthorized | GitlabError::Forbidden)) => Err(e),
+            Err(e) => Err(GitlabError::Connect(e.to_string())),
+        }
     }
 
     pub fn with_backoff(mut self, b: Backoff) -> Self {
@@ -278,68 +426,127 @@ impl GitlabClient {
         self
     }
 
+    /// Sets the per-request timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.client.timeout = timeout;
+        self
+    }
+
+    /// A read or an idempotent write.
     async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T, GitlabError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, CrateError>>,
     {
-        let r = self.retry_inner(what, f).await;
+        self.call(what, Retry::Safe, f).await
+    }
+
+    async fn call<T, F, Fut>(&self, what: &str, policy: Retry, f: F) -> Result<T, GitlabError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, CrateError>>,
+    {
+        let r = self.call_inner(what, policy, f).await;
         crate::metrics::api("gitlab", &r);
         r
     }
 
-    async fn retry_inner<T, F, Fut>(&self, what: &str, f: F) -> Result<T, GitlabError>
+    async fn call_inner<T, F, Fut>(&self, what: &str, policy: Retry, f: F) -> Result<T, GitlabError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, CrateError>>,
     {
         let mut attempt = 0;
+        let mut timeouts = 0;
         loop {
+            let held = *self.hold.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(until) = held {
+                tokio::time::sleep_until(until).await;
+            }
             let err = match f().await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            let status = match &err {
-                api::ApiError::GitlabService { status, .. }
-                | api::ApiError::GitlabWithStatus { status, .. }
-                | api::ApiError::GitlabObjectWithStatus { status, .. }
-                | api::ApiError::GitlabUnrecognizedWithStatus { status, .. } => {
-                    Some(status.as_u16())
-                }
-                _ => None,
-            };
-            let wait = match (&err, status) {
-                (api::ApiError::GitlabRateLimited { retry_after, .. }, _) => {
+            let detail = scrub(&with_causes(&err));
+            let wait = match classify(what, err) {
+                Failed::Final(e) => return Err(e),
+                Failed::RateLimited(after) => {
+                    let wait = after.unwrap_or_else(|| self.backoff.delay(attempt));
                     tracing::warn!(
-                        wait_s = retry_after.as_secs(),
-                        "GitLab rate limit: waiting Retry-After"
+                        what,
+                        wait_ms = wait.as_millis() as u64,
+                        retry_after = after.is_some(),
+                        "GitLab rate limit (429): waiting"
                     );
-                    Some((*retry_after).max(std::time::Duration::from_millis(200)))
+                    let until = tokio::time::Instant::now() + wait;
+                    let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+                    if hold.is_none_or(|h| h < until) {
+                        *hold = Some(until);
+                    }
+                    wait
                 }
-                (api::ApiError::Client { .. }, _) => Some(self.backoff.delay(attempt)),
-                (_, Some(s)) if s >= 500 => Some(self.backoff.delay(attempt)),
-                (_, Some(401)) => return Err(GitlabError::Unauthorized),
-                (_, Some(403)) => return Err(GitlabError::Forbidden),
-                (_, Some(404)) => return Err(GitlabError::NotFound { what: what.into() }),
-                _ => return Err(GitlabError::Rejected(scrub(&err.to_string()))),
+                Failed::Timeout | Failed::Transient if policy == Retry::OnlyRefused => {
+                    return Err(GitlabError::Unconfirmed {
+                        what: what.to_string(),
+                        detail,
+                    });
+                }
+                Failed::Timeout => {
+                    timeouts += 1;
+                    if timeouts >= MAX_TIMEOUTS {
+                        return Err(GitlabError::Exhausted {
+                            attempts: attempt + 1,
+                            detail,
+                        });
+                    }
+                    self.backoff.delay(attempt)
+                }
+                Failed::Transient => self.backoff.delay(attempt),
             };
             attempt += 1;
             if attempt >= self.backoff.attempts {
                 return Err(GitlabError::Exhausted {
                     attempts: attempt,
-                    detail: scrub(&with_causes(&err)),
+                    detail,
                 });
             }
-            if let Some(w) = wait {
-                tracing::debug!(
-                    what,
-                    attempt,
-                    "GitLab call failed, retrying: {}",
-                    scrub(&with_causes(&err))
-                );
-                tokio::time::sleep(w).await;
-            }
+            tracing::debug!(what, attempt, "GitLab call failed, retrying: {detail}");
+            tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// What a failed attempt means, by cause and status.
+fn classify(what: &str, err: CrateError) -> Failed {
+    let status = match &err {
+        api::ApiError::Client {
+            source: TransportError::RateLimited { retry_after },
+        } => return Failed::RateLimited(*retry_after),
+        api::ApiError::GitlabRateLimited { retry_after, .. } => {
+            return Failed::RateLimited(Some(*retry_after));
+        }
+        api::ApiError::Client {
+            source: TransportError::Timeout(_),
+        } => return Failed::Timeout,
+        api::ApiError::Client {
+            source: TransportError::Http(_),
+        } => return Failed::Transient,
+        api::ApiError::Client {
+            source: TransportError::Request(e),
+        } => return Failed::Final(GitlabError::Rejected(e.clone())),
+        api::ApiError::GitlabService { status, .. }
+        | api::ApiError::GitlabWithStatus { status, .. }
+        | api::ApiError::GitlabObjectWithStatus { status, .. }
+        | api::ApiError::GitlabUnrecognizedWithStatus { status, .. } => Some(status.as_u16()),
+        _ => None,
+    };
+    match status {
+        Some(429) => Failed::RateLimited(None),
+        Some(s) if s >= 500 => Failed::Transient,
+        Some(401) => Failed::Final(GitlabError::Unauthorized),
+        Some(403) => Failed::Final(GitlabError::Forbidden),
+        Some(404) => Failed::Final(GitlabError::NotFound { what: what.into() }),
+        _ => Failed::Final(GitlabError::Rejected(scrub(&with_causes(&err)))),
     }
 }
 
@@ -522,47 +729,28 @@ impl GitlabApi for GitlabClient {
     }
 
     async fn create_note(&self, project: &str, iid: u64, body: &str) -> Result<Note, GitlabError> {
-        // Not retried blindly: a retry after a dropped connection could post twice.
-        // The caller re-lists notes (markers) before posting again on a later cycle.
-        let ep = api::projects::issues::notes::CreateIssueNote::builder()
-            .project(project)
-            .issue(iid)
-            .body(body)
-            .build()
-            .map_err(|e| GitlabError::Rejected(e.to_string()))?;
-        let to_note = |n: ApiNote| Note {
+        // Sent again only after a 429. A lost answer is not retried here (it
+        // could post twice): the bot lists the notes, and finds this one by
+        // its marker, before it posts again on a later cycle.
+        let ep = built(
+            api::projects::issues::notes::CreateIssueNote::builder()
+                .project(project)
+                .issue(iid)
+                .body(body)
+                .build(),
+        )?;
+        let n: ApiNote = self
+            .call("the new note", Retry::OnlyRefused, || {
+                ep.query_async(&self.client)
+            })
+            .await?;
+        Ok(Note {
             id: n.id,
             author: n.author.to_ref(),
             body: n.body,
             created_at: n.created_at,
             system: n.system,
-        };
-        let r = match ep.query_async(&self.client).await {
-            Ok(n) => Ok(to_note(n)),
-            Err(api::ApiError::GitlabRateLimited { retry_after, .. }) => {
-                // A 429 means the note was not created: waiting and sending once more is safe.
-                tokio::time::sleep(retry_after).await;
-                let ep = api::projects::issues::notes::CreateIssueNote::builder()
-                    .project(project)
-                    .issue(iid)
-                    .body(body)
-                    .build()
-                    .map_err(|e| GitlabError::Rejected(e.to_string()))?;
-                ep.query_async(&self.client)
-                    .await
-                    .map(to_note)
-                    .map_err(|e| GitlabError::Exhausted {
-                        attempts: 2,
-                        detail: scrub(&e.to_string()),
-                    })
-            }
-            Err(e) => Err(GitlabError::Exhausted {
-                attempts: 1,
-                detail: scrub(&e.to_string()),
-            }),
-        };
-        crate::metrics::api("gitlab", &r);
-        r
+        })
     }
 
     async fn edit_issue(
@@ -647,10 +835,15 @@ impl GitlabApi for GitlabClient {
                     )))
                     .build(),
             )?;
-            let created: ApiLabel = match ep.query_async(&self.client).await {
+            // Created meanwhile (409), or created but the answer was lost: read it again.
+            let created: ApiLabel = match self
+                .call("the new label", Retry::OnlyRefused, || {
+                    ep.query_async(&self.client)
+                })
+                .await
+            {
                 Ok(l) => l,
-                // Created meanwhile (a 409): read it again.
-                Err(_) => {
+                Err(GitlabError::Rejected(_) | GitlabError::Unconfirmed { .. }) => {
                     let ep = api::paged(
                         built(
                             api::projects::labels::Labels::builder()
@@ -667,6 +860,7 @@ impl GitlabApi for GitlabClient {
                         GitlabError::Rejected(format!("cannot create the label {name:?}"))
                     })?
                 }
+                Err(e) => return Err(e),
             };
             if let Some(id) = created.id {
                 out.insert(name.clone(), id);
@@ -682,23 +876,21 @@ impl GitlabApi for GitlabClient {
         description: &str,
         labels: &[String],
     ) -> Result<ApiIssue, GitlabError> {
-        let ep = api::projects::issues::CreateIssue::builder()
-            .project(project)
-            .title(title)
-            .description(description)
-            .labels(labels.iter().map(String::as_str))
-            .confidential(true)
-            .build()
-            .map_err(|e| GitlabError::Rejected(e.to_string()))?;
-        let r = ep
-            .query_async(&self.client)
-            .await
-            .map_err(|e| GitlabError::Exhausted {
-                attempts: 1,
-                detail: scrub(&e.to_string()),
-            });
-        crate::metrics::api("gitlab", &r);
-        r
+        let ep = built(
+            api::projects::issues::CreateIssue::builder()
+                .project(project)
+                .title(title)
+                .description(description)
+                .labels(labels.iter().map(String::as_str))
+                .confidential(true)
+                .build(),
+        )?;
+        // Not sent again after a lost answer: the caller finds an issue it
+        // opened (by its label) before it opens another.
+        self.call("the new issue", Retry::OnlyRefused, || {
+            ep.query_async(&self.client)
+        })
+        .await
     }
 
     async fn file_exists(
@@ -744,14 +936,33 @@ impl GitlabApi for GitlabClient {
                 .commit_message(message)
                 .build(),
         )?;
-        // Not retried blindly: a commit that landed but whose answer was lost
-        // is found by the caller (the branch exists) on its next pass.
-        let r = api::ignore(ep)
-            .query_async(&self.client)
+        let ep = api::ignore(ep);
+        match self
+            .call("the file deletion", Retry::OnlyRefused, || {
+                ep.query_async(&self.client)
+            })
             .await
-            .map_err(|e| GitlabError::Rejected(scrub(&e.to_string())));
-        crate::metrics::api("gitlab", &r);
-        r
+        {
+            Ok(()) => Ok(()),
+            // The answer was lost, or an earlier attempt whose answer was lost
+            // deleted it already ("A file with this name doesn't exist"): done
+            // when the branch is there without the file.
+            Err(e @ (GitlabError::Unconfirmed { .. } | GitlabError::Rejected(_))) => {
+                if self.branch_exists(project, branch).await?
+                    && !self.file_exists(project, path, branch).await?
+                {
+                    tracing::info!(
+                        project,
+                        branch,
+                        "the file is already deleted on the branch: an earlier attempt did it"
+                    );
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn merge_requests_from(
@@ -787,12 +998,36 @@ impl GitlabApi for GitlabClient {
             b.assignees(mr.reviewer_ids.iter().copied());
         }
         let ep = built(b.build())?;
-        let r = ep
-            .query_async(&self.client)
+        match self
+            .call("the new merge request", Retry::OnlyRefused, || {
+                ep.query_async(&self.client)
+            })
             .await
-            .map_err(|e| GitlabError::Rejected(scrub(&e.to_string())));
-        crate::metrics::api("gitlab", &r);
-        r
+        {
+            Ok(m) => Ok(m),
+            // The answer was lost, or an earlier attempt whose answer was lost
+            // opened it (409 "Another open merge request already exists"): the
+            // open merge request from this branch is the one.
+            Err(e @ (GitlabError::Unconfirmed { .. } | GitlabError::Rejected(_))) => {
+                match self
+                    .merge_requests_from(project, &mr.source_branch)
+                    .await?
+                    .into_iter()
+                    .find(|m| m.state == "opened")
+                {
+                    Some(m) => {
+                        tracing::info!(
+                            project,
+                            mr = m.iid,
+                            "the merge request exists already: an earlier attempt opened it"
+                        );
+                        Ok(m)
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn merge_request(&self, project: &str, iid: u64) -> Result<ApiMergeRequest, GitlabError> {

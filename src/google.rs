@@ -2,8 +2,10 @@
 //! Directory `members` resource (`admin.directory.group.member` scope).
 //!
 //! Authentication is a service account: with a Groups admin role of its own
-//! (no subject), or with domain-wide delegation (a subject to act as). The
-//! token exchange is `gcp_auth`'s, which posts to the key file's `token_uri`.
+//! (no subject), or with domain-wide delegation (a subject to act as). The bot
+//! signs the JWT with `gcp_auth`'s signer and exchanges it at the key file's
+//! `token_uri` itself, so that it holds the token and can drop it: a token
+//! the Directory API refuses (401) is never sent again, a new one is fetched.
 //! Only the `admin.directory.group.member` scope is requested.
 
 use std::sync::Arc;
@@ -74,29 +76,38 @@ pub trait GroupDirectory: Send + Sync {
     async fn list_members(&self, group: &str) -> Result<Vec<String>, GoogleError>;
 }
 
-pub struct GoogleClient {
-    base: String,
+/// An access token and when to stop using it.
+struct HeldToken {
+    token: crate::secret::Secret,
+    /// A minute before the token's own expiry.
+    renew_at: std::time::Instant,
+}
+
+/// The service account's access token for one scope, held by the bot: it
+/// signs the JWT (with `sub` under delegation), exchanges it at the key
+/// file's `token_uri`, keeps the token until a minute before it expires, and
+/// drops it when the API refuses it. Shared by the groups client and the
+/// directory of people.
+pub struct ServiceAccountTokens {
     http: reqwest::Client,
-    auth: Arc<gcp_auth::CustomServiceAccount>,
-    /// From the key file, for diagnosing a refused exchange.
+    key: Arc<gcp_auth::CustomServiceAccount>,
+    /// From the key file.
     client_email: String,
     token_uri: String,
     subject: Option<String>,
+    scope: &'static str,
     backoff: Backoff,
-    /// Reads after an insert before its 404 is believed (eventual consistency).
-    pub confirm_attempts: u32,
+    held: tokio::sync::Mutex<Option<HeldToken>>,
 }
 
-fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-impl GoogleClient {
+impl ServiceAccountTokens {
+    /// The `[google]` key, for tokens of `scope`.
     pub fn new(
         cfg: &GoogleConfig,
         secrets: &Secrets,
         http: reqwest::Client,
-    ) -> Result<GoogleClient, GoogleError> {
+        scope: &'static str,
+    ) -> Result<ServiceAccountTokens, GoogleError> {
         let json = match (&cfg.key_env, &cfg.key_path) {
             (Some(var), _) => secrets
                 .get(var)
@@ -115,21 +126,154 @@ impl GoogleClient {
         let bad_key = || {
             GoogleError::Key("the key is not a valid service-account key file (JSON with client_email, private_key, token_uri)".into())
         };
-        let mut sa = gcp_auth::CustomServiceAccount::from_json(&json).map_err(|_| bad_key())?;
+        let key = gcp_auth::CustomServiceAccount::from_json(&json).map_err(|_| bad_key())?;
         let fields: Value = serde_json::from_str(&json).map_err(|_| bad_key())?;
-        if let Some(sub) = &cfg.subject {
-            sa = sa.with_subject(sub.clone());
-        }
-        Ok(GoogleClient {
-            base: cfg.base_url.trim_end_matches('/').to_string(),
+        Ok(ServiceAccountTokens {
             http,
-            auth: Arc::new(sa),
+            key: Arc::new(key),
             client_email: fields["client_email"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
             token_uri: fields["token_uri"].as_str().unwrap_or_default().to_string(),
             subject: cfg.subject.clone(),
+            scope,
+            backoff: Backoff::default(),
+            held: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The token held, or a new one.
+    pub async fn token(&self) -> Result<String, GoogleError> {
+        let mut held = self.held.lock().await;
+        if let Some(t) = held.as_ref()
+            && std::time::Instant::now() < t.renew_at
+        {
+            return Ok(t.token.expose().to_string());
+        }
+        let (token, lifetime) = self.exchange().await?;
+        let value = token.expose().to_string();
+        *held = Some(HeldToken {
+            token,
+            renew_at: std::time::Instant::now()
+                + lifetime.saturating_sub(std::time::Duration::from_secs(60)),
+        });
+        Ok(value)
+    }
+
+    /// Drops the token held, if it is still `refused` (another caller may
+    /// have replaced it already): it is never sent again.
+    pub async fn drop_token(&self, refused: &str) {
+        let mut held = self.held.lock().await;
+        if held.as_ref().is_some_and(|t| t.token.expose() == refused) {
+            *held = None;
+        }
+    }
+
+    /// Drops the token held and fetches a new one (`check`: refreshing works).
+    pub async fn refresh(&self) -> Result<(), GoogleError> {
+        *self.held.lock().await = None;
+        self.token().await.map(|_| ())
+    }
+
+    /// Signs a JWT and exchanges it; Google's answer, when it refuses, says
+    /// exactly what is wrong (unauthorized_client, a bad subject, a deleted key).
+    async fn exchange(&self) -> Result<(crate::secret::Secret, std::time::Duration), GoogleError> {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let mut attempt = 0u32;
+        loop {
+            let now = chrono::Utc::now().timestamp();
+            let mut claims = json!({"iss": self.client_email, "scope": self.scope, "aud": self.token_uri, "iat": now, "exp": now + 3600});
+            if let Some(s) = &self.subject {
+                claims["sub"] = json!(s);
+            }
+            let unsigned = format!(
+                "{}.{}",
+                b64(br#"{"alg":"RS256","typ":"JWT"}"#),
+                b64(claims.to_string().as_bytes())
+            );
+            let sig = self
+                .key
+                .signer()
+                .sign(unsigned.as_bytes())
+                .map_err(|e| GoogleError::Key(format!("cannot sign with the key: {e}")))?;
+            let assertion = format!("{unsigned}.{}", b64(&sig));
+            let answer = self
+                .http
+                .post(&self.token_uri)
+                .form(&[
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                    ("assertion", assertion.as_str()),
+                ])
+                .send()
+                .await;
+            let retry = match answer {
+                Ok(r) if r.status().is_success() => {
+                    let v: Value = r
+                        .json()
+                        .await
+                        .map_err(|e| GoogleError::Token(e.without_url().to_string()))?;
+                    let token = v["access_token"].as_str().ok_or_else(|| {
+                        GoogleError::Token("the token response has no access_token".into())
+                    })?;
+                    let lifetime = v["expires_in"].as_u64().unwrap_or(3600);
+                    return Ok((
+                        crate::secret::Secret::new(token),
+                        std::time::Duration::from_secs(lifetime),
+                    ));
+                }
+                Ok(r) if r.status().is_server_error() || r.status() == 429 => {
+                    format!("{}", r.status())
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    return Err(GoogleError::Token(explain_token_error(
+                        &format!(
+                            "{}: {} ({status})",
+                            v["error"].as_str().unwrap_or(""),
+                            v["error_description"].as_str().unwrap_or("")
+                        ),
+                        self.scope,
+                    )));
+                }
+                Err(e) => e.without_url().to_string(),
+            };
+            attempt += 1;
+            if attempt >= self.backoff.attempts {
+                return Err(GoogleError::Token(format!(
+                    "the token endpoint failed {attempt} times: {retry}"
+                )));
+            }
+            tokio::time::sleep(self.backoff.delay(attempt)).await;
+        }
+    }
+}
+
+pub struct GoogleClient {
+    base: String,
+    http: reqwest::Client,
+    tokens: ServiceAccountTokens,
+    backoff: Backoff,
+    /// Reads after an insert before its 404 is believed (eventual consistency).
+    pub confirm_attempts: u32,
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl GoogleClient {
+    pub fn new(
+        cfg: &GoogleConfig,
+        secrets: &Secrets,
+        http: reqwest::Client,
+    ) -> Result<GoogleClient, GoogleError> {
+        Ok(GoogleClient {
+            base: cfg.base_url.trim_end_matches('/').to_string(),
+            tokens: ServiceAccountTokens::new(cfg, secrets, http.clone(), SCOPE)?,
+            http,
             backoff: Backoff::default(),
             confirm_attempts: 5,
         })
@@ -137,58 +281,21 @@ impl GoogleClient {
 
     pub fn with_backoff(mut self, b: Backoff) -> Self {
         self.backoff = b;
+        self.tokens.backoff = b;
         self
     }
 
     async fn token(&self) -> Result<String, GoogleError> {
-        use gcp_auth::TokenProvider;
-        match self.auth.token(&[SCOPE]).await {
-            Ok(t) => Ok(t.as_str().to_string()),
-            Err(e) => Err(GoogleError::Token(self.diagnose(&format!("{e:?}")).await)),
-        }
+        self.tokens.token().await
     }
 
-    /// gcp_auth keeps the token endpoint's answer only in a log line ("token request
-    /// failed"). To say exactly what is wrong (unauthorized_client, a bad subject, a
-    /// deleted key), ask once more, signing with gcp_auth's own signer, and read
-    /// Google's error. Only on failure, so it costs nothing when all is well.
-    async fn diagnose(&self, fallback: &str) -> String {
-        use base64::Engine;
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-        let now = chrono::Utc::now().timestamp();
-        let mut claims = json!({"iss": self.client_email, "scope": SCOPE, "aud": self.token_uri, "iat": now, "exp": now + 3000});
-        if let Some(s) = &self.subject {
-            claims["sub"] = json!(s);
-        }
-        let unsigned = format!(
-            "{}.{}",
-            b64(br#"{"alg":"RS256","typ":"JWT"}"#),
-            b64(claims.to_string().as_bytes())
-        );
-        let Ok(sig) = self.auth.signer().sign(unsigned.as_bytes()) else {
-            return explain_token_error(fallback);
-        };
-        let assertion = format!("{unsigned}.{}", b64(&sig));
-        let answer = self
-            .http
-            .post(&self.token_uri)
-            .form(&[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                ("assertion", assertion.as_str()),
-            ])
-            .send()
-            .await;
-        match answer {
-            Ok(r) if !r.status().is_success() => {
-                let v: Value = r.json().await.unwrap_or(Value::Null);
-                explain_token_error(&format!(
-                    "{}: {}",
-                    v["error"].as_str().unwrap_or(""),
-                    v["error_description"].as_str().unwrap_or("")
-                ))
-            }
-            _ => explain_token_error(fallback),
-        }
+    async fn drop_token(&self, refused: &str) {
+        self.tokens.drop_token(refused).await
+    }
+
+    /// Drops the token held and fetches a new one (`check`: refreshing works).
+    pub async fn refresh(&self) -> Result<(), GoogleError> {
+        self.tokens.refresh().await
     }
 
     /// One call: token, retries on rate limits and backend errors, typed errors.
@@ -199,9 +306,22 @@ impl GoogleClient {
         body: Option<&Value>,
         group: &str,
     ) -> Result<(u16, Value), GoogleError> {
-        let r = self.call_once(method, url, body, group).await;
+        self.call_tracked(method, url, body, group).await.0
+    }
+
+    /// As `call`, and whether an attempt's answer was lost before the last
+    /// one (the request may have been applied then).
+    async fn call_tracked(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        group: &str,
+    ) -> (Result<(u16, Value), GoogleError>, bool) {
+        let mut lost = false;
+        let r = self.call_once(method, url, body, group, &mut lost).await;
         crate::metrics::api("google", &r);
-        r
+        (r, lost)
     }
 
     async fn call_once(
@@ -210,11 +330,13 @@ impl GoogleClient {
         url: &str,
         body: Option<&Value>,
         group: &str,
+        lost: &mut bool,
     ) -> Result<(u16, Value), GoogleError> {
         let mut attempt = 0u32;
+        let mut refused = false;
         loop {
             let token = self.token().await?;
-            let mut rb = self.http.request(method.clone(), url).bearer_auth(token);
+            let mut rb = self.http.request(method.clone(), url).bearer_auth(&token);
             if let Some(b) = body {
                 rb = rb.json(b);
             }
@@ -222,6 +344,7 @@ impl GoogleClient {
                 Ok(r) => r,
                 Err(e) => {
                     if attempt + 1 < self.backoff.attempts {
+                        *lost = true;
                         tokio::time::sleep(self.backoff.delay(attempt)).await;
                         attempt += 1;
                         continue;
@@ -235,6 +358,7 @@ impl GoogleClient {
                 Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
                 Err(e) => {
                     if attempt + 1 < self.backoff.attempts {
+                        *lost = true;
                         tokio::time::sleep(self.backoff.delay(attempt)).await;
                         attempt += 1;
                         continue;
@@ -244,6 +368,17 @@ impl GoogleClient {
             };
             if (200..300).contains(&status) {
                 return Ok((status, v));
+            }
+            if status == 401 {
+                // The token is refused (revoked, or expired early): drop it and
+                // fetch a new one, once. A new token refused too is the key's problem.
+                self.drop_token(&token).await;
+                if !refused {
+                    refused = true;
+                    tracing::warn!("Google refused the access token (401): fetching a new one");
+                    continue;
+                }
+                return Err(GoogleError::Unauthorized);
             }
             let reason = v["error"]["errors"][0]["reason"]
                 .as_str()
@@ -293,9 +428,12 @@ impl GoogleClient {
     }
 }
 
-fn explain_token_error(raw: &str) -> String {
+fn explain_token_error(raw: &str, scope: &str) -> String {
     if raw.contains("unauthorized_client") {
-        "unauthorized_client: domain-wide delegation is not granted for this service account's client id and the admin.directory.group.member scope".into()
+        let name = scope.rsplit('/').next().unwrap_or(scope);
+        format!(
+            "unauthorized_client: domain-wide delegation is not granted for this service account's client id and the {name} scope"
+        )
     } else if raw.contains("Invalid email or User ID") || raw.contains("Not a valid email") {
         "invalid_grant: the `subject` in [google] is not a user of the domain".into()
     } else if raw.contains("No valid verifier") || raw.contains("Invalid JWT Signature") {
@@ -319,16 +457,25 @@ impl GroupDirectory for GoogleClient {
             self.base,
             enc(group)
         );
-        let change = match self
-            .call(
+        let (result, lost) = self
+            .call_tracked(
                 Method::POST,
                 &url,
                 Some(&json!({"email": email, "role": "MEMBER"})),
                 group,
             )
-            .await
-        {
+            .await;
+        let change = match result {
             Ok(_) => Change::Done,
+            // "Member already exists" after an attempt whose answer was lost:
+            // that attempt added them.
+            Err(GoogleError::Invalid { status: 409, .. }) if lost => {
+                tracing::info!(
+                    group,
+                    "added by an attempt whose answer was lost (409 on the retry)"
+                );
+                Change::Done
+            }
             Err(GoogleError::Invalid { status: 409, .. }) => Change::AlreadySo,
             Err(GoogleError::Invalid { status: 404, .. }) => {
                 return Err(GoogleError::NoSuchUser {

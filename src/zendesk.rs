@@ -66,6 +66,25 @@ pub enum ZendeskError {
         job: String,
         detail: String,
     },
+    #[error(
+        "Zendesk {instance}: the OAuth token lacks the `{scope}` scope, which {what} needs (granted: `{granted}`). Request it: leave `scope` out of the instance's auth in bot.toml (the bot then asks for `{required}`), and allow it for the OAuth client"
+    )]
+    MissingScope {
+        instance: String,
+        scope: String,
+        what: String,
+        granted: String,
+        required: String,
+    },
+    #[error(
+        "Zendesk {instance}: the OAuth client may not request the scope `{requested}` (400 {error}: {detail}). Allow these scopes for the client in Admin Center (Apps and integrations > APIs > OAuth clients)"
+    )]
+    ScopeRefused {
+        instance: String,
+        requested: String,
+        error: String,
+        detail: String,
+    },
 }
 
 impl ZendeskError {
@@ -148,6 +167,133 @@ pub struct Ticket {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// What one kind of call needs from an OAuth token: a resource scope
+/// (`users`, `tickets`), or, where Zendesk has none (groups, group
+/// memberships, custom roles, job statuses), the global `read` or `write`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    pub resource: Option<&'static str>,
+    pub write: bool,
+}
+
+impl Need {
+    const fn new(resource: Option<&'static str>, write: bool) -> Need {
+        Need { resource, write }
+    }
+
+    fn level(&self) -> &'static str {
+        if self.write { "write" } else { "read" }
+    }
+
+    /// The narrowest scope that grants it (`users:write`; `write` where there is no resource scope).
+    pub fn scope(&self) -> String {
+        match self.resource {
+            Some(r) => format!("{r}:{}", self.level()),
+            None => self.level().to_string(),
+        }
+    }
+
+    /// Whether these granted scopes cover it (a bare resource grants both levels).
+    pub fn granted_by(&self, scopes: &[String]) -> bool {
+        scopes.iter().any(|s| {
+            s == self.level() || self.resource.is_some_and(|r| *s == self.scope() || s == r)
+        })
+    }
+
+    /// What the bot does with it, for messages.
+    pub fn purpose(&self) -> &'static str {
+        CALLS
+            .iter()
+            .find(|(_, n)| n == self)
+            .map(|(what, _)| *what)
+            .unwrap_or("this call")
+    }
+}
+
+/// Every kind of call the bot makes to Zendesk, and the scope it needs.
+pub const CALLS: &[(&str, Need)] = &[
+    (
+        "reading users (look-ups, tags, its own account, paid seats)",
+        Need::new(Some("users"), false),
+    ),
+    (
+        "listing a leaver's assigned tickets",
+        Need::new(Some("tickets"), false),
+    ),
+    (
+        "reading custom roles, groups, group memberships and bulk job statuses",
+        Need::new(None, false),
+    ),
+    (
+        "creating and changing users (role, custom role, suspension, user fields, tags)",
+        Need::new(Some("users"), true),
+    ),
+    (
+        "adding and removing group memberships",
+        Need::new(None, true),
+    ),
+    (
+        "reassigning tickets in bulk",
+        Need::new(Some("tickets"), true),
+    ),
+];
+
+/// The scopes the bot requests: exactly what `CALLS` need, without the
+/// resource scopes a global one already grants. Zendesk has no scope for
+/// groups and memberships, so this is `read write`.
+pub fn required_scope() -> String {
+    let mut scopes: Vec<String> = Vec::new();
+    for (_, need) in CALLS {
+        let s = need.scope();
+        if !scopes.contains(&s) {
+            scopes.push(s);
+        }
+    }
+    let global: Vec<String> = scopes
+        .iter()
+        .filter(|s| !s.contains(':'))
+        .cloned()
+        .collect();
+    scopes.retain(|s| {
+        s.split_once(':')
+            .is_none_or(|(_, level)| !global.iter().any(|g| g == level))
+    });
+    scopes.sort();
+    scopes.join(" ")
+}
+
+/// The bot's reading of which scope a request needs (method and path under `/api/v2`).
+pub fn need_of(method: &Method, path: &str) -> Need {
+    let rest = match path.find("/api/v2/") {
+        Some(i) => &path[i + 8..],
+        None => path.trim_start_matches('/'),
+    };
+    let rest = rest.split('?').next().unwrap_or(rest);
+    let segs: Vec<&str> = rest
+        .split('/')
+        .map(|s| s.strip_suffix(".json").unwrap_or(s))
+        .collect();
+    let resource = match segs.as_slice() {
+        ["users", _, "group_memberships", ..] => None,
+        ["users", _, "tickets", ..] => Some("tickets"),
+        ["users", ..] => Some("users"),
+        ["tickets", ..] => Some("tickets"),
+        _ => None,
+    };
+    Need::new(resource, *method != Method::GET)
+}
+
+/// What an OAuth token grants, as far as the bot can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// A legacy API token: the user's full rights, no scopes.
+    ApiToken,
+    /// The scopes the token response named.
+    Scopes(Vec<String>),
+    /// The token response did not say.
+    Unstated,
+}
+
 /// Outcome of a bulk update, per ticket.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BulkOutcome {
@@ -196,8 +342,9 @@ pub trait ZendeskApi: Send + Sync {
     async fn remove_membership(&self, membership_id: u64) -> Result<(), ZendeskError>;
     /// Tickets assigned to the user with status below closed.
     async fn open_tickets(&self, user_id: u64) -> Result<Vec<Ticket>, ZendeskError>;
-    /// Reassign in batches of at most 100, poll each job, retry failed items once
-    /// (with the group set when the assignee was not in the ticket's group).
+    /// Reassign in batches of at most 100, with the group set up front for the
+    /// tickets whose group the assignee is not in; poll each job, retry failed
+    /// items once.
     async fn reassign(
         &self,
         tickets: &[Ticket],
@@ -208,12 +355,20 @@ pub trait ZendeskApi: Send + Sync {
     async fn agents(&self) -> Result<Vec<User>, ZendeskError>;
 }
 
+/// An OAuth access token and what came with it.
+struct OauthToken {
+    token: Secret,
+    expires: Option<DateTime<Utc>>,
+    /// The token response's `scope`, split.
+    scopes: Option<Vec<String>>,
+}
+
 enum Auth {
     Oauth {
         client_id: Secret,
         client_secret: Secret,
         scope: String,
-        token: Mutex<Option<(Secret, Option<DateTime<Utc>>)>>,
+        token: Mutex<Option<OauthToken>>,
     },
     ApiToken {
         email: Secret,
@@ -284,6 +439,35 @@ impl ZendeskClient {
         self
     }
 
+    /// What the token grants (fetching one if none is held).
+    pub async fn grant(&self) -> Result<Grant, ZendeskError> {
+        match &self.auth {
+            Auth::ApiToken { .. } => Ok(Grant::ApiToken),
+            Auth::Oauth { token, .. } => {
+                self.authorization(false).await?;
+                Ok(
+                    match token.lock().await.as_ref().and_then(|t| t.scopes.clone()) {
+                        Some(s) => Grant::Scopes(s),
+                        None => Grant::Unstated,
+                    },
+                )
+            }
+        }
+    }
+
+    /// Drops the token held and fetches a new one (`check`: refreshing works).
+    pub async fn refresh(&self) -> Result<(), ZendeskError> {
+        self.authorization(true).await.map(|_| ())
+    }
+
+    /// The scopes of the token held, if it said (no request is made).
+    async fn held_scopes(&self) -> Option<Vec<String>> {
+        match &self.auth {
+            Auth::Oauth { token, .. } => token.lock().await.as_ref().and_then(|t| t.scopes.clone()),
+            Auth::ApiToken { .. } => None,
+        }
+    }
+
     fn err_decode(&self, detail: impl ToString) -> ZendeskError {
         ZendeskError::Decode {
             instance: self.instance.clone(),
@@ -308,15 +492,19 @@ impl ZendeskClient {
                 token,
             } => {
                 let mut cached = token.lock().await;
-                let fresh = cached.as_ref().is_some_and(|(_, exp)| {
-                    exp.is_none_or(|e| e - chrono::Duration::seconds(60) > Utc::now())
+                let fresh = cached.as_ref().is_some_and(|t| {
+                    t.expires
+                        .is_none_or(|e| e - chrono::Duration::seconds(60) > Utc::now())
                 });
                 if refresh || !fresh {
                     *cached = Some(self.fetch_token(client_id, client_secret, scope).await?);
                 }
                 Ok(format!(
                     "Bearer {}",
-                    cached.as_ref().map(|(t, _)| t.expose()).unwrap_or_default()
+                    cached
+                        .as_ref()
+                        .map(|t| t.token.expose())
+                        .unwrap_or_default()
                 ))
             }
         }
@@ -327,7 +515,7 @@ impl ZendeskClient {
         id: &Secret,
         secret: &Secret,
         scope: &str,
-    ) -> Result<(Secret, Option<DateTime<Utc>>), ZendeskError> {
+    ) -> Result<OauthToken, ZendeskError> {
         let body = json!({"grant_type": "client_credentials", "client_id": id.expose(),
                           "client_secret": secret.expose(), "scope": scope, "expires_in": 3600});
         let mut attempt = 0;
@@ -347,16 +535,31 @@ impl ZendeskClient {
                         .ok_or_else(|| self.err_decode("token response without access_token"))?;
                     // `expires_in` is optional in the documented response (UNCONFIRMED): then we
                     // keep the token until a 401 says otherwise.
-                    let exp = v["expires_in"]
+                    let expires = v["expires_in"]
                         .as_i64()
                         .map(|s| Utc::now() + chrono::Duration::seconds(s));
-                    return Ok((Secret::new(tok), exp));
+                    let scopes = v["scope"]
+                        .as_str()
+                        .map(|s| s.split_whitespace().map(String::from).collect());
+                    return Ok(OauthToken {
+                        token: Secret::new(tok),
+                        expires,
+                        scopes,
+                    });
                 }
                 Ok(r)
                     if r.status() == StatusCode::UNAUTHORIZED
                         || r.status() == StatusCode::BAD_REQUEST =>
                 {
                     let v: Value = r.json().await.unwrap_or(Value::Null);
+                    if v["error"] == "invalid_scope" {
+                        return Err(ZendeskError::ScopeRefused {
+                            instance: self.instance.clone(),
+                            requested: scope.to_string(),
+                            error: "invalid_scope".into(),
+                            detail: v["error_description"].as_str().unwrap_or("").to_string(),
+                        });
+                    }
                     return Err(ZendeskError::Unauthorized {
                         instance: self.instance.clone(),
                         detail: v["error"]
@@ -485,6 +688,20 @@ impl ZendeskClient {
                     });
                 }
                 403 => {
+                    // The body does not say why: when the token's scopes do not
+                    // cover the call, that is the reason, and it is named.
+                    let need = need_of(&method, &url);
+                    if let Some(granted) = self.held_scopes().await
+                        && !need.granted_by(&granted)
+                    {
+                        return Err(ZendeskError::MissingScope {
+                            instance: self.instance.clone(),
+                            scope: need.scope(),
+                            what: need.purpose().to_string(),
+                            granted: granted.join(" "),
+                            required: required_scope(),
+                        });
+                    }
                     return Err(ZendeskError::Forbidden {
                         instance: self.instance.clone(),
                         detail: describe(&json()),
@@ -808,14 +1025,35 @@ impl ZendeskApi for ZendeskClient {
 
     async fn add_membership(&self, user_id: u64, group_id: u64) -> Result<(), ZendeskError> {
         let body = json!({"group_membership": {"user_id": user_id, "group_id": group_id}});
-        self.call(
-            Method::POST,
-            "/group_memberships.json",
-            Some(&body),
-            "group",
-        )
-        .await
-        .map(|_| ())
+        match self
+            .call(
+                Method::POST,
+                "/group_memberships.json",
+                Some(&body),
+                "group",
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // A 422 after a lost answer (the create is retried after a dropped
+            // connection or a timeout) is the earlier attempt's own effect, in
+            // whatever words Zendesk says "already a member": the membership
+            // being there is what counts, not the wording.
+            Err(e @ ZendeskError::Invalid { status: 422, .. }) => {
+                if self
+                    .memberships(user_id)
+                    .await?
+                    .iter()
+                    .any(|m| m.group_id == group_id)
+                {
+                    tracing::info!(instance = %self.instance, user_id, group_id, "already a member of the group (an earlier attempt's answer was lost)");
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn remove_membership(&self, membership_id: u64) -> Result<(), ZendeskError> {
@@ -853,27 +1091,44 @@ impl ZendeskApi for ZendeskClient {
         assignee_groups: &[u64],
     ) -> Result<BulkOutcome, ZendeskError> {
         let mut outcome = BulkOutcome::default();
-        let mut retry: Vec<(Ticket, String)> = Vec::new();
+        // The bot knows each ticket's group and the assignee's groups: a
+        // ticket in a group the assignee is not in moves to one of theirs in
+        // the same update (Zendesk refuses the assignee otherwise), so nothing
+        // depends on the wording of a per-ticket failure.
+        let target_group = assignee_groups.first().copied();
+        let (stay, moving): (Vec<Ticket>, Vec<Ticket>) = tickets
+            .iter()
+            .cloned()
+            .partition(|t| t.group_id.is_none_or(|g| assignee_groups.contains(&g)));
+        let mut retry: Vec<(Ticket, Option<u64>)> = Vec::new();
         let progress = crate::progress::Progress::new("reassigning tickets", tickets.len());
-        for chunk in tickets.chunks(100) {
-            let (ok, failed) = self.bulk(chunk, assignee, None, &mut outcome).await?;
-            progress.advance(chunk.len());
-            outcome.updated.extend(ok);
-            for (id, why) in failed {
-                if let Some(t) = chunk.iter().find(|t| t.id == id) {
-                    retry.push((t.clone(), why));
+        for (group, batch) in [(None, stay), (target_group, moving)] {
+            for chunk in batch.chunks(100) {
+                let (ok, failed) = self.bulk(chunk, assignee, group, &mut outcome).await?;
+                progress.advance(chunk.len());
+                outcome.updated.extend(ok);
+                for (id, _) in failed {
+                    if let Some(t) = chunk.iter().find(|t| t.id == id) {
+                        retry.push((t.clone(), group));
+                    }
                 }
             }
         }
         progress.finish();
-        // Retry failed items once; when the assignee is not in the ticket's group,
-        // move the ticket to one of the assignee's groups.
-        let target_group = assignee_groups.first().copied();
-        let (not_member, other): (Vec<_>, Vec<_>) = retry
-            .into_iter()
-            .partition(|(_, why)| why.contains("not a member of the group"));
-        for (group, batch) in [(target_group, not_member), (None, other)] {
-            let batch: Vec<Ticket> = batch.into_iter().map(|(t, _)| t).collect();
+        // Failed items are tried once more as they were (a trigger or a
+        // concurrent change may have been in the way); what still fails is reported.
+        let mut groups: Vec<Option<u64>> = Vec::new();
+        for (_, g) in &retry {
+            if !groups.contains(g) {
+                groups.push(*g);
+            }
+        }
+        for group in groups {
+            let batch: Vec<Ticket> = retry
+                .iter()
+                .filter(|(_, g)| *g == group)
+                .map(|(t, _)| t.clone())
+                .collect();
             for chunk in batch.chunks(100) {
                 let (ok, failed) = self.bulk(chunk, assignee, group, &mut outcome).await?;
                 outcome.updated.extend(ok);

@@ -1362,3 +1362,406 @@ async fn sandbox_port_in_use_is_named() {
     );
     drop(held);
 }
+
+#[tokio::test]
+async fn gitlab_quick_actions_in_notes_run_as_their_author_with_their_rights() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let gl = Gl {
+        sb: &sb,
+        http: reqwest::Client::new(),
+    };
+    let iid = sb
+        .file_issue("jdoe", "t", &["support::to do"], "- [ ] x\n")
+        .await
+        .unwrap();
+    let note = |user: &str, body: &str| {
+        let r = gl
+            .http
+            .post(format!("{}/{iid}/notes", gl.issues()))
+            .header("PRIVATE-TOKEN", sb.token_of(user))
+            .form(&[("body", body)]);
+        async move {
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let events = |sb: &Sandbox| {
+        let w = sb.gitlab.lock();
+        let i = w.issue(PROJECT, iid).unwrap();
+        i.label_events
+            .iter()
+            .map(|e| {
+                (
+                    w.user(e.user).unwrap().username.clone(),
+                    e.label.clone(),
+                    e.add,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let system_notes = |sb: &Sandbox| {
+        let w = sb.gitlab.lock();
+        w.issue(PROJECT, iid)
+            .unwrap()
+            .notes
+            .iter()
+            .filter(|n| n.system)
+            .map(|n| (w.user(n.author).unwrap().username.clone(), n.body.clone()))
+            .collect::<Vec<_>>()
+    };
+
+    // Text and commands: the commands run as the author and leave the text.
+    let (s, n) = note(
+        "jdoe",
+        "Please look\n/label ~\"AR-Approval::Manager Approved\" ~extra\n/assign @mlee\n/close",
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(n["body"], "Please look");
+    assert_eq!(sb.comments(iid).last().unwrap().body, "Please look");
+    assert_eq!(sb.state(iid), "closed");
+    let labels = sb.labels(iid);
+    assert!(
+        labels.contains(&"AR-Approval::Manager Approved".to_string())
+            && labels.contains(&"extra".to_string()),
+        "{labels:?}"
+    );
+    let ev = events(&sb);
+    assert!(ev.contains(&("jdoe".into(), "AR-Approval::Manager Approved".into(), true)));
+    assert!(ev.contains(&("jdoe".into(), "extra".into(), true)));
+    let sys = system_notes(&sb);
+    assert!(sys.contains(&("jdoe".into(), "closed".into())), "{sys:?}");
+    assert!(
+        sys.contains(&("jdoe".into(), "assigned to @mlee".into())),
+        "{sys:?}"
+    );
+    let issue: Value = gl
+        .get("access-bot", &format!("{}/{iid}", gl.issues()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(issue["assignees"][0]["username"], "mlee");
+
+    // Only commands: no note (202), the commands ran.
+    let before = sb.comments(iid).len();
+    let (s, _) = note("jdoe", "/reopen\n/unlabel ~extra").await;
+    assert_eq!(s, 202);
+    assert_eq!(sb.comments(iid).len(), before);
+    assert_eq!(sb.state(iid), "opened");
+    assert!(!sb.labels(iid).contains(&"extra".to_string()));
+    assert!(events(&sb).contains(&("jdoe".into(), "extra".into(), false)));
+
+    // Stricter than GitLab where its documentation is silent: indented, and
+    // inside a code block, a command still runs.
+    let (s, n) = note("jdoe", "```\n  /close\n```").await;
+    assert_eq!(s, 201);
+    assert_eq!(n["body"], "```\n```");
+    assert_eq!(sb.state(iid), "closed");
+    note("jdoe", "/reopen").await;
+
+    // Without the rights: nothing runs and the text stays as written.
+    let bot = sb.gitlab.lock().user_by_name("access-bot").unwrap().id;
+    {
+        let mut w = sb.gitlab.lock();
+        let p = w.projects.iter_mut().find(|p| p.path == PROJECT).unwrap();
+        p.label_editors = Some([bot].into_iter().collect());
+    }
+    let text = "/close\n/label ~x\n/assign @mallory";
+    let (s, n) = note("mallory", text).await;
+    assert_eq!((s, n["body"].as_str()), (201, Some(text)));
+    assert_eq!(sb.state(iid), "opened");
+    assert!(!sb.labels(iid).contains(&"x".to_string()));
+    // The author may close their own issue without Reporter rights, not label it.
+    let (_, n) = note("jdoe", "/label ~x\n/close").await;
+    assert_eq!(n["body"], "/label ~x");
+    assert_eq!(sb.state(iid), "closed");
+    assert!(!sb.labels(iid).contains(&"x".to_string()));
+    // Text that merely mentions a command mid-line is not one.
+    let (_, n) = note("access-bot", "see /close and `/label ~x`").await;
+    assert_eq!(n["body"], "see /close and `/label ~x`");
+}
+
+#[tokio::test]
+async fn zendesk_scopes_are_enforced_on_every_route_strictly() {
+    use reqwest::Method as M;
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let base = format!("http://{}", sb.zendesk["global"].addr);
+    let http = reqwest::Client::new();
+    let (id, secret) = sb
+        .zd("global")
+        .oauth_clients
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .unwrap();
+    let token = |scope: &str| {
+        let r = http.post(format!("{base}/oauth/tokens")).json(&json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret, "scope": scope}));
+        async move {
+            let r = r.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (light, agent, group) = {
+        let mut w = sb.zd("global");
+        let g = w.add_group("Support AMER");
+        let a = w.add_user("A", "a@gitlab.com", "agent", None);
+        (w.light_agent_role(), a, g)
+    };
+    let _ = light;
+    // (method, path, body, the resource scope that covers it, if any)
+    let routes: Vec<(M, String, Option<Value>, Option<&str>)> = vec![
+        (M::GET, "/api/v2/users/me.json".into(), None, Some("users")),
+        (
+            M::GET,
+            "/api/v2/users/search.json?query=a".into(),
+            None,
+            Some("users"),
+        ),
+        (
+            M::GET,
+            format!("/api/v2/users/{agent}.json"),
+            None,
+            Some("users"),
+        ),
+        (
+            M::GET,
+            "/api/v2/users.json?role[]=agent".into(),
+            None,
+            Some("users"),
+        ),
+        (
+            M::PUT,
+            format!("/api/v2/users/{agent}.json"),
+            Some(json!({"user": {}})),
+            Some("users"),
+        ),
+        (
+            M::POST,
+            "/api/v2/users/create_or_update.json".into(),
+            Some(json!({"user": {"name": "B", "email": "b@gitlab.com"}})),
+            Some("users"),
+        ),
+        (
+            M::PUT,
+            format!("/api/v2/users/{agent}/tags.json"),
+            Some(json!({"tags": ["t"]})),
+            Some("users"),
+        ),
+        (
+            M::GET,
+            format!("/api/v2/users/{agent}/tickets/assigned.json"),
+            None,
+            Some("tickets"),
+        ),
+        (
+            M::PUT,
+            "/api/v2/tickets/update_many.json?ids=1".into(),
+            Some(json!({"ticket": {"assignee_id": agent}})),
+            Some("tickets"),
+        ),
+        (
+            M::GET,
+            format!("/api/v2/users/{agent}/group_memberships.json"),
+            None,
+            None,
+        ),
+        (M::GET, "/api/v2/groups.json".into(), None, None),
+        (M::GET, "/api/v2/custom_roles.json".into(), None, None),
+        (M::GET, "/api/v2/user_fields.json".into(), None, None),
+        (
+            M::POST,
+            "/api/v2/group_memberships.json".into(),
+            Some(json!({"group_membership": {"user_id": agent, "group_id": group}})),
+            None,
+        ),
+    ];
+    let call = |m: M, path: String, body: Option<Value>, tok: String| {
+        let mut rb = http.request(m, format!("{base}{path}")).bearer_auth(tok);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        async move { rb.send().await.unwrap().status().as_u16() }
+    };
+    for (m, path, body, resource) in routes {
+        let write = m != M::GET;
+        let level = if write { "write" } else { "read" };
+        let other = if write { "read" } else { "write" };
+        let mut granted = vec![level.to_string()];
+        let mut refused = vec![
+            other.to_string(),
+            "impersonate organizations hc".to_string(),
+        ];
+        match resource {
+            Some(r) => {
+                granted.push(format!("{r}:{level}"));
+                granted.push(r.to_string());
+                refused.push(format!("{r}:{other}"));
+                let unrelated = if r == "users" { "tickets" } else { "users" };
+                refused.push(format!("{unrelated}:{level} {unrelated}"));
+            }
+            // No documented resource scope: no resource scope stands in.
+            None => refused.push(format!("users:{level} tickets:{level} users tickets")),
+        }
+        for scope in &granted {
+            let (s, t) = token(scope).await;
+            assert_eq!(s, 200, "{scope}: {t}");
+            assert_eq!(t["scope"], scope.as_str());
+            let status = call(
+                m.clone(),
+                path.clone(),
+                body.clone(),
+                t["access_token"].as_str().unwrap().into(),
+            )
+            .await;
+            assert_ne!(status, 403, "{m} {path} with `{scope}`");
+            assert_ne!(status, 401);
+        }
+        for scope in &refused {
+            let (_, t) = token(scope).await;
+            let status = call(
+                m.clone(),
+                path.clone(),
+                body.clone(),
+                t["access_token"].as_str().unwrap().into(),
+            )
+            .await;
+            assert_eq!(status, 403, "{m} {path} with `{scope}`");
+        }
+    }
+    // Scopes Zendesk does not document are refused at the token.
+    for bad in ["groups:write", "users:admin", "everything"] {
+        let (s, t) = token(&format!("read {bad}")).await;
+        assert_eq!(
+            (s, t["error"].as_str()),
+            (400, Some("invalid_scope")),
+            "{bad}"
+        );
+    }
+    // A client's allowed scopes (Admin Center) bound what it may request.
+    sb.zd("global")
+        .allowed_scopes
+        .insert(id.clone(), vec!["read".into(), "users:write".into()]);
+    assert_eq!(token("read users:write").await.0, 200);
+    let (s, t) = token("read write").await;
+    assert_eq!((s, t["error"].as_str()), (400, Some("invalid_scope")));
+}
+
+#[tokio::test]
+async fn google_scopes_per_method_and_error_shapes_as_documented() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let key = sb
+        .secrets
+        .get("GOOGLE_SERVICE_ACCOUNT_KEY")
+        .unwrap()
+        .expose()
+        .to_string();
+    let token_uri = format!("http://{}/token", sb.google_addr);
+    let http = reqwest::Client::new();
+    let token = |scope: &str| {
+        let now = chrono::Utc::now().timestamp();
+        let assertion = jwt(
+            &key,
+            json!({"iss": access_bot::sandbox::SERVICE_ACCOUNT, "scope": scope, "aud": token_uri, "iat": now, "exp": now + 3600}),
+        );
+        let r = http.post(&token_uri).form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", assertion.as_str()),
+        ]);
+        async move {
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let members = format!(
+        "http://{}/admin/directory/v1/groups/{}/members",
+        sb.google_addr,
+        enc("okta-zendeskglobal-users@gitlab.com")
+    );
+    let call = |m: reqwest::Method, url: String, tok: String| {
+        let mut rb = http.request(m.clone(), url).bearer_auth(tok);
+        if m == reqwest::Method::POST {
+            rb = rb.json(&json!({"email": "jane.doe@gitlab.com", "role": "MEMBER"}));
+        }
+        async move {
+            let r = rb.send().await.unwrap();
+            let s = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            (
+                s,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let auth = "https://www.googleapis.com/auth/admin.directory.";
+    let member = format!("{members}/{}", enc("jane.doe@gitlab.com"));
+    use reqwest::Method as M;
+    // Reads accept the read-only variants; insert and delete do not.
+    for read_only in ["group.member.readonly", "group.readonly"] {
+        let (s, t) = token(&format!("{auth}{read_only}")).await;
+        assert_eq!(s, 200, "{t}");
+        let tok = t["access_token"].as_str().unwrap().to_string();
+        assert_eq!(call(M::GET, members.clone(), tok.clone()).await.0, 200);
+        for m in [M::POST, M::DELETE] {
+            let url = if m == M::POST {
+                members.clone()
+            } else {
+                member.clone()
+            };
+            let (s, e) = call(m.clone(), url, tok.clone()).await;
+            assert_eq!(
+                (s, e["error"]["errors"][0]["reason"].as_str()),
+                (403, Some("insufficientPermissions")),
+                "{m} with {read_only}"
+            );
+        }
+    }
+    for write in ["group.member", "group"] {
+        let (_, t) = token(&format!("{auth}{write}")).await;
+        let tok = t["access_token"].as_str().unwrap().to_string();
+        assert_eq!(
+            call(M::POST, members.clone(), tok.clone()).await.0,
+            200,
+            "{write}"
+        );
+        assert_eq!(
+            call(M::DELETE, member.clone(), tok.clone()).await.0,
+            204,
+            "{write}"
+        );
+    }
+    // A scope that is not Google's is refused at the token endpoint.
+    let (s, e) = token("admin.directory.group.member").await;
+    assert_eq!((s, e["error"].as_str()), (400, Some("invalid_scope")));
+    // A revoked token: 401 in Google's envelope.
+    let (_, t) = token(&format!("{auth}group.member")).await;
+    let tok = t["access_token"].as_str().unwrap().to_string();
+    assert_eq!(call(M::GET, members.clone(), tok.clone()).await.0, 200);
+    sb.google.lock().revoke_tokens();
+    let (s, e) = call(M::GET, members.clone(), tok).await;
+    assert_eq!(s, 401);
+    assert_eq!(e["error"]["status"], "UNAUTHENTICATED");
+    assert_eq!(e["error"]["errors"][0]["reason"], "authError");
+    // Quota and backend faults exactly as the public examples.
+    let (_, t) = token(&format!("{auth}group.member")).await;
+    let tok = t["access_token"].as_str().unwrap().to_string();
+    sb.google_knobs
+        .fail_next("GET /admin", 1, Failure::Status(403));
+    assert_eq!(
+        call(M::GET, members.clone(), tok.clone()).await,
+        (
+            403,
+            fixture("google/directory_error_403_quota_exceeded.json")
+        )
+    );
+    sb.google_knobs
+        .fail_next("GET /admin", 1, Failure::Status(503));
+    assert_eq!(
+        call(M::GET, members.clone(), tok).await,
+        (
+            503,
+            fixture("google/directory_error_503_backend_error.json")
+        )
+    );
+}

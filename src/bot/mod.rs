@@ -170,7 +170,7 @@ impl Bot {
                 source,
             })?;
         let token = secrets.get(&cfg.gitlab.token_env)?;
-        let gl = GitlabClient::connect(&cfg.gitlab.url, &token).await?;
+        let gl = GitlabClient::connect(&cfg.gitlab.url, &token, cfg.gitlab_timeout()).await?;
         let me = gl.me().await?;
         let mut zendesk = BTreeMap::new();
         for (name, inst) in &cfg.zendesk {

@@ -23,10 +23,24 @@ pub enum Flavor {
 
 #[derive(Debug, Clone)]
 pub enum Failure {
+    /// This status in the service's own shape (`429` with `Retry-After: 1`).
     Status(u16),
+    /// A rate limit in the service's own shape, with this `Retry-After` (seconds), or none.
+    TooMany { retry_after: Option<u64> },
     /// Send the headers, then break the body: the client sees a dropped connection.
     Drop,
+    /// Never answer (until the client gives up): a hung server. Nothing is applied.
+    Hang,
+    /// Apply the request, then break the answer: the write happened, the client
+    /// cannot know (a lost answer).
+    ApplyThenDrop,
+    /// Apply the request, then never answer: the write happened, the client times out.
+    ApplyThenHang,
 }
+
+/// How long a hung request is held before the sandbox lets go of it (clients
+/// give up long before).
+const HANG: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 struct Scripted {
@@ -218,20 +232,40 @@ pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) ->
     }
 
     let response = match decision {
-        Some(Err(retry_after)) => too_many(knobs.flavor, retry_after),
-        Some(Ok(Failure::Status(429))) => too_many(knobs.flavor, 1),
+        Some(Err(retry_after)) => too_many(knobs.flavor, Some(retry_after)),
+        Some(Ok(Failure::Status(429))) => too_many(knobs.flavor, Some(1)),
+        Some(Ok(Failure::TooMany { retry_after })) => too_many(knobs.flavor, retry_after),
         Some(Ok(Failure::Status(code))) => server_error(knobs.flavor, code),
-        Some(Ok(Failure::Drop)) => {
-            let body = Body::from_stream(futures_util::stream::once(async {
-                Err::<axum::body::Bytes, std::io::Error>(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "sandbox: connection dropped",
-                ))
-            }));
-            let mut r = Response::new(body);
-            r.headers_mut()
-                .insert("content-length", HeaderValue::from_static("1024"));
-            r
+        Some(Ok(Failure::Drop)) => dropped(),
+        Some(Ok(Failure::Hang)) => {
+            // Logged now: the request arrived, even though it is never answered.
+            knobs.lock().log.push(LogEntry {
+                method,
+                route,
+                path,
+                status: 0,
+            });
+            tokio::time::sleep(HANG).await;
+            return dropped();
+        }
+        Some(Ok(Failure::ApplyThenDrop)) => {
+            let applied = next.run(req).await;
+            // Read the handler's answer to the end, so that the write is complete.
+            let _ = axum::body::to_bytes(applied.into_body(), usize::MAX).await;
+            dropped()
+        }
+        Some(Ok(Failure::ApplyThenHang)) => {
+            let applied = next.run(req).await;
+            let status = applied.status().as_u16();
+            let _ = axum::body::to_bytes(applied.into_body(), usize::MAX).await;
+            knobs.lock().log.push(LogEntry {
+                method,
+                route,
+                path,
+                status,
+            });
+            tokio::time::sleep(HANG).await;
+            return dropped();
         }
         None => next.run(req).await,
     };
@@ -264,23 +298,33 @@ pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) ->
     response
 }
 
-fn too_many(flavor: Flavor, retry_after: u64) -> Response {
-    let ra = retry_after.to_string();
-    match flavor {
-        // GitLab: text/plain "Retry later" (lib/gitlab/throttle.rb).
+/// Headers, then a broken body: the client sees the connection reset.
+fn dropped() -> Response {
+    let body = Body::from_stream(futures_util::stream::once(async {
+        Err::<axum::body::Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "sandbox: connection dropped",
+        ))
+    }));
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert("content-length", HeaderValue::from_static("1024"));
+    r
+}
+
+fn too_many(flavor: Flavor, retry_after: Option<u64>) -> Response {
+    let mut r = match flavor {
+        // GitLab: text/plain "Retry later" (lib/gitlab/throttle.rb), no JSON.
         Flavor::Gitlab => (
             StatusCode::TOO_MANY_REQUESTS,
-            [("content-type", "text/plain"), ("retry-after", ra.as_str())],
+            [("content-type", "text/plain")],
             "Retry later\n",
         )
             .into_response(),
         // Zendesk: text/plain body, retry-after header (rate_limited_429.headers.json).
         Flavor::Zendesk => (
             StatusCode::TOO_MANY_REQUESTS,
-            [
-                ("content-type", "text/plain; charset=utf-8"),
-                ("retry-after", ra.as_str()),
-            ],
+            [("content-type", "text/plain; charset=utf-8")],
             "Number of allowed API requests per minute exceeded",
         )
             .into_response(),
@@ -291,13 +335,15 @@ fn too_many(flavor: Flavor, retry_after: u64) -> Response {
             "userRateLimitExceeded",
             "User Rate Limit Exceeded",
         ),
-        Flavor::Other => (
-            StatusCode::TOO_MANY_REQUESTS,
-            [("retry-after", ra.as_str())],
-            "",
-        )
-            .into_response(),
+        Flavor::Other => (StatusCode::TOO_MANY_REQUESTS, "").into_response(),
+    };
+    if let Some(ra) = retry_after
+        && r.status() == StatusCode::TOO_MANY_REQUESTS
+        && let Ok(v) = HeaderValue::from_str(&ra.to_string())
+    {
+        r.headers_mut().insert("retry-after", v);
     }
+    r
 }
 
 fn server_error(flavor: Flavor, code: u16) -> Response {

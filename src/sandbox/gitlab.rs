@@ -72,6 +72,8 @@ pub struct GlIssue {
     pub closed_at: Option<DateTime<Utc>>,
     pub notes: Vec<GlNote>,
     pub label_events: Vec<GlLabelEvent>,
+    /// Set by the `/assign` quick action.
+    pub assignees: Vec<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -410,6 +412,7 @@ impl GitlabWorld {
             closed_at: None,
             notes: Vec::new(),
             label_events: events,
+            assignees: Vec::new(),
         });
         self.emit(project, iid, "Issue Hook", author);
         Some(iid)
@@ -610,6 +613,123 @@ impl GitlabWorld {
         Some(note)
     }
 
+    /// Run the quick actions of a new note as GitLab does, as its author and
+    /// with the author's rights: `/close`, `/reopen`, `/label ~"x" ~y`,
+    /// `/unlabel ~"x"` (no label: all of them) and `/assign @u` on a line of
+    /// their own. Label changes are the author's label events, state changes
+    /// and assignments their system notes. Returns the note's text without the
+    /// lines that ran (unchanged when none did) and what each did.
+    ///
+    /// Stricter than GitLab where its documentation is silent: a command runs
+    /// even when indented or inside a code block, so that a comment of the
+    /// bot's is only safe when no line of it starts with `/`. A command the
+    /// author may not run (no rights, or nothing to do) stays in the text.
+    pub fn run_quick_actions(
+        &mut self,
+        project: &str,
+        iid: u64,
+        author: u64,
+        text: &str,
+    ) -> (String, Vec<String>) {
+        let Some(p) = self.project(project) else {
+            return (text.to_string(), Vec::new());
+        };
+        let Some(issue) = p.issues.iter().find(|i| i.iid == iid) else {
+            return (text.to_string(), Vec::new());
+        };
+        // Reporter rights (labels, assignees; closing anyone's issue); the
+        // author of an issue may close and reopen it too.
+        let reporter = p.label_editors.as_ref().is_none_or(|e| e.contains(&author));
+        let may_close = reporter || issue.author == author;
+        let mut open = issue.state == "opened";
+        let mut kept = Vec::new();
+        let mut summary = Vec::new();
+        for line in text.split('\n') {
+            let Some((command, args)) = quick_action(line) else {
+                kept.push(line);
+                continue;
+            };
+            let ran = match command.as_str() {
+                "close" if may_close && open => {
+                    self.set_state(project, iid, author, true);
+                    open = false;
+                    Some("Closed this issue.".to_string())
+                }
+                "reopen" if may_close && !open => {
+                    self.set_state(project, iid, author, false);
+                    open = true;
+                    Some("Reopened this issue.".to_string())
+                }
+                "label" if reporter && !label_args(&args).is_empty() => {
+                    let add = label_args(&args);
+                    self.change_labels(project, iid, author, &add, &[]);
+                    Some(format!("Added {} label(s).", add.len()))
+                }
+                "unlabel" if reporter => {
+                    let mut remove = label_args(&args);
+                    if remove.is_empty() {
+                        remove = self
+                            .issue(project, iid)
+                            .map(|i| i.labels.clone())
+                            .unwrap_or_default();
+                    }
+                    self.change_labels(project, iid, author, &[], &remove);
+                    Some(format!("Removed {} label(s).", remove.len()))
+                }
+                "assign" if reporter => self.assign(project, iid, author, &args),
+                _ => None,
+            };
+            match ran {
+                Some(s) => summary.push(s),
+                None => kept.push(line),
+            }
+        }
+        if summary.is_empty() {
+            return (text.to_string(), summary);
+        }
+        (kept.join("\n").trim().to_string(), summary)
+    }
+
+    /// `/assign @a @b` (or `me`): adds the users who exist, with GitLab's system note.
+    fn assign(&mut self, project: &str, iid: u64, author: u64, args: &str) -> Option<String> {
+        let users: Vec<(u64, String)> = args
+            .split_whitespace()
+            .filter_map(|a| {
+                if a == "me" {
+                    self.user(author).map(|u| (u.id, u.username.clone()))
+                } else {
+                    let name = a.strip_prefix('@')?;
+                    self.user_by_name(name).map(|u| (u.id, u.username.clone()))
+                }
+            })
+            .collect();
+        if users.is_empty() {
+            return None;
+        }
+        let now = self.now();
+        let id = self.id();
+        let issue = self
+            .project_mut(project)?
+            .issues
+            .iter_mut()
+            .find(|i| i.iid == iid)?;
+        for (u, _) in &users {
+            if !issue.assignees.contains(u) {
+                issue.assignees.push(*u);
+            }
+        }
+        let names: Vec<String> = users.iter().map(|(_, n)| format!("@{n}")).collect();
+        issue.notes.push(GlNote {
+            id,
+            author,
+            body: format!("assigned to {}", names.join(" ")),
+            system: true,
+            created_at: now,
+        });
+        issue.updated_at = now;
+        Some(format!("Assigned {}.", names.join(" ")))
+    }
+
     pub fn set_state(&mut self, project: &str, iid: u64, user: u64, close: bool) -> bool {
         let now = self.now();
         let id = self.id();
@@ -694,7 +814,8 @@ impl GitlabWorld {
             "created_at": ts(i.created_at), "updated_at": ts(i.updated_at),
             "closed_at": i.closed_at.map(ts), "closed_by": null,
             "labels": i.labels, "author": self.user_json(i.author),
-            "assignees": [], "assignee": null, "confidential": i.confidential,
+            "assignees": i.assignees.iter().map(|a| self.user_json(*a)).collect::<Vec<_>>(),
+            "assignee": i.assignees.first().map(|a| self.user_json(*a)), "confidential": i.confidential,
             "web_url": self.web_url(p, i),
             "references": {"short": format!("#{}", i.iid), "relative": format!("#{}", i.iid), "full": format!("{}#{}", p.path, i.iid)},
             "user_notes_count": i.notes.iter().filter(|n| !n.system).count(),
@@ -1514,6 +1635,15 @@ async fn create_note(
     if !ok {
         return err(StatusCode::NOT_FOUND, "404 Issue Not Found");
     }
+    let (text, ran) = w.run_quick_actions(&project, iid, user, &text);
+    if text.is_empty() {
+        // Only quick actions: no note is created (GitLab answers 202).
+        return (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"commands_changes": {}, "summary": ran})),
+        )
+            .into_response();
+    }
     match w.add_note(&project, iid, user, &text) {
         Some(n) => {
             let issue_id = w.issue(&project, iid).map(|i| i.id).unwrap_or(0);
@@ -1767,4 +1897,38 @@ async fn create_label(
         axum::Json(json!({"id": id, "name": name, "color": "#34495E", "description": null})),
     )
         .into_response()
+}
+
+/// A quick-action line: `/command args`, the command in lower case.
+fn quick_action(line: &str) -> Option<(String, String)> {
+    let rest = line.trim_start().strip_prefix('/')?;
+    let (command, args) = rest.split_once([' ', '\t']).unwrap_or((rest, ""));
+    let command = command.trim_end_matches('\r').to_ascii_lowercase();
+    matches!(
+        command.as_str(),
+        "close" | "reopen" | "label" | "unlabel" | "assign"
+    )
+    .then(|| (command, args.trim().to_string()))
+}
+
+/// The labels of `/label` and `/unlabel`: `~name`, `~"two words"`, or a bare name.
+fn label_args(args: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = args.trim();
+    while !rest.is_empty() {
+        let token = rest.strip_prefix('~').unwrap_or(rest);
+        let (label, after) = match token.strip_prefix('"') {
+            Some(quoted) => match quoted.split_once('"') {
+                Some((l, a)) => (l, a),
+                None => (quoted, ""),
+            },
+            None => token.split_once(char::is_whitespace).unwrap_or((token, "")),
+        };
+        let label = label.trim();
+        if !label.is_empty() && !out.iter().any(|l| l == label) {
+            out.push(label.to_string());
+        }
+        rest = after.trim_start();
+    }
+    out
 }

@@ -20,6 +20,7 @@ pub const MEMBER_SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.
 pub const GROUP_SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.group";
 const READONLY_SCOPE: &str =
     "https://www.googleapis.com/auth/admin.directory.group.member.readonly";
+const GROUP_READONLY_SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.group.readonly";
 pub const USER_READONLY_SCOPE: &str =
     "https://www.googleapis.com/auth/admin.directory.user.readonly";
 const USER_SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.user";
@@ -80,6 +81,18 @@ pub struct GoogleWorld {
 }
 
 impl GoogleWorld {
+    /// Invalidate every access token issued (a revocation, or an expiry
+    /// earlier than announced): the Directory API answers 401 to them.
+    pub fn revoke_tokens(&mut self) {
+        self.tokens.clear();
+    }
+
+    /// Access tokens issued so far and still valid.
+    pub fn live_tokens(&self) -> usize {
+        let now = chrono::Utc::now();
+        self.tokens.iter().filter(|t| t.expires > now).count()
+    }
+
     pub fn add_group(&mut self, email: &str) {
         self.groups.entry(email.to_ascii_lowercase()).or_default();
     }
@@ -315,6 +328,16 @@ async fn token(State(s): State<GoogleServer>, body: Bytes) -> Response {
     if scopes.is_empty() {
         return bad("Invalid OAuth scope or ID token audience provided.");
     }
+    if scopes
+        .iter()
+        .any(|s| !s.starts_with("https://www.googleapis.com/auth/"))
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "Invalid OAuth scope or ID token audience provided.",
+        );
+    }
     let identity = match claims["sub"].as_str() {
         Some(sub) => {
             // Domain-wide delegation: every scope must be authorised for this client id.
@@ -368,9 +391,16 @@ fn check(w: &GoogleWorld, headers: &HeaderMap, access: Access) -> Result<(), Res
         )
             .into_response());
     };
+    // As documented per method: insert and delete need `group` or
+    // `group.member`; get, hasMember and list accept their read-only variants too.
     let ok_scope = t.scopes.iter().any(|s| match access {
         Access::ReadUsers => s == USER_READONLY_SCOPE || s == USER_SCOPE,
-        Access::Read => s == MEMBER_SCOPE || s == GROUP_SCOPE || s == READONLY_SCOPE,
+        Access::Read => {
+            s == MEMBER_SCOPE
+                || s == GROUP_SCOPE
+                || s == READONLY_SCOPE
+                || s == GROUP_READONLY_SCOPE
+        }
         Access::Write => s == MEMBER_SCOPE || s == GROUP_SCOPE,
     });
     if !ok_scope {

@@ -77,8 +77,35 @@ struct Job {
 struct IssuedToken {
     token: String,
     expires: DateTime<Utc>,
-    write: bool,
+    /// The scopes granted (`read`, `users:write`, ...).
+    scopes: Vec<String>,
 }
+
+/// The two wordings of a bulk update's per-ticket failure when the assignee
+/// cannot take a ticket of its group (both in Zendesk's documented 422 for the
+/// same problem; which one a job result carries is not documented).
+pub const ASSIGNEE_NOT_IN_GROUP: &str = "Assignee: is not a member of the group";
+pub const ASSIGNEE_INVALID: &str = "Assignee: is invalid";
+
+/// Zendesk's documented resource scopes (`resource:read|write`, or the bare
+/// resource for both); `read`, `write` and `impersonate` cover every resource.
+const SCOPE_RESOURCES: &[&str] = &[
+    "tickets",
+    "users",
+    "auditlogs",
+    "organizations",
+    "hc",
+    "apps",
+    "triggers",
+    "automations",
+    "targets",
+    "webhooks",
+    "zis",
+    "macros",
+    "requests",
+    "satisfaction_ratings",
+    "dynamic_content",
+];
 
 #[derive(Debug)]
 pub struct ZendeskWorld {
@@ -99,6 +126,12 @@ pub struct ZendeskWorld {
     pub token_ttl: chrono::Duration,
     /// Polls a job stays in `queued` and then `working` before completing.
     pub job_polls: u32,
+    /// The per-ticket failure text of a bulk update whose assignee is not in
+    /// the ticket's group (`ASSIGNEE_NOT_IN_GROUP` or `ASSIGNEE_INVALID`).
+    pub assignee_error: &'static str,
+    /// Scopes an OAuth client may request (Admin Center's "allowed scopes"):
+    /// asking for another is a 400 `invalid_scope`. Clients not listed may ask for any.
+    pub allowed_scopes: BTreeMap<String, Vec<String>>,
     tokens: Vec<IssuedToken>,
     jobs: BTreeMap<String, Job>,
     next_id: u64,
@@ -120,6 +153,8 @@ impl ZendeskWorld {
             admin_id: 0,
             token_ttl: chrono::Duration::hours(1),
             job_polls: 2,
+            assignee_error: ASSIGNEE_NOT_IN_GROUP,
+            allowed_scopes: BTreeMap::new(),
             tokens: Vec::new(),
             jobs: BTreeMap::new(),
             next_id: 360_000_000_000,
@@ -388,7 +423,10 @@ fn auth(w: &mut ZendeskWorld, headers: &HeaderMap) -> Result<(u64, bool), Respon
         let now = Utc::now();
         w.tokens.retain(|t| t.expires > now);
         if let Some(t) = w.tokens.iter().find(|t| t.token == tok) {
-            return Ok((w.admin_id, t.write));
+            let write = t.scopes.iter().any(|s| {
+                s == "write" || s.ends_with(":write") || SCOPE_RESOURCES.contains(&s.as_str())
+            });
+            return Ok((w.admin_id, write));
         }
         return Err(error(
             StatusCode::UNAUTHORIZED,
@@ -495,7 +533,84 @@ pub fn router(server: ZendeskServer) -> Router {
         .route("/api/v2/tickets/update_many.json", put(update_many))
         .route("/api/v2/job_statuses/{id}", get(job_status))
         .fallback(|| async { not_found() })
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            scope_guard,
+        ))
         .with_state(server)
+}
+
+/// A scope as Zendesk documents them: `read`, `write`, `impersonate`, a
+/// resource (both levels), or `resource:read|write`.
+fn valid_scope(s: &str) -> bool {
+    match s.split_once(':') {
+        None => ["read", "write", "impersonate"].contains(&s) || SCOPE_RESOURCES.contains(&s),
+        Some((r, level)) => SCOPE_RESOURCES.contains(&r) && (level == "read" || level == "write"),
+    }
+}
+
+/// The scope a route needs: a resource (`users`, `tickets`), or `None` where
+/// no resource scope is documented for it (groups, group memberships, custom
+/// roles, user fields, job statuses, search), which only the global `read`
+/// or `write` covers. Writes need write, reads need read. Where the
+/// documentation is silent this is the strict reading: the narrowest scope
+/// that plausibly covers the route, and nothing broader stands in for it
+/// except the global one.
+pub fn needed_scope(method: &axum::http::Method, path: &str) -> (Option<&'static str>, bool) {
+    let write = method != axum::http::Method::GET;
+    let rest = path.strip_prefix("/api/v2/").unwrap_or(path);
+    let segs: Vec<&str> = rest.split('/').map(strip_json).collect();
+    let resource = match segs.as_slice() {
+        ["users", _, "group_memberships", ..] => None,
+        ["users", _, "tickets", ..] => Some("tickets"),
+        ["users", ..] => Some("users"),
+        ["tickets", ..] => Some("tickets"),
+        _ => None,
+    };
+    (resource, write)
+}
+
+fn covers(scopes: &[String], (resource, write): (Option<&str>, bool)) -> bool {
+    let level = if write { "write" } else { "read" };
+    scopes
+        .iter()
+        .any(|s| s == level || resource.is_some_and(|r| *s == format!("{r}:{level}") || s == r))
+}
+
+/// Refuses, as Zendesk does, a bearer token whose scopes do not cover the
+/// route (403). Requests without a valid token reach the handler, which
+/// answers 401; legacy API tokens act with the user's full rights.
+async fn scope_guard(
+    State(s): State<ZendeskServer>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path().starts_with("/api/v2/") {
+        let token = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(String::from);
+        let granted = token.and_then(|tok| {
+            let w = s.lock();
+            let now = Utc::now();
+            w.tokens
+                .iter()
+                .find(|t| t.token == tok && t.expires > now)
+                .map(|t| t.scopes.clone())
+        });
+        if let Some(scopes) = granted
+            && !covers(&scopes, needed_scope(req.method(), req.uri().path()))
+        {
+            return error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "You do not have access to this page. Please contact the account owner of this help desk for further help.",
+            );
+        }
+    }
+    next.run(req).await
 }
 
 async fn oauth_token(State(s): State<ZendeskServer>, body: Bytes) -> Response {
@@ -514,10 +629,46 @@ async fn oauth_token(State(s): State<ZendeskServer>, body: Bytes) -> Response {
     if expected != secret {
         return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client", "error_description": "Client authentication failed due to unknown client, no client authentication included, or unsupported authentication method."}))).into_response();
     }
-    let scope = v["scope"].as_str().unwrap_or("read").to_string();
-    let wants_write = scope
+    let requested: Vec<String> = v["scope"]
+        .as_str()
+        .unwrap_or("read")
         .split_whitespace()
-        .any(|s| s == "write" || s.ends_with(":write"));
+        .map(String::from)
+        .collect();
+    let invalid_scope = |d: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_scope", "error_description": d})),
+        )
+            .into_response()
+    };
+    if let Some(bad) = requested.iter().find(|s| !valid_scope(s)) {
+        return invalid_scope(format!("The requested scope is invalid: {bad}"));
+    }
+    if let Some(allowed) = w.allowed_scopes.get(id)
+        && let Some(bad) = requested.iter().find(|s| !allowed.contains(s))
+    {
+        return invalid_scope(format!(
+            "The requested scope is not allowed for this client: {bad}"
+        ));
+    }
+    // A client that may not write is granted the read part of what it asks.
+    let mut scopes: Vec<String> = Vec::new();
+    for s in requested {
+        let granted = if can_write {
+            s
+        } else if s == "write" || s.ends_with(":write") {
+            continue;
+        } else if SCOPE_RESOURCES.contains(&s.as_str()) {
+            format!("{s}:read")
+        } else {
+            s
+        };
+        if !scopes.contains(&granted) {
+            scopes.push(granted);
+        }
+    }
+    let scope = scopes.join(" ");
     let ttl = v["expires_in"]
         .as_i64()
         .filter(|e| *e > 300 && *e < 172_800)
@@ -529,7 +680,7 @@ async fn oauth_token(State(s): State<ZendeskServer>, body: Bytes) -> Response {
     w.tokens.push(IssuedToken {
         token: token.clone(),
         expires: Utc::now() + ttl,
-        write: can_write && wants_write,
+        scopes,
     });
     axum::Json(json!({"access_token": token, "token_type": "bearer", "scope": scope, "expires_in": ttl.num_seconds()})).into_response()
 }
@@ -1307,7 +1458,7 @@ async fn update_many(
                     .any(|m| m.user_id == a && m.group_id == g)
             });
             if !is_agent || !in_group {
-                results.push(json!({"id": id, "success": false, "error": "RecordInvalid", "details": "Assignee: is not a member of the group"}));
+                results.push(json!({"id": id, "success": false, "error": "RecordInvalid", "details": w.assignee_error}));
                 continue;
             }
         }
