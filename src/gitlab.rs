@@ -35,6 +35,8 @@ pub enum GitlabError {
     Exhausted { attempts: u32, detail: String },
     #[error("GitLab: request rejected: {0}")]
     Rejected(String),
+    #[error("GitLab: cannot read {what}: {detail}")]
+    Unreadable { what: String, detail: String },
     #[error(
         "GitLab: no answer to {what} ({detail}); it may have been applied, so it is not sent again before the bot has looked for its effect"
     )]
@@ -136,6 +138,48 @@ struct ApiLabel {
     name: String,
 }
 
+/// A project label with its description (the replica lease lives in one).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ProjectLabel {
+    pub id: u64,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// An issue in a listing whose JSON the bot could not read: it fails alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableIssue {
+    /// When even the number could not be read, nothing can be said on it.
+    pub iid: Option<u64>,
+    pub error: String,
+}
+
+/// A listing of issues: those the bot could read, and those it could not.
+#[derive(Debug, Clone, Default)]
+pub struct IssuePage {
+    pub issues: Vec<ApiIssue>,
+    pub unreadable: Vec<UnreadableIssue>,
+}
+
+impl IssuePage {
+    /// Each entry on its own: one malformed issue does not hide the rest.
+    fn from_values(values: Vec<serde_json::Value>) -> IssuePage {
+        let mut page = IssuePage::default();
+        for v in values {
+            let iid = v.get("iid").and_then(serde_json::Value::as_u64);
+            match serde_json::from_value::<ApiIssue>(v) {
+                Ok(i) => page.issues.push(i),
+                Err(e) => page.unreadable.push(UnreadableIssue {
+                    iid,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        page
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct ApiLabelEvent {
     id: u64,
@@ -181,12 +225,34 @@ pub struct IssueEdit {
 pub trait GitlabApi: Send + Sync {
     async fn me(&self) -> Result<ApiUser, GitlabError>;
     /// Open issues (with `label`, if given), updated at or after `since`, ascending by `updated_at`.
+    /// Open issues, oldest change first.
     async fn list_issues<'a>(
         &self,
         project: &str,
         label: Option<&'a str>,
         since: Option<DateTime<Utc>>,
-    ) -> Result<Vec<ApiIssue>, GitlabError>;
+    ) -> Result<IssuePage, GitlabError>;
+    /// Every issue with a label, open or closed.
+    async fn labelled_issues(&self, project: &str, label: &str) -> Result<IssuePage, GitlabError>;
+    /// A project label by exact name, with its description.
+    async fn project_label(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Option<ProjectLabel>, GitlabError>;
+    /// Create a label with a description; an existing one is returned as it is.
+    async fn create_project_label(
+        &self,
+        project: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<ProjectLabel, GitlabError>;
+    async fn set_label_description(
+        &self,
+        project: &str,
+        label_id: u64,
+        description: &str,
+    ) -> Result<ProjectLabel, GitlabError>;
     async fn issue(&self, project: &str, iid: u64) -> Result<ApiIssue, GitlabError>;
     async fn notes(&self, project: &str, iid: u64) -> Result<Vec<Note>, GitlabError>;
     async fn label_events(&self, project: &str, iid: u64) -> Result<Vec<LabelEvent>, GitlabError>;
@@ -534,6 +600,12 @@ fn classify(what: &str, err: CrateError) -> Failed {
         api::ApiError::Client {
             source: TransportError::Request(e),
         } => return Failed::Final(GitlabError::Rejected(e.clone())),
+        api::ApiError::DataType { source, .. } => {
+            return Failed::Final(GitlabError::Unreadable {
+                what: what.into(),
+                detail: source.to_string(),
+            });
+        }
         api::ApiError::GitlabService { status, .. }
         | api::ApiError::GitlabWithStatus { status, .. }
         | api::ApiError::GitlabObjectWithStatus { status, .. }
@@ -647,7 +719,7 @@ impl GitlabApi for GitlabClient {
         project: &str,
         label: Option<&'a str>,
         since: Option<DateTime<Utc>>,
-    ) -> Result<Vec<ApiIssue>, GitlabError> {
+    ) -> Result<IssuePage, GitlabError> {
         let mut b = api::issues::ProjectIssues::builder();
         b.project(project).state(api::issues::IssueState::Opened);
         if let Some(l) = label {
@@ -659,7 +731,89 @@ impl GitlabApi for GitlabClient {
             b.updated_after(t);
         }
         let ep = api::paged(built(b.build())?, Pagination::All);
-        self.retry("issues", || ep.query_async(&self.client)).await
+        let values: Vec<serde_json::Value> = self
+            .retry("issues", || ep.query_async(&self.client))
+            .await?;
+        Ok(IssuePage::from_values(values))
+    }
+
+    async fn labelled_issues(&self, project: &str, label: &str) -> Result<IssuePage, GitlabError> {
+        let mut b = api::issues::ProjectIssues::builder();
+        b.project(project).label(label);
+        let ep = api::paged(built(b.build())?, Pagination::All);
+        let values: Vec<serde_json::Value> = self
+            .retry("issues", || ep.query_async(&self.client))
+            .await?;
+        Ok(IssuePage::from_values(values))
+    }
+
+    async fn project_label(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Option<ProjectLabel>, GitlabError> {
+        let ep = api::paged(
+            built(
+                api::projects::labels::Labels::builder()
+                    .project(project)
+                    .search(name)
+                    .build(),
+            )?,
+            Pagination::All,
+        );
+        let found: Vec<ProjectLabel> = self
+            .retry("labels", || ep.query_async(&self.client))
+            .await?;
+        Ok(found.into_iter().find(|l| l.name == name))
+    }
+
+    async fn create_project_label(
+        &self,
+        project: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<ProjectLabel, GitlabError> {
+        let ep = built(
+            api::projects::labels::CreateLabel::builder()
+                .project(project)
+                .name(name)
+                .description(description)
+                .color(api::projects::labels::LabelColor::from((
+                    0x69u8, 0xd1u8, 0x00u8,
+                )))
+                .build(),
+        )?;
+        match self
+            .call("the new label", Retry::OnlyRefused, || {
+                ep.query_async(&self.client)
+            })
+            .await
+        {
+            Ok(l) => Ok(l),
+            // Created meanwhile (409), or created but the answer was lost.
+            Err(GitlabError::Rejected(_) | GitlabError::Unconfirmed { .. }) => self
+                .project_label(project, name)
+                .await?
+                .ok_or_else(|| GitlabError::Rejected(format!("cannot create the label {name:?}"))),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn set_label_description(
+        &self,
+        project: &str,
+        label_id: u64,
+        description: &str,
+    ) -> Result<ProjectLabel, GitlabError> {
+        let ep = built(
+            api::projects::labels::EditLabel::builder()
+                .project(project)
+                .label(label_id)
+                .description(description)
+                .build(),
+        )?;
+        self.call("the label", Retry::Safe, || ep.query_async(&self.client))
+            .await
     }
 
     async fn issue(&self, project: &str, iid: u64) -> Result<ApiIssue, GitlabError> {

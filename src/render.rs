@@ -44,6 +44,7 @@ pub const TEMPLATES: &[(&str, &str)] = embedded!(
     "digest.txt",
     "grant_record.md",
     "seat_listed.md",
+    "stopped.md",
 );
 
 #[derive(Debug, thiserror::Error)]

@@ -692,7 +692,7 @@ async fn gitlab_429_on_every_call_the_bot_makes_is_waited_out() {
         gl.list_issues(PROJECT, Some("support::to do"), None),
     )
     .await;
-    assert_eq!(list.len(), 1);
+    assert_eq!(list.issues.len(), 1);
     let issue = after_429(&sb, &format!("GET {issues}/{iid}"), gl.issue(PROJECT, iid)).await;
     assert_eq!(issue.iid, iid);
     let notes = after_429(

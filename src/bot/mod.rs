@@ -468,7 +468,14 @@ impl Bot {
         // one request per project, however many issues exist. The first run reads
         // every open issue once.
         let started = Utc::now();
-        let issues = self.gitlab.list_issues(project, None, cursor).await?;
+        let page = self.gitlab.list_issues(project, None, cursor).await?;
+        // An issue whose JSON cannot be read fails alone: it is processed like
+        // the others (and its failure said on it), never stops the listing.
+        let unreadable: Vec<u64> = page.unreadable.iter().filter_map(|u| u.iid).collect();
+        for u in &page.unreadable {
+            tracing::warn!(project, iid = ?u.iid, error = %u.error, "an issue in the listing cannot be read");
+        }
+        let issues = page.issues;
         let newest = Some(started - overlap);
         let mut latest: BTreeMap<u64, DateTime<Utc>> = BTreeMap::new();
         for i in issues.iter().filter(|i| {
@@ -485,6 +492,7 @@ impl Bot {
             .filter(|(iid, at)| !self.store.seen(project, *iid, *at).unwrap_or(false))
             .map(|(iid, _)| iid)
             .collect();
+        iids.extend(unreadable);
         iids.extend(self.store.retries(project).unwrap_or_default());
         iids.extend(self.stale_candidates(project).await);
         Ok((iids.into_iter().collect(), newest))
@@ -513,6 +521,7 @@ impl Bot {
             .await
         {
             Ok(list) => list
+                .issues
                 .into_iter()
                 .filter(|i| Utc::now() - i.created_at >= remind)
                 .map(|i| i.iid)

@@ -41,6 +41,30 @@ pub enum ProcessError {
     Identity(#[from] crate::identity::IdentityError),
 }
 
+impl ProcessError {
+    /// Worth trying again as it is: a service was busy, slow or unreachable.
+    /// Anything else (an answer the bot cannot read, a refusal) is said on
+    /// the issue, because trying again alone will not fix it.
+    pub fn is_transient(&self) -> bool {
+        use crate::identity::IdentityError;
+        match self {
+            ProcessError::Gitlab(e) => e.is_transient(),
+            ProcessError::Observe(ObserveError::Zendesk(e)) => e.is_transient(),
+            ProcessError::Observe(ObserveError::Google(e)) => e.is_transient(),
+            ProcessError::Observe(ObserveError::Identity(IdentityError::Gitlab(e)))
+            | ProcessError::Identity(IdentityError::Gitlab(e)) => e.is_transient(),
+            ProcessError::Observe(ObserveError::Identity(IdentityError::Directory(
+                crate::directory::DirectoryError::Failed(_),
+            )))
+            | ProcessError::Identity(IdentityError::Directory(
+                crate::directory::DirectoryError::Failed(_),
+            )) => true,
+            ProcessError::Lookup(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// What acting on an approved plan came to.
 enum Acted {
     Outcome(Outcome),
@@ -149,6 +173,9 @@ impl Bot {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(iid, error = %e, "giving up on this issue for this cycle");
+                if !e.is_transient() && !self.dry_run {
+                    self.say_stopped(project, iid, &e.to_string()).await;
+                }
                 Outcome::Failed(e.to_string())
             }
         };
@@ -167,6 +194,48 @@ impl Bot {
         }
         tracing::info!(iid, outcome = ?outcome, "processed");
         outcome
+    }
+
+    /// Say on the issue, once per distinct error, that the bot stopped on it
+    /// and why (an answer it cannot read, a refusal): the issue alone fails,
+    /// and whoever reads it learns what to fix. Needs only the issue's notes,
+    /// so that an issue whose own JSON cannot be read still gets it.
+    async fn say_stopped(&self, project: &str, iid: u64, error: &str) {
+        let key = format!("stopped:{}", short_hash(error));
+        let said = async {
+            let notes = self.gitlab.notes(project, iid).await?;
+            let history = History::read(&notes, self.me.id, &self.marker_key, project, iid);
+            if history.keys().contains(&crate::marker::clean(&key)) {
+                return Ok::<bool, ProcessError>(false);
+            }
+            let body = self
+                .templates
+                .render("stopped.md", &json!({"error": error}))?;
+            let sealed = crate::marker::Marker::new("stopped", vec![key.clone()], "").seal(
+                &self.marker_key,
+                project,
+                iid,
+                &body,
+            );
+            self.gitlab.create_note(project, iid, &sealed).await?;
+            Ok(true)
+        }
+        .await;
+        match said {
+            Ok(true) => {
+                self.tell_ops(
+                    NoticeKind::StepFailed,
+                    format!("#{iid} stopped: {}", short_hash(error)),
+                    format!("#{iid} in {project}: the bot stopped on this issue: {error}"),
+                    None,
+                )
+                .await;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(iid, error = %e, "cannot say on the issue why the bot stopped");
+            }
+        }
     }
 
     /// The issue and its notes, without label events: enough for work that

@@ -224,6 +224,7 @@ impl Bot {
             .gitlab
             .list_issues(project, Some(&cfg.label), None)
             .await?
+            .issues
             .into_iter()
             .find(|i| {
                 i.author.id == self.me.id

@@ -36,6 +36,8 @@ pub enum Failure {
     ApplyThenDrop,
     /// Apply the request, then never answer: the write happened, the client times out.
     ApplyThenHang,
+    /// Answer 200 with a body that is not the JSON the API documents.
+    Garbage,
 }
 
 /// How long a hung request is held before the sandbox lets go of it (clients
@@ -237,6 +239,12 @@ pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) ->
         Some(Ok(Failure::TooMany { retry_after })) => too_many(knobs.flavor, retry_after),
         Some(Ok(Failure::Status(code))) => server_error(knobs.flavor, code),
         Some(Ok(Failure::Drop)) => dropped(),
+        Some(Ok(Failure::Garbage)) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            "{\"users\": [{\"id\": \"not a number\"",
+        )
+            .into_response(),
         Some(Ok(Failure::Hang)) => {
             // Logged now: the request arrived, even though it is never answered.
             knobs.lock().log.push(LogEntry {

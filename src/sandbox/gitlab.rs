@@ -74,6 +74,9 @@ pub struct GlIssue {
     pub label_events: Vec<GlLabelEvent>,
     /// Set by the `/assign` quick action.
     pub assignees: Vec<u64>,
+    /// Test hook: the API shows this issue with JSON a client cannot read
+    /// (no author, a number for a title), as a broken import might.
+    pub malformed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -350,7 +353,7 @@ impl GitlabWorld {
         }
     }
 
-    fn project_mut(&mut self, key: &str) -> Option<&mut GlProject> {
+    pub fn project_mut(&mut self, key: &str) -> Option<&mut GlProject> {
         self.projects
             .iter_mut()
             .find(|p| p.path == key || p.id.to_string() == key)
@@ -413,6 +416,7 @@ impl GitlabWorld {
             notes: Vec::new(),
             label_events: events,
             assignees: Vec::new(),
+            malformed: false,
         });
         self.emit(project, iid, "Issue Hook", author);
         Some(iid)
@@ -806,6 +810,10 @@ impl GitlabWorld {
     }
 
     fn issue_json(&self, p: &GlProject, i: &GlIssue) -> Value {
+        if i.malformed {
+            return json!({"id": i.id, "iid": i.iid, "project_id": p.id, "title": 42,
+                "state": i.state, "author": null, "labels": i.labels});
+        }
         let items = checklist::parse(i.description.as_deref().unwrap_or(""));
         let (count, done) = checklist::completion(&items);
         json!({
