@@ -278,6 +278,25 @@ pub struct StateLabels {
     pub done: String,
     pub failed: String,
     pub refused: String,
+    /// On an issue whose time-bound grant is in force (from its record,
+    /// written before the first change, until it is taken back): how a bot
+    /// with an empty store finds the grants it must end.
+    #[serde(default = "default_time_bound_label")]
+    pub time_bound: String,
+    /// The project label whose description holds which replica acts
+    /// (`holder`, `until`): one writer at a time across hosts.
+    #[serde(default = "default_lease_label")]
+    pub lease: String,
+}
+
+// Not scoped (`::`): GitLab keeps one label per scope on an issue, so a
+// scoped label beside the state labels would be dropped by the next state.
+fn default_time_bound_label() -> String {
+    "access-bot/time-bound".into()
+}
+
+fn default_lease_label() -> String {
+    "access-bot/lease".into()
 }
 
 impl Default for StateLabels {
@@ -288,6 +307,8 @@ impl Default for StateLabels {
             done: "access-bot::done".into(),
             failed: "access-bot::failed".into(),
             refused: "access-bot::refused".into(),
+            time_bound: default_time_bound_label(),
+            lease: default_lease_label(),
         }
     }
 }
@@ -909,6 +930,19 @@ impl Config {
             &["changes", "app_group"],
             "changes.app_group",
         )?;
+        for (key, label) in [
+            ("time_bound", &self.bot.state_labels.time_bound),
+            ("lease", &self.bot.state_labels.lease),
+        ] {
+            if label.contains("::") {
+                return Err(err(
+                    &["bot", "state_labels", key],
+                    format!(
+                        "bot.state_labels.{key} = {label:?} is a scoped label (::): GitLab keeps one label per scope, so the next state label would remove it; use a name without ::"
+                    ),
+                ));
+            }
+        }
         if self.identity.sources.is_empty() {
             return Err(err(
                 &["identity", "sources"],

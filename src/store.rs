@@ -504,6 +504,26 @@ impl Store {
         Ok(())
     }
 
+    /// A grant read from its issue: recorded if new; reminded and revoked as
+    /// the issue says (never set back).
+    pub fn adopt_grant(&self, g: &Grant, reminded: bool, revoked: bool) -> Result<(), StoreError> {
+        self.record_grant(g)?;
+        self.c().execute(
+            "UPDATE time_bound_grant SET reminded = MAX(reminded, ?6), revoked = MAX(revoked, ?7)
+             WHERE project = ?1 AND iid = ?2 AND plan = ?3 AND subject = ?4 AND instance = ?5",
+            params![
+                g.project,
+                g.iid,
+                g.plan,
+                g.subject,
+                g.instance,
+                reminded as i64,
+                revoked as i64
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Every time-bound grant, newest first (so that undoing them in this
     /// order restores what was there before each).
     pub fn grants(&self) -> Result<Vec<Grant>, StoreError> {

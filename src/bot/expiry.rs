@@ -21,6 +21,13 @@ use crate::store::Grant;
 use super::writeback::{Section, Ticks, Writeback};
 use super::{Bot, Outcome};
 
+/// A grant record's block on the issue.
+#[derive(serde::Deserialize)]
+struct RecordFile {
+    expires: chrono::NaiveDate,
+    grants: Vec<GrantRecord>,
+}
+
 /// A grant as stored: the record, or (older rows) the undo steps alone.
 pub(super) fn record_of(g: &Grant) -> Option<GrantRecord> {
     let subject = crate::request::Email::parse(&g.subject).ok()?;
@@ -42,11 +49,91 @@ impl Bot {
         Utc::now() + self.clock_offset
     }
 
+    /// The time-bound grants in force, read from their issues into the store
+    /// (a cache): at start and then hourly, so that a bot with an empty or
+    /// lost store still ends every grant on its date. An issue carries the
+    /// time-bound label from its grant record (written before the first
+    /// change) until the grant is taken back.
+    async fn adopt_grants_from_issues(&self) {
+        {
+            let mut last = self.last_grant_scan.lock().await;
+            if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3600)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let label = &self.cfg.bot.state_labels.time_bound;
+        for project in &self.cfg.gitlab.projects {
+            let page = match self.gitlab.labelled_issues(project, label).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(project, error = %e, "cannot list the time-bound issues; next time");
+                    // Try again next cycle rather than in an hour.
+                    *self.last_grant_scan.lock().await = None;
+                    continue;
+                }
+            };
+            for issue in page.issues {
+                if let Err(e) = self.adopt_grants_of(project, issue.iid).await {
+                    tracing::warn!(iid = issue.iid, error = %e, "cannot read the issue's time-bound grants");
+                    *self.last_grant_scan.lock().await = None;
+                }
+            }
+        }
+    }
+
+    async fn adopt_grants_of(&self, project: &str, iid: u64) -> Result<(), String> {
+        let notes = self
+            .gitlab
+            .notes(project, iid)
+            .await
+            .map_err(|e| e.to_string())?;
+        let history = History::read(&notes, self.me.id, &self.marker_key, project, iid);
+        let keys = history.keys();
+        for r in history.records.iter().filter(|r| r.marker.kind == "grant") {
+            let Some(plan) = r.marker.keys.iter().find_map(|k| k.strip_prefix("grant:")) else {
+                continue;
+            };
+            let Some(file) = super::process::read_json_block::<RecordFile>(&r.content) else {
+                tracing::warn!(
+                    iid,
+                    note = r.note_id,
+                    "a grant record the bot cannot read; left alone"
+                );
+                continue;
+            };
+            let said = |prefix: &str| {
+                keys.contains(&crate::marker::clean(&format!("{prefix}:{}", file.expires)))
+            };
+            for g in &file.grants {
+                self.store
+                    .adopt_grant(
+                        &Grant {
+                            project: project.to_string(),
+                            iid,
+                            plan: plan.to_string(),
+                            subject: g.subject.to_string(),
+                            instance: g.instance.clone(),
+                            undo: serde_json::to_string(g).unwrap_or_default(),
+                            expires: file.expires,
+                            reminded: false,
+                            revoked: false,
+                        },
+                        said("expiry-reminder"),
+                        said("expired"),
+                    )
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reminders and revocations that are due. Reads only the local store when nothing is due.
     pub(super) async fn expiries(&self) -> Vec<(String, u64, Outcome)> {
         if self.dry_run {
             return Vec::new();
         }
+        self.adopt_grants_from_issues().await;
         let grants = match self.store.grants() {
             Ok(g) => g,
             Err(e) => {
@@ -258,6 +345,7 @@ impl Bot {
                     key: format!("expired:{expires}"),
                 }],
                 ticks: Ticks::ByText(ticks),
+                remove_labels: vec![self.cfg.bot.state_labels.time_bound.clone()],
                 ..Default::default()
             };
             self.write_back(project, &issue, &history, wb).await

@@ -102,6 +102,8 @@ pub struct Bot {
     pub concurrency: usize,
     /// When the waiting issues were last checked for staleness.
     last_stale_scan: Mutex<Option<std::time::Instant>>,
+    /// When the time-bound grants were last read from their issues.
+    last_grant_scan: Mutex<Option<std::time::Instant>>,
     /// Added to the clock for time-bound access (tests move time forward).
     pub clock_offset: chrono::Duration,
     /// SMTP, when `[notify.email]` is configured (the People team's e-mail).
@@ -235,6 +237,7 @@ impl Bot {
             users: Mutex::new(HashMap::new()),
             concurrency: 4,
             last_stale_scan: Mutex::new(None),
+            last_grant_scan: Mutex::new(None),
             clock_offset: chrono::Duration::zero(),
             mailer,
             notifier,
@@ -272,6 +275,7 @@ impl Bot {
             users: Mutex::new(HashMap::new()),
             concurrency: 4,
             last_stale_scan: Mutex::new(None),
+            last_grant_scan: Mutex::new(None),
             clock_offset: chrono::Duration::zero(),
             mailer: None,
             notifier: crate::notify::Notifier::none(),
@@ -447,8 +451,11 @@ impl Bot {
                 }
             }
         }
-        report.outcomes.extend(self.expiries().await);
-        report.outcomes.extend(self.support_team_followups().await);
+        // GitLab did not answer for any project: the rest would only wait on it too.
+        if report.errors.len() < self.cfg.gitlab.projects.len() {
+            report.outcomes.extend(self.expiries().await);
+            report.outcomes.extend(self.support_team_followups().await);
+        }
         report
     }
 

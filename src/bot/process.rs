@@ -1133,25 +1133,28 @@ impl Bot {
             // before the first write, from the state as it is now.
             if let Some(exp) = req.expires {
                 let key = format!("grant:{plan_digest}");
+                // The label (how a bot with an empty store finds the grant)
+                // goes on with the record, or after it if that edit was lost.
+                let mut wb = Writeback {
+                    kind: "grant",
+                    digest: digest.clone(),
+                    add_labels: vec![self.cfg.bot.state_labels.time_bound.clone()],
+                    ..Default::default()
+                };
                 if !history.keys().contains(&crate::marker::clean(&key)) {
                     let records = plan::grant_records(req, p, &observed);
-                    let wb = Writeback {
-                        kind: "grant",
-                        digest: digest.clone(),
-                        sections: vec![Section {
-                            template: "grant_record.md",
-                            ctx: json!({
-                                "expires": exp.0.to_string(),
-                                "lines": records.iter().flat_map(|r| r.undo.iter().map(|a| format!("{} in {}: {}", crate::render::code_span(r.subject.as_str()), self.display(&r.instance), a.describe())).collect::<Vec<_>>()).collect::<Vec<_>>(),
-                                "record": json_block(&serde_json::json!({"expires": exp.0.to_string(), "grants": records})),
-                            }),
-                            key,
-                        }],
-                        ..Default::default()
-                    };
-                    if let Some(r) = self.write_back(project, issue, history, wb).await? {
-                        grant_note = Some(r);
-                    }
+                    wb.sections.push(Section {
+                        template: "grant_record.md",
+                        ctx: json!({
+                            "expires": exp.0.to_string(),
+                            "lines": records.iter().flat_map(|r| r.undo.iter().map(|a| format!("{} in {}: {}", crate::render::code_span(r.subject.as_str()), self.display(&r.instance), a.describe())).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                            "record": json_block(&serde_json::json!({"expires": exp.0.to_string(), "grants": records})),
+                        }),
+                        key,
+                    });
+                }
+                if let Some(r) = self.write_back(project, issue, history, wb).await? {
+                    grant_note = Some(r);
                 }
             }
             let r = self.execute(project, &exec, &observed).await;

@@ -49,6 +49,9 @@ pub(super) struct Writeback {
     pub sections: Vec<Section>,
     pub ticks: Ticks,
     pub state_label: Option<String>,
+    /// Labels beside the state label (e.g. the time-bound grant's).
+    pub add_labels: Vec<String>,
+    pub remove_labels: Vec<String>,
     pub close: bool,
 }
 
@@ -174,6 +177,16 @@ impl Bot {
                 .filter(|x| *x != l && fresh.labels.iter().any(|y| y == *x))
                 .map(|x| x.to_string())
                 .collect();
+        }
+        for l in &wb.add_labels {
+            if !fresh.labels.contains(l) && !edit.add_labels.contains(l) {
+                edit.add_labels.push(l.clone());
+            }
+        }
+        for l in &wb.remove_labels {
+            if fresh.labels.contains(l) && !edit.remove_labels.contains(l) {
+                edit.remove_labels.push(l.clone());
+            }
         }
         edit.close = wb.close && fresh.state == "opened";
         let last = if edit != IssueEdit::default() {
