@@ -364,8 +364,16 @@ pub fn summary(r: &crate::bot::CycleReport, dry_run: bool) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let standby = if r.standby.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; another replica acts on {} (this one did nothing there)",
+            r.standby.join(", ")
+        )
+    };
     format!(
-        "access-bot once{}: {} issue{} ({by}); {} poll error{}",
+        "access-bot once{}: {} issue{} ({by}); {} poll error{}{standby}",
         if dry_run { " --dry-run" } else { "" },
         r.outcomes.len(),
         if r.outcomes.len() == 1 { "" } else { "s" },
@@ -1046,6 +1054,7 @@ mod tests {
                 ("p".into(), 4, crate::bot::Outcome::Waiting),
             ],
             errors: vec!["p: down".into()],
+            standby: vec![],
         };
         assert_eq!(
             summary(&r, false),

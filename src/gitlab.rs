@@ -810,6 +810,10 @@ impl GitlabApi for GitlabClient {
                 .project(project)
                 .label(label_id)
                 .description(description)
+                // The crate insists on a name or a colour besides the description.
+                .color(api::projects::labels::LabelColor::from((
+                    0x69u8, 0xd1u8, 0x00u8,
+                )))
                 .build(),
         )?;
         self.call("the label", Retry::Safe, || ep.query_async(&self.client))

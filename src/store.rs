@@ -45,7 +45,7 @@ fn host_name() -> String {
 /// Whether the owner of a lease is certainly gone: a process on this host
 /// that no longer runs, or a handle of this very process that was dropped.
 /// Another host's owner is never judged here (its heartbeat is).
-fn owner_is_gone(owner: &str) -> bool {
+pub fn owner_is_gone(owner: &str) -> bool {
     let mut parts = owner.splitn(3, '/');
     let (Some(host), Some(pid), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
@@ -417,6 +417,11 @@ impl Store {
                 Ok(n == 1)
             }
         }
+    }
+
+    /// Who holds leases through this handle (`host/pid/nonce`).
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// A sign of life for every lease this handle holds.

@@ -1976,6 +1976,7 @@ async fn refused_approval_tied_with_the_plan_or_an_edit() {
     run(&bot).await;
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
     sb.add_label("lyle", iid, OWNER).await.unwrap();
+    drop(bot); // a restart: the old bot is gone
     let bot = sb.bot().await.unwrap();
     run(&bot).await;
     assert!(
@@ -1998,6 +1999,7 @@ async fn refused_approval_tied_with_the_plan_or_an_edit() {
         .description(iid)
         .replace("Support Engineer\n", "Support Engineer \n");
     sb.edit_description("jdoe", iid, &tweaked).await.unwrap();
+    drop(bot); // a restart: the old bot is gone
     let bot = sb.bot().await.unwrap();
     run(&bot).await;
     assert!(

@@ -269,6 +269,7 @@ async fn only_the_directorys_manager_approves_for_a_person() {
         .lock()
         .managers
         .insert("robin.kim@gitlab.com".into(), "kpatel@gitlab.com".into());
+    drop(bot); // a restart: the old bot is gone
     let bot = sb.bot().await.unwrap();
     run_until_quiet(&bot, 3).await;
     sb.remove_label("kpatel", iid, MANAGER).await.unwrap();

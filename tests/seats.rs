@@ -322,6 +322,7 @@ async fn nothing_idle_opens_no_issue_and_a_crash_after_opening_finds_the_same_is
     bot.audit_seats(Some("global")).await.unwrap();
     let iid = review_iid(&sb);
     // A fresh state database (the record of the issue lost): found again by its marker.
+    drop(bot); // a restart: the old bot is gone
     let bot2 = sb.bot().await.unwrap();
     let r = bot2.audit_seats(Some("global")).await.unwrap();
     assert_eq!(review_iid(&sb), iid);

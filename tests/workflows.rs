@@ -1112,6 +1112,7 @@ async fn running_twice_or_restarting_without_the_database_changes_nothing() {
     s.expect(&sb, &["access-bot: done"]);
     let before = sb.zd("global").users.len();
     // A new bot with an empty database (as if the file were deleted): the issue decides.
+    drop(bot); // a restart: the old bot is gone
     let fresh = sb.bot().await.unwrap();
     sb.clear_logs();
     run_until_quiet(&fresh, 3).await;

@@ -113,6 +113,15 @@ impl Bot {
                 .get(&(step.instance.clone(), step.subject.clone()))
                 .map(|a| serde_json::to_string(a).unwrap_or_default())
                 .unwrap_or_default();
+            // Right before each write: this replica still holds the project.
+            if !self.may_write(project) {
+                result.failed = Some((
+                    step.clone(),
+                    "this replica no longer holds the project's lease; another may act now".into(),
+                    true,
+                ));
+                return result;
+            }
             let outcome = match self.guard(step, observed, self_service).await {
                 Ok(()) => self.step(step, ids, observed).await,
                 Err(e) => Err(e),
@@ -626,9 +635,33 @@ mod tests {
                 resolved: Resolved::default(),
             },
         );
+        // GitLab holds the replica lease in a label's description.
+        let mut gl = MockGitlabApi::new();
+        let description = Arc::new(std::sync::Mutex::new(None::<String>));
+        let label = |id: u64, name: &str, d: Option<String>| crate::gitlab::ProjectLabel {
+            id,
+            name: name.to_string(),
+            description: d,
+        };
+        let read = description.clone();
+        gl.expect_project_label().returning(move |_, name| {
+            Ok(read
+                .lock()
+                .unwrap()
+                .clone()
+                .map(|d| label(7, name, Some(d))))
+        });
+        gl.expect_create_project_label()
+            .returning(move |_, name, d| Ok(label(7, name, Some(d.to_string()))));
+        let write = description.clone();
+        gl.expect_set_label_description()
+            .returning(move |_, id, d| {
+                *write.lock().unwrap() = Some(d.to_string());
+                Ok(label(id, "access-bot/lease", Some(d.to_string())))
+            });
         let bot = Bot::from_parts(
             cfg,
-            Arc::new(MockGitlabApi::new()),
+            Arc::new(gl),
             zendesk,
             None,
             Arc::new(Store::open(Path::new(":memory:")).unwrap()),
@@ -642,6 +675,10 @@ mod tests {
             },
         )
         .unwrap();
+        assert_eq!(
+            bot.active("p").await.unwrap(),
+            crate::bot::lease::Standing::Active
+        );
         bot.execute("p", &exec, &obs).await
     }
 

@@ -64,6 +64,9 @@ impl Bot {
         }
         let label = &self.cfg.bot.state_labels.time_bound;
         for project in &self.cfg.gitlab.projects {
+            if !self.may_write(project) {
+                continue;
+            }
             let page = match self.gitlab.labelled_issues(project, label).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -147,7 +150,11 @@ impl Bot {
             .unwrap_or(chrono::Duration::days(3));
         let today = self.now().date_naive();
         let mut by_issue: BTreeMap<(String, u64), Vec<Grant>> = BTreeMap::new();
-        for g in grants.into_iter().filter(|g| !g.revoked) {
+        // Only where this replica acts.
+        for g in grants
+            .into_iter()
+            .filter(|g| !g.revoked && self.may_write(&g.project))
+        {
             by_issue
                 .entry((g.project.clone(), g.iid))
                 .or_default()

@@ -4,6 +4,7 @@
 
 mod execute;
 mod expiry;
+pub mod lease;
 mod observe;
 mod process;
 pub mod run;
@@ -70,6 +71,8 @@ pub struct CycleReport {
     pub outcomes: Vec<(String, u64, Outcome)>,
     /// Problems that stopped a whole project's poll (the loop goes on).
     pub errors: Vec<String>,
+    /// Projects another replica acts on (this one stands by).
+    pub standby: Vec<String>,
 }
 
 impl CycleReport {
@@ -112,6 +115,20 @@ pub struct Bot {
     pub notifier: crate::notify::Notifier,
     /// When open Support Team merge requests were last checked.
     last_mr_check: Mutex<Option<std::time::Instant>>,
+    /// Which replica acts on which project (one writer across hosts).
+    pub lease: lease::ReplicaLease,
+}
+
+/// How long a replica's hold on a project lasts: several poll intervals, so
+/// that a standby takes over within minutes of the holder's death.
+fn lease_ttl(cfg: &Config) -> std::time::Duration {
+    use std::time::Duration;
+    match cfg.poll_schedule() {
+        Ok(crate::config::PollSchedule::Every(d)) => {
+            (d * 5).clamp(Duration::from_secs(60), Duration::from_secs(900))
+        }
+        _ => Duration::from_secs(600),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +240,7 @@ impl Bot {
             _ => None,
         };
         let identity = crate::identity::Resolver::new(&cfg, gitlab.clone(), directory)?;
+        let lease = lease::ReplicaLease::new(store.owner().to_string(), lease_ttl(&cfg));
         let bot = Bot {
             cfg,
             gitlab,
@@ -238,6 +256,7 @@ impl Bot {
             concurrency: 4,
             last_stale_scan: Mutex::new(None),
             last_grant_scan: Mutex::new(None),
+            lease,
             clock_offset: chrono::Duration::zero(),
             mailer,
             notifier,
@@ -261,6 +280,7 @@ impl Bot {
         store: Arc<Store>,
         me: ApiUser,
     ) -> Result<Bot, StartError> {
+        let lease = lease::ReplicaLease::new(store.owner().to_string(), lease_ttl(&cfg));
         Ok(Bot {
             templates: Templates::load(Some(&cfg.bot.templates_dir))?,
             identity: crate::identity::Resolver::new(&cfg, gitlab.clone(), None)?,
@@ -276,6 +296,7 @@ impl Bot {
             concurrency: 4,
             last_stale_scan: Mutex::new(None),
             last_grant_scan: Mutex::new(None),
+            lease,
             clock_offset: chrono::Duration::zero(),
             mailer: None,
             notifier: crate::notify::Notifier::none(),
@@ -331,7 +352,7 @@ impl Bot {
                 let o = self.process(&project, iid).await;
                 CycleReport {
                     outcomes: vec![(project, iid, o)],
-                    errors: vec![],
+                    ..Default::default()
                 }
             }
         }
@@ -402,10 +423,42 @@ impl Bot {
         sent
     }
 
+    /// Whether this replica acts on the project (a dry run always may: it writes nothing).
+    pub async fn active(
+        &self,
+        project: &str,
+    ) -> Result<lease::Standing, crate::gitlab::GitlabError> {
+        if self.dry_run {
+            return Ok(lease::Standing::Active);
+        }
+        self.lease
+            .standing(&*self.gitlab, project, &self.cfg.bot.state_labels.lease)
+            .await
+    }
+
+    /// Whether this replica may write to the project right now (no call to GitLab).
+    pub fn may_write(&self, project: &str) -> bool {
+        self.dry_run || self.lease.may_write(project)
+    }
+
     /// One pass over every project: changed issues, plus those to retry.
     pub async fn cycle(&self) -> CycleReport {
         let mut report = CycleReport::default();
         for project in self.cfg.gitlab.projects.clone() {
+            match self.active(&project).await {
+                Ok(lease::Standing::Active) => {}
+                Ok(lease::Standing::Standby { holder, until }) => {
+                    tracing::info!(project, holder, %until, "another replica acts on this project; standing by");
+                    report
+                        .standby
+                        .push(format!("{project}: {holder} until {until}"));
+                    continue;
+                }
+                Err(e) => {
+                    report.errors.push(format!("{project}: {e}"));
+                    continue;
+                }
+            }
             match self.candidates(&project).await {
                 Ok((iids, newest)) => {
                     use futures_util::StreamExt;

@@ -39,6 +39,8 @@ pub enum ProcessError {
     Lookup(String),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    #[error("this replica no longer holds the project's lease; another may act now")]
+    NotActive,
 }
 
 impl ProcessError {
@@ -59,7 +61,7 @@ impl ProcessError {
             | ProcessError::Identity(IdentityError::Directory(
                 crate::directory::DirectoryError::Failed(_),
             )) => true,
-            ProcessError::Lookup(_) => true,
+            ProcessError::Lookup(_) | ProcessError::NotActive => true,
             _ => false,
         }
     }
@@ -134,6 +136,18 @@ impl Bot {
     /// so the next run looks at it again whatever the poll cursor says.
     pub async fn process(&self, project: &str, iid: u64) -> Outcome {
         if !self.dry_run {
+            match self.active(project).await {
+                Ok(super::lease::Standing::Active) => {}
+                Ok(super::lease::Standing::Standby { holder, .. }) => {
+                    tracing::info!(
+                        iid,
+                        holder,
+                        "another replica acts on this project; skipping"
+                    );
+                    return Outcome::Busy;
+                }
+                Err(e) => return Outcome::Failed(e.to_string()),
+            }
             match self.store.try_lease(project, iid) {
                 Ok(true) => {}
                 Ok(false) => {
@@ -201,6 +215,9 @@ impl Bot {
     /// and whoever reads it learns what to fix. Needs only the issue's notes,
     /// so that an issue whose own JSON cannot be read still gets it.
     async fn say_stopped(&self, project: &str, iid: u64, error: &str) {
+        if !self.may_write(project) {
+            return;
+        }
         let key = format!("stopped:{}", short_hash(error));
         let said = async {
             let notes = self.gitlab.notes(project, iid).await?;
@@ -900,6 +917,9 @@ impl Bot {
             sections: vec![Section { template, ctx, key }],
             ..Default::default()
         };
+        if !self.may_write(project) {
+            return Err(ProcessError::NotActive);
+        }
         let handed = self.store.delivery(&store_key)?;
         let outcome = match handed.as_deref() {
             // Handed over before a crash: the server has it (or its answer was lost).

@@ -749,6 +749,8 @@ pub async fn run(
     for t in tasks {
         t.abort();
     }
+    // A standby replica takes over at once instead of waiting for the lease to run out.
+    bot.lease.release(&*bot.gitlab).await;
     Ok(())
 }
 

@@ -291,6 +291,14 @@ impl Bot {
         report: &SeatReport,
     ) -> Result<Option<String>, SeatError> {
         let project = self.seat_project(cfg);
+        if let super::lease::Standing::Standby { holder, .. } = self.active(&project).await? {
+            tracing::info!(
+                project,
+                holder,
+                "another replica acts on the review project; it publishes the review"
+            );
+            return Ok(None);
+        }
         let period = &report.period;
         let existing = self.find_review(&project, cfg, instance, period).await?;
         if let Some(i) = &existing

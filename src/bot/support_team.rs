@@ -199,7 +199,7 @@ impl Bot {
             }
         };
         let mut out = Vec::new();
-        for row in rows {
+        for row in rows.into_iter().filter(|r| self.may_write(&r.project)) {
             let span = tracing::info_span!("issue", iid = row.iid, project = %row.project);
             let o = tracing::Instrument::instrument(self.follow_up(&st, &row), span).await;
             match o {

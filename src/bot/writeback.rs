@@ -69,6 +69,10 @@ impl Bot {
         history: &History,
         wb: Writeback,
     ) -> Result<Option<Record>, ProcessError> {
+        // Checked right before writing: a replica whose time ran out stops.
+        if !self.may_write(project) {
+            return Err(ProcessError::NotActive);
+        }
         let existing = history.keys();
         let mut parts = Vec::new();
         let mut keys = Vec::new();

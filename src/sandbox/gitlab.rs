@@ -97,6 +97,8 @@ pub struct GlProject {
     pub maintainers: BTreeSet<u64>,
     /// Project labels by name: an id stays with its label when it is renamed.
     pub labels: BTreeMap<String, u64>,
+    /// Label descriptions by label id.
+    pub label_descriptions: BTreeMap<u64, String>,
 }
 
 impl GlProject {
@@ -259,6 +261,7 @@ impl GitlabWorld {
             writers: None,
             maintainers: BTreeSet::new(),
             labels: BTreeMap::new(),
+            label_descriptions: BTreeMap::new(),
         });
         id
     }
@@ -1762,37 +1765,58 @@ async fn edit_label(
         Err(r) => return r,
     };
     let params = body_params(&headers, &body);
-    let Some(new) = param(&params, "new_name").map(String::from) else {
+    let description = param(&params, "description").map(String::from);
+    let new = param(&params, "new_name").map(String::from);
+    if new.is_none() && description.is_none() && param(&params, "color").is_none() {
         return err(
             StatusCode::BAD_REQUEST,
-            "400 (Bad request) \"new_name\" not given",
+            "400 (Bad request) \"new_name\", \"color\", \"description\" are missing, at least one parameter must be provided",
         );
-    };
-    // By title, or by the id the label events report.
-    let old = w
-        .project(&project)
-        .and_then(|p| {
-            p.issues
-                .iter()
-                .flat_map(|i| {
-                    i.labels
-                        .iter()
-                        .chain(i.label_events.iter().map(|e| &e.label))
-                })
-                .find(|l| **l == label || p.known_label_id(l).to_string() == label)
-                .cloned()
+    }
+    // By title, or by id (the registry's, or the one label events report).
+    let by_id = w.project(&project).and_then(|p| {
+        p.labels
+            .iter()
+            .find(|(n, id)| **n == label || id.to_string() == label)
+            .map(|(n, _)| n.clone())
+    });
+    let old = by_id
+        .or_else(|| {
+            w.project(&project).and_then(|p| {
+                p.issues
+                    .iter()
+                    .flat_map(|i| {
+                        i.labels
+                            .iter()
+                            .chain(i.label_events.iter().map(|e| &e.label))
+                    })
+                    .find(|l| **l == label || p.known_label_id(l).to_string() == label)
+                    .cloned()
+            })
         })
         .unwrap_or(label);
-    match w.rename_label(&project, user, &old, &new) {
-        Ok(()) => {
-            let id = w
-                .project(&project)
-                .map(|p| p.known_label_id(&new))
-                .unwrap_or(0);
-            axum::Json(json!({"id": id, "name": new})).into_response()
-        }
-        Err((status, message)) => err(status, message),
+    let name = match new {
+        Some(new) => match w.rename_label(&project, user, &old, &new) {
+            Ok(()) => new,
+            Err((status, message)) => return err(status, message),
+        },
+        None => old,
+    };
+    let Some(p) = w.project_mut(&project) else {
+        return err(StatusCode::NOT_FOUND, "404 Project Not Found");
+    };
+    let Some(id) = p.labels.get(&name).copied() else {
+        return err(StatusCode::NOT_FOUND, "404 Label Not Found");
+    };
+    if p.label_editors.as_ref().is_some_and(|e| !e.contains(&user)) {
+        return err(StatusCode::FORBIDDEN, "403 Forbidden");
     }
+    if let Some(d) = description {
+        p.label_descriptions.insert(id, d);
+    }
+    let description = p.label_descriptions.get(&id).cloned();
+    axum::Json(json!({"id": id, "name": name, "color": "#34495E", "description": description}))
+        .into_response()
 }
 
 /// `GET /groups/:id/enterprise_users`: only a top-level group's Owners may
@@ -1857,7 +1881,7 @@ async fn list_labels(
         .labels
         .iter()
         .filter(|(n, _)| search.as_ref().is_none_or(|s| n.to_lowercase().contains(s)))
-        .map(|(n, id)| json!({"id": id, "name": n, "color": "#34495E", "description": null}))
+        .map(|(n, id)| json!({"id": id, "name": n, "color": "#34495E", "description": p.label_descriptions.get(id)}))
         .collect();
     paginate(
         items,
@@ -1900,9 +1924,12 @@ async fn create_label(
             .into_response();
     }
     let id = p.label_id(&name);
+    if let Some(d) = param(&params, "description") {
+        p.label_descriptions.insert(id, d.to_string());
+    }
     (
         StatusCode::CREATED,
-        axum::Json(json!({"id": id, "name": name, "color": "#34495E", "description": null})),
+        axum::Json(json!({"id": id, "name": name, "color": "#34495E", "description": p.label_descriptions.get(&id)})),
     )
         .into_response()
 }
