@@ -15,8 +15,16 @@
 //! shows X, P does Y", so the script works however many cycles the bot needs.
 //!
 //! Replay: `CRASH_SEED=<seed> CRASH_ONLY=<trial> cargo test --test crash`
-//! (the failure message prints both). `CRASH_PARALLEL` sets how many trials
-//! run at once (default 6).
+//! (the failure message prints both; `CRASH_ONLY` also takes a prefix such
+//! as `random` or `write-offboarding`). `CRASH_PARALLEL` sets how many trials
+//! run at once (default 8), `CRASH_VERBOSE=1` prints every trial and the
+//! reference's facts.
+//!
+//! The budget (about two minutes in debug on two cores) decides two things:
+//! the kill after every write runs on the batch in four parts (each part's
+//! reference must end its issues as the full batch does), and each write is
+//! tried with the database kept or deleted in turn, the seed deciding which
+//! (`CRASH_BOTH=1`: both for every write, about twice as long).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use access_bot::bot::Bot;
 use access_bot::marker::Marker;
-use access_bot::sandbox::crash::{EndState, Gate, People, Proxies, Trigger};
+use access_bot::sandbox::crash::{Difference, EndState, Gate, People, Proxies, Trigger};
 use access_bot::sandbox::scenario::ZendeskAccount;
 use access_bot::sandbox::{PROJECT, Ports, SUPPORT_TEAM, Sandbox};
 use access_bot::store::Store;
@@ -74,9 +82,80 @@ const NAMES: [&str; 12] = [
     "offboarding, merge request closed unmerged",
 ];
 
+/// A batch: which of the issues are filed, and whether time moves on to
+/// the expiry and the seat review runs.
+#[derive(Debug)]
+struct BatchDef {
+    name: &'static str,
+    issues: &'static [&'static str],
+    expiry: bool,
+    audit: bool,
+}
+
+/// Every workflow: the random kills, the real processes and the two bots.
+const FULL: BatchDef = BatchDef {
+    name: "full",
+    issues: &NAMES,
+    expiry: true,
+    audit: true,
+};
+
+/// The full batch in four parts, for a kill after every write (a trial per
+/// write and database variant: the full batch each time would not fit the
+/// time budget). Together they are the full batch.
+const PARTS: [BatchDef; 4] = [
+    BatchDef {
+        name: "approvals",
+        issues: &[
+            "role-based entitlement",
+            "special request",
+            "team tag without an account",
+            "role change",
+            "security: self-approval",
+        ],
+        expiry: false,
+        audit: false,
+    },
+    BatchDef {
+        name: "light-agents",
+        issues: &[
+            "light agent, Zendesk Global",
+            "light agent, Zendesk US Federal",
+            "light agent, US Federal, citizenship denied",
+            "team tag",
+        ],
+        expiry: false,
+        audit: false,
+    },
+    BatchDef {
+        name: "offboarding",
+        issues: &["offboarding", "offboarding, merge request closed unmerged"],
+        expiry: false,
+        audit: false,
+    },
+    BatchDef {
+        name: "time-bound",
+        issues: &["time-bound grant"],
+        expiry: true,
+        audit: true,
+    },
+];
+
 #[derive(Debug, Clone)]
 struct Batch {
     iid: BTreeMap<&'static str, u64>,
+    /// Issues filed later, by the people, when their time comes.
+    deferred: Vec<&'static str>,
+    bodies: BTreeMap<&'static str, Filing>,
+}
+
+/// Who files an issue, and what.
+#[derive(Debug, Clone)]
+struct Filing {
+    author: &'static str,
+    title: String,
+    labels: Vec<&'static str>,
+    body: String,
 }
 
 impl Batch {
@@ -121,7 +200,7 @@ fn offboarding_body(name: &str, email: &str, user: &str) -> String {
 /// The world of the demo plus a second leaver (whose merge request a
 /// maintainer closes unmerged), a person for the time-bound grant and an idle
 /// seat; then every issue, filed by its author.
-async fn prepare(sb: &Sandbox, people: &People) -> anyhow::Result<Batch> {
+async fn prepare(sb: &Sandbox, people: &People, def: &BatchDef) -> anyhow::Result<Batch> {
     {
         let mut w = sb.gitlab.lock();
         w.add_user("cquinn", "Casey Quinn", "casey.quinn@gitlab.com");
@@ -186,36 +265,66 @@ async fn prepare(sb: &Sandbox, people: &People) -> anyhow::Result<Batch> {
 
     let demo = access_bot::demo::bodies();
     let expires = (chrono::Utc::now() + chrono::Duration::days(10)).date_naive();
-    let mut iid = BTreeMap::new();
-    for name in NAMES {
-        let (author, title, labels, body): (&str, String, Vec<&str>, String) = match name {
-            "time-bound grant" => (
-                "tbound",
-                "Terry Bound: temporary Zendesk Global access".into(),
-                vec!["support::to do"],
-                format!(
+    let mut bodies = BTreeMap::new();
+    for name in NAMES.into_iter().filter(|n| def.issues.contains(n)) {
+        let filing = match name {
+            "time-bound grant" => Filing {
+                author: "tbound",
+                title: "Terry Bound: temporary Zendesk Global access".into(),
+                labels: vec!["support::to do"],
+                body: format!(
                     "{TABLE}| Terry Bound | terry.bound@gitlab.com | @tbound | @mlee |\n\nExpires: {expires}\n\n- [ ] Zendesk Global: Light Agent, add tag `partner_support_agent`\n- [ ] Access revoked on expiry\n"
                 ),
-            ),
-            "offboarding, merge request closed unmerged" => (
-                "gitlab-employment-bot",
-                "Offboarding: Drew Gone".into(),
-                vec!["offboarding"],
-                offboarding_body("Drew Gone", "drew.gone@gitlab.com", "dgone"),
-            ),
+            },
+            "offboarding, merge request closed unmerged" => Filing {
+                author: "gitlab-employment-bot",
+                title: "Offboarding: Drew Gone".into(),
+                labels: vec!["offboarding"],
+                body: offboarding_body("Drew Gone", "drew.gone@gitlab.com", "dgone"),
+            },
             _ => {
                 let (_, author, title, labels, body) =
                     demo.iter()
                         .find(|b| b.0 == name)
                         .cloned()
                         .ok_or_else(|| anyhow::anyhow!("no demo issue {name}"))?;
-                (author, title.to_string(), labels, body)
+                Filing {
+                    author,
+                    title: title.to_string(),
+                    labels,
+                    body,
+                }
             }
         };
-        let n = people.file_issue(author, &title, &labels, &body).await?;
-        iid.insert(name, n);
+        bodies.insert(name, filing);
     }
-    Ok(Batch { iid })
+    let mut batch = Batch {
+        iid: BTreeMap::new(),
+        deferred: Vec::new(),
+        bodies,
+    };
+    for name in NAMES.into_iter().filter(|n| def.issues.contains(n)) {
+        if name == "team tag" {
+            batch.deferred.push(name);
+        } else {
+            batch.file(people, name).await?;
+        }
+    }
+    Ok(batch)
+}
+
+impl Batch {
+    async fn file(&mut self, people: &People, name: &'static str) -> anyhow::Result<()> {
+        let f = self
+            .bodies
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("no issue {name} in the batch"))?;
+        let iid = people
+            .file_issue(f.author, &f.title, &f.labels, &f.body)
+            .await?;
+        self.iid.insert(name, iid);
+        Ok(())
+    }
 }
 
 // ------------------------------------------------------------------ the people
@@ -240,11 +349,11 @@ impl Phase {
             _ => 10,
         }
     }
-    fn next(self) -> Phase {
+    fn next(self, def: &BatchDef) -> Phase {
         match self {
-            Phase::Batch => Phase::Remind,
+            Phase::Batch if def.expiry => Phase::Remind,
             Phase::Remind => Phase::Expire,
-            Phase::Expire => Phase::Audit,
+            Phase::Batch | Phase::Expire if def.audit => Phase::Audit,
             _ => Phase::Done,
         }
     }
@@ -252,6 +361,8 @@ impl Phase {
 
 #[derive(Debug, Clone)]
 enum Act {
+    /// A deferred issue of the batch is filed.
+    File(&'static str),
     Label {
         who: &'static str,
         iid: u64,
@@ -345,47 +456,85 @@ fn seat_review(sb: &Sandbox) -> Option<u64> {
 }
 
 /// What the people do now, given what the issues show.
+/// An issue's approvals, given together (in one turn between two cycles)
+/// once the bot's plan is on the issue and `ready` holds.
+fn approve(
+    acts: &mut Vec<Act>,
+    sb: &Sandbox,
+    iid: u64,
+    ready: bool,
+    approvals: &[(&'static str, &'static str)],
+) {
+    if ready {
+        acts.extend(
+            approvals
+                .iter()
+                .filter_map(|(who, label)| approval(sb, iid, who, label)),
+        );
+    }
+}
+
 fn what_people_do(sb: &Sandbox, b: &Batch, phase: Phase) -> Vec<Act> {
     let mut acts = Vec::new();
-    let mut approve = |name: &str, who: &'static str, label: &'static str| {
-        if let Some(a) = approval(sb, b.of(name), who, label) {
-            acts.push(a);
-        }
-    };
-    approve("special request", "mlee", MANAGER);
-    approve("special request", "lyle", OWNER);
-    approve("light agent, Zendesk US Federal", "mlee", MANAGER);
+    let a = &mut acts;
     approve(
-        "light agent, US Federal, citizenship denied",
-        "mlee",
-        MANAGER,
+        a,
+        sb,
+        b.of("special request"),
+        true,
+        &[("mlee", MANAGER), ("lyle", OWNER)],
     );
-    approve("team tag without an account", "mlee", MANAGER);
-    approve("role change", "kpatel", MANAGER);
-    approve("role change", "jason", OWNER);
-    approve("security: self-approval", "mallory", MANAGER);
-    approve("security: self-approval", "mallory", OWNER);
-    approve("time-bound grant", "mlee", MANAGER);
-    approve("time-bound grant", "jason", OWNER);
-    // The team tag needs Jane's light agent first: her manager approves
-    // once the Global request is closed.
-    if sb.state(b.of("light agent, Zendesk Global")) == "closed" {
-        approve("team tag", "mlee", MANAGER);
-    }
-    // The People team answers its e-mail with the verification label.
-    if mailed_about(sb, "bo.li@gitlab.com") {
-        approve(
-            "light agent, Zendesk US Federal",
-            "people-connect-1",
-            VERIFIED,
-        );
-    }
-    if mailed_about(sb, "robin.kim@gitlab.com") {
-        approve(
-            "light agent, US Federal, citizenship denied",
-            "people-connect-1",
-            NOT_VERIFIED,
-        );
+    approve(
+        a,
+        sb,
+        b.of("team tag without an account"),
+        true,
+        &[("mlee", MANAGER)],
+    );
+    approve(
+        a,
+        sb,
+        b.of("role change"),
+        true,
+        &[("kpatel", MANAGER), ("jason", OWNER)],
+    );
+    approve(
+        a,
+        sb,
+        b.of("security: self-approval"),
+        true,
+        &[("mallory", MANAGER), ("mallory", OWNER)],
+    );
+    approve(
+        a,
+        sb,
+        b.of("time-bound grant"),
+        true,
+        &[("mlee", MANAGER), ("jason", OWNER)],
+    );
+    approve(a, sb, b.of("team tag"), true, &[("mlee", MANAGER)]);
+    // The People team answers its e-mail with the verification label, and
+    // the manager approves at the same time.
+    approve(
+        a,
+        sb,
+        b.of("light agent, Zendesk US Federal"),
+        mailed_about(sb, "bo.li@gitlab.com"),
+        &[("mlee", MANAGER), ("people-connect-1", VERIFIED)],
+    );
+    approve(
+        a,
+        sb,
+        b.of("light agent, US Federal, citizenship denied"),
+        mailed_about(sb, "robin.kim@gitlab.com"),
+        &[("mlee", MANAGER), ("people-connect-1", NOT_VERIFIED)],
+    );
+    // Jane asks for the team tag once her light-agent request is closed
+    // (filed then, so that the bot's first plan does not depend on which of
+    // the two it reads first).
+    if b.deferred.contains(&"team tag") && sb.state(b.of("light agent, Zendesk Global")) == "closed"
+    {
+        acts.push(Act::File("team tag"));
     }
     // A maintainer merges Casey's merge request, and closes Drew's unmerged.
     if let Some(mr) = open_mr(sb, "access-bot/offboard-cquinn") {
@@ -407,8 +556,18 @@ fn what_people_do(sb: &Sandbox, b: &Batch, phase: Phase) -> Vec<Act> {
     acts
 }
 
-async fn perform(sb: &Sandbox, people: &People, act: &Act) -> anyhow::Result<()> {
+async fn perform(
+    sb: &Sandbox,
+    people: &People,
+    batch: &mut Batch,
+    act: &Act,
+) -> anyhow::Result<()> {
     match act {
+        Act::File(name) => {
+            batch.file(people, name).await?;
+            batch.deferred.retain(|n| n != name);
+            Ok(())
+        }
         Act::Label {
             who,
             iid,
@@ -468,6 +627,10 @@ struct Shared {
     /// Held (shared) by the bots during a cycle, (exclusively) by the people
     /// while they act: people act between cycles, as in `demo.rs`.
     turn: tokio::sync::RwLock<()>,
+    /// The bots' clock, in days ahead of today.
+    offset_days: std::sync::atomic::AtomicI64,
+    /// Issues reported busy, and how often.
+    busy: std::sync::Mutex<BTreeMap<u64, usize>>,
 }
 
 /// One bot: connect (with a fresh store on `db`), then cycle until told to stop.
@@ -475,7 +638,6 @@ async fn bot_loop(
     cfg: access_bot::config::Config,
     secrets: access_bot::secret::Secrets,
     db: PathBuf,
-    offset_days: i64,
     shared: Arc<Shared>,
 ) {
     let mut bot = loop {
@@ -491,14 +653,27 @@ async fn bot_loop(
             Err(_) => tokio::time::sleep(CYCLE_PAUSE).await,
         }
     };
-    bot.clock_offset = chrono::Duration::days(offset_days);
     while !shared.stop.load(Ordering::SeqCst) {
         {
             let _turn = shared.turn.read().await;
+            bot.clock_offset = chrono::Duration::days(shared.offset_days.load(Ordering::SeqCst));
             if shared.audit_pending.load(Ordering::SeqCst) && bot.audit_seats(None).await.is_ok() {
                 shared.audit_pending.store(false, Ordering::SeqCst);
             }
-            bot.cycle().await;
+            let report = bot.cycle().await;
+            let busy: Vec<u64> = report
+                .outcomes
+                .iter()
+                .filter(|(_, _, o)| *o == access_bot::bot::Outcome::Busy)
+                .map(|(_, iid, _)| *iid)
+                .collect();
+            if !busy.is_empty()
+                && let Ok(mut m) = shared.busy.lock()
+            {
+                for iid in busy {
+                    *m.entry(iid).or_insert(0) += 1;
+                }
+            }
             shared.cycles.fetch_add(1, Ordering::SeqCst);
         }
         tokio::time::sleep(CYCLE_PAUSE).await;
@@ -535,6 +710,19 @@ struct Bots {
     gate: Gate,
 }
 
+impl Drop for Bots {
+    fn drop(&mut self) {
+        match &mut self.running {
+            Running::Tasks(ts) => ts.iter().for_each(|t| t.abort()),
+            Running::Process(c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Running::None => {}
+        }
+    }
+}
+
 impl Bots {
     fn process_phase(&self, phase: Phase) -> bool {
         self.mode == Mode::RealProcess && phase == Phase::Batch
@@ -554,8 +742,14 @@ impl Bots {
 
     fn start(&mut self, phase: Phase) -> anyhow::Result<()> {
         self.shared.stop.store(false, Ordering::SeqCst);
+        self.shared
+            .offset_days
+            .store(phase.offset_days(), Ordering::SeqCst);
         if self.process_phase(phase) {
-            let log = std::fs::File::create(&self.log)?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)?;
             let child = std::process::Command::new(env!("CARGO_BIN_EXE_access-bot"))
                 .arg("--config")
                 .arg(&self.toml)
@@ -578,7 +772,6 @@ impl Bots {
                         cfg.clone(),
                         self.secrets.clone(),
                         db.clone(),
-                        phase.offset_days(),
                         self.shared.clone(),
                     ))
                 })
@@ -652,6 +845,7 @@ enum Kills {
 #[derive(Debug, Clone)]
 struct Spec {
     name: String,
+    batch: &'static BatchDef,
     mode: Mode,
     kills: Kills,
     delete_db: bool,
@@ -662,6 +856,8 @@ struct Spec {
 struct Outcome {
     name: String,
     seed: u64,
+    /// "kept" or "deleted at each kill".
+    database: &'static str,
     kills: Vec<String>,
     end: EndState,
     /// Not converged: why.
@@ -669,7 +865,9 @@ struct Outcome {
     writes: u64,
     requests: u64,
     elapsed: Duration,
-    diff: Vec<String>,
+    diff: Vec<Difference>,
+    /// Issues the bot skipped as busy (another runner's lease), and how often.
+    busy: Vec<(String, usize)>,
 }
 
 impl Outcome {
@@ -681,26 +879,73 @@ impl Outcome {
         self.end.duplicates.len()
     }
 
-    /// What went wrong, a line each (without the kill points).
-    fn problems(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.stuck.iter().cloned().collect();
-        out.extend(self.diff.iter().map(|d| format!("diverged: {d}")));
-        out.extend(
-            self.end
-                .duplicates
+    /// What went wrong: (signature, the same for the same bug in every
+    /// trial; the details), an issue's facts on one line.
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .stuck
+            .iter()
+            .map(|s| ("did not converge".to_string(), s.clone()))
+            .collect();
+        let mut by_subject: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for d in &self.diff {
+            let (subject, field) = ISSUE_FACTS
                 .iter()
-                .map(|(class, what)| format!("duplicate {class}: {what}")),
-        );
+                .find_map(|f| {
+                    d.what
+                        .strip_suffix(&format!(": {f}"))
+                        .map(|s| (s.to_string(), format!("{f} ")))
+                })
+                .unwrap_or_else(|| (d.what.clone(), String::new()));
+            by_subject
+                .entry(subject)
+                .or_default()
+                .push(format!("{field}{:?} (expected {:?})", d.got, d.expected));
+        }
+        for (subject, details) in by_subject {
+            out.push((
+                format!("diverged: {subject}"),
+                format!("diverged: {subject}: {}", details.join("; ")),
+            ));
+        }
+        for (class, what) in &self.end.duplicates {
+            let sig = what
+                .split_whitespace()
+                .map(|w| {
+                    if w.trim_start_matches('x')
+                        .chars()
+                        .all(|c| c.is_ascii_digit())
+                    {
+                        "N"
+                    } else {
+                        w
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            out.push((
+                format!("duplicate {class}: {sig}"),
+                format!("duplicate {class}: {what}"),
+            ));
+        }
+        for (name, n) in &self.busy {
+            out.push((
+                format!("busy: {name}"),
+                format!("busy: {name} was skipped as busy (held by another runner) in {n} cycles"),
+            ));
+        }
         out
     }
 }
+
+/// The facts of an issue in an end state.
+const ISSUE_FACTS: [&str; 4] = ["state", "labels", "ticked", "bot comments"];
 
 /// The reference run's figures the random triggers are spread over.
 #[derive(Debug, Clone, Default)]
 struct Scale {
     requests: u64,
     writes: u64,
-    millis: u64,
 }
 
 fn seed() -> u64 {
@@ -714,24 +959,17 @@ fn only() -> Option<String> {
     std::env::var("CRASH_ONLY").ok().filter(|s| !s.is_empty())
 }
 
+/// `CRASH_ONLY`: one trial (`random-7`), or every trial whose name starts
+/// with it and a dash (`random`, `write-offboarding`).
 fn selected(name: &str) -> bool {
-    only().is_none_or(|o| o == name)
+    only().is_none_or(|o| o == name || name.starts_with(&format!("{o}-")))
 }
 
 fn parallel() -> usize {
     std::env::var("CRASH_PARALLEL")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(6)
-}
-
-static SLOTS: OnceCell<Arc<Semaphore>> = OnceCell::const_new();
-
-async fn slots() -> Arc<Semaphore> {
-    SLOTS
-        .get_or_init(|| async { Arc::new(Semaphore::new(parallel())) })
-        .await
-        .clone()
+        .unwrap_or(8)
 }
 
 fn trial_dir(name: &str) -> PathBuf {
@@ -740,36 +978,44 @@ fn trial_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A random kill point: a request (held before it reaches the server, or
-/// after), a write, or a moment; spread so that `kills` of them fall within
-/// about one run of the batch.
+/// A random kill point close to now: one of the next few requests (held
+/// before it reaches the server, or after its answer), the next write, or a
+/// moment within 40 ms. `writes`: whether the next write may be it (not when
+/// the bots are idle).
 fn random_trigger(
     rng: &mut StdRng,
     gate: &Gate,
     scale: &Scale,
-    kills: usize,
-) -> (Option<Trigger>, Option<(Instant, u64)>) {
-    let spread = (kills as u64 + 1).max(1);
-    let r = rng.random_range(1..=(scale.requests / spread).max(2));
-    let w = rng.random_range(1..=(scale.writes / spread).max(2));
-    match rng.random_range(0..4u8) {
+    writes: bool,
+) -> (Option<Trigger>, Option<(Instant, String)>) {
+    let per_write = (scale.requests / scale.writes.max(1)).max(2);
+    let r = rng.random_range(1..=per_write);
+    match rng.random_range(0..if writes { 4u8 } else { 3 }) {
         0 => (Some(Trigger::BeforeRequest(gate.requests() + r)), None),
         1 => (Some(Trigger::AfterRequest(gate.requests() + r)), None),
-        2 => (Some(Trigger::AfterWrite(gate.writes() + w)), None),
-        _ => {
-            let ms = rng.random_range(1..=(scale.millis / spread).max(2));
-            (None, Some((Instant::now() + Duration::from_millis(ms), ms)))
+        2 => {
+            let ms = rng.random_range(1..=40u64);
+            let what = format!("at a moment, {ms} ms after write #{}", gate.writes());
+            (
+                None,
+                Some((Instant::now() + Duration::from_millis(ms), what)),
+            )
         }
+        _ => (Some(Trigger::AfterWrite(gate.writes() + 1)), None),
     }
 }
 
 /// Run one trial to its end and read the end state.
 async fn trial(spec: Spec, scale: Scale, reference: Option<EndState>) -> Outcome {
-    let _slot = slots().await.acquire_owned().await;
     let started = Instant::now();
     let mut out = Outcome {
         name: spec.name.clone(),
         seed: spec.seed,
+        database: if spec.delete_db {
+            "deleted at each kill"
+        } else {
+            "kept"
+        },
         ..Default::default()
     };
     let r = run(&spec, &scale, &mut out).await;
@@ -789,7 +1035,7 @@ async fn trial(spec: Spec, scale: Scale, reference: Option<EndState>) -> Outcome
 async fn run(spec: &Spec, scale: &Scale, out: &mut Outcome) -> anyhow::Result<()> {
     let sb = Sandbox::start(Ports::default()).await?;
     let people = People::new(&sb)?;
-    let batch = prepare(&sb, &people).await?;
+    let mut batch = prepare(&sb, &people, spec.batch).await?;
     let proxies: Proxies = sb.crash_proxies().await?;
     let gate = proxies.gate.clone();
     let dir = trial_dir(&spec.name);
@@ -815,41 +1061,32 @@ async fn run(spec: &Spec, scale: &Scale, out: &mut Outcome) -> anyhow::Result<()
         gate: gate.clone(),
     };
     let mut rng = StdRng::seed_from_u64(spec.seed);
-    let planned = match spec.kills {
-        Kills::None => 0,
-        Kills::Random(k) => k,
-        Kills::AfterWrite(_) => 1,
-    };
-    let arm = |rng: &mut StdRng, kills: usize, phase: Phase| -> Option<(Instant, u64)> {
-        if kills >= planned {
-            gate.arm(None);
-            return None;
-        }
-        match spec.kills {
-            Kills::AfterWrite(n) => {
-                gate.arm(Some(Trigger::AfterWrite(n)));
-                None
-            }
-            Kills::Random(k) => {
-                if spec.mode == Mode::RealProcess && phase != Phase::Batch {
-                    gate.arm(None);
-                    return None;
-                }
-                let (t, d) = random_trigger(rng, &gate, scale, k);
-                gate.arm(t);
-                d
-            }
-            Kills::None => None,
+    // Random kills fall after writes drawn over the whole reference run (so
+    // every phase gets its share); a trial that goes quiet before its kills
+    // are spent is killed while idle.
+    let (planned, mut targets) = match spec.kills {
+        Kills::None => (0, Vec::new()),
+        Kills::AfterWrite(_) => (1, Vec::new()),
+        Kills::Random(k) => {
+            let mut t: Vec<u64> = (0..k)
+                .map(|_| rng.random_range(1..=scale.writes.max(1)))
+                .collect();
+            t.sort_unstable();
+            t.reverse();
+            (k, t)
         }
     };
-
     let mut phase = Phase::Batch;
     bots.start(phase)?;
-    let mut deadline = arm(&mut rng, 0, phase);
     let t0 = Instant::now();
     let mut seen_writes = gate.writes();
     let mut last_change = bots.cycles();
     let mut stopping: Option<Phase> = None;
+    // A kill is armed: the gate's trigger, or a moment.
+    let mut armed = false;
+    // ... on a write, which idle bots never make.
+    let mut on_write = false;
+    let mut deadline: Option<(Instant, String)> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
         if t0.elapsed() > TRIAL_LIMIT {
@@ -859,46 +1096,71 @@ async fn run(spec: &Spec, scale: &Scale, out: &mut Outcome) -> anyhow::Result<()
             ));
             break;
         }
-        // A kill: the trigger fired, or the random moment came.
+        let quiet = bots.cycles() >= last_change + bots.quiet_cycles()
+            && !bots.shared.audit_pending.load(Ordering::SeqCst);
+        let may_kill = out.kills.len() < planned
+            && stopping.is_none()
+            && !(spec.mode == Mode::RealProcess && phase != Phase::Batch);
+        // Arm the next kill when its write has come, or when the bots are idle.
+        if may_kill && (!armed || (quiet && on_write)) {
+            match spec.kills {
+                Kills::AfterWrite(n) if !armed => {
+                    gate.arm(Some(Trigger::AfterWrite(n)));
+                    armed = true;
+                }
+                Kills::Random(_) => {
+                    let due = targets.last().is_some_and(|t| gate.writes() + 1 >= *t);
+                    if due || quiet {
+                        let (t, d) = random_trigger(&mut rng, &gate, scale, !quiet);
+                        on_write = matches!(t, Some(Trigger::AfterWrite(_)));
+                        gate.arm(t);
+                        deadline = d;
+                        armed = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // A kill: the trigger fired, or the moment came.
         let fired = gate.fired();
-        if fired.is_some() || deadline.is_some_and(|(d, _)| Instant::now() >= d) {
+        let moment = deadline.as_ref().is_some_and(|(d, _)| Instant::now() >= *d);
+        if fired.is_some() || moment {
             bots.kill().await;
+            gate.arm(None);
             gate.release();
             if spec.delete_db {
                 bots.delete_databases();
             }
-            let at = fired.unwrap_or_else(|| {
-                format!(
-                    "at a moment, {} ms after the start",
-                    deadline.map(|(_, ms)| ms).unwrap_or(0)
-                )
-            });
+            let at = fired
+                .or_else(|| deadline.take().map(|(_, what)| what))
+                .unwrap_or_default();
             out.kills.push(format!("{phase:?}: {at}"));
+            targets.pop();
+            armed = false;
+            deadline = None;
             if let Some(p) = stopping.take() {
                 phase = p;
             }
             bots.start(phase)?;
-            deadline = arm(&mut rng, out.kills.len(), phase);
             last_change = bots.cycles();
             continue;
         }
+        // The real binary ends the batch phase with SIGTERM; the later
+        // phases run in process (they move the clock), without kills.
         if let Some(next) = stopping {
             if bots.stopped() {
                 bots.kill().await;
                 stopping = None;
                 phase = next;
+                gate.arm(None);
+                armed = false;
+                deadline = None;
                 if phase == Phase::Done {
                     break;
                 }
                 if phase == Phase::Audit {
                     before_the_audit(&sb);
                     bots.shared.audit_pending.store(true, Ordering::SeqCst);
-                }
-                // The real binary cannot move its clock: the later phases run
-                // in process, without kills.
-                if spec.mode == Mode::RealProcess {
-                    gate.arm(None);
-                    deadline = None;
                 }
                 bots.start(phase)?;
                 last_change = bots.cycles();
@@ -920,7 +1182,7 @@ async fn run(spec: &Spec, scale: &Scale, out: &mut Outcome) -> anyhow::Result<()
                 Vec::new()
             };
             for a in &acts {
-                perform(&sb, &people, a).await?;
+                perform(&sb, &people, &mut batch, a).await?;
             }
             acts
         };
@@ -930,12 +1192,37 @@ async fn run(spec: &Spec, scale: &Scale, out: &mut Outcome) -> anyhow::Result<()
             last_change = bots.cycles();
             continue;
         }
-        let quiet = bots.cycles() >= last_change + bots.quiet_cycles()
-            && !bots.shared.audit_pending.load(Ordering::SeqCst);
-        if quiet {
-            stopping = Some(phase.next());
-            bots.ask_to_stop();
+        // Quiet: the next phase (unless random kills are still to come).
+        if !quiet || (may_kill && matches!(spec.kills, Kills::Random(_))) {
+            continue;
         }
+        let next = phase.next(spec.batch);
+        if bots.process_phase(phase) {
+            gate.arm(None);
+            armed = false;
+            deadline = None;
+            stopping = Some(next);
+            bots.ask_to_stop();
+            continue;
+        }
+        // In process: the next phase starts between two cycles, the bots
+        // keep running (and can be killed) with the clock moved.
+        let shared = bots.shared.clone();
+        let Ok(_turn) = shared.turn.try_write() else {
+            continue;
+        };
+        phase = next;
+        if phase == Phase::Done {
+            break;
+        }
+        shared
+            .offset_days
+            .store(phase.offset_days(), Ordering::SeqCst);
+        if phase == Phase::Audit {
+            before_the_audit(&sb);
+            shared.audit_pending.store(true, Ordering::SeqCst);
+        }
+        last_change = bots.cycles();
     }
     bots.kill().await;
     gate.arm(None);
@@ -952,6 +1239,41 @@ async fn run(spec: &Spec, scale: &Scale, out: &mut Outcome) -> anyhow::Result<()
         }
     }
     out.end = EndState::read(&sb, &batch.names());
+    // Issues skipped as busy: from the cycles' reports, and the processes' logs.
+    let mut busy = bots
+        .shared
+        .busy
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    if let Ok(log) = std::fs::read_to_string(&bots.log) {
+        for l in log
+            .lines()
+            .filter(|l| l.contains("another runner is working on this issue"))
+        {
+            if let Some(iid) = l
+                .split("iid=")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|d| d.parse::<u64>().ok())
+            {
+                *busy.entry(iid).or_insert(0) += 1;
+            }
+        }
+    }
+    let names = batch.names();
+    out.busy = busy
+        .into_iter()
+        .map(|(iid, n)| {
+            (
+                names
+                    .get(&iid)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{iid}")),
+                n,
+            )
+        })
+        .collect();
     drop(proxies);
     Ok(())
 }
@@ -964,69 +1286,74 @@ struct Reference {
     scale: Scale,
 }
 
-static REFERENCE: OnceCell<Reference> = OnceCell::const_new();
+static REFERENCES: [OnceCell<Reference>; 1 + PARTS.len()] =
+    [const { OnceCell::const_new() }; 1 + PARTS.len()];
 
-/// The batch with no fault, once per test binary; it must itself be right.
-async fn reference() -> Reference {
-    REFERENCE
+/// The issues' facts (`special request: labels`).
+fn by_name(end: &EndState) -> BTreeMap<String, String> {
+    end.facts
+        .iter()
+        .filter(|(k, _)| {
+            [": state", ": labels", ": ticked", ": bot comments"]
+                .iter()
+                .any(|f| k.ends_with(f))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// A batch with no fault, once per test binary; it must itself be right:
+/// the full batch reaches every workflow's end, and each part ends each of
+/// its issues as the full batch does.
+async fn reference(def: &'static BatchDef) -> Reference {
+    let i = PARTS
+        .iter()
+        .position(|p| std::ptr::eq(p, def))
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    if i > 0 {
+        Box::pin(reference(&FULL)).await;
+    }
+    REFERENCES[i]
         .get_or_init(|| async {
             let t0 = Instant::now();
             let spec = Spec {
-                name: "reference".into(),
+                name: format!("reference-{}", def.name),
+                batch: def,
                 mode: Mode::InProcess,
                 kills: Kills::None,
                 delete_db: false,
                 seed: seed(),
             };
             let out = trial(spec, Scale::default(), None).await;
-            assert!(out.ok(), "the reference run failed: {:#?}", out.problems());
+            assert!(
+                out.ok(),
+                "the reference run of the {} batch failed: {:#?}",
+                def.name,
+                out.problems()
+            );
             let f = &out.end.facts;
-            let fact = |k: &str| f.get(k).cloned().unwrap_or_default();
-            for (what, ok) in [
-                (
-                    "Casey offboarded: end-user, suspended, tickets to the manager",
-                    fact("zendesk global casey.quinn@gitlab.com")
-                        .starts_with("end-user, suspended; groups []; tags []"),
-                ),
-                (
-                    "the time-bound grant revoked on expiry: Terry back to end-user",
-                    fact("zendesk global terry.bound@gitlab.com").starts_with("end-user;"),
-                ),
-                (
-                    "the seat review reclaimed Dana's idle seat",
-                    fact("zendesk global dana.idle@gitlab.com").starts_with("light agent;"),
-                ),
-                (
-                    "two People-team e-mails",
-                    fact("e-mails").contains("US Citizenship Verification Request\" #4")
-                        && fact("e-mails").contains("US Citizenship Verification Request\" #5"),
-                ),
-                (
-                    "Casey's merge request merged, Drew's closed",
-                    fact("merge requests")
-                        == "access-bot/offboard-cquinn -> main merged, access-bot/offboard-dgone -> main closed",
-                ),
-                (
-                    "the security refusal told to ops",
-                    fact("slack").contains("security reason"),
-                ),
-            ] {
-                assert!(
-                    ok,
-                    "reference run: {what}: no\n{}",
-                    f.iter()
-                        .map(|(k, v)| format!("{k}: {v}"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-            }
             if std::env::var("CRASH_VERBOSE").is_ok() {
                 for (k, v) in f {
-                    eprintln!("reference: {k}: {v}");
+                    eprintln!("reference {}: {k}: {v}", def.name);
+                }
+            }
+            if i == 0 {
+                check_full_reference(f);
+            } else if let Some(full) = REFERENCES[0].get() {
+                let full = by_name(&full.end);
+                for (k, v) in by_name(&out.end) {
+                    assert_eq!(
+                        full.get(&k),
+                        Some(&v),
+                        "the {} batch ends {k} otherwise than the full batch",
+                        def.name
+                    );
                 }
             }
             eprintln!(
-                "crash: reference run: {} issues, {} writes, {} requests, {:.1}s",
+                "crash: reference run, {} batch: {} issues, {} writes, {} requests, {:.1}s",
+                def.name,
                 f.keys().filter(|k| k.ends_with(": state")).count(),
                 out.writes,
                 out.requests,
@@ -1037,7 +1364,6 @@ async fn reference() -> Reference {
                 scale: Scale {
                     requests: out.requests,
                     writes: out.writes,
-                    millis: out.elapsed.as_millis() as u64,
                 },
             }
         })
@@ -1045,28 +1371,253 @@ async fn reference() -> Reference {
         .clone()
 }
 
+/// The full batch without faults reaches every workflow's expected end.
+fn check_full_reference(f: &BTreeMap<String, String>) {
+    let fact = |k: &str| f.get(k).cloned().unwrap_or_default();
+    for (what, ok) in [
+        (
+            "Casey offboarded: end-user, suspended, tickets to the manager",
+            fact("zendesk global casey.quinn@gitlab.com")
+                .starts_with("end-user, suspended; groups []; tags []")
+                && fact("zendesk global mlee@gitlab.com").ends_with("open tickets 9"),
+        ),
+        (
+            "the time-bound grant revoked on expiry: Terry back to end-user",
+            fact("zendesk global terry.bound@gitlab.com").starts_with("end-user;")
+                && fact("time-bound grant: bot comments").contains("expired"),
+        ),
+        (
+            "the seat review reclaimed Dana's idle seat",
+            fact("zendesk global dana.idle@gitlab.com").starts_with("light agent;"),
+        ),
+        (
+            "two People-team e-mails",
+            fact("e-mails").contains(
+                "US Citizenship Verification Request\" [light agent, Zendesk US Federal]",
+            ) && fact("e-mails").contains(
+                "US Citizenship Verification Request\" [light agent, US Federal, citizenship denied]",
+            ),
+        ),
+        (
+            "Casey's merge request merged, Drew's closed",
+            fact("merge requests")
+                == "access-bot/offboard-cquinn -> main merged, access-bot/offboard-dgone -> main closed",
+        ),
+        (
+            "the security refusal told to ops",
+            fact("slack").contains("security reason"),
+        ),
+    ] {
+        assert!(
+            ok,
+            "reference run: {what}: no\n{}",
+            f.iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
 // ------------------------------------------------------------------ reporting
 
-/// Run the trials concurrently; print the section's summary line; fail with
-/// every problem grouped by what diverged, with the trials that show it.
-async fn section(title: &str, specs: Vec<Spec>, reference: &Reference) -> Vec<Outcome> {
+/// The four sections of the crash test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Section {
+    Random,
+    Processes,
+    TwoBots,
+    Writes,
+}
+
+struct SectionResult {
+    title: String,
+    outcomes: Vec<Outcome>,
+    /// The summary lines (figures for BENCHMARKS.md).
+    summary: Vec<String>,
+}
+
+static RESULTS: OnceCell<BTreeMap<Section, SectionResult>> = OnceCell::const_new();
+
+/// Every trial of every section, run once per test binary by whichever test
+/// comes first, in one queue (the long trials first, so that the short ones
+/// fill the end): the time budget holds only if the two cores never wait.
+async fn results() -> &'static BTreeMap<Section, SectionResult> {
+    RESULTS.get_or_init(run_all).await
+}
+
+async fn run_all() -> BTreeMap<Section, SectionResult> {
     let t0 = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for s in specs.into_iter().filter(|s| selected(&s.name)) {
-        set.spawn(trial(
-            s,
-            reference.scale.clone(),
-            Some(reference.end.clone()),
-        ));
+    let full = reference(&FULL).await;
+    let mut parts = Vec::new();
+    {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, part) in PARTS.iter().enumerate() {
+            set.spawn(async move { (i, reference(part).await) });
+        }
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(r) => parts.push(r),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        parts.sort_by_key(|(i, _)| *i);
     }
-    let mut outs = Vec::new();
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(o) => outs.push(o),
-            Err(e) => panic!("{title}: a trial panicked: {e}"),
+    let base = seed();
+    let mut specs: Vec<(Section, Spec, Reference)> = Vec::new();
+    for t in 1..=RANDOM_TRIALS {
+        let spec = Spec {
+            name: format!("random-{t}"),
+            batch: &FULL,
+            mode: Mode::InProcess,
+            kills: Kills::Random(KILLS_PER_TRIAL),
+            delete_db: t.is_multiple_of(2),
+            seed: base.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(t),
+        };
+        specs.push((Section::Random, spec, full.clone()));
+    }
+    for t in 1..=PROCESS_TRIALS {
+        let spec = Spec {
+            name: format!("process-{t}"),
+            batch: &FULL,
+            mode: Mode::RealProcess,
+            kills: Kills::Random(PROCESS_KILLS),
+            delete_db: t.is_multiple_of(2),
+            seed: base.wrapping_mul(31).wrapping_add(1000 + t),
+        };
+        specs.push((Section::Processes, spec, full.clone()));
+    }
+    specs.push((
+        Section::TwoBots,
+        Spec {
+            name: "two-bots".into(),
+            batch: &FULL,
+            mode: Mode::TwoBots,
+            kills: Kills::None,
+            delete_db: false,
+            seed: base,
+        },
+        full.clone(),
+    ));
+    // Every write of every part, the database kept or deleted in turn (the
+    // seed decides which n gets which); CRASH_BOTH=1: both for every n.
+    let both = std::env::var("CRASH_BOTH").is_ok_and(|v| v == "1");
+    for (part, (_, reference)) in PARTS.iter().zip(&parts) {
+        for n in 1..=reference.scale.writes {
+            let variants: &[bool] = if both {
+                &[false, true]
+            } else if n.wrapping_add(base).is_multiple_of(2) {
+                &[true]
+            } else {
+                &[false]
+            };
+            for &delete in variants {
+                let spec = Spec {
+                    name: format!(
+                        "write-{}-{n:03}-{}",
+                        part.name,
+                        if delete { "deleted" } else { "kept" }
+                    ),
+                    batch: part,
+                    mode: Mode::InProcess,
+                    kills: Kills::AfterWrite(n),
+                    delete_db: delete,
+                    seed: n,
+                };
+                specs.push((Section::Writes, spec, reference.clone()));
+            }
         }
     }
-    outs.sort_by(|a, b| a.name.cmp(&b.name));
+    // Trials start in this order: each takes its slot before it is spawned
+    // (a real process takes none: it mostly waits for its next poll).
+    let mut set = tokio::task::JoinSet::new();
+    let slots = Arc::new(Semaphore::new(parallel()));
+    for (section, spec, r) in specs.into_iter().filter(|(_, s, _)| selected(&s.name)) {
+        let scale = full.scale.clone();
+        let slot = match spec.mode {
+            Mode::RealProcess => None,
+            _ => slots.clone().acquire_owned().await.ok(),
+        };
+        set.spawn(async move {
+            let o = trial(spec, scale, Some(r.end)).await;
+            drop(slot);
+            (section, o, t0.elapsed())
+        });
+    }
+    let mut by_section: BTreeMap<Section, (Vec<Outcome>, Duration)> = BTreeMap::new();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok((section, o, at)) => {
+                let e = by_section.entry(section).or_default();
+                e.0.push(o);
+                e.1 = e.1.max(at);
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    let writes: u64 = parts.iter().map(|(_, r)| r.scale.writes).sum();
+    let mut out = BTreeMap::new();
+    for section in [
+        Section::Random,
+        Section::Processes,
+        Section::TwoBots,
+        Section::Writes,
+    ] {
+        let (mut outcomes, done_at) = by_section.remove(&section).unwrap_or_default();
+        outcomes.sort_by(|a, b| a.name.cmp(&b.name));
+        let title = match section {
+            Section::Random => {
+                format!("random kills (seed {base}; even trials delete the database at each kill)")
+            }
+            Section::Processes => {
+                "real processes, SIGKILL (even trials delete the database)".to_string()
+            }
+            Section::TwoBots => "two bots on separate databases".to_string(),
+            Section::Writes => format!(
+                "a kill after each of the {writes} writes of the four parts of the batch, {}",
+                if both {
+                    "database kept and deleted for each"
+                } else {
+                    "database kept or deleted in turn"
+                }
+            ),
+        };
+        let mut summary = vec![summary_line(&title, &outcomes, done_at)];
+        if section == Section::Writes {
+            summary.push(format!(
+                "crash: kill points covered: {} of {} (write, database) pairs",
+                outcomes.iter().filter(|o| !o.kills.is_empty()).count(),
+                outcomes.len()
+            ));
+        }
+        if std::env::var("CRASH_VERBOSE").is_ok() {
+            for o in &outcomes {
+                eprintln!(
+                    "crash: {}: {:.1}s, {} kills, {} writes, {} requests, {}",
+                    o.name,
+                    o.elapsed.as_secs_f64(),
+                    o.kills.len(),
+                    o.writes,
+                    o.requests,
+                    if o.ok() { "ok" } else { "FAILED" }
+                );
+            }
+        }
+        out.insert(
+            section,
+            SectionResult {
+                title,
+                outcomes,
+                summary,
+            },
+        );
+    }
+    eprintln!("crash: all sections: {:.1}s", t0.elapsed().as_secs_f64());
+    out
+}
+
+/// The section's figures: trials, kills, converged, duplicates.
+fn summary_line(title: &str, outs: &[Outcome], done_at: Duration) -> String {
     let kills: usize = outs.iter().map(|o| o.kills.len()).sum();
     let converged = outs
         .iter()
@@ -1078,14 +1629,21 @@ async fn section(title: &str, specs: Vec<Spec>, reference: &Reference) -> Vec<Ou
         .flat_map(|o| o.end.duplicates.iter())
         .filter(|(c, _)| c == "e-mail (raw)")
         .count();
-    eprintln!(
-        "crash: {title}: {} trials, {kills} kills, {} converged to the reference, {} with duplicates ({dups} duplicates, {raw} of them raw e-mail re-sends), {:.1}s",
+    format!(
+        "crash: {title}: {} trials, {kills} kills, {converged} converged to the reference, {} with duplicates ({dups} duplicates, {raw} of them raw e-mail re-sends); done {:.1}s after the start",
         outs.len(),
-        converged,
         outs.iter().filter(|o| o.duplicates() > 0).count(),
-        t0.elapsed().as_secs_f64()
-    );
-    outs
+        done_at.as_secs_f64()
+    )
+}
+
+/// Print the section's figures; fail with every problem of its trials.
+async fn check(section: Section) {
+    let r = &results().await[&section];
+    for l in &r.summary {
+        eprintln!("{l}");
+    }
+    assert_none(vec![report(&r.title, &r.outcomes)]);
 }
 
 fn report(title: &str, outs: &[Outcome]) -> Option<String> {
@@ -1093,37 +1651,62 @@ fn report(title: &str, outs: &[Outcome]) -> Option<String> {
     if failed.is_empty() {
         return None;
     }
-    // Group by problem, so that one bug is one paragraph.
-    let mut by_problem: BTreeMap<String, Vec<&Outcome>> = BTreeMap::new();
-    for o in &failed {
-        for p in o.problems() {
-            by_problem.entry(p).or_default().push(o);
-        }
-    }
     let mut s = format!(
-        "{title}: {} of {} trials failed (seed {}). Replay one with CRASH_SEED={} CRASH_ONLY=<trial> cargo test --test crash\n",
+        "{title}: {} of {} trials failed (seed {}). Replay one with CRASH_SEED={} CRASH_ONLY=<trial> cargo test --test crash\n\nBy problem (number of trials; the first trials, fewest kills first):\n",
         failed.len(),
         outs.len(),
         seed(),
         seed()
     );
-    for (problem, trials) in &by_problem {
-        s.push_str(&format!("\n- {problem}\n  in {} trial(s):", trials.len()));
-        for o in trials.iter().take(4) {
-            s.push_str(&format!(
-                "\n    {} (trial seed {}) kills: {}",
-                o.name,
-                o.seed,
-                if o.kills.is_empty() {
-                    "none".to_string()
-                } else {
-                    o.kills.join("; ")
-                }
-            ));
+    // One bug is one line, whatever the trial.
+    let mut by_problem: BTreeMap<String, Vec<&Outcome>> = BTreeMap::new();
+    for o in &failed {
+        let mut sigs: Vec<String> = o.problems().into_iter().map(|(sig, _)| sig).collect();
+        sigs.dedup();
+        for p in sigs {
+            by_problem.entry(p).or_default().push(o);
         }
-        if trials.len() > 4 {
-            s.push_str(&format!("\n    ... and {} more", trials.len() - 4));
+    }
+    let mut lines: Vec<(&String, &Vec<&Outcome>)> = by_problem.iter().collect();
+    lines.sort_by_key(|(p, t)| (std::cmp::Reverse(t.len()), p.as_str()));
+    for (p, trials) in lines {
+        let mut first = trials.to_vec();
+        first.sort_by_key(|o| (o.kills.len(), o.name.len(), o.name.clone()));
+        s.push_str(&format!(
+            "  {:>3}  {p}  [{}{}]\n",
+            trials.len(),
+            first
+                .iter()
+                .take(3)
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if trials.len() > 3 { ", ..." } else { "" }
+        ));
+    }
+    s.push_str("\nTrials:\n");
+    for o in failed.iter().take(40) {
+        s.push_str(&format!(
+            "  {} (trial seed {}, database {}; kills: {})\n",
+            o.name,
+            o.seed,
+            o.database,
+            if o.kills.is_empty() {
+                "none".to_string()
+            } else {
+                o.kills.join("; ")
+            }
+        ));
+        let problems = o.problems();
+        for (_, p) in problems.iter().take(8) {
+            s.push_str(&format!("      {p}\n"));
         }
+        if problems.len() > 8 {
+            s.push_str(&format!("      ... {} more\n", problems.len() - 8));
+        }
+    }
+    if failed.len() > 40 {
+        s.push_str(&format!("  ... and {} more trials\n", failed.len() - 40));
     }
     Some(s)
 }
@@ -1137,87 +1720,20 @@ fn assert_none(reports: Vec<Option<String>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_kills_with_and_without_the_database_converge_without_duplicates() {
-    let reference = reference().await;
-    let base = seed();
-    let specs = (1..=RANDOM_TRIALS)
-        .map(|t| Spec {
-            name: format!("random-{t}"),
-            mode: Mode::InProcess,
-            kills: Kills::Random(KILLS_PER_TRIAL),
-            delete_db: t % 2 == 0,
-            seed: base.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(t),
-        })
-        .collect();
-    let outs = section(
-        &format!("random kills (seed {base}; even trials delete the database at each kill)"),
-        specs,
-        &reference,
-    )
-    .await;
-    assert_none(vec![report("random kills", &outs)]);
+    check(Section::Random).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_after_every_distinct_write_converges_with_and_without_the_database() {
-    let reference = reference().await;
-    let w = reference.scale.writes;
-    let specs = (1..=w)
-        .flat_map(|n| {
-            [false, true].map(|delete| Spec {
-                name: format!("write-{n}-{}", if delete { "deleted" } else { "kept" }),
-                mode: Mode::InProcess,
-                kills: Kills::AfterWrite(n),
-                delete_db: delete,
-                seed: n,
-            })
-        })
-        .collect();
-    let outs = section(
-        &format!("a kill after each of the {w} writes, database kept and deleted"),
-        specs,
-        &reference,
-    )
-    .await;
-    let covered = outs.iter().filter(|o| !o.kills.is_empty()).count();
-    eprintln!(
-        "crash: kill points covered: {covered} of {} (write, database) pairs",
-        outs.len()
-    );
-    assert_none(vec![report("kill after every write", &outs)]);
+    check(Section::Writes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_processes_killed_with_sigkill_converge() {
-    let reference = reference().await;
-    let base = seed();
-    let specs = (1..=PROCESS_TRIALS)
-        .map(|t| Spec {
-            name: format!("process-{t}"),
-            mode: Mode::RealProcess,
-            kills: Kills::Random(PROCESS_KILLS),
-            delete_db: t % 2 == 0,
-            seed: base.wrapping_mul(31).wrapping_add(1000 + t),
-        })
-        .collect();
-    let outs = section(
-        "real processes, SIGKILL (even trials delete the database)",
-        specs,
-        &reference,
-    )
-    .await;
-    assert_none(vec![report("real processes", &outs)]);
+async fn real_processes_killed_by_sigkill_restart_and_converge() {
+    check(Section::Processes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_bots_on_separate_databases_converge_without_duplicates() {
-    let reference = reference().await;
-    let specs = vec![Spec {
-        name: "two-bots".into(),
-        mode: Mode::TwoBots,
-        kills: Kills::None,
-        delete_db: false,
-        seed: seed(),
-    }];
-    let outs = section("two bots on separate databases", specs, &reference).await;
-    assert_none(vec![report("two bots", &outs)]);
+    check(Section::TwoBots).await;
 }

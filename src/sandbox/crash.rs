@@ -106,7 +106,7 @@ impl Gate {
         self.lock().writes
     }
 
-    /// Polls so far: listings of the sandbox project's issues (one per cycle).
+    /// Polls so far: listings of a project's issues (one per cycle).
     pub fn polls(&self) -> u64 {
         self.lock().polls
     }
@@ -222,7 +222,6 @@ pub fn is_write(method: &Method, path: &str) -> bool {
 struct HttpProxy {
     gate: Gate,
     upstream: String,
-    poll_path: String,
     client: reqwest::Client,
 }
 
@@ -256,7 +255,8 @@ async fn forward(State(p): State<Arc<HttpProxy>>, req: Request) -> Response {
         Err(_) => return StatusCode::BAD_REQUEST.into_response(),
     };
     let write = is_write(&parts.method, &path);
-    let poll = parts.method == Method::GET && path == p.poll_path;
+    let poll = parts.method == Method::GET
+        && crate::sandbox::faults::route_of(&path) == "/api/v4/projects/:project/issues";
     let arrival = p.gate.arrive(&what, write, poll);
     if arrival.hold {
         p.gate.held(&arrival).await;
@@ -312,12 +312,10 @@ async fn serve_http(
     gate: &Gate,
     client: &reqwest::Client,
     upstream: SocketAddr,
-    poll_path: &str,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let state = Arc::new(HttpProxy {
         gate: gate.clone(),
         upstream: format!("http://{upstream}"),
-        poll_path: poll_path.to_string(),
         client: client.clone(),
     });
     let app = axum::Router::new().fallback(forward).with_state(state);
@@ -374,14 +372,14 @@ async fn smtp_session(
                 return Ok::<(), std::io::Error>(());
             }
             // A final reply line ("250 ", not "250-") answers the oldest DATA end.
-            if line.len() > 3 && line.as_bytes()[3] == b' ' {
-                if let Ok(a) = rx.try_recv()
-                    && line.starts_with('2')
-                    && gate.answered(&a, "SMTP DATA")
-                {
-                    gate.held(&a).await;
-                    return Ok(());
-                }
+            if line.len() > 3
+                && line.as_bytes()[3] == b' '
+                && let Ok(a) = rx.try_recv()
+                && line.starts_with('2')
+                && gate.answered(&a, "SMTP DATA")
+            {
+                gate.held(&a).await;
+                return Ok(());
             }
             cw.write_all(line.as_bytes()).await?;
         }
@@ -436,14 +434,13 @@ impl Sandbox {
     /// Put a [`Gate`] between the bot and every server it writes to.
     pub async fn crash_proxies(&self) -> anyhow::Result<Proxies> {
         let gate = Gate::new();
-        let poll_path = format!("/api/v4/projects/{}/issues", encoded_project());
         let mut addrs = BTreeMap::new();
         let mut tasks = Vec::new();
         let mut upstreams = vec![self.gitlab_addr, self.google_addr, self.slack_addr];
         upstreams.extend(self.zendesk.values().map(|z| z.addr));
         let client = loopback_client()?;
         for up in upstreams {
-            let (addr, task) = serve_http(&gate, &client, up, &poll_path).await?;
+            let (addr, task) = serve_http(&gate, &client, up).await?;
             addrs.insert(up, addr);
             tasks.push(task);
         }
@@ -701,9 +698,31 @@ impl EndState {
                 .map(|p| p.issues.iter().map(|i| (i.iid, i.title.clone())).collect())
                 .unwrap_or_default()
         };
-        for (iid, title) in iids {
+        // Issues named in e-mails and notices, by name.
+        let named = |refs: Vec<String>| -> String {
+            refs.iter()
+                .map(|r| {
+                    let iid: u64 = r.trim_start_matches('#').parse().unwrap_or(0);
+                    names
+                        .get(&iid)
+                        .cloned()
+                        .or_else(|| iids.iter().find(|(i, _)| *i == iid).map(|(_, t)| t.clone()))
+                        .map(|n| format!("[{n}]"))
+                        .unwrap_or_else(|| r.clone())
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        for (iid, title) in iids.iter().cloned() {
+            // By name, not iid: an issue filed late (or not at all) must not
+            // shift the names of the others.
             let name = names.get(&iid).cloned().unwrap_or(title);
-            let key = format!("#{iid} {name}");
+            let mut key = name.clone();
+            let mut n = 1;
+            while facts.contains_key(&format!("{key}: state")) {
+                n += 1;
+                key = format!("{name} ({n})");
+            }
             let mut labels = sb.labels(iid);
             labels.sort();
             facts.insert(format!("{key}: state"), sb.state(iid));
@@ -819,7 +838,7 @@ impl EndState {
                     "to {} {:?} {}",
                     m.to.join(","),
                     m.header("Subject").unwrap_or_default(),
-                    issue_refs(&m.body()).join(" ")
+                    named(issue_refs(&m.body()))
                 )
             }))),
         );
@@ -862,7 +881,7 @@ impl EndState {
             format!(
                 "{} {}",
                 t.lines().next().unwrap_or(""),
-                issue_refs(t).join(" ")
+                named(issue_refs(t))
             )
         }));
         facts.insert("slack".into(), show_counts(&notices));
@@ -911,23 +930,36 @@ impl EndState {
         }
     }
 
-    /// What differs from `reference`, a line per fact.
-    pub fn diff(&self, reference: &EndState) -> Vec<String> {
-        let mut out = Vec::new();
+    /// What differs from `reference`, fact by fact.
+    pub fn diff(&self, reference: &EndState) -> Vec<Difference> {
         let keys: std::collections::BTreeSet<&String> =
             self.facts.keys().chain(reference.facts.keys()).collect();
-        for k in keys {
-            let (a, b) = (reference.facts.get(k), self.facts.get(k));
-            if a != b {
-                out.push(format!(
-                    "{k}: expected {:?}, got {:?}",
-                    a.map(String::as_str).unwrap_or("(nothing)"),
-                    b.map(String::as_str).unwrap_or("(nothing)")
-                ));
-            }
-        }
-        out
+        keys.into_iter()
+            .filter(|k| reference.facts.get(*k) != self.facts.get(*k))
+            .map(|k| Difference {
+                what: k.clone(),
+                expected: reference
+                    .facts
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| "(nothing)".into()),
+                got: self
+                    .facts
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| "(nothing)".into()),
+            })
+            .collect()
     }
+}
+
+/// One fact that is not as in the reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// `special request: labels`, `zendesk global jane.doe@gitlab.com`, `e-mails`, ...
+    pub what: String,
+    pub expected: String,
+    pub got: String,
 }
 
 #[cfg(test)]
