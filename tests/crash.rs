@@ -13,11 +13,23 @@
 //! the process), releases the gate, optionally deletes the database, and
 //! starts a new bot. People act between cycles by a script of "when the issue
 //! shows X, P does Y", so the script works however many cycles the bot needs.
+//! A trial goes through phases, each ended by a few quiet cycles (no write,
+//! nobody acting): the batch; the clock 8 days ahead (the time-bound grant's
+//! reminder); 10 days ahead (its expiry); the month's seat review. The real
+//! binary runs the batch phase only (it cannot move its clock); in-process
+//! bots on its database run the rest.
+//!
+//! What each trial must end with is compared as text (`EndState`): ids,
+//! ports and times left out, issues by name. The reasons a trial failed come
+//! with it: which issue or account differs and how, which comment (kind and
+//! marker key), e-mail (Message-ID; identical bytes separately), merge
+//! request or notice was duplicated, which issues were skipped as busy and
+//! which leases were still in the database at the end.
 //!
 //! Replay: `CRASH_SEED=<seed> CRASH_ONLY=<trial> cargo test --test crash`
 //! (the failure message prints both; `CRASH_ONLY` also takes a prefix such
 //! as `random` or `write-offboarding`). `CRASH_PARALLEL` sets how many trials
-//! run at once (default 8), `CRASH_VERBOSE=1` prints every trial and the
+//! run at once (default 12), `CRASH_VERBOSE=1` prints every trial and the
 //! reference's facts.
 //!
 //! The budget (about two minutes in debug on two cores) decides two things:
@@ -812,6 +824,16 @@ impl Bots {
         }
     }
 
+    /// The end of a trial: the bots finish their cycle (within 10 s).
+    async fn stop(&mut self) {
+        self.ask_to_stop();
+        let t0 = Instant::now();
+        while !self.stopped() && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.kill().await;
+    }
+
     fn stopped(&mut self) -> bool {
         match &mut self.running {
             Running::Tasks(ts) => ts.iter().all(|t| t.is_finished()),
@@ -868,6 +890,8 @@ struct Outcome {
     diff: Vec<Difference>,
     /// Issues the bot skipped as busy (another runner's lease), and how often.
     busy: Vec<(String, usize)>,
+    /// Leases still in a state database at the end: (issue, owner).
+    leases: Vec<(String, String)>,
 }
 
 impl Outcome {
@@ -928,6 +952,14 @@ impl Outcome {
                 format!("duplicate {class}: {what}"),
             ));
         }
+        for (name, owner) in &self.leases {
+            out.push((
+                format!("lease: {name}"),
+                format!(
+                    "lease: {name} is still leased at the end, by {owner} (a bot that was killed)"
+                ),
+            ));
+        }
         for (name, n) in &self.busy {
             out.push((
                 format!("busy: {name}"),
@@ -969,13 +1001,17 @@ fn parallel() -> usize {
     std::env::var("CRASH_PARALLEL")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8)
+        .unwrap_or(12)
+}
+
+/// Where the trials keep their state databases, configuration and logs
+/// (kept for the failed ones; emptied when a run starts).
+fn trials_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("crash")
 }
 
 fn trial_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("crash-{}", std::process::id()))
-        .join(name)
+    trials_dir().join(name)
 }
 
 /// A random kill point close to now: one of the next few requests (held
@@ -1224,9 +1260,9 @@ async fn run(spec: &Spec, scale: &Scale, out: &mut Outcome) -> anyhow::Result<()
         }
         last_change = bots.cycles();
     }
-    bots.kill().await;
     gate.arm(None);
     gate.release();
+    bots.stop().await;
     out.writes = gate.writes();
     out.requests = gate.requests();
     if std::env::var("CRASH_VERBOSE").is_ok() {
@@ -1261,7 +1297,39 @@ async fn run(spec: &Spec, scale: &Scale, out: &mut Outcome) -> anyhow::Result<()
             }
         }
     }
-    let names = batch.names();
+    let mut names = batch.names();
+    {
+        let w = sb.gitlab.lock();
+        for i in w
+            .project(PROJECT)
+            .map(|p| p.issues.as_slice())
+            .unwrap_or(&[])
+        {
+            names.entry(i.iid).or_insert_with(|| i.title.clone());
+        }
+    }
+    // Leases left in the state databases (every bot has stopped by now).
+    for db in &bots.dbs {
+        let Ok(c) =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        else {
+            continue;
+        };
+        let rows: Vec<(u64, String)> = c
+            .prepare("SELECT iid, owner FROM lease ORDER BY iid")
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (iid, owner) in rows {
+            let name = names
+                .get(&iid)
+                .cloned()
+                .unwrap_or_else(|| format!("#{iid}"));
+            out.leases.push((name, owner));
+        }
+    }
     out.busy = busy
         .into_iter()
         .map(|(iid, n)| {
@@ -1448,6 +1516,7 @@ async fn results() -> &'static BTreeMap<Section, SectionResult> {
 
 async fn run_all() -> BTreeMap<Section, SectionResult> {
     let t0 = Instant::now();
+    let _ = std::fs::remove_dir_all(trials_dir());
     let full = reference(&FULL).await;
     let mut parts = Vec::new();
     {
@@ -1652,11 +1721,12 @@ fn report(title: &str, outs: &[Outcome]) -> Option<String> {
         return None;
     }
     let mut s = format!(
-        "{title}: {} of {} trials failed (seed {}). Replay one with CRASH_SEED={} CRASH_ONLY=<trial> cargo test --test crash\n\nBy problem (number of trials; the first trials, fewest kills first):\n",
+        "{title}: {} of {} trials failed (seed {}). Replay one with CRASH_SEED={} CRASH_ONLY=<trial> cargo test --test crash; their state databases and process logs are in {}/<trial>\n\nBy problem (number of trials; the first trials, fewest kills first):\n",
         failed.len(),
         outs.len(),
         seed(),
-        seed()
+        seed(),
+        trials_dir().display()
     );
     // One bug is one line, whatever the trial.
     let mut by_problem: BTreeMap<String, Vec<&Outcome>> = BTreeMap::new();
