@@ -2,6 +2,7 @@
 //! and Google, served over HTTP on loopback. Used by the tests, by `demo`, and
 //! by `access-bot sandbox` for anyone who wants to try the bot first.
 
+pub mod crash;
 pub mod faults;
 pub mod gitlab;
 pub mod google;
