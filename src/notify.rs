@@ -71,6 +71,11 @@ pub enum Handover {
     /// The message was handed over but the server's answer never came: it
     /// most likely has it; never send it again.
     AnswerLost(String),
+    /// Not sent: the people it is for already answered on the issue.
+    Answered,
+    /// The issue says it was being handed over, and nothing says whether it
+    /// went (the bot's store was lost): not sent again.
+    Uncertain,
 }
 
 impl Mailer {
@@ -483,12 +488,20 @@ impl Notifier {
                 return;
             }
         };
+        // Recorded before it goes out: a notice is a heads-up (the issue
+        // always says it all), so a crash while sending loses it rather than
+        // sends it twice. Taken back if no channel took it, to try again.
+        if let Err(e) = store.record_notice(&key, now, suppressed) {
+            tracing::warn!(error = %e, "cannot record the notice; not sending");
+            return;
+        }
         let id = format!("{key}{now}");
-        if self
+        if !self
             .deliver(&format!("access-bot: {}", n.kind.as_str()), &text, &id)
             .await
+            && let Err(e) = store.unrecord_notice(&key, now, suppressed)
         {
-            let _ = store.record_notice(&key, now, suppressed);
+            tracing::warn!(error = %e, "cannot take back the notice that was not sent");
         }
     }
 

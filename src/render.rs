@@ -37,6 +37,7 @@ pub const TEMPLATES: &[(&str, &str)] = embedded!(
     "seat_review_item.md",
     "seat_reclaimed.md",
     "ops_notice.txt",
+    "email_sending.md",
     "email_sent.md",
     "email_failed.md",
     "support_team.md",

@@ -712,6 +712,29 @@ impl Store {
         Ok(())
     }
 
+    /// Take back a notice recorded before it was sent, when no channel took it.
+    pub fn unrecord_notice(
+        &self,
+        key: &str,
+        at: DateTime<Utc>,
+        mentioned: u64,
+    ) -> Result<(), StoreError> {
+        let c = self.c();
+        c.execute(
+            "DELETE FROM notice WHERE key = ?1 AND sent_at = ?2",
+            params![key, ts(at)],
+        )?;
+        c.execute(
+            "DELETE FROM notice_sent WHERE rowid IN (SELECT rowid FROM notice_sent WHERE at = ?1 LIMIT 1)",
+            params![ts(at)],
+        )?;
+        c.execute(
+            "UPDATE counter SET value = value + ?1 WHERE name = 'suppressed_notices'",
+            params![mentioned as i64],
+        )?;
+        Ok(())
+    }
+
     /// What was recorded for a delivery key, if anything.
     pub fn delivery(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
@@ -727,6 +750,15 @@ impl Store {
     pub fn record_delivery(&self, key: &str, detail: &str) -> Result<(), StoreError> {
         self.c().execute(
             "INSERT INTO delivery (key, at, detail) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO NOTHING",
+            params![key, ts(Utc::now()), detail],
+        )?;
+        Ok(())
+    }
+
+    /// Record how far a delivery got, replacing what was recorded before.
+    pub fn set_delivery(&self, key: &str, detail: &str) -> Result<(), StoreError> {
+        self.c().execute(
+            "INSERT INTO delivery (key, at, detail) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET at = ?2, detail = ?3",
             params![key, ts(Utc::now()), detail],
         )?;
         Ok(())

@@ -38,7 +38,7 @@
 //! tried with the database kept or deleted in turn, the seed deciding which
 //! (`CRASH_BOTH=1`: both for every write, about twice as long).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -440,12 +440,18 @@ fn approval(sb: &Sandbox, iid: u64, who: &'static str, label: &'static str) -> O
     })
 }
 
-/// The People team answers the e-mail it received about `email`.
-fn mailed_about(sb: &Sandbox, email: &str) -> bool {
+/// The People team answers the e-mail it received about `email`, or the
+/// bot's note on the issue that mentions them (GitLab tells them).
+fn asked_about(sb: &Sandbox, iid: u64, email: &str) -> bool {
     sb.smtp
         .messages()
         .iter()
         .any(|m| m.to.iter().any(|t| t == "people-connect@gitlab.com") && m.body().contains(email))
+        || sb.bot_comments(iid).iter().any(|c| {
+            c.body
+                .match_indices("@people-connect-1")
+                .any(|(i, _)| !c.body[..i].ends_with('`'))
+        })
 }
 
 fn open_mr(sb: &Sandbox, branch: &str) -> Option<u64> {
@@ -531,14 +537,22 @@ fn what_people_do(sb: &Sandbox, b: &Batch, phase: Phase) -> Vec<Act> {
         a,
         sb,
         b.of("light agent, Zendesk US Federal"),
-        mailed_about(sb, "bo.li@gitlab.com"),
+        asked_about(
+            sb,
+            b.of("light agent, Zendesk US Federal"),
+            "bo.li@gitlab.com",
+        ),
         &[("mlee", MANAGER), ("people-connect-1", VERIFIED)],
     );
     approve(
         a,
         sb,
         b.of("light agent, US Federal, citizenship denied"),
-        mailed_about(sb, "robin.kim@gitlab.com"),
+        asked_about(
+            sb,
+            b.of("light agent, US Federal, citizenship denied"),
+            "robin.kim@gitlab.com",
+        ),
         &[("mlee", MANAGER), ("people-connect-1", NOT_VERIFIED)],
     );
     // Jane asks for the team tag once her light-agent request is closed
@@ -1407,7 +1421,7 @@ async fn reference(def: &'static BatchDef) -> Reference {
                 }
             }
             if i == 0 {
-                check_full_reference(f);
+                check_full_reference(f, &out.end.at_most_once);
             } else if let Some(full) = REFERENCES[0].get() {
                 let full = by_name(&full.end);
                 for (k, v) in by_name(&out.end) {
@@ -1440,7 +1454,10 @@ async fn reference(def: &'static BatchDef) -> Reference {
 }
 
 /// The full batch without faults reaches every workflow's expected end.
-fn check_full_reference(f: &BTreeMap<String, String>) {
+fn check_full_reference(f: &BTreeMap<String, String>, once: &BTreeMap<String, BTreeSet<String>>) {
+    let none = BTreeSet::new();
+    let slack = once.get("slack").unwrap_or(&none);
+    let mails = once.get("e-mails").unwrap_or(&none);
     let fact = |k: &str| f.get(k).cloned().unwrap_or_default();
     for (what, ok) in [
         (
@@ -1460,11 +1477,13 @@ fn check_full_reference(f: &BTreeMap<String, String>) {
         ),
         (
             "two People-team e-mails",
-            fact("e-mails").contains(
-                "US Citizenship Verification Request\" [light agent, Zendesk US Federal]",
-            ) && fact("e-mails").contains(
-                "US Citizenship Verification Request\" [light agent, US Federal, citizenship denied]",
-            ),
+            mails.iter().any(|m| {
+                m.contains("US Citizenship Verification Request\" [light agent, Zendesk US Federal]")
+            }) && mails.iter().any(|m| {
+                m.contains(
+                    "US Citizenship Verification Request\" [light agent, US Federal, citizenship denied]",
+                )
+            }),
         ),
         (
             "Casey's merge request merged, Drew's closed",
@@ -1473,7 +1492,7 @@ fn check_full_reference(f: &BTreeMap<String, String>) {
         ),
         (
             "the security refusal told to ops",
-            fact("slack").contains("security reason"),
+            slack.iter().any(|n| n.contains("security reason")),
         ),
     ] {
         assert!(

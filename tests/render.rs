@@ -97,6 +97,28 @@ fn beyond_the_issue_texts() {
     );
     out.push(
         t.render(
+            "email_sending.md",
+            &json!({"to": "people-connect@gitlab.com", "subject": "US Citizenship Verification Request"}),
+        )
+        .unwrap(),
+    );
+    for (answer_lost, answered, uncertain) in [
+        (Some("connection reset"), false, false),
+        (None, true, false),
+        (None, false, true),
+    ] {
+        out.push(
+            t.render(
+                "email_sent.md",
+                &json!({"to": "people-connect@gitlab.com", "subject": "US Citizenship Verification Request",
+                        "answer_lost": answer_lost, "answered": answered, "uncertain": uncertain,
+                        "verifiers": ["@people-connect-1", "@people-connect-2"]}),
+            )
+            .unwrap(),
+        );
+    }
+    out.push(
+        t.render(
             "email_failed.md",
             &json!({"to": "people-connect@gitlab.com", "error": "the SMTP server refused the message: permanent error (550): 5.7.1 Relaying denied (permanent)"}),
         )

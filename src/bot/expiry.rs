@@ -123,7 +123,11 @@ impl Bot {
                             revoked: false,
                         },
                         said("expiry-reminder"),
-                        said("expired"),
+                        // Revoked only once the label is gone: an issue still
+                        // labelled may lack its tick or label change (a crash
+                        // after the note), and revoking again takes back
+                        // nothing the grant no longer owns.
+                        false,
                     )
                     .map_err(|e| e.to_string())?;
             }

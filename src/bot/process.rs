@@ -94,6 +94,12 @@ struct ToVerify {
 }
 
 /// The key of the verification request on the issue (one per person).
+/// What the store holds for a People-team e-mail about to be announced on
+/// the issue and handed over (not yet handed over).
+const PREPARED: &str = "prepared";
+/// ... and what it holds while the message is handed over.
+const HANDING_OVER: &str = "handing over";
+
 fn verification_key(email: &Email) -> String {
     format!("citizenship:{}", short_hash(email.as_str()))
 }
@@ -410,6 +416,16 @@ impl Bot {
             username: issue.author.username.clone(),
             email: author.email.as_deref().and_then(|e| Email::parse(e).ok()),
         };
+        // A verification request on the issue whose e-mail no note reports
+        // (a crash, a refusal): finish it first, whatever the decision is now.
+        if !self.dry_run
+            && let Some(v) = self.to_verify(&req, &dir)
+            && let Err(e) = self
+                .verification_email(project, &issue, &mut history, &req, &v, &facts)
+                .await?
+        {
+            tracing::warn!(iid, error = %e, "the People team's e-mail is still not sent");
+        }
 
         // Decide; post a plan when none describes the request (or the accounts
         // changed since the plan), then decide again with it on record: a
@@ -454,6 +470,10 @@ impl Bot {
                     let why = matches!(stage, Stage::Stale { .. }).then(|| {
                             "The request changed since an earlier plan (or after it was carried out), so any earlier approval no longer applies: approve this plan again.".to_string()
                         });
+                    let planned = history
+                        .records
+                        .iter()
+                        .any(|r| r.marker.kind == "plan" && r.marker.digest == request.digest());
                     let early = self
                         .post_plan(
                             project,
@@ -472,10 +492,12 @@ impl Bot {
                             },
                         )
                         .await?;
+                    // After the plan that explains it is on the issue; not
+                    // again for a request already planned.
+                    self.security_notice(&request, &missing, planned).await;
                     if let Some(o) = early {
                         return Ok(o);
                     }
-                    self.security_notice(&request, &missing).await;
                     if !requirements.required.is_empty() {
                         // Approvals come after the plan: nothing more this cycle.
                         return Ok(Outcome::Waiting);
@@ -509,6 +531,8 @@ impl Bot {
                         return Ok(Outcome::Waiting);
                     }
                     let digest = request.digest();
+                    // Whether the situation was already explained on the issue.
+                    let mut explained: Option<bool> = None;
                     let mut wb = Writeback {
                         kind: "waiting",
                         digest: digest.clone(),
@@ -530,7 +554,8 @@ impl Bot {
                             ctx: json!({"kind": request.kind.human(), "missing": views, "granted": report::granted_views(&granted)}),
                             key: format!("waiting:{digest}:{}", short_hash(&sig.join("\n"))),
                         });
-                        self.security_notice(&request, &missing).await;
+                        let key = format!("waiting:{digest}:{}", short_hash(&sig.join("\n")));
+                        explained = Some(history.keys().contains(&crate::marker::clean(&key)));
                     }
                     let email = if verification_pending {
                         self.verification(&request, &dir, &mut wb)
@@ -541,9 +566,19 @@ impl Bot {
                     if let Some(r) = self.write_back(project, &issue, &history, wb).await? {
                         history.push(r);
                     }
+                    if let Some(before) = explained {
+                        self.security_notice(&request, &missing, before).await;
+                    }
                     if let Some(to_verify) = email
                         && let Err(e) = self
-                            .verification_email(project, &issue, &history, &request, &to_verify)
+                            .verification_email(
+                                project,
+                                &issue,
+                                &mut history,
+                                &request,
+                                &to_verify,
+                                &facts,
+                            )
                             .await?
                     {
                         return Ok(Outcome::Failed(e));
@@ -677,7 +712,7 @@ impl Bot {
         }
         if let Some(to_verify) = email
             && let Err(e) = self
-                .verification_email(project, issue, history, request, &to_verify)
+                .verification_email(project, issue, history, request, &to_verify, facts)
                 .await?
         {
             return Ok(Some(Outcome::Failed(e)));
@@ -685,8 +720,18 @@ impl Bot {
         Ok(None)
     }
 
-    async fn security_notice(&self, request: &Request, missing: &[approval::MissingApproval]) {
-        if !missing.iter().any(|m| m.missing.is_security()) {
+    /// Ops hear of an approval that does not count for a security reason,
+    /// at most once: after the comment that explains it is on the issue, and
+    /// never when it was there already (`explained`), whatever the store
+    /// remembers. (A crash between the comment and the notice loses the
+    /// notice, never the explanation.)
+    async fn security_notice(
+        &self,
+        request: &Request,
+        missing: &[approval::MissingApproval],
+        explained: bool,
+    ) {
+        if explained || !missing.iter().any(|m| m.missing.is_security()) {
             return;
         }
         let views = report::missing_views(missing);
@@ -726,17 +771,9 @@ impl Bot {
         if self.dry_run {
             return Ok(Outcome::Refused);
         }
-        if security {
-            tracing::warn!(iid = request.iid, reasons = ?reasons, "refused for a security reason");
-            self.tell_ops(
-                NoticeKind::SecurityRefusal,
-                format!("#{} {}", request.iid, reasons.join("; ")),
-                format!("#{} was refused: {}", request.iid, reasons.join("; ")),
-                Some(request.web_url.clone()),
-            )
-            .await;
-        }
         let digest = request.digest();
+        let key = format!("refused:{digest}:{}", short_hash(&reasons.join("\n")));
+        let explained = history.keys().contains(&crate::marker::clean(&key));
         let wb = Writeback {
             kind: "refused",
             digest: digest.clone(),
@@ -751,13 +788,24 @@ impl Bot {
                     "refused.md"
                 },
                 ctx: json!({"reasons": reasons, "close": close}),
-                key: format!("refused:{digest}:{}", short_hash(&reasons.join("\n"))),
+                key,
             }],
             state_label: Some(self.cfg.bot.state_labels.refused.clone()),
             close,
             ..Default::default()
         };
         self.write_back(project, issue, history, wb).await?;
+        // Once the comment is on the issue, and only the first time.
+        if security && !explained {
+            tracing::warn!(iid = request.iid, reasons = ?reasons, "refused for a security reason");
+            self.tell_ops(
+                NoticeKind::SecurityRefusal,
+                format!("#{} {}", request.iid, reasons.join("; ")),
+                format!("#{} was refused: {}", request.iid, reasons.join("; ")),
+                Some(request.web_url.clone()),
+            )
+            .await;
+        }
         Ok(Outcome::Refused)
     }
 
@@ -844,17 +892,7 @@ impl Bot {
         // GitLab and the identity sources know them, never by the free text
         // of the issue: the People team checks who will get the access.
         let subject = request.subjects.first()?;
-        let gitlab_name = subject
-            .gitlab_username
-            .as_deref()
-            .and_then(|u| match dir.lookup(u) {
-                approval::Lookup::Found(i) => i.name.clone(),
-                _ => None,
-            });
-        let who = match gitlab_name {
-            Some(n) => format!("{n} ({})", subject.email),
-            None => subject.email.to_string(),
-        };
+        let who = self.verified_person(request, dir)?;
         wb.sections.push(Section {
             template: "citizenship_request.md",
             ctx: json!({
@@ -875,6 +913,62 @@ impl Bot {
             })
     }
 
+    /// Whether one of the verification's approvers applied its label (either
+    /// answer) since the bot asked.
+    fn verification_answered(&self, facts: &IssueFacts) -> bool {
+        let Some(rule) = self
+            .cfg
+            .approvals
+            .values()
+            .find(|r| r.denied_label.is_some())
+        else {
+            return false;
+        };
+        let labels: Vec<&String> = std::iter::once(&rule.label)
+            .chain(rule.denied_label.iter())
+            .collect();
+        facts.label_events.iter().any(|e| {
+            e.action == crate::request::LabelAction::Add
+                && e.label.as_ref().is_some_and(|l| labels.contains(&l))
+                && rule.approvers.iter().any(|a| {
+                    a.trim_start_matches('@')
+                        .eq_ignore_ascii_case(&e.user.username)
+                })
+        })
+    }
+
+    /// The person a verification is about, as GitLab and the identity
+    /// sources name them.
+    fn verified_person(&self, request: &Request, dir: &Directory) -> Option<String> {
+        let subject = request.subjects.first()?;
+        let gitlab_name = subject
+            .gitlab_username
+            .as_deref()
+            .and_then(|u| match dir.lookup(u) {
+                approval::Lookup::Found(i) => i.name.clone(),
+                _ => None,
+            });
+        Some(match gitlab_name {
+            Some(n) => format!("{n} ({})", subject.email),
+            None => subject.email.to_string(),
+        })
+    }
+
+    /// Whom to e-mail the People team about, when e-mail is configured and
+    /// the request involves a verification.
+    fn to_verify(&self, request: &Request, dir: &Directory) -> Option<ToVerify> {
+        self.mailer.as_ref().filter(|m| !m.people_team.is_empty())?;
+        self.cfg
+            .approvals
+            .values()
+            .find(|r| r.denied_label.is_some())?;
+        let subject = request.subjects.first()?;
+        Some(ToVerify {
+            who: self.verified_person(request, dir)?,
+            email: subject.email.clone(),
+        })
+    }
+
     /// The People team's e-mail, exactly once, with the issue as the memory:
     /// the verification request on the issue is the record that the e-mail
     /// is due; the note saying it was sent is the record that it went. In
@@ -884,13 +978,15 @@ impl Bot {
     /// (with an empty store it cannot tell, and sends again with the same
     /// Message-ID, which mail systems show once).
     /// `Ok(Err(_))`: the server refused; said on the issue, retried next cycle.
+    #[allow(clippy::too_many_arguments)]
     async fn verification_email(
         &self,
         project: &str,
         issue: &ApiIssue,
-        history: &History,
+        history: &mut History,
         request: &Request,
         v: &ToVerify,
+        facts: &IssueFacts,
     ) -> Result<Result<(), String>, ProcessError> {
         let Some(m) = &self.mailer else {
             return Ok(Ok(()));
@@ -921,12 +1017,37 @@ impl Bot {
             return Err(ProcessError::NotActive);
         }
         let handed = self.store.delivery(&store_key)?;
-        let outcome = match handed.as_deref() {
+        // The People team already answered on the issue: they have the
+        // request; it is not sent (again).
+        let answered = self.verification_answered(facts);
+        let sending_key = format!("citizenship-sending:{}", short_hash(v.email.as_str()));
+        let announced = keys.contains(&crate::marker::clean(&sending_key));
+        let outcome = match (handed.as_deref(), answered) {
             // Handed over before a crash: the server has it (or its answer was lost).
-            Some(_) => Ok(crate::notify::Handover::AnswerLost(
+            (Some(HANDING_OVER), _) => Ok(crate::notify::Handover::AnswerLost(
                 "the bot stopped before the server's answer arrived".into(),
             )),
-            None => {
+            // The server took it; only the note saying so is missing.
+            (Some(h), _) if h != PREPARED => Ok(crate::notify::Handover::Accepted),
+            (_, true) => Ok(crate::notify::Handover::Answered),
+            // Announced on the issue, but the store that would say whether it
+            // went is gone: it may have; never twice.
+            (None, false) if announced => Ok(crate::notify::Handover::Uncertain),
+            (_, false) => {
+                // The store first (so that a crash before the hand-over is
+                // known as one), then the issue, then the message.
+                self.store.set_delivery(&store_key, PREPARED)?;
+                if !announced {
+                    let wb = said(
+                        "email_sending.md",
+                        json!({"to": to, "subject": subject}),
+                        sending_key,
+                    );
+                    match self.write_back(project, issue, history, wb).await? {
+                        Some(r) => history.push(r),
+                        None => return Err(ProcessError::NotActive),
+                    }
+                }
                 let body = self.templates.render(
                     "citizenship_email.txt",
                     &json!({"name": v.who, "issue_url": request.web_url}),
@@ -937,27 +1058,45 @@ impl Bot {
                     request.iid,
                     short_hash(v.email.as_str())
                 );
-                let record = async { self.store.record_delivery(&store_key, "handing over") };
+                let record = async { self.store.set_delivery(&store_key, HANDING_OVER) };
                 m.send_two_phase(&m.people_team, subject, &body, &id, record)
                     .await?
             }
         };
         match outcome {
             Ok(h) => {
-                if handed.is_none() {
-                    self.store.record_delivery(&store_key, &to)?;
+                if handed.is_none_or(|h| h == PREPARED) {
+                    self.store.set_delivery(&store_key, &to)?;
                 }
                 tracing::info!(iid = request.iid, to = %to, handover = ?h, "citizenship verification e-mail sent");
-                let lost = match h {
-                    crate::notify::Handover::Accepted => None,
-                    crate::notify::Handover::AnswerLost(why) => Some(why),
+                let (lost, answered, uncertain) = match h {
+                    crate::notify::Handover::Accepted => (None, false, false),
+                    crate::notify::Handover::AnswerLost(why) => (Some(why), false, false),
+                    crate::notify::Handover::Answered => (None, true, false),
+                    crate::notify::Handover::Uncertain => (None, false, true),
                 };
+                // Who can answer on the issue instead (from the configuration,
+                // never from the issue): mentioned, so GitLab tells them.
+                let verifiers: Vec<String> = self
+                    .cfg
+                    .approvals
+                    .values()
+                    .find(|r| r.denied_label.is_some())
+                    .map(|r| {
+                        r.approvers
+                            .iter()
+                            .map(|a| format!("@{}", a.trim_start_matches('@')))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let wb = said(
                     "email_sent.md",
-                    json!({"to": to, "subject": subject, "answer_lost": lost}),
+                    json!({"to": to, "subject": subject, "answer_lost": lost, "answered": answered, "uncertain": uncertain, "verifiers": verifiers}),
                     sent_key,
                 );
-                self.write_back(project, issue, history, wb).await?;
+                if let Some(r) = self.write_back(project, issue, history, wb).await? {
+                    history.push(r);
+                }
                 Ok(Ok(()))
             }
             Err(e) => {
@@ -967,7 +1106,9 @@ impl Bot {
                     json!({"to": to, "error": e.to_string()}),
                     format!("email-failed:{}", short_hash(&e.to_string())),
                 );
-                self.write_back(project, issue, history, wb).await?;
+                if let Some(r) = self.write_back(project, issue, history, wb).await? {
+                    history.push(r);
+                }
                 Ok(Err(format!("e-mail to the People team: {e}")))
             }
         }

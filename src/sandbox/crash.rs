@@ -634,6 +634,11 @@ pub struct EndState {
     /// Duplicates found, by class (`comment`, `e-mail`, `e-mail (raw)`,
     /// `merge request`, `grant`, `notice`).
     pub duplicates: Vec<(String, String)>,
+    /// Ops notices (Slack, and e-mails to ops) and the People team's
+    /// e-mails: at most once by design (the issue holds the whole story), so
+    /// a trial may have fewer than the reference, never others, never one
+    /// twice.
+    pub at_most_once: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 fn counted<I: IntoIterator<Item = String>>(items: I) -> BTreeMap<String, usize> {
@@ -830,17 +835,42 @@ impl EndState {
         }
 
         // E-mails: who got what; the same Message-ID (or the same bytes) twice.
+        // The bot's own notices to ops ("access-bot: ...") are at most once.
         let mails = sb.smtp.messages();
-        facts.insert(
+        let is_notice = |m: &crate::sandbox::notify::Mail| {
+            m.header("Subject")
+                .is_some_and(|s| s.starts_with("access-bot:"))
+        };
+        let describe_mail = |m: &crate::sandbox::notify::Mail| {
+            format!(
+                "to {} {:?} {}",
+                m.to.join(","),
+                m.header("Subject").unwrap_or_default(),
+                named(issue_refs(&m.body()))
+            )
+        };
+        // The People team's e-mails too: a bot killed between saying on the
+        // issue that it is handing one over and handing it over, with its
+        // database lost, cannot know whether it went, so it asks the People
+        // team on the issue instead of sending it twice. (The issues' end
+        // states still need their answer; duplicates are counted below.)
+        let mut at_most_once: BTreeMap<String, std::collections::BTreeSet<String>> =
+            BTreeMap::new();
+        at_most_once.insert(
             "e-mails".into(),
-            show_counts(&counted(mails.iter().map(|m| {
-                format!(
-                    "to {} {:?} {}",
-                    m.to.join(","),
-                    m.header("Subject").unwrap_or_default(),
-                    named(issue_refs(&m.body()))
-                )
-            }))),
+            mails
+                .iter()
+                .filter(|m| !is_notice(m))
+                .map(describe_mail)
+                .collect(),
+        );
+        at_most_once.insert(
+            "ops e-mails".into(),
+            mails
+                .iter()
+                .filter(|m| is_notice(m))
+                .map(describe_mail)
+                .collect(),
         );
         let ids = counted(
             mails
@@ -884,7 +914,7 @@ impl EndState {
                 named(issue_refs(t))
             )
         }));
-        facts.insert("slack".into(), show_counts(&notices));
+        at_most_once.insert("slack".into(), notices.keys().cloned().collect());
         for (t, n) in counted(texts.iter().cloned())
             .into_iter()
             .filter(|(_, n)| *n > 1)
@@ -927,6 +957,7 @@ impl EndState {
         EndState {
             facts,
             duplicates: dups,
+            at_most_once,
         }
     }
 
@@ -934,7 +965,8 @@ impl EndState {
     pub fn diff(&self, reference: &EndState) -> Vec<Difference> {
         let keys: std::collections::BTreeSet<&String> =
             self.facts.keys().chain(reference.facts.keys()).collect();
-        keys.into_iter()
+        let mut out: Vec<Difference> = keys
+            .into_iter()
             .filter(|k| reference.facts.get(*k) != self.facts.get(*k))
             .map(|k| Difference {
                 what: k.clone(),
@@ -949,7 +981,31 @@ impl EndState {
                     .cloned()
                     .unwrap_or_else(|| "(nothing)".into()),
             })
-            .collect()
+            .collect();
+        // At most once: nothing the reference does not have.
+        for (what, got) in &self.at_most_once {
+            let expected = reference
+                .at_most_once
+                .get(what)
+                .cloned()
+                .unwrap_or_default();
+            let extra: Vec<&String> = got.difference(&expected).collect();
+            if !extra.is_empty() {
+                out.push(Difference {
+                    what: what.clone(),
+                    expected: format!(
+                        "at most {}",
+                        expected.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                    got: extra
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        out
     }
 }
 
