@@ -141,3 +141,49 @@ async fn a_killed_bots_issue_is_taken_over_at_once_and_not_skipped_by_the_cursor
     assert_eq!(said(&sb, iid, "access-bot: done"), 1);
     let _ = std::fs::remove_file(&path);
 }
+
+/// A person's change that lands while the bot is looking at the issue was not
+/// part of its decision: the bot looks again, instead of taking the issue as
+/// seen up to its own write. Here the system owner approves while the bot is
+/// reading the label events of the manager's approval.
+#[tokio::test]
+async fn a_change_made_while_the_bot_looks_brings_the_issue_back() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let bot = sb.bot().await.unwrap();
+    let iid = file(&sb, "special request").await;
+    run_until_quiet(&bot, 3).await;
+    assert_eq!(said(&sb, iid, "access-bot plan"), 1);
+    sb.add_label("mlee", iid, "AR-Approval::Manager Approved")
+        .await
+        .unwrap();
+    sb.gitlab_knobs.fail_next(
+        &format!(
+            "GET /api/v4/projects/support%2Faccess-requests/issues/{iid}/resource_label_events"
+        ),
+        1,
+        Failure::Delay(std::time::Duration::from_millis(800)),
+    );
+    let (report, approved) = tokio::join!(bot.cycle(), async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        sb.add_label("lyle", iid, "Zendesk::System Owner Approved")
+            .await
+    });
+    approved.unwrap();
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .any(|(_, i, o)| *i == iid && matches!(o, Outcome::Waiting)),
+        "decided on what it read before the owner's label: {report:?}"
+    );
+    run_until_quiet(&bot, 3).await;
+    assert_eq!(
+        said(&sb, iid, "access-bot: done"),
+        1,
+        "{:?}",
+        sb.bot_comments(iid)
+            .iter()
+            .map(|c| c.body.lines().next().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    );
+}

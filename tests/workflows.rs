@@ -338,6 +338,13 @@ async fn light_agent_federal_waits_for_verification_then_provisions() {
     s.expect(
         &sb,
         &[
+            "E-mailing the verification request",
+            "people-connect@gitlab.com",
+        ],
+    );
+    s.expect(
+        &sb,
+        &[
             "E-mailed the verification request",
             "people-connect@gitlab.com",
         ],
@@ -380,6 +387,7 @@ async fn light_agent_federal_denied_is_closed_without_provisioning() {
     run_until_quiet(&bot, 3).await;
     let mut s = Seen::new(iid);
     s.expect(&sb, &["US Citizen"]);
+    s.expect(&sb, &["E-mailing the verification request"]);
     s.expect(&sb, &["E-mailed the verification request"]);
     s.expect(
         &sb,
@@ -1019,6 +1027,7 @@ async fn security_federal_without_or_with_forged_verification() {
     run_until_quiet(&bot, 3).await;
     let mut s = Seen::new(iid);
     s.expect(&sb, &["US Citizen"]);
+    s.expect(&sb, &["E-mailing the verification request"]);
     s.expect(&sb, &["E-mailed the verification request"]);
     s.expect(
         &sb,

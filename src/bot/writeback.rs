@@ -215,7 +215,24 @@ impl Bot {
         } else {
             fresh.updated_at
         };
-        self.store.mark_seen(project, issue.iid, last)?;
+        // Seen up to the bot's own edit only when nobody else changed the
+        // issue since the bot read it for this look: a label or an edit that
+        // landed meanwhile was not part of the decision, so the next poll
+        // must bring the issue back (an extra look, not a missed change).
+        let mut before_labels = issue.labels.clone();
+        let mut now_labels = fresh.labels.clone();
+        before_labels.sort();
+        now_labels.sort();
+        let changed_meanwhile = fresh.title != issue.title
+            || fresh.description != issue.description
+            || fresh.state != issue.state
+            || now_labels != before_labels;
+        let seen_at = if changed_meanwhile {
+            issue.updated_at
+        } else {
+            last
+        };
+        self.store.mark_seen(project, issue.iid, seen_at)?;
         Ok(record)
     }
 }

@@ -38,6 +38,9 @@ pub enum Failure {
     ApplyThenHang,
     /// Answer 200 with a body that is not the JSON the API documents.
     Garbage,
+    /// Handle the request at once, then hold its answer this long (a slow
+    /// answer: what it says may be out of date when it arrives).
+    Delay(Duration),
 }
 
 /// How long a hung request is held before the sandbox lets go of it (clients
@@ -245,6 +248,14 @@ pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) ->
             "{\"users\": [{\"id\": \"not a number\"",
         )
             .into_response(),
+        Some(Ok(Failure::Delay(d))) => {
+            let (parts, body) = next.run(req).await.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            tokio::time::sleep(d).await;
+            Response::from_parts(parts, axum::body::Body::from(bytes))
+        }
         Some(Ok(Failure::Hang)) => {
             // Logged now: the request arrived, even though it is never answered.
             knobs.lock().log.push(LogEntry {
