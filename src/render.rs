@@ -88,6 +88,9 @@ impl Templates {
             }
         }
         let mut env = Environment::new();
+        // A mistyped or missing variable is an error, never empty text: only
+        // `if` may test for a value that is absent.
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::SemiStrict);
         env.set_keep_trailing_newline(true);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -238,6 +241,27 @@ mod tests {
             code_list(&["a".into(), "b".into(), "c".into()], 2),
             "`a`, `b`, and 1 more"
         );
+    }
+
+    #[test]
+    fn a_missing_variable_is_an_error_not_empty_text() {
+        let t = Templates::load(None).unwrap();
+        // `to` mistyped as `recipient`: the text would read "E-mailed ... to ."
+        let err = t
+            .render(
+                "email_sent.md",
+                &serde_json::json!({"recipient": "people@x", "subject": "s"}),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("email_sent.md"), "{err}");
+        // Optional values may be tested with `if` and left out.
+        let ok = t
+            .render(
+                "email_sent.md",
+                &serde_json::json!({"to": "people@x", "subject": "s"}),
+            )
+            .unwrap();
+        assert!(ok.contains("to people@x"), "{ok}");
     }
 
     #[test]
