@@ -1061,10 +1061,70 @@ pub fn has_level(cfg: &Config, instance: &str, level: &str, a: &ZendeskAccount) 
         }
 }
 
+/// A time-bound grant whose end date has come, with the changes it still
+/// owns (as read just now): built only by [`Expired::due`], and the only way
+/// to the executor's revocation.
+#[derive(Debug, Clone)]
+pub struct Expired {
+    iid: u64,
+    subject: Email,
+    instance: String,
+    expires: chrono::NaiveDate,
+    undo: Vec<Action>,
+}
+
+impl Expired {
+    /// The proof, if `today` is on or after the end date; with the changes
+    /// the grant no longer owns (kept, each with why).
+    #[allow(clippy::too_many_arguments)]
+    pub fn due(
+        cfg: &Config,
+        iid: u64,
+        record: &GrantRecord,
+        expires: chrono::NaiveDate,
+        today: chrono::NaiveDate,
+        now: Option<&ZendeskAccount>,
+        okta_member: Option<bool>,
+        held_elsewhere: &BTreeSet<String>,
+    ) -> Option<(Expired, Vec<(Action, String)>)> {
+        if today < expires {
+            return None;
+        }
+        let (undo, kept) = still_owned(cfg, record, now, okta_member, held_elsewhere);
+        Some((
+            Expired {
+                iid,
+                subject: record.subject.clone(),
+                instance: record.instance.clone(),
+                expires,
+                undo,
+            },
+            kept,
+        ))
+    }
+
+    pub fn iid(&self) -> u64 {
+        self.iid
+    }
+    pub fn subject(&self) -> &Email {
+        &self.subject
+    }
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+    pub fn expires(&self) -> chrono::NaiveDate {
+        self.expires
+    }
+    /// What the revocation takes back, last change first.
+    pub fn undo(&self) -> &[Action] {
+        &self.undo
+    }
+}
+
 /// Of a grant's undo steps, the ones it still owns now: the account still has
 /// what the grant set, and no other request (still in force) gives it. The
 /// rest are kept, each with why.
-pub fn still_owned(
+fn still_owned(
     cfg: &Config,
     record: &GrantRecord,
     now: Option<&ZendeskAccount>,

@@ -124,14 +124,40 @@ pub fn money(amount: f64, currency: &str) -> String {
 /// What a tick on a review item is worth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TickVerdict {
-    /// Ticked by a reviewer, and nobody else changed the description since.
-    Holds { by: String, note_id: u64 },
+    /// Ticked by a reviewer, and nobody else changed the description since:
+    /// the proof the executor needs to reclaim that seat.
+    Holds(ReviewerTicked),
     /// The last tick of this item was by someone who is not a reviewer.
     NotReviewer { by: String, note_id: u64 },
     /// A reviewer ticked it, but someone else changed the description at or after that.
     LaterEdit { by: String, note_id: u64 },
     /// GitLab has no record of anyone ticking it (it was written ticked).
     NoRecord,
+}
+
+/// A seat review line that a configured reviewer ticked, with nobody else
+/// changing the description since: built only by [`verify_tick`], and the
+/// only way to the executor's seat reclaim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewerTicked {
+    by: String,
+    note_id: u64,
+    item_text: String,
+}
+
+impl ReviewerTicked {
+    /// The reviewer's username.
+    pub fn by(&self) -> &str {
+        &self.by
+    }
+    /// GitLab's note recording the tick.
+    pub fn note_id(&self) -> u64 {
+        self.note_id
+    }
+    /// The line that was ticked, as the bot wrote it.
+    pub fn item_text(&self) -> &str {
+        &self.item_text
+    }
 }
 
 /// GitLab may Markdown-escape the item text in its checklist notes (`\_`).
@@ -205,10 +231,11 @@ pub fn verify_tick(
             note_id: note.id,
         };
     }
-    TickVerdict::Holds {
+    TickVerdict::Holds(ReviewerTicked {
         by,
         note_id: note.id,
-    }
+        item_text: wanted.to_string(),
+    })
 }
 
 /// A CSV cell: quoted when needed, and never read as a formula by a spreadsheet.
@@ -352,13 +379,12 @@ exempt_tags = ["seat_exempt"]"#,
         let lyle = (10, "lyle");
         let mallory = (66, "mallory");
         let bot = (1, "bot");
-        assert_eq!(
-            verify_tick(ITEM, &[tick(1, lyle, 1)], &reviewers, 1),
-            TickVerdict::Holds {
-                by: "lyle".into(),
-                note_id: 1
+        match verify_tick(ITEM, &[tick(1, lyle, 1)], &reviewers, 1) {
+            TickVerdict::Holds(t) => {
+                assert_eq!((t.by(), t.note_id(), t.item_text()), ("lyle", 1, ITEM));
             }
-        );
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             verify_tick(ITEM, &[tick(1, mallory, 1)], &reviewers, 1),
             TickVerdict::NotReviewer { .. }
@@ -374,7 +400,7 @@ exempt_tags = ["seat_exempt"]"#,
         let ours = note(4, bot, "changed the description", 5);
         assert!(matches!(
             verify_tick(ITEM, &[earlier, tick(1, lyle, 1), ours], &reviewers, 1),
-            TickVerdict::Holds { .. }
+            TickVerdict::Holds(_)
         ));
         // Unticked afterwards, or never ticked at all.
         let untick = note(

@@ -8,8 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::approval::Approved;
-use crate::plan::{Action, Observed, Plan, Step, StepState};
+use crate::plan::{Action, Expired, Observed, Plan, Step, StepState};
 use crate::request::Email;
+use crate::seats::ReviewerTicked;
 use crate::zendesk::UserPatch;
 
 use super::Bot;
@@ -92,11 +93,78 @@ impl Bot {
         .await
     }
 
+    /// End a time-bound grant: only with the proof that its date has come,
+    /// and only the changes it still owns. `n` numbers the grant on its issue
+    /// (an issue can grant twice, under two plans).
+    pub(super) async fn revoke_expired(
+        &self,
+        project: &str,
+        expired: &Expired,
+        n: usize,
+        observed: &Observed,
+    ) -> (Vec<Step>, ExecResult) {
+        let steps: Vec<Step> = expired
+            .undo()
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Step {
+                key: format!(
+                    "{}/{}/revoke-{n}-{i}",
+                    expired.instance(),
+                    expired.subject()
+                ),
+                subject: expired.subject().clone(),
+                instance: expired.instance().to_string(),
+                action: a.clone(),
+                item: 0,
+                state: StepState::ToDo,
+            })
+            .collect();
+        let mut ids = BTreeMap::new();
+        let r = self
+            .run_steps(
+                project,
+                expired.iid(),
+                &steps,
+                &format!("expiry on {} of #{}", expired.expires(), expired.iid()),
+                &mut ids,
+                observed,
+                false,
+            )
+            .await;
+        (steps, r)
+    }
+
+    /// Reclaim an idle seat: only with the proof that a reviewer ticked its
+    /// line, and only while this replica holds the project (`None`: it no
+    /// longer does). The caller has re-read the account and writes the audit
+    /// row.
+    pub(super) async fn reclaim_seat(
+        &self,
+        project: &str,
+        instance: &super::Instance,
+        ticked: &ReviewerTicked,
+        user_id: u64,
+        patch: &UserPatch,
+    ) -> Result<Option<crate::zendesk::User>, crate::zendesk::ZendeskError> {
+        if !self.may_write(project) {
+            return Ok(None);
+        }
+        tracing::info!(
+            user_id,
+            reviewer = ticked.by(),
+            line = ticked.item_text(),
+            "reclaiming a seat"
+        );
+        instance.api.update_user(user_id, patch).await.map(Some)
+    }
+
     /// Run steps in order, recording each in the audit trail before anything
-    /// reports it; stop at the first failure. Also used to end time-bound
-    /// access, which only takes away (or restores) what an approved plan gave.
+    /// reports it; stop at the first failure. Reached only through a proof:
+    /// an approved plan ([`Bot::execute`]) or an expired grant
+    /// ([`Bot::revoke_expired`]).
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn run_steps(
+    async fn run_steps(
         &self,
         project: &str,
         iid: u64,

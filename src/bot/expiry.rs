@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::approval::History;
-use crate::plan::{self, Action, GrantRecord, Observed, Step, StepState};
+use crate::plan::{self, Action, GrantRecord, Observed};
 use crate::request::{IssueFacts, checklist};
 use crate::store::Grant;
 
@@ -292,31 +292,20 @@ impl Bot {
                 (record.instance.clone(), record.subject.clone()),
                 now.clone(),
             );
-            let (undo, kept) = plan::still_owned(&self.cfg, &record, now.as_ref(), member, &held);
-            let steps: Vec<Step> = undo
-                .into_iter()
-                .enumerate()
-                .map(|(i, a)| Step {
-                    key: format!("{}/{}/revoke-{n}-{i}", record.instance, record.subject),
-                    subject: record.subject.clone(),
-                    instance: record.instance.clone(),
-                    action: a,
-                    item: 0,
-                    state: StepState::ToDo,
-                })
-                .collect();
-            let mut ids = BTreeMap::new();
-            let r = self
-                .run_steps(
-                    project,
-                    iid,
-                    &steps,
-                    &format!("expiry on {expires} of #{iid}"),
-                    &mut ids,
-                    &observed,
-                    false,
-                )
-                .await;
+            let Some((expired, kept)) = plan::Expired::due(
+                &self.cfg,
+                iid,
+                &record,
+                expires,
+                self.now().date_naive(),
+                now.as_ref(),
+                member,
+                &held,
+            ) else {
+                // Not due (a clock that went back): nothing is taken back.
+                return Outcome::Waiting;
+            };
+            let (steps, r) = self.revoke_expired(project, &expired, n, &observed).await;
             all_lines.extend(steps.iter().map(|s| {
                 json!({"done": r.done.contains(&s.key), "kept": false, "why": "", "text": format!("{} in {}: {}", crate::render::code_span(s.subject.as_str()), self.display(&s.instance), s.action.describe())})
             }));

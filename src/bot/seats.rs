@@ -516,8 +516,9 @@ impl Bot {
             }
             let email = row.email.clone();
             match seats::verify_tick(&row.item_text, &facts.notes, &reviewers, self.me.id) {
-                TickVerdict::Holds { by, note_id } => {
-                    match self.reclaim(inst, row, &cfg).await {
+                TickVerdict::Holds(ticked) => {
+                    let (by, note_id) = (ticked.by().to_string(), ticked.note_id());
+                    match self.reclaim(project, inst, row, &cfg, &ticked).await {
                         Ok(r) => {
                             let (kind, before, after, ctx) = match r {
                                 Reclaim::Done { was, now } => (
@@ -613,9 +614,11 @@ impl Bot {
 
     async fn reclaim(
         &self,
+        project: &str,
         inst: &Instance,
         row: &SeatCandidateRow,
         cfg: &SeatAuditConfig,
+        ticked: &crate::seats::ReviewerTicked,
     ) -> Result<Reclaim, ZendeskError> {
         let names = &inst.resolved.role_names;
         let light = inst.resolved.light_agent_role;
@@ -668,7 +671,14 @@ impl Bot {
                 ..Default::default()
             }
         };
-        let after = inst.api.update_user(u.id, &patch).await?;
+        let Some(after) = self
+            .reclaim_seat(project, inst, ticked, u.id, &patch)
+            .await?
+        else {
+            return Ok(Reclaim::Kept(
+                "another replica of the bot holds this project now; it decides".into(),
+            ));
+        };
         Ok(Reclaim::Done {
             was: describe(&u, names),
             now: describe(&after, names),

@@ -1,0 +1,109 @@
+//! The shape the code must keep: every write to a target system (Zendesk,
+//! Google) goes through the one executor, `src/bot/execute.rs`, which accepts
+//! only a proof (an approved plan, an expired grant, a reviewer's tick). The
+//! adapters define the calls; the sandbox and the demo's seeding write to the
+//! fakes' state directly; nothing else may call them.
+
+use std::path::{Path, PathBuf};
+
+/// The adapters' write methods, as they are called.
+const WRITES: [&str; 9] = [
+    ".update_user(",
+    ".create_or_update(",
+    ".add_tags(",
+    ".remove_tags(",
+    ".add_membership(",
+    ".remove_membership(",
+    ".reassign(",
+    ".add_member(",
+    ".remove_member(",
+];
+
+/// Files allowed to contain those calls, and why.
+const ALLOWED: [&str; 6] = [
+    "src/bot/execute.rs", // the one door
+    "src/zendesk.rs",     // the adapter itself
+    "src/google.rs",      // the adapter itself
+    "src/sandbox/",       // the fakes
+    "src/demo.rs",        // seeds the fakes' state before the demo
+    "src/bin/bench.rs",   // seeds the fakes' state before a benchmark
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn only_the_executor_writes_to_target_systems() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    assert!(files.len() > 20, "the sources were found: {files:?}");
+    let mut found = Vec::new();
+    let mut in_executor = 0;
+    for f in files {
+        let rel = f
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let text = std::fs::read_to_string(&f).unwrap();
+        // Unit tests inside a file may use mocks freely.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (n, line) in code.lines().enumerate() {
+            if let Some(w) = WRITES.iter().find(|w| line.contains(*w)) {
+                if rel == "src/bot/execute.rs" {
+                    in_executor += 1;
+                }
+                if !ALLOWED.iter().any(|a| rel.starts_with(a)) {
+                    found.push(format!("{rel}:{}: {w} {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "writes to a target system outside the executor:\n{}",
+        found.join("\n")
+    );
+    assert!(
+        in_executor >= 8,
+        "the executor makes the writes ({in_executor} found)"
+    );
+}
+
+#[test]
+fn the_executor_runs_steps_only_behind_a_proof() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exec = std::fs::read_to_string(root.join("src/bot/execute.rs")).unwrap();
+    // The step runner is private to the executor; its public doors each
+    // take a proof type that only the deciding module can build.
+    assert!(
+        exec.contains("\n    async fn run_steps("),
+        "run_steps is private"
+    );
+    for door in [
+        "plan: &Approved<Plan>",
+        "expired: &Expired",
+        "ticked: &ReviewerTicked",
+    ] {
+        assert!(exec.contains(door), "a door takes {door}");
+    }
+    let plan = std::fs::read_to_string(root.join("src/plan.rs")).unwrap();
+    assert!(
+        plan.contains("pub struct Expired {\n    iid: u64,"),
+        "Expired's fields are private"
+    );
+    let seats = std::fs::read_to_string(root.join("src/seats.rs")).unwrap();
+    assert!(
+        seats.contains("pub struct ReviewerTicked {\n    by: String,"),
+        "ReviewerTicked's fields are private"
+    );
+}
