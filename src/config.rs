@@ -141,7 +141,7 @@ pub struct NotifyConfig {
     pub slack: Option<SlackConfig>,
     /// The same notice (kind and cause) is sent at most once in this window.
     #[serde(default = "default_dedupe_window")]
-    pub dedupe_window: String,
+    pub dedupe_window: Dur,
     /// At most this many notices an hour across all kinds; the rest are counted
     /// and mentioned in the next one that goes out.
     #[serde(default = "default_max_per_hour")]
@@ -200,7 +200,7 @@ pub struct SupportTeamConfig {
     pub item: String,
     /// How often an open merge request is checked for being merged.
     #[serde(default = "default_mr_check")]
-    pub check_every: String,
+    pub check_every: Dur,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,11 +222,11 @@ pub struct GitlabConfig {
     pub poll_interval: String,
     /// How far before the last seen `updated_at` each poll starts again.
     #[serde(default = "default_overlap")]
-    pub poll_overlap: String,
+    pub poll_overlap: Dur,
     /// How long one GitLab request may take, answer included (a hung GitLab
     /// must not hold the bot). A duration, `30s` by default.
     #[serde(default = "default_gitlab_timeout")]
-    pub request_timeout: String,
+    pub request_timeout: Dur,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -517,13 +517,13 @@ pub struct SeatAuditConfig {
 pub struct LifecycleConfig {
     /// A request waiting for approval this long gets one reminder.
     #[serde(default = "default_stale_remind")]
-    pub stale_reminder_after: String,
+    pub stale_reminder_after: Dur,
     /// ... and is closed after this long.
     #[serde(default = "default_stale_close")]
-    pub stale_close_after: String,
+    pub stale_close_after: Dur,
     /// Remind this long before time-bound access expires.
     #[serde(default = "default_expiry_remind")]
-    pub expiry_reminder_before: String,
+    pub expiry_reminder_before: Dur,
 }
 
 impl Default for LifecycleConfig {
@@ -539,11 +539,11 @@ impl Default for LifecycleConfig {
 fn default_poll_interval() -> String {
     "2m".into()
 }
-fn default_overlap() -> String {
-    "2m".into()
+fn default_overlap() -> Dur {
+    Dur::from_secs(120, "2m")
 }
-fn default_gitlab_timeout() -> String {
-    "30s".into()
+fn default_gitlab_timeout() -> Dur {
+    Dur::from_secs(30, "30s")
 }
 fn default_state_db() -> PathBuf {
     "access-bot.db".into()
@@ -566,8 +566,8 @@ fn default_currency() -> String {
 fn default_reclaim() -> String {
     "end_user".into()
 }
-fn default_dedupe_window() -> String {
-    "6h".into()
+fn default_dedupe_window() -> Dur {
+    Dur::from_secs(6 * 3600, "6h")
 }
 fn default_max_per_hour() -> u32 {
     10
@@ -581,20 +581,20 @@ fn default_target_branch() -> String {
 fn default_support_item() -> String {
     "Support Team".into()
 }
-fn default_mr_check() -> String {
-    "10m".into()
+fn default_mr_check() -> Dur {
+    Dur::from_secs(600, "10m")
 }
 fn default_seat_label() -> String {
     "zendesk-seat-review".into()
 }
-fn default_stale_remind() -> String {
-    "7d".into()
+fn default_stale_remind() -> Dur {
+    Dur::from_secs(7 * 86_400, "7d")
 }
-fn default_stale_close() -> String {
-    "30d".into()
+fn default_stale_close() -> Dur {
+    Dur::from_secs(30 * 86_400, "30d")
 }
-fn default_expiry_remind() -> String {
-    "3d".into()
+fn default_expiry_remind() -> Dur {
+    Dur::from_secs(3 * 86_400, "3d")
 }
 
 /// A configuration error, naming the file, the line and the key when known.
@@ -763,18 +763,7 @@ impl Config {
                     .into(),
             ));
         }
-        parse_duration(&self.gitlab.poll_overlap).map_err(|e| {
-            err(
-                &["gitlab", "poll_overlap"],
-                format!("gitlab.poll_overlap: {e}"),
-            )
-        })?;
-        let timeout = parse_duration(&self.gitlab.request_timeout).map_err(|e| {
-            err(
-                &["gitlab", "request_timeout"],
-                format!("gitlab.request_timeout: {e}"),
-            )
-        })?;
+        let timeout = self.gitlab.request_timeout.get();
         if timeout.is_zero() || timeout > Duration::from_secs(600) {
             return Err(err(
                 &["gitlab", "request_timeout"],
@@ -806,17 +795,6 @@ impl Config {
                     self.gitlab.poll_interval, every
                 ),
             ));
-        }
-        for (field, key) in [
-            ("stale_reminder_after", &self.lifecycle.stale_reminder_after),
-            ("stale_close_after", &self.lifecycle.stale_close_after),
-            (
-                "expiry_reminder_before",
-                &self.lifecycle.expiry_reminder_before,
-            ),
-        ] {
-            parse_duration(key)
-                .map_err(|e| err(&["lifecycle", field], format!("lifecycle.{field}: {e}")))?;
         }
         if let Some(u) = &self.ops.unhealthy_after {
             parse_duration(u).map_err(|e| {
@@ -1069,12 +1047,6 @@ impl Config {
             }
         }
         if let Some(n) = &self.notify {
-            parse_duration(&n.dedupe_window).map_err(|e| {
-                err(
-                    &["notify", "dedupe_window"],
-                    format!("notify.dedupe_window: {e}"),
-                )
-            })?;
             if let Some(c) = &n.digest {
                 parse_cron(c)
                     .map_err(|e| err(&["notify", "digest"], format!("notify.digest: {e}")))?;
@@ -1117,19 +1089,13 @@ impl Config {
                 }
             }
         }
-        if let Some(t) = &self.support_team {
-            if !t.path.contains("{username}") {
-                return Err(err(
-                    &["support_team", "path"],
-                    "support_team.path must contain {username}".into(),
-                ));
-            }
-            parse_duration(&t.check_every).map_err(|e| {
-                err(
-                    &["support_team", "check_every"],
-                    format!("support_team.check_every: {e}"),
-                )
-            })?;
+        if let Some(t) = &self.support_team
+            && !t.path.contains("{username}")
+        {
+            return Err(err(
+                &["support_team", "path"],
+                "support_team.path must contain {username}".into(),
+            ));
         }
         if let Some(s) = &self.seat_audit {
             if !["light_agent", "end_user"].contains(&s.reclaim_to.as_str()) {
@@ -1219,11 +1185,11 @@ impl Config {
 
     /// The timeout of one GitLab request (`gitlab.request_timeout`).
     pub fn gitlab_timeout(&self) -> Duration {
-        parse_duration(&self.gitlab.request_timeout).unwrap_or(crate::gitlab::DEFAULT_TIMEOUT)
+        self.gitlab.request_timeout.get()
     }
 
     pub fn poll_overlap(&self) -> Duration {
-        parse_duration(&self.gitlab.poll_overlap).unwrap_or(Duration::from_secs(120))
+        self.gitlab.poll_overlap.get()
     }
 
     /// The labels the poller lists issues by: the first label of each kind rule.
@@ -1356,6 +1322,60 @@ pub const MAX_DURATION_SECS: u64 = 100 * 366 * 86_400;
 
 /// The shortest poll interval against a real GitLab.
 pub const MIN_POLL_SECS: u64 = 5;
+
+/// A duration from the configuration, parsed when the file is read (an
+/// invalid one is an error at its line then, never a default later); it keeps
+/// the text the operator wrote, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dur {
+    value: Duration,
+    text: String,
+}
+
+impl Dur {
+    fn from_secs(secs: u64, text: &str) -> Dur {
+        Dur {
+            value: Duration::from_secs(secs),
+            text: text.to_string(),
+        }
+    }
+
+    /// As in the file: `90s`, `15m`, `2h`, `7d`, `2w`.
+    pub fn parse(text: &str) -> Result<Dur, String> {
+        Ok(Dur {
+            value: parse_duration(text)?,
+            text: text.trim().to_string(),
+        })
+    }
+
+    pub fn get(&self) -> Duration {
+        self.value
+    }
+
+    /// The same, for date arithmetic (at most a hundred years: always fits).
+    pub fn chrono(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.value).unwrap_or(chrono::Duration::MAX)
+    }
+}
+
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        let text = String::deserialize(d)?;
+        Dur::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
 
 /// `90s`, `15m`, `2h`, `7d`, `2w`, or a bare number of seconds; at most a hundred years.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -1843,6 +1863,25 @@ mod tests {
         refused(poll, "poll_interval = \"2s\"", "minimum is 5s");
         refused(poll, "poll_interval = \"* * * * * *\"", "minimum is 5s");
         refused(poll, "poll_interval = \"99999999999999999w\"", "too long");
+        // Durations are parsed as the file is read: each bad one at its line.
+        for (from, to) in [
+            ("poll_overlap = \"2m\"", "poll_overlap = \"2 minutes\""),
+            ("dedupe_window = \"6h\"", "dedupe_window = \"6y\""),
+            ("check_every = \"10m\"", "check_every = \"often\""),
+            (
+                "stale_reminder_after = \"7d\"",
+                "stale_reminder_after = \"-7d\"",
+            ),
+        ] {
+            let text = example().replacen(from, to, 1);
+            let e = parse(&text).expect_err(to);
+            let at = text.lines().position(|l| l.trim() == to).unwrap() + 1;
+            assert_eq!(e.line, Some(at), "{to}: {e}");
+            assert!(
+                e.to_string().contains("duration") || e.to_string().contains("unit"),
+                "{e}"
+            );
+        }
         assert!(parse(&example().replacen(poll, "poll_interval = \"*/5 * * * *\"", 1)).is_ok());
         refused(
             "url = \"https://gitlab.com\"",

@@ -420,11 +420,7 @@ impl Notifier {
         mailer: Option<Arc<Mailer>>,
         slack: Option<Slack>,
     ) -> Result<Notifier, NotifyError> {
-        let window = crate::config::parse_duration(&cfg.dedupe_window)
-            .map_err(NotifyError::Config)
-            .and_then(|d| {
-                chrono::Duration::from_std(d).map_err(|e| NotifyError::Config(e.to_string()))
-            })?;
+        let window = cfg.dedupe_window.chrono();
         Ok(Notifier {
             mailer: mailer.filter(|m| !m.ops.is_empty()),
             slack,

@@ -1066,7 +1066,7 @@ async fn light_agent_request(sb: &Sandbox) -> u64 {
 /// The bot with a short GitLab timeout.
 async fn bot_with_timeout(sb: &Sandbox, timeout: &str) -> access_bot::bot::Bot {
     let mut cfg = sb.config.clone();
-    cfg.gitlab.request_timeout = timeout.into();
+    cfg.gitlab.request_timeout = access_bot::config::Dur::parse(timeout).unwrap();
     let store = std::sync::Arc::new(
         access_bot::store::Store::open(std::path::Path::new(":memory:")).unwrap(),
     );

@@ -148,10 +148,7 @@ impl Bot {
                 return Vec::new();
             }
         };
-        let before = crate::config::parse_duration(&self.cfg.lifecycle.expiry_reminder_before)
-            .ok()
-            .and_then(|d| chrono::Duration::from_std(d).ok())
-            .unwrap_or(chrono::Duration::days(3));
+        let before = self.cfg.lifecycle.expiry_reminder_before.chrono();
         let today = self.now().date_naive();
         let mut by_issue: BTreeMap<(String, u64), Vec<Grant>> = BTreeMap::new();
         // Only where this replica acts.

@@ -568,13 +568,7 @@ impl Bot {
             }
             *last = Some(std::time::Instant::now());
         }
-        let Ok(remind) = crate::config::parse_duration(&self.cfg.lifecycle.stale_reminder_after)
-        else {
-            return Vec::new();
-        };
-        let Ok(remind) = chrono::Duration::from_std(remind) else {
-            return Vec::new();
-        };
+        let remind = self.cfg.lifecycle.stale_reminder_after.chrono();
         match self
             .gitlab
             .list_issues(project, Some(&self.cfg.bot.state_labels.waiting), None)

@@ -1489,12 +1489,7 @@ impl Bot {
         wb: &mut Writeback,
     ) {
         let lc = &self.cfg.lifecycle;
-        let (Ok(remind), Ok(close)) = (
-            crate::config::parse_duration(&lc.stale_reminder_after),
-            crate::config::parse_duration(&lc.stale_close_after),
-        ) else {
-            return;
-        };
+        let (remind, close) = (lc.stale_reminder_after.get(), lc.stale_close_after.get());
         let age = chrono::Utc::now() - facts.issue.created_at;
         let days = age.num_days();
         if age.to_std().is_ok_and(|a| a >= close) {

@@ -183,7 +183,7 @@ impl Bot {
         if self.dry_run {
             return Vec::new();
         }
-        let every = crate::config::parse_duration(&st.check_every).unwrap_or_default();
+        let every = st.check_every.get();
         {
             let mut last = self.last_mr_check.lock().await;
             if last.is_some_and(|t| t.elapsed() < every) {

@@ -205,7 +205,7 @@ impl Sandbox {
         config.gitlab.url = format!("http://{gitlab_addr}");
         config.gitlab.projects = vec![PROJECT.to_string()];
         config.gitlab.poll_interval = "2s".into();
-        config.gitlab.poll_overlap = "2s".into();
+        config.gitlab.poll_overlap = crate::config::Dur::parse("2s").map_err(anyhow::Error::msg)?;
         config.bot.state_db = std::path::PathBuf::from(":memory:");
 
         {
@@ -344,7 +344,7 @@ impl Sandbox {
         if let Some(st) = config.support_team.as_mut() {
             st.project = SUPPORT_TEAM.to_string();
             // The sandbox is fast; look at open merge requests every cycle.
-            st.check_every = "0s".into();
+            st.check_every = crate::config::Dur::parse("0s").map_err(anyhow::Error::msg)?;
         }
 
         // Where notices land: an SMTP sink and a Slack webhook.
