@@ -46,6 +46,8 @@ pub const TEMPLATES: &[(&str, &str)] = embedded!(
     "grant_record.md",
     "seat_listed.md",
     "stopped.md",
+    "status.txt",
+    "status.html",
 );
 
 #[derive(Debug, thiserror::Error)]
