@@ -503,6 +503,8 @@ async fn the_status_command_prints_the_queue() {
     };
     let (code, text, err) = run("text").await;
     assert_eq!(code, Some(0), "{text}\n{err}");
+    // Shown with --nocapture: the README's example comes from here.
+    println!("{text}");
     assert!(
         text.starts_with("access-bot status at ")
             && text
@@ -652,7 +654,7 @@ async fn a_real_browser_renders_the_page() {
     assert!(ok, "{err}");
     assert!(dom.contains("access-bot status"), "{dom}\n{err}");
     assert!(dom.contains("3 open issues tracked"), "{dom}");
-    assert!(dom.contains(&format!("from @mlee")), "{dom}");
+    assert!(dom.contains("from @mlee"), "{dom}");
     assert!(dom.contains("robin.kim@gitlab.com"), "{dom}");
     assert!(dom.contains("Ann Idle"), "{dom}");
     // The hostile title is text in the DOM, not an element.
@@ -690,6 +692,10 @@ async fn a_real_browser_renders_the_page() {
     let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("no screenshot ({e}): {err}"));
     assert!(bytes.len() > 1000, "{} bytes", bytes.len());
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    // To look at it: ACCESS_BOT_SCREENSHOT_TO=/tmp/status.png.
+    if let Ok(to) = std::env::var("ACCESS_BOT_SCREENSHOT_TO") {
+        std::fs::write(&to, &bytes).unwrap();
+    }
     run.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

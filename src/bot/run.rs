@@ -701,6 +701,12 @@ pub async fn run(
                 bot.cfg.status.token_env
             );
         };
+        if listening.ops.is_some_and(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                ops = ?listening.ops,
+                "the status page shows personal data and the ops listener is not on loopback: only its credentials protect it"
+            );
+        }
         lock(&metrics).status = Some(Arc::new(super::status::StatusPage::new(bot.clone(), token)));
     }
     if let Some(ch) = opts.on_listening {
