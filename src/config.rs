@@ -2078,4 +2078,37 @@ mod tests {
         assert_eq!(cfg.ops.listen, "0.0.0.0:9100");
         assert_eq!(cfg.unhealthy_after(), Duration::from_secs(3000));
     }
+
+    #[test]
+    fn the_status_page_is_off_by_default_and_its_section_validated() {
+        let cfg = parse(&example()).unwrap();
+        assert!(!cfg.status.enabled);
+        assert_eq!(cfg.stuck_after(), Duration::from_secs(3 * 86_400));
+        assert!(
+            !cfg.secret_envs()
+                .iter()
+                .any(|(v, _)| v == "ACCESS_BOT_STATUS_TOKEN")
+        );
+        let on = example() + "\n[status]\nenabled = true\nstuck_after = \"12h\"\n";
+        let cfg = parse(&on).unwrap();
+        assert!(cfg.status.enabled);
+        assert_eq!(cfg.status.username, "ops");
+        assert_eq!(cfg.stuck_after(), Duration::from_secs(12 * 3600));
+        assert!(
+            cfg.secret_envs()
+                .iter()
+                .any(|(v, _)| v == "ACCESS_BOT_STATUS_TOKEN")
+        );
+        for (bad, needle) in [
+            ("enabled = true\ntoken = \"x\"", "token"),
+            ("stuck_after = \"soon\"", "status.stuck_after"),
+            ("enabled = true\ntoken_env = \"\"", "status.token_env"),
+            ("username = \"a:b\"", "status.username"),
+        ] {
+            let e = parse(&(example() + "\n[status]\n" + bad + "\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
 }
