@@ -699,3 +699,105 @@ async fn a_real_browser_renders_the_page() {
     run.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_as_a_process_serves_the_page_with_the_secret_from_its_environment() {
+    use std::io::BufRead;
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let waiting = sb
+        .file_issue(
+            "jdoe",
+            "Jane Doe, Zendesk Global",
+            &[],
+            &request_body("Jane Doe", "jane.doe@gitlab.com", "jdoe", None),
+        )
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("ab-status-run-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bot.toml");
+    std::fs::write(
+        &cfg,
+        sb.config_toml(
+            &dir.join("state.db").display().to_string(),
+            None,
+            "5s",
+            None,
+        ) + "\n[status]\nenabled = true\n",
+    )
+    .unwrap();
+    let bin = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_access-bot"));
+        c.arg("--config")
+            .arg(&cfg)
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .env_remove("ACCESS_BOT_STATUS_TOKEN")
+            .envs(sb.env())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+
+    // Enabled without its secret: a configuration error, before anything runs.
+    let mut c = bin();
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("ACCESS_BOT_STATUS_TOKEN"), "{err}");
+
+    let mut child = bin().env("ACCESS_BOT_STATUS_TOKEN", TOKEN).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let t0 = Instant::now();
+    let mut page = None;
+    while t0.elapsed() < Duration::from_secs(30) && page.is_none() {
+        match rx.try_recv() {
+            Ok(l) => {
+                if let Some(i) = l.find("status page on http://") {
+                    let rest = &l[i + "status page on ".len()..];
+                    page = rest
+                        .split_whitespace()
+                        .next()
+                        .map(|p| p.trim_end_matches(';').to_string());
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let page = page.expect("the start line names the status page");
+    assert!(page.starts_with("http://127.0.0.1:"), "{page}");
+    let (code, _, _) = get(&page, None).await;
+    assert_eq!(code, 401);
+    // The first poll posts the plan; the page then shows what it waits for.
+    let mut html = String::new();
+    while t0.elapsed() < Duration::from_secs(30) {
+        let (code, body, _) = get(&page, Some(&basic("ops", TOKEN))).await;
+        assert_eq!(code, 200, "{body}");
+        html = body;
+        if html.contains("from @mlee") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let row = row(&html, "state-waiting", waiting);
+    assert!(
+        row.contains(&format!("<code>{MANAGER}</code> from @mlee")),
+        "{row}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -652,6 +652,15 @@ pub async fn run(
     let schedule = bot.cfg.poll_schedule().map_err(|e| anyhow::anyhow!(e))?;
     let tz = bot.cfg.time_zone().map_err(|e| anyhow::anyhow!(e))?;
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
+    // Checked before anything listens: enabled without its secret is a configuration error.
+    let status_page = match (bot.cfg.status.enabled, opts.status_token.clone()) {
+        (false, _) => None,
+        (true, Some(token)) => Some(Arc::new(super::status::StatusPage::new(bot.clone(), token))),
+        (true, None) => anyhow::bail!(
+            "[status] is enabled but its secret ({}) was not given",
+            bot.cfg.status.token_env
+        ),
+    };
     let metrics = opts
         .metrics
         .clone()
@@ -688,27 +697,22 @@ pub async fn run(
         listening.ops = Some(addr);
         tasks.push(task);
     }
-    tracing::info!(
-        ops = ?listening.ops,
-        webhook = ?listening.webhook,
-        "{}",
-        start_line(&bot.cfg, &listening, bot.dry_run)
-    );
-    if bot.cfg.status.enabled {
-        let Some(token) = opts.status_token.clone() else {
-            anyhow::bail!(
-                "[status] is enabled but its secret ({}) was not given",
-                bot.cfg.status.token_env
-            );
-        };
+    // Registered before the start line announces the page.
+    if let Some(page) = status_page {
         if listening.ops.is_some_and(|a| !a.ip().is_loopback()) {
             tracing::warn!(
                 ops = ?listening.ops,
                 "the status page shows personal data and the ops listener is not on loopback: only its credentials protect it"
             );
         }
-        lock(&metrics).status = Some(Arc::new(super::status::StatusPage::new(bot.clone(), token)));
+        lock(&metrics).status = Some(page);
     }
+    tracing::info!(
+        ops = ?listening.ops,
+        webhook = ?listening.webhook,
+        "{}",
+        start_line(&bot.cfg, &listening, bot.dry_run)
+    );
     if let Some(ch) = opts.on_listening {
         let _ = ch.send(listening);
     }
