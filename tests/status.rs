@@ -801,3 +801,44 @@ async fn run_as_a_process_serves_the_page_with_the_secret_from_its_environment()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every value the page repeats goes through the template engine's HTML
+/// escaping, the phrases of `status_phrases.txt` included.
+#[test]
+fn every_value_on_the_page_is_escaped() {
+    let t = access_bot::render::Templates::load(None).unwrap();
+    let evil = "<img src=x onerror=alert(1)> \"quoted\" & 'single' @all";
+    let row = serde_json::json!({
+        "project": evil, "iid": 7, "url": "https://gitlab.example.com/a/-/issues/7\" onclick=\"x",
+        "title": evil, "state": "failed", "kind": evil, "people": [evil],
+        "waiting_for": [{"label": evil, "from": [evil], "who": evil, "detail": evil,
+                         "since": "2026-01-01T00:00:00Z", "for_how_long": evil}],
+        "situation": evil, "notes": [evil],
+        "last_action": {"what": evil, "at": "2026-01-01T00:00:00Z", "when": evil, "ago": evil},
+        "failure": {"reason": evil, "next_retry": {"every": evil, "at": null, "in": null}},
+        "progress_at": "2026-01-01T00:00:00Z", "idle_for": evil, "stuck": true,
+    });
+    let ctx = serde_json::json!({
+        "generated_at": "2026-01-01T00:00:00Z", "generated": evil, "projects": [evil],
+        "stuck_after": evil, "total": 1, "stuck": 1, "expiring_within_days": 14,
+        "groups": [{"state": "failed", "label": evil, "title": evil, "rows": [row]}],
+        "expiring": [{"project": evil, "iid": 7, "url": evil, "title": evil, "person": evil,
+                      "instance": evil, "expires": evil, "in_days": 3}],
+        "seats": {"configured": true, "unreadable": false, "instances": [{"instance": evil,
+                  "period": evil, "url": evil, "iid": 1, "yearly_cost": 1.0, "cost": evil,
+                  "people": [{"name": evil, "email": evil, "cost": evil}]}]},
+        "errors": [evil],
+    });
+    let html = t.render("status.html", &ctx).unwrap();
+    assert!(!html.contains("<img"), "{html}");
+    assert!(!html.contains("\" onclick"), "{html}");
+    assert!(!html.contains("\"quoted\""), "{html}");
+    assert!(html.contains(
+        "&lt;img src=x onerror=alert(1)&gt; &quot;quoted&quot; &amp; &#x27;single&#x27; @all"
+    ));
+    // The text form repeats values as they are (for a terminal), and the
+    // macros' phrases are there.
+    let text = t.render("status.txt", &ctx).unwrap();
+    assert!(text.contains(&format!("failed: {evil}")), "{text}");
+    assert!(text.contains(&format!("next retry: with the next poll (every {evil})")));
+}

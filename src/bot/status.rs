@@ -81,7 +81,10 @@ pub struct Row {
     /// The people the request is for (name and e-mail).
     pub people: Vec<String>,
     pub waiting_for: Vec<Awaited>,
-    /// Refusal reasons, "approved: acts on its next pass", or why the request cannot be read.
+    /// Where a waiting request stands besides its missing approvals
+    /// (`approved`, `done`, `verification`); the templates say it.
+    pub situation: Option<String>,
+    /// Refusal reasons, or why the request cannot be read (from the core).
     pub notes: Vec<String>,
     pub last_action: Option<LastAction>,
     pub failure: Option<Failure>,
@@ -108,6 +111,7 @@ pub struct Awaited {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LastAction {
+    /// What the note was (`plan`, `failed-step`, ...; see `status_phrases.txt`).
     pub what: String,
     pub at: DateTime<Utc>,
     /// `at` for people.
@@ -117,8 +121,19 @@ pub struct LastAction {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Failure {
-    pub reason: String,
-    pub next_retry: String,
+    /// From the bot's latest note saying so; `None` when no note says why.
+    pub reason: Option<String>,
+    pub next_retry: NextPoll,
+}
+
+/// When a failed issue is looked at again: with the next poll.
+#[derive(Debug, Clone, Serialize)]
+pub struct NextPoll {
+    /// Polls at a fixed interval: this one.
+    pub every: Option<String>,
+    /// Polls on a cron schedule: the next time, and how far away.
+    pub at: Option<String>,
+    pub r#in: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -138,7 +153,8 @@ pub struct Expiring {
 pub struct Seats {
     /// Whether `[seat_audit]` is configured.
     pub configured: bool,
-    pub note: String,
+    /// The open reviews could not be read.
+    pub unreadable: bool,
     pub instances: Vec<SeatInstance>,
 }
 
@@ -210,25 +226,15 @@ fn one_line(s: &str) -> String {
         .to_string()
 }
 
-/// What a note of the bot's was, for people.
+/// What a note of the bot's was, as a code the templates put in words.
 fn describe_record(r: &approval::Record) -> String {
     let key = |p: &str| r.marker.keys.iter().any(|k| k.starts_with(p));
     match r.marker.kind.as_str() {
-        "plan" => "posted its plan".into(),
-        "waiting" if key("stale-reminder") => "reminded the approvers".into(),
-        "waiting" if key("stale-closed") => "closed the request as stale".into(),
-        "waiting" => "explained what is missing".into(),
-        "result" if key("failed:") => "reported a failed step".into(),
-        "result" if r.done() => "reported the request done".into(),
-        "result" => "reported progress".into(),
-        "refused" => "refused the request".into(),
-        "invalid" => "said the request cannot be read".into(),
-        "grant" => "recorded a time-bound grant".into(),
-        "expiry-reminder" => "reminded of the expiry".into(),
-        "expired" => "took back time-bound access".into(),
-        "stopped" => "stopped on the issue".into(),
-        "email" => "reported on the People team's e-mail".into(),
-        other => format!("wrote a {other} note"),
+        "waiting" if key("stale-reminder") => "stale-reminder".into(),
+        "waiting" if key("stale-closed") => "stale-closed".into(),
+        "result" if key("failed:") => "failed-step".into(),
+        "result" if r.done() => "done".into(),
+        other => other.into(),
     }
 }
 
@@ -255,29 +261,32 @@ fn failure_reason(history: &History) -> Option<String> {
 impl Bot {
     /// When a failed issue is looked at again: it stays on the retry list, so
     /// with the next poll cycle.
-    fn next_retry(&self, now: DateTime<Utc>) -> String {
+    fn next_retry(&self, now: DateTime<Utc>) -> NextPoll {
         let tz = self.cfg.time_zone().unwrap_or(crate::config::Zone::Utc);
+        let mut next = NextPoll {
+            every: None,
+            at: None,
+            r#in: None,
+        };
         match self.cfg.poll_schedule() {
-            Ok(PollSchedule::Every(d)) => format!(
-                "with the next poll (every {})",
-                if d.as_secs() < 60 {
+            Ok(PollSchedule::Every(d)) => {
+                next.every = Some(if d.as_secs() < 60 {
                     format!("{} seconds", d.as_secs())
                 } else {
                     chrono::Duration::from_std(d)
                         .map(human_duration)
                         .unwrap_or_else(|_| format!("{d:?}"))
+                })
+            }
+            Ok(PollSchedule::Cron(c)) => {
+                if let Some(t) = tz.upcoming(&c, 1).first() {
+                    next.at = Some(minute(*t));
+                    next.r#in = Some(human_duration(*t - now));
                 }
-            ),
-            Ok(PollSchedule::Cron(c)) => match tz.upcoming(&c, 1).first() {
-                Some(t) => format!(
-                    "with the next poll, at {} (in {})",
-                    t.format("%Y-%m-%d %H:%M UTC"),
-                    human_duration(*t - now)
-                ),
-                None => "with the next poll".into(),
-            },
-            Err(_) => "with the next poll".into(),
+            }
+            Err(_) => {}
         }
+        next
     }
 
     /// The queue as GitLab shows it now. Reads only; an issue that cannot be
@@ -369,7 +378,7 @@ impl Bot {
                 errors.push(format!("seat reviews: {e}"));
                 Seats {
                     configured: self.cfg.seat_audit.is_some(),
-                    note: "the seat reviews could not be read".into(),
+                    unreadable: true,
                     instances: Vec::new(),
                 }
             }
@@ -439,6 +448,7 @@ impl Bot {
             kind: String::new(),
             people: Vec::new(),
             waiting_for: Vec::new(),
+            situation: None,
             notes: Vec::new(),
             last_action,
             failure: None,
@@ -453,8 +463,7 @@ impl Bot {
         }
         if state == "failed" {
             row.failure = Some(Failure {
-                reason: failure_reason(&history)
-                    .unwrap_or_else(|| "no note of the bot's says why; see the issue".into()),
+                reason: failure_reason(&history),
                 next_retry: self.next_retry(now),
             });
         }
@@ -530,17 +539,11 @@ impl Bot {
                     });
                 }
                 if verification_pending {
-                    row.notes.push(
-                        "a verification (an approval with a denial label) is outstanding".into(),
-                    );
+                    row.situation = Some("verification".into());
                 }
             }
-            Decision::Approved(_) => row
-                .notes
-                .push("approved: the bot acts on its next pass".into()),
-            Decision::Done { .. } => row
-                .notes
-                .push("done: the label is updated on the next pass".into()),
+            Decision::Approved(_) => row.situation = Some("approved".into()),
+            Decision::Done { .. } => row.situation = Some("done".into()),
             Decision::Refused { reasons, .. } => {
                 row.notes.extend(reasons.iter().map(|r| one_line(r)))
             }
@@ -596,7 +599,7 @@ impl Bot {
         let Some(cfg) = &self.cfg.seat_audit else {
             return Ok(Seats {
                 configured: false,
-                note: "the seat review is not configured ([seat_audit])".into(),
+                unreadable: false,
                 instances: Vec::new(),
             });
         };
@@ -675,14 +678,9 @@ impl Bot {
                 });
             }
         }
-        let note = if instances.is_empty() {
-            "no open seat review lists an undecided idle seat".to_string()
-        } else {
-            "from the open seat reviews: lines not yet reclaimed or kept".to_string()
-        };
         Ok(Seats {
             configured: true,
-            note,
+            unreadable: false,
             instances,
         })
     }
