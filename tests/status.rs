@@ -78,9 +78,10 @@ async fn seeded(stuck_after: &str) -> Seeded {
     sb.add_label("lyle", time_bound, OWNER).await.unwrap();
     run_until_quiet(&bot, 3).await;
 
-    // A failure: Google refuses the Okta group, and goes on refusing.
+    // A failure: Google refuses the Okta group, and goes on refusing (a 400,
+    // not retried: every later poll fails at once).
     sb.google_knobs
-        .fail_next("POST /admin/directory", 100_000, Failure::Status(403));
+        .fail_next("POST /admin/directory", 100_000, Failure::Status(400));
     let failed = sb
         .file_issue(
             "bli",
@@ -165,7 +166,8 @@ impl Running {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        let r = tokio::time::timeout(Duration::from_secs(10), self.task)
+        // The event in flight (a poll cycle) finishes first.
+        let r = tokio::time::timeout(Duration::from_secs(30), self.task)
             .await
             .expect("run stops");
         r.unwrap().unwrap();
@@ -299,7 +301,7 @@ async fn the_page_shows_the_queue_from_gitlab_on_a_fresh_database() {
     let failed = row(&html, "state-failed", s.failed);
     assert!(failed.contains(&format!("href=\"{}\"", esc(&web_url(&s.sb, s.failed)))));
     assert!(failed.contains("failed"), "{failed}");
-    assert!(failed.contains("403"), "{failed}");
+    assert!(failed.contains("400"), "{failed}");
     assert!(
         failed.contains(&format!(
             "Next retry: with the next poll (every {} seconds)",
@@ -367,7 +369,7 @@ async fn the_page_shows_the_queue_from_gitlab_on_a_fresh_database() {
     let f = group("failed");
     assert_eq!(f.len(), 1);
     assert_eq!(f[0]["iid"], s.failed);
-    assert!(f[0]["failure"]["reason"].as_str().unwrap().contains("403"));
+    assert!(f[0]["failure"]["reason"].as_str().unwrap().contains("400"));
     assert_eq!(group("done").len(), 1);
     assert_eq!(v["expiring"][0]["iid"], s.time_bound);
     assert_eq!(v["expiring"][0]["in_days"], 5);
@@ -549,7 +551,7 @@ async fn the_status_command_prints_the_queue() {
         "{failed}"
     );
     assert!(
-        failed.contains("    failed: ") && failed.contains("403"),
+        failed.contains("    failed: ") && failed.contains("400"),
         "{failed}"
     );
     assert!(
