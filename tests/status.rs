@@ -823,7 +823,7 @@ fn every_value_on_the_page_is_escaped() {
     let ctx = serde_json::json!({
         "generated_at": "2026-01-01T00:00:00Z", "generated": evil, "projects": [evil],
         "stuck_after": evil, "total": 1, "stuck": 1, "expiring_within_days": 14,
-        "groups": [{"state": "failed", "label": evil, "title": evil, "rows": [row]}],
+        "groups": [{"state": "failed", "label": evil, "rows": [row]}],
         "expiring": [{"project": evil, "iid": 7, "url": evil, "title": evil, "person": evil,
                       "instance": evil, "expires": evil, "in_days": 3}],
         "seats": {"configured": true, "unreadable": false, "instances": [{"instance": evil,

@@ -66,7 +66,6 @@ pub struct StateGroup {
     pub state: String,
     /// The state label the rows carry.
     pub label: String,
-    pub title: String,
     pub rows: Vec<Row>,
 }
 
@@ -295,11 +294,11 @@ impl Bot {
         use futures_util::StreamExt;
         let now = self.now();
         let labels = &self.cfg.bot.state_labels;
-        let states: [(&str, &str, &str); 4] = [
-            ("waiting", labels.waiting.as_str(), "Waiting"),
-            ("failed", labels.failed.as_str(), "Failed"),
-            ("refused", labels.refused.as_str(), "Refused, still open"),
-            ("done", labels.done.as_str(), "Done, still open"),
+        let states: [(&str, &str); 4] = [
+            ("waiting", labels.waiting.as_str()),
+            ("failed", labels.failed.as_str()),
+            ("refused", labels.refused.as_str()),
+            ("done", labels.done.as_str()),
         ];
         let mut errors = Vec::new();
         let mut by_state: BTreeMap<&str, Vec<Row>> = BTreeMap::new();
@@ -309,7 +308,7 @@ impl Bot {
             // shown once, under the first (a failure outranks waiting).
             let mut issues: BTreeMap<u64, (String, ApiIssue)> = BTreeMap::new();
             for state in ["failed", "refused", "waiting", "done"] {
-                let Some((_, label, _)) = states.iter().find(|s| s.0 == state) else {
+                let Some((_, label)) = states.iter().find(|s| s.0 == state) else {
                     continue;
                 };
                 match self.gitlab.list_issues(project, Some(label), None).await {
@@ -353,7 +352,7 @@ impl Bot {
             .sort_by(|a, b| (a.expires, &a.project, a.iid).cmp(&(b.expires, &b.project, b.iid)));
         let groups: Vec<StateGroup> = states
             .iter()
-            .map(|(state, label, title)| {
+            .map(|(state, label)| {
                 let mut rows = by_state.remove(state).unwrap_or_default();
                 rows.sort_by(|a, b| {
                     (a.progress_at, &a.project, a.iid).cmp(&(b.progress_at, &b.project, b.iid))
@@ -361,7 +360,6 @@ impl Bot {
                 StateGroup {
                     state: state.to_string(),
                     label: label.to_string(),
-                    title: title.to_string(),
                     rows,
                 }
             })
