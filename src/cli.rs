@@ -156,6 +156,14 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = LogOutput::Table)]
         format: LogOutput,
     },
+    /// The queue at a glance: every open issue the bot tracks, by state, what
+    /// each waits for and from whom, failures, time-bound grants ending soon,
+    /// idle seats (read-only: reads GitLab, creates no state database).
+    Status {
+        /// `text` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
     /// Serve the sandbox (fake GitLab, Zendesk, Google) on loopback and print a config snippet.
     Sandbox {
         /// A seed scenario (TOML) with people, accounts and issues.
@@ -194,7 +202,7 @@ pub struct PlanArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Demo | Command::CheckConfig | Command::Plan(_) => "warn",
+        Command::Demo | Command::CheckConfig | Command::Plan(_) | Command::Status { .. } => "warn",
         _ => "info",
     };
     init_logging(cli.log_format, default_level);
@@ -253,6 +261,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Once { dry_run } => once(&cli.config, dry_run).await,
         Command::Run { dry_run } => daemon(&cli.config, dry_run).await,
         Command::Check => check(&cli.config).await,
+        Command::Status { format } => status(&cli.config, format).await,
         Command::AuditSeats {
             dry_run,
             instance,
@@ -391,6 +400,11 @@ async fn daemon(config: &Path, dry_run: bool) -> anyhow::Result<u8> {
         )),
         None => None,
     };
+    let status_token = if cfg.status.enabled {
+        Some(crate::secret::Secrets::from_env().get(&cfg.status.token_env)?)
+    } else {
+        None
+    };
     // The operations listener comes up first, so that probes see "starting"
     // (not a refused connection) while the bot connects and resolves ids.
     let metrics = crate::bot::run::Metrics::for_config(&cfg);
@@ -420,12 +434,37 @@ async fn daemon(config: &Path, dry_run: bool) -> anyhow::Result<u8> {
             ops,
             ops_addr,
             metrics: Some(metrics),
+            status_token,
             ..Default::default()
         },
         crate::bot::run::shutdown_signal(),
     )
     .await?;
     Ok(exit::OK)
+}
+
+async fn status(config: &Path, format: OutputFormat) -> anyhow::Result<u8> {
+    // Read-only: a dry run, which never creates the state database.
+    let bot = connect(config, true).await?;
+    let report = bot.status().await;
+    out!("{}", render_status(&report, &bot.templates, format)?);
+    Ok(if report.errors.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}
+
+/// `access-bot status` as printed: the text template, or the report as JSON.
+pub fn render_status(
+    report: &crate::bot::status::StatusReport,
+    templates: &crate::render::Templates,
+    format: OutputFormat,
+) -> anyhow::Result<String> {
+    Ok(match format {
+        OutputFormat::Text => report.to_text(templates)?,
+        OutputFormat::Json => serde_json::to_string_pretty(report)? + "\n",
+    })
 }
 
 async fn plan_live(config: &Path, args: &PlanArgs) -> anyhow::Result<u8> {

@@ -49,6 +49,9 @@ pub struct Config {
     /// Who is who: GitLab users and company e-mail addresses.
     #[serde(default)]
     pub identity: IdentityConfig,
+    /// The status page on the operations listener (`/status`, `/status.json`).
+    #[serde(default)]
+    pub status: StatusConfig,
 }
 
 /// A place the bot learns a GitLab user's company e-mail address from.
@@ -130,6 +133,48 @@ impl Default for OpsConfig {
 
 fn default_ops_listen() -> String {
     "127.0.0.1:9090".into()
+}
+
+/// `[status]`: the queue at a glance, as a page on the operations listener.
+/// It shows who asked for what access, so it is off unless enabled, and then
+/// answers only with the credentials named here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Serve `/status` and `/status.json` on the `[ops]` listener.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The variable holding the page's secret: sent as `Authorization: Bearer
+    /// <secret>`, or as the password of basic auth with `username`.
+    #[serde(default = "default_status_token_env")]
+    pub token_env: String,
+    /// The user name of basic auth (what a browser asks for).
+    #[serde(default = "default_status_username")]
+    pub username: String,
+    /// An issue with no progress (no bot note, no change) for this long is stuck.
+    #[serde(default = "default_stuck_after")]
+    pub stuck_after: String,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            enabled: false,
+            token_env: default_status_token_env(),
+            username: default_status_username(),
+            stuck_after: default_stuck_after(),
+        }
+    }
+}
+
+fn default_status_token_env() -> String {
+    "ACCESS_BOT_STATUS_TOKEN".into()
+}
+fn default_status_username() -> String {
+    "ops".into()
+}
+fn default_stuck_after() -> String {
+    "3d".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -810,6 +855,25 @@ impl Config {
                 "ops.listen is empty: give an address such as 127.0.0.1:9090".into(),
             ));
         }
+        parse_duration(&self.status.stuck_after).map_err(|e| {
+            err(
+                &["status", "stuck_after"],
+                format!("status.stuck_after: {e}"),
+            )
+        })?;
+        if self.status.enabled && self.status.token_env.trim().is_empty() {
+            return Err(err(
+                &["status", "token_env"],
+                "status.token_env is empty: the status page shows personal data and needs a secret"
+                    .into(),
+            ));
+        }
+        if self.status.username.is_empty() || self.status.username.contains(':') {
+            return Err(err(
+                &["status", "username"],
+                "status.username must be non-empty and contain no ':' (basic auth)".into(),
+            ));
+        }
         for (i, rule) in self.kinds.iter().enumerate() {
             let idx = i.to_string();
             if rule.labels.is_empty() && rule.title.is_none() {
@@ -1303,7 +1367,15 @@ impl Config {
                 v.push((s.webhook_env.clone(), "Slack incoming-webhook URL".into()));
             }
         }
+        if self.status.enabled {
+            v.push((self.status.token_env.clone(), "status page secret".into()));
+        }
         v
+    }
+
+    /// `[status] stuck_after` (validated at load; three days otherwise).
+    pub fn stuck_after(&self) -> Duration {
+        parse_duration(&self.status.stuck_after).unwrap_or(Duration::from_secs(3 * 86_400))
     }
 }
 
@@ -2044,5 +2116,38 @@ mod tests {
         let cfg = parse(&text).unwrap();
         assert_eq!(cfg.ops.listen, "0.0.0.0:9100");
         assert_eq!(cfg.unhealthy_after(), Duration::from_secs(3000));
+    }
+
+    #[test]
+    fn the_status_page_is_off_by_default_and_its_section_validated() {
+        let cfg = parse(&example()).unwrap();
+        assert!(!cfg.status.enabled);
+        assert_eq!(cfg.stuck_after(), Duration::from_secs(3 * 86_400));
+        assert!(
+            !cfg.secret_envs()
+                .iter()
+                .any(|(v, _)| v == "ACCESS_BOT_STATUS_TOKEN")
+        );
+        let on = example() + "\n[status]\nenabled = true\nstuck_after = \"12h\"\n";
+        let cfg = parse(&on).unwrap();
+        assert!(cfg.status.enabled);
+        assert_eq!(cfg.status.username, "ops");
+        assert_eq!(cfg.stuck_after(), Duration::from_secs(12 * 3600));
+        assert!(
+            cfg.secret_envs()
+                .iter()
+                .any(|(v, _)| v == "ACCESS_BOT_STATUS_TOKEN")
+        );
+        for (bad, needle) in [
+            ("enabled = true\ntoken = \"x\"", "token"),
+            ("stuck_after = \"soon\"", "status.stuck_after"),
+            ("enabled = true\ntoken_env = \"\"", "status.token_env"),
+            ("username = \"a:b\"", "status.username"),
+        ] {
+            let e = parse(&(example() + "\n[status]\n" + bad + "\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
     }
 }

@@ -46,6 +46,9 @@ pub const TEMPLATES: &[(&str, &str)] = embedded!(
     "grant_record.md",
     "seat_listed.md",
     "stopped.md",
+    "status_phrases.txt",
+    "status.txt",
+    "status.html",
 );
 
 #[derive(Debug, thiserror::Error)]

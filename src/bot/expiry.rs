@@ -23,9 +23,9 @@ use super::{Bot, Outcome};
 
 /// A grant record's block on the issue.
 #[derive(serde::Deserialize)]
-struct RecordFile {
-    expires: chrono::NaiveDate,
-    grants: Vec<GrantRecord>,
+pub(super) struct RecordFile {
+    pub(super) expires: chrono::NaiveDate,
+    pub(super) grants: Vec<GrantRecord>,
 }
 
 /// A grant as stored: the record, or (older rows) the undo steps alone.

@@ -9,6 +9,7 @@ mod observe;
 mod process;
 pub mod run;
 mod seats;
+pub mod status;
 mod support_team;
 mod writeback;
 

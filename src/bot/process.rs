@@ -105,9 +105,9 @@ fn verification_key(email: &Email) -> String {
 }
 
 /// The author of an issue as far as identity sources tell (never the issue itself).
-struct Author {
-    email: Option<String>,
-    name: Option<String>,
+pub(super) struct Author {
+    pub(super) email: Option<String>,
+    pub(super) name: Option<String>,
 }
 
 impl Bot {
@@ -304,7 +304,7 @@ impl Bot {
 
     /// GitLab users the decision needs, with e-mails from the identity sources.
     /// A lookup that fails is an error (retried), never a silent "unknown".
-    async fn directory(
+    pub(super) async fn directory(
         &self,
         names: BTreeSet<String>,
         request: &Request,
@@ -338,7 +338,7 @@ impl Bot {
         Ok(d)
     }
 
-    async fn author(&self, username: &str) -> Result<Author, ProcessError> {
+    pub(super) async fn author(&self, username: &str) -> Result<Author, ProcessError> {
         match self.lookup_user(username).await {
             Ok(Some(u)) => Ok(Author {
                 email: self.identity.email_of(&u).await?.map(|e| e.to_string()),

@@ -60,6 +60,10 @@ pub struct Metrics {
     /// `/healthz` fails after this long without a good poll cycle.
     pub unhealthy_after: Duration,
     listeners: Vec<(&'static str, Arc<ListenerStats>)>,
+    /// The status page, once the bot is connected and `[status]` enables it.
+    pub status: Option<Arc<super::status::StatusPage>>,
+    /// Open issues stuck longer than `[status] stuck_after`, as last computed.
+    pub stuck_issues: Option<usize>,
 }
 
 impl Default for Metrics {
@@ -75,6 +79,8 @@ impl Default for Metrics {
             ready: false,
             unhealthy_after: Duration::from_secs(300),
             listeners: Vec::new(),
+            status: None,
+            stuck_issues: None,
         }
     }
 }
@@ -165,6 +171,11 @@ impl Metrics {
             u8::from(self.ready),
             u8::from(self.health().is_ok())
         ));
+        if let Some(n) = self.stuck_issues {
+            s.push_str(&format!(
+                "# HELP access_bot_stuck_issues Open issues with no progress for longer than [status] stuck_after.\n# TYPE access_bot_stuck_issues gauge\naccess_bot_stuck_issues {n}\n"
+            ));
+        }
         if !self.listeners.is_empty() {
             s.push_str("# HELP access_bot_connections Connections of the bot's listeners.\n# TYPE access_bot_connections gauge\n");
             for (name, l) in &self.listeners {
@@ -331,12 +342,14 @@ pub fn ops_router(metrics: Arc<StdMutex<Metrics>>) -> Router {
         .route(
             "/metrics",
             get(|State(m): State<Arc<StdMutex<Metrics>>>| async move {
+                super::status::refresh_stuck(&m);
                 let mut text = lock(&m).render();
                 text.push_str(&crate::metrics::render());
                 ([("content-type", "text/plain; version=0.0.4")], text)
             }),
         )
-        .with_state(metrics)
+        .with_state(metrics.clone())
+        .merge(super::status::router(metrics))
 }
 
 async fn webhook(State(s): State<WebState>, req: Request) -> Response {
@@ -503,6 +516,8 @@ pub struct RunOptions {
     pub on_listening: Option<oneshot::Sender<Listening>>,
     /// Connection limits of both listeners.
     pub limits: Limits,
+    /// The status page's secret (`[status] token_env`), when `[status]` enables it.
+    pub status_token: Option<Secret>,
 }
 
 /// Serve the operations endpoints on `listen`; returns the bound address.
@@ -614,6 +629,9 @@ fn start_line(cfg: &Config, listening: &Listening, dry_run: bool) -> String {
     });
     if let Some(a) = listening.ops {
         s.push_str(&format!("; ops on http://{a} (/healthz /readyz /metrics)"));
+        if cfg.status.enabled {
+            s.push_str(&format!("; status page on http://{a}/status"));
+        }
     }
     if let Some(c) = cfg.seat_audit.as_ref().and_then(|s| s.schedule.as_ref()) {
         s.push_str(&format!("; seat review on cron {c:?}"));
@@ -634,6 +652,15 @@ pub async fn run(
     let schedule = bot.cfg.poll_schedule().map_err(|e| anyhow::anyhow!(e))?;
     let tz = bot.cfg.time_zone().map_err(|e| anyhow::anyhow!(e))?;
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
+    // Checked before anything listens: enabled without its secret is a configuration error.
+    let status_page = match (bot.cfg.status.enabled, opts.status_token.clone()) {
+        (false, _) => None,
+        (true, Some(token)) => Some(Arc::new(super::status::StatusPage::new(bot.clone(), token))),
+        (true, None) => anyhow::bail!(
+            "[status] is enabled but its secret ({}) was not given",
+            bot.cfg.status.token_env
+        ),
+    };
     let metrics = opts
         .metrics
         .clone()
@@ -669,6 +696,16 @@ pub async fn run(
         let (addr, task) = serve_ops(listen, metrics.clone(), opts.limits).await?;
         listening.ops = Some(addr);
         tasks.push(task);
+    }
+    // Registered before the start line announces the page.
+    if let Some(page) = status_page {
+        if listening.ops.is_some_and(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                ops = ?listening.ops,
+                "the status page shows personal data and the ops listener is not on loopback: only its credentials protect it"
+            );
+        }
+        lock(&metrics).status = Some(page);
     }
     tracing::info!(
         ops = ?listening.ops,
