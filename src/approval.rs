@@ -354,7 +354,11 @@ impl Granted {
                 Some(id) => e.label_id == Some(id),
                 None => e.label.as_deref() == Some(self.label.as_str()),
             })
-            .is_some_and(|e| e.id == self.event && e.action == LabelAction::Add)
+            .is_some_and(|e| {
+                e.id == self.event
+                    && e.action == LabelAction::Add
+                    && e.label.as_deref().is_none_or(|n| n == self.label)
+            })
     }
 }
 
@@ -393,6 +397,13 @@ pub enum Missing {
     EditedAfter {
         by: String,
     },
+    /// The label applied is the one the plan bound, but it no longer carries
+    /// the approval's name (or the name now belongs to another label): a
+    /// renamed label is not an approval.
+    Renamed {
+        by: String,
+        now: String,
+    },
 }
 
 impl Missing {
@@ -424,6 +435,10 @@ impl Missing {
             Missing::EditedAfter { by } => {
                 format!("the request was changed by `@{by}` after the approval, so the approval no longer applies; please review and approve again")
             }
+            Missing::Renamed { by, now } => format!(
+                "applied by `@{by}`, but the label this plan bound is now named {} and the approval's name is not on the issue; a renamed label is not an approval (restore the label names, then apply the approval again)",
+                crate::render::code_span(now)
+            ),
         }
     }
 
@@ -434,6 +449,7 @@ impl Missing {
             Missing::Unauthorized { .. }
                 | Missing::SelfApproval { .. }
                 | Missing::ManagerNotConfirmed { .. }
+                | Missing::Renamed { .. }
         )
     }
 }
@@ -1055,6 +1071,17 @@ fn check_one<'a>(
         return Err(Missing::NoEventRecord);
     };
     let by = ev.user.username.clone();
+    // Bound by id, and still under the approval's name, on the issue as it
+    // is now: renaming labels cannot turn another label into the approval
+    // (nor the approval into another label someone else applies).
+    if bound.is_some()
+        && (!facts.issue.labels.contains(label) || ev.label.as_deref().is_some_and(|n| n != label))
+    {
+        return Err(Missing::Renamed {
+            by,
+            now: ev.label.clone().unwrap_or_default(),
+        });
+    }
     let approver_email = cx.dir.email_of(ev.user.id);
     let is_subject = subjects
         .iter()
