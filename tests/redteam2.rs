@@ -160,7 +160,10 @@ async fn a3_grant_record_edited_by_a_maintainer_then_database_lost() {
         .into_iter()
         .find(|c| c.marker.as_ref().is_some_and(|m| m.kind == "grant"))
         .expect("a grant record note");
-    let tampered = grant.body.replacen("Expires", "Expires ", 1) + " ";
+    assert!(grant.body.contains("what will be taken back"));
+    let tampered = grant
+        .body
+        .replacen("what will be taken back", "what will be taken back (noted)", 1);
     sb.edit_note_as("mallory", iid, grant.id, &tampered)
         .await
         .unwrap();
@@ -528,4 +531,114 @@ async fn c2_half_done_plan_reruns_a_step_an_admin_undid() {
         "the half-done plan re-ran the role step on the old approval:\n{}",
         bot_text(&sb, iid)
     );
+}
+
+/// Mallory puts the time-bound label on Jane's permanent, done request, and
+/// the database is lost: with no sealed grant record there, nothing is taken.
+#[tokio::test]
+async fn a6_time_bound_label_forged_on_a_permanent_request_takes_nothing() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let first = sb.bot().await.unwrap();
+    let body = format!(
+        "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Engineer\n"
+    );
+    let iid = sb
+        .file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
+        .await
+        .unwrap();
+    run(&first).await;
+    sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    sb.add_label("lyle", iid, OWNER).await.unwrap();
+    run(&first).await;
+    drop(first);
+    sb.add_label("mallory", iid, TIME_BOUND).await.unwrap();
+    sb.comment_as("mallory", iid, "Expires: 2020-01-01").await.unwrap();
+    let mut second = sb.bot().await.unwrap();
+    second.clock_offset = chrono::Duration::days(400);
+    run_until_quiet(&second, 4).await;
+    assert_eq!(
+        role_of(&sb, "jane.doe@gitlab.com"),
+        Some(("agent".into(), Some("Support Engineer".into()))),
+        "a forged time-bound label took back a permanent grant:\n{}",
+        bot_text(&sb, iid)
+    );
+}
+
+/// The end date is pushed out after the approvals and before the bot acts:
+/// the approved plan had another date, so nothing is granted.
+#[tokio::test]
+async fn a7_expiry_extended_between_approval_and_execution() {
+    let (sb, bot) = start().await;
+    let until = (chrono::Utc::now() + chrono::Duration::days(5)).date_naive();
+    let later = (chrono::Utc::now() + chrono::Duration::days(500)).date_naive();
+    let body = format!(
+        "{TABLE}| Robin Kim | robin.kim@gitlab.com | @rkim | @mlee |\n\nExpires: {until}\n\n- [ ] Zendesk Global: Agent - Support Engineer\n- [ ] Slack: join #support\n"
+    );
+    let iid = sb
+        .file_issue("rkim", "Robin Kim, Zendesk Global", &[], &body)
+        .await
+        .unwrap();
+    run(&bot).await;
+    sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    sb.add_label("lyle", iid, OWNER).await.unwrap();
+    // Masked: GitLab records an edit that also ticks a box as the tick alone.
+    let d = sb
+        .description(iid)
+        .replace(&until.to_string(), &later.to_string())
+        .replace("- [ ] Slack", "- [x] Slack");
+    sb.edit_description("rkim", iid, &d).await.unwrap();
+    run(&bot).await;
+    assert!(
+        sb.zd("global").user_by_email("robin.kim@gitlab.com").is_none(),
+        "granted with an end date nobody approved:\n{}",
+        bot_text(&sb, iid)
+    );
+}
+
+/// The approval label is removed by mallory and applied again by the
+/// manager before the bot looks: a fresh approval after the plan counts
+/// (control), and nothing else is granted.
+#[tokio::test]
+async fn b4_control_manager_reapplies_after_a_removal() {
+    let (sb, bot) = start().await;
+    let iid = sb
+        .file_issue("mallory", "Mallory: light agent and tag", &[], &mallory_body())
+        .await
+        .unwrap();
+    run(&bot).await;
+    sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    sb.remove_label("mallory", iid, MANAGER).await.unwrap();
+    run(&bot).await;
+    assert!(sb.zd("global").user_by_email("mallory@gitlab.com").is_none());
+    sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    run(&bot).await;
+    assert!(
+        sb.zd("global").user_by_email("mallory@gitlab.com").is_some(),
+        "control: the manager's fresh approval counts\n{}",
+        bot_text(&sb, iid)
+    );
+}
+
+/// The grant record edited by a maintainer, database kept.
+#[tokio::test]
+async fn a3b_grant_record_edited_by_a_maintainer_database_kept() {
+    let (sb, mut bot) = start().await;
+    make_maintainer(&sb, "mallory");
+    let iid = time_bound_request(&sb, &bot, 5).await;
+    let grant = sb
+        .bot_comments(iid)
+        .into_iter()
+        .find(|c| c.marker.as_ref().is_some_and(|m| m.kind == "grant"))
+        .expect("a grant record note");
+    let tampered = grant
+        .body
+        .replacen("what will be taken back", "what will be taken back (noted)", 1);
+    sb.edit_note_as("mallory", iid, grant.id, &tampered)
+        .await
+        .unwrap();
+    sb.comment_as("mallory", iid, "ping").await.unwrap();
+    run(&bot).await;
+    bot.clock_offset = chrono::Duration::days(6);
+    run(&bot).await;
+    assert_robin_revoked(&sb, iid);
 }
