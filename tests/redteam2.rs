@@ -5,6 +5,21 @@
 //! asserts the SAFE outcome: it FAILS when the attack works (a hole).
 //!
 //! Run: `cargo test --test redteam2 -- --test-threads=2`.
+//!
+//! Holes found (these tests fail until fixed):
+//! - a1, a3: a time-bound grant is found, with the state database lost, only
+//!   through the `access-bot/time-bound` label and a verifying grant note;
+//!   the requester removing the label (any Reporter), or a maintainer editing
+//!   the grant note, makes the grant permanent (`bot/expiry.rs`
+//!   `adopt_grants_from_issues` / `adopt_grants_of`).
+//! - b1, b2: approvals bound to a label id ignore the label's name: a label
+//!   renamed after the plan (b1), or renamed so the plan binds the wrong id
+//!   (b2), turns the manager's triage label into the approval
+//!   (`approval.rs` `check_one`, `bot/process.rs` `post_plan` label binding).
+//! - c2: a half-done plan is finished on its old approval after an admin
+//!   undid its first step: "create as Support Engineer" counts as the same
+//!   change as "change the role from end-user" (`plan.rs` `change_keys`,
+//!   `bot/process.rs` `approved`).
 
 use access_bot::bot::Bot;
 use access_bot::sandbox::harness::run_until_quiet;
@@ -430,7 +445,7 @@ async fn d2_lone_cr_item_is_planned_as_executed() {
 /// After approval the requester changes the level and, in the same edit,
 /// ticks an unmanaged line (GitLab then records only the tick).
 #[tokio::test]
-async fn d3_level_swap_with_an_unmanaged_tick_and_title_change() {
+async fn d3_level_swap_masked_by_an_unmanaged_tick() {
     let (sb, bot) = start().await;
     let body = format!(
         "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Engineer\n- [ ] Slack: join #support\n"
