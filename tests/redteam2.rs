@@ -14,7 +14,8 @@
 //!   `adopt_grants_from_issues` / `adopt_grants_of`).
 //! - b1, b2: approvals bound to a label id ignore the label's name: a label
 //!   renamed after the plan (b1), or renamed so the plan binds the wrong id
-//!   (b2), turns the manager's triage label into the approval
+//!   (b2), turns the manager's triage label into the approval; b5: the same
+//!   by the requester against the US citizenship verification
 //!   (`approval.rs` `check_one`, `bot/process.rs` `post_plan` label binding).
 //! - c2: a half-done plan is finished on its old approval after an admin
 //!   undid its first step: "create as Support Engineer" counts as the same
@@ -656,4 +657,53 @@ async fn a3b_grant_record_edited_by_a_maintainer_database_kept() {
     bot.clock_offset = chrono::Duration::days(6);
     run(&bot).await;
     assert_robin_revoked(&sb, iid);
+}
+
+/// The same rename, against a verification: Bo (not verified) swaps the names
+/// of `US-Citizenship::Verified` (the id his plan bound) and the People
+/// team's routine `people::triaged`. The verifier triages the issue: Bo is
+/// provisioned in US Federal as if his citizenship had been verified.
+#[tokio::test]
+async fn b5_citizenship_verification_by_a_renamed_triage_label() {
+    const VERIFIED: &str = "US-Citizenship::Verified";
+    const PEOPLE_TRIAGE: &str = "people::triaged";
+    let (sb, bot) = start().await;
+    let (_, author, title, labels, body) = access_bot::demo::bodies()
+        .into_iter()
+        .find(|b| b.0 == "light agent, Zendesk US Federal")
+        .unwrap();
+    let other = sb
+        .file_issue("bli", "unrelated", &[], "nothing here\n")
+        .await
+        .unwrap();
+    sb.add_label("people-connect-1", other, PEOPLE_TRIAGE)
+        .await
+        .unwrap();
+    sb.add_label("bli", other, VERIFIED).await.unwrap();
+    sb.remove_label("bli", other, VERIFIED).await.unwrap();
+
+    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
+    run(&bot).await;
+    assert!(
+        bot_text(&sb, iid).contains("labels="),
+        "control: the plan binds the label\n{}",
+        bot_text(&sb, iid)
+    );
+    // The manager approves the access (not the citizenship).
+    sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    run(&bot).await;
+    assert!(sb.zd("federal").user_by_email("bo.li@gitlab.com").is_none());
+    rename_label(&sb, "bli", VERIFIED, "tmp-swap").await;
+    rename_label(&sb, "bli", PEOPLE_TRIAGE, VERIFIED).await;
+    rename_label(&sb, "bli", "tmp-swap", PEOPLE_TRIAGE).await;
+    sb.add_label("people-connect-1", iid, PEOPLE_TRIAGE)
+        .await
+        .unwrap();
+    run(&bot).await;
+    assert!(
+        sb.zd("federal").user_by_email("bo.li@gitlab.com").is_none(),
+        "provisioned in US Federal on a triage label:\n{}",
+        bot_text(&sb, iid)
+    );
+    assert!(!sb.google_member("okta-zendeskfederal-users@gitlab.com", "bo.li@gitlab.com"));
 }
