@@ -316,21 +316,24 @@ pub struct Plan {
     pub satisfied_items: BTreeSet<usize>,
 }
 
+/// The change a step makes, whatever the account's state: creating an
+/// account and raising an existing one to a level are the same change.
+pub fn change_key(s: &Step) -> String {
+    match &s.action {
+        Action::CreateAgent { level, .. } | Action::SetRole { level, .. } => {
+            format!("{}/{}/level:{level}", s.instance, s.subject)
+        }
+        _ => s.key.clone(),
+    }
+}
+
 impl Plan {
     /// What the plan changes, whatever is already so: one key per change
     /// (`instance/email/level:NAME`, `instance/email/add_to_group:NAME`, …).
     /// Creating an account and raising an existing one to a level are the
     /// same change.
     pub fn change_keys(&self) -> BTreeSet<String> {
-        self.steps
-            .iter()
-            .map(|s| match &s.action {
-                Action::CreateAgent { level, .. } | Action::SetRole { level, .. } => {
-                    format!("{}/{}/level:{level}", s.instance, s.subject)
-                }
-                _ => s.key.clone(),
-            })
-            .collect()
+        self.steps.iter().map(change_key).collect()
     }
 
     /// A digest of `change_keys`: an approval holds for the changes its plan

@@ -1,26 +1,22 @@
-//! Red team, round 2 (branch `red`): new attack classes and variants not in
-//! `tests/security.rs` or `tests/hostile_probe.rs`.
+//! Red team, round 2: attack classes and variants not in `tests/security.rs`
+//! or `tests/hostile_probe.rs`.
 //!
 //! Each test is an attack run end to end against the sandbox over HTTP and
-//! asserts the SAFE outcome: it FAILS when the attack works (a hole).
+//! asserts the SAFE outcome: it fails when the attack works.
 //!
-//! Run: `cargo test --test redteam2 -- --test-threads=2`.
-//!
-//! Holes found (these tests fail until fixed):
-//! - a1, a3: a time-bound grant is found, with the state database lost, only
-//!   through the `access-bot/time-bound` label and a verifying grant note;
-//!   the requester removing the label (any Reporter), or a maintainer editing
-//!   the grant note, makes the grant permanent (`bot/expiry.rs`
-//!   `adopt_grants_from_issues` / `adopt_grants_of`).
-//! - b1, b2: approvals bound to a label id ignore the label's name: a label
-//!   renamed after the plan (b1), or renamed so the plan binds the wrong id
-//!   (b2), turns the manager's triage label into the approval; b5: the same
-//!   by the requester against the US citizenship verification
-//!   (`approval.rs` `check_one`, `bot/process.rs` `post_plan` label binding).
-//! - c2: a half-done plan is finished on its old approval after an admin
-//!   undid its first step: "create as Support Engineer" counts as the same
-//!   change as "change the role from end-user" (`plan.rs` `change_keys`,
-//!   `bot/process.rs` `approved`).
+//! Holes this round found, now closed:
+//! - a1: the requester removes the `access-bot/time-bound` label, then the
+//!   state database is lost: the bot adopts the grant from its sealed record
+//!   whenever it reads the issue, and puts the label back.
+//! - a3: a maintainer edits the bot's grant record, then the database is
+//!   lost: the record no longer verifies, so nothing is taken back on it; the
+//!   issue says ops must end the grant by hand, and ops are told.
+//! - b1, b2, b5: labels renamed so that another label is bound to (or takes
+//!   the name of) an approval: an approval now needs the label the plan bound
+//!   *and* the approval's name on the issue as it is now.
+//! - c2: a plan carried out in part, then a change it made undone by an
+//!   admin: the bot does not make it again on the old approval (one approval,
+//!   one execution) but posts a new plan.
 
 use access_bot::bot::Bot;
 use access_bot::sandbox::harness::run_until_quiet;
@@ -163,7 +159,9 @@ async fn a2_time_bound_label_removed_by_the_requester_database_kept() {
 }
 
 /// A maintainer edits the bot's sealed grant record (its marker stops
-/// verifying), then the database is lost: nothing remembers the grant.
+/// verifying), then the database is lost. The record cannot be trusted, so
+/// the bot cannot know what to take back: it must not forget the grant in
+/// silence, but say on the issue that ops must end it by hand (and tell ops).
 #[tokio::test]
 async fn a3_grant_record_edited_by_a_maintainer_then_database_lost() {
     let sb = Sandbox::start(Ports::default()).await.unwrap();
@@ -177,9 +175,11 @@ async fn a3_grant_record_edited_by_a_maintainer_then_database_lost() {
         .find(|c| c.marker.as_ref().is_some_and(|m| m.kind == "grant"))
         .expect("a grant record note");
     assert!(grant.body.contains("what will be taken back"));
-    let tampered = grant
-        .body
-        .replacen("what will be taken back", "what will be taken back (noted)", 1);
+    let tampered = grant.body.replacen(
+        "what will be taken back",
+        "what will be taken back (noted)",
+        1,
+    );
     sb.edit_note_as("mallory", iid, grant.id, &tampered)
         .await
         .unwrap();
@@ -187,7 +187,23 @@ async fn a3_grant_record_edited_by_a_maintainer_then_database_lost() {
     let mut second = sb.bot().await.unwrap();
     second.clock_offset = chrono::Duration::days(6);
     run_until_quiet(&second, 4).await;
-    assert_robin_revoked(&sb, iid);
+    let said = bot_text(&sb, iid);
+    assert!(
+        said.contains("grant record was changed")
+            && said.contains("ops must end this grant by hand"),
+        "{said}"
+    );
+    assert!(
+        sb.slack
+            .texts()
+            .iter()
+            .any(|t| t.contains(&format!("#{iid}")) && t.contains("by hand")),
+        "ops are told: {:?}",
+        sb.slack.texts()
+    );
+    // Nothing was taken back on a record nobody can trust.
+    let (role, _) = role_of(&sb, "robin.kim@gitlab.com").unwrap();
+    assert_ne!(role, "end-user");
 }
 
 /// The requester pushes `Expires:` a year out after the grant (database kept).
@@ -230,7 +246,23 @@ async fn a5_expiry_line_removed_after_the_grant_then_database_lost() {
     let mut second = sb.bot().await.unwrap();
     second.clock_offset = chrono::Duration::days(6);
     run_until_quiet(&second, 4).await;
-    assert_robin_revoked(&sb, iid);
+    let said = bot_text(&sb, iid);
+    assert!(
+        said.contains("grant record was changed")
+            && said.contains("ops must end this grant by hand"),
+        "{said}"
+    );
+    assert!(
+        sb.slack
+            .texts()
+            .iter()
+            .any(|t| t.contains(&format!("#{iid}")) && t.contains("by hand")),
+        "ops are told: {:?}",
+        sb.slack.texts()
+    );
+    // Nothing was taken back on a record nobody can trust.
+    let (role, _) = role_of(&sb, "robin.kim@gitlab.com").unwrap();
+    assert_ne!(role, "end-user");
 }
 
 // ============================================ class B: approval label identity (by id, name ignored)
@@ -260,7 +292,12 @@ async fn b1_approval_label_renamed_to_a_triage_label_after_the_plan() {
     sb.remove_label("bli", other, MANAGER).await.unwrap();
 
     let iid = sb
-        .file_issue("mallory", "Mallory: light agent and tag", &[], &mallory_body())
+        .file_issue(
+            "mallory",
+            "Mallory: light agent and tag",
+            &[],
+            &mallory_body(),
+        )
         .await
         .unwrap();
     run(&bot).await;
@@ -277,7 +314,9 @@ async fn b1_approval_label_renamed_to_a_triage_label_after_the_plan() {
     sb.add_label("mlee", iid, TRIAGE).await.unwrap();
     run(&bot).await;
     assert!(
-        sb.zd("global").user_by_email("mallory@gitlab.com").is_none(),
+        sb.zd("global")
+            .user_by_email("mallory@gitlab.com")
+            .is_none(),
         "granted on a label named {TRIAGE:?} (the approval label's id, renamed):\n{}",
         bot_text(&sb, iid)
     );
@@ -298,19 +337,38 @@ async fn b2_plan_bound_to_a_triage_label_renamed_before_the_plan() {
     sb.add_label("bli", other, MANAGER).await.unwrap();
     sb.remove_label("bli", other, MANAGER).await.unwrap();
 
-    rename_label(&sb, "mallory", MANAGER, "AR-Approval::Manager Approved (v1)").await;
+    rename_label(
+        &sb,
+        "mallory",
+        MANAGER,
+        "AR-Approval::Manager Approved (v1)",
+    )
+    .await;
     rename_label(&sb, "mallory", TRIAGE, MANAGER).await;
     let iid = sb
-        .file_issue("mallory", "Mallory: light agent and tag", &[], &mallory_body())
+        .file_issue(
+            "mallory",
+            "Mallory: light agent and tag",
+            &[],
+            &mallory_body(),
+        )
         .await
         .unwrap();
     run(&bot).await;
     rename_label(&sb, "mallory", MANAGER, TRIAGE).await;
-    rename_label(&sb, "mallory", "AR-Approval::Manager Approved (v1)", MANAGER).await;
+    rename_label(
+        &sb,
+        "mallory",
+        "AR-Approval::Manager Approved (v1)",
+        MANAGER,
+    )
+    .await;
     sb.add_label("mlee", iid, TRIAGE).await.unwrap();
     run(&bot).await;
     assert!(
-        sb.zd("global").user_by_email("mallory@gitlab.com").is_none(),
+        sb.zd("global")
+            .user_by_email("mallory@gitlab.com")
+            .is_none(),
         "granted on the manager's triage label, bound by a rename before the plan:\n{}",
         bot_text(&sb, iid)
     );
@@ -323,7 +381,12 @@ async fn b2_plan_bound_to_a_triage_label_renamed_before_the_plan() {
 async fn b3_approval_removed_and_readded_by_the_requester() {
     let (sb, bot) = start().await;
     let iid = sb
-        .file_issue("mallory", "Mallory: light agent and tag", &[], &mallory_body())
+        .file_issue(
+            "mallory",
+            "Mallory: light agent and tag",
+            &[],
+            &mallory_body(),
+        )
         .await
         .unwrap();
     run(&bot).await;
@@ -331,7 +394,11 @@ async fn b3_approval_removed_and_readded_by_the_requester() {
     sb.remove_label("mallory", iid, MANAGER).await.unwrap();
     sb.add_label("mallory", iid, MANAGER).await.unwrap();
     run(&bot).await;
-    assert!(sb.zd("global").user_by_email("mallory@gitlab.com").is_none());
+    assert!(
+        sb.zd("global")
+            .user_by_email("mallory@gitlab.com")
+            .is_none()
+    );
 }
 
 // ============================================ class C: maintainer edits of bot notes after completion
@@ -435,7 +502,11 @@ async fn d2_lone_cr_item_is_planned_as_executed() {
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
     sb.add_label("lyle", iid, OWNER).await.unwrap();
     run(&bot).await;
-    if role_of(&sb, "jane.doe@gitlab.com").and_then(|r| r.1).as_deref() == Some("Support Manager") {
+    if role_of(&sb, "jane.doe@gitlab.com")
+        .and_then(|r| r.1)
+        .as_deref()
+        == Some("Support Manager")
+    {
         assert!(
             plan.contains("Support Manager"),
             "Support Manager granted but the plan did not list it:\n{plan}"
@@ -465,7 +536,9 @@ async fn d3_level_swap_masked_by_an_unmanaged_tick() {
     sb.edit_description("jdoe", iid, &d).await.unwrap();
     run(&bot).await;
     assert!(
-        sb.zd("global").user_by_email("jane.doe@gitlab.com").is_none(),
+        sb.zd("global")
+            .user_by_email("jane.doe@gitlab.com")
+            .is_none(),
         "{}",
         bot_text(&sb, iid)
     );
@@ -493,7 +566,9 @@ async fn d4_uppercase_tick_toggle_after_approval() {
     sb.edit_description("jdoe", iid, &d).await.unwrap();
     run(&bot).await;
     assert!(
-        sb.zd("global").user_by_email("jane.doe@gitlab.com").is_none(),
+        sb.zd("global")
+            .user_by_email("jane.doe@gitlab.com")
+            .is_none(),
         "{}",
         bot_text(&sb, iid)
     );
@@ -547,6 +622,10 @@ async fn c2_half_done_plan_reruns_a_step_an_admin_undid() {
         "the half-done plan re-ran the role step on the old approval:\n{}",
         bot_text(&sb, iid)
     );
+    // The issue says why, with a new plan to approve.
+    let said = bot_text(&sb, iid);
+    assert!(said.contains("was undone since"), "{said}");
+    assert_eq!(said.matches("access-bot plan").count(), 2, "{said}");
 }
 
 /// Mallory puts the time-bound label on Jane's permanent, done request, and
@@ -568,7 +647,9 @@ async fn a6_time_bound_label_forged_on_a_permanent_request_takes_nothing() {
     run(&first).await;
     drop(first);
     sb.add_label("mallory", iid, TIME_BOUND).await.unwrap();
-    sb.comment_as("mallory", iid, "Expires: 2020-01-01").await.unwrap();
+    sb.comment_as("mallory", iid, "Expires: 2020-01-01")
+        .await
+        .unwrap();
     let mut second = sb.bot().await.unwrap();
     second.clock_offset = chrono::Duration::days(400);
     run_until_quiet(&second, 4).await;
@@ -605,7 +686,9 @@ async fn a7_expiry_extended_between_approval_and_execution() {
     sb.edit_description("rkim", iid, &d).await.unwrap();
     run(&bot).await;
     assert!(
-        sb.zd("global").user_by_email("robin.kim@gitlab.com").is_none(),
+        sb.zd("global")
+            .user_by_email("robin.kim@gitlab.com")
+            .is_none(),
         "granted with an end date nobody approved:\n{}",
         bot_text(&sb, iid)
     );
@@ -618,18 +701,29 @@ async fn a7_expiry_extended_between_approval_and_execution() {
 async fn b4_control_manager_reapplies_after_a_removal() {
     let (sb, bot) = start().await;
     let iid = sb
-        .file_issue("mallory", "Mallory: light agent and tag", &[], &mallory_body())
+        .file_issue(
+            "mallory",
+            "Mallory: light agent and tag",
+            &[],
+            &mallory_body(),
+        )
         .await
         .unwrap();
     run(&bot).await;
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
     sb.remove_label("mallory", iid, MANAGER).await.unwrap();
     run(&bot).await;
-    assert!(sb.zd("global").user_by_email("mallory@gitlab.com").is_none());
+    assert!(
+        sb.zd("global")
+            .user_by_email("mallory@gitlab.com")
+            .is_none()
+    );
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
     run(&bot).await;
     assert!(
-        sb.zd("global").user_by_email("mallory@gitlab.com").is_some(),
+        sb.zd("global")
+            .user_by_email("mallory@gitlab.com")
+            .is_some(),
         "control: the manager's fresh approval counts\n{}",
         bot_text(&sb, iid)
     );
@@ -646,9 +740,11 @@ async fn a3b_grant_record_edited_by_a_maintainer_database_kept() {
         .into_iter()
         .find(|c| c.marker.as_ref().is_some_and(|m| m.kind == "grant"))
         .expect("a grant record note");
-    let tampered = grant
-        .body
-        .replacen("what will be taken back", "what will be taken back (noted)", 1);
+    let tampered = grant.body.replacen(
+        "what will be taken back",
+        "what will be taken back (noted)",
+        1,
+    );
     sb.edit_note_as("mallory", iid, grant.id, &tampered)
         .await
         .unwrap();

@@ -92,7 +92,31 @@ impl Bot {
             .await
             .map_err(|e| e.to_string())?;
         let history = History::read(&notes, self.me.id, &self.marker_key, project, iid);
+        let found = self
+            .adopt_grants_in(project, iid, &history, true)
+            .map_err(|e| e.to_string())?;
+        if found == 0 && !history.rejected.is_empty() {
+            // Labelled time-bound, yet no grant record verifies: someone
+            // edited the bot's record. The bot cannot know what to take back;
+            // it says so rather than forget the grant.
+            let why = "this time-bound grant record was changed after the bot wrote it: ops must end this grant by hand";
+            self.say_stopped(project, iid, why).await;
+        }
+        Ok(())
+    }
+
+    /// Adopt the grants recorded on an issue (the issue is the memory);
+    /// returns how many grant records verify. `labelled`: the issue carries
+    /// the time-bound label (then a grant is revoked only once it is gone).
+    pub(super) fn adopt_grants_in(
+        &self,
+        project: &str,
+        iid: u64,
+        history: &History,
+        labelled: bool,
+    ) -> Result<usize, crate::store::StoreError> {
         let keys = history.keys();
+        let mut found = 0;
         for r in history.records.iter().filter(|r| r.marker.kind == "grant") {
             let Some(plan) = r.marker.keys.iter().find_map(|k| k.strip_prefix("grant:")) else {
                 continue;
@@ -105,32 +129,67 @@ impl Bot {
                 );
                 continue;
             };
+            found += 1;
             let said = |prefix: &str| {
                 keys.contains(&crate::marker::clean(&format!("{prefix}:{}", file.expires)))
             };
             for g in &file.grants {
-                self.store
-                    .adopt_grant(
-                        &Grant {
-                            project: project.to_string(),
-                            iid,
-                            plan: plan.to_string(),
-                            subject: g.subject.to_string(),
-                            instance: g.instance.clone(),
-                            undo: serde_json::to_string(g).unwrap_or_default(),
-                            expires: file.expires,
-                            reminded: false,
-                            revoked: false,
-                        },
-                        said("expiry-reminder"),
-                        // Revoked only once the label is gone: an issue still
-                        // labelled may lack its tick or label change (a crash
-                        // after the note), and revoking again takes back
-                        // nothing the grant no longer owns.
-                        false,
-                    )
-                    .map_err(|e| e.to_string())?;
+                self.store.adopt_grant(
+                    &Grant {
+                        project: project.to_string(),
+                        iid,
+                        plan: plan.to_string(),
+                        subject: g.subject.to_string(),
+                        instance: g.instance.clone(),
+                        undo: serde_json::to_string(g).unwrap_or_default(),
+                        expires: file.expires,
+                        reminded: false,
+                        revoked: false,
+                    },
+                    said("expiry-reminder"),
+                    // Revoked only once the label is gone: an issue still
+                    // labelled may lack its tick or label change (a crash
+                    // after the note), and revoking again takes back
+                    // nothing the grant no longer owns.
+                    !labelled && said("expired"),
+                )?;
             }
+        }
+        Ok(found)
+    }
+
+    /// A time-bound grant recorded on this issue is the grant, whatever the
+    /// store lost and whoever removed the label since: the store adopts it,
+    /// and the issue gets its label back until the grant is taken back.
+    pub(super) async fn remember_grants(
+        &self,
+        project: &str,
+        issue: &crate::gitlab::ApiIssue,
+        history: &History,
+    ) -> Result<(), super::process::ProcessError> {
+        if self.dry_run || !history.records.iter().any(|r| r.marker.kind == "grant") {
+            return Ok(());
+        }
+        let label = &self.cfg.bot.state_labels.time_bound;
+        let labelled = issue.labels.contains(label);
+        self.adopt_grants_in(project, issue.iid, history, labelled)?;
+        let keys = history.keys();
+        let pending = history
+            .records
+            .iter()
+            .filter(|r| r.marker.kind == "grant")
+            .filter_map(|r| super::process::read_json_block::<RecordFile>(&r.content))
+            .any(|f| !keys.contains(&crate::marker::clean(&format!("expired:{}", f.expires))));
+        if pending && !labelled {
+            tracing::warn!(
+                iid = issue.iid,
+                "a time-bound grant's label was removed; restoring it"
+            );
+            let wb = Writeback {
+                add_labels: vec![label.clone()],
+                ..Default::default()
+            };
+            self.write_back(project, issue, history, wb).await?;
         }
         Ok(())
     }

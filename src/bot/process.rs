@@ -85,7 +85,14 @@ struct PlanPost<'a> {
     /// Why earlier approvals no longer apply, if any did.
     voided: Option<String>,
     observed: &'a Observed,
+    /// A new plan even where one with the same request and changes is on
+    /// the issue (its approvals were used up by a change someone undid).
+    again: Option<String>,
 }
+
+/// Why a plan carried out in part is not carried on: a change it made was
+/// undone since, by someone else.
+const UNDONE_SINCE: &str = "A change the earlier plan already made was undone since (by someone other than the bot), so the bot does not make it again on the earlier approval: an approval authorises one execution. This plan lists what is needed now; approve it again.";
 
 /// The person the People team is e-mailed about.
 struct ToVerify {
@@ -220,7 +227,7 @@ impl Bot {
     /// and why (an answer it cannot read, a refusal): the issue alone fails,
     /// and whoever reads it learns what to fix. Needs only the issue's notes,
     /// so that an issue whose own JSON cannot be read still gets it.
-    async fn say_stopped(&self, project: &str, iid: u64, error: &str) {
+    pub(super) async fn say_stopped(&self, project: &str, iid: u64, error: &str) {
         if !self.may_write(project) {
             return;
         }
@@ -382,6 +389,7 @@ impl Bot {
         };
         let mut history = self.history(project, &facts).await;
         let labels = &self.cfg.bot.state_labels;
+        self.remember_grants(project, &issue, &history).await?;
 
         let req = match request::parse_request(&facts.issue, &self.cfg) {
             Ok(req) => req,
@@ -489,6 +497,7 @@ impl Bot {
                                 verification_pending,
                                 voided: why,
                                 observed: &observed,
+                                again: None,
                             },
                         )
                         .await?;
@@ -598,6 +607,10 @@ impl Bot {
                         Acted::Replan(_) if replan.is_some() => return Ok(Outcome::Waiting),
                         Acted::Replan(why) => {
                             replan = Some(why.clone());
+                            // A new plan note, even for the same changes: the
+                            // number of the bot's records so far tells them apart.
+                            let again =
+                                (why == UNDONE_SINCE).then(|| history.records.len().to_string());
                             let observed = self.observe(&request).await?;
                             if let Some(o) = self
                                 .post_plan(
@@ -612,6 +625,7 @@ impl Bot {
                                         missing: &superseded,
                                         granted: &[],
                                         verification_pending: false,
+                                        again,
                                         voided: Some(why),
                                         observed: &observed,
                                     },
@@ -694,7 +708,10 @@ impl Bot {
             sections: vec![Section {
                 template: "plan.md",
                 ctx: serde_json::to_value(&view).unwrap_or_default(),
-                key: format!("plan:{digest}:{changes}"),
+                key: match &p.again {
+                    Some(salt) => format!("plan:{digest}:{changes}:{}", short_hash(salt)),
+                    None => format!("plan:{digest}:{changes}"),
+                },
             }],
             state_label: Some(self.cfg.bot.state_labels.waiting.clone()),
             ..Default::default()
@@ -1157,38 +1174,85 @@ impl Bot {
                 "The accounts changed since the earlier plan, so it no longer says what would be done, and approvals given to it no longer apply: this plan lists what is needed now. Approve it again.".into(),
             ));
         }
-        let result_note = |sections: Vec<Section>, done: bool, ticks: &BTreeSet<usize>| {
-            let after = req.digest_after_ticks(ticks);
-            Writeback {
-                kind: "result",
-                digest: digest.clone(),
-                fields: vec![
-                    ("plan", plan_digest.clone()),
-                    ("done", if done { "1" } else { "0" }.to_string()),
-                    ("after", after.clone()),
-                    (
-                        "ticks",
-                        if ticks.is_empty() {
-                            "-".to_string()
-                        } else {
-                            ticks
-                                .iter()
-                                .map(|t| t.to_string())
-                                .collect::<Vec<_>>()
-                                .join(".")
-                        },
-                    ),
-                ],
-                sections,
-                ticks: Ticks::Request {
-                    ordinals: ticks.clone(),
-                    digest: digest.clone(),
-                    author_email: author.email.clone(),
-                    author_name: author.name.clone(),
-                },
-                ..Default::default()
+        // One approval, one execution: a grant this plan already made (its
+        // results say so) that is to do again was undone by someone since.
+        let plan_note = approved.plan().note_id.to_string();
+        let did_before: BTreeSet<String> = history
+            .records
+            .iter()
+            .filter(|r| {
+                r.marker.kind == "result" && r.marker.field("plan_note") == Some(&plan_note)
+            })
+            .flat_map(|r| {
+                r.marker
+                    .field("did")
+                    .unwrap_or_default()
+                    .split('.')
+                    .filter(|h| !h.is_empty())
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if !req.kind.revokes()
+            && p.todo()
+                .any(|s| did_before.contains(&short_hash(&plan::change_key(s))))
+        {
+            tracing::warn!(
+                iid = req.iid,
+                "a change this plan made was undone since; a new plan"
+            );
+            return Ok(Acted::Replan(UNDONE_SINCE.into()));
+        }
+        let did_now = |done: &BTreeSet<String>| -> String {
+            let mut h: Vec<String> = p
+                .steps
+                .iter()
+                .filter(|s| done.contains(&s.key))
+                .map(|s| short_hash(&plan::change_key(s)))
+                .collect();
+            h.sort();
+            h.dedup();
+            if h.is_empty() {
+                "-".into()
+            } else {
+                h.join(".")
             }
         };
+        let result_note =
+            |sections: Vec<Section>, done: bool, ticks: &BTreeSet<usize>, did: String| {
+                let after = req.digest_after_ticks(ticks);
+                Writeback {
+                    kind: "result",
+                    digest: digest.clone(),
+                    fields: vec![
+                        ("plan", plan_digest.clone()),
+                        ("plan_note", plan_note.clone()),
+                        ("did", did),
+                        ("done", if done { "1" } else { "0" }.to_string()),
+                        ("after", after.clone()),
+                        (
+                            "ticks",
+                            if ticks.is_empty() {
+                                "-".to_string()
+                            } else {
+                                ticks
+                                    .iter()
+                                    .map(|t| t.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(".")
+                            },
+                        ),
+                    ],
+                    sections,
+                    ticks: Ticks::Request {
+                        ordinals: ticks.clone(),
+                        digest: digest.clone(),
+                        author_email: author.email.clone(),
+                        author_name: author.name.clone(),
+                    },
+                    ..Default::default()
+                }
+            };
 
         // Things the bot will not do at all: nothing is changed for anyone.
         let refusals: Vec<&plan::Blocked> = p
@@ -1348,6 +1412,7 @@ impl Bot {
                 }],
                 false,
                 &ticks,
+                did_now(&done),
             );
             wb.state_label = Some(labels.failed.clone());
             self.write_back(project, issue, history, wb).await?;
@@ -1418,6 +1483,7 @@ impl Bot {
             }],
             complete,
             &ticks,
+            did_now(&done),
         );
         if complete {
             let records = history
