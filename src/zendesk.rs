@@ -1211,9 +1211,8 @@ pub struct Resolved {
 
 impl Resolved {
     pub async fn load(api: &dyn ZendeskApi) -> Result<Resolved, ZendeskError> {
-        let roles = api.custom_roles().await?;
-        let groups = api.groups().await?;
-        let me = api.me().await?;
+        // Independent reads: at once, so start-up costs one round trip, not three.
+        let (roles, groups, me) = tokio::try_join!(api.custom_roles(), api.groups(), api.me())?;
         Ok(Resolved {
             me: Some(me),
             light_agent_role: roles.iter().find(|r| r.role_type == Some(1)).map(|r| r.id),

@@ -354,8 +354,8 @@ async fn bench_throughput(md: &mut String, n: usize, limit: u32) {
             );
         }
     }
-    let mut bot = sb.bot().await.expect("bot");
-    bot.concurrency = 8;
+    sb.config.bot.concurrency = 8;
+    let bot = sb.bot().await.expect("bot");
     sb.clear_logs();
     let t0 = Instant::now();
     run_until_quiet(&bot, 3).await;
