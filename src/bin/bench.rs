@@ -375,7 +375,12 @@ async fn bench_throughput(md: &mut String, n: usize, limit: u32) {
     );
     let _ = writeln!(md, "| Figure | Measured | Target |\n|---|---|---|");
     let _ = writeln!(md, "| requests provisioned | {done} of {n} | all |");
-    let _ = writeln!(md, "| wall time | {:.1} s | - |", elapsed.as_secs_f64());
+    let _ = writeln!(
+        md,
+        "| wall time | {:.1} s | floor {:.1} s: {zd} Zendesk calls at {limit} in any sliding minute, the first {limit} at once |",
+        elapsed.as_secs_f64(),
+        rate_floor(zd, limit).as_secs_f64()
+    );
     let _ = writeln!(md, "| Zendesk requests per minute | {per_min:.0} | - |");
     let _ = writeln!(
         md,
@@ -468,7 +473,24 @@ async fn bench_offboarding(md: &mut String, tickets: u32, limit: u32) {
     let _ = writeln!(md, "| assigned-ticket list pages | {listing} | - |");
     let _ = writeln!(md, "| all Zendesk calls | {} | - |", k.total());
     let _ = writeln!(md, "| 429 responses | {} | 0 |", k.rate_limited());
-    let _ = writeln!(md, "| wall time | {:.1} s | - |\n", elapsed.as_secs_f64());
+    let rtt = loopback_round_trip(&sb).await;
+    let calls = k.total();
+    let _ = writeln!(
+        md,
+        "| wall time | {:.1} s | floor {:.1} s: {calls} Zendesk calls one after the other at {:.2} ms (loopback round trip, median) plus {:.1} s of rate limit |\n",
+        elapsed.as_secs_f64(),
+        (rtt * calls as u32 + rate_floor(calls, limit)).as_secs_f64(),
+        rtt.as_secs_f64() * 1000.0,
+        rate_floor(calls, limit).as_secs_f64()
+    );
+}
+
+/// The least time `calls` requests take at `limit` per sliding minute on a
+/// server whose window is empty at the start: `limit` at once, then `limit`
+/// more each minute.
+fn rate_floor(calls: usize, limit: u32) -> Duration {
+    let limit = limit.max(1) as usize;
+    Duration::from_secs(60 * (calls.saturating_sub(1) / limit) as u64)
 }
 
 fn bot_binary() -> std::path::PathBuf {
@@ -643,7 +665,11 @@ async fn bench_reaction_and_footprint(md: &mut String, rounds: usize) {
                     &format!("User {}", letters(i)),
                     &format!("u{i}@gitlab.com"),
                 );
-                sb.google.lock().users.insert(format!("u{i}@gitlab.com"));
+                let mut g = sb.google.lock();
+                g.users.insert(format!("u{i}@gitlab.com"));
+                // The named manager counts only where the directory says so.
+                g.managers
+                    .insert(format!("u{i}@gitlab.com"), "mlee@gitlab.com".into());
             }
             let iid = sb
                 .file_issue(
