@@ -281,6 +281,11 @@ pub struct BotConfig {
     pub state_db: PathBuf,
     #[serde(default = "default_templates")]
     pub templates_dir: PathBuf,
+    /// Issues worked on at once (webhook events, poll cycles and the issues of a
+    /// cycle together), so that a short request never waits behind a long
+    /// offboarding. Each system's request budget stays one for the process.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
     /// Email domains the bot will provision; compared exactly.
     pub allowed_email_domains: Vec<String>,
     /// Tags that mark a Zendesk team (`partner_support_agent`, ...).
@@ -592,6 +597,9 @@ fn default_gitlab_timeout() -> Dur {
 }
 fn default_state_db() -> PathBuf {
     "access-bot.db".into()
+}
+fn default_concurrency() -> usize {
+    4
 }
 fn default_templates() -> PathBuf {
     "templates".into()

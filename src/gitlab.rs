@@ -454,6 +454,19 @@ impl GitlabClient {
         timeout: Duration,
         backoff: Backoff,
     ) -> Result<GitlabClient, GitlabError> {
+        Ok(GitlabClient::connect_as(url, token, timeout, backoff)
+            .await?
+            .0)
+    }
+
+    /// As `connect_with`, also returning the token's user (the `GET /user`
+    /// that checked the token: start-up needs it and need not ask twice).
+    pub async fn connect_as(
+        url: &str,
+        token: &crate::secret::Secret,
+        timeout: Duration,
+        backoff: Backoff,
+    ) -> Result<(GitlabClient, ApiUser), GitlabError> {
         let parsed = url::Url::parse(url).map_err(|e| GitlabError::Connect(e.to_string()))?;
         if parsed.host_str().is_none() {
             return Err(GitlabError::Connect(format!("no host in {url}")));
@@ -481,7 +494,7 @@ impl GitlabClient {
         };
         // What the crate's own client checks when it is built.
         match gl.me().await {
-            Ok(_) => Ok(gl),
+            Ok(me) => Ok((gl, me)),
             Err(e @ (GitlabError::Unauthorized | GitlabError::Forbidden)) => Err(e),
             Err(e) => Err(GitlabError::Connect(e.to_string())),
         }

@@ -1,10 +1,11 @@
 //! What every adapter shares: capped, jittered backoff, `Retry-After`, and a
 //! client-side request budget so the bot normally never sees a 429.
 
-use std::sync::Arc;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use governor::clock::Clock;
 use tokio::time::Instant;
 
 /// Retry policy: attempts and the backoff between them.
@@ -44,40 +45,59 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.clamp(0.0, 600.0)))
 }
 
-/// Evenly spaced requests at a budget per minute (no bursts, so a sliding
-/// one-minute window on the server never sees more than the budget).
+/// A token bucket (GCRA, the `governor` crate) of the plan's per-minute budget:
+/// a burst up to the whole budget goes out at once, then requests refill at the
+/// budget's rate. Bursts can outrun a server's sliding minute; the server's
+/// `ratelimit-remaining` (see `pause`) and 429s with `Retry-After` hold every
+/// caller when that happens, so the bucket only has to be right on average.
 #[derive(Debug, Clone)]
 pub struct RateBudget {
-    interval: Duration,
-    next: Arc<Mutex<Instant>>,
+    limiter: Arc<governor::DefaultDirectRateLimiter>,
+    clock: governor::clock::DefaultClock,
+    /// Nobody sends before this instant (a 429 or an empty server bucket).
+    hold: Arc<Mutex<Option<Instant>>>,
 }
 
 impl RateBudget {
     pub fn per_minute(n: u32) -> RateBudget {
+        let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let clock = governor::clock::DefaultClock::default();
         RateBudget {
-            interval: Duration::from_secs_f64(60.0 / n.max(1) as f64),
-            next: Arc::new(Mutex::new(Instant::now())),
+            limiter: Arc::new(governor::RateLimiter::direct_with_clock(
+                governor::Quota::per_minute(n).allow_burst(n),
+                clock.clone(),
+            )),
+            clock,
+            hold: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// Wait for this request's slot.
+    /// Wait for this request's token.
     pub async fn acquire(&self) {
-        let slot = {
-            let mut next = self.next.lock().await;
-            let now = Instant::now();
-            let slot = (*next).max(now);
-            *next = slot + self.interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+        loop {
+            let held = *self.hold.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(until) = held
+                && until > Instant::now()
+            {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+            match self.limiter.check() {
+                Ok(()) => return,
+                Err(not_until) => {
+                    tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await;
+                }
+            }
+        }
     }
 
-    /// After a 429, nobody sends before `wait` is over.
+    /// After a 429 (or an empty bucket on the server), nobody sends before
+    /// `wait` is over.
     pub async fn pause(&self, wait: Duration) {
-        let mut next = self.next.lock().await;
         let until = Instant::now() + wait;
-        if *next < until {
-            *next = until;
+        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        if hold.is_none_or(|h| h < until) {
+            *hold = Some(until);
         }
     }
 }
@@ -100,17 +120,29 @@ mod tests {
         assert!(b.delay(0) <= Duration::from_millis(100));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn budget_spaces_requests() {
-        let b = RateBudget::per_minute(600); // one per 100 ms
-        let t = Instant::now();
-        for _ in 0..11 {
-            b.acquire().await;
+    #[tokio::test]
+    async fn budget_allows_a_burst_then_refills_at_its_rate() {
+        // The bucket runs on the real clock: count what it lets through, not time.
+        let b = RateBudget::per_minute(600); // burst 600, then one per 100 ms
+        for _ in 0..600 {
+            assert!(b.limiter.check().is_ok(), "the whole budget goes at once");
         }
-        let e = t.elapsed();
+        assert!(b.limiter.check().is_err(), "then the bucket is empty");
+        let t = std::time::Instant::now();
+        b.acquire().await;
         assert!(
-            e >= Duration::from_millis(1000) && e < Duration::from_millis(1100),
-            "{e:?}"
+            t.elapsed() >= Duration::from_millis(50),
+            "{:?}",
+            t.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pause_holds_every_caller() {
+        let b = RateBudget::per_minute(600);
+        b.pause(Duration::from_secs(5)).await;
+        let t = Instant::now();
+        b.acquire().await;
+        assert!(t.elapsed() >= Duration::from_secs(5), "{:?}", t.elapsed());
     }
 }

@@ -222,6 +222,11 @@ impl Bot {
         }
         let mut out = Vec::new();
         for ((project, iid), grants) in by_issue {
+            // Not while a task of this process works on the issue: the next cycle.
+            let Some(_claim) = super::process::InFlight::enter(&self.in_flight, &project, iid)
+            else {
+                continue;
+            };
             let expires = grants.iter().map(|g| g.expires).min().unwrap_or(today);
             let outcome = if today >= expires {
                 self.revoke(&project, iid, &grants).await

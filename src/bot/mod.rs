@@ -102,8 +102,11 @@ pub struct Bot {
     pub dry_run: bool,
     /// GitLab users by username (lower-case), cached for the life of the process.
     users: Mutex<HashMap<String, Option<ApiUser>>>,
-    /// Issues processed at most this many at a time.
-    pub concurrency: usize,
+    /// Issues processed at once, across cycles and events (`[bot] concurrency`).
+    work: tokio::sync::Semaphore,
+    /// Issues being processed in this process: the issue lease is the same
+    /// owner's for all of them, so it cannot keep two tasks apart.
+    in_flight: std::sync::Mutex<BTreeSet<(String, u64)>>,
     /// When the waiting issues were last checked for staleness.
     last_stale_scan: Mutex<Option<std::time::Instant>>,
     /// When the time-bound grants were last read from their issues.
@@ -190,28 +193,42 @@ impl Bot {
                 source,
             })?;
         let token = secrets.get(&cfg.gitlab.token_env)?;
-        let gl = GitlabClient::connect(&cfg.gitlab.url, &token, cfg.gitlab_timeout()).await?;
-        let me = gl.me().await?;
-        let mut zendesk = BTreeMap::new();
+        let mut apis = Vec::new();
         for (name, inst) in &cfg.zendesk {
             let mut api = ZendeskClient::new(name, inst, secrets, http.clone())?;
             api.job_poll_interval = job_poll;
-            let resolved = Resolved::load(&api).await?;
-            let missing = resolved.missing(inst);
-            if !missing.is_empty() {
-                return Err(StartError::Missing {
-                    instance: name.clone(),
-                    problems: missing.join("; "),
-                });
-            }
-            zendesk.insert(
-                name.clone(),
-                Instance {
-                    api: Arc::new(api),
-                    resolved,
-                },
-            );
+            apis.push((name.clone(), inst, api));
         }
+        // GitLab's user and every instance's roles and groups at once: start-up
+        // costs the slowest of them, not their sum.
+        let gitlab_user = GitlabClient::connect_as(
+            &cfg.gitlab.url,
+            &token,
+            cfg.gitlab_timeout(),
+            crate::http::Backoff::default(),
+        );
+        let instances = futures_util::future::try_join_all(apis.into_iter().map(
+            |(name, inst, api)| async move {
+                let resolved = Resolved::load(&api).await?;
+                let missing = resolved.missing(inst);
+                if !missing.is_empty() {
+                    return Err(StartError::Missing {
+                        instance: name,
+                        problems: missing.join("; "),
+                    });
+                }
+                Ok((
+                    name,
+                    Instance {
+                        api: Arc::new(api),
+                        resolved,
+                    },
+                ))
+            },
+        ));
+        let (gitlab_user, instances) = tokio::join!(gitlab_user, instances);
+        let (gl, me) = gitlab_user?;
+        let zendesk: BTreeMap<String, Instance> = instances?.into_iter().collect();
         let groups: Option<Arc<dyn GroupDirectory>> = match &cfg.google {
             Some(g) => Some(Arc::new(GoogleClient::new(g, secrets, http.clone())?)),
             None => None,
@@ -243,6 +260,8 @@ impl Bot {
         let identity = crate::identity::Resolver::new(&cfg, gitlab.clone(), directory)?;
         let lease = lease::ReplicaLease::new(store.owner().to_string(), lease_ttl(&cfg));
         let bot = Bot {
+            // Before `cfg` moves in.
+            work: tokio::sync::Semaphore::new(cfg.bot.concurrency.max(1)),
             cfg,
             gitlab,
             identity,
@@ -254,7 +273,7 @@ impl Bot {
             marker_key,
             dry_run: false,
             users: Mutex::new(HashMap::new()),
-            concurrency: 4,
+            in_flight: Default::default(),
             last_stale_scan: Mutex::new(None),
             last_grant_scan: Mutex::new(None),
             lease,
@@ -263,13 +282,16 @@ impl Bot {
             notifier,
             last_mr_check: Mutex::new(None),
         };
-        // Approvers and trusted authors are the same for every request: resolve
-        // them once here rather than on the first issue. A failure is not fatal
-        // (not cached; retried when an issue needs the name).
-        for username in crate::approval::Directory::configured(&bot.cfg) {
-            let _ = bot.user(&username).await;
-        }
         Ok(bot)
+    }
+
+    /// Approvers and trusted authors are the same for every request: resolved
+    /// once (`run` does it behind its listeners) rather than on the first issue,
+    /// all at once. A failure is not fatal (not cached; retried when an issue
+    /// needs the name).
+    pub async fn warm_up(&self) {
+        let names = crate::approval::Directory::configured(&self.cfg);
+        futures_util::future::join_all(names.iter().map(|u| self.user(u))).await;
     }
 
     /// Assemble from parts (tests with mocks).
@@ -285,6 +307,7 @@ impl Bot {
         Ok(Bot {
             templates: Templates::load(Some(&cfg.bot.templates_dir))?,
             identity: crate::identity::Resolver::new(&cfg, gitlab.clone(), None)?,
+            work: tokio::sync::Semaphore::new(cfg.bot.concurrency.max(1)),
             cfg,
             gitlab,
             zendesk,
@@ -294,7 +317,7 @@ impl Bot {
             marker_key: crate::marker::MarkerKey::random(),
             dry_run: false,
             users: Mutex::new(HashMap::new()),
-            concurrency: 4,
+            in_flight: Default::default(),
             last_stale_scan: Mutex::new(None),
             last_grant_scan: Mutex::new(None),
             lease,
@@ -468,7 +491,7 @@ impl Bot {
                             let project = project.clone();
                             async move { (iid, self.process(&project, iid).await) }
                         })
-                        .buffer_unordered(self.concurrency.max(1))
+                        .buffer_unordered(self.cfg.bot.concurrency.max(1))
                         .collect()
                         .await;
                     let mut results = results;

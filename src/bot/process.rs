@@ -148,6 +148,19 @@ impl Bot {
     /// recorded before any work starts: a bot killed mid-way leaves it there,
     /// so the next run looks at it again whatever the poll cursor says.
     pub async fn process(&self, project: &str, iid: u64) -> Outcome {
+        // One task per issue in this process; the other finds it busy and leaves
+        // it on the retry list, as it would another runner's.
+        let Some(_mine) = InFlight::enter(&self.in_flight, project, iid) else {
+            tracing::info!(iid, "already being worked on in this process; skipping");
+            if !self.dry_run
+                && let Err(e) = self.store.add_retry(project, iid, "busy")
+            {
+                tracing::error!(iid, error = %e, "cannot keep the issue on the retry list");
+            }
+            return Outcome::Busy;
+        };
+        // The bound on work at once; the request budgets are shared anyway.
+        let _permit = self.work.acquire().await.ok();
         if !self.dry_run {
             match self.active(project).await {
                 Ok(super::lease::Standing::Active) => {}
@@ -1834,4 +1847,50 @@ fn light_agent_result(req: &Request, p: &Plan, done: &BTreeSet<String>) -> (bool
         "Light agent provisioned".to_string()
     };
     (true, text)
+}
+
+/// This process's claim on one issue, given back when dropped (also when the
+/// work is cancelled).
+pub(super) struct InFlight<'a> {
+    set: &'a std::sync::Mutex<std::collections::BTreeSet<(String, u64)>>,
+    key: (String, u64),
+}
+
+impl<'a> InFlight<'a> {
+    pub(super) fn enter(
+        set: &'a std::sync::Mutex<std::collections::BTreeSet<(String, u64)>>,
+        project: &str,
+        iid: u64,
+    ) -> Option<InFlight<'a>> {
+        let key = (project.to_string(), iid);
+        let fresh = set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        // Lazily: a claim built and dropped would give back the holder's.
+        fresh.then(|| InFlight { set, key })
+    }
+
+    /// As `enter`, waiting while another task works on the issue.
+    pub(super) async fn wait(
+        set: &'a std::sync::Mutex<std::collections::BTreeSet<(String, u64)>>,
+        project: &str,
+        iid: u64,
+    ) -> InFlight<'a> {
+        loop {
+            if let Some(claim) = InFlight::enter(set, project, iid) {
+                return claim;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }

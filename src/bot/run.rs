@@ -1,7 +1,7 @@
 //! The daemon: polls on the configured schedule, takes GitLab webhooks as
 //! immediate events, serves `/healthz`, `/readyz` and `/metrics` on an
 //! operations listener of its own, and stops cleanly on SIGINT/SIGTERM after
-//! the event in flight.
+//! the events in flight.
 //!
 //! The webhook listener is public (GitLab must reach it) and hardened (see
 //! [`crate::listen`]); the operations listener can stay private. A burst of
@@ -57,6 +57,8 @@ pub struct Metrics {
     started: Instant,
     /// Start-up work done (connected, first poll cycle finished).
     ready: bool,
+    /// Start-up work still running behind the listeners (`run`'s warm-up).
+    warming: bool,
     /// `/healthz` fails after this long without a good poll cycle.
     pub unhealthy_after: Duration,
     listeners: Vec<(&'static str, Arc<ListenerStats>)>,
@@ -77,6 +79,7 @@ impl Default for Metrics {
             last_good_poll: None,
             started: Instant::now(),
             ready: false,
+            warming: false,
             unhealthy_after: Duration::from_secs(300),
             listeners: Vec::new(),
             status: None,
@@ -116,6 +119,10 @@ impl Metrics {
 
     pub fn set_ready(&mut self) {
         self.ready = true;
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready && !self.warming
     }
 
     fn count_webhook(&mut self, k: &str) {
@@ -168,7 +175,7 @@ impl Metrics {
         }
         s.push_str(&format!(
             "# TYPE access_bot_ready gauge\naccess_bot_ready {}\n# TYPE access_bot_healthy gauge\naccess_bot_healthy {}\n",
-            u8::from(self.ready),
+            u8::from(self.is_ready()),
             u8::from(self.health().is_ok())
         ));
         if let Some(n) = self.stuck_issues {
@@ -332,7 +339,7 @@ pub fn ops_router(metrics: Arc<StdMutex<Metrics>>) -> Router {
         .route(
             "/readyz",
             get(|State(m): State<Arc<StdMutex<Metrics>>>| async move {
-                if lock(&m).ready {
+                if lock(&m).is_ready() {
                     (StatusCode::OK, "ready\n")
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
@@ -716,6 +723,15 @@ pub async fn run(
     if let Some(ch) = opts.on_listening {
         let _ = ch.send(listening);
     }
+    // Start-up work that need not hold the listeners back: /readyz waits for it.
+    lock(&metrics).warming = true;
+    tasks.push({
+        let (bot, metrics) = (bot.clone(), metrics.clone());
+        tokio::spawn(async move {
+            bot.warm_up().await;
+            lock(&metrics).warming = false;
+        })
+    });
     tasks.push({
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -744,44 +760,68 @@ pub async fn run(
         Event::Digest,
     ));
     tokio::pin!(shutdown);
-    // Wake-ups that piled up while the bot was busy (a slow cycle, a hung
-    // call) are taken together and each distinct one is handled once: a
-    // dozen queued polls are one poll.
-    let mut queued: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
+    // Events run side by side, so that a short request never waits behind a
+    // long offboarding or a seat review: issues are bounded by `[bot]
+    // concurrency` in `Bot::process`, and each system's request budget is one
+    // for the process. An event arriving while the same one runs waits for it,
+    // and wake-ups that pile up meanwhile are one (a dozen queued polls are one
+    // poll). Two poll cycles may overlap: one held by a long issue does not hold
+    // back the issues that changed since (the long one is busy to the other).
+    let mut running: tokio::task::JoinSet<CycleReport> = tokio::task::JoinSet::new();
+    let mut active: HashMap<tokio::task::Id, Event> = HashMap::new();
+    let mut waiting: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
     loop {
-        if !queued.is_empty() {
-            // A signal still stops the bot between queued events.
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                _ = std::future::ready(()) => {}
+        let mut held = std::collections::VecDeque::new();
+        while let Some(event) = waiting.pop_front() {
+            let same = active.values().filter(|a| **a == event).count();
+            if same >= if event == Event::Poll { 2 } else { 1 } {
+                held.push_back(event);
+                continue;
             }
-        } else {
-            let first = tokio::select! {
-                _ = &mut shutdown => break,
-                e = rx.recv() => match e { Some(e) => e, None => break },
-            };
-            queued.push_back(first);
+            tracing::debug!(?event, running = active.len(), "event starts");
+            let bot = bot.clone();
+            let handle = running.spawn({
+                let event = event.clone();
+                async move { bot.handle(event).await }
+            });
+            active.insert(handle.id(), event);
         }
-        while let Ok(e) = rx.try_recv() {
-            if !queued.contains(&e) {
-                queued.push_back(e);
+        waiting = held;
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let (id, report) = match done {
+                    Ok((id, report)) => (id, report),
+                    Err(e) => {
+                        tracing::error!(error = %e, "an event's work ended abnormally");
+                        (e.id(), CycleReport::default())
+                    }
+                };
+                let event = active.remove(&id);
+                tracing::debug!(?event, running = active.len(), "event done");
+                if event == Some(Event::Poll) {
+                    let mut m = lock(&metrics);
+                    m.record(&report);
+                    m.poll_done(report.errors.is_empty());
+                    // Start-up work ends with the first poll cycle.
+                    m.set_ready();
+                } else {
+                    lock(&metrics).record(&report);
+                }
             }
-        }
-        let Some(event) = queued.pop_front() else {
-            continue;
-        };
-        let is_poll = event == Event::Poll;
-        // The event in flight finishes even if a signal arrives meanwhile.
-        let report = bot.handle(event).await;
-        let mut m = lock(&metrics);
-        m.record(&report);
-        if is_poll {
-            m.poll_done(report.errors.is_empty());
-            // Start-up work ends with the first poll cycle.
-            m.set_ready();
+            e = rx.recv() => match e {
+                Some(e) => {
+                    if !waiting.contains(&e) {
+                        waiting.push_back(e);
+                    }
+                }
+                None => break,
+            },
         }
     }
+    // The events in flight finish even though a signal arrived; nothing new starts.
+    while running.join_next().await.is_some() {}
     tracing::info!("shutting down");
     for t in tasks {
         t.abort();

@@ -300,7 +300,21 @@ impl Bot {
             return Ok(None);
         }
         let period = &report.period;
-        let existing = self.find_review(&project, cfg, instance, period).await?;
+        let mut existing = self.find_review(&project, cfg, instance, period).await?;
+        // The review issue is written by this and by `process` (a tick on it):
+        // one at a time in this process, and read again after waiting.
+        let _claim = match &existing {
+            Some(i) => match super::process::InFlight::enter(&self.in_flight, &project, i.iid) {
+                Some(claim) => Some(claim),
+                None => {
+                    let claim =
+                        super::process::InFlight::wait(&self.in_flight, &project, i.iid).await;
+                    existing = self.find_review(&project, cfg, instance, period).await?;
+                    Some(claim)
+                }
+            },
+            None => None,
+        };
         if let Some(i) = &existing
             && i.state != "opened"
         {

@@ -200,6 +200,12 @@ impl Bot {
         };
         let mut out = Vec::new();
         for row in rows.into_iter().filter(|r| self.may_write(&r.project)) {
+            // Not while a task of this process works on the issue: next time.
+            let Some(_claim) =
+                super::process::InFlight::enter(&self.in_flight, &row.project, row.iid)
+            else {
+                continue;
+            };
             let span = tracing::info_span!("issue", iid = row.iid, project = %row.project);
             let o = tracing::Instrument::instrument(self.follow_up(&st, &row), span).await;
             match o {

@@ -239,13 +239,16 @@ impl Sandbox {
         store: std::sync::Arc<crate::store::Store>,
     ) -> anyhow::Result<crate::bot::Bot> {
         // Fast job polls: the sandbox's jobs complete after two polls.
-        Ok(crate::bot::Bot::connect_with(
+        let bot = crate::bot::Bot::connect_with(
             self.config.clone(),
             &self.secrets,
             store,
             std::time::Duration::from_millis(5),
         )
-        .await?)
+        .await?;
+        // As `run` does behind its listeners: approvers known before the first issue.
+        bot.warm_up().await;
+        Ok(bot)
     }
 }
 
