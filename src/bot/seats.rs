@@ -81,11 +81,11 @@ fn describe(u: &User, role_names: &BTreeMap<u64, String>) -> String {
 }
 
 /// The kind of the bot's note that records the lines it listed.
-const SEAT_LIST: &str = "seat-list";
+pub(super) const SEAT_LIST: &str = "seat-list";
 
 /// The lines the bot listed on a review issue, from its sealed list notes,
 /// each marked reclaimed if a note of the bot's says it was.
-fn listed_on(history: &History, instance: &str, period: &str) -> Vec<SeatCandidateRow> {
+pub(super) fn listed_on(history: &History, instance: &str, period: &str) -> Vec<SeatCandidateRow> {
     let keys = history.keys();
     let mut by_email: BTreeMap<String, SeatCandidateRow> = BTreeMap::new();
     for r in history.records.iter().filter(|r| {

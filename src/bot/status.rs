@@ -20,7 +20,6 @@ use crate::policy::Requester;
 use crate::render::{RenderError, Templates};
 use crate::request::{self, Email, IssueFacts};
 use crate::seats::SeatCandidate;
-use crate::store::SeatCandidateRow;
 
 use super::Bot;
 use super::process::ProcessError;
@@ -617,7 +616,6 @@ impl Bot {
         {
             let notes = self.gitlab.notes(&project, issue.iid).await?;
             let history = History::read(&notes, self.me.id, &self.marker_key, &project, issue.iid);
-            let keys = history.keys();
             // The lines still open on the issue: ticked or `[~]` ones are decided.
             let open: Vec<String> =
                 request::checklist::parse(issue.description.as_deref().unwrap_or(""))
@@ -625,31 +623,27 @@ impl Bot {
                     .filter(|i| i.state == request::checklist::CheckState::Open)
                     .map(|i| i.text)
                     .collect();
-            let mut by_instance: BTreeMap<(String, String), BTreeMap<String, SeatCandidate>> =
-                BTreeMap::new();
-            for r in history
+            let periods: std::collections::BTreeSet<(String, String)> = history
                 .records
                 .iter()
-                .filter(|r| r.marker.kind == "seat-list")
-            {
-                let (Some(instance), Some(period)) =
-                    (r.marker.field("instance"), r.marker.field("period"))
-                else {
-                    continue;
-                };
-                let rows: Vec<SeatCandidateRow> =
-                    super::process::read_json_block(&r.content).unwrap_or_default();
-                for row in rows {
-                    let reclaimed = keys.contains(&crate::marker::clean(&format!(
-                        "seat-reclaimed:{}",
-                        row.email
-                    )));
-                    if reclaimed || !open.contains(&row.item_text) {
+                .filter(|r| r.marker.kind == super::seats::SEAT_LIST)
+                .filter_map(|r| {
+                    Some((
+                        r.marker.field("instance")?.to_string(),
+                        r.marker.field("period")?.to_string(),
+                    ))
+                })
+                .collect();
+            let mut by_instance: BTreeMap<(String, String), BTreeMap<String, SeatCandidate>> =
+                BTreeMap::new();
+            for (instance, period) in periods {
+                for row in super::seats::listed_on(&history, &instance, &period) {
+                    if row.reclaimed || !open.contains(&row.item_text) {
                         continue;
                     }
                     if let Ok(c) = serde_json::from_str::<SeatCandidate>(&row.fields) {
                         by_instance
-                            .entry((instance.to_string(), period.to_string()))
+                            .entry((instance.clone(), period.clone()))
                             .or_default()
                             .entry(row.email.clone())
                             .or_insert(c);
