@@ -119,7 +119,7 @@ pub struct OpsConfig {
     /// five poll intervals, at least five minutes (a long offboarding must not
     /// get the process restarted mid-way).
     #[serde(default)]
-    pub unhealthy_after: Option<String>,
+    pub unhealthy_after: Option<Dur>,
 }
 
 impl Default for OpsConfig {
@@ -153,7 +153,7 @@ pub struct StatusConfig {
     pub username: String,
     /// An issue with no progress (no bot note, no change) for this long is stuck.
     #[serde(default = "default_stuck_after")]
-    pub stuck_after: String,
+    pub stuck_after: Dur,
 }
 
 impl Default for StatusConfig {
@@ -173,8 +173,8 @@ fn default_status_token_env() -> String {
 fn default_status_username() -> String {
     "ops".into()
 }
-fn default_stuck_after() -> String {
-    "3d".into()
+fn default_stuck_after() -> Dur {
+    Dur::from_secs(3 * 86_400, "3d")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -739,7 +739,10 @@ impl Config {
         let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
             path: path.to_path_buf(),
             line: e.span().map(|s| line_of(text, s.start)),
-            message: e.message().trim().to_string(),
+            message: match e.span().and_then(|s| key_at(text, s.start)) {
+                Some(key) => format!("{key}: {}", e.message().trim()),
+                None => e.message().trim().to_string(),
+            },
         })?;
         cfg.apply_env(env);
         cfg.validate(text, path)?;
@@ -849,26 +852,12 @@ impl Config {
                 ),
             ));
         }
-        if let Some(u) = &self.ops.unhealthy_after {
-            parse_duration(u).map_err(|e| {
-                err(
-                    &["ops", "unhealthy_after"],
-                    format!("ops.unhealthy_after: {e}"),
-                )
-            })?;
-        }
         if self.ops.listen.trim().is_empty() {
             return Err(err(
                 &["ops", "listen"],
                 "ops.listen is empty: give an address such as 127.0.0.1:9090".into(),
             ));
         }
-        parse_duration(&self.status.stuck_after).map_err(|e| {
-            err(
-                &["status", "stuck_after"],
-                format!("status.stuck_after: {e}"),
-            )
-        })?;
         if self.status.enabled && self.status.token_env.trim().is_empty() {
             return Err(err(
                 &["status", "token_env"],
@@ -1238,13 +1227,8 @@ impl Config {
 
     /// How long `/healthz` tolerates no completed poll cycle.
     pub fn unhealthy_after(&self) -> Duration {
-        if let Some(d) = self
-            .ops
-            .unhealthy_after
-            .as_deref()
-            .and_then(|u| parse_duration(u).ok())
-        {
-            return d;
+        if let Some(d) = &self.ops.unhealthy_after {
+            return d.get();
         }
         let tz = self.time_zone().unwrap_or(Zone::Utc);
         let every = match self.poll_schedule() {
@@ -1381,9 +1365,9 @@ impl Config {
         v
     }
 
-    /// `[status] stuck_after` (validated at load; three days otherwise).
+    /// `[status] stuck_after` (three days unless configured).
     pub fn stuck_after(&self) -> Duration {
-        parse_duration(&self.status.stuck_after).unwrap_or(Duration::from_secs(3 * 86_400))
+        self.status.stuck_after.get()
     }
 }
 
@@ -1681,6 +1665,28 @@ fn check_url(u: &str, key: &str) -> Result<(), String> {
         )),
         s => Err(format!("{key} {u:?}: scheme {s:?} is not https")),
     }
+}
+
+/// The dotted key (`status.stuck_after`) of the `key = value` line holding
+/// `offset`, under the nearest table header above it; `None` off such a line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('#') || key.starts_with('[') {
+        return None;
+    }
+    let table = before[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    });
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

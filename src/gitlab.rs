@@ -325,9 +325,6 @@ pub struct GitlabClient {
     hold: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
-/// How long one GitLab request may take, answer included, unless configured.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Timeouts a read survives before the call gives up: a hung server rarely
 /// recovers within a minute, and the next poll cycle tries again anyway.
 const MAX_TIMEOUTS: u32 = 2;

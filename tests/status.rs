@@ -39,7 +39,7 @@ fn status_config(stuck_after: &str) -> StatusConfig {
         enabled: true,
         token_env: "ACCESS_BOT_STATUS_TOKEN".into(),
         username: "ops".into(),
-        stuck_after: stuck_after.into(),
+        stuck_after: access_bot::config::Dur::parse(stuck_after).unwrap(),
     }
 }
 

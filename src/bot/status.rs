@@ -384,7 +384,7 @@ impl Bot {
             generated_at: now,
             generated: minute(now),
             projects: self.cfg.gitlab.projects.clone(),
-            stuck_after: self.cfg.status.stuck_after.clone(),
+            stuck_after: self.cfg.status.stuck_after.to_string(),
             groups,
             total,
             stuck,
