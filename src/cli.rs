@@ -200,7 +200,17 @@ pub struct PlanArgs {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    main_from(std::env::args_os())
+}
+
+/// `main` with the command line given: the benchmark runs the bot from its
+/// own binary this way, so `cargo run --bin access-bot-bench` needs nothing else built.
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
     let default_level = match cli.command {
         Command::Demo | Command::CheckConfig | Command::Plan(_) | Command::Status { .. } => "warn",
         _ => "info",

@@ -1,7 +1,7 @@
 //! access-bot benchmarks against the sandbox over loopback, counting requests
 //! with its request log. Figures only; nothing here passes or fails.
 //!
-//! cargo run --release --bin access-bot-bench -- [--quick] [--out BENCHMARKS.md]
+//! cargo run --release --bin access-bot-bench -- --help
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -493,9 +493,9 @@ fn rate_floor(calls: usize, limit: u32) -> Duration {
     Duration::from_secs(60 * (calls.saturating_sub(1) / limit) as u64)
 }
 
+/// This binary: run with `bot` first, it is `access-bot` (see `main`).
 fn bot_binary() -> std::path::PathBuf {
-    let me = std::env::current_exe().unwrap_or_default();
-    me.with_file_name("access-bot")
+    std::env::current_exe().unwrap_or_default()
 }
 
 struct Child {
@@ -540,6 +540,7 @@ async fn spawn_run(sb: &Sandbox, poll: &str, webhook: Option<&str>) -> Option<(C
     std::fs::write(&cfg, text).ok()?;
     let t0 = Instant::now();
     let child = std::process::Command::new(bot_binary())
+        .arg(BOT_MODE)
         .arg("--config")
         .arg(&cfg)
         .arg("run")
@@ -810,21 +811,57 @@ async fn bench_run_memory(md: &mut String, n: usize) {
     );
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+/// The first argument that makes this binary `access-bot` itself.
+const BOT_MODE: &str = "bot";
+
+/// access-bot benchmarks: each workflow's calls, the idle poll, throughput at
+/// the rate limit, a large offboarding, reaction time and footprint, all
+/// against the sandbox over loopback. Prints Markdown (BENCHMARKS.md).
+#[derive(clap::Parser)]
+#[command(name = "access-bot-bench")]
+struct Args {
+    /// Smaller sizes (1,000 issues, 60 requests, 500 tickets, 5 rounds).
+    #[arg(long)]
+    quick: bool,
+    /// Run one section only.
+    #[arg(long, value_parser = ["workflows", "idle", "throughput", "offboarding", "reaction"])]
+    only: Option<String>,
+    /// Also write the Markdown to this file.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(BOT_MODE) {
+        // `access-bot-bench bot ...` is `access-bot ...`: the reaction and
+        // footprint sections run the bot as its own process from this binary.
+        return access_bot::cli::main_from(
+            std::iter::once(std::ffi::OsString::from("access-bot"))
+                .chain(std::env::args_os().skip(2)),
+        );
+    }
+    let args = <Args as clap::Parser>::parse();
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => {
+            rt.block_on(bench(args));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: Args) {
+    let quick = args.quick;
+    let only = args.only;
     let want = |n: &str| only.as_deref().is_none_or(|o| o == n);
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let out = args.out;
     let (issues, requests, tickets, rounds) = if quick {
         (1_000, 60, 500, 5)
     } else {
