@@ -259,6 +259,11 @@ impl Store {
         };
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Everything but the audit trail (see `audit`) is a cache of what the
+        // issues say: a commit is not synced to disk on its own. A killed
+        // process loses nothing this way; a power loss can lose the last
+        // commits, which the next look at the issue rebuilds.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
         let owner = format!(
             "{}/{}/{:08x}",
@@ -454,11 +459,17 @@ impl Store {
         approvers: &str,
         outcome: &str,
     ) -> Result<(), StoreError> {
-        self.c().execute(
+        let c = self.c();
+        // The audit trail survives a power loss too: this commit is synced to
+        // disk, and with it everything committed before it.
+        c.pragma_update(None, "synchronous", "FULL")?;
+        let inserted = c.execute(
             "INSERT INTO audit (at, project, iid, subject, instance, action, before, after, approvers, outcome)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![ts(Utc::now()), project, iid, subject, instance, action, before, after, approvers, outcome],
-        )?;
+        );
+        c.pragma_update(None, "synchronous", "NORMAL")?;
+        inserted?;
         Ok(())
     }
 

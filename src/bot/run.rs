@@ -5,7 +5,8 @@
 //!
 //! The webhook listener is public (GitLab must reach it) and hardened (see
 //! [`crate::listen`]); the operations listener can stay private. A burst of
-//! deliveries for one issue is coalesced into one look at it.
+//! deliveries for one issue is coalesced: a look at once, and one more when
+//! the burst is over.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -38,9 +39,11 @@ use super::{Bot, CycleReport, Event};
 pub const MAX_WEBHOOK_BODY: usize = 3 * 1024 * 1024;
 /// An authenticated sender has this long to send the body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Deliveries for one issue are merged until they have been quiet this long...
+/// Deliveries for one issue within the wait cap after a look are merged
+/// until they have been quiet this long...
 pub const COALESCE_SETTLE: Duration = Duration::from_millis(150);
-/// ...or until the first of them has waited this long.
+/// ...or until the first of them has waited this long; an issue without a
+/// look for this long is looked at on its first delivery.
 pub const COALESCE_MAX_WAIT: Duration = Duration::from_secs(2);
 /// Issues waiting at most; more are dropped (polling picks them up).
 const MAX_PENDING: usize = 10_000;
@@ -212,12 +215,26 @@ fn lock(m: &StdMutex<Metrics>) -> std::sync::MutexGuard<'_, Metrics> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Webhook deliveries waiting to become one event per issue.
+/// Webhook deliveries becoming events. The first delivery for an issue that
+/// had no look for a while (the wait cap) is handed on at once: a person who
+/// applied an approval sees it acted on without delay. Deliveries within the
+/// wait cap after a look are a burst: they are merged into one more look once
+/// they have been quiet for the settle window, or once the first of them has
+/// waited the wait cap.
 pub struct Coalescer {
-    pending: StdMutex<HashMap<(String, u64), (Instant, Instant)>>,
+    pending: StdMutex<HashMap<(String, u64), Slot>>,
     wake: Notify,
     settle: Duration,
     max_wait: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// To be handed on at `due`; the first merged delivery came at `first`.
+    Waiting { first: Instant, due: Instant },
+    /// Handed on at this instant: deliveries within the wait cap after it
+    /// wait for the burst to end.
+    Sent(Instant),
 }
 
 /// What became of an offered delivery.
@@ -241,46 +258,82 @@ impl Coalescer {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), (Instant, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Slot>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn offer(&self, project: String, iid: u64) -> Offer {
         let now = Instant::now();
         let mut p = self.lock();
-        if let Some(e) = p.get_mut(&(project.clone(), iid)) {
-            e.1 = now;
-            return Offer::Coalesced;
-        }
-        if p.len() >= MAX_PENDING {
-            return Offer::Dropped;
-        }
-        p.insert((project, iid), (now, now));
+        let key = (project, iid);
+        let offer = match p.get(&key).copied() {
+            Some(Slot::Waiting { first, due }) => {
+                // A leading delivery not yet handed on covers this one too;
+                // a trailing one waits for the burst to be quiet, within the cap.
+                let due = if due <= first {
+                    due
+                } else {
+                    (now + self.settle).min(first + self.max_wait)
+                };
+                p.insert(key, Slot::Waiting { first, due });
+                Offer::Coalesced
+            }
+            Some(Slot::Sent(at)) if now.duration_since(at) < self.max_wait => {
+                p.insert(
+                    key,
+                    Slot::Waiting {
+                        first: now,
+                        due: now + self.settle,
+                    },
+                );
+                Offer::Coalesced
+            }
+            _ => {
+                if p.len() >= MAX_PENDING {
+                    let cap = self.max_wait;
+                    p.retain(|_, s| !matches!(s, Slot::Sent(at) if now.duration_since(*at) >= cap));
+                    if p.len() >= MAX_PENDING {
+                        return Offer::Dropped;
+                    }
+                }
+                p.insert(
+                    key,
+                    Slot::Waiting {
+                        first: now,
+                        due: now,
+                    },
+                );
+                Offer::Queued
+            }
+        };
         drop(p);
         self.wake.notify_one();
-        Offer::Queued
+        offer
     }
 
-    /// Hand each issue to `tx` once its deliveries settled; ends when `tx` closes.
+    /// Hand each issue to `tx` when it is due; ends when `tx` closes.
     pub async fn dispatch(self: Arc<Self>, tx: mpsc::Sender<Event>) {
         loop {
             let now = Instant::now();
             let (due, next) = {
                 let mut p = self.lock();
+                // Issues handed on long enough ago need no memory of it.
+                let cap = self.max_wait;
+                p.retain(|_, s| !matches!(s, Slot::Sent(at) if now.duration_since(*at) >= cap));
                 let due: Vec<(String, u64)> = p
                     .iter()
-                    .filter(|(_, (first, last))| {
-                        now.duration_since(*last) >= self.settle
-                            || now.duration_since(*first) >= self.max_wait
-                    })
+                    .filter(|(_, s)| matches!(s, Slot::Waiting { due, .. } if *due <= now))
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in &due {
-                    p.remove(k);
+                    p.insert(k.clone(), Slot::Sent(now));
                 }
                 let next = p
                     .values()
-                    .map(|(first, last)| (*last + self.settle).min(*first + self.max_wait))
+                    .map(|s| match s {
+                        Slot::Waiting { due, .. } => *due,
+                        Slot::Sent(at) => *at + cap,
+                    })
                     .min();
                 (due, next)
             };
@@ -854,4 +907,93 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issue(e: Event) -> u64 {
+        match e {
+            Event::Issue { iid, .. } => iid,
+            _ => 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_delivery_is_handed_on_at_once_and_a_burst_costs_one_more_look() {
+        let settle = Duration::from_millis(150);
+        let cap = Duration::from_millis(600);
+        let c = Coalescer::new(settle, cap);
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(c.clone().dispatch(tx));
+        let t0 = Instant::now();
+        assert_eq!(c.offer("p".into(), 7), Offer::Queued);
+        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .map(issue);
+        assert_eq!(first, Some(7));
+        assert!(
+            t0.elapsed() < settle,
+            "the first delivery waited {:?}, as long as a burst's settle window",
+            t0.elapsed()
+        );
+        // The rest of the burst: merged into a single look once quiet.
+        for _ in 0..50 {
+            assert_eq!(c.offer("p".into(), 7), Offer::Coalesced);
+        }
+        let second = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .map(issue);
+        assert_eq!(second, Some(7));
+        assert!(
+            tokio::time::timeout(settle * 3, rx.recv()).await.is_err(),
+            "a third look for one burst"
+        );
+        // Within the wait cap after a look: still the burst, it waits.
+        assert_eq!(c.offer("p".into(), 7), Offer::Coalesced);
+        let fourth = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .map(issue);
+        assert_eq!(fourth, Some(7));
+        // Quiet for longer than the wait cap: the next delivery is again at once.
+        tokio::time::sleep(cap + settle).await;
+        let t1 = Instant::now();
+        assert_eq!(c.offer("p".into(), 7), Offer::Queued);
+        let third = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .map(issue);
+        assert_eq!(third, Some(7));
+        assert!(t1.elapsed() < settle);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn another_issue_is_not_held_by_a_burst() {
+        let settle = Duration::from_millis(150);
+        let c = Coalescer::new(settle, Duration::from_secs(2));
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(c.clone().dispatch(tx));
+        c.offer("p".into(), 1);
+        let _ = rx.recv().await;
+        c.offer("p".into(), 1);
+        let t0 = Instant::now();
+        assert_eq!(c.offer("p".into(), 2), Offer::Queued);
+        let next = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .map(issue);
+        assert_eq!(next, Some(2), "issue 2 waited behind issue 1's burst");
+        assert!(t0.elapsed() < settle);
+        task.abort();
+    }
 }

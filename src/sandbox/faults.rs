@@ -64,6 +64,8 @@ pub struct LogEntry {
     pub route: String,
     pub path: String,
     pub status: u16,
+    /// How long the sandbox took to answer (the benchmark's floor is made of these).
+    pub took: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -188,6 +190,7 @@ pub fn route_of(path: &str) -> String {
 
 /// The middleware: latency, rate limit, scripted failure, then the handler; every request is logged.
 pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let route = route_of(&path);
@@ -263,6 +266,7 @@ pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) ->
                 route,
                 path,
                 status: 0,
+                took: started.elapsed(),
             });
             tokio::time::sleep(HANG).await;
             return dropped();
@@ -282,6 +286,7 @@ pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) ->
                 route,
                 path,
                 status,
+                took: started.elapsed(),
             });
             tokio::time::sleep(HANG).await;
             return dropped();
@@ -313,6 +318,7 @@ pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) ->
         route,
         path,
         status: response.status().as_u16(),
+        took: started.elapsed(),
     });
     response
 }
