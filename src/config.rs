@@ -2027,6 +2027,57 @@ mod tests {
     }
 
     #[test]
+    fn each_instance_picks_its_group_directory() {
+        // The example: Google for every instance (the default).
+        let cfg = parse(&example()).unwrap();
+        assert!(cfg.okta.is_none());
+        assert_eq!(
+            cfg.zendesk["global"].group_directory,
+            GroupDirectoryKind::Google
+        );
+        assert_eq!(
+            cfg.app_group("global"),
+            Some("okta-zendeskglobal-users@gitlab.com")
+        );
+        // Okta for one instance: it needs [okta].
+        let okta_global = example().replacen(
+            "okta_group = \"okta-zendeskglobal-users@gitlab.com\"",
+            "okta_group = \"okta-zendeskglobal-users\"\ngroup_directory = \"okta\"",
+            1,
+        );
+        let e = parse(&okta_global).unwrap_err();
+        assert!(e.to_string().contains("add the [okta] section"), "{e}");
+        assert!(e.line.is_some(), "{e}");
+        let with_okta = format!(
+            "{okta_global}\n[okta]\naliases = [\"Okta\"]\norg_url = \"https://example.okta.com\"\n\n[okta.auth]\nkind = \"private_key_jwt\"\nclient_id = \"0oa1\"\nkey_env = \"OKTA_PRIVATE_KEY\"\n"
+        );
+        let cfg = parse(&with_okta).unwrap();
+        assert_eq!(cfg.app_group("global"), Some("okta-zendeskglobal-users"));
+        assert_eq!(
+            cfg.zendesk["federal"].group_directory,
+            GroupDirectoryKind::Google
+        );
+        assert!(cfg.is_group_directory_alias("okta"));
+        assert!(cfg.is_group_directory_alias("Google Group"));
+        assert!(
+            cfg.secret_envs()
+                .iter()
+                .any(|(v, what)| v == "OKTA_PRIVATE_KEY" && what.contains("Okta"))
+        );
+        // An unknown directory, an Okta URL that is not https, an unknown auth kind.
+        let bad_kind = example().replacen(
+            "okta_group = \"okta-zendeskglobal-users@gitlab.com\"",
+            "okta_group = \"x\"\ngroup_directory = \"ldap\"",
+            1,
+        );
+        assert!(parse(&bad_kind).is_err());
+        let plain_http = with_okta.replace("https://example.okta.com", "http://example.okta.com");
+        assert!(parse(&plain_http).is_err());
+        let bad_auth = with_okta.replace("kind = \"private_key_jwt\"", "kind = \"password\"");
+        assert!(parse(&bad_auth).is_err());
+    }
+
+    #[test]
     fn validation_catches_real_mistakes() {
         let refused = |from: &str, to: &str, needle: &str| {
             let text = example().replacen(from, to, 1);

@@ -1,4 +1,4 @@
-//! Request + observed state of Zendesk and Google -> an ordered list of
+//! Request + observed state of Zendesk and the group directories -> an ordered list of
 //! idempotent steps, each tied to the checklist item it completes. Pure.
 //!
 //! Two entry points: [`preview`] for anything (the plan comment, `plan`,
@@ -208,7 +208,7 @@ impl Action {
             Action::RemoveAllGroups => "remove all group memberships".into(),
             Action::DemoteToEndUser => "demote to end-user".into(),
             Action::Suspend => "suspend".into(),
-            Action::AddGroupMember { group } => format!("add as MEMBER of `{group}` (Okta app)"),
+            Action::AddGroupMember { group } => format!("add to `{group}` (Okta app)"),
             Action::RemoveGroupMember { group } => format!("remove from `{group}` (Okta app)"),
         }
     }

@@ -541,3 +541,37 @@ async fn okta_fake_checks_scopes_per_route_and_never_accepts_an_assertion_twice(
     );
     assert!(!sb.okta.lock().is_member(GROUP, "jane.doe@gitlab.com"));
 }
+
+#[tokio::test]
+async fn an_item_naming_the_okta_group_is_planned_approved_and_done_in_okta() {
+    let sb = sandbox(GroupBackend::Okta).await;
+    let bot = sb.bot().await.unwrap();
+    let body = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Okta: okta-zendeskglobal-users\n";
+    let iid = sb
+        .file_issue("jdoe", "Access request: Jane Doe", &[], body)
+        .await
+        .unwrap();
+    access_bot::sandbox::harness::run_until_quiet(&bot, 3).await;
+    let plan = sb.bot_comments(iid);
+    assert_eq!(plan.len(), 1, "{plan:#?}");
+    assert!(
+        plan[0]
+            .body
+            .contains("add to `okta-zendeskglobal-users@gitlab.com` (Okta app)"),
+        "{}",
+        plan[0].body
+    );
+    assert!(!sb.okta.lock().is_member(GROUP, "jane.doe@gitlab.com"));
+    sb.add_label("mlee", iid, "AR-Approval::Manager Approved")
+        .await
+        .unwrap();
+    access_bot::sandbox::harness::run_until_quiet(&bot, 3).await;
+    assert!(sb.okta.lock().is_member(GROUP, "jane.doe@gitlab.com"));
+    assert!(!sb.google_member(GROUP, "jane.doe@gitlab.com"));
+    assert_eq!(sb.ticked(iid), vec!["Okta: okta-zendeskglobal-users"]);
+    let done = sb.bot_comments(iid);
+    assert!(
+        done.last().unwrap().body.contains("access-bot: done"),
+        "{done:#?}"
+    );
+}

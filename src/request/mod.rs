@@ -610,8 +610,9 @@ fn classify_visible(
         reason,
     };
 
-    // Google group lines: "Google Group: okta-x (Member)", "`Google Workspace`: `Member of okta-x`",
-    // "Remove the team member from Google Group okta-x".
+    // App group lines, under any group directory's alias: "Google Group: okta-x (Member)",
+    // "`Google Workspace`: `Member of okta-x`", "Remove the team member from Google Group okta-x",
+    // "Okta: okta-x".
     let (gsystem, gdetails) = split_group_item(cfg, &system, &details);
     if let Some(gdetails) = gdetails {
         let group = GROUP_TOKEN
@@ -619,7 +620,7 @@ fn classify_visible(
             .map(|m| m.as_str().to_string())
             .find(|tok| cfg.instance_by_okta_group(tok).is_some());
         let Some(group) = group else {
-            // A Google group the bot does not manage (not an Okta app group).
+            // A group the bot does not manage (not an instance's app group).
             return Ok(None);
         };
         let instance = cfg
