@@ -2064,6 +2064,33 @@ mod tests {
                 .iter()
                 .any(|(v, what)| v == "OKTA_PRIVATE_KEY" && what.contains("Okta"))
         );
+        // The commented example in bot.toml, uncommented, is valid as written.
+        let ex = example();
+        let start = ex.find("# [okta]\n").unwrap();
+        let end = ex[start..].find("\n\n").unwrap() + start;
+        let block: String = ex[start..end]
+            .lines()
+            .map(|l| l.strip_prefix("# ").or(l.strip_prefix('#')).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let uncommented = format!(
+            "{}{block}{}",
+            &ex[..start].replacen(
+                "# group_directory = \"okta\"",
+                "group_directory = \"okta\"",
+                1
+            ),
+            &ex[end..]
+        );
+        let cfg = parse(&uncommented).unwrap();
+        assert_eq!(
+            cfg.zendesk["global"].group_directory,
+            GroupDirectoryKind::Okta
+        );
+        assert!(matches!(
+            cfg.okta.as_ref().map(|o| &o.auth),
+            Some(OktaAuth::PrivateKeyJwt { .. })
+        ));
         // An unknown directory, an Okta URL that is not https, an unknown auth kind.
         let bad_kind = example().replacen(
             "okta_group = \"okta-zendeskglobal-users@gitlab.com\"",
