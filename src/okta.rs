@@ -181,7 +181,7 @@ fn until_reset(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .parse()
         .ok()?;
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let ms = (reset * 1000 - now_ms).max(0) as u64;
+    let ms = reset.saturating_mul(1000).saturating_sub(now_ms).max(0) as u64;
     // The reset second itself is still in the window: wait past it.
     Some((Duration::from_millis(ms) + Duration::from_millis(200)).min(MAX_RESET_WAIT))
 }
