@@ -131,3 +131,34 @@ impl Directories {
         self.by_instance.get(instance)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_instance_with_a_group_gets_its_directory() {
+        let mut cfg = crate::config::Config::parse(
+            include_str!("../bot.toml"),
+            std::path::Path::new("bot.toml"),
+        )
+        .unwrap();
+        cfg.zendesk.get_mut("federal").unwrap().okta_group = None;
+        let mut mock = MockGroupDirectory::new();
+        mock.expect_label().return_const("Mock");
+        mock.expect_is_member()
+            .returning(|g, p| Ok(g == "okta-zendeskglobal-users@gitlab.com" && p == "a@b.c"));
+        let dirs = Directories::for_all(&cfg, Arc::new(mock));
+        assert!(dirs.of("federal").is_none(), "no group, no directory");
+        let d = dirs.of("global").unwrap();
+        assert_eq!(d.label(), "Mock");
+        assert!(
+            d.is_member("okta-zendeskglobal-users@gitlab.com", "a@b.c")
+                .await
+                .unwrap()
+        );
+        // A transient failure says so through the port.
+        assert!(GroupError::new("x", true).is_transient());
+        assert!(!GroupError::new("x", false).is_transient());
+    }
+}

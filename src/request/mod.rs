@@ -419,10 +419,13 @@ fn definitions(items: &[BotItem], cfg: &Config) -> BTreeMap<String, serde_json::
         let Some(z) = cfg.zendesk.get(instance) else {
             continue;
         };
-        out.insert(
-            format!("{instance}/instance"),
-            serde_json::json!({"okta_group": z.okta_group, "requires": z.requires}),
-        );
+        let mut def = serde_json::json!({"okta_group": z.okta_group, "requires": z.requires});
+        // Moving the group to another directory changes the plan; the default
+        // (Google) is left out so that digests made before the key existed hold.
+        if z.group_directory != crate::config::GroupDirectoryKind::Google {
+            def["group_directory"] = serde_json::json!("okta");
+        }
+        out.insert(format!("{instance}/instance"), def);
         if let ItemAction::Zendesk {
             level: Some(level), ..
         } = &it.action
