@@ -575,3 +575,64 @@ async fn an_item_naming_the_okta_group_is_planned_approved_and_done_in_okta() {
         "{done:#?}"
     );
 }
+
+/// Collects log output in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn okta_credentials_never_reach_a_log_line_at_trace_level() {
+    for backend in [GroupBackend::Okta, GroupBackend::OktaApiToken] {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        // The test's runtime is single-threaded: the bot's tasks log here too.
+        let guard = tracing::subscriber::set_default(subscriber);
+        let sb = sandbox(backend).await;
+        let bot = sb.bot().await.unwrap();
+        sb.okta.lock().revoke_tokens(); // a 401 and a new token on the way
+        let body = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Okta: okta-zendeskglobal-users\n";
+        let iid = sb
+            .file_issue("jdoe", "Access request: Jane Doe", &[], body)
+            .await
+            .unwrap();
+        access_bot::sandbox::harness::run_until_quiet(&bot, 3).await;
+        sb.add_label("mlee", iid, "AR-Approval::Manager Approved")
+            .await
+            .unwrap();
+        access_bot::sandbox::harness::run_until_quiet(&bot, 3).await;
+        assert!(sb.okta.lock().is_member(GROUP, "jane.doe@gitlab.com"));
+        drop(guard);
+        let logs = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(logs.lines().count() > 50, "trace logging was on");
+        let mut needles = vec![
+            "eyJsandbox.".to_string(),          // access tokens the fake issues
+            "eyJhbGciOiJSUzI1NiIs".to_string(), // a signed client assertion
+            "BEGIN PRIVATE KEY".to_string(),
+            "SSWS ".to_string(),
+            "Bearer ".to_string(),
+        ];
+        for (var, value) in sb.env() {
+            if var.starts_with("OKTA_") {
+                // The key's body lines, or the API token.
+                needles.extend(value.lines().filter(|l| l.len() > 20).map(String::from));
+            }
+        }
+        for n in needles {
+            assert!(!logs.contains(&n), "{backend:?}: {n:?} appears in the logs");
+        }
+    }
+}
