@@ -3,7 +3,6 @@
 
 use crate::config::Config;
 use crate::gitlab::{GitlabApi, GitlabClient};
-use crate::google::{GoogleClient, GroupDirectory};
 use crate::secret::Secrets;
 use crate::zendesk::{CALLS, Grant, Resolved, ZendeskApi, ZendeskClient};
 
@@ -188,32 +187,32 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
             }
         }
     }
-    if let Some(g) = &cfg.google {
-        match GoogleClient::new(g, secrets, http.clone()) {
-            Err(e) => out.push((false, e.to_string())),
-            Ok(client) => {
-                for (name, inst) in &cfg.zendesk {
-                    let Some(group) = &inst.okta_group else {
-                        continue;
-                    };
-                    match client.list_members(group).await {
-                        Ok(m) => out.push((
-                            true,
-                            format!(
-                                "Google group {group} ({name}): readable, {} members",
-                                m.len()
-                            ),
-                        )),
-                        Err(e) => out.push((false, format!("Google group {group} ({name}): {e}"))),
-                    }
-                }
-                // A refused token is dropped and a new one fetched: that must work.
-                match client.refresh().await {
-                    Ok(()) => out.push((
+    match crate::groups::Directories::connect(cfg, secrets, http.clone()) {
+        Err(e) => out.push((false, e.to_string())),
+        Ok(dirs) => {
+            let mut refreshed = std::collections::BTreeSet::new();
+            for name in cfg.zendesk.keys() {
+                let (Some(group), Some(dir)) = (cfg.app_group(name), dirs.of(name)) else {
+                    continue;
+                };
+                let label = dir.label();
+                match dir.list_members(group).await {
+                    Ok(m) => out.push((
                         true,
-                        "Google: token refresh works (a new access token was issued)".into(),
+                        format!(
+                            "{label} group {group} ({name}): readable, {} members",
+                            m.len()
+                        ),
                     )),
-                    Err(e) => out.push((false, format!("Google token refresh: {e}"))),
+                    Err(e) => out.push((false, format!("{label} group {group} ({name}): {e}"))),
+                }
+                // A refused token is dropped and a new one fetched: that must
+                // work (once per directory).
+                if refreshed.insert(label) {
+                    match dir.refresh().await {
+                        Ok(what) => out.push((true, format!("{label}: {what}"))),
+                        Err(e) => out.push((false, format!("{label} token refresh: {e}"))),
+                    }
                 }
             }
         }

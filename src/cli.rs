@@ -323,7 +323,7 @@ async fn connect_with(cfg: Config, dry_run: bool) -> anyhow::Result<crate::bot::
 fn start_error(e: crate::bot::StartError) -> anyhow::Error {
     use crate::bot::StartError as S;
     let code = match &e {
-        S::Gitlab(_) | S::Zendesk(_) | S::Google(_) | S::Missing { .. } | S::Notify(_) => {
+        S::Gitlab(_) | S::Zendesk(_) | S::Groups(_) | S::Missing { .. } | S::Notify(_) => {
             exit::CHECK
         }
         S::Secret(_) | S::Store(_) | S::Render(_) | S::MarkerKey { .. } => exit::CONFIG,
@@ -858,7 +858,13 @@ fn check_config(path: &Path) -> anyhow::Result<u8> {
                 .join(", "),
             z.okta_group
                 .as_ref()
-                .map(|g| format!(", Okta group {g}"))
+                .map(|g| format!(
+                    ", Okta group {g} (in {})",
+                    match z.group_directory {
+                        crate::config::GroupDirectoryKind::Google => "Google",
+                        crate::config::GroupDirectoryKind::Okta => "Okta",
+                    }
+                ))
                 .unwrap_or_default(),
             if z.requires.is_empty() {
                 String::new()
@@ -875,6 +881,16 @@ fn check_config(path: &Path) -> anyhow::Result<u8> {
                 "domain-wide delegation"
             } else {
                 "service account with a Groups admin role"
+            }
+        );
+    }
+    if let Some(o) = &cfg.okta {
+        outln!(
+            "Okta groups at {} ({})",
+            o.org_url,
+            match &o.auth {
+                crate::config::OktaAuth::ApiToken { .. } => "API token",
+                crate::config::OktaAuth::PrivateKeyJwt { .. } => "OAuth service app",
             }
         );
     }

@@ -32,6 +32,8 @@ pub struct Config {
     #[serde(default)]
     pub google: Option<GoogleConfig>,
     #[serde(default)]
+    pub okta: Option<OktaConfig>,
+    #[serde(default)]
     pub webhook: Option<WebhookConfig>,
     #[serde(default)]
     pub seat_audit: Option<SeatAuditConfig>,
@@ -448,9 +450,13 @@ pub struct ZendeskInstance {
     /// Client-side budget so the bot stays under the plan's limit.
     #[serde(default = "default_rpm")]
     pub requests_per_minute: u32,
-    /// Google group whose membership assigns this instance's app in Okta.
+    /// The group whose membership assigns this instance's app in Okta: a
+    /// Google group's address, or an Okta group's name (see `group_directory`).
     #[serde(default)]
     pub okta_group: Option<String>,
+    /// Which directory holds `okta_group`: `google` (default) or `okta`.
+    #[serde(default)]
+    pub group_directory: GroupDirectoryKind,
     /// Extra `[approvals.*]` any grant in this instance needs (e.g. citizenship for US Federal).
     #[serde(default)]
     pub requires: Vec<String>,
@@ -526,6 +532,53 @@ pub struct GoogleConfig {
     /// Domain-wide delegation: the admin to act as. Leave out when the service account holds a Groups admin role itself.
     #[serde(default)]
     pub subject: Option<String>,
+}
+
+/// The directory holding an instance's app group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupDirectoryKind {
+    #[default]
+    Google,
+    Okta,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OktaConfig {
+    /// System names that mean an Okta group in a checklist item.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `https://<org>.okta.com` (the `/api/v1` part is added by the bot).
+    pub org_url: String,
+    pub auth: OktaAuth,
+    /// Client-side budget; Okta's own limits (per endpoint, announced on
+    /// every answer) are respected on top of it.
+    #[serde(default = "default_okta_rpm")]
+    pub requests_per_minute: u32,
+}
+
+fn default_okta_rpm() -> u32 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum OktaAuth {
+    /// An API token (`Authorization: SSWS ...`); it acts with the rights of
+    /// the admin who created it.
+    ApiToken { token_env: String },
+    /// An OAuth service app: client credentials with a private-key JWT,
+    /// scopes `okta.groups.manage okta.users.read`.
+    PrivateKeyJwt {
+        /// The service app's client id (not a secret).
+        client_id: String,
+        /// Variable holding the PEM private key (PKCS#8 or PKCS#1 RSA).
+        key_env: String,
+        /// The key's id (`kid`) when the app has several keys.
+        #[serde(default)]
+        key_id: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1089,6 +1142,17 @@ impl Config {
                 }
             }
         }
+        for (name, z) in &self.zendesk {
+            if z.group_directory == GroupDirectoryKind::Okta && self.okta.is_none() {
+                return Err(err(
+                    &["zendesk", name, "group_directory"],
+                    format!("zendesk.{name}.group_directory is okta: add the [okta] section"),
+                ));
+            }
+        }
+        if let Some(o) = &self.okta {
+            check_url(&o.org_url, "okta.org_url").map_err(|e| err(&["okta", "org_url"], e))?;
+        }
         if let Some(g) = &self.google {
             if g.key_path.is_none() && g.key_env.is_none() {
                 return Err(err(
@@ -1283,11 +1347,29 @@ impl Config {
             .map(|(n, _)| n.as_str())
     }
 
-    pub fn is_google_alias(&self, system: &str) -> bool {
+    /// System names that mean a group directory in a checklist item (the
+    /// item then names the group, which says whose app it is).
+    pub fn group_directory_aliases(&self) -> Vec<&str> {
+        let google = self.google.iter().flat_map(|g| g.aliases.iter());
+        let okta = self.okta.iter().flat_map(|o| o.aliases.iter());
+        google.chain(okta).map(String::as_str).collect()
+    }
+
+    pub fn is_group_directory_alias(&self, system: &str) -> bool {
         let s = normalize(system);
-        self.google
-            .as_ref()
-            .is_some_and(|g| g.aliases.iter().any(|a| normalize(a) == s))
+        self.group_directory_aliases()
+            .iter()
+            .any(|a| normalize(a) == s)
+    }
+
+    /// `instance`'s app group, when the directory holding it is configured.
+    pub fn app_group(&self, instance: &str) -> Option<&str> {
+        let z = self.zendesk.get(instance)?;
+        let configured = match z.group_directory {
+            GroupDirectoryKind::Google => self.google.is_some(),
+            GroupDirectoryKind::Okta => self.okta.is_some(),
+        };
+        z.okta_group.as_deref().filter(|_| configured)
     }
 
     /// The instance whose Okta group is `group` (by full address or local part).
@@ -1342,6 +1424,15 @@ impl Config {
             && let Some(k) = &g.key_env
         {
             v.push((k.clone(), "Google service-account key JSON".into()));
+        }
+        match self.okta.as_ref().map(|o| &o.auth) {
+            Some(OktaAuth::ApiToken { token_env }) => {
+                v.push((token_env.clone(), "Okta API token".into()));
+            }
+            Some(OktaAuth::PrivateKeyJwt { key_env, .. }) => {
+                v.push((key_env.clone(), "Okta service app private key (PEM)".into()));
+            }
+            None => {}
         }
         if let Some(w) = &self.webhook {
             v.push((w.token_env.clone(), "GitLab webhook secret".into()));
@@ -1933,6 +2024,84 @@ mod tests {
                     + 1
             )
         );
+    }
+
+    #[test]
+    fn each_instance_picks_its_group_directory() {
+        // The example: Google for every instance (the default).
+        let cfg = parse(&example()).unwrap();
+        assert!(cfg.okta.is_none());
+        assert_eq!(
+            cfg.zendesk["global"].group_directory,
+            GroupDirectoryKind::Google
+        );
+        assert_eq!(
+            cfg.app_group("global"),
+            Some("okta-zendeskglobal-users@gitlab.com")
+        );
+        // Okta for one instance: it needs [okta].
+        let okta_global = example().replacen(
+            "okta_group = \"okta-zendeskglobal-users@gitlab.com\"",
+            "okta_group = \"okta-zendeskglobal-users\"\ngroup_directory = \"okta\"",
+            1,
+        );
+        let e = parse(&okta_global).unwrap_err();
+        assert!(e.to_string().contains("add the [okta] section"), "{e}");
+        assert!(e.line.is_some(), "{e}");
+        let with_okta = format!(
+            "{okta_global}\n[okta]\naliases = [\"Okta\"]\norg_url = \"https://example.okta.com\"\n\n[okta.auth]\nkind = \"private_key_jwt\"\nclient_id = \"0oa1\"\nkey_env = \"OKTA_PRIVATE_KEY\"\n"
+        );
+        let cfg = parse(&with_okta).unwrap();
+        assert_eq!(cfg.app_group("global"), Some("okta-zendeskglobal-users"));
+        assert_eq!(
+            cfg.zendesk["federal"].group_directory,
+            GroupDirectoryKind::Google
+        );
+        assert!(cfg.is_group_directory_alias("okta"));
+        assert!(cfg.is_group_directory_alias("Google Group"));
+        assert!(
+            cfg.secret_envs()
+                .iter()
+                .any(|(v, what)| v == "OKTA_PRIVATE_KEY" && what.contains("Okta"))
+        );
+        // The commented example in bot.toml, uncommented, is valid as written.
+        let ex = example();
+        let start = ex.find("# [okta]\n").unwrap();
+        let end = ex[start..].find("\n\n").unwrap() + start;
+        let block: String = ex[start..end]
+            .lines()
+            .map(|l| l.strip_prefix("# ").or(l.strip_prefix('#')).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let uncommented = format!(
+            "{}{block}{}",
+            &ex[..start].replacen(
+                "# group_directory = \"okta\"",
+                "group_directory = \"okta\"",
+                1
+            ),
+            &ex[end..]
+        );
+        let cfg = parse(&uncommented).unwrap();
+        assert_eq!(
+            cfg.zendesk["global"].group_directory,
+            GroupDirectoryKind::Okta
+        );
+        assert!(matches!(
+            cfg.okta.as_ref().map(|o| &o.auth),
+            Some(OktaAuth::PrivateKeyJwt { .. })
+        ));
+        // An unknown directory, an Okta URL that is not https, an unknown auth kind.
+        let bad_kind = example().replacen(
+            "okta_group = \"okta-zendeskglobal-users@gitlab.com\"",
+            "okta_group = \"x\"\ngroup_directory = \"ldap\"",
+            1,
+        );
+        assert!(parse(&bad_kind).is_err());
+        let plain_http = with_okta.replace("https://example.okta.com", "http://example.okta.com");
+        assert!(parse(&plain_http).is_err());
+        let bad_auth = with_okta.replace("kind = \"private_key_jwt\"", "kind = \"password\"");
+        assert!(parse(&bad_auth).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::config::GoogleConfig;
+use crate::groups::GroupError;
 use crate::http::{Backoff, retry_after};
 use crate::secret::Secrets;
 
@@ -56,24 +57,13 @@ impl GoogleError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    Done,
-    /// Already so (409 duplicate on add, 404 on remove).
-    AlreadySo,
-}
+pub use crate::groups::{Change, GroupDirectory};
 
-/// Group membership operations. An Okta-group backend would implement the
-/// same trait (see the README).
-#[cfg_attr(test, mockall::automock)]
-#[async_trait]
-pub trait GroupDirectory: Send + Sync {
-    async fn add_member(&self, group: &str, email: &str) -> Result<Change, GoogleError>;
-    async fn remove_member(&self, group: &str, email: &str) -> Result<Change, GoogleError>;
-    /// Direct membership (`members.get`; not `hasMember`, which counts nested
-    /// groups and rejects external addresses).
-    async fn is_member(&self, group: &str, email: &str) -> Result<bool, GoogleError>;
-    async fn list_members(&self, group: &str) -> Result<Vec<String>, GoogleError>;
+impl From<GoogleError> for crate::groups::GroupError {
+    fn from(e: GoogleError) -> Self {
+        let transient = e.is_transient();
+        crate::groups::GroupError::new(e.to_string(), transient)
+    }
 }
 
 /// An access token and when to stop using it.
@@ -179,8 +169,6 @@ impl ServiceAccountTokens {
     /// Signs a JWT and exchanges it; Google's answer, when it refuses, says
     /// exactly what is wrong (unauthorized_client, a bad subject, a deleted key).
     async fn exchange(&self) -> Result<(crate::secret::Secret, std::time::Duration), GoogleError> {
-        use base64::Engine;
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         let mut attempt = 0u32;
         loop {
             let now = chrono::Utc::now().timestamp();
@@ -188,17 +176,12 @@ impl ServiceAccountTokens {
             if let Some(s) = &self.subject {
                 claims["sub"] = json!(s);
             }
-            let unsigned = format!(
-                "{}.{}",
-                b64(br#"{"alg":"RS256","typ":"JWT"}"#),
-                b64(claims.to_string().as_bytes())
-            );
-            let sig = self
-                .key
-                .signer()
-                .sign(unsigned.as_bytes())
-                .map_err(|e| GoogleError::Key(format!("cannot sign with the key: {e}")))?;
-            let assertion = format!("{unsigned}.{}", b64(&sig));
+            let assertion = crate::jwt::rs256(&claims, None, |m| {
+                self.key
+                    .signer()
+                    .sign(m)
+                    .map_err(|e| GoogleError::Key(format!("cannot sign with the key: {e}")))
+            })?;
             let answer = self
                 .http
                 .post(&self.token_uri)
@@ -449,9 +432,9 @@ fn explain_token_error(raw: &str, scope: &str) -> String {
     }
 }
 
-#[async_trait]
-impl GroupDirectory for GoogleClient {
-    async fn add_member(&self, group: &str, email: &str) -> Result<Change, GoogleError> {
+/// Google's own calls, with Google's errors (the connector tests match on them).
+impl GoogleClient {
+    pub async fn add_member(&self, group: &str, email: &str) -> Result<Change, GoogleError> {
         let url = format!(
             "{}/admin/directory/v1/groups/{}/members",
             self.base,
@@ -504,7 +487,7 @@ impl GroupDirectory for GoogleClient {
         Ok(change)
     }
 
-    async fn remove_member(&self, group: &str, email: &str) -> Result<Change, GoogleError> {
+    pub async fn remove_member(&self, group: &str, email: &str) -> Result<Change, GoogleError> {
         match self
             .call(Method::DELETE, &self.member_url(group, email), None, group)
             .await
@@ -521,7 +504,9 @@ impl GroupDirectory for GoogleClient {
         }
     }
 
-    async fn is_member(&self, group: &str, email: &str) -> Result<bool, GoogleError> {
+    /// Direct membership (`members.get`; not `hasMember`, which counts nested
+    /// groups and rejects external addresses).
+    pub async fn is_member(&self, group: &str, email: &str) -> Result<bool, GoogleError> {
         match self
             .call(Method::GET, &self.member_url(group, email), None, group)
             .await
@@ -532,7 +517,7 @@ impl GroupDirectory for GoogleClient {
         }
     }
 
-    async fn list_members(&self, group: &str) -> Result<Vec<String>, GoogleError> {
+    pub async fn list_members(&self, group: &str) -> Result<Vec<String>, GoogleError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -556,5 +541,28 @@ impl GroupDirectory for GoogleClient {
                 None => return Ok(out),
             }
         }
+    }
+}
+
+#[async_trait]
+impl GroupDirectory for GoogleClient {
+    fn label(&self) -> &'static str {
+        "Google"
+    }
+    async fn add_member(&self, group: &str, person: &str) -> Result<Change, GroupError> {
+        Ok(GoogleClient::add_member(self, group, person).await?)
+    }
+    async fn remove_member(&self, group: &str, person: &str) -> Result<Change, GroupError> {
+        Ok(GoogleClient::remove_member(self, group, person).await?)
+    }
+    async fn is_member(&self, group: &str, person: &str) -> Result<bool, GroupError> {
+        Ok(GoogleClient::is_member(self, group, person).await?)
+    }
+    async fn list_members(&self, group: &str) -> Result<Vec<String>, GroupError> {
+        Ok(GoogleClient::list_members(self, group).await?)
+    }
+    async fn refresh(&self) -> Result<&'static str, GroupError> {
+        GoogleClient::refresh(self).await?;
+        Ok("token refresh works (a new access token was issued)")
     }
 }

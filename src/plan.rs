@@ -1,4 +1,4 @@
-//! Request + observed state of Zendesk and Google -> an ordered list of
+//! Request + observed state of Zendesk and the group directories -> an ordered list of
 //! idempotent steps, each tied to the checklist item it completes. Pure.
 //!
 //! Two entry points: [`preview`] for anything (the plan comment, `plan`,
@@ -53,8 +53,8 @@ impl ZendeskAccount {
 pub struct Observed {
     /// (instance, email) -> account, or `None` when the search found nobody.
     pub zendesk: BTreeMap<(String, Email), Option<ZendeskAccount>>,
-    /// (group, email) -> is a direct member.
-    pub google: BTreeMap<(String, Email), bool>,
+    /// (app group, email) -> is a direct member, in the group's directory.
+    pub groups: BTreeMap<(String, Email), bool>,
     /// Managers' emails by GitLab username (for ticket reassignment).
     pub manager_emails: BTreeMap<String, Email>,
     /// Accounts never changed, with why (the bot's own accounts).
@@ -116,10 +116,15 @@ pub enum Action {
     RemoveAllGroups,
     DemoteToEndUser,
     Suspend,
-    AddGoogleMember {
+    /// Membership of the instance's app group, in its group directory. The
+    /// serialized names are the first ones: step keys, audit rows and grant
+    /// records written before the rename carry them.
+    #[serde(rename = "add_google_member")]
+    AddGroupMember {
         group: String,
     },
-    RemoveGoogleMember {
+    #[serde(rename = "remove_google_member")]
+    RemoveGroupMember {
         group: String,
     },
 }
@@ -158,7 +163,7 @@ impl Action {
             },
             Action::AddTag { tag } => Action::RemoveTag { tag: tag.clone() },
             Action::RemoveTag { tag } => Action::AddTag { tag: tag.clone() },
-            Action::AddGoogleMember { group } => Action::RemoveGoogleMember {
+            Action::AddGroupMember { group } => Action::RemoveGroupMember {
                 group: group.clone(),
             },
             // Deprovisioning is not time-bound.
@@ -203,15 +208,15 @@ impl Action {
             Action::RemoveAllGroups => "remove all group memberships".into(),
             Action::DemoteToEndUser => "demote to end-user".into(),
             Action::Suspend => "suspend".into(),
-            Action::AddGoogleMember { group } => format!("add as MEMBER of `{group}` (Okta app)"),
-            Action::RemoveGoogleMember { group } => format!("remove from `{group}` (Okta app)"),
+            Action::AddGroupMember { group } => format!("add to `{group}` (Okta app)"),
+            Action::RemoveGroupMember { group } => format!("remove from `{group}` (Okta app)"),
         }
     }
 
-    pub fn is_google(&self) -> bool {
+    pub fn is_group(&self) -> bool {
         matches!(
             self,
-            Action::AddGoogleMember { .. } | Action::RemoveGoogleMember { .. }
+            Action::AddGroupMember { .. } | Action::RemoveGroupMember { .. }
         )
     }
 }
@@ -229,7 +234,7 @@ pub struct Step {
     /// Stable identity: `instance/email/action`, for the audit trail and resumption.
     pub key: String,
     pub subject: Email,
-    /// Zendesk instance (for Google steps: the instance whose Okta group it is).
+    /// Zendesk instance (for group steps: the instance whose app group it is).
     pub instance: String,
     pub action: Action,
     /// Index of the checklist item this step helps complete.
@@ -411,8 +416,8 @@ impl Builder<'_> {
                 + &match &action {
                     Action::AddToGroup { group }
                     | Action::RemoveFromGroup { group }
-                    | Action::AddGoogleMember { group }
-                    | Action::RemoveGoogleMember { group } => format!(":{group}"),
+                    | Action::AddGroupMember { group }
+                    | Action::RemoveGroupMember { group } => format!(":{group}"),
                     Action::AddTag { tag } | Action::RemoveTag { tag } => format!(":{tag}"),
                     _ => String::new(),
                 }
@@ -451,9 +456,9 @@ impl Builder<'_> {
         });
     }
 
-    fn google_member(&self, group: &str, email: &Email) -> Option<bool> {
+    fn group_member(&self, group: &str, email: &Email) -> Option<bool> {
         self.observed
-            .google
+            .groups
             .get(&(group.to_string(), email.clone()))
             .copied()
     }
@@ -481,12 +486,12 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
         .map(|i| i.index)
         .collect();
 
-    // A Google item for an instance's Okta group takes that group step; otherwise
+    // An item naming an instance's app group takes that group step; otherwise
     // the Zendesk item of the instance does.
-    let google_item = |instance: &str, add: bool| {
+    let group_item = |instance: &str, add: bool| {
         open.iter().find(|i| match &i.action {
-            ItemAction::GoogleAdd { instance: g, .. } => add && g == instance,
-            ItemAction::GoogleRemove { instance: g, .. } => !add && g == instance,
+            ItemAction::GroupAdd { instance: g, .. } => add && g == instance,
+            ItemAction::GroupRemove { instance: g, .. } => !add && g == instance,
             _ => false,
         })
     };
@@ -573,12 +578,11 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                         z.access_levels.get(l).is_some_and(|lv| lv.light_agent)
                             && matches!(account, Lookup::Found(a) if a.is_agent() && !a.is_light_agent())
                     });
-                    // Okta app via the instance's Google group, for anything that grants a level.
-                    if let (Some(group), Some(_)) = (&z.okta_group, level)
-                        && cfg.google.is_some()
+                    // The Okta app via the instance's app group, for anything that grants a level.
+                    if let (Some(group), Some(_)) = (cfg.app_group(instance), level)
                         && !(b.self_service && existing_agent)
                     {
-                        let item = google_item(instance, true)
+                        let item = group_item(instance, true)
                             .map(|g| g.index)
                             .unwrap_or(it.index);
                         let blocked_here = b
@@ -586,31 +590,31 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                             .iter()
                             .any(|x| x.subject == s.email && x.item == it.index);
                         if !blocked_here {
-                            let member = b.google_member(group, &s.email) == Some(true);
+                            let member = b.group_member(group, &s.email) == Some(true);
                             b.push(
                                 s,
                                 instance,
                                 item,
-                                Action::AddGoogleMember {
-                                    group: group.clone(),
+                                Action::AddGroupMember {
+                                    group: group.to_string(),
                                 },
                                 member,
                             );
                         }
                     }
                 }
-                ItemAction::GoogleAdd { instance, group } => {
+                ItemAction::GroupAdd { instance, group } => {
                     // Stands alone when no Zendesk item of the instance covers it.
                     let covered = open.iter().any(|o| {
                         matches!(&o.action, ItemAction::Zendesk { instance: i, level: Some(_), .. } if i == instance)
                     });
                     if !covered {
-                        let member = b.google_member(group, &s.email) == Some(true);
+                        let member = b.group_member(group, &s.email) == Some(true);
                         b.push(
                             s,
                             instance,
                             it.index,
-                            Action::AddGoogleMember {
+                            Action::AddGroupMember {
                                 group: group.clone(),
                             },
                             member,
@@ -619,35 +623,33 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                 }
                 ItemAction::ZendeskRemove { instance } => {
                     deprovision(&mut b, request, s, instance, it.index);
-                    if let Some(group) = &cfg.zendesk[instance].okta_group
-                        && cfg.google.is_some()
-                    {
-                        let item = google_item(instance, false)
+                    if let Some(group) = cfg.app_group(instance) {
+                        let item = group_item(instance, false)
                             .map(|g| g.index)
                             .unwrap_or(it.index);
-                        let member = b.google_member(group, &s.email);
+                        let member = b.group_member(group, &s.email);
                         b.push(
                             s,
                             instance,
                             item,
-                            Action::RemoveGoogleMember {
-                                group: group.clone(),
+                            Action::RemoveGroupMember {
+                                group: group.to_string(),
                             },
                             member == Some(false),
                         );
                     }
                 }
-                ItemAction::GoogleRemove { instance, group } => {
+                ItemAction::GroupRemove { instance, group } => {
                     let covered = open.iter().any(|o| {
                         matches!(&o.action, ItemAction::ZendeskRemove { instance: i } if i == instance)
                     });
                     if !covered {
-                        let member = b.google_member(group, &s.email);
+                        let member = b.group_member(group, &s.email);
                         b.push(
                             s,
                             instance,
                             it.index,
-                            Action::RemoveGoogleMember {
+                            Action::RemoveGroupMember {
                                 group: group.clone(),
                             },
                             member == Some(false),
@@ -1002,7 +1004,7 @@ fn gives(action: &Action) -> Option<String> {
         }
         Action::AddToGroup { group } => format!("group:{group}"),
         Action::AddTag { tag } => format!("tag:{tag}"),
-        Action::AddGoogleMember { group } => format!("okta:{group}"),
+        Action::AddGroupMember { group } => format!("okta:{group}"),
         Action::Unsuspend => "active".into(),
         _ => return None,
     })
@@ -1173,7 +1175,7 @@ fn still_owned(
                 }
                 _ => None,
             },
-            Action::RemoveGoogleMember { group } => {
+            Action::RemoveGroupMember { group } => {
                 if okta_member == Some(false) {
                     Some(format!("no longer in {group}"))
                 } else if held_elsewhere.contains(&format!("okta:{group}")) {

@@ -98,7 +98,7 @@ pub fn self_service(request: &Request, requester: &Requester, cfg: &Config) -> S
                         .and_then(|z| z.access_levels.get(level))
                         .is_some_and(|a| a.self_service)
             }
-            ItemAction::GoogleAdd { instance, .. } => request.items.iter().any(|o| {
+            ItemAction::GroupAdd { instance, .. } => request.items.iter().any(|o| {
                 matches!(&o.action, ItemAction::Zendesk { instance: i, level: Some(_), .. } if i == instance)
             }),
             _ => false,
@@ -205,7 +205,7 @@ pub fn requirements(
                 }
                 (words.join("; "), own, waivable)
             }
-            ItemAction::GoogleAdd { group, .. } => (
+            ItemAction::GroupAdd { group, .. } => (
                 format!("Okta group {group} ({})", z.display_name),
                 needs(&cfg.changes.app_group, "changes.app_group"),
                 true,
@@ -213,7 +213,7 @@ pub fn requirements(
             ItemAction::ZendeskRemove { .. } => {
                 (format!("remove from {}", z.display_name), Vec::new(), false)
             }
-            ItemAction::GoogleRemove { group, .. } => {
+            ItemAction::GroupRemove { group, .. } => {
                 (format!("remove from Okta group {group}"), Vec::new(), false)
             }
         };

@@ -1,5 +1,5 @@
 //! The shape the code must keep: every write to a target system (Zendesk,
-//! Google) goes through the one executor, `src/bot/execute.rs`, which accepts
+//! a group directory: Google, Okta) goes through the one executor, `src/bot/execute.rs`, which accepts
 //! only a proof (an approved plan, an expired grant, a reviewer's tick). The
 //! adapters define the calls; the sandbox and the demo's seeding write to the
 //! fakes' state directly; nothing else may call them.
@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 /// The adapters' write methods, as they are called.
-const WRITES: [&str; 9] = [
+const WRITES: [&str; 11] = [
     ".update_user(",
     ".create_or_update(",
     ".add_tags(",
@@ -17,13 +17,17 @@ const WRITES: [&str; 9] = [
     ".reassign(",
     ".add_member(",
     ".remove_member(",
+    // Okta's own membership calls (behind `add_member`/`remove_member`).
+    ".assign(",
+    ".unassign(",
 ];
 
 /// Files allowed to contain those calls, and why.
-const ALLOWED: [&str; 6] = [
+const ALLOWED: [&str; 7] = [
     "src/bot/execute.rs", // the one door
     "src/zendesk.rs",     // the adapter itself
     "src/google.rs",      // the adapter itself
+    "src/okta.rs",        // the adapter itself
     "src/sandbox/",       // the fakes
     "src/demo.rs",        // seeds the fakes' state before the demo
     "src/bin/bench.rs",   // seeds the fakes' state before a benchmark

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use access_bot::google::{Change, GoogleClient, GoogleError, GroupDirectory};
+use access_bot::google::{Change, GoogleClient, GoogleError};
 use access_bot::http::Backoff;
 use access_bot::request::Email;
 use access_bot::sandbox::faults::Failure;

@@ -96,7 +96,7 @@ fn example_kinds_subjects_and_items() {
     .unwrap();
     assert_eq!(c.kind, RequestKind::Offboarding);
     assert_eq!(c.items.len(), 4);
-    assert!(matches!(c.items[3].action, ItemAction::GoogleRemove { .. }));
+    assert!(matches!(c.items[3].action, ItemAction::GroupRemove { .. }));
     assert_eq!(c.items[3].state, checklist::CheckState::Inapplicable);
 }
 

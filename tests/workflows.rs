@@ -9,7 +9,7 @@ use access_bot::bot::{Bot, Outcome};
 use access_bot::demo::bodies;
 use access_bot::sandbox::harness::{Comment, run_until_quiet};
 use access_bot::sandbox::scenario::ZendeskAccount;
-use access_bot::sandbox::{Ports, Sandbox};
+use access_bot::sandbox::{GroupBackend, Ports, Sandbox};
 
 const GLOBAL_OKTA: &str = "okta-zendeskglobal-users@gitlab.com";
 const FEDERAL_OKTA: &str = "okta-zendeskfederal-users@gitlab.com";
@@ -82,8 +82,8 @@ async fn file(sb: &Sandbox, name: &str) -> u64 {
     sb.file_issue(author, title, &labels, &body).await.unwrap()
 }
 
-async fn start() -> (Sandbox, Bot) {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
+async fn start(b: GroupBackend) -> (Sandbox, Bot) {
+    let sb = Sandbox::start_with(Ports::default(), b).await.unwrap();
     let bot = sb.bot().await.unwrap();
     (sb, bot)
 }
@@ -109,7 +109,7 @@ fn untouched(sb: &Sandbox, emails: &[&str]) {
             assert!(zd(sb, inst, e).is_none(), "{e} got an account in {inst}");
         }
         assert!(
-            !sb.google_member(GLOBAL_OKTA, e) && !sb.google_member(FEDERAL_OKTA, e),
+            !sb.group_member(GLOBAL_OKTA, e) && !sb.group_member(FEDERAL_OKTA, e),
             "{e} got an Okta group"
         );
     }
@@ -117,9 +117,8 @@ fn untouched(sb: &Sandbox, emails: &[&str]) {
 
 // ---------------------------------------------------------------- workflows
 
-#[tokio::test]
-async fn entitlement_creates_the_agent_with_role_groups_and_okta() {
-    let (sb, bot) = start().await;
+async fn entitlement_creates_the_agent_with_role_groups_and_okta(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let iid = file(&sb, "role-based entitlement").await;
     run_until_quiet(&bot, 4).await;
     let mut seen = Seen::new(iid);
@@ -149,16 +148,15 @@ async fn entitlement_creates_the_agent_with_role_groups_and_okta() {
         sb.zd("global").groups_of(u.id),
         vec!["Support AMER", "Support EMEA"]
     );
-    assert!(sb.google_member(GLOBAL_OKTA, "sam.rivera@gitlab.com"));
+    assert!(sb.group_member(GLOBAL_OKTA, "sam.rivera@gitlab.com"));
     // The Google item and the Zendesk item are ticked; Slack's is left alone.
     assert_eq!(sb.ticked(iid).len(), 2);
     assert!(sb.description(iid).contains("* [ ]  `Slack`"));
     assert!(sb.labels(iid).contains(&"access-bot::done".into()));
 }
 
-#[tokio::test]
-async fn special_request_plans_then_waits_for_both_approvals_then_acts() {
-    let (sb, bot) = start().await;
+async fn special_request_plans_then_waits_for_both_approvals_then_acts(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let iid = file(&sb, "special request").await;
     let mut seen = Seen::new(iid);
     run_until_quiet(&bot, 3).await;
@@ -195,9 +193,8 @@ async fn special_request_plans_then_waits_for_both_approvals_then_acts() {
     );
 }
 
-#[tokio::test]
-async fn light_agent_global_covers_all_four_starting_points() {
-    let (sb, bot) = start().await;
+async fn light_agent_global_covers_all_four_starting_points(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     // Not found, end-user, full agent, already a light agent.
     sb.gitlab
         .lock()
@@ -213,7 +210,7 @@ async fn light_agent_global_covers_all_four_starting_points() {
         "full.agent@gitlab.com",
         "light.agent@gitlab.com",
     ] {
-        sb.google.lock().users.insert(u.into());
+        sb.add_directory_user(u);
     }
     let acct = |name: &str, email: &str, role: &str, custom: Option<&str>| ZendeskAccount {
         instance: "global".into(),
@@ -312,7 +309,7 @@ async fn light_agent_global_covers_all_four_starting_points() {
     ]) {
         // Self-service never changes an existing agent, not even their Okta app.
         assert_eq!(
-            sb.google_member(GLOBAL_OKTA, e),
+            sb.group_member(GLOBAL_OKTA, e),
             e != "full.agent@gitlab.com",
             "{e} in the Okta group"
         );
@@ -320,9 +317,8 @@ async fn light_agent_global_covers_all_four_starting_points() {
     }
 }
 
-#[tokio::test]
-async fn light_agent_federal_waits_for_verification_then_provisions() {
-    let (sb, bot) = start().await;
+async fn light_agent_federal_waits_for_verification_then_provisions(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let iid = file(&sb, "light agent, Zendesk US Federal").await;
     run_until_quiet(&bot, 3).await;
     let mut s = Seen::new(iid);
@@ -371,13 +367,12 @@ async fn light_agent_federal_waits_for_verification_then_provisions() {
         zd(&sb, "global", "bo.li@gitlab.com").is_none(),
         "instances are separate"
     );
-    assert!(sb.google_member(FEDERAL_OKTA, "bo.li@gitlab.com"));
-    assert!(!sb.google_member(GLOBAL_OKTA, "bo.li@gitlab.com"));
+    assert!(sb.group_member(FEDERAL_OKTA, "bo.li@gitlab.com"));
+    assert!(!sb.group_member(GLOBAL_OKTA, "bo.li@gitlab.com"));
 }
 
-#[tokio::test]
-async fn light_agent_federal_denied_is_closed_without_provisioning() {
-    let (sb, bot) = start().await;
+async fn light_agent_federal_denied_is_closed_without_provisioning(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let iid = file(&sb, "light agent, US Federal, citizenship denied").await;
     run_until_quiet(&bot, 3).await;
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
@@ -402,9 +397,8 @@ async fn light_agent_federal_denied_is_closed_without_provisioning() {
     untouched(&sb, &["robin.kim@gitlab.com"]);
 }
 
-#[tokio::test]
-async fn team_tags_add_and_remove_on_existing_accounts() {
-    let (sb, bot) = start().await;
+async fn team_tags_add_and_remove_on_existing_accounts(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let light = ZendeskAccount {
         instance: "global".into(),
         name: "Jane Doe".into(),
@@ -451,9 +445,8 @@ async fn team_tags_add_and_remove_on_existing_accounts() {
     assert_eq!(sb.ticked(iid).len(), 2);
 }
 
-#[tokio::test]
-async fn team_tag_without_an_account_changes_nothing() {
-    let (sb, bot) = start().await;
+async fn team_tag_without_an_account_changes_nothing(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let iid = file(&sb, "team tag without an account").await;
     run_until_quiet(&bot, 3).await;
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
@@ -473,9 +466,8 @@ async fn team_tag_without_an_account_changes_nothing() {
     assert!(sb.labels(iid).contains(&"access-bot::refused".into()));
 }
 
-#[tokio::test]
-async fn role_change_sets_role_custom_role_and_groups() {
-    let (sb, bot) = start().await;
+async fn role_change_sets_role_custom_role_and_groups(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     sb.seed_zendesk(&ZendeskAccount {
         instance: "global".into(),
         name: "Alex Chen".into(),
@@ -568,10 +560,7 @@ async fn seed_leaver(sb: &Sandbox, tickets: u32) {
     sb.gitlab
         .lock()
         .add_user("cquinn", "Casey Quinn", "casey.quinn@gitlab.com");
-    sb.google
-        .lock()
-        .users
-        .insert("casey.quinn@gitlab.com".into());
+    sb.add_directory_user("casey.quinn@gitlab.com");
     sb.seed_zendesk(&ZendeskAccount {
         instance: "global".into(),
         name: "Casey Quinn".into(),
@@ -588,14 +577,11 @@ async fn seed_leaver(sb: &Sandbox, tickets: u32) {
         last_login_days_ago: Some(3),
     })
     .unwrap();
-    sb.google
-        .lock()
-        .add_member(GLOBAL_OKTA, "casey.quinn@gitlab.com");
+    sb.seed_group_member(GLOBAL_OKTA, "casey.quinn@gitlab.com");
 }
 
-#[tokio::test]
-async fn offboarding_reassigns_then_strips_demotes_suspends_and_reports_evidence() {
-    let (sb, bot) = start().await;
+async fn offboarding_reassigns_then_strips_demotes_suspends_and_reports_evidence(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     seed_leaver(&sb, 230).await; // three bulk batches
     let iid = file(&sb, "offboarding").await;
     run_until_quiet(&bot, 3).await;
@@ -632,7 +618,7 @@ async fn offboarding_reassigns_then_strips_demotes_suspends_and_reports_evidence
     );
     let admin = sb.zd("global").admin_id;
     assert_eq!(sb.zd("global").open_tickets_of(admin), 0);
-    assert!(!sb.google_member(GLOBAL_OKTA, "casey.quinn@gitlab.com"));
+    assert!(!sb.group_member(GLOBAL_OKTA, "casey.quinn@gitlab.com"));
     assert_eq!(sb.ticked(iid).len(), 2);
     assert!(
         sb.description(iid)
@@ -646,9 +632,8 @@ async fn offboarding_reassigns_then_strips_demotes_suspends_and_reports_evidence
     );
 }
 
-#[tokio::test]
-async fn offboarding_stops_before_demoting_when_the_manager_cannot_take_tickets() {
-    let (sb, bot) = start().await;
+async fn offboarding_stops_before_demoting_when_the_manager_cannot_take_tickets(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     seed_leaver(&sb, 4).await;
     // The manager is a light agent: cannot be an assignee.
     {
@@ -683,9 +668,8 @@ async fn offboarding_stops_before_demoting_when_the_manager_cannot_take_tickets(
     assert!(sb.labels(iid).contains(&"access-bot::failed".into()));
 }
 
-#[tokio::test]
-async fn bulk_request_reports_per_subject() {
-    let (sb, bot) = start().await;
+async fn bulk_request_reports_per_subject(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let body = format!(
         "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n| Bo Li | bo.li@gitlab.com | @bli | @mlee |\n\n- [ ] Zendesk Global: Light Agent\n"
     );
@@ -758,9 +742,8 @@ async fn special_for_jane(sb: &Sandbox, bot: &Bot) -> (u64, Seen) {
     (iid, s)
 }
 
-#[tokio::test]
-async fn security_self_approval_by_requester_or_subject() {
-    let (sb, bot) = start().await;
+async fn security_self_approval_by_requester_or_subject(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let (iid, mut s) = special_for_jane(&sb, &bot).await;
     sb.add_label("jdoe", iid, MANAGER).await.unwrap();
     sb.add_label("lyle", iid, OWNER).await.unwrap();
@@ -797,9 +780,8 @@ async fn security_self_approval_by_requester_or_subject() {
     untouched(&sb, &["bo.li@gitlab.com"]);
 }
 
-#[tokio::test]
-async fn security_approval_by_someone_not_authorised() {
-    let (sb, bot) = start().await;
+async fn security_approval_by_someone_not_authorised(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let (iid, mut s) = special_for_jane(&sb, &bot).await;
     sb.add_label("mallory", iid, MANAGER).await.unwrap();
     sb.add_label("mallory", iid, OWNER).await.unwrap();
@@ -812,9 +794,8 @@ async fn security_approval_by_someone_not_authorised() {
     untouched(&sb, &["jane.doe@gitlab.com"]);
 }
 
-#[tokio::test]
-async fn security_approval_removed_again() {
-    let (sb, bot) = start().await;
+async fn security_approval_removed_again(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let (iid, mut s) = special_for_jane(&sb, &bot).await;
     sb.add_label("lyle", iid, OWNER).await.unwrap();
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
@@ -825,9 +806,8 @@ async fn security_approval_removed_again() {
     untouched(&sb, &["jane.doe@gitlab.com"]);
 }
 
-#[tokio::test]
-async fn security_description_edited_after_approval() {
-    let (sb, bot) = start().await;
+async fn security_description_edited_after_approval(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let (iid, mut s) = special_for_jane(&sb, &bot).await;
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
     sb.add_label("lyle", iid, OWNER).await.unwrap();
@@ -861,9 +841,8 @@ async fn security_description_edited_after_approval() {
     untouched(&sb, &["jane.doe@gitlab.com"]);
 }
 
-#[tokio::test]
-async fn security_entitlement_not_from_the_automation_or_edited() {
-    let (sb, bot) = start().await;
+async fn security_entitlement_not_from_the_automation_or_edited(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let (_, title, labels, body) = body("role-based entitlement");
     let forged = sb
         .file_issue("mallory", title, &labels, &body)
@@ -914,9 +893,8 @@ async fn security_entitlement_not_from_the_automation_or_edited() {
     untouched(&sb, &["sam.rivera@gitlab.com", "bo.li@gitlab.com"]);
 }
 
-#[tokio::test]
-async fn security_offboarding_not_from_the_automation() {
-    let (sb, bot) = start().await;
+async fn security_offboarding_not_from_the_automation(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     seed_leaver(&sb, 2).await;
     let (_, title, labels, body) = body("offboarding");
     let iid = sb
@@ -934,9 +912,8 @@ async fn security_offboarding_not_from_the_automation() {
     assert_eq!((c.role.as_str(), c.suspended), ("agent", false));
 }
 
-#[tokio::test]
-async fn security_emails_outside_the_allowed_domains() {
-    let (sb, bot) = start().await;
+async fn security_emails_outside_the_allowed_domains(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let mut iids = vec![];
     for e in [
         "jane@gitlab.com.evil.io",
@@ -976,12 +953,11 @@ async fn security_emails_outside_the_allowed_domains() {
         3,
         "only the admin and the two managers"
     );
-    assert!(sb.google.lock().members(GLOBAL_OKTA).is_empty());
+    assert!(sb.group_members(GLOBAL_OKTA).is_empty());
 }
 
-#[tokio::test]
-async fn security_role_outside_the_table() {
-    let (sb, bot) = start().await;
+async fn security_role_outside_the_table(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let body = format!(
         "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Admin\n"
     );
@@ -1010,9 +986,8 @@ async fn security_role_outside_the_table() {
     untouched(&sb, &["jane.doe@gitlab.com"]);
 }
 
-#[tokio::test]
-async fn security_federal_without_or_with_forged_verification() {
-    let (sb, bot) = start().await;
+async fn security_federal_without_or_with_forged_verification(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let iid = file(&sb, "light agent, Zendesk US Federal").await;
     run_until_quiet(&bot, 3).await;
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
@@ -1037,9 +1012,8 @@ async fn security_federal_without_or_with_forged_verification() {
     untouched(&sb, &["bo.li@gitlab.com"]);
 }
 
-#[tokio::test]
-async fn security_mentions_and_markdown_in_names_are_escaped() {
-    let (sb, bot) = start().await;
+async fn security_mentions_and_markdown_in_names_are_escaped(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let body = format!(
         "{TABLE}| @all [click](http://evil) | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Engineer\n/close\n"
     );
@@ -1066,9 +1040,8 @@ async fn security_mentions_and_markdown_in_names_are_escaped() {
 
 // ---------------------------------------------------------------- the loop
 
-#[tokio::test]
-async fn waiting_issue_gets_one_comment_and_nothing_on_later_cycles() {
-    let (sb, bot) = start().await;
+async fn waiting_issue_gets_one_comment_and_nothing_on_later_cycles(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let (_, s) = special_for_jane(&sb, &bot).await;
     sb.clear_logs();
     for _ in 0..3 {
@@ -1081,9 +1054,8 @@ async fn waiting_issue_gets_one_comment_and_nothing_on_later_cycles() {
     assert_eq!(sb.zd_knobs("global").total(), 0);
 }
 
-#[tokio::test]
-async fn idle_poll_over_a_thousand_untouched_issues_is_one_request() {
-    let (sb, bot) = start().await;
+async fn idle_poll_over_a_thousand_untouched_issues_is_one_request(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     {
         let mut w = sb.gitlab.lock();
         let author = w.user_by_name("jdoe").unwrap().id;
@@ -1111,9 +1083,8 @@ async fn idle_poll_over_a_thousand_untouched_issues_is_one_request() {
     }
 }
 
-#[tokio::test]
-async fn running_twice_or_restarting_without_the_database_changes_nothing() {
-    let (sb, bot) = start().await;
+async fn running_twice_or_restarting_without_the_database_changes_nothing(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let iid = file(&sb, "role-based entitlement").await;
     run_until_quiet(&bot, 3).await;
     let mut s = Seen::new(iid);
@@ -1139,27 +1110,28 @@ async fn running_twice_or_restarting_without_the_database_changes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn a_crash_between_any_two_steps_ends_in_the_same_state_without_duplicates() {
+async fn a_crash_between_any_two_steps_ends_in_the_same_state_without_duplicates(b: GroupBackend) {
     // Fail each write in turn (Zendesk, Google, GitLab comment, GitLab edit): the first
     // run stops there, the restarted bot finishes, and the end state is the same.
     for (server, route) in [
         ("zendesk", "POST /api/v2/group_memberships"),
         ("zendesk", "PUT /api/v2/users"),
         ("zendesk", "PUT /api/v2/tickets/update_many"),
-        ("google", "DELETE /admin/directory"),
+        ("groups", "DELETE"),
         ("gitlab", "POST /api/v4/projects"),
         ("gitlab", "PUT /api/v4/projects"),
     ] {
-        let (sb, _) = start().await;
+        let (sb, _) = start(b).await;
         seed_leaver(&sb, 3).await;
         let iid = file(&sb, "offboarding").await;
         let entitlement = file(&sb, "role-based entitlement").await;
-        let knobs = match server {
-            "zendesk" => sb.zd_knobs("global").clone(),
-            "google" => sb.google_knobs.clone(),
-            _ => sb.gitlab_knobs.clone(),
+        let (knobs, route) = match server {
+            "zendesk" => (sb.zd_knobs("global").clone(), route.to_string()),
+            // The membership removal, in whichever directory holds the group.
+            "groups" => (sb.group_knobs().clone(), sb.group_write_route(route)),
+            _ => (sb.gitlab_knobs.clone(), route.to_string()),
         };
+        let route = route.as_str();
         knobs.fail_next(
             route,
             100,
@@ -1206,9 +1178,8 @@ async fn a_crash_between_any_two_steps_ends_in_the_same_state_without_duplicates
     }
 }
 
-#[tokio::test]
-async fn daemon_and_one_shot_together_do_not_double_process() {
-    let (sb, _) = start().await;
+async fn daemon_and_one_shot_together_do_not_double_process(b: GroupBackend) {
+    let (sb, _) = start(b).await;
     for _ in 0..3 {
         file(&sb, "light agent, Zendesk Global").await;
     }
@@ -1253,9 +1224,8 @@ async fn daemon_and_one_shot_together_do_not_double_process() {
     let _ = std::fs::remove_file(&dir);
 }
 
-#[tokio::test]
-async fn webhook_reacts_without_waiting_for_the_poll_and_rejects_bad_tokens() {
-    let (sb, bot) = start().await;
+async fn webhook_reacts_without_waiting_for_the_poll_and_rejects_bad_tokens(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let bot = std::sync::Arc::new(bot);
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let metrics = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
@@ -1325,16 +1295,18 @@ async fn webhook_reacts_without_waiting_for_the_poll_and_rejects_bad_tokens() {
     for needle in [
         "access_bot_api_calls_total{system=\"gitlab\",result=\"ok\"}",
         "access_bot_api_calls_total{system=\"zendesk.global\",result=\"ok\"}",
-        "access_bot_api_calls_total{system=\"google\",result=\"ok\"}",
+        match b {
+            GroupBackend::Google => "access_bot_api_calls_total{system=\"google\",result=\"ok\"}",
+            _ => "access_bot_api_calls_total{system=\"okta\",result=\"ok\"}",
+        },
         "access_bot_steps_total{outcome=\"ok\"}",
     ] {
         assert!(m.contains(needle), "{needle} missing:\n{m}");
     }
 }
 
-#[tokio::test]
-async fn dry_run_reads_and_plans_but_writes_nothing() {
-    let (sb, mut bot) = start().await;
+async fn dry_run_reads_and_plans_but_writes_nothing(b: GroupBackend) {
+    let (sb, mut bot) = start(b).await;
     let iid = file(&sb, "role-based entitlement").await;
     bot.dry_run = true;
     sb.clear_logs();
@@ -1356,11 +1328,11 @@ async fn dry_run_reads_and_plans_but_writes_nothing() {
     assert_eq!(writes(&sb.gitlab_knobs), 0);
     assert_eq!(writes(sb.zd_knobs("global")), 0);
     assert_eq!(writes(&sb.google_knobs), 0);
+    assert_eq!(writes(&sb.okta_knobs), 0);
 }
 
-#[tokio::test]
-async fn audit_trail_answers_who_gave_this_person_access_and_who_approved() {
-    let (sb, bot) = start().await;
+async fn audit_trail_answers_who_gave_this_person_access_and_who_approved(b: GroupBackend) {
+    let (sb, bot) = start(b).await;
     let iid = file(&sb, "special request").await;
     run_until_quiet(&bot, 3).await;
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
@@ -1412,9 +1384,8 @@ async fn audit_trail_answers_who_gave_this_person_access_and_who_approved() {
     );
 }
 
-#[tokio::test]
-async fn stale_requests_get_one_reminder_then_are_closed() {
-    let (sb, _) = start().await;
+async fn stale_requests_get_one_reminder_then_are_closed(b: GroupBackend) {
+    let (sb, _) = start(b).await;
     let body = format!(
         "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: add tag `partner_support_agent`\n"
     );
@@ -1463,9 +1434,8 @@ async fn stale_requests_get_one_reminder_then_are_closed() {
     s2.done(&sb);
 }
 
-#[tokio::test]
-async fn time_bound_access_is_reminded_then_revoked_exactly() {
-    let (sb, mut bot) = start().await;
+async fn time_bound_access_is_reminded_then_revoked_exactly(b: GroupBackend) {
+    let (sb, mut bot) = start(b).await;
     // Jane is a light agent with a tag the bot did not grant; Bo has no account.
     sb.seed_zendesk(&ZendeskAccount {
         instance: "global".into(),
@@ -1516,7 +1486,7 @@ async fn time_bound_access_is_reminded_then_revoked_exactly() {
             .tags
             .contains(&"partner_support_agent".to_string())
     );
-    assert!(sb.google_member(GLOBAL_OKTA, "bo.li@gitlab.com"));
+    assert!(sb.group_member(GLOBAL_OKTA, "bo.li@gitlab.com"));
 
     // Eight days later: one reminder.
     bot.clock_offset = chrono::Duration::days(8);
@@ -1554,9 +1524,9 @@ async fn time_bound_access_is_reminded_then_revoked_exactly() {
     );
     let bo = zd(&sb, "global", "bo.li@gitlab.com").unwrap();
     assert_eq!(bo.role, "end-user", "Bo had no account: back to no seat");
-    assert!(!sb.google_member(GLOBAL_OKTA, "bo.li@gitlab.com"));
+    assert!(!sb.group_member(GLOBAL_OKTA, "bo.li@gitlab.com"));
     assert!(
-        !sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"),
+        !sb.group_member(GLOBAL_OKTA, "jane.doe@gitlab.com"),
         "this request granted Jane's Okta membership"
     );
     assert!(
@@ -1568,3 +1538,56 @@ async fn time_bound_access_is_reminded_then_revoked_exactly() {
     run_until_quiet(&bot, 3).await;
     s.done(&sb);
 }
+
+/// Every workflow runs with each group directory holding the instances' app
+/// groups: Google Groups, and Okta (through an OAuth service app).
+macro_rules! with_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod google {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::GroupBackend::Google).await
+            })*
+        }
+        mod okta {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::GroupBackend::Okta).await
+            })*
+        }
+    };
+}
+
+with_each_backend!(
+    entitlement_creates_the_agent_with_role_groups_and_okta,
+    special_request_plans_then_waits_for_both_approvals_then_acts,
+    light_agent_global_covers_all_four_starting_points,
+    light_agent_federal_waits_for_verification_then_provisions,
+    light_agent_federal_denied_is_closed_without_provisioning,
+    team_tags_add_and_remove_on_existing_accounts,
+    team_tag_without_an_account_changes_nothing,
+    role_change_sets_role_custom_role_and_groups,
+    offboarding_reassigns_then_strips_demotes_suspends_and_reports_evidence,
+    offboarding_stops_before_demoting_when_the_manager_cannot_take_tickets,
+    bulk_request_reports_per_subject,
+    security_self_approval_by_requester_or_subject,
+    security_approval_by_someone_not_authorised,
+    security_approval_removed_again,
+    security_description_edited_after_approval,
+    security_entitlement_not_from_the_automation_or_edited,
+    security_offboarding_not_from_the_automation,
+    security_emails_outside_the_allowed_domains,
+    security_role_outside_the_table,
+    security_federal_without_or_with_forged_verification,
+    security_mentions_and_markdown_in_names_are_escaped,
+    waiting_issue_gets_one_comment_and_nothing_on_later_cycles,
+    idle_poll_over_a_thousand_untouched_issues_is_one_request,
+    running_twice_or_restarting_without_the_database_changes_nothing,
+    a_crash_between_any_two_steps_ends_in_the_same_state_without_duplicates,
+    daemon_and_one_shot_together_do_not_double_process,
+    webhook_reacts_without_waiting_for_the_poll_and_rejects_bad_tokens,
+    dry_run_reads_and_plans_but_writes_nothing,
+    audit_trail_answers_who_gave_this_person_access_and_who_approved,
+    stale_requests_get_one_reminder_then_are_closed,
+    time_bound_access_is_reminded_then_revoked_exactly,
+);

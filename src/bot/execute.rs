@@ -27,7 +27,7 @@ enum StepError {
     #[error(transparent)]
     Zendesk(#[from] crate::zendesk::ZendeskError),
     #[error(transparent)]
-    Google(#[from] crate::google::GoogleError),
+    Groups(#[from] crate::groups::GroupError),
     #[error("{0}")]
     Other(String),
 }
@@ -36,7 +36,7 @@ impl StepError {
     fn transient(&self) -> bool {
         match self {
             StepError::Zendesk(e) => e.is_transient(),
-            StepError::Google(e) => e.is_transient(),
+            StepError::Groups(e) => e.is_transient(),
             StepError::Other(_) => false,
         }
     }
@@ -267,7 +267,7 @@ impl Bot {
             step.action,
             Action::CreateAgent { .. } | Action::SetRole { .. } | Action::Unsuspend
         );
-        if self_service && grants_role && !step.action.is_google() {
+        if self_service && grants_role && !step.action.is_group() {
             let inst = self
                 .instance(&step.instance)
                 .map_err(|e| StepError::Other(e.to_string()))?;
@@ -313,15 +313,16 @@ impl Bot {
         ids: &mut BTreeMap<(String, Email), u64>,
         observed: &Observed,
     ) -> Result<String, StepError> {
-        if let Action::AddGoogleMember { group } | Action::RemoveGoogleMember { group } =
-            &step.action
+        if let Action::AddGroupMember { group } | Action::RemoveGroupMember { group } = &step.action
         {
-            let groups = self
-                .groups
-                .as_ref()
-                .ok_or_else(|| StepError::Other("no [google] configured".into()))?;
+            let groups = self.groups.of(&step.instance).ok_or_else(|| {
+                StepError::Other(format!(
+                    "no group directory is configured for {}",
+                    step.instance
+                ))
+            })?;
             let change = match &step.action {
-                Action::AddGoogleMember { .. } => {
+                Action::AddGroupMember { .. } => {
                     groups.add_member(group, step.subject.as_str()).await?
                 }
                 _ => groups.remove_member(group, step.subject.as_str()).await?,
@@ -572,7 +573,7 @@ impl Bot {
                 .await?;
                 Ok("suspended".into())
             }
-            Action::AddGoogleMember { .. } | Action::RemoveGoogleMember { .. } => Ok(String::new()),
+            Action::AddGroupMember { .. } | Action::RemoveGroupMember { .. } => Ok(String::new()),
         }
     }
 }
@@ -731,7 +732,7 @@ mod tests {
             cfg,
             Arc::new(gl),
             zendesk,
-            None,
+            Default::default(),
             Arc::new(Store::open(Path::new(":memory:")).unwrap()),
             ApiUser {
                 id: 1,

@@ -326,10 +326,10 @@ impl Bot {
                 Err(e) => return Outcome::Failed(e.to_string()),
             };
             let okta_group = record.undo.iter().find_map(|a| match a {
-                Action::RemoveGoogleMember { group } => Some(group.clone()),
+                Action::RemoveGroupMember { group } => Some(group.clone()),
                 _ => None,
             });
-            let member = match (&self.groups, &okta_group) {
+            let member = match (self.groups.of(&record.instance), &okta_group) {
                 (Some(groups), Some(group)) => {
                     match groups.is_member(group, record.subject.as_str()).await {
                         Ok(m) => Some(m),

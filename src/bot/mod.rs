@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::gitlab::{ApiUser, GitlabApi, GitlabClient};
-use crate::google::{GoogleClient, GroupDirectory};
+use crate::groups::Directories;
 use crate::render::Templates;
 use crate::secret::Secrets;
 use crate::store::Store;
@@ -91,7 +91,8 @@ pub struct Bot {
     pub cfg: Config,
     pub gitlab: Arc<dyn GitlabApi>,
     pub zendesk: BTreeMap<String, Instance>,
-    pub groups: Option<Arc<dyn GroupDirectory>>,
+    /// The group directory of each instance with an app group.
+    pub groups: Directories,
     pub templates: Templates,
     pub store: Arc<Store>,
     pub me: ApiUser,
@@ -144,7 +145,7 @@ pub enum StartError {
     #[error(transparent)]
     Zendesk(#[from] crate::zendesk::ZendeskError),
     #[error(transparent)]
-    Google(#[from] crate::google::GoogleError),
+    Groups(#[from] crate::groups::GroupError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -229,10 +230,7 @@ impl Bot {
         let (gitlab_user, instances) = tokio::join!(gitlab_user, instances);
         let (gl, me) = gitlab_user?;
         let zendesk: BTreeMap<String, Instance> = instances?.into_iter().collect();
-        let groups: Option<Arc<dyn GroupDirectory>> = match &cfg.google {
-            Some(g) => Some(Arc::new(GoogleClient::new(g, secrets, http.clone())?)),
-            None => None,
-        };
+        let groups = Directories::connect(&cfg, secrets, http.clone())?;
         let templates = Templates::load(Some(&cfg.bot.templates_dir))?;
         let (mailer, notifier) = match &cfg.notify {
             Some(n) => {
@@ -299,7 +297,7 @@ impl Bot {
         cfg: Config,
         gitlab: Arc<dyn GitlabApi>,
         zendesk: BTreeMap<String, Instance>,
-        groups: Option<Arc<dyn GroupDirectory>>,
+        groups: Directories,
         store: Arc<Store>,
         me: ApiUser,
     ) -> Result<Bot, StartError> {

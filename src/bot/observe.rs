@@ -10,7 +10,7 @@ pub enum ObserveError {
     #[error(transparent)]
     Zendesk(#[from] crate::zendesk::ZendeskError),
     #[error(transparent)]
-    Google(#[from] crate::google::GoogleError),
+    Groups(#[from] crate::groups::GroupError),
     #[error("no Zendesk instance {0} is connected")]
     NoInstance(String),
     #[error(transparent)]
@@ -147,11 +147,12 @@ impl Bot {
                 }
             }
             if let (Some(groups), Some(group)) =
-                (&self.groups, &self.cfg.zendesk[inst_name].okta_group)
+                (self.groups.of(inst_name), self.cfg.app_group(inst_name))
             {
                 for s in &req.subjects {
                     let member = groups.is_member(group, s.email.as_str()).await?;
-                    obs.google.insert((group.clone(), s.email.clone()), member);
+                    obs.groups
+                        .insert((group.to_string(), s.email.clone()), member);
                 }
             }
         }

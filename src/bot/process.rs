@@ -52,7 +52,7 @@ impl ProcessError {
         match self {
             ProcessError::Gitlab(e) => e.is_transient(),
             ProcessError::Observe(ObserveError::Zendesk(e)) => e.is_transient(),
-            ProcessError::Observe(ObserveError::Google(e)) => e.is_transient(),
+            ProcessError::Observe(ObserveError::Groups(e)) => e.is_transient(),
             ProcessError::Observe(ObserveError::Identity(IdentityError::Gitlab(e)))
             | ProcessError::Identity(IdentityError::Gitlab(e)) => e.is_transient(),
             ProcessError::Observe(ObserveError::Identity(IdentityError::Directory(

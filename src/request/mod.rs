@@ -105,18 +105,14 @@ pub enum ItemAction {
         remove_tags: Vec<String>,
     },
     /// Offboarding: remove the person from this Zendesk instance.
-    ZendeskRemove {
-        instance: String,
-    },
-    /// Membership of an instance's Okta Google group.
-    GoogleAdd {
-        instance: String,
-        group: String,
-    },
-    GoogleRemove {
-        instance: String,
-        group: String,
-    },
+    ZendeskRemove { instance: String },
+    /// Membership of an instance's app group (in its group directory). The
+    /// serialized names are the first ones: they are part of the digest of
+    /// requests planned before the rename.
+    #[serde(rename = "google_add")]
+    GroupAdd { instance: String, group: String },
+    #[serde(rename = "google_remove")]
+    GroupRemove { instance: String, group: String },
 }
 
 impl ItemAction {
@@ -124,15 +120,15 @@ impl ItemAction {
         match self {
             ItemAction::Zendesk { instance, .. }
             | ItemAction::ZendeskRemove { instance }
-            | ItemAction::GoogleAdd { instance, .. }
-            | ItemAction::GoogleRemove { instance, .. } => instance,
+            | ItemAction::GroupAdd { instance, .. }
+            | ItemAction::GroupRemove { instance, .. } => instance,
         }
     }
 
     pub fn revokes(&self) -> bool {
         matches!(
             self,
-            ItemAction::ZendeskRemove { .. } | ItemAction::GoogleRemove { .. }
+            ItemAction::ZendeskRemove { .. } | ItemAction::GroupRemove { .. }
         )
     }
 }
@@ -309,8 +305,8 @@ fn content_kind(items: &[BotItem], cfg: &Config) -> RequestKind {
                     self_service = false;
                 }
             }
-            ItemAction::GoogleAdd { .. } => tags_only = false,
-            ItemAction::ZendeskRemove { .. } | ItemAction::GoogleRemove { .. } => {
+            ItemAction::GroupAdd { .. } => tags_only = false,
+            ItemAction::ZendeskRemove { .. } | ItemAction::GroupRemove { .. } => {
                 self_service = false;
                 tags_only = false;
             }
@@ -423,10 +419,13 @@ fn definitions(items: &[BotItem], cfg: &Config) -> BTreeMap<String, serde_json::
         let Some(z) = cfg.zendesk.get(instance) else {
             continue;
         };
-        out.insert(
-            format!("{instance}/instance"),
-            serde_json::json!({"okta_group": z.okta_group, "requires": z.requires}),
-        );
+        let mut def = serde_json::json!({"okta_group": z.okta_group, "requires": z.requires});
+        // Moving the group to another directory changes the plan; the default
+        // (Google) is left out so that digests made before the key existed hold.
+        if z.group_directory != crate::config::GroupDirectoryKind::Google {
+            def["group_directory"] = serde_json::json!("okta");
+        }
+        out.insert(format!("{instance}/instance"), def);
         if let ItemAction::Zendesk {
             level: Some(level), ..
         } = &it.action
@@ -614,16 +613,17 @@ fn classify_visible(
         reason,
     };
 
-    // Google group lines: "Google Group: okta-x (Member)", "`Google Workspace`: `Member of okta-x`",
-    // "Remove the team member from Google Group okta-x".
-    let (gsystem, gdetails) = split_google(cfg, &system, &details);
+    // App group lines, under any group directory's alias: "Google Group: okta-x (Member)",
+    // "`Google Workspace`: `Member of okta-x`", "Remove the team member from Google Group okta-x",
+    // "Okta: okta-x".
+    let (gsystem, gdetails) = split_group_item(cfg, &system, &details);
     if let Some(gdetails) = gdetails {
         let group = GROUP_TOKEN
             .find_iter(&gdetails)
             .map(|m| m.as_str().to_string())
             .find(|tok| cfg.instance_by_okta_group(tok).is_some());
         let Some(group) = group else {
-            // A Google group the bot does not manage (not an Okta app group).
+            // A group the bot does not manage (not an instance's app group).
             return Ok(None);
         };
         let instance = cfg
@@ -645,12 +645,12 @@ fn classify_visible(
             ));
         }
         return Ok(Some(if removal || revoking {
-            ItemAction::GoogleRemove {
+            ItemAction::GroupRemove {
                 instance,
                 group: full,
             }
         } else {
-            ItemAction::GoogleAdd {
+            ItemAction::GroupAdd {
                 instance,
                 group: full,
             }
@@ -797,18 +797,16 @@ fn mentions_role(norm: &str) -> bool {
     })
 }
 
-fn split_google(cfg: &Config, system: &str, details: &str) -> (String, Option<String>) {
-    if cfg.is_google_alias(system) {
+fn split_group_item(cfg: &Config, system: &str, details: &str) -> (String, Option<String>) {
+    if cfg.is_group_directory_alias(system) {
         return (system.to_string(), Some(details.to_string()));
     }
     // "Google Group okta-x" (offboarding form: the group follows the system name).
-    if let Some(g) = &cfg.google {
-        let s = normalize(system);
-        for a in &g.aliases {
-            let a = normalize(a);
-            if let Some(rest) = s.strip_prefix(&format!("{a} ")) {
-                return (a.clone(), Some(format!("{rest} {details}")));
-            }
+    let s = normalize(system);
+    for a in cfg.group_directory_aliases() {
+        let a = normalize(a);
+        if let Some(rest) = s.strip_prefix(&format!("{a} ")) {
+            return (a.clone(), Some(format!("{rest} {details}")));
         }
     }
     (system.to_string(), None)
@@ -890,8 +888,8 @@ fn check_conflicts(kind: RequestKind, items: &[BotItem], errors: &mut Vec<Reques
                 add.extend(add_tags.iter().map(|t| (instance.as_str(), t.as_str())));
                 remove.extend(remove_tags.iter().map(|t| (instance.as_str(), t.as_str())));
             }
-            ItemAction::GoogleAdd { .. } => grants = true,
-            ItemAction::ZendeskRemove { .. } | ItemAction::GoogleRemove { .. } => removes = true,
+            ItemAction::GroupAdd { .. } => grants = true,
+            ItemAction::ZendeskRemove { .. } | ItemAction::GroupRemove { .. } => removes = true,
         }
     }
     for (inst, ls) in levels {
@@ -1024,7 +1022,7 @@ impl Request {
         self.items
             .iter()
             .filter_map(|i| match &i.action {
-                ItemAction::Zendesk { instance, .. } | ItemAction::GoogleAdd { instance, .. } => {
+                ItemAction::Zendesk { instance, .. } | ItemAction::GroupAdd { instance, .. } => {
                     Some(instance.as_str())
                 }
                 _ => None,

@@ -18,6 +18,7 @@ pub enum Flavor {
     Gitlab,
     Zendesk,
     Google,
+    Okta,
     Other,
 }
 
@@ -360,6 +361,8 @@ fn too_many(flavor: Flavor, retry_after: Option<u64>) -> Response {
             "userRateLimitExceeded",
             "User Rate Limit Exceeded",
         ),
+        // Okta: E0000047 with the rate-limit headers (the reset in epoch seconds).
+        Flavor::Okta => crate::sandbox::okta::too_many(retry_after.unwrap_or(1)),
         Flavor::Other => (StatusCode::TOO_MANY_REQUESTS, "").into_response(),
     };
     if let Some(ra) = retry_after
@@ -391,6 +394,9 @@ fn server_error(flavor: Flavor, code: u16) -> Response {
             axum::Json(serde_json::json!({"message": format!("{code} Internal Server Error")})),
         )
             .into_response(),
+        Flavor::Okta => {
+            crate::sandbox::okta::error(status, "E0000009", "Internal Server Error", &[])
+        }
         _ => (status, "sandbox: scripted failure").into_response(),
     }
 }

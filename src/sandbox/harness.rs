@@ -141,6 +141,9 @@ impl Sandbox {
         }
         let g = self.google.lock();
         out.push_str(&format!("google {:?}\n", g.groups));
+        let o = self.okta.lock();
+        let okta: Vec<_> = o.groups.values().map(|g| (&g.name, &g.members)).collect();
+        out.push_str(&format!("okta {okta:?}\n"));
         out
     }
 
@@ -223,6 +226,53 @@ impl Sandbox {
 
     pub fn google_member(&self, group: &str, email: &str) -> bool {
         self.google.lock().is_member(group, email)
+    }
+
+    /// Does the directory holding `group` (Google or Okta, as configured) list
+    /// `email` as a member?
+    pub fn group_member(&self, group: &str, email: &str) -> bool {
+        match self.backend {
+            super::GroupBackend::Google => self.google_member(group, email),
+            _ => self.okta.lock().is_member(group, email),
+        }
+    }
+
+    /// Members of `group` in the directory holding it.
+    pub fn group_members(&self, group: &str) -> Vec<String> {
+        match self.backend {
+            super::GroupBackend::Google => self.google.lock().members(group),
+            _ => self.okta.lock().members(group),
+        }
+    }
+
+    /// Seed a membership in the directory holding `group`.
+    pub fn seed_group_member(&self, group: &str, email: &str) {
+        match self.backend {
+            super::GroupBackend::Google => self.google.lock().add_member(group, email),
+            _ => self.okta.lock().add_member(group, email),
+        }
+    }
+
+    /// A new person of the company: a user of the Google domain and of the Okta org.
+    pub fn add_directory_user(&self, email: &str) {
+        self.google.lock().users.insert(email.to_ascii_lowercase());
+        self.okta.lock().add_user(email);
+    }
+
+    /// The fault knobs of the directory holding the app groups.
+    pub fn group_knobs(&self) -> &super::faults::Knobs {
+        match self.backend {
+            super::GroupBackend::Google => &self.google_knobs,
+            _ => &self.okta_knobs,
+        }
+    }
+
+    /// The path prefix of that directory's membership writes (for fault scripts).
+    pub fn group_write_route(&self, method: &str) -> String {
+        match self.backend {
+            super::GroupBackend::Google => format!("{method} /admin/directory"),
+            _ => format!("{method} /api/v1/groups"),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod gitlab;
 pub mod google;
 pub mod harness;
 pub mod notify;
+pub mod okta;
 pub mod scenario;
 pub mod zendesk;
 
@@ -83,6 +84,13 @@ pub struct Sandbox {
     pub google: google::GoogleServer,
     pub google_knobs: Knobs,
     pub google_addr: SocketAddr,
+    /// The Okta org (the group directory of instances whose
+    /// `group_directory` is okta; see `start_with`).
+    pub okta: okta::OktaServer,
+    pub okta_knobs: Knobs,
+    pub okta_addr: SocketAddr,
+    /// Which directory holds the instances' app groups.
+    pub backend: GroupBackend,
     /// Secrets the bot needs, keyed by the environment variable names of `config`.
     pub secrets: Secrets,
     /// A configuration pointing at these servers.
@@ -105,8 +113,20 @@ impl Drop for Sandbox {
     }
 }
 
+/// Which group directory the sandbox's configuration uses for every
+/// instance's app group (the workflow tests run with each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupBackend {
+    #[default]
+    Google,
+    /// Okta, through an OAuth service app (private-key JWT).
+    Okta,
+    /// Okta, with an API token.
+    OktaApiToken,
+}
+
 /// Ports: `None` for ephemeral ones (tests), or a base port: GitLab on it,
-/// Google on +1, Zendesk instances on +2, +3, ...
+/// Google on +1, Zendesk instances on +2, +3, ..., Okta on +12.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ports {
     pub base: Option<u16>,
@@ -153,11 +173,16 @@ impl Sandbox {
     /// Start the three services with the default world (the people, roles,
     /// groups and Okta groups the example `bot.toml` names).
     pub async fn start(ports: Ports) -> anyhow::Result<Sandbox> {
+        Sandbox::start_with(ports, GroupBackend::Google).await
+    }
+
+    /// As `start`, with every instance's app group in `backend`.
+    pub async fn start_with(ports: Ports, backend: GroupBackend) -> anyhow::Result<Sandbox> {
         let mut config = example_config().map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(b) = ports.base
-            && b.checked_add(11).is_none()
+            && b.checked_add(12).is_none()
         {
-            anyhow::bail!("port {b} is too high: the sandbox uses {b} to {b}+11");
+            anyhow::bail!("port {b} is too high: the sandbox uses {b} to {b}+12");
         }
         let port = |i: u16| ports.base.map(|b| b + i).unwrap_or(0);
 
@@ -239,6 +264,61 @@ impl Sandbox {
                     .unwrap_or_else(|| "GOOGLE_SERVICE_ACCOUNT_KEY".into());
                 gc.key_env = Some(var.clone());
                 secrets.push((var, key));
+            }
+        }
+
+        // The Okta org: the same people, the instances' groups, and both
+        // kinds of credential (the configuration picks one).
+        let ok = okta::OktaServer::new();
+        let okta_knobs = Knobs::new(Flavor::Okta);
+        let (okta_addr, t_okta) =
+            serve(okta::router(ok.clone()), okta_knobs.clone(), port(12)).await?;
+        tasks.push(t_okta);
+        {
+            let mut w = ok.lock();
+            w.org_url = format!("http://{okta_addr}");
+            for (_, _, e) in PEOPLE {
+                w.add_user(e);
+            }
+            for (p, m) in MANAGERS {
+                w.add_user(p);
+                w.add_user(m);
+            }
+            for z in config.zendesk.values() {
+                if let Some(og) = &z.okta_group {
+                    w.add_group(og);
+                }
+            }
+            let auth = match backend {
+                GroupBackend::Google => None,
+                GroupBackend::Okta => {
+                    let (client_id, pem) = w
+                        .create_service_app(&[okta::GROUPS_MANAGE, okta::USERS_READ])
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                    secrets.push(("OKTA_PRIVATE_KEY".into(), pem));
+                    Some(crate::config::OktaAuth::PrivateKeyJwt {
+                        client_id,
+                        key_env: "OKTA_PRIVATE_KEY".into(),
+                        key_id: None,
+                    })
+                }
+                GroupBackend::OktaApiToken => {
+                    secrets.push(("OKTA_API_TOKEN".into(), w.create_api_token()));
+                    Some(crate::config::OktaAuth::ApiToken {
+                        token_env: "OKTA_API_TOKEN".into(),
+                    })
+                }
+            };
+            if let Some(auth) = auth {
+                config.okta = Some(crate::config::OktaConfig {
+                    aliases: vec!["Okta".into(), "Okta group".into()],
+                    org_url: format!("http://{okta_addr}"),
+                    auth,
+                    requests_per_minute: 600,
+                });
+                for z in config.zendesk.values_mut() {
+                    z.group_directory = crate::config::GroupDirectoryKind::Okta;
+                }
             }
         }
 
@@ -395,6 +475,10 @@ impl Sandbox {
             google: g,
             google_knobs,
             google_addr,
+            okta: ok,
+            okta_knobs,
+            okta_addr,
+            backend,
             secrets: Secrets::from_map(secrets),
             config,
             tasks,
@@ -419,6 +503,7 @@ impl Sandbox {
     pub fn clear_logs(&self) {
         self.gitlab_knobs.clear_log();
         self.google_knobs.clear_log();
+        self.okta_knobs.clear_log();
         for z in self.zendesk.values() {
             z.knobs.clear_log();
         }
@@ -501,6 +586,11 @@ impl Sandbox {
                 ),
                 ("notify.email", Some("tls")) => "tls = \"none\"".to_string(),
                 ("support_team", Some("project")) => format!("project = \"{SUPPORT_TEAM}\""),
+                (s, Some("okta_group"))
+                    if s.starts_with("zendesk.") && self.backend != GroupBackend::Google =>
+                {
+                    format!("{line}\ngroup_directory = \"okta\"")
+                }
                 ("google", Some("key_env")) => match key_path {
                     Some(p) => format!(
                         "key_path = \"{p}\"\nbase_url = \"http://{}\"",
@@ -516,6 +606,22 @@ impl Sandbox {
         // Any free port, so that several sandboxes and bots can run side by
         // side; `run` logs the address it bound.
         out.push_str("\n[ops]\nlisten = \"127.0.0.1:0\"\n");
+        if let Some(o) = &self.config.okta {
+            out.push_str(&format!(
+                "\n[okta]\naliases = [\"Okta\", \"Okta group\"]\norg_url = \"{}\"\n\n[okta.auth]\n",
+                o.org_url
+            ));
+            match &o.auth {
+                crate::config::OktaAuth::ApiToken { token_env } => out.push_str(&format!(
+                    "kind = \"api_token\"\ntoken_env = \"{token_env}\"\n"
+                )),
+                crate::config::OktaAuth::PrivateKeyJwt {
+                    client_id, key_env, ..
+                } => out.push_str(&format!(
+                    "kind = \"private_key_jwt\"\nclient_id = \"{client_id}\"\nkey_env = \"{key_env}\"\n"
+                )),
+            }
+        }
         if let Some(listen) = webhook_listen {
             out.push_str(&format!(
                 "\n[webhook]\nlisten = \"{listen}\"\ntoken_env = \"GITLAB_WEBHOOK_SECRET\"\n"

@@ -132,14 +132,15 @@ impl Sandbox {
                 g.add_person(&p.email, p.manager.as_deref());
             }
         }
+        for p in &s.people {
+            self.okta.lock().add_user(&p.email);
+        }
         for a in &s.zendesk {
             self.seed_zendesk(a)?;
         }
-        {
-            let mut g = self.google.lock();
-            for m in &s.google {
-                g.add_member(&m.group, &m.email);
-            }
+        // Memberships go to the directory the configuration uses.
+        for m in &s.google {
+            self.seed_group_member(&m.group, &m.email);
         }
         let mut iids = Vec::new();
         for i in &s.issues {

@@ -1,0 +1,800 @@
+//! Okta group membership (the Zendesk app assigned through an Okta group),
+//! through the Groups API: `PUT`/`DELETE /api/v1/groups/{groupId}/users/{userId}`,
+//! the person looked up by login (`GET /api/v1/users/{login}`), their groups
+//! read with `GET /api/v1/users/{userId}/groups`, the group's members with
+//! `GET /api/v1/groups/{groupId}/users` (pages by the `Link` header).
+//!
+//! Authentication is an API token (`Authorization: SSWS ...`) or an OAuth
+//! service app (client credentials with a private-key JWT, scopes
+//! `okta.groups.manage okta.users.read`). The bot holds the access token and
+//! drops it when Okta refuses it (401), fetching a new one once.
+//!
+//! Okta's rate limits come back on every answer (`X-Rate-Limit-Limit`,
+//! `-Remaining`, `-Reset` in epoch seconds): when nothing remains, every
+//! caller waits until the reset; a 429 (E0000047) waits the same way and is
+//! retried.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::config::{OktaAuth, OktaConfig};
+use crate::groups::{Change, GroupDirectory, GroupError};
+use crate::http::{Backoff, RateBudget, retry_after};
+use crate::secret::{Secret, Secrets};
+
+/// The scopes the service app asks for: membership changes, and reading
+/// users to find a person by login.
+pub const SCOPES: &str = "okta.groups.manage okta.users.read";
+
+/// Page size of member listings (Okta's documented advice: at most 200).
+const PAGE: u32 = 200;
+
+/// Never wait longer than this for a rate-limit reset: Okta's windows are a
+/// minute, so a later reset means the clocks disagree.
+const MAX_RESET_WAIT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OktaError {
+    #[error("Okta: no credential: {0}")]
+    Credential(String),
+    #[error("Okta: token request refused: {0}")]
+    Token(String),
+    #[error(
+        "Okta: the credential was rejected (401 {code}): check the API token, or the service app's client id and key"
+    )]
+    Unauthorized { code: String },
+    #[error(
+        "Okta: not allowed (403 {code}: {summary}) on {group}: the credential needs the okta.groups.manage and okta.users.read scopes and an admin role that manages this group"
+    )]
+    Forbidden {
+        code: String,
+        summary: String,
+        group: String,
+    },
+    #[error(
+        "Okta: group {0} does not exist (or is not an Okta group the credential can see): check okta_group in bot.toml"
+    )]
+    GroupNotFound(String),
+    #[error("Okta: {0} is not a user of the org (E0000007)")]
+    NoSuchUser(String),
+    #[error("Okta: rate limit still exceeded after retries (E0000047)")]
+    RateLimited,
+    #[error("Okta: {0} after retries")]
+    Exhausted(String),
+    #[error("Okta: request rejected ({status} {code}): {summary}{}", causes_text(.causes))]
+    Invalid {
+        status: u16,
+        code: String,
+        summary: String,
+        causes: Vec<String>,
+    },
+    #[error("Okta: connection failed: {0}")]
+    Transport(String),
+}
+
+fn causes_text(causes: &[String]) -> String {
+    if causes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", causes.join("; "))
+    }
+}
+
+impl OktaError {
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            OktaError::RateLimited | OktaError::Exhausted(_) | OktaError::Transport(_)
+        )
+    }
+
+    /// Okta's error code (`E0000007`), when the answer had one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            OktaError::Unauthorized { code }
+            | OktaError::Forbidden { code, .. }
+            | OktaError::Invalid { code, .. } => Some(code),
+            OktaError::NoSuchUser(_) | OktaError::GroupNotFound(_) => Some("E0000007"),
+            OktaError::RateLimited => Some("E0000047"),
+            _ => None,
+        }
+    }
+}
+
+impl From<OktaError> for GroupError {
+    fn from(e: OktaError) -> Self {
+        let transient = e.is_transient();
+        GroupError::new(e.to_string(), transient)
+    }
+}
+
+/// How the client authenticates.
+enum Auth {
+    ApiToken(Secret),
+    ServiceApp {
+        client_id: String,
+        key: crate::jwt::RsaKey,
+        key_id: Option<String>,
+        token_url: String,
+        held: tokio::sync::Mutex<Option<HeldToken>>,
+    },
+}
+
+struct HeldToken {
+    token: Secret,
+    /// A minute before the token's own expiry.
+    renew_at: std::time::Instant,
+}
+
+pub struct OktaClient {
+    base: String,
+    http: reqwest::Client,
+    auth: Auth,
+    backoff: Backoff,
+    /// Holds every caller while Okta says nothing remains (or after a 429).
+    budget: RateBudget,
+    /// Group name -> id, resolved once.
+    group_ids: tokio::sync::Mutex<HashMap<String, String>>,
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// An Okta group id (`00g` and 17 more letters or digits), as opposed to a name.
+fn is_group_id(s: &str) -> bool {
+    s.len() == 20 && s.starts_with("00g") && s.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// The `rel="next"` target of a `Link` header, if any.
+pub fn next_link(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get_all("link")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|part| {
+            let (url, params) = part.split_once(';')?;
+            let is_next = params
+                .split(';')
+                .any(|p| p.trim().replace(' ', "") == "rel=\"next\"");
+            is_next.then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+        })
+}
+
+/// How long until `X-Rate-Limit-Reset` (epoch seconds), bounded.
+fn until_reset(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let reset: i64 = headers
+        .get("x-rate-limit-reset")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let ms = reset.saturating_mul(1000).saturating_sub(now_ms).max(0) as u64;
+    // The reset second itself is still in the window: wait past it.
+    Some((Duration::from_millis(ms) + Duration::from_millis(200)).min(MAX_RESET_WAIT))
+}
+
+fn remaining(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get("x-rate-limit-remaining")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Okta's error body: `errorCode`, `errorSummary`, `errorCauses[].errorSummary`.
+fn error_parts(v: &Value) -> (String, String, Vec<String>) {
+    let code = v["errorCode"].as_str().unwrap_or("").to_string();
+    let summary = v["errorSummary"].as_str().unwrap_or("").to_string();
+    let causes = v["errorCauses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["errorSummary"].as_str().map(String::from))
+        .collect();
+    (code, summary, causes)
+}
+
+impl OktaClient {
+    pub fn new(
+        cfg: &OktaConfig,
+        secrets: &Secrets,
+        http: reqwest::Client,
+    ) -> Result<OktaClient, OktaError> {
+        let base = cfg.org_url.trim_end_matches('/').to_string();
+        let auth = match &cfg.auth {
+            OktaAuth::ApiToken { token_env } => Auth::ApiToken(
+                secrets
+                    .get(token_env)
+                    .map_err(|e| OktaError::Credential(e.to_string()))?,
+            ),
+            OktaAuth::PrivateKeyJwt {
+                client_id,
+                key_env,
+                key_id,
+            } => {
+                let pem = secrets
+                    .get(key_env)
+                    .map_err(|e| OktaError::Credential(e.to_string()))?;
+                let key = crate::jwt::RsaKey::from_pem(pem.expose())
+                    .map_err(|e| OktaError::Credential(format!("{key_env}: {e}")))?;
+                Auth::ServiceApp {
+                    client_id: client_id.clone(),
+                    key,
+                    key_id: key_id.clone(),
+                    token_url: format!("{base}/oauth2/v1/token"),
+                    held: tokio::sync::Mutex::new(None),
+                }
+            }
+        };
+        Ok(OktaClient {
+            base,
+            http,
+            auth,
+            backoff: Backoff::default(),
+            budget: RateBudget::per_minute(cfg.requests_per_minute),
+            group_ids: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn with_backoff(mut self, b: Backoff) -> Self {
+        self.backoff = b;
+        self
+    }
+
+    /// The `Authorization` header's value.
+    async fn authorization(&self) -> Result<String, OktaError> {
+        match &self.auth {
+            Auth::ApiToken(t) => Ok(format!("SSWS {}", t.expose())),
+            Auth::ServiceApp { held, .. } => {
+                let mut held = held.lock().await;
+                if let Some(t) = held.as_ref()
+                    && std::time::Instant::now() < t.renew_at
+                {
+                    return Ok(format!("Bearer {}", t.token.expose()));
+                }
+                let (token, lifetime) = self.exchange().await?;
+                let value = format!("Bearer {}", token.expose());
+                *held = Some(HeldToken {
+                    token,
+                    renew_at: std::time::Instant::now()
+                        + lifetime.saturating_sub(Duration::from_secs(60)),
+                });
+                Ok(value)
+            }
+        }
+    }
+
+    /// Drops the access token if it is still the refused one.
+    async fn drop_token(&self, refused: &str) {
+        if let Auth::ServiceApp { held, .. } = &self.auth {
+            let mut held = held.lock().await;
+            if held
+                .as_ref()
+                .is_some_and(|t| refused.strip_prefix("Bearer ") == Some(t.token.expose()))
+            {
+                *held = None;
+            }
+        }
+    }
+
+    /// Client credentials with a signed assertion; Okta's refusal says what is
+    /// wrong (`invalid_client`: unknown client or key, `invalid_scope`: a scope
+    /// not granted to the app).
+    async fn exchange(&self) -> Result<(Secret, Duration), OktaError> {
+        let Auth::ServiceApp {
+            client_id,
+            key,
+            key_id,
+            token_url,
+            ..
+        } = &self.auth
+        else {
+            return Err(OktaError::Token("an API token is not exchanged".into()));
+        };
+        let mut attempt = 0u32;
+        loop {
+            let now = chrono::Utc::now().timestamp();
+            let claims = json!({
+                "iss": client_id, "sub": client_id, "aud": token_url,
+                "iat": now, "exp": now + 300,
+                "jti": hex::encode(rand::random::<[u8; 16]>()),
+            });
+            let assertion = crate::jwt::rs256(&claims, key_id.as_deref(), |m| key.sign(m))
+                .map_err(OktaError::Credential)?;
+            let answer = self
+                .http
+                .post(token_url)
+                .header("accept", "application/json")
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("scope", SCOPES),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", assertion.as_str()),
+                ])
+                .send()
+                .await;
+            let retry = match answer {
+                Ok(r) if r.status().is_success() => {
+                    let v: Value = r
+                        .json()
+                        .await
+                        .map_err(|e| OktaError::Token(e.without_url().to_string()))?;
+                    let token = v["access_token"].as_str().ok_or_else(|| {
+                        OktaError::Token("the token response has no access_token".into())
+                    })?;
+                    let lifetime = v["expires_in"].as_u64().unwrap_or(3600);
+                    return Ok((Secret::new(token), Duration::from_secs(lifetime)));
+                }
+                Ok(r) if r.status().is_server_error() || r.status() == 429 => {
+                    let wait = until_reset(r.headers()).or_else(|| retry_after(r.headers()));
+                    if let Some(w) = wait {
+                        self.budget.pause(w).await;
+                    }
+                    format!("{}", r.status())
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    return Err(OktaError::Token(format!(
+                        "{}: {} ({status})",
+                        v["error"].as_str().unwrap_or(""),
+                        v["error_description"].as_str().unwrap_or("")
+                    )));
+                }
+                Err(e) => e.without_url().to_string(),
+            };
+            attempt += 1;
+            if attempt >= self.backoff.attempts {
+                return Err(OktaError::Token(format!(
+                    "the token endpoint failed {attempt} times: {retry}"
+                )));
+            }
+            self.budget.acquire().await;
+            tokio::time::sleep(self.backoff.delay(attempt)).await;
+        }
+    }
+
+    /// One logical call, with its retries; the answer's body, its next page,
+    /// and whether an earlier attempt's answer was lost (it may have been applied).
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        group: &str,
+    ) -> (Result<(Value, Option<String>), OktaError>, bool) {
+        let mut lost = false;
+        let r = self.call_once(method, url, group, &mut lost).await;
+        crate::metrics::api("okta", &r);
+        (r, lost)
+    }
+
+    async fn call_once(
+        &self,
+        method: Method,
+        url: &str,
+        group: &str,
+        lost: &mut bool,
+    ) -> Result<(Value, Option<String>), OktaError> {
+        let mut attempt = 0u32;
+        let mut refused = false;
+        loop {
+            self.budget.acquire().await;
+            let authorization = self.authorization().await?;
+            let sent = self
+                .http
+                .request(method.clone(), url)
+                .header("authorization", &authorization)
+                .header("accept", "application/json")
+                .send()
+                .await;
+            let r = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    if attempt + 1 < self.backoff.attempts {
+                        *lost = true;
+                        tokio::time::sleep(self.backoff.delay(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(OktaError::Transport(e.without_url().to_string()));
+                }
+            };
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            // Nothing left in this window: nobody sends before the reset.
+            if remaining(&headers) == Some(0)
+                && let Some(wait) = until_reset(&headers)
+            {
+                tracing::info!(
+                    wait_ms = wait.as_millis() as u64,
+                    "Okta rate limit used up: waiting for the reset"
+                );
+                self.budget.pause(wait).await;
+            }
+            let body = match r.bytes().await {
+                Ok(b) => b,
+                Err(e) => {
+                    if attempt + 1 < self.backoff.attempts {
+                        *lost = true;
+                        tokio::time::sleep(self.backoff.delay(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(OktaError::Transport(e.without_url().to_string()));
+                }
+            };
+            let v: Value = if body.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&body).unwrap_or(Value::Null)
+            };
+            if (200..300).contains(&status) {
+                // A 200 must carry the JSON Okta documents; anything else is
+                // a broken answer, not an empty result.
+                if status == 200 && v.is_null() {
+                    if attempt + 1 < self.backoff.attempts {
+                        tokio::time::sleep(self.backoff.delay(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(OktaError::Exhausted("200 without a JSON body".into()));
+                }
+                return Ok((v, next_link(&headers)));
+            }
+            let (code, summary, causes) = error_parts(&v);
+            if status == 401 {
+                // A refused access token is never sent again; a new one is
+                // fetched once. An API token refused is simply wrong.
+                self.drop_token(&authorization).await;
+                if !refused && matches!(self.auth, Auth::ServiceApp { .. }) {
+                    refused = true;
+                    tracing::warn!("Okta refused the access token (401): fetching a new one");
+                    continue;
+                }
+                return Err(OktaError::Unauthorized { code });
+            }
+            if status == 429 || code == "E0000047" || matches!(status, 500 | 502 | 503 | 504) {
+                if attempt + 1 >= self.backoff.attempts {
+                    return Err(if status == 429 {
+                        OktaError::RateLimited
+                    } else {
+                        OktaError::Exhausted(format!("{status} {code}"))
+                    });
+                }
+                let wait = if status == 429 {
+                    until_reset(&headers)
+                        .or_else(|| retry_after(&headers))
+                        .unwrap_or_else(|| self.backoff.delay(attempt))
+                } else {
+                    self.backoff.delay(attempt)
+                };
+                tracing::warn!(
+                    status,
+                    code = code.as_str(),
+                    wait_ms = wait.as_millis() as u64,
+                    "Okta: retrying"
+                );
+                self.budget.pause(wait).await;
+                attempt += 1;
+                continue;
+            }
+            return Err(match status {
+                403 => OktaError::Forbidden {
+                    code,
+                    summary,
+                    group: group.to_string(),
+                },
+                _ => OktaError::Invalid {
+                    status,
+                    code,
+                    summary,
+                    causes,
+                },
+            });
+        }
+    }
+
+    /// The id of the group configured by name (or given as an id), once.
+    async fn group_id(&self, group: &str) -> Result<String, OktaError> {
+        if is_group_id(group) {
+            return Ok(group.to_string());
+        }
+        if let Some(id) = self.group_ids.lock().await.get(group) {
+            return Ok(id.clone());
+        }
+        let search = format!("profile.name eq \"{}\"", group.replace('"', "\\\""));
+        let url = format!(
+            "{}/api/v1/groups?search={}&limit=2",
+            self.base,
+            enc(&search)
+        );
+        let (v, _) = self.call(Method::GET, &url, group).await.0?;
+        let found: Vec<&Value> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["type"] == "OKTA_GROUP" && g["profile"]["name"] == group)
+            .collect();
+        let [only] = found.as_slice() else {
+            return Err(if found.is_empty() {
+                OktaError::GroupNotFound(group.to_string())
+            } else {
+                OktaError::Invalid {
+                    status: 200,
+                    code: String::new(),
+                    summary: format!("more than one Okta group is called {group:?}"),
+                    causes: Vec::new(),
+                }
+            });
+        };
+        let id = only["id"]
+            .as_str()
+            .ok_or_else(|| OktaError::GroupNotFound(group.to_string()))?
+            .to_string();
+        self.group_ids
+            .lock()
+            .await
+            .insert(group.to_string(), id.clone());
+        Ok(id)
+    }
+
+    /// The user's id by login; `None` when the org has no such user.
+    async fn user_id(&self, login: &str, group: &str) -> Result<Option<String>, OktaError> {
+        let url = format!("{}/api/v1/users/{}", self.base, enc(login));
+        match self.call(Method::GET, &url, group).await.0 {
+            Ok((v, _)) => Ok(v["id"].as_str().map(String::from)),
+            Err(OktaError::Invalid {
+                status: 404, code, ..
+            }) if code == "E0000007" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn membership_url(&self, group_id: &str, user_id: &str) -> String {
+        format!(
+            "{}/api/v1/groups/{}/users/{}",
+            self.base,
+            enc(group_id),
+            enc(user_id)
+        )
+    }
+
+    /// Assigns the user to the group. Okta's `PUT` is idempotent: a member
+    /// already there, or an attempt repeated after a lost answer, is a 204 too.
+    pub async fn assign(&self, group: &str, login: &str) -> Result<Change, OktaError> {
+        let gid = self.group_id(group).await?;
+        let uid = self
+            .user_id(login, group)
+            .await?
+            .ok_or_else(|| OktaError::NoSuchUser(login.to_string()))?;
+        let url = self.membership_url(&gid, &uid);
+        match self.call(Method::PUT, &url, group).await.0 {
+            Ok(_) => Ok(Change::Done),
+            Err(OktaError::Invalid {
+                status: 404, code, ..
+            }) if code == "E0000007" => Err(OktaError::GroupNotFound(group.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Unassigns the user. Not a member (or not a user at all) is already so;
+    /// a 404 on a retry whose first answer was lost means that attempt did it.
+    pub async fn unassign(&self, group: &str, login: &str) -> Result<Change, OktaError> {
+        let gid = self.group_id(group).await?;
+        let Some(uid) = self.user_id(login, group).await? else {
+            return Ok(Change::AlreadySo);
+        };
+        let url = self.membership_url(&gid, &uid);
+        let (r, lost) = self.call(Method::DELETE, &url, group).await;
+        match r {
+            Ok(_) => Ok(Change::Done),
+            Err(OktaError::Invalid {
+                status: 404, code, ..
+            }) if code == "E0000007" => {
+                if lost {
+                    tracing::info!(
+                        group,
+                        "removed by an attempt whose answer was lost (404 on the retry)"
+                    );
+                    Ok(Change::Done)
+                } else if self.group_exists(&gid, group).await? {
+                    Ok(Change::AlreadySo)
+                } else {
+                    Err(OktaError::GroupNotFound(group.to_string()))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn group_exists(&self, gid: &str, group: &str) -> Result<bool, OktaError> {
+        let url = format!("{}/api/v1/groups/{}", self.base, enc(gid));
+        match self.call(Method::GET, &url, group).await.0 {
+            Ok(_) => Ok(true),
+            Err(OktaError::Invalid { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Direct membership, from the user's groups (a person has a few; a
+    /// group may have thousands of members).
+    pub async fn member(&self, group: &str, login: &str) -> Result<bool, OktaError> {
+        let gid = self.group_id(group).await?;
+        let Some(uid) = self.user_id(login, group).await? else {
+            return Ok(false);
+        };
+        let mut url = Some(format!("{}/api/v1/users/{}/groups", self.base, enc(&uid)));
+        while let Some(u) = url.take() {
+            let (v, next) = self.call(Method::GET, &u, group).await.0?;
+            if v.as_array()
+                .into_iter()
+                .flatten()
+                .any(|g| g["id"].as_str() == Some(gid.as_str()))
+            {
+                return Ok(true);
+            }
+            url = next.filter(|n| self.same_origin(n));
+        }
+        Ok(false)
+    }
+
+    /// Every member's login, page by page along `Link: rel="next"`.
+    pub async fn members(&self, group: &str) -> Result<Vec<String>, OktaError> {
+        let gid = self.group_id(group).await?;
+        let mut out = Vec::new();
+        let mut url = Some(format!(
+            "{}/api/v1/groups/{}/users?limit={PAGE}",
+            self.base,
+            enc(&gid)
+        ));
+        while let Some(u) = url.take() {
+            let (v, next) = match self.call(Method::GET, &u, group).await.0 {
+                Err(OktaError::Invalid {
+                    status: 404, code, ..
+                }) if code == "E0000007" => {
+                    return Err(OktaError::GroupNotFound(group.to_string()));
+                }
+                r => r?,
+            };
+            let page = v.as_array().ok_or_else(|| OktaError::Invalid {
+                status: 200,
+                code: String::new(),
+                summary: "the member list is not an array".into(),
+                causes: Vec::new(),
+            })?;
+            out.extend(
+                page.iter()
+                    .filter_map(|m| m["profile"]["login"].as_str().map(String::from)),
+            );
+            url = next.filter(|n| self.same_origin(n));
+        }
+        Ok(out)
+    }
+
+    /// A next link is followed only on the org it came from: the credential
+    /// goes with it.
+    fn same_origin(&self, link: &str) -> bool {
+        let ok = link.starts_with(&format!("{}/", self.base));
+        if !ok {
+            tracing::warn!("Okta: a next-page link to another origin was not followed");
+        }
+        ok
+    }
+
+    /// `check`: a new access token (service app), or the API token accepted.
+    pub async fn verify_credentials(&self) -> Result<&'static str, OktaError> {
+        match &self.auth {
+            Auth::ApiToken(_) => {
+                let url = format!("{}/api/v1/groups?limit=1", self.base);
+                self.call(Method::GET, &url, "").await.0?;
+                Ok("the API token is accepted")
+            }
+            Auth::ServiceApp { held, .. } => {
+                *held.lock().await = None;
+                self.authorization().await?;
+                Ok("token refresh works (a new access token was issued)")
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl GroupDirectory for OktaClient {
+    fn label(&self) -> &'static str {
+        "Okta"
+    }
+    async fn add_member(&self, group: &str, person: &str) -> Result<Change, GroupError> {
+        Ok(self.assign(group, person).await?)
+    }
+    async fn remove_member(&self, group: &str, person: &str) -> Result<Change, GroupError> {
+        Ok(self.unassign(group, person).await?)
+    }
+    async fn is_member(&self, group: &str, person: &str) -> Result<bool, GroupError> {
+        Ok(self.member(group, person).await?)
+    }
+    async fn list_members(&self, group: &str) -> Result<Vec<String>, GroupError> {
+        Ok(self.members(group).await?)
+    }
+    async fn refresh(&self) -> Result<&'static str, GroupError> {
+        Ok(self.verify_credentials().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_link_is_the_rel_next_one() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.append(
+            "link",
+            "<https://x.okta.com/api/v1/groups/g/users?limit=2>; rel=\"self\""
+                .parse()
+                .unwrap(),
+        );
+        h.append(
+            "link",
+            "<https://x.okta.com/api/v1/groups/g/users?after=abc&limit=2>; rel=\"next\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://x.okta.com/api/v1/groups/g/users?after=abc&limit=2")
+        );
+        let mut one = reqwest::header::HeaderMap::new();
+        one.insert(
+            "link",
+            "<a>; rel=\"self\", <b>; rel=\"next\"".parse().unwrap(),
+        );
+        assert_eq!(next_link(&one).as_deref(), Some("b"));
+        let mut none = reqwest::header::HeaderMap::new();
+        none.insert("link", "<a>; rel=\"self\"".parse().unwrap());
+        assert_eq!(next_link(&none), None);
+    }
+
+    #[test]
+    fn group_ids_are_told_from_names() {
+        assert!(is_group_id("00g1emaKYZTWRYYRRTSK"));
+        assert!(!is_group_id("okta-zendeskglobal-users"));
+        assert!(!is_group_id("00g1emaKYZTWRYYRRTS"));
+    }
+
+    #[test]
+    fn errors_keep_okta_codes_and_causes() {
+        let (code, summary, causes) = error_parts(&json!({
+            "errorCode": "E0000001", "errorSummary": "Api validation failed: limit",
+            "errorLink": "E0000001", "errorId": "x",
+            "errorCauses": [{"errorSummary": "limit: must be at most 1000"}]
+        }));
+        let e = OktaError::Invalid {
+            status: 400,
+            code,
+            summary,
+            causes,
+        };
+        assert_eq!(e.code(), Some("E0000001"));
+        assert!(e.to_string().contains("limit: must be at most 1000"), "{e}");
+        assert!(!e.is_transient());
+        assert!(OktaError::RateLimited.is_transient());
+    }
+}
