@@ -39,11 +39,11 @@ use super::{Bot, CycleReport, Event};
 pub const MAX_WEBHOOK_BODY: usize = 3 * 1024 * 1024;
 /// An authenticated sender has this long to send the body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Deliveries for one issue within the wait cap after a look are merged
-/// until they have been quiet this long...
+/// Deliveries for one issue within the wait cap after a look wait at least
+/// this long...
 pub const COALESCE_SETTLE: Duration = Duration::from_millis(150);
-/// ...or until the first of them has waited this long; an issue without a
-/// look for this long is looked at on its first delivery.
+/// ...and until the last look is this old; an issue without a look for this
+/// long is looked at on its first delivery.
 pub const COALESCE_MAX_WAIT: Duration = Duration::from_secs(2);
 /// Issues waiting at most; more are dropped (polling picks them up).
 const MAX_PENDING: usize = 10_000;
@@ -218,9 +218,9 @@ fn lock(m: &StdMutex<Metrics>) -> std::sync::MutexGuard<'_, Metrics> {
 /// Webhook deliveries becoming events. The first delivery for an issue that
 /// had no look for a while (the wait cap) is handed on at once: a person who
 /// applied an approval sees it acted on without delay. Deliveries within the
-/// wait cap after a look are a burst: they are merged into one more look once
-/// they have been quiet for the settle window, or once the first of them has
-/// waited the wait cap.
+/// wait cap after a look are a burst: they are merged into one more look, the
+/// wait cap after the last one (and the settle window after the first of
+/// them), so a burst of any shape costs one look per wait cap.
 pub struct Coalescer {
     pending: StdMutex<HashMap<(String, u64), Slot>>,
     wake: Notify,
@@ -230,8 +230,8 @@ pub struct Coalescer {
 
 #[derive(Debug, Clone, Copy)]
 enum Slot {
-    /// To be handed on at `due`; the first merged delivery came at `first`.
-    Waiting { first: Instant, due: Instant },
+    /// To be handed on at `due`.
+    Waiting { due: Instant },
     /// Handed on at this instant: deliveries within the wait cap after it
     /// wait for the burst to end.
     Sent(Instant),
@@ -267,23 +267,15 @@ impl Coalescer {
         let mut p = self.lock();
         let key = (project, iid);
         let offer = match p.get(&key).copied() {
-            Some(Slot::Waiting { first, due }) => {
-                // A leading delivery not yet handed on covers this one too;
-                // a trailing one waits for the burst to be quiet, within the cap.
-                let due = if due <= first {
-                    due
-                } else {
-                    (now + self.settle).min(first + self.max_wait)
-                };
-                p.insert(key, Slot::Waiting { first, due });
-                Offer::Coalesced
-            }
+            // A look not yet handed on covers this delivery too.
+            Some(Slot::Waiting { .. }) => Offer::Coalesced,
             Some(Slot::Sent(at)) if now.duration_since(at) < self.max_wait => {
+                // Looks at one issue are the wait cap apart, however the
+                // burst's deliveries are spread (a loaded sender has gaps).
                 p.insert(
                     key,
                     Slot::Waiting {
-                        first: now,
-                        due: now + self.settle,
+                        due: (at + self.max_wait).max(now + self.settle),
                     },
                 );
                 Offer::Coalesced
@@ -296,13 +288,7 @@ impl Coalescer {
                         return Offer::Dropped;
                     }
                 }
-                p.insert(
-                    key,
-                    Slot::Waiting {
-                        first: now,
-                        due: now,
-                    },
-                );
+                p.insert(key, Slot::Waiting { due: now });
                 Offer::Queued
             }
         };
@@ -940,9 +926,12 @@ mod tests {
             "the first delivery waited {:?}, as long as a burst's settle window",
             t0.elapsed()
         );
-        // The rest of the burst: merged into a single look once quiet.
-        for _ in 0..50 {
+        // The rest of the burst, however spread: merged into a single look,
+        // the wait cap after the first.
+        let looked = Instant::now();
+        for _ in 0..6 {
             assert_eq!(c.offer("p".into(), 7), Offer::Coalesced);
+            tokio::time::sleep(settle / 2).await;
         }
         let second = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
@@ -950,6 +939,7 @@ mod tests {
             .flatten()
             .map(issue);
         assert_eq!(second, Some(7));
+        assert!(looked.elapsed() >= cap - Duration::from_millis(20));
         assert!(
             tokio::time::timeout(settle * 3, rx.recv()).await.is_err(),
             "a third look for one burst"
