@@ -11,7 +11,6 @@ use crate::approval::History;
 use crate::config::SeatAuditConfig;
 use crate::gitlab::{ApiIssue, IssueEdit};
 use crate::marker::short_hash;
-use crate::progress::Progress;
 use crate::request::checklist::{self, CheckState};
 use crate::seats::{self, SeatCandidate, TickVerdict};
 use crate::store::SeatCandidateRow;
@@ -170,24 +169,19 @@ impl Bot {
         let paid = agents.iter().filter(|u| seats::is_paid(u, light)).count();
         let by_login = seats::idle_by_login(&agents, light, &inst.resolved.role_names, cfg, now);
         // Recent work on an assigned ticket keeps a seat even without a recent
-        // login (API-only agents, long sessions): one request per candidate.
+        // login (API-only agents, long sessions): one search export of the
+        // open tickets changed since, whatever the number of candidates. The
+        // index may lag by minutes; a reclaim re-reads the tickets anyway.
         let since = now - chrono::Duration::days(i64::from(cfg.idle_days));
-        let progress = Progress::new("checking ticket activity", by_login.len());
-        let mut candidates = Vec::new();
-        let mut active = 0;
-        for c in by_login {
-            let tickets = inst.api.open_tickets(c.zendesk_id).await?;
-            progress.advance(1);
-            if tickets
-                .iter()
-                .any(|t| t.updated_at.is_some_and(|u| u > since))
-            {
-                active += 1;
-                continue;
-            }
-            candidates.push(c);
-        }
-        progress.finish();
+        let worked = if by_login.is_empty() {
+            Default::default()
+        } else {
+            inst.api.recently_worked_assignees(since).await?
+        };
+        let (busy, candidates): (Vec<SeatCandidate>, Vec<SeatCandidate>) = by_login
+            .into_iter()
+            .partition(|c| worked.contains(&c.zendesk_id));
+        let active = busy.len();
         tracing::info!(
             paid,
             idle = candidates.len(),
