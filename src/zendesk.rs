@@ -365,6 +365,15 @@ pub trait ZendeskApi: Send + Sync {
     ) -> Result<BulkOutcome, ZendeskError>;
     /// Agents and admins (paid seats), cursor-paginated.
     async fn agents(&self) -> Result<Vec<User>, ZendeskError>;
+    /// The paid seats (agents and admins, not light agents) but `except`,
+    /// read page by page, counted, and kept only when their last login is
+    /// before `cutoff` or never: memory for the idle, not for every agent.
+    async fn idle_paid_agents(
+        &self,
+        light_agent_role: Option<u64>,
+        cutoff: DateTime<Utc>,
+        except: u64,
+    ) -> Result<(usize, Vec<User>), ZendeskError>;
 }
 
 /// An OAuth access token and what came with it.
@@ -1189,6 +1198,35 @@ impl ZendeskApi for ZendeskClient {
     async fn agents(&self) -> Result<Vec<User>, ZendeskError> {
         self.paged("/users.json?role[]=agent&role[]=admin", "users", "users")
             .await
+    }
+
+    async fn idle_paid_agents(
+        &self,
+        light_agent_role: Option<u64>,
+        cutoff: DateTime<Utc>,
+        except: u64,
+    ) -> Result<(usize, Vec<User>), ZendeskError> {
+        let mut paid = 0;
+        let mut idle = Vec::new();
+        self.each_page(
+            "/users.json?role[]=agent&role[]=admin",
+            "users",
+            "users",
+            100,
+            |page: Vec<User>| {
+                for u in page {
+                    if u.id == except || !crate::seats::is_paid(&u, light_agent_role) {
+                        continue;
+                    }
+                    paid += 1;
+                    if u.last_login_at.is_none_or(|t| t < cutoff) {
+                        idle.push(u);
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok((paid, idle))
     }
 }
 

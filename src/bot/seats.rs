@@ -108,6 +108,30 @@ pub(super) fn listed_on(history: &History, instance: &str, period: &str) -> Vec<
     by_email.into_values().collect()
 }
 
+/// What one list note may hold: its lines and their record, well under the
+/// writer's cut (`MAX_NOTE`, 60,000 characters) with the marker and text.
+const LIST_NOTE_BUDGET: usize = 40_000;
+
+/// The rows in runs that each fit one list note.
+fn list_chunks(rows: &[SeatCandidateRow]) -> Vec<&[SeatCandidateRow]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, r) in rows.iter().enumerate() {
+        // The line, and the row as the record prints it (pretty, indented once more).
+        let pretty = serde_json::to_string_pretty(r).unwrap_or_default();
+        let cost = r.item_text.len() + 4 + pretty.len() + 2 * pretty.lines().count();
+        if i > start && size + cost > LIST_NOTE_BUDGET {
+            out.push(&rows[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += cost;
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
+
 fn boxed(e: ProcessError) -> SeatError {
     SeatError::Process(Box::new(e))
 }
@@ -158,16 +182,12 @@ impl Bot {
         let now = self.now();
         // The bot's own admin account is a seat nobody reviews away.
         let me = inst.api.me().await?;
-        let agents: Vec<User> = inst
-            .api
-            .agents()
-            .await?
-            .into_iter()
-            .filter(|u| u.id != me.id)
-            .collect();
         let light = inst.resolved.light_agent_role;
-        let paid = agents.iter().filter(|u| seats::is_paid(u, light)).count();
-        let by_login = seats::idle_by_login(&agents, light, &inst.resolved.role_names, cfg, now);
+        let names = &inst.resolved.role_names;
+        let cutoff = now - chrono::Duration::days(i64::from(cfg.idle_days));
+        let (paid, idle) = inst.api.idle_paid_agents(light, cutoff, me.id).await?;
+        let by_login = seats::idle_by_login(&idle, light, names, cfg, now);
+        drop(idle);
         // Recent work on an assigned ticket keeps a seat even without a recent
         // login (API-only agents, long sessions): one search export of the
         // open tickets changed since, whatever the number of candidates. The
@@ -440,26 +460,30 @@ impl Bot {
         if !new.is_empty() {
             let facts = self.notes_only(&project, &issue).await.map_err(boxed)?;
             let history = self.history(&project, &facts).await;
-            let emails: Vec<&str> = new.iter().map(|r| r.email.as_str()).collect();
-            let wb = Writeback {
-                kind: SEAT_LIST,
-                fields: vec![
-                    ("instance", instance.to_string()),
-                    ("period", period.clone()),
-                ],
-                sections: vec![Section {
-                    template: "seat_listed.md",
-                    ctx: json!({
-                        "lines": new.iter().map(|r| r.item_text.clone()).collect::<Vec<_>>(),
-                        "record": super::process::json_block(&serde_json::to_value(&new).unwrap_or_default()),
-                    }),
-                    key: format!("seat-list:{period}:{}", short_hash(&emails.join(","))),
-                }],
-                ..Default::default()
-            };
-            self.write_back(&project, &issue, &history, wb)
-                .await
-                .map_err(boxed)?;
+            // As many list notes as the rows need: a note is cut at the
+            // writer's limit, and a cut record would list nobody.
+            for chunk in list_chunks(&new) {
+                let emails: Vec<&str> = chunk.iter().map(|r| r.email.as_str()).collect();
+                let wb = Writeback {
+                    kind: SEAT_LIST,
+                    fields: vec![
+                        ("instance", instance.to_string()),
+                        ("period", period.clone()),
+                    ],
+                    sections: vec![Section {
+                        template: "seat_listed.md",
+                        ctx: json!({
+                            "lines": chunk.iter().map(|r| r.item_text.as_str()).collect::<Vec<_>>(),
+                            "record": super::process::json_block(&serde_json::to_value(chunk).unwrap_or_default()),
+                        }),
+                        key: format!("seat-list:{period}:{}", short_hash(&emails.join(","))),
+                    }],
+                    ..Default::default()
+                };
+                self.write_back(&project, &issue, &history, wb)
+                    .await
+                    .map_err(boxed)?;
+            }
         }
         // Read again right before writing, and keep every box as it is now: a
         // reviewer may have ticked one since the first read. (GitLab has no
