@@ -1220,7 +1220,12 @@ impl ZendeskApi for ZendeskClient {
                     }
                     paid += 1;
                     if u.last_login_at.is_none_or(|t| t < cutoff) {
-                        idle.push(u);
+                        // The review shows no user fields: thousands of idle
+                        // seats need not hold them.
+                        idle.push(User {
+                            user_fields: BTreeMap::new(),
+                            ..u
+                        });
                     }
                 }
             },

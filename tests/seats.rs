@@ -500,7 +500,14 @@ async fn a_long_review_is_recorded_in_full_across_list_notes() {
         }
     }
     let bot = sb.bot().await.unwrap();
+    sb.clear_logs();
     bot.audit_seats(Some("global")).await.unwrap();
+    assert_eq!(
+        sb.gitlab_knobs
+            .count("PUT", "/api/v4/projects/:project/issues/:id"),
+        0,
+        "opened with every line, untouched since: not rewritten"
+    );
     let iid = review_iid(&sb);
     assert!(
         list_notes(&sb, iid) > 1,

@@ -727,11 +727,7 @@ async fn review_seats(agents: usize, limit: u32) -> Option<Reviewed> {
     let run = run_bot_child(
         &sb,
         limit - limit / 70,
-        &if std::env::var("BENCH_SEATS_DRY").is_ok() {
-            vec!["audit-seats", "--dry-run", "--instance", "global"]
-        } else {
-            vec!["audit-seats", "--instance", "global"]
-        },
+        &["audit-seats", "--instance", "global"],
         || false,
         Duration::from_secs(1200),
     )

@@ -79,6 +79,35 @@ fn describe(u: &User, role_names: &BTreeMap<u64, String>) -> String {
     }
 }
 
+/// One line of the review's checklist, as the template shows it.
+#[derive(Serialize)]
+struct ReviewLine<'a> {
+    mark: &'static str,
+    text: &'a str,
+}
+
+/// What `seat_review.md` is rendered with.
+#[derive(Serialize)]
+struct ReviewContext<'a> {
+    instance: &'a str,
+    instance_key: &'a str,
+    period: &'a str,
+    idle_days: u32,
+    reclaim_to: String,
+    reviewers: &'a str,
+    candidates: Vec<ReviewLine<'a>>,
+    open_count: usize,
+    open_total: String,
+    price: String,
+    checked_at: String,
+}
+
+/// The one field of a recorded line the total needs.
+#[derive(serde::Deserialize)]
+struct Cost {
+    yearly_cost: f64,
+}
+
 /// The kind of the bot's note that records the lines it listed.
 pub(super) const SEAT_LIST: &str = "seat-list";
 
@@ -373,7 +402,7 @@ impl Bot {
             .collect::<Result<_, SeatError>>()?;
         // Shown: every line decided on the issue or reclaimed, and every
         // undecided one of a person still idle (the others are dropped).
-        let shown = |current: &BTreeMap<String, CheckState>| -> Vec<SeatCandidateRow> {
+        let shown = |current: &BTreeMap<String, CheckState>| -> Vec<&SeatCandidateRow> {
             listed
                 .iter()
                 .chain(new.iter())
@@ -385,7 +414,6 @@ impl Bot {
                             Some(CheckState::Done | CheckState::Inapplicable)
                         )
                 })
-                .cloned()
                 .collect()
         };
         if listed.is_empty() && new.is_empty() && existing.is_none() {
@@ -398,11 +426,19 @@ impl Bot {
             .get(instance)
             .map(|z| z.display_name.clone())
             .unwrap_or_else(|| instance.to_string());
+        let reviewers = cfg
+            .reviewers
+            .iter()
+            .map(|r| format!("`@{r}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let render = |current: &BTreeMap<String, CheckState>| -> Result<String, SeatError> {
             let mut open_count = 0usize;
             let mut open_total = 0f64;
-            let entries: Vec<serde_json::Value> = shown(current)
-                .iter()
+            // Borrowed lines, straight to the template: thousands of seats
+            // are not copied into JSON values first.
+            let candidates: Vec<ReviewLine<'_>> = shown(current)
+                .into_iter()
                 .map(|r| {
                     let mark = match current.get(&r.item_text) {
                         Some(CheckState::Done) => "x",
@@ -411,33 +447,37 @@ impl Bot {
                     };
                     if mark == " " {
                         open_count += 1;
-                        open_total += serde_json::from_str::<SeatCandidate>(&r.fields)
+                        open_total += serde_json::from_str::<Cost>(&r.fields)
                             .map(|c| c.yearly_cost)
                             .unwrap_or(cfg.price_per_seat_month * 12.0);
                     }
-                    json!({"mark": mark, "text": r.item_text})
+                    ReviewLine {
+                        mark,
+                        text: &r.item_text,
+                    }
                 })
                 .collect();
             Ok(self.templates.render(
                 "seat_review.md",
-                &json!({
-                    "instance": display,
-                    "instance_key": instance,
-                    "period": period,
-                    "idle_days": cfg.idle_days,
-                    "reclaim_to": cfg.reclaim_to.replace('_', " "),
-                    "reviewers": cfg.reviewers.iter().map(|r| format!("`@{r}`")).collect::<Vec<_>>().join(", "),
-                    "candidates": entries,
-                    "open_count": open_count,
-                    "open_total": seats::money(open_total, &cfg.currency),
-                    "price": seats::money(cfg.price_per_seat_month, &cfg.currency),
-                    "checked_at": self.now().format("%Y-%m-%d %H:%M UTC").to_string(),
-                }),
+                &ReviewContext {
+                    instance: &display,
+                    instance_key: instance,
+                    period,
+                    idle_days: cfg.idle_days,
+                    reclaim_to: cfg.reclaim_to.replace('_', " "),
+                    reviewers: &reviewers,
+                    candidates,
+                    open_count,
+                    open_total: seats::money(open_total, &cfg.currency),
+                    price: seats::money(cfg.price_per_seat_month, &cfg.currency),
+                    checked_at: self.now().format("%Y-%m-%d %H:%M UTC").to_string(),
+                },
             )?)
         };
         // The issue first (empty), then the lines on record in a sealed note
         // of the bot's, then the lines in the description: a tick is only
         // ever checked against a line the bot recorded.
+        let mut written = None;
         let issue = match existing {
             Some(i) => i,
             None => {
@@ -454,6 +494,7 @@ impl Bot {
                 self.store
                     .record_seat_review(instance, period, &project, created.iid)?;
                 tracing::info!(iid = created.iid, "seat review issue opened");
+                written = Some(desc);
                 created
             }
         };
@@ -478,6 +519,8 @@ impl Bot {
                         }),
                         key: format!("seat-list:{period}:{}", short_hash(&emails.join(","))),
                     }],
+                    // The description is rewritten below, after the last one.
+                    note_only: true,
                     ..Default::default()
                 };
                 self.write_back(&project, &issue, &history, wb)
@@ -489,6 +532,12 @@ impl Bot {
         // reviewer may have ticked one since the first read. (GitLab has no
         // conditional update; the window is this one round trip.)
         let fresh = self.gitlab.issue(&project, issue.iid).await?;
+        if written.is_some() && fresh.description == written {
+            // Opened just now with every line, and nobody touched it since:
+            // nothing to carry over, nothing to rewrite.
+            return Ok(Some(fresh.web_url));
+        }
+        drop(written);
         let desc = render(&states(fresh.description.as_deref().unwrap_or("")))?;
         if fresh.description.as_deref() != Some(desc.as_str()) {
             let edit = IssueEdit {
