@@ -794,7 +794,7 @@ Could not run the bot.
         md,
         "## 8. Seat review of {n} idle paid agents
 
-`access-bot audit-seats --instance global` as its own process: every agent last logged in 90 days ago or more (idle after 60), one in five worked an open ticket last week (kept off the list), the others have two old ones each. It lists the agents, reads recent ticket work, opens the review issue with a line per idle seat, records the lines in a sealed note and rewrites the description. The sandbox answers 429 past {limit} Zendesk calls in any sliding minute.
+`access-bot audit-seats --instance global` as its own process: every agent last logged in 90 days ago or more (idle after 60), one in five worked an open ticket last week (kept off the list), the others have two old ones each. It lists the agents, reads recent ticket work, opens the review issue with a line per idle seat and records the lines in sealed list notes (as many as they need; a note holds about 60 lines). The sandbox answers 429 past {limit} Zendesk calls in any sliding minute.
 "
     );
     let _ = writeln!(
