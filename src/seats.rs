@@ -85,14 +85,16 @@ pub fn idle_by_login(
             })
         })
         .collect();
-    // Longest idle first; never-logged-in before everyone.
-    out.sort_by(|a, b| {
-        b.days_idle
-            .unwrap_or(i64::MAX)
-            .cmp(&a.days_idle.unwrap_or(i64::MAX))
-            .then(a.email.cmp(&b.email))
-    });
+    out.sort_by(longest_idle_first);
     out
+}
+
+/// The review's order: longest idle first, never-logged-in before everyone.
+pub fn longest_idle_first(a: &SeatCandidate, b: &SeatCandidate) -> std::cmp::Ordering {
+    b.days_idle
+        .unwrap_or(i64::MAX)
+        .cmp(&a.days_idle.unwrap_or(i64::MAX))
+        .then(a.email.cmp(&b.email))
 }
 
 /// The review period a run belongs to: one review issue per instance and month.

@@ -221,7 +221,7 @@ pub const CALLS: &[(&str, Need)] = &[
         Need::new(Some("tickets"), false),
     ),
     (
-        "reading custom roles, groups, group memberships and bulk job statuses",
+        "reading custom roles, groups, group memberships, bulk job statuses and ticket searches (counts, recent work)",
         Need::new(None, false),
     ),
     (
@@ -342,9 +342,21 @@ pub trait ZendeskApi: Send + Sync {
     async fn remove_membership(&self, membership_id: u64) -> Result<(), ZendeskError>;
     /// Tickets assigned to the user with status below closed.
     async fn open_tickets(&self, user_id: u64) -> Result<Vec<Ticket>, ZendeskError>;
+    /// How many tickets below closed are assigned to the user, without
+    /// listing them all: exact when one page of the assigned list holds every
+    /// assigned ticket, else Zendesk's search count (whose index may lag by
+    /// minutes), never below what that page showed.
+    async fn open_ticket_count(&self, user_id: u64) -> Result<u64, ZendeskError>;
+    /// Who is assigned a ticket below closed that changed after `since`: one
+    /// search export (cursor pages of up to 1,000), whatever the number of
+    /// agents. The search index may lag by minutes.
+    async fn recently_worked_assignees(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeSet<u64>, ZendeskError>;
     /// Reassign in batches of at most 100, with the group set up front for the
-    /// tickets whose group the assignee is not in; poll each job, retry failed
-    /// items once.
+    /// tickets whose group the assignee is not in; several jobs in flight,
+    /// polled together; failed items retried once.
     async fn reassign(
         &self,
         tickets: &[Ticket],
@@ -353,6 +365,15 @@ pub trait ZendeskApi: Send + Sync {
     ) -> Result<BulkOutcome, ZendeskError>;
     /// Agents and admins (paid seats), cursor-paginated.
     async fn agents(&self) -> Result<Vec<User>, ZendeskError>;
+    /// The paid seats (agents and admins, not light agents) but `except`,
+    /// read page by page, counted, and kept only when their last login is
+    /// before `cutoff` or never: memory for the idle, not for every agent.
+    async fn idle_paid_agents(
+        &self,
+        light_agent_role: Option<u64>,
+        cutoff: DateTime<Utc>,
+        except: u64,
+    ) -> Result<(usize, Vec<User>), ZendeskError>;
 }
 
 /// An OAuth access token and what came with it.
@@ -764,14 +785,25 @@ impl ZendeskClient {
             .map(|(_, v)| v)
     }
 
-    /// Follow cursor pagination (`links.next` while `meta.has_more`).
-    async fn paged(&self, path: &str, key: &str, what: &str) -> Result<Vec<Value>, ZendeskError> {
-        let mut out = Vec::new();
+    /// Follow cursor pagination (`links.next` while `meta.has_more`), handing
+    /// each page's items, parsed, to `each`: only one page is held at a time.
+    async fn each_page<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        key: &str,
+        what: &str,
+        size: usize,
+        mut each: impl FnMut(Vec<T>),
+    ) -> Result<(), ZendeskError> {
         let sep = if path.contains('?') { '&' } else { '?' };
-        let mut next = Some(format!("{path}{sep}page[size]=100"));
+        let mut next = Some(format!("{path}{sep}page[size]={size}"));
         while let Some(p) = next.take() {
-            let v = self.get(&p, what).await?;
-            out.extend(v[key].as_array().cloned().unwrap_or_default());
+            let mut v = self.get(&p, what).await?;
+            let items = match v.get_mut(key).map(Value::take) {
+                None | Some(Value::Null) => Vec::new(),
+                Some(items) => serde_json::from_value(items).map_err(|e| self.err_decode(e))?,
+            };
+            each(items);
             if v["meta"]["has_more"] == true {
                 // Hosts in links.next may differ from ours (recordings show it): keep our base.
                 next = v["links"]["next"]
@@ -779,45 +811,23 @@ impl ZendeskClient {
                     .and_then(|n| n.find("/api/v2").map(|i| n[i + 7..].to_string()));
             }
         }
+        Ok(())
+    }
+
+    async fn paged<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        key: &str,
+        what: &str,
+    ) -> Result<Vec<T>, ZendeskError> {
+        let mut out = Vec::new();
+        self.each_page(path, key, what, 100, |items| out.extend(items))
+            .await?;
         Ok(out)
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self, v: &Value) -> Result<T, ZendeskError> {
         serde_json::from_value(v.clone()).map_err(|e| self.err_decode(e))
-    }
-
-    async fn poll_job(
-        &self,
-        job: &Value,
-        outcome: &mut BulkOutcome,
-    ) -> Result<Value, ZendeskError> {
-        let id = job["id"]
-            .as_str()
-            .ok_or_else(|| self.err_decode("job_status without id"))?
-            .to_string();
-        let mut status = job.clone();
-        for _ in 0..600 {
-            match status["status"].as_str() {
-                Some("completed") => return Ok(status),
-                Some("failed") | Some("killed") => {
-                    return Err(ZendeskError::Job {
-                        instance: self.instance.clone(),
-                        job: id,
-                        detail: status["message"].as_str().unwrap_or("failed").to_string(),
-                    });
-                }
-                _ => {}
-            }
-            tokio::time::sleep(self.job_poll_interval).await;
-            outcome.job_polls += 1;
-            status =
-                self.get(&format!("/job_statuses/{id}.json"), "job").await?["job_status"].clone();
-        }
-        Err(ZendeskError::Job {
-            instance: self.instance.clone(),
-            job: id,
-            detail: "still not completed after 600 polls".into(),
-        })
     }
 }
 
@@ -1009,19 +1019,16 @@ impl ZendeskApi for ZendeskClient {
     }
 
     async fn groups(&self) -> Result<Vec<Group>, ZendeskError> {
-        let v = self.paged("/groups.json", "groups", "groups").await?;
-        self.parse(&Value::Array(v))
+        self.paged("/groups.json", "groups", "groups").await
     }
 
     async fn memberships(&self, user_id: u64) -> Result<Vec<Membership>, ZendeskError> {
-        let v = self
-            .paged(
-                &format!("/users/{user_id}/group_memberships.json"),
-                "group_memberships",
-                "user",
-            )
-            .await?;
-        self.parse(&Value::Array(v))
+        self.paged(
+            &format!("/users/{user_id}/group_memberships.json"),
+            "group_memberships",
+            "user",
+        )
+        .await
     }
 
     async fn add_membership(&self, user_id: u64, group_id: u64) -> Result<(), ZendeskError> {
@@ -1074,15 +1081,69 @@ impl ZendeskApi for ZendeskClient {
 
     async fn open_tickets(&self, user_id: u64) -> Result<Vec<Ticket>, ZendeskError> {
         // The assigned-tickets list has no search-index lag (search can be minutes behind).
+        let mut open = Vec::new();
+        self.each_page(
+            &format!("/users/{user_id}/tickets/assigned.json"),
+            "tickets",
+            "user",
+            100,
+            |page: Vec<Ticket>| open.extend(page.into_iter().filter(|t| t.status != "closed")),
+        )
+        .await?;
+        Ok(open)
+    }
+
+    async fn open_ticket_count(&self, user_id: u64) -> Result<u64, ZendeskError> {
+        // One page of the assigned list first: most people have fewer than a
+        // page of tickets, and then the count is exact and current.
         let v = self
-            .paged(
-                &format!("/users/{user_id}/tickets/assigned.json"),
-                "tickets",
+            .get(
+                &format!("/users/{user_id}/tickets/assigned.json?page[size]=100"),
                 "user",
             )
             .await?;
-        let all: Vec<Ticket> = self.parse(&Value::Array(v))?;
-        Ok(all.into_iter().filter(|t| t.status != "closed").collect())
+        let page: Vec<Ticket> = match &v["tickets"] {
+            Value::Null => Vec::new(),
+            t => self.parse(t)?,
+        };
+        let on_page = page.iter().filter(|t| t.status != "closed").count() as u64;
+        if v["meta"]["has_more"] != true {
+            return Ok(on_page);
+        }
+        let q = enc(&format!("type:ticket assignee:{user_id} status<closed"));
+        let v = self
+            .get(&format!("/search/count.json?query={q}"), "search")
+            .await?;
+        let counted = v["count"]
+            .as_u64()
+            .ok_or_else(|| self.err_decode("search count without a count"))?;
+        Ok(counted.max(on_page))
+    }
+
+    async fn recently_worked_assignees(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeSet<u64>, ZendeskError> {
+        // A day of margin on the query (the index compares dates), the exact
+        // instant checked on each result.
+        let day = (since - chrono::Duration::days(1)).format("%Y-%m-%d");
+        let q = enc(&format!("status<closed updated>{day}"));
+        let mut out = std::collections::BTreeSet::new();
+        self.each_page(
+            &format!("/search/export.json?filter[type]=ticket&query={q}"),
+            "results",
+            "search",
+            1000,
+            |page: Vec<Ticket>| {
+                out.extend(
+                    page.into_iter()
+                        .filter(|t| t.status != "closed" && t.updated_at.is_some_and(|u| u > since))
+                        .filter_map(|t| t.assignee_id),
+                )
+            },
+        )
+        .await?;
+        Ok(out)
     }
 
     async fn reassign(
@@ -1097,71 +1158,179 @@ impl ZendeskApi for ZendeskClient {
         // the same update (Zendesk refuses the assignee otherwise), so nothing
         // depends on the wording of a per-ticket failure.
         let target_group = assignee_groups.first().copied();
-        let (stay, moving): (Vec<Ticket>, Vec<Ticket>) = tickets
+        let (stay, moving): (Vec<&Ticket>, Vec<&Ticket>) = tickets
             .iter()
-            .cloned()
             .partition(|t| t.group_id.is_none_or(|g| assignee_groups.contains(&g)));
-        let mut retry: Vec<(Ticket, Option<u64>)> = Vec::new();
+        let batches = |group: Option<u64>, ids: Vec<u64>| -> Vec<Batch> {
+            ids.chunks(100)
+                .map(|c| Batch {
+                    ids: c.to_vec(),
+                    group,
+                })
+                .collect()
+        };
+        let mut first = batches(None, stay.iter().map(|t| t.id).collect());
+        first.extend(batches(target_group, moving.iter().map(|t| t.id).collect()));
         let progress = crate::progress::Progress::new("reassigning tickets", tickets.len());
-        for (group, batch) in [(None, stay), (target_group, moving)] {
-            for chunk in batch.chunks(100) {
-                let (ok, failed) = self.bulk(chunk, assignee, group, &mut outcome).await?;
-                progress.advance(chunk.len());
-                outcome.updated.extend(ok);
-                for (id, _) in failed {
-                    if let Some(t) = chunk.iter().find(|t| t.id == id) {
-                        retry.push((t.clone(), group));
-                    }
-                }
-            }
-        }
+        let results = self
+            .bulk_pipelined(first, assignee, &mut outcome, &progress)
+            .await?;
         progress.finish();
         // Failed items are tried once more as they were (a trigger or a
         // concurrent change may have been in the way); what still fails is reported.
-        let mut groups: Vec<Option<u64>> = Vec::new();
-        for (_, g) in &retry {
-            if !groups.contains(g) {
-                groups.push(*g);
-            }
+        let mut retry: Vec<Batch> = Vec::new();
+        for (group, r) in results {
+            outcome.updated.extend(r.ok);
+            let ids: Vec<u64> = r.failed.into_iter().map(|(id, _)| id).collect();
+            retry.extend(batches(group, ids));
         }
-        for group in groups {
-            let batch: Vec<Ticket> = retry
-                .iter()
-                .filter(|(_, g)| *g == group)
-                .map(|(t, _)| t.clone())
-                .collect();
-            for chunk in batch.chunks(100) {
-                let (ok, failed) = self.bulk(chunk, assignee, group, &mut outcome).await?;
-                outcome.updated.extend(ok);
-                outcome.failed.extend(failed);
-            }
+        let quiet = crate::progress::Progress::new("retrying failed tickets", 0);
+        for (_, r) in self
+            .bulk_pipelined(retry, assignee, &mut outcome, &quiet)
+            .await?
+        {
+            outcome.updated.extend(r.ok);
+            outcome.failed.extend(r.failed);
         }
         Ok(outcome)
     }
 
     async fn agents(&self) -> Result<Vec<User>, ZendeskError> {
-        let v = self
-            .paged("/users.json?role[]=agent&role[]=admin", "users", "users")
-            .await?;
-        self.parse(&Value::Array(v))
+        self.paged("/users.json?role[]=agent&role[]=admin", "users", "users")
+            .await
+    }
+
+    async fn idle_paid_agents(
+        &self,
+        light_agent_role: Option<u64>,
+        cutoff: DateTime<Utc>,
+        except: u64,
+    ) -> Result<(usize, Vec<User>), ZendeskError> {
+        let mut paid = 0;
+        let mut idle = Vec::new();
+        self.each_page(
+            "/users.json?role[]=agent&role[]=admin",
+            "users",
+            "users",
+            100,
+            |page: Vec<User>| {
+                for u in page {
+                    if u.id == except || !crate::seats::is_paid(&u, light_agent_role) {
+                        continue;
+                    }
+                    paid += 1;
+                    if u.last_login_at.is_none_or(|t| t < cutoff) {
+                        // The review shows no user fields: thousands of idle
+                        // seats need not hold them.
+                        idle.push(User {
+                            user_fields: BTreeMap::new(),
+                            ..u
+                        });
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok((paid, idle))
     }
 }
 
+/// Bulk jobs one client keeps queued or running at once. Zendesk allows an
+/// account 30 (other integrations share them): half is left to the others.
+pub const JOBS_IN_FLIGHT: usize = 15;
+
+/// Polls of one job before the bot gives up on it.
+const MAX_JOB_POLLS: u32 = 600;
+
+/// Up to 100 tickets moved by one bulk update.
+struct Batch {
+    ids: Vec<u64>,
+    group: Option<u64>,
+}
+
+/// What one job did to its tickets.
+#[derive(Default)]
+struct JobResult {
+    ok: Vec<u64>,
+    failed: Vec<(u64, String)>,
+}
+
 impl ZendeskClient {
-    async fn bulk(
+    /// Every batch as a bulk update, up to `JOBS_IN_FLIGHT` jobs queued at
+    /// once, all of them polled with one `show_many` call per interval.
+    /// Returns each batch's group and what its job did.
+    async fn bulk_pipelined(
         &self,
-        chunk: &[Ticket],
+        batches: Vec<Batch>,
         assignee: u64,
-        group: Option<u64>,
         outcome: &mut BulkOutcome,
-    ) -> Result<(Vec<u64>, Vec<(u64, String)>), ZendeskError> {
-        let ids: Vec<String> = chunk.iter().map(|t| t.id.to_string()).collect();
+        progress: &crate::progress::Progress,
+    ) -> Result<Vec<(Option<u64>, JobResult)>, ZendeskError> {
+        let mut queue = batches.into_iter();
+        // (job id, batch, polls so far)
+        let mut in_flight: Vec<(String, Batch, u32)> = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            let room = JOBS_IN_FLIGHT.saturating_sub(in_flight.len());
+            let next: Vec<Batch> = queue.by_ref().take(room).collect();
+            let submitted =
+                futures_util::future::join_all(next.iter().map(|b| self.submit_bulk(b, assignee)))
+                    .await;
+            for (batch, job) in next.into_iter().zip(submitted) {
+                outcome.bulk_calls += 1;
+                let job = job?;
+                let id = self.job_id(&job)?;
+                match self.job_done(&id, &job, &batch)? {
+                    Some(r) => {
+                        progress.advance(batch.ids.len());
+                        out.push((batch.group, r));
+                    }
+                    None => in_flight.push((id, batch, 0)),
+                }
+            }
+            if in_flight.is_empty() {
+                return Ok(out);
+            }
+            tokio::time::sleep(self.job_poll_interval).await;
+            let ids: Vec<&str> = in_flight.iter().map(|(id, _, _)| id.as_str()).collect();
+            outcome.job_polls += 1;
+            let v = self
+                .get(
+                    &format!("/job_statuses/show_many.json?ids={}", ids.join(",")),
+                    "job",
+                )
+                .await?;
+            let statuses = v["job_statuses"].as_array().cloned().unwrap_or_default();
+            let mut still = Vec::new();
+            for (id, batch, polls) in in_flight {
+                let status = statuses.iter().find(|s| s["id"].as_str() == Some(&id));
+                match status.map(|s| self.job_done(&id, s, &batch)).transpose()? {
+                    Some(Some(r)) => {
+                        progress.advance(batch.ids.len());
+                        out.push((batch.group, r));
+                    }
+                    _ if polls + 1 >= MAX_JOB_POLLS => {
+                        return Err(ZendeskError::Job {
+                            instance: self.instance.clone(),
+                            job: id,
+                            detail: format!("still not completed after {MAX_JOB_POLLS} polls"),
+                        });
+                    }
+                    // Queued, working, or not listed yet: asked again next time.
+                    _ => still.push((id, batch, polls + 1)),
+                }
+            }
+            in_flight = still;
+        }
+    }
+
+    async fn submit_bulk(&self, batch: &Batch, assignee: u64) -> Result<Value, ZendeskError> {
+        let ids: Vec<String> = batch.ids.iter().map(u64::to_string).collect();
         let mut ticket = json!({"assignee_id": assignee});
-        if let Some(g) = group {
+        if let Some(g) = batch.group {
             ticket["group_id"] = json!(g);
         }
-        outcome.bulk_calls += 1;
-        let (_, v) = self
+        let (_, mut v) = self
             .call(
                 Method::PUT,
                 &format!("/tickets/update_many.json?ids={}", ids.join(",")),
@@ -1169,29 +1338,61 @@ impl ZendeskClient {
                 "tickets",
             )
             .await?;
-        let done = self.poll_job(&v["job_status"], outcome).await?;
-        let mut ok = Vec::new();
-        let mut failed = Vec::new();
+        Ok(v.get_mut("job_status").map(Value::take).unwrap_or_default())
+    }
+
+    fn job_id(&self, job: &Value) -> Result<String, ZendeskError> {
+        job["id"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| self.err_decode("job_status without id"))
+    }
+
+    /// `Some` once the job completed (with what it did to each ticket),
+    /// `None` while it is queued or working, an error if it failed.
+    fn job_done(
+        &self,
+        id: &str,
+        status: &Value,
+        batch: &Batch,
+    ) -> Result<Option<JobResult>, ZendeskError> {
+        match status["status"].as_str() {
+            Some("completed") => {}
+            Some("failed") | Some("killed") => {
+                return Err(ZendeskError::Job {
+                    instance: self.instance.clone(),
+                    job: id.to_string(),
+                    detail: status["message"].as_str().unwrap_or("failed").to_string(),
+                });
+            }
+            _ => return Ok(None),
+        }
+        let mut r = JobResult::default();
         // `completed` does not mean every item succeeded: read each result.
-        for r in done["results"].as_array().into_iter().flatten() {
-            let Some(id) = r["id"].as_u64() else { continue };
-            if r["success"] == true || r["status"] == "Updated" {
-                ok.push(id);
+        for item in status["results"].as_array().into_iter().flatten() {
+            let Some(tid) = item["id"].as_u64() else {
+                continue;
+            };
+            if !batch.ids.contains(&tid) {
+                continue;
+            }
+            if item["success"] == true || item["status"] == "Updated" {
+                r.ok.push(tid);
             } else {
-                let why = r["details"]
+                let why = item["details"]
                     .as_str()
-                    .or(r["error"].as_str())
+                    .or(item["error"].as_str())
                     .unwrap_or("failed")
                     .to_string();
-                failed.push((id, why));
+                r.failed.push((tid, why));
             }
         }
-        for t in chunk {
-            if !ok.contains(&t.id) && !failed.iter().any(|(id, _)| *id == t.id) {
-                failed.push((t.id, "no result in the job status".into()));
+        for tid in &batch.ids {
+            if !r.ok.contains(tid) && !r.failed.iter().any(|(id, _)| id == tid) {
+                r.failed.push((*tid, "no result in the job status".into()));
             }
         }
-        Ok((ok, failed))
+        Ok(Some(r))
     }
 }
 

@@ -299,6 +299,38 @@ fn tickets(sb: &Sandbox, assignee: u64, group: Option<u64>, n: usize) -> Vec<Tic
 }
 
 #[tokio::test]
+async fn zendesk_bulk_jobs_stay_under_the_job_limit_and_are_polled_together() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let zd = client(&sb, &sb.secrets);
+    let (leaver, manager, amer) = {
+        let mut w = sb.zd("global");
+        let amer = w.add_group("Support AMER");
+        let staff = w.role_by_name("Staff");
+        let leaver = w.add_user("Leaver", "leaver@gitlab.com", "agent", staff);
+        let manager = w.user_by_email("mlee@gitlab.com").unwrap().id;
+        w.join_group(manager, amer);
+        // Jobs finish late here, and a job past the client's own cap is a 429.
+        w.job_polls = 4;
+        w.job_limit = access_bot::zendesk::JOBS_IN_FLIGHT;
+        (leaver, manager, amer)
+    };
+    let list = tickets(&sb, leaver, Some(amer), 4_000);
+    sb.clear_logs();
+    let out = zd.reassign(&list, manager, &[amer]).await.unwrap();
+    assert_eq!(out.updated.len(), 4_000, "{:?}", out.failed.first());
+    assert_eq!(out.bulk_calls, 40);
+    let k = sb.zd_knobs("global");
+    let refused = k.log().iter().filter(|e| e.status == 429).count();
+    assert_eq!(refused, 0, "never more jobs queued than the cap");
+    // Forty jobs, each looked at four times: one at a time that is 160 polls;
+    // fifteen at a time, polled together, about a tenth of it.
+    let polls = k.count("GET", "/api/v2/job_statuses/show_many");
+    assert_eq!(polls as u32, out.job_polls);
+    assert!(polls <= 16, "{polls} polls");
+    assert_eq!(sb.zd("global").open_tickets_of(manager), 4_000);
+}
+
+#[tokio::test]
 async fn zendesk_bulk_reassignment_batches_polls_and_checks_every_item() {
     let sb = Sandbox::start(Ports::default()).await.unwrap();
     let zd = client(&sb, &sb.secrets);
@@ -321,9 +353,14 @@ async fn zendesk_bulk_reassignment_batches_polls_and_checks_every_item() {
     assert_eq!(
         out.bulk_calls,
         3 + 1,
-        "three batches of at most 100, one retry batch"
+        "three batches of at most 100 staying in their group, one moving to the manager's"
     );
-    assert!(out.job_polls >= 4);
+    // The four jobs are in flight at once and looked at together: the
+    // sandbox's jobs complete on their second look, so two polls in all.
+    assert_eq!(out.job_polls, 2);
+    let k = sb.zd_knobs("global");
+    assert_eq!(k.count("GET", "/api/v2/job_statuses/show_many"), 2);
+    assert_eq!(k.count("GET", "/api/v2/job_statuses/:job"), 0);
     assert_eq!(sb.zd("global").open_tickets_of(manager), 255);
     let moved_group = sb
         .zd("global")

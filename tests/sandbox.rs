@@ -682,6 +682,210 @@ async fn zendesk_users_roles_tags_groups() {
     );
 }
 
+/// The search variants the bot relies on, as strict as documented: offset
+/// search stops at 1,000 results; the export needs `filter[type]`, refuses
+/// `type:` in its query and pages over 1,000, pages by cursor, and has its
+/// own limit per minute; the count is one number.
+#[tokio::test]
+async fn zendesk_search_count_and_export_limits() {
+    use reqwest::Method as M;
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let zd = Zd::new(&sb, "global").await;
+    let agent = {
+        let mut w = sb.zd("global");
+        let staff = w.role_by_name("Staff");
+        let a = w.add_user("Busy", "busy@gitlab.com", "agent", staff);
+        for i in 0..1_250 {
+            w.add_ticket(Some(a), None, if i % 5 == 0 { "closed" } else { "open" });
+        }
+        a
+    };
+    let open_q = enc(&format!("type:ticket assignee:{agent} status<closed"));
+    let (s, c) = zd
+        .call(
+            M::GET,
+            &format!("/api/v2/search/count?query={open_q}"),
+            None,
+        )
+        .await;
+    assert_eq!((s, c["count"].clone()), (200, json!(1_000)));
+    // Offset search: the true count, but nothing past the 1,000th result.
+    let (_, p10) = zd
+        .call(
+            M::GET,
+            &format!("/api/v2/search.json?query={}&page=10", enc("type:ticket")),
+            None,
+        )
+        .await;
+    assert_eq!(p10["count"], 1_250);
+    assert_eq!(p10["results"].as_array().unwrap().len(), 100);
+    assert_eq!(
+        p10["next_page"],
+        Value::Null,
+        "the 1,000th result is the last"
+    );
+    let (s, _) = zd
+        .call(
+            M::GET,
+            &format!(
+                "/api/v2/search.json?query={}&page=21&per_page=50",
+                enc("type:ticket")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(s, 422);
+    // A query the sandbox cannot read is refused, not answered as another.
+    let (s, _) = zd
+        .call(
+            M::GET,
+            &format!("/api/v2/search/count?query={}", enc("priority:high")),
+            None,
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    // Export: filter[type] required, `type:` refused, page[size] at most 1,000.
+    let q = enc(&format!("assignee:{agent} status<closed"));
+    for bad in [
+        format!("/api/v2/search/export?query={q}"),
+        format!("/api/v2/search/export?filter[type]=ticket&query={open_q}"),
+        format!("/api/v2/search/export?filter[type]=ticket&page[size]=1001&query={q}"),
+    ] {
+        let (s, e) = zd.call(M::GET, &bad, None).await;
+        assert_eq!(s, 400, "{bad}: {e}");
+    }
+    // Cursor pages past the 1,000 the offset search allows.
+    let mut next = Some(format!(
+        "/api/v2/search/export.json?filter[type]=ticket&page[size]=400&query={q}"
+    ));
+    let mut seen = 0;
+    let mut pages = 0;
+    while let Some(p) = next.take() {
+        let (s, v) = zd.call(M::GET, &p, None).await;
+        assert_eq!(s, 200, "{v}");
+        pages += 1;
+        seen += v["results"].as_array().unwrap().len();
+        if v["meta"]["has_more"] == true {
+            let n = v["links"]["next"].as_str().unwrap();
+            next = Some(n[n.find("/api/v2").unwrap()..].to_string());
+        }
+    }
+    assert_eq!((seen, pages), (1_000, 3));
+    // Its own limit: 100 requests in any minute, then 429 with Retry-After.
+    let url = format!(
+        "{}/api/v2/search/export?filter[type]=ticket&page[size]=1&query={q}",
+        zd.base
+    );
+    let mut limited = None;
+    for _ in 0..100 {
+        let r = zd
+            .http
+            .get(&url)
+            .bearer_auth(&zd.token)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited = r.headers().get("retry-after").cloned();
+            break;
+        }
+    }
+    let retry = limited.expect("a 429 within the minute");
+    assert!(retry.to_str().unwrap().parse::<u64>().unwrap() >= 1);
+}
+
+/// Bulk jobs as documented: at most 30 queued or running per account (the
+/// next is a 429 with Retry-After), looked at together with `show_many`
+/// (at most 100 ids; unknown ones are left out).
+#[tokio::test]
+async fn zendesk_job_limit_and_show_many() {
+    use reqwest::Method as M;
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let zd = Zd::new(&sb, "global").await;
+    let manager = {
+        let mut w = sb.zd("global");
+        let m = w.user_by_email("mlee@gitlab.com").unwrap().id;
+        for _ in 0..31 {
+            w.add_ticket(None, None, "open");
+        }
+        m
+    };
+    let mut jobs = Vec::new();
+    for t in 1..=30 {
+        let (s, j) = zd
+            .call(
+                M::PUT,
+                &format!("/api/v2/tickets/update_many?ids={t}"),
+                Some(json!({"ticket": {"assignee_id": manager}})),
+            )
+            .await;
+        assert_eq!(s, 200);
+        jobs.push(j["job_status"]["id"].as_str().unwrap().to_string());
+    }
+    let r = zd
+        .http
+        .put(format!("{}/api/v2/tickets/update_many?ids=31", zd.base))
+        .bearer_auth(&zd.token)
+        .json(&json!({"ticket": {"assignee_id": manager}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+
+    let ids = format!("{},nope", jobs.join(","));
+    let (s, v) = zd
+        .call(
+            M::GET,
+            &format!("/api/v2/job_statuses/show_many?ids={ids}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let st = v["job_statuses"].as_array().unwrap();
+    assert_eq!(st.len(), 30, "the unknown id is left out");
+    assert!(st.iter().all(|j| j["status"] == "working"));
+    let (_, v) = zd
+        .call(
+            M::GET,
+            &format!("/api/v2/job_statuses/show_many.json?ids={ids}"),
+            None,
+        )
+        .await;
+    assert!(
+        v["job_statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["status"] == "completed")
+    );
+    assert_shape(
+        &fixture("zendesk/oas_job_status.response.json")["job_status"],
+        &v["job_statuses"][0],
+        "job",
+    );
+    assert_eq!(sb.zd("global").open_tickets_of(manager), 30);
+    // Done jobs no longer count: the 31st goes through now.
+    let (s, _) = zd
+        .call(
+            M::PUT,
+            "/api/v2/tickets/update_many?ids=31",
+            Some(json!({"ticket": {"assignee_id": manager}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let many: Vec<String> = (0..101).map(|i| format!("job{i}")).collect();
+    let (s, e) = zd
+        .call(
+            M::GET,
+            &format!("/api/v2/job_statuses/show_many?ids={}", many.join(",")),
+            None,
+        )
+        .await;
+    assert_eq!((s, e["error"].clone()), (400, json!("TooManyValues")));
+}
+
 #[tokio::test]
 async fn zendesk_tickets_bulk_update_and_jobs() {
     use reqwest::Method as M;

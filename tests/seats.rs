@@ -4,6 +4,7 @@
 
 use access_bot::bot::{Bot, Outcome};
 use access_bot::cli::{SeatFormat, render_seat_reports};
+use access_bot::sandbox::faults::Failure;
 use access_bot::sandbox::harness::run_until_quiet;
 use access_bot::sandbox::scenario::ZendeskAccount;
 use access_bot::sandbox::{Ports, Sandbox};
@@ -374,4 +375,159 @@ async fn the_review_lives_on_the_issue_a_bot_with_an_empty_store_carries_on() {
         .filter(|c| c.body.contains("seat reclaimed"))
         .collect();
     assert_eq!(reclaimed.len(), 1, "Ann's seat was reclaimed once");
+}
+
+/// Ticket activity is read in pages of tickets, not asked per agent: a review
+/// of hundreds of idle agents costs a handful of calls, and its verdicts are
+/// those of the per-agent reading (an open ticket changed since the idle
+/// threshold keeps the seat; a closed one or an old one does not).
+#[tokio::test]
+async fn seat_review_costs_pages_not_one_call_per_agent() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    everyone_active(&sb);
+    let agents = 450;
+    let now = chrono::Utc::now();
+    {
+        let mut w = sb.zd("global");
+        let staff = w.role_by_name("Staff");
+        let ids: Vec<u64> = (0..agents)
+            .map(|i| {
+                let id = w.add_user(
+                    &format!("Agent {i}"),
+                    &format!("agent{i}@gitlab.com"),
+                    "agent",
+                    staff,
+                );
+                if let Some(u) = w.users.get_mut(&id) {
+                    u.last_login_at = Some(now - chrono::Duration::days(200));
+                }
+                id
+            })
+            .collect();
+        let mut ticket = |who: u64, status: &str, days_ago: i64| {
+            let t = w.add_ticket(Some(who), None, status);
+            if let Some(t) = w.tickets.get_mut(&t) {
+                t.updated_at = now - chrono::Duration::days(days_ago);
+            }
+        };
+        // The first 100 worked an open ticket recently: 1,500 tickets, more
+        // than one page of the export.
+        for (i, id) in ids.iter().take(100).enumerate() {
+            for _ in 0..15 {
+                ticket(*id, if i % 2 == 0 { "open" } else { "pending" }, 5);
+            }
+        }
+        // Recently closed, or open but untouched since long before: idle.
+        for id in &ids[100..150] {
+            ticket(*id, "closed", 5);
+        }
+        for id in &ids[150..200] {
+            ticket(*id, "open", 90);
+        }
+    }
+    let mut bot = sb.bot().await.unwrap();
+    bot.dry_run = true;
+    sb.clear_logs();
+    // A rate limit on a later page is waited out, not taken for the end.
+    sb.zd_knobs("global").fail_after(
+        "GET /api/v2/search/export",
+        1,
+        1,
+        Failure::TooMany {
+            retry_after: Some(1),
+        },
+    );
+    let reports = bot.audit_seats(Some("global")).await.unwrap();
+    let r = &reports[0];
+    assert_eq!(r.active_by_tickets, 100);
+    assert_eq!(r.candidates.len(), agents - 100);
+    assert!(
+        !r.candidates
+            .iter()
+            .any(|c| c.email == "agent0@gitlab.com" || c.email == "agent99@gitlab.com")
+    );
+    assert!(
+        r.candidates
+            .iter()
+            .any(|c| c.email == "agent100@gitlab.com")
+    );
+    assert!(
+        r.candidates
+            .iter()
+            .any(|c| c.email == "agent199@gitlab.com")
+    );
+    let k = sb.zd_knobs("global");
+    let api: Vec<_> = k
+        .log()
+        .into_iter()
+        .filter(|e| e.route.starts_with("/api/v2/"))
+        .collect();
+    let count = |route: &str| api.iter().filter(|e| e.route == route).count();
+    // Agents in pages of 100, recent tickets in export pages of 1,000.
+    assert_eq!(count("/api/v2/users/:id/tickets/assigned"), 0);
+    let export_ok = api
+        .iter()
+        .filter(|e| e.route == "/api/v2/search/export" && e.status == 200)
+        .count();
+    assert_eq!((export_ok, count("/api/v2/search/export")), (2, 3));
+    assert!(count("/api/v2/users") <= 5, "{}", count("/api/v2/users"));
+    assert!(api.len() <= 11, "{} Zendesk calls: {api:?}", api.len());
+}
+
+/// A long review is recorded in full: its lines go into as many list notes
+/// as they need (a note is cut at the writer's limit, and a cut record would
+/// list nobody), so a tick on the last line counts as one on the first.
+#[tokio::test]
+async fn a_long_review_is_recorded_in_full_across_list_notes() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    everyone_active(&sb);
+    let n = 400;
+    {
+        let now = chrono::Utc::now();
+        let mut w = sb.zd("global");
+        let staff = w.role_by_name("Staff");
+        for i in 0..n {
+            let id = w.add_user(
+                &format!("Agent {i}"),
+                &format!("agent{i}@gitlab.com"),
+                "agent",
+                staff,
+            );
+            if let Some(u) = w.users.get_mut(&id) {
+                // Distinct idle days: the order of the lines is known.
+                u.last_login_at = Some(now - chrono::Duration::days(100 + i as i64));
+            }
+        }
+    }
+    let bot = sb.bot().await.unwrap();
+    sb.clear_logs();
+    bot.audit_seats(Some("global")).await.unwrap();
+    assert_eq!(
+        sb.gitlab_knobs
+            .count("PUT", "/api/v4/projects/:project/issues/:id"),
+        0,
+        "opened with every line, untouched since: not rewritten"
+    );
+    let iid = review_iid(&sb);
+    assert!(
+        list_notes(&sb, iid) > 1,
+        "{} list notes",
+        list_notes(&sb, iid)
+    );
+    // Longest idle first: agent399 heads the list, agent0 ends it.
+    let d = tick(&sb.description(iid), "agent0@gitlab.com", 'x');
+    let d = tick(&d, "agent399@gitlab.com", 'x');
+    sb.edit_description("lyle", iid, &d).await.unwrap();
+    let reports = run_until_quiet(&bot, 3).await;
+    assert!(reports.iter().all(|r| !r.failed()));
+    let light = sb.zd("global").light_agent_role();
+    for who in ["agent0@gitlab.com", "agent399@gitlab.com"] {
+        assert_eq!(role(&sb, who), ("agent".to_string(), light), "{who}");
+    }
+    assert!(
+        !review_comments(&sb, iid)
+            .iter()
+            .any(|c| c.body.contains("not a line the bot listed") || c.body.contains("unknown")),
+        "both lines were on record"
+    );
 }

@@ -11,7 +11,6 @@ use crate::approval::History;
 use crate::config::SeatAuditConfig;
 use crate::gitlab::{ApiIssue, IssueEdit};
 use crate::marker::short_hash;
-use crate::progress::Progress;
 use crate::request::checklist::{self, CheckState};
 use crate::seats::{self, SeatCandidate, TickVerdict};
 use crate::store::SeatCandidateRow;
@@ -80,6 +79,35 @@ fn describe(u: &User, role_names: &BTreeMap<u64, String>) -> String {
     }
 }
 
+/// One line of the review's checklist, as the template shows it.
+#[derive(Serialize)]
+struct ReviewLine<'a> {
+    mark: &'static str,
+    text: &'a str,
+}
+
+/// What `seat_review.md` is rendered with.
+#[derive(Serialize)]
+struct ReviewContext<'a> {
+    instance: &'a str,
+    instance_key: &'a str,
+    period: &'a str,
+    idle_days: u32,
+    reclaim_to: String,
+    reviewers: &'a str,
+    candidates: Vec<ReviewLine<'a>>,
+    open_count: usize,
+    open_total: String,
+    price: String,
+    checked_at: String,
+}
+
+/// The one field of a recorded line the total needs.
+#[derive(serde::Deserialize)]
+struct Cost {
+    yearly_cost: f64,
+}
+
 /// The kind of the bot's note that records the lines it listed.
 pub(super) const SEAT_LIST: &str = "seat-list";
 
@@ -107,6 +135,30 @@ pub(super) fn listed_on(history: &History, instance: &str, period: &str) -> Vec<
         }
     }
     by_email.into_values().collect()
+}
+
+/// What one list note may hold: its lines and their record, well under the
+/// writer's cut (`MAX_NOTE`, 60,000 characters) with the marker and text.
+const LIST_NOTE_BUDGET: usize = 40_000;
+
+/// The rows in runs that each fit one list note.
+fn list_chunks(rows: &[SeatCandidateRow]) -> Vec<&[SeatCandidateRow]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, r) in rows.iter().enumerate() {
+        // The line, and the row as the record prints it (pretty, indented once more).
+        let pretty = serde_json::to_string_pretty(r).unwrap_or_default();
+        let cost = r.item_text.len() + 4 + pretty.len() + 2 * pretty.lines().count();
+        if i > start && size + cost > LIST_NOTE_BUDGET {
+            out.push(&rows[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += cost;
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
 }
 
 fn boxed(e: ProcessError) -> SeatError {
@@ -159,35 +211,26 @@ impl Bot {
         let now = self.now();
         // The bot's own admin account is a seat nobody reviews away.
         let me = inst.api.me().await?;
-        let agents: Vec<User> = inst
-            .api
-            .agents()
-            .await?
-            .into_iter()
-            .filter(|u| u.id != me.id)
-            .collect();
         let light = inst.resolved.light_agent_role;
-        let paid = agents.iter().filter(|u| seats::is_paid(u, light)).count();
-        let by_login = seats::idle_by_login(&agents, light, &inst.resolved.role_names, cfg, now);
+        let names = &inst.resolved.role_names;
+        let cutoff = now - chrono::Duration::days(i64::from(cfg.idle_days));
+        let (paid, idle) = inst.api.idle_paid_agents(light, cutoff, me.id).await?;
+        let by_login = seats::idle_by_login(&idle, light, names, cfg, now);
+        drop(idle);
         // Recent work on an assigned ticket keeps a seat even without a recent
-        // login (API-only agents, long sessions): one request per candidate.
+        // login (API-only agents, long sessions): one search export of the
+        // open tickets changed since, whatever the number of candidates. The
+        // index may lag by minutes; a reclaim re-reads the tickets anyway.
         let since = now - chrono::Duration::days(i64::from(cfg.idle_days));
-        let progress = Progress::new("checking ticket activity", by_login.len());
-        let mut candidates = Vec::new();
-        let mut active = 0;
-        for c in by_login {
-            let tickets = inst.api.open_tickets(c.zendesk_id).await?;
-            progress.advance(1);
-            if tickets
-                .iter()
-                .any(|t| t.updated_at.is_some_and(|u| u > since))
-            {
-                active += 1;
-                continue;
-            }
-            candidates.push(c);
-        }
-        progress.finish();
+        let worked = if by_login.is_empty() {
+            Default::default()
+        } else {
+            inst.api.recently_worked_assignees(since).await?
+        };
+        let (busy, candidates): (Vec<SeatCandidate>, Vec<SeatCandidate>) = by_login
+            .into_iter()
+            .partition(|c| worked.contains(&c.zendesk_id));
+        let active = busy.len();
         tracing::info!(
             paid,
             idle = candidates.len(),
@@ -359,7 +402,7 @@ impl Bot {
             .collect::<Result<_, SeatError>>()?;
         // Shown: every line decided on the issue or reclaimed, and every
         // undecided one of a person still idle (the others are dropped).
-        let shown = |current: &BTreeMap<String, CheckState>| -> Vec<SeatCandidateRow> {
+        let shown = |current: &BTreeMap<String, CheckState>| -> Vec<&SeatCandidateRow> {
             listed
                 .iter()
                 .chain(new.iter())
@@ -371,7 +414,6 @@ impl Bot {
                             Some(CheckState::Done | CheckState::Inapplicable)
                         )
                 })
-                .cloned()
                 .collect()
         };
         if listed.is_empty() && new.is_empty() && existing.is_none() {
@@ -384,11 +426,19 @@ impl Bot {
             .get(instance)
             .map(|z| z.display_name.clone())
             .unwrap_or_else(|| instance.to_string());
+        let reviewers = cfg
+            .reviewers
+            .iter()
+            .map(|r| format!("`@{r}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let render = |current: &BTreeMap<String, CheckState>| -> Result<String, SeatError> {
             let mut open_count = 0usize;
             let mut open_total = 0f64;
-            let entries: Vec<serde_json::Value> = shown(current)
-                .iter()
+            // Borrowed lines, straight to the template: thousands of seats
+            // are not copied into JSON values first.
+            let candidates: Vec<ReviewLine<'_>> = shown(current)
+                .into_iter()
                 .map(|r| {
                     let mark = match current.get(&r.item_text) {
                         Some(CheckState::Done) => "x",
@@ -397,33 +447,37 @@ impl Bot {
                     };
                     if mark == " " {
                         open_count += 1;
-                        open_total += serde_json::from_str::<SeatCandidate>(&r.fields)
+                        open_total += serde_json::from_str::<Cost>(&r.fields)
                             .map(|c| c.yearly_cost)
                             .unwrap_or(cfg.price_per_seat_month * 12.0);
                     }
-                    json!({"mark": mark, "text": r.item_text})
+                    ReviewLine {
+                        mark,
+                        text: &r.item_text,
+                    }
                 })
                 .collect();
             Ok(self.templates.render(
                 "seat_review.md",
-                &json!({
-                    "instance": display,
-                    "instance_key": instance,
-                    "period": period,
-                    "idle_days": cfg.idle_days,
-                    "reclaim_to": cfg.reclaim_to.replace('_', " "),
-                    "reviewers": cfg.reviewers.iter().map(|r| format!("`@{r}`")).collect::<Vec<_>>().join(", "),
-                    "candidates": entries,
-                    "open_count": open_count,
-                    "open_total": seats::money(open_total, &cfg.currency),
-                    "price": seats::money(cfg.price_per_seat_month, &cfg.currency),
-                    "checked_at": self.now().format("%Y-%m-%d %H:%M UTC").to_string(),
-                }),
+                &ReviewContext {
+                    instance: &display,
+                    instance_key: instance,
+                    period,
+                    idle_days: cfg.idle_days,
+                    reclaim_to: cfg.reclaim_to.replace('_', " "),
+                    reviewers: &reviewers,
+                    candidates,
+                    open_count,
+                    open_total: seats::money(open_total, &cfg.currency),
+                    price: seats::money(cfg.price_per_seat_month, &cfg.currency),
+                    checked_at: self.now().format("%Y-%m-%d %H:%M UTC").to_string(),
+                },
             )?)
         };
         // The issue first (empty), then the lines on record in a sealed note
         // of the bot's, then the lines in the description: a tick is only
         // ever checked against a line the bot recorded.
+        let mut written = None;
         let issue = match existing {
             Some(i) => i,
             None => {
@@ -440,37 +494,50 @@ impl Bot {
                 self.store
                     .record_seat_review(instance, period, &project, created.iid)?;
                 tracing::info!(iid = created.iid, "seat review issue opened");
+                written = Some(desc);
                 created
             }
         };
         if !new.is_empty() {
             let facts = self.notes_only(&project, &issue).await.map_err(boxed)?;
             let history = self.history(&project, &facts).await;
-            let emails: Vec<&str> = new.iter().map(|r| r.email.as_str()).collect();
-            let wb = Writeback {
-                kind: SEAT_LIST,
-                fields: vec![
-                    ("instance", instance.to_string()),
-                    ("period", period.clone()),
-                ],
-                sections: vec![Section {
-                    template: "seat_listed.md",
-                    ctx: json!({
-                        "lines": new.iter().map(|r| r.item_text.clone()).collect::<Vec<_>>(),
-                        "record": super::process::json_block(&serde_json::to_value(&new).unwrap_or_default()),
-                    }),
-                    key: format!("seat-list:{period}:{}", short_hash(&emails.join(","))),
-                }],
-                ..Default::default()
-            };
-            self.write_back(&project, &issue, &history, wb)
-                .await
-                .map_err(boxed)?;
+            // As many list notes as the rows need: a note is cut at the
+            // writer's limit, and a cut record would list nobody.
+            for chunk in list_chunks(&new) {
+                let emails: Vec<&str> = chunk.iter().map(|r| r.email.as_str()).collect();
+                let wb = Writeback {
+                    kind: SEAT_LIST,
+                    fields: vec![
+                        ("instance", instance.to_string()),
+                        ("period", period.clone()),
+                    ],
+                    sections: vec![Section {
+                        template: "seat_listed.md",
+                        ctx: json!({
+                            "lines": chunk.iter().map(|r| r.item_text.as_str()).collect::<Vec<_>>(),
+                            "record": super::process::json_block(&serde_json::to_value(chunk).unwrap_or_default()),
+                        }),
+                        key: format!("seat-list:{period}:{}", short_hash(&emails.join(","))),
+                    }],
+                    // The description is rewritten below, after the last one.
+                    note_only: true,
+                    ..Default::default()
+                };
+                self.write_back(&project, &issue, &history, wb)
+                    .await
+                    .map_err(boxed)?;
+            }
         }
         // Read again right before writing, and keep every box as it is now: a
         // reviewer may have ticked one since the first read. (GitLab has no
         // conditional update; the window is this one round trip.)
         let fresh = self.gitlab.issue(&project, issue.iid).await?;
+        if written.is_some() && fresh.description == written {
+            // Opened just now with every line, and nobody touched it since:
+            // nothing to carry over, nothing to rewrite.
+            return Ok(Some(fresh.web_url));
+        }
+        drop(written);
         let desc = render(&states(fresh.description.as_deref().unwrap_or("")))?;
         if fresh.description.as_deref() != Some(desc.as_str()) {
             let edit = IssueEdit {

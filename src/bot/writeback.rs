@@ -53,6 +53,9 @@ pub(super) struct Writeback {
     pub add_labels: Vec<String>,
     pub remove_labels: Vec<String>,
     pub close: bool,
+    /// Post the note and stop: no read and no edit of the issue (the caller
+    /// edits it itself, after a run of notes).
+    pub note_only: bool,
 }
 
 /// A note's sections joined, capped: GitLab refuses notes over 1,000,000
@@ -122,6 +125,9 @@ impl Bot {
             }
         }
 
+        if wb.note_only {
+            return Ok(record);
+        }
         // One edit: ticks, state label, close; read the issue right before editing.
         let fresh = self.gitlab.issue(project, issue.iid).await?;
         let description = fresh.description.clone().unwrap_or_default();

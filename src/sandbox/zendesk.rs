@@ -1,7 +1,8 @@
 //! A stateful fake of one Zendesk Support account (shapes checked against the
 //! public examples in `tests/fixtures/zendesk`):
-//! users, search, roles, groups and memberships, tags, user fields, tickets,
-//! `update_many` with `job_status`, OAuth client credentials and legacy API tokens.
+//! users, search (offset, count, export), roles, groups and memberships, tags,
+//! user fields, tickets, `update_many` with `job_status` and `show_many`,
+//! OAuth client credentials and legacy API tokens.
 //! Paths are accepted with or without `.json`.
 
 use std::collections::BTreeMap;
@@ -68,6 +69,8 @@ struct Job {
     id: String,
     total: usize,
     polls: u32,
+    /// No longer queued or running (no longer counts towards the job limit).
+    completed: bool,
     results: Vec<Value>,
     /// Applied when the job completes.
     pending: Vec<(u64, Option<u64>, Option<u64>)>,
@@ -132,6 +135,11 @@ pub struct ZendeskWorld {
     /// Scopes an OAuth client may request (Admin Center's "allowed scopes"):
     /// asking for another is a 400 `invalid_scope`. Clients not listed may ask for any.
     pub allowed_scopes: BTreeMap<String, Vec<String>>,
+    /// Bulk jobs an account may have queued or running at once; the next one is a 429.
+    pub job_limit: usize,
+    /// Search exports allowed in any sliding minute (an endpoint limit on top of the account's).
+    pub export_rate_limit: usize,
+    exports: std::collections::VecDeque<std::time::Instant>,
     tokens: Vec<IssuedToken>,
     jobs: BTreeMap<String, Job>,
     next_id: u64,
@@ -155,6 +163,9 @@ impl ZendeskWorld {
             job_polls: 2,
             assignee_error: ASSIGNEE_NOT_IN_GROUP,
             allowed_scopes: BTreeMap::new(),
+            job_limit: 30,
+            export_rate_limit: 100,
+            exports: std::collections::VecDeque::new(),
             tokens: Vec::new(),
             jobs: BTreeMap::new(),
             next_id: 360_000_000_000,
@@ -529,8 +540,17 @@ pub fn router(server: ZendeskServer) -> Router {
         .route("/api/v2/group_memberships/{id}", delete(delete_membership))
         .route("/api/v2/search", get(search))
         .route("/api/v2/search.json", get(search))
+        .route("/api/v2/search/count", get(search_count))
+        .route("/api/v2/search/count.json", get(search_count))
+        .route("/api/v2/search/export", get(search_export))
+        .route("/api/v2/search/export.json", get(search_export))
         .route("/api/v2/tickets/update_many", put(update_many))
         .route("/api/v2/tickets/update_many.json", put(update_many))
+        .route("/api/v2/job_statuses/show_many", get(job_statuses_many))
+        .route(
+            "/api/v2/job_statuses/show_many.json",
+            get(job_statuses_many),
+        )
         .route("/api/v2/job_statuses/{id}", get(job_status))
         .fallback(|| async { not_found() })
         .layer(axum::middleware::from_fn_with_state(
@@ -1344,7 +1364,68 @@ async fn groups(
     cursor_page(items, &q, "groups", "/api/v2/groups.json")
 }
 
-/// Offset search: `type:ticket assignee:ID status<closed`, 100 per page, page 11 is 422.
+/// A ticket search query as far as the sandbox understands one: `type:ticket`,
+/// `assignee:ID`, `status<closed`, `updated>DATE` (a day, or an RFC 3339
+/// instant). Anything else is refused rather than ignored, so that a query
+/// the bot sends is never answered as if it meant something else.
+#[derive(Debug, Default)]
+struct TicketQuery {
+    typed: bool,
+    assignee: Option<u64>,
+    below_closed: bool,
+    updated_after: Option<DateTime<Utc>>,
+}
+
+impl TicketQuery {
+    fn parse(query: &str) -> Result<TicketQuery, String> {
+        let mut q = TicketQuery::default();
+        for part in query.split_whitespace() {
+            if part == "type:ticket" {
+                q.typed = true;
+            } else if let Some(a) = part.strip_prefix("assignee:") {
+                q.assignee = Some(a.parse().map_err(|_| format!("bad assignee: {a}"))?);
+            } else if part == "status<closed" {
+                q.below_closed = true;
+            } else if let Some(d) = part.strip_prefix("updated>") {
+                let t = DateTime::parse_from_rfc3339(d)
+                    .map(|t| t.with_timezone(&Utc))
+                    .or_else(|_| {
+                        chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").map(|d| {
+                            // A day compares as the whole day: after its end.
+                            (d + chrono::Duration::days(1))
+                                .and_hms_opt(0, 0, 0)
+                                .unwrap_or_default()
+                                .and_utc()
+                                - chrono::Duration::seconds(1)
+                        })
+                    })
+                    .map_err(|_| format!("bad date: {d}"))?;
+                q.updated_after = Some(t);
+            } else {
+                return Err(format!("the sandbox does not understand `{part}`"));
+            }
+        }
+        Ok(q)
+    }
+
+    fn matches(&self, t: &Ticket) -> bool {
+        self.assignee.is_none_or(|a| t.assignee_id == Some(a))
+            && (!self.below_closed || t.status != "closed")
+            && self.updated_after.is_none_or(|u| t.updated_at > u)
+    }
+}
+
+fn query_of(q: &[(String, String)]) -> Result<TicketQuery, Response> {
+    let query = q
+        .iter()
+        .find(|(k, _)| k == "query")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    TicketQuery::parse(&query).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", &e))
+}
+
+/// Offset search: 100 per page at most, 1,000 results per query at most
+/// (page 11 is 422), `count` the true number of matches.
 async fn search(
     State(s): State<ZendeskServer>,
     headers: HeaderMap,
@@ -1354,60 +1435,189 @@ async fn search(
     if let Err(r) = auth(&mut w, &headers) {
         return r;
     }
-    let query = q
-        .iter()
-        .find(|(k, _)| k == "query")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let query = match query_of(&q) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let page: usize = q
         .iter()
         .find(|(k, _)| k == "page")
         .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(1);
+        .unwrap_or(1)
+        .max(1);
     let per_page: usize = q
         .iter()
         .find(|(k, _)| k == "per_page")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(100)
-        .min(100);
-    if page > 10 {
-        return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"error": "invalid", "description": "Page number cannot exceed 10. Use the export endpoint instead."}))).into_response();
+        .clamp(1, 100);
+    if (page - 1) * per_page >= 1000 {
+        return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"error": "invalid", "description": "Page number cannot exceed the 1,000th result. Use the export endpoint instead."}))).into_response();
     }
-    let mut assignee: Option<u64> = None;
-    let mut below_closed = false;
-    for part in query.split_whitespace() {
-        if let Some(a) = part.strip_prefix("assignee:") {
-            assignee = a.parse().ok();
-        }
-        if part == "status<closed" {
-            below_closed = true;
-        }
-    }
-    let hits: Vec<Value> = w
-        .tickets
-        .values()
-        .filter(|t| assignee.is_none_or(|a| t.assignee_id == Some(a)))
-        .filter(|t| !below_closed || t.status != "closed")
-        .take(1000)
+    let matching: Vec<&Ticket> = w.tickets.values().filter(|t| query.matches(t)).collect();
+    let count = matching.len();
+    let reachable = count.min(1000);
+    let slice: Vec<Value> = matching
+        .into_iter()
+        .take(reachable)
+        .skip((page - 1) * per_page)
+        .take(per_page)
         .map(|t| {
             let mut v = ZendeskWorld::ticket_json(t);
             v["result_type"] = json!("ticket");
             v
         })
         .collect();
-    let count = hits.len();
-    let slice: Vec<Value> = hits
-        .into_iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
-        .collect();
-    let next = (page * per_page < count).then(|| {
+    let next = (page * per_page < reachable).then(|| {
         format!(
             "https://sandbox.zendesk.com/api/v2/search.json?page={}&query=...",
             page + 1
         )
     });
     axum::Json(json!({"results": slice, "count": count, "next_page": next, "previous_page": null, "facets": null})).into_response()
+}
+
+/// `GET /search/count`: the number of matches, no results.
+async fn search_count(
+    State(s): State<ZendeskServer>,
+    headers: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut w = s.lock();
+    if let Err(r) = auth(&mut w, &headers) {
+        return r;
+    }
+    let query = match query_of(&q) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let count = w.tickets.values().filter(|t| query.matches(t)).count();
+    axum::Json(json!({"count": count})).into_response()
+}
+
+/// `GET /search/export`: one object type named by `filter[type]` (required;
+/// `type:` in the query is an error), cursor pages of `page[size]` up to
+/// 1,000, ordered by creation; its own limit of requests per minute (429 with
+/// `Retry-After`), which also count towards the account's.
+async fn search_export(
+    State(s): State<ZendeskServer>,
+    headers: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut w = s.lock();
+    if let Err(r) = auth(&mut w, &headers) {
+        return r;
+    }
+    let now = std::time::Instant::now();
+    while w
+        .exports
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= std::time::Duration::from_secs(60))
+    {
+        w.exports.pop_front();
+    }
+    if w.exports.len() >= w.export_rate_limit {
+        let oldest = w.exports.front().copied().unwrap_or(now);
+        let wait = 60u64
+            .saturating_sub(now.duration_since(oldest).as_secs())
+            .max(1);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [
+                ("content-type", "text/plain; charset=utf-8".to_string()),
+                ("retry-after", wait.to_string()),
+            ],
+            "Number of allowed search export requests per minute exceeded",
+        )
+            .into_response();
+    }
+    w.exports.push_back(now);
+    let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    match param("filter[type]").as_deref() {
+        Some("ticket") => {}
+        Some("user" | "organization" | "group") => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "the sandbox exports tickets only",
+            );
+        }
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameter",
+                "filter[type] is required: ticket, organization, user or group",
+            );
+        }
+    }
+    let query = match query_of(&q) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if query.typed {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameter",
+            "type is not allowed in the query of an export: use filter[type]",
+        );
+    }
+    let size = match param("page[size]").map(|v| v.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidPaginationParameter",
+                "page[size] must be between 1 and 1000",
+            );
+        }
+    };
+    let after: Option<u64> = param("page[after]")
+        .and_then(|v| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(v)
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok());
+    let mut rest = w
+        .tickets
+        .values()
+        .filter(|t| after.is_none_or(|a| t.id > a) && query.matches(t));
+    let page: Vec<&Ticket> = rest.by_ref().take(size).collect();
+    let has_more = rest.next().is_some();
+    let cursor = |id: u64| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.to_string());
+    let after_cursor = page.last().map(|t| cursor(t.id));
+    let next = after_cursor.as_ref().filter(|_| has_more).map(|c| {
+        let qs: Vec<String> = q
+            .iter()
+            .filter(|(k, _)| k != "page[after]")
+            .map(|(k, v)| format!("{}={}", enc_q(k), enc_q(v)))
+            .collect();
+        format!(
+            "https://sandbox.zendesk.com/api/v2/search/export.json?{}&page%5Bafter%5D={c}",
+            qs.join("&")
+        )
+    });
+    let results: Vec<Value> = page
+        .into_iter()
+        .map(|t| {
+            let mut v = ZendeskWorld::ticket_json(t);
+            v["result_type"] = json!("ticket");
+            v
+        })
+        .collect();
+    axum::Json(json!({
+        "results": results,
+        "facets": null,
+        "meta": {"has_more": has_more, "after_cursor": after_cursor, "before_cursor": null},
+        "links": {"next": next, "prev": null},
+    }))
+    .into_response()
+}
+
+fn enc_q(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 async fn update_many(
@@ -1427,6 +1637,19 @@ async fn update_many(
         .unwrap_or_default();
     if ids.len() > 100 {
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "TooManyValues", "description": "Too many values specified for parameter 'ids'", "max_count": 100}))).into_response();
+    }
+    let running = w.jobs.values().filter(|j| !j.completed).count();
+    if running >= w.job_limit {
+        // The account's job queue is full: come back when some have finished.
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [
+                ("content-type", "text/plain; charset=utf-8"),
+                ("retry-after", "1"),
+            ],
+            "Too many jobs queued or running for this account",
+        )
+            .into_response();
     }
     let v = match parse_body(&body) {
         Ok(v) => v,
@@ -1470,6 +1693,7 @@ async fn update_many(
         id: job_id.clone(),
         total: ids.len(),
         polls: 0,
+        completed: false,
         results,
         pending,
     };
@@ -1486,20 +1710,11 @@ fn job_json(j: &Job, status: &str) -> Value {
            "results": if done { Value::Array(j.results.clone()) } else { Value::Null }})
 }
 
-async fn job_status(
-    State(s): State<ZendeskServer>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let mut w = s.lock();
-    if let Err(r) = auth(&mut w, &headers) {
-        return r;
-    }
-    let id = strip_json(&id).to_string();
+/// One look at a job: it moves on by one step (queued, working, completed
+/// after `job_polls` looks); its changes apply when it completes.
+fn look_at_job(w: &mut ZendeskWorld, id: &str) -> Option<Value> {
     let polls_needed = w.job_polls;
-    let Some(job) = w.jobs.get_mut(&id) else {
-        return not_found();
-    };
+    let job = w.jobs.get_mut(id)?;
     job.polls += 1;
     let status = if job.polls >= polls_needed {
         "completed"
@@ -1510,6 +1725,7 @@ async fn job_status(
     };
     let json = job_json(job, status);
     if status == "completed" {
+        job.completed = true;
         let pending = std::mem::take(&mut job.pending);
         for (tid, assignee, group) in pending {
             if let Some(t) = w.tickets.get_mut(&tid) {
@@ -1523,7 +1739,61 @@ async fn job_status(
             }
         }
     }
-    axum::Json(json!({"job_status": json})).into_response()
+    Some(json)
+}
+
+async fn job_status(
+    State(s): State<ZendeskServer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let mut w = s.lock();
+    if let Err(r) = auth(&mut w, &headers) {
+        return r;
+    }
+    match look_at_job(&mut w, strip_json(&id)) {
+        Some(json) => axum::Json(json!({"job_status": json})).into_response(),
+        None => not_found(),
+    }
+}
+
+/// `GET /job_statuses/show_many?ids=a,b`: up to 100 ids (the usual
+/// `show_many` limit; the documentation names none, so the stricter
+/// reading); unknown ids are left out of the answer.
+async fn job_statuses_many(
+    State(s): State<ZendeskServer>,
+    headers: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut w = s.lock();
+    if let Err(r) = auth(&mut w, &headers) {
+        return r;
+    }
+    let ids: Vec<String> = q
+        .iter()
+        .find(|(k, _)| k == "ids")
+        .map(|(_, v)| {
+            v.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameter",
+            "ids is required",
+        );
+    }
+    if ids.len() > 100 {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "TooManyValues", "description": "Too many values specified for parameter 'ids'", "max_count": 100}))).into_response();
+    }
+    let statuses: Vec<Value> = ids
+        .iter()
+        .filter_map(|id| look_at_job(&mut w, id))
+        .collect();
+    axum::Json(json!({"job_statuses": statuses})).into_response()
 }
 
 /// The permission set of a custom role, with every key the API returns.
