@@ -148,6 +148,18 @@ impl Bot {
     /// recorded before any work starts: a bot killed mid-way leaves it there,
     /// so the next run looks at it again whatever the poll cursor says.
     pub async fn process(&self, project: &str, iid: u64) -> Outcome {
+        self.process_listed(project, iid, None).await
+    }
+
+    /// As `process`, with the issue as the poll's listing just returned it
+    /// (no need to read it again to decide: every write is preceded by a
+    /// fresh read, right before acting and right before editing the issue).
+    pub async fn process_listed(
+        &self,
+        project: &str,
+        iid: u64,
+        listed: Option<ApiIssue>,
+    ) -> Outcome {
         // One task per issue in this process; the other finds it busy and leaves
         // it on the retry list, as it would another runner's.
         let Some(_mine) = InFlight::enter(&self.in_flight, project, iid) else {
@@ -193,7 +205,7 @@ impl Bot {
         }
         // Every line logged while working on the issue carries its iid (connectors included).
         let span = tracing::info_span!("issue", iid, project);
-        let work = tracing::Instrument::instrument(self.process_inner(project, iid), span);
+        let work = tracing::Instrument::instrument(self.process_inner(project, iid, listed), span);
         // Signs of life while it works, so that a long step keeps the lease
         // and a dead holder's lease is taken over quickly.
         let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -291,8 +303,95 @@ impl Bot {
         Ok(IssueFacts {
             issue: issue.to_input(),
             label_events: Vec::new(),
-            notes: self.gitlab.notes(project, issue.iid).await?,
+            notes: self.read_notes(project, issue).await?,
         })
+    }
+
+    /// The issue's notes, oldest first, exactly as a full read gives them:
+    /// the cached copy (`store`) with what was edited or added since (a
+    /// note's edit moves its `updated_at`), or a full read when there is no
+    /// copy, or when the copy with the changes does not add up to the
+    /// comments GitLab counts on the issue (one was deleted; or missed).
+    pub(super) async fn read_notes(
+        &self,
+        project: &str,
+        issue: &ApiIssue,
+    ) -> Result<Vec<request::Note>, ProcessError> {
+        let iid = issue.iid;
+        // A dry run writes nothing, the cache included: it reads them all.
+        let cached = if self.dry_run {
+            None
+        } else {
+            self.store.cached_notes(project, iid).unwrap_or_else(|e| {
+                tracing::warn!(iid, error = %e, "cannot read the cached notes; reading them all");
+                None
+            })
+        };
+        // From GitLab's time of the last read (or the newest edit it showed),
+        // minus the overlap: a note whose edit was not yet visible to that
+        // read is read now.
+        let since = cached.as_ref().and_then(|c| {
+            c.read_at
+                .or_else(|| c.notes.iter().map(|n| n.updated_at).max())
+        });
+        if let (Some(cached), Some(since), Some(count)) = (cached, since, issue.user_notes_count) {
+            let overlap = chrono::Duration::from_std(self.cfg.poll_overlap()).unwrap_or_default();
+            let fresh = self
+                .gitlab
+                .notes_since(project, iid, Some(since - overlap))
+                .await?;
+            let mut by_id: std::collections::BTreeMap<u64, crate::gitlab::TimedNote> =
+                cached.notes.into_iter().map(|n| (n.note.id, n)).collect();
+            for n in fresh.notes {
+                let newer = by_id
+                    .get(&n.note.id)
+                    .is_none_or(|old| old.updated_at <= n.updated_at);
+                if newer {
+                    by_id.insert(n.note.id, n);
+                }
+            }
+            let merged = crate::gitlab::NoteRead {
+                notes: by_id.into_values().collect(),
+                read_at: fresh.read_at,
+            };
+            let comments = merged.notes.iter().filter(|n| !n.note.system).count() as u64;
+            if comments == count {
+                return Ok(self.keep_notes(project, iid, merged, true));
+            }
+            tracing::info!(
+                iid,
+                cached = comments,
+                gitlab = count,
+                "the cached notes do not add up to GitLab's count (one was deleted); reading them all"
+            );
+        }
+        let all = self.gitlab.notes_since(project, iid, None).await?;
+        let comments = all.notes.iter().filter(|n| !n.note.system).count() as u64;
+        // Kept only when it adds up: else the next look reads them all again.
+        let complete = issue.user_notes_count == Some(comments);
+        Ok(self.keep_notes(project, iid, all, complete))
+    }
+
+    /// Cache (or forget) the notes read; return them oldest first.
+    fn keep_notes(
+        &self,
+        project: &str,
+        iid: u64,
+        mut notes: crate::gitlab::NoteRead,
+        complete: bool,
+    ) -> Vec<request::Note> {
+        notes.notes.sort_by_key(|n| (n.note.created_at, n.note.id));
+        if !self.dry_run {
+            let r = if complete {
+                self.store.cache_notes(project, iid, &notes)
+            } else {
+                self.store.forget_notes(project, iid)
+            };
+            if let Err(e) = r {
+                tracing::warn!(iid, error = %e, "cannot cache the notes; the next look reads them all");
+            }
+        }
+        notes.notes.into_iter().map(|n| n.note).collect()
     }
 
     /// The bot's verified records on an issue. Notes by the bot's account that
@@ -372,8 +471,16 @@ impl Bot {
         }
     }
 
-    async fn process_inner(&self, project: &str, iid: u64) -> Result<Outcome, ProcessError> {
-        let issue = self.gitlab.issue(project, iid).await?;
+    async fn process_inner(
+        &self,
+        project: &str,
+        iid: u64,
+        listed: Option<ApiIssue>,
+    ) -> Result<Outcome, ProcessError> {
+        let issue = match listed {
+            Some(i) if i.iid == iid => i,
+            _ => self.gitlab.issue(project, iid).await?,
+        };
         if issue.state != "opened" {
             return Ok(Outcome::Ignored);
         }
@@ -397,7 +504,7 @@ impl Bot {
         input.author_name = author.name.clone();
         let facts = IssueFacts {
             issue: input,
-            notes: self.gitlab.notes(project, iid).await?,
+            notes: self.read_notes(project, &issue).await?,
             label_events: self.gitlab.label_events(project, iid).await?,
         };
         let mut history = self.history(project, &facts).await;
