@@ -372,6 +372,34 @@ impl Bot {
         Ok(self.keep_notes(project, iid, all, complete))
     }
 
+    /// Whether deciding on this request reads the label events (who applied
+    /// which label): for the trust in a trusted kind, for any approval it
+    /// needs, and for the People team's answer to a verification e-mail. A
+    /// request that needs none of them (verified self-service) is decided
+    /// without them, as `approval::decide` would: it computes the same
+    /// requirements, with no trust to lose when the kind has no trusted authors.
+    fn needs_label_events(&self, req: &Request, requester: &Requester) -> bool {
+        if !self.cfg.policy_for(req.kind).trusted_authors.is_empty() {
+            return true;
+        }
+        let verification_mail = self
+            .mailer
+            .as_ref()
+            .is_some_and(|m| !m.people_team.is_empty())
+            && self
+                .cfg
+                .approvals
+                .values()
+                .any(|r| r.denied_label.is_some());
+        if verification_mail {
+            return true;
+        }
+        let ss = crate::policy::self_service(req, requester, &self.cfg);
+        !crate::policy::requirements(req, &self.cfg, ss, crate::policy::Trust::NotApplicable)
+            .required
+            .is_empty()
+    }
+
     /// Cache (or forget) the notes read; return them oldest first.
     fn keep_notes(
         &self,
@@ -502,10 +530,11 @@ impl Bot {
         let mut input = issue.to_input();
         input.author_email = author.email.clone();
         input.author_name = author.name.clone();
-        let facts = IssueFacts {
+        let mut facts = IssueFacts {
             issue: input,
             notes: self.read_notes(project, &issue).await?,
-            label_events: self.gitlab.label_events(project, iid).await?,
+            // Read below, once the request says whether anything needs them.
+            label_events: Vec::new(),
         };
         let mut history = self.history(project, &facts).await;
         let labels = &self.cfg.bot.state_labels;
@@ -537,13 +566,17 @@ impl Bot {
                 return Ok(Outcome::Refused);
             }
         };
-        let mut names = Directory::wanted(&req, &self.cfg);
-        names.insert(issue.author.username.clone());
-        let dir = self.directory(names, &req).await?;
         let requester = Requester {
             username: issue.author.username.clone(),
             email: author.email.as_deref().and_then(|e| Email::parse(e).ok()),
         };
+        if self.needs_label_events(&req, &requester) {
+            facts.label_events = self.gitlab.label_events(project, iid).await?;
+        }
+        let facts = facts;
+        let mut names = Directory::wanted(&req, &self.cfg);
+        names.insert(issue.author.username.clone());
+        let dir = self.directory(names, &req).await?;
         // A verification request on the issue whose e-mail no note reports
         // (a crash, a refusal): finish it first, whatever the decision is now.
         if !self.dry_run

@@ -193,8 +193,26 @@ impl Bot {
             }
         }
         edit.close = wb.close && fresh.state == "opened";
+        // Someone else's change between the read above and the edit: the
+        // edit's answer shows it (labels are added and removed relative to
+        // what is there), and the bot's edit must not count it as seen.
+        let mut raced = false;
         let last = if edit != IssueEdit::default() {
             let after = self.gitlab.edit_issue(project, issue.iid, &edit).await?;
+            let mut expected: Vec<&String> = fresh
+                .labels
+                .iter()
+                .filter(|l| !edit.remove_labels.contains(l))
+                .chain(edit.add_labels.iter().filter(|l| !fresh.labels.contains(l)))
+                .collect();
+            let mut got: Vec<&String> = after.labels.iter().collect();
+            expected.sort();
+            expected.dedup();
+            got.sort();
+            got.dedup();
+            raced = got != expected
+                || after.title != fresh.title
+                || (edit.description.is_none() && after.description != fresh.description);
             if let (Some(ts), Some(_)) = (&after.task_completion_status, &edit.description) {
                 let ours = checklist::completion(&checklist::parse(
                     after.description.as_deref().unwrap_or(""),
@@ -223,7 +241,8 @@ impl Bot {
         let mut now_labels = fresh.labels.clone();
         before_labels.sort();
         now_labels.sort();
-        let changed_meanwhile = fresh.title != issue.title
+        let changed_meanwhile = raced
+            || fresh.title != issue.title
             || fresh.description != issue.description
             || fresh.state != issue.state
             || now_labels != before_labels;
