@@ -218,3 +218,160 @@ async fn a_plan_edited_after_it_was_read_stops_counting() {
         "{comments:#?}"
     );
 }
+
+const ISSUES: &str = "/api/v4/projects/support%2Faccess-requests/issues";
+
+#[tokio::test]
+async fn a_listing_that_changes_between_its_pages_keeps_the_cursor() {
+    use access_bot::sandbox::faults::Failure;
+    let (sb, bot) = start().await;
+    {
+        let mut w = sb.gitlab.lock();
+        let author = w.user_by_name("jdoe").unwrap().id;
+        for i in 0..150 {
+            w.create_issue(
+                PROJECT,
+                author,
+                &format!("Unrelated {i}"),
+                "x",
+                &["support::to do".to_string()],
+                false,
+            );
+        }
+    }
+    // The first page is answered late; meanwhile an issue is closed, so the
+    // second page starts one issue further on than the first page ended.
+    sb.gitlab_knobs.fail_next(
+        &format!("GET {ISSUES}"),
+        1,
+        Failure::Delay(std::time::Duration::from_millis(400)),
+    );
+    let closer = {
+        let gitlab = sb.gitlab.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            let mut w = gitlab.lock();
+            let author = w.user_by_name("jdoe").unwrap().id;
+            w.set_state(PROJECT, 150, author, true);
+        })
+    };
+    bot.cycle().await;
+    closer.await.unwrap();
+    assert_eq!(
+        bot.store.cursor(PROJECT).unwrap(),
+        None,
+        "the cursor moved past a listing that may have skipped an issue"
+    );
+    // An undisturbed listing moves it.
+    bot.cycle().await;
+    assert!(bot.store.cursor(PROJECT).unwrap().is_some());
+}
+
+#[tokio::test]
+async fn approvals_landing_between_the_bots_read_and_its_edit_are_looked_at() {
+    use access_bot::sandbox::faults::Failure;
+    let (sb, bot) = start().await;
+    let iid = file(&sb, "special request").await;
+    // The look that posts the plan reads the issue right before its edit;
+    // that answer is late, and the approvals land while it travels.
+    // (Its notes and label events come first on the same route prefix.)
+    sb.gitlab_knobs.fail_after(
+        &format!("GET {ISSUES}/{iid}"),
+        2,
+        1,
+        Failure::Delay(std::time::Duration::from_millis(600)),
+    );
+    let approvers = {
+        let sb_gitlab = sb.gitlab.clone();
+        tokio::spawn(async move {
+            // Once the plan is on the issue.
+            for _ in 0..200 {
+                let planned = sb_gitlab
+                    .lock()
+                    .issue(PROJECT, iid)
+                    .is_some_and(|i| i.notes.iter().any(|n| n.body.contains("access-bot plan")));
+                if planned {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let mut w = sb_gitlab.lock();
+            let mlee = w.user_by_name("mlee").unwrap().id;
+            let lyle = w.user_by_name("lyle").unwrap().id;
+            w.change_labels(PROJECT, iid, mlee, &[MANAGER.to_string()], &[]);
+            w.change_labels(PROJECT, iid, lyle, &[OWNER.to_string()], &[]);
+        })
+    };
+    bot.cycle().await;
+    approvers.await.unwrap();
+    run_until_quiet(&bot, 4).await;
+    let comments = sb.bot_comments(iid);
+    assert!(
+        comments.iter().any(|c| c.body.contains("access-bot: done")),
+        "{comments:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_self_service_light_agent_reads_no_label_events_and_the_listed_issue_once() {
+    let (sb, bot) = start().await;
+    let iid = file(&sb, "light agent, Zendesk Global").await;
+    sb.clear_logs();
+    run_until_quiet(&bot, 4).await;
+    assert!(
+        sb.bot_comments(iid)
+            .iter()
+            .any(|c| c.body.contains("access-bot: done")),
+        "{:#?}",
+        sb.bot_comments(iid)
+    );
+    let events = "/api/v4/projects/:project/issues/:id/resource_label_events";
+    assert_eq!(
+        sb.gitlab_knobs.count("GET", events),
+        0,
+        "{:?}",
+        sb.gitlab_knobs.counts()
+    );
+    // The issue as listed decides; it is read again right before acting
+    // (time of check) and right before each of the bot's edits.
+    let reads = sb
+        .gitlab_knobs
+        .count("GET", "/api/v4/projects/:project/issues/:id");
+    let edits = sb
+        .gitlab_knobs
+        .count("PUT", "/api/v4/projects/:project/issues/:id");
+    assert_eq!(reads, edits + 1, "{:?}", sb.gitlab_knobs.counts());
+}
+
+#[tokio::test]
+async fn the_fake_refuses_what_gitlab_refuses_in_listings() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let iid = file(&sb, "special request").await;
+    let client = reqwest::Client::new();
+    let token = sb.token_of("access-bot");
+    let base = sb.config.gitlab.url.trim_end_matches('/').to_string();
+    for (path, query, status) in [
+        (
+            format!("{ISSUES}/{iid}/notes"),
+            "order_by=updated_at&sort=desc",
+            200,
+        ),
+        (format!("{ISSUES}/{iid}/notes"), "order_by=id", 400),
+        (format!("{ISSUES}/{iid}/notes"), "sort=up", 400),
+        (ISSUES.to_string(), "order_by=updated_at&sort=desc", 200),
+        (ISSUES.to_string(), "sort=descending", 400),
+    ] {
+        let r = client
+            .get(format!("{base}{path}?{query}"))
+            .header("PRIVATE-TOKEN", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}?{query}");
+        if status == 200 {
+            assert!(r.headers().contains_key("date"));
+            assert!(r.headers().contains_key("x-total"));
+        }
+    }
+}

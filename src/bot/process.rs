@@ -378,20 +378,18 @@ impl Bot {
     /// request that needs none of them (verified self-service) is decided
     /// without them, as `approval::decide` would: it computes the same
     /// requirements, with no trust to lose when the kind has no trusted authors.
-    fn needs_label_events(&self, req: &Request, requester: &Requester) -> bool {
+    fn needs_label_events(&self, req: &Request, requester: &Requester, history: &History) -> bool {
         if !self.cfg.policy_for(req.kind).trusted_authors.is_empty() {
             return true;
         }
-        let verification_mail = self
-            .mailer
-            .as_ref()
-            .is_some_and(|m| !m.people_team.is_empty())
-            && self
-                .cfg
-                .approvals
-                .values()
-                .any(|r| r.denied_label.is_some());
-        if verification_mail {
+        // The People team's e-mail looks for their answer once the bot has
+        // asked on the issue (`verification_email`).
+        let asked = req.subjects.first().is_some_and(|s| {
+            history
+                .keys()
+                .contains(&crate::marker::clean(&verification_key(&s.email)))
+        });
+        if asked && self.to_verify_configured() {
             return true;
         }
         let ss = crate::policy::self_service(req, requester, &self.cfg);
@@ -570,7 +568,7 @@ impl Bot {
             username: issue.author.username.clone(),
             email: author.email.as_deref().and_then(|e| Email::parse(e).ok()),
         };
-        if self.needs_label_events(&req, &requester) {
+        if self.needs_label_events(&req, &requester, &history) {
             facts.label_events = self.gitlab.label_events(project, iid).await?;
         }
         let facts = facts;
@@ -1122,6 +1120,18 @@ impl Bot {
             Some(n) => format!("{n} ({})", subject.email),
             None => subject.email.to_string(),
         })
+    }
+
+    /// Whether the People team's e-mail is configured for a verification.
+    fn to_verify_configured(&self) -> bool {
+        self.mailer
+            .as_ref()
+            .is_some_and(|m| !m.people_team.is_empty())
+            && self
+                .cfg
+                .approvals
+                .values()
+                .any(|r| r.denied_label.is_some())
     }
 
     /// Whom to e-mail the People team about, when e-mail is configured and
