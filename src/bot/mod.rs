@@ -121,6 +121,10 @@ pub struct Bot {
     last_mr_check: Mutex<Option<std::time::Instant>>,
     /// Which replica acts on which project (one writer across hosts).
     pub lease: lease::ReplicaLease,
+    /// The issue as the bot's own last edit left it, during a look (cleared
+    /// when the look starts): a later write-back in the same look tells the
+    /// bot's changes from someone else's.
+    own_edits: std::sync::Mutex<HashMap<(String, u64), ApiIssue>>,
 }
 
 /// How long a replica's hold on a project lasts: several poll intervals, so
@@ -281,6 +285,7 @@ impl Bot {
             mailer,
             notifier,
             last_mr_check: Mutex::new(None),
+            own_edits: Default::default(),
         };
         Ok(bot)
     }
@@ -325,7 +330,26 @@ impl Bot {
             mailer: None,
             notifier: crate::notify::Notifier::none(),
             last_mr_check: Mutex::new(None),
+            own_edits: Default::default(),
         })
+    }
+
+    fn own_edits(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), ApiIssue>> {
+        self.own_edits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The issue after the bot's own last edit in the current look.
+    pub(crate) fn own_edit(&self, project: &str, iid: u64) -> Option<ApiIssue> {
+        self.own_edits().get(&(project.to_string(), iid)).cloned()
+    }
+
+    pub(crate) fn remember_own_edit(&self, project: &str, issue: ApiIssue) {
+        self.own_edits()
+            .insert((project.to_string(), issue.iid), issue);
+    }
+
+    pub(crate) fn forget_own_edit(&self, project: &str, iid: u64) {
+        self.own_edits().remove(&(project.to_string(), iid));
     }
 
     /// A GitLab user by username, cached; `None` when failing to look them up.

@@ -203,6 +203,7 @@ impl Bot {
                 return Outcome::Failed(e.to_string());
             }
         }
+        self.forget_own_edit(project, iid);
         // Every line logged while working on the issue carries its iid (connectors included).
         let span = tracing::info_span!("issue", iid, project);
         let work = tracing::Instrument::instrument(self.process_inner(project, iid, listed), span);
@@ -244,6 +245,7 @@ impl Bot {
                 tracing::error!(iid, error = %e, "cannot release the issue's lease");
             }
         }
+        self.forget_own_edit(project, iid);
         tracing::info!(iid, outcome = ?outcome, "processed");
         outcome
     }
