@@ -313,7 +313,8 @@ async fn bench_subjects(md: &mut String) {
                 let user = format!("person{i}");
                 let email = format!("person.{i}@gitlab.com");
                 w.add_user(&user, &format!("Person {i}"), &email);
-                g.users.insert(email.clone());
+                // In the company directory, with the manager the row names.
+                g.add_person(&email, Some("mlee@gitlab.com"));
                 let _ = writeln!(rows, "| Person {i} | {email} | @{user} | @mlee |");
             }
         }
