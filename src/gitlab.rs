@@ -98,6 +98,10 @@ pub struct ApiIssue {
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub task_completion_status: Option<TaskStatus>,
+    /// Comments (not system notes) GitLab counts on the issue: tells a cached
+    /// copy of the notes that lost one (deleted) from one that is complete.
+    #[serde(default)]
+    pub user_notes_count: Option<u64>,
 }
 
 impl ApiIssue {
@@ -127,8 +131,54 @@ struct ApiNote {
     body: String,
     author: ApiUser,
     created_at: DateTime<Utc>,
+    /// Moves with every edit (GitLab has it on every note; the creation time stands in otherwise).
+    #[serde(default)]
+    updated_at: Option<DateTime<Utc>>,
     #[serde(default)]
     system: bool,
+}
+
+impl ApiNote {
+    fn into_timed(self) -> TimedNote {
+        TimedNote {
+            updated_at: self.updated_at.unwrap_or(self.created_at),
+            note: Note {
+                id: self.id,
+                author: self.author.to_ref(),
+                body: self.body,
+                created_at: self.created_at,
+                system: self.system,
+            },
+        }
+    }
+}
+
+/// A note with the time of its last edit, which an incremental read follows.
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct TimedNote {
+    pub note: Note,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Notes as read at a time: a cache that the next read completes.
+#[derive(Debug, Clone, Default, serde::Serialize, Deserialize)]
+pub struct NoteRead {
+    pub notes: Vec<TimedNote>,
+    /// GitLab's clock when it answered the first page (its `Date` header).
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+/// Open issues changed since a time, and what GitLab said about the listing.
+#[derive(Debug, Clone, Default)]
+pub struct ChangedIssues {
+    pub page: IssuePage,
+    /// GitLab's own clock when it answered the first page (its `Date`
+    /// header): the next listing starts from there, whatever the bot's clock says.
+    pub listed_at: Option<DateTime<Utc>>,
+    /// The number of matching issues changed between pages: one may have
+    /// slipped past the pagination, so the listing proves nothing about what
+    /// it did not show.
+    pub shifted: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +282,15 @@ pub trait GitlabApi: Send + Sync {
         label: Option<&'a str>,
         since: Option<DateTime<Utc>>,
     ) -> Result<IssuePage, GitlabError>;
+    /// Open issues updated at or after `since` (every open issue without it),
+    /// newest change first, with GitLab's time of the listing. Newest first so
+    /// that an issue changing during the listing moves to pages already read
+    /// (seen twice, or next time) and never pushes an unread one out of reach.
+    async fn changed_issues(
+        &self,
+        project: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<ChangedIssues, GitlabError>;
     /// Every issue with a label, open or closed.
     async fn labelled_issues(&self, project: &str, label: &str) -> Result<IssuePage, GitlabError>;
     /// A project label by exact name, with its description.
@@ -255,6 +314,15 @@ pub trait GitlabApi: Send + Sync {
     ) -> Result<ProjectLabel, GitlabError>;
     async fn issue(&self, project: &str, iid: u64) -> Result<ApiIssue, GitlabError>;
     async fn notes(&self, project: &str, iid: u64) -> Result<Vec<Note>, GitlabError>;
+    /// Notes with their edit times: every note edited or added at or after
+    /// `since` (most recently edited first, stopping at the first page that
+    /// reaches past it), or all of them without it (oldest first).
+    async fn notes_since(
+        &self,
+        project: &str,
+        iid: u64,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<NoteRead, GitlabError>;
     async fn label_events(&self, project: &str, iid: u64) -> Result<Vec<LabelEvent>, GitlabError>;
     /// Post a note; returns it as created (its id and time identify the bot's record).
     async fn create_note(&self, project: &str, iid: u64, body: &str) -> Result<Note, GitlabError>;
@@ -346,6 +414,72 @@ pub enum TransportError {
     /// The request could not be built (a bug, or a token that is no header value): never retried.
     #[error("building the request: {0}")]
     Request(String),
+    /// An answer other than 2xx to a request the bot pages itself.
+    #[error("{status}: {message}")]
+    Status { status: u16, message: String },
+}
+
+/// One page of a listing the bot pages itself (it needs the headers the
+/// crate's pagination drops), as GitLab answered it.
+struct RawPage {
+    values: Vec<serde_json::Value>,
+    /// `x-next-page`: empty (or absent) on the last page.
+    next: Option<u64>,
+    /// `x-total`: GitLab leaves it out above 10,000 matches.
+    total: Option<u64>,
+    /// `Date`: GitLab's clock (whole seconds, rounded down).
+    date: Option<DateTime<Utc>>,
+}
+
+/// Items per page: the most GitLab gives.
+const PER_PAGE: &str = "100";
+
+impl Transport {
+    /// `GET` one page of `path` (under `api/v4/`) with these parameters.
+    async fn page(&self, path: &str, query: &[(&str, String)]) -> Result<RawPage, CrateError> {
+        let bad = |e: String| api::ApiError::client(TransportError::Request(e));
+        let mut url = self.rest.join(path).map_err(|e| bad(e.to_string()))?;
+        url.query_pairs_mut()
+            .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        let request = ::http::Request::builder()
+            .method(::http::Method::GET)
+            .uri(url.as_str());
+        let r = api::AsyncClient::rest_async(self, request, Vec::new()).await?;
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        if !r.status().is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(r.body())
+                .ok()
+                .and_then(|v| {
+                    v.get("message")
+                        .or_else(|| v.get("error"))
+                        .map(|m| m.to_string())
+                })
+                .unwrap_or_default();
+            return Err(api::ApiError::client(TransportError::Status {
+                status: r.status().as_u16(),
+                message,
+            }));
+        }
+        let values: Vec<serde_json::Value> =
+            serde_json::from_slice(r.body()).map_err(|e| api::ApiError::DataType {
+                source: e,
+                typename: "a JSON array",
+            })?;
+        Ok(RawPage {
+            values,
+            next: header("x-next-page").and_then(|v| v.parse().ok()),
+            total: header("x-total").and_then(|v| v.parse().ok()),
+            date: header("date")
+                .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
+                .map(|d| d.with_timezone(&Utc)),
+        })
+    }
 }
 
 /// The HTTP client the `gitlab` crate's endpoints run on.
@@ -610,6 +744,9 @@ fn classify(what: &str, err: CrateError) -> Failed {
         api::ApiError::Client {
             source: TransportError::Request(e),
         } => return Failed::Final(GitlabError::Rejected(e.clone())),
+        api::ApiError::Client {
+            source: TransportError::Status { status, .. },
+        } => Some(*status),
         api::ApiError::DataType { source, .. } => {
             return Failed::Final(GitlabError::Unreadable {
                 what: what.into(),
@@ -747,6 +884,50 @@ impl GitlabApi for GitlabClient {
         Ok(IssuePage::from_values(values))
     }
 
+    async fn changed_issues(
+        &self,
+        project: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<ChangedIssues, GitlabError> {
+        let path = format!("projects/{}/issues", api::common::NameOrId::from(project));
+        let mut query = vec![
+            ("state", "opened".to_string()),
+            ("order_by", "updated_at".to_string()),
+            ("sort", "desc".to_string()),
+            ("per_page", PER_PAGE.to_string()),
+        ];
+        if let Some(t) = since {
+            // Whole seconds, rounded down: the window only grows.
+            query.push((
+                "updated_after",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ));
+        }
+        let mut out = ChangedIssues::default();
+        let mut values = Vec::new();
+        let mut total = None;
+        let mut page = 1u64;
+        loop {
+            let mut q = query.clone();
+            q.push(("page", page.to_string()));
+            let p = self.retry("issues", || self.client.page(&path, &q)).await?;
+            if page == 1 {
+                out.listed_at = p.date;
+                total = p.total;
+            } else if p.total != total {
+                out.shifted = true;
+            }
+            let last = p.values.is_empty();
+            values.extend(p.values);
+            match p.next {
+                Some(n) if n > page && !last => page = n,
+                _ => break,
+            }
+        }
+        out.page = IssuePage::from_values(values);
+        Ok(out)
+    }
+
     async fn labelled_issues(&self, project: &str, label: &str) -> Result<IssuePage, GitlabError> {
         let mut b = api::issues::ProjectIssues::builder();
         b.project(project).label(label);
@@ -862,6 +1043,55 @@ impl GitlabApi for GitlabClient {
                 system: n.system,
             })
             .collect())
+    }
+
+    async fn notes_since(
+        &self,
+        project: &str,
+        iid: u64,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<NoteRead, GitlabError> {
+        let path = format!(
+            "projects/{}/issues/{iid}/notes",
+            api::common::NameOrId::from(project)
+        );
+        // All of them oldest first, as the full read always did; or the
+        // latest edits first, so that the pages stop where `since` is reached.
+        let (order_by, sort) = match since {
+            None => ("created_at", "asc"),
+            Some(_) => ("updated_at", "desc"),
+        };
+        let query = [
+            ("order_by", order_by.to_string()),
+            ("sort", sort.to_string()),
+            ("per_page", PER_PAGE.to_string()),
+        ];
+        let mut out = NoteRead::default();
+        let mut page = 1u64;
+        loop {
+            let mut q = query.to_vec();
+            q.push(("page", page.to_string()));
+            let p = self.retry("notes", || self.client.page(&path, &q)).await?;
+            if page == 1 {
+                out.read_at = p.date;
+            }
+            let mut reached = false;
+            for v in p.values {
+                let n: ApiNote =
+                    serde_json::from_value(v).map_err(|e| GitlabError::Unreadable {
+                        what: "notes".into(),
+                        detail: e.to_string(),
+                    })?;
+                let n = n.into_timed();
+                reached |= since.is_some_and(|t| n.updated_at < t);
+                out.notes.push(n);
+            }
+            match p.next {
+                Some(n) if n > page && !reached => page = n,
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     async fn label_events(&self, project: &str, iid: u64) -> Result<Vec<LabelEvent>, GitlabError> {

@@ -140,6 +140,12 @@ CREATE TABLE IF NOT EXISTS seen (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (project, iid)
 );
+CREATE TABLE IF NOT EXISTS note_cache (
+    project TEXT NOT NULL,
+    iid INTEGER NOT NULL,
+    notes TEXT NOT NULL,
+    PRIMARY KEY (project, iid)
+);
 CREATE TABLE IF NOT EXISTS retry (
     project TEXT NOT NULL,
     iid INTEGER NOT NULL,
@@ -354,6 +360,48 @@ impl Store {
     pub fn forget_seen(&self, project: &str, iid: u64) -> Result<(), StoreError> {
         self.c().execute(
             "DELETE FROM seen WHERE project = ?1 AND iid = ?2",
+            params![project, iid],
+        )?;
+        Ok(())
+    }
+
+    /// The notes of an issue as last read, with their edit times (a cache:
+    /// `None` when there is none, or it cannot be read; the caller then reads
+    /// them all).
+    pub fn cached_notes(
+        &self,
+        project: &str,
+        iid: u64,
+    ) -> Result<Option<crate::gitlab::NoteRead>, StoreError> {
+        let v: Option<String> = self
+            .c()
+            .query_row(
+                "SELECT notes FROM note_cache WHERE project = ?1 AND iid = ?2",
+                params![project, iid],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    pub fn cache_notes(
+        &self,
+        project: &str,
+        iid: u64,
+        notes: &crate::gitlab::NoteRead,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(notes).unwrap_or_default();
+        self.c().execute(
+            "INSERT INTO note_cache (project, iid, notes) VALUES (?1, ?2, ?3)
+             ON CONFLICT(project, iid) DO UPDATE SET notes = excluded.notes",
+            params![project, iid, text],
+        )?;
+        Ok(())
+    }
+
+    pub fn forget_notes(&self, project: &str, iid: u64) -> Result<(), StoreError> {
+        self.c().execute(
+            "DELETE FROM note_cache WHERE project = ?1 AND iid = ?2",
             params![project, iid],
         )?;
         Ok(())

@@ -739,6 +739,26 @@ async fn gitlab_429_on_every_call_the_bot_makes_is_waited_out() {
     )
     .await;
     assert!(notes.iter().any(|n| n.body == "hello"));
+    // The listings the bot pages itself (for GitLab's headers).
+    let changed = after_429(
+        &sb,
+        &format!("GET {issues}"),
+        gl.changed_issues(PROJECT, None),
+    )
+    .await;
+    assert_eq!(changed.page.issues.len(), 1);
+    assert!(changed.listed_at.is_some() && !changed.shifted);
+    let since = after_429(
+        &sb,
+        &format!("GET {issues}/{iid}/notes"),
+        gl.notes_since(
+            PROJECT,
+            iid,
+            Some(issue.updated_at - chrono::Duration::hours(1)),
+        ),
+    )
+    .await;
+    assert!(since.notes.iter().any(|n| n.note.body == "hello"));
     let events = after_429(
         &sb,
         &format!("GET {issues}/{iid}/resource_label_events"),

@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::config::Config;
-use crate::gitlab::{ApiUser, GitlabApi, GitlabClient};
+use crate::gitlab::{ApiIssue, ApiUser, GitlabApi, GitlabClient};
 use crate::groups::Directories;
 use crate::render::Templates;
 use crate::secret::Secrets;
@@ -122,6 +122,10 @@ pub struct Bot {
     last_mr_check: Mutex<Option<std::time::Instant>>,
     /// Which replica acts on which project (one writer across hosts).
     pub lease: lease::ReplicaLease,
+    /// The issue as the bot's own last edit left it, during a look (cleared
+    /// when the look starts): a later write-back in the same look tells the
+    /// bot's changes from someone else's.
+    own_edits: std::sync::Mutex<HashMap<(String, u64), ApiIssue>>,
 }
 
 /// How long a replica's hold on a project lasts: several poll intervals, so
@@ -279,6 +283,7 @@ impl Bot {
             mailer,
             notifier,
             last_mr_check: Mutex::new(None),
+            own_edits: Default::default(),
         };
         Ok(bot)
     }
@@ -323,7 +328,26 @@ impl Bot {
             mailer: None,
             notifier: crate::notify::Notifier::none(),
             last_mr_check: Mutex::new(None),
+            own_edits: Default::default(),
         })
+    }
+
+    fn own_edits(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), ApiIssue>> {
+        self.own_edits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The issue after the bot's own last edit in the current look.
+    pub(crate) fn own_edit(&self, project: &str, iid: u64) -> Option<ApiIssue> {
+        self.own_edits().get(&(project.to_string(), iid)).cloned()
+    }
+
+    pub(crate) fn remember_own_edit(&self, project: &str, issue: ApiIssue) {
+        self.own_edits()
+            .insert((project.to_string(), issue.iid), issue);
+    }
+
+    pub(crate) fn forget_own_edit(&self, project: &str, iid: u64) {
+        self.own_edits().remove(&(project.to_string(), iid));
     }
 
     /// A GitLab user by username, cached; `None` when failing to look them up.
@@ -485,9 +509,9 @@ impl Bot {
                 Ok((iids, newest)) => {
                     use futures_util::StreamExt;
                     let results: Vec<(u64, Outcome)> = futures_util::stream::iter(iids)
-                        .map(|iid| {
+                        .map(|(iid, listed)| {
                             let project = project.clone();
-                            async move { (iid, self.process(&project, iid).await) }
+                            async move { (iid, self.process_listed(&project, iid, listed).await) }
                         })
                         .buffer_unordered(self.cfg.bot.concurrency.max(1))
                         .collect()
@@ -534,50 +558,79 @@ impl Bot {
         report
     }
 
-    /// Issues to look at: changed since the cursor, not yet
-    /// seen at this `updated_at`, that are requests by what they ask for (or a
-    /// rule's label, or a seat review); plus the retry list.
+    /// Issues to look at: changed since the cursor, not yet seen at this
+    /// `updated_at`, that are requests by what they ask for (or a rule's
+    /// label, or a seat review), with the issue as listed; plus the retry list
+    /// (no listed issue). And where the next listing starts.
     async fn candidates(
         &self,
         project: &str,
-    ) -> Result<(Vec<u64>, Option<DateTime<Utc>>), crate::gitlab::GitlabError> {
+    ) -> Result<(Vec<(u64, Option<ApiIssue>)>, Option<DateTime<Utc>>), crate::gitlab::GitlabError>
+    {
         let seat_label = self.cfg.seat_audit.as_ref().map(|s| s.label.clone());
         let cursor = self.store.cursor(project).ok().flatten();
         let overlap = chrono::Duration::from_std(self.cfg.poll_overlap()).unwrap_or_default();
-        // The next listing starts where this one started, minus the overlap (applied
-        // once, here): it absorbs clock skew with GitLab and changes that were not
-        // yet visible. When nothing changes for longer than the overlap, a poll is
-        // one request per project, however many issues exist. The first run reads
-        // every open issue once.
-        let started = Utc::now();
-        let page = self.gitlab.list_issues(project, None, cursor).await?;
+        let listing = self.gitlab.changed_issues(project, cursor).await?;
+        // The next listing starts at GitLab's time of this one (its clock,
+        // not the bot's: no skew), minus the overlap, applied once here: it
+        // covers changes GitLab had not made visible yet when it answered.
+        // An issue changed during the listing is changed after that time, so
+        // the next one shows it. When nothing changes for longer than the
+        // overlap, a poll is one request per project however many issues
+        // exist. Without GitLab's `Date`, the newest change it showed stands
+        // in; a listing whose total moved between pages (an issue may have
+        // slipped between them) does not move the cursor.
+        let next = if listing.shifted {
+            tracing::info!(
+                project,
+                "the listing changed while it was paged; the next one starts from the same cursor"
+            );
+            None
+        } else {
+            listing
+                .listed_at
+                .or_else(|| listing.page.issues.iter().map(|i| i.updated_at).max())
+                .map(|t| t - overlap)
+        };
+        let page = listing.page;
         // An issue whose JSON cannot be read fails alone: it is processed like
         // the others (and its failure said on it), never stops the listing.
         let unreadable: Vec<u64> = page.unreadable.iter().filter_map(|u| u.iid).collect();
         for u in &page.unreadable {
             tracing::warn!(project, iid = ?u.iid, error = %u.error, "an issue in the listing cannot be read");
         }
-        let issues = page.issues;
-        let newest = Some(started - overlap);
-        let mut latest: BTreeMap<u64, DateTime<Utc>> = BTreeMap::new();
-        for i in issues.iter().filter(|i| {
+        // The latest version of each (an issue changed during the listing
+        // can be in it twice).
+        let mut latest: BTreeMap<u64, ApiIssue> = BTreeMap::new();
+        for i in page.issues.into_iter().filter(|i| {
             seat_label.as_ref().is_some_and(|l| i.labels.contains(l))
                 || crate::request::is_candidate(&i.to_input(), &self.cfg)
         }) {
-            let e = latest.entry(i.iid).or_insert(i.updated_at);
-            if i.updated_at > *e {
-                *e = i.updated_at;
+            if latest
+                .get(&i.iid)
+                .is_none_or(|seen| seen.updated_at < i.updated_at)
+            {
+                latest.insert(i.iid, i);
             }
         }
-        let mut iids: BTreeSet<u64> = latest
+        let mut out: BTreeMap<u64, Option<ApiIssue>> = latest
             .into_iter()
-            .filter(|(iid, at)| !self.store.seen(project, *iid, *at).unwrap_or(false))
-            .map(|(iid, _)| iid)
+            .filter(|(iid, i)| {
+                !self
+                    .store
+                    .seen(project, *iid, i.updated_at)
+                    .unwrap_or(false)
+            })
+            .map(|(iid, i)| (iid, Some(i)))
             .collect();
-        iids.extend(unreadable);
-        iids.extend(self.store.retries(project).unwrap_or_default());
-        iids.extend(self.stale_candidates(project).await);
-        Ok((iids.into_iter().collect(), newest))
+        let others = unreadable
+            .into_iter()
+            .chain(self.store.retries(project).unwrap_or_default())
+            .chain(self.stale_candidates(project).await);
+        for iid in others {
+            out.entry(iid).or_insert(None);
+        }
+        Ok((out.into_iter().collect(), next))
     }
 
     /// Once an hour: waiting issues old enough for a reminder or closing. They do

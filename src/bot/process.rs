@@ -148,6 +148,18 @@ impl Bot {
     /// recorded before any work starts: a bot killed mid-way leaves it there,
     /// so the next run looks at it again whatever the poll cursor says.
     pub async fn process(&self, project: &str, iid: u64) -> Outcome {
+        self.process_listed(project, iid, None).await
+    }
+
+    /// As `process`, with the issue as the poll's listing just returned it
+    /// (no need to read it again to decide: every write is preceded by a
+    /// fresh read, right before acting and right before editing the issue).
+    pub async fn process_listed(
+        &self,
+        project: &str,
+        iid: u64,
+        listed: Option<ApiIssue>,
+    ) -> Outcome {
         // One task per issue in this process; the other finds it busy and leaves
         // it on the retry list, as it would another runner's.
         let Some(_mine) = InFlight::enter(&self.in_flight, project, iid) else {
@@ -191,9 +203,10 @@ impl Bot {
                 return Outcome::Failed(e.to_string());
             }
         }
+        self.forget_own_edit(project, iid);
         // Every line logged while working on the issue carries its iid (connectors included).
         let span = tracing::info_span!("issue", iid, project);
-        let work = tracing::Instrument::instrument(self.process_inner(project, iid), span);
+        let work = tracing::Instrument::instrument(self.process_inner(project, iid, listed), span);
         // Signs of life while it works, so that a long step keeps the lease
         // and a dead holder's lease is taken over quickly.
         let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -232,6 +245,7 @@ impl Bot {
                 tracing::error!(iid, error = %e, "cannot release the issue's lease");
             }
         }
+        self.forget_own_edit(project, iid);
         tracing::info!(iid, outcome = ?outcome, "processed");
         outcome
     }
@@ -291,8 +305,121 @@ impl Bot {
         Ok(IssueFacts {
             issue: issue.to_input(),
             label_events: Vec::new(),
-            notes: self.gitlab.notes(project, issue.iid).await?,
+            notes: self.read_notes(project, issue).await?,
         })
+    }
+
+    /// The issue's notes, oldest first, exactly as a full read gives them:
+    /// the cached copy (`store`) with what was edited or added since (a
+    /// note's edit moves its `updated_at`), or a full read when there is no
+    /// copy, or when the copy with the changes does not add up to the
+    /// comments GitLab counts on the issue (one was deleted; or missed).
+    pub(super) async fn read_notes(
+        &self,
+        project: &str,
+        issue: &ApiIssue,
+    ) -> Result<Vec<request::Note>, ProcessError> {
+        let iid = issue.iid;
+        // A dry run writes nothing, the cache included: it reads them all.
+        let cached = if self.dry_run {
+            None
+        } else {
+            self.store.cached_notes(project, iid).unwrap_or_else(|e| {
+                tracing::warn!(iid, error = %e, "cannot read the cached notes; reading them all");
+                None
+            })
+        };
+        // From GitLab's time of the last read (or the newest edit it showed),
+        // minus the overlap: a note whose edit was not yet visible to that
+        // read is read now.
+        let since = cached.as_ref().and_then(|c| {
+            c.read_at
+                .or_else(|| c.notes.iter().map(|n| n.updated_at).max())
+        });
+        if let (Some(cached), Some(since), Some(count)) = (cached, since, issue.user_notes_count) {
+            let overlap = chrono::Duration::from_std(self.cfg.poll_overlap()).unwrap_or_default();
+            let fresh = self
+                .gitlab
+                .notes_since(project, iid, Some(since - overlap))
+                .await?;
+            let mut by_id: std::collections::BTreeMap<u64, crate::gitlab::TimedNote> =
+                cached.notes.into_iter().map(|n| (n.note.id, n)).collect();
+            for n in fresh.notes {
+                let newer = by_id
+                    .get(&n.note.id)
+                    .is_none_or(|old| old.updated_at <= n.updated_at);
+                if newer {
+                    by_id.insert(n.note.id, n);
+                }
+            }
+            let merged = crate::gitlab::NoteRead {
+                notes: by_id.into_values().collect(),
+                read_at: fresh.read_at,
+            };
+            let comments = merged.notes.iter().filter(|n| !n.note.system).count() as u64;
+            if comments == count {
+                return Ok(self.keep_notes(project, iid, merged, true));
+            }
+            tracing::info!(
+                iid,
+                cached = comments,
+                gitlab = count,
+                "the cached notes do not add up to GitLab's count (one was deleted); reading them all"
+            );
+        }
+        let all = self.gitlab.notes_since(project, iid, None).await?;
+        let comments = all.notes.iter().filter(|n| !n.note.system).count() as u64;
+        // Kept only when it adds up: else the next look reads them all again.
+        let complete = issue.user_notes_count == Some(comments);
+        Ok(self.keep_notes(project, iid, all, complete))
+    }
+
+    /// Whether deciding on this request reads the label events (who applied
+    /// which label): for the trust in a trusted kind, for any approval it
+    /// needs, and for the People team's answer to a verification e-mail. A
+    /// request that needs none of them (verified self-service) is decided
+    /// without them, as `approval::decide` would: it computes the same
+    /// requirements, with no trust to lose when the kind has no trusted authors.
+    fn needs_label_events(&self, req: &Request, requester: &Requester, history: &History) -> bool {
+        if !self.cfg.policy_for(req.kind).trusted_authors.is_empty() {
+            return true;
+        }
+        // The People team's e-mail looks for their answer once the bot has
+        // asked on the issue (`verification_email`).
+        let asked = req.subjects.first().is_some_and(|s| {
+            history
+                .keys()
+                .contains(&crate::marker::clean(&verification_key(&s.email)))
+        });
+        if asked && self.to_verify_configured() {
+            return true;
+        }
+        let ss = crate::policy::self_service(req, requester, &self.cfg);
+        !crate::policy::requirements(req, &self.cfg, ss, crate::policy::Trust::NotApplicable)
+            .required
+            .is_empty()
+    }
+
+    /// Cache (or forget) the notes read; return them oldest first.
+    fn keep_notes(
+        &self,
+        project: &str,
+        iid: u64,
+        mut notes: crate::gitlab::NoteRead,
+        complete: bool,
+    ) -> Vec<request::Note> {
+        notes.notes.sort_by_key(|n| (n.note.created_at, n.note.id));
+        if !self.dry_run {
+            let r = if complete {
+                self.store.cache_notes(project, iid, &notes)
+            } else {
+                self.store.forget_notes(project, iid)
+            };
+            if let Err(e) = r {
+                tracing::warn!(iid, error = %e, "cannot cache the notes; the next look reads them all");
+            }
+        }
+        notes.notes.into_iter().map(|n| n.note).collect()
     }
 
     /// The bot's verified records on an issue. Notes by the bot's account that
@@ -372,8 +499,16 @@ impl Bot {
         }
     }
 
-    async fn process_inner(&self, project: &str, iid: u64) -> Result<Outcome, ProcessError> {
-        let issue = self.gitlab.issue(project, iid).await?;
+    async fn process_inner(
+        &self,
+        project: &str,
+        iid: u64,
+        listed: Option<ApiIssue>,
+    ) -> Result<Outcome, ProcessError> {
+        let issue = match listed {
+            Some(i) if i.iid == iid => i,
+            _ => self.gitlab.issue(project, iid).await?,
+        };
         if issue.state != "opened" {
             return Ok(Outcome::Ignored);
         }
@@ -395,10 +530,11 @@ impl Bot {
         let mut input = issue.to_input();
         input.author_email = author.email.clone();
         input.author_name = author.name.clone();
-        let facts = IssueFacts {
+        let mut facts = IssueFacts {
             issue: input,
-            notes: self.gitlab.notes(project, iid).await?,
-            label_events: self.gitlab.label_events(project, iid).await?,
+            notes: self.read_notes(project, &issue).await?,
+            // Read below, once the request says whether anything needs them.
+            label_events: Vec::new(),
         };
         let mut history = self.history(project, &facts).await;
         let labels = &self.cfg.bot.state_labels;
@@ -430,13 +566,17 @@ impl Bot {
                 return Ok(Outcome::Refused);
             }
         };
-        let mut names = Directory::wanted(&req, &self.cfg);
-        names.insert(issue.author.username.clone());
-        let dir = self.directory(names, &req).await?;
         let requester = Requester {
             username: issue.author.username.clone(),
             email: author.email.as_deref().and_then(|e| Email::parse(e).ok()),
         };
+        if self.needs_label_events(&req, &requester, &history) {
+            facts.label_events = self.gitlab.label_events(project, iid).await?;
+        }
+        let facts = facts;
+        let mut names = Directory::wanted(&req, &self.cfg);
+        names.insert(issue.author.username.clone());
+        let dir = self.directory(names, &req).await?;
         // A verification request on the issue whose e-mail no note reports
         // (a crash, a refusal): finish it first, whatever the decision is now.
         if !self.dry_run
@@ -982,6 +1122,18 @@ impl Bot {
             Some(n) => format!("{n} ({})", subject.email),
             None => subject.email.to_string(),
         })
+    }
+
+    /// Whether the People team's e-mail is configured for a verification.
+    fn to_verify_configured(&self) -> bool {
+        self.mailer
+            .as_ref()
+            .is_some_and(|m| !m.people_team.is_empty())
+            && self
+                .cfg
+                .approvals
+                .values()
+                .any(|r| r.denied_label.is_some())
     }
 
     /// Whom to e-mail the People team about, when e-mail is configured and

@@ -199,8 +199,28 @@ impl Bot {
             }
         }
         edit.close = wb.close && fresh.state == "opened";
+        // Someone else's change between the read above and the edit: the
+        // edit's answer shows it (labels are added and removed relative to
+        // what is there), and the bot's edit must not count it as seen.
+        let mut raced = false;
+        let mut after_edit: Option<ApiIssue> = None;
         let last = if edit != IssueEdit::default() {
             let after = self.gitlab.edit_issue(project, issue.iid, &edit).await?;
+            let mut expected: Vec<&String> = fresh
+                .labels
+                .iter()
+                .filter(|l| !edit.remove_labels.contains(l))
+                .chain(edit.add_labels.iter().filter(|l| !fresh.labels.contains(l)))
+                .collect();
+            let mut got: Vec<&String> = after.labels.iter().collect();
+            expected.sort();
+            expected.dedup();
+            got.sort();
+            got.dedup();
+            after_edit = Some(after.clone());
+            raced = got != expected
+                || after.title != fresh.title
+                || (edit.description.is_none() && after.description != fresh.description);
             if let (Some(ts), Some(_)) = (&after.task_completion_status, &edit.description) {
                 let ours = checklist::completion(&checklist::parse(
                     after.description.as_deref().unwrap_or(""),
@@ -225,11 +245,18 @@ impl Bot {
         // issue since the bot read it for this look: a label or an edit that
         // landed meanwhile was not part of the decision, so the next poll
         // must bring the issue back (an extra look, not a missed change).
+        // The issue as the bot last knew it in this look: after its own
+        // earlier edit, if it made one (a plan's label, then the result).
+        let known = self
+            .own_edit(project, issue.iid)
+            .filter(|e| e.updated_at >= issue.updated_at);
+        let issue = known.as_ref().unwrap_or(issue);
         let mut before_labels = issue.labels.clone();
         let mut now_labels = fresh.labels.clone();
         before_labels.sort();
         now_labels.sort();
-        let changed_meanwhile = fresh.title != issue.title
+        let changed_meanwhile = raced
+            || fresh.title != issue.title
             || fresh.description != issue.description
             || fresh.state != issue.state
             || now_labels != before_labels;
@@ -238,6 +265,9 @@ impl Bot {
         } else {
             last
         };
+        if let Some(after) = after_edit.filter(|_| !changed_meanwhile) {
+            self.remember_own_edit(project, after);
+        }
         self.store.mark_seen(project, issue.iid, seen_at)?;
         Ok(record)
     }

@@ -46,6 +46,8 @@ pub struct GlNote {
     pub body: String,
     pub system: bool,
     pub created_at: DateTime<Utc>,
+    /// Moves with every edit of the body.
+    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +184,11 @@ impl GitlabWorld {
         t
     }
 
+    /// The world's time, without taking it for a change (`Date` headers).
+    pub fn clock(&self) -> DateTime<Utc> {
+        (Utc::now() + self.clock_offset).max(self.last_time)
+    }
+
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
@@ -292,8 +299,40 @@ impl GitlabWorld {
             return Err(StatusCode::FORBIDDEN);
         }
         n.body = body.to_string();
+        n.updated_at = now;
         issue.updated_at = now;
         Ok(n.clone())
+    }
+
+    /// Delete a note as `user`: its author, or a maintainer of the project.
+    /// The note is gone from every listing; the issue's `updated_at` moves
+    /// (it may not on GitLab: nothing the bot reads relies on it).
+    pub fn delete_note(
+        &mut self,
+        project: &str,
+        iid: u64,
+        note: u64,
+        user: u64,
+    ) -> Result<(), StatusCode> {
+        let now = self.now();
+        let p = self.project_mut(project).ok_or(StatusCode::NOT_FOUND)?;
+        let maintainer = p.maintainers.contains(&user);
+        let issue = p
+            .issues
+            .iter_mut()
+            .find(|i| i.iid == iid)
+            .ok_or(StatusCode::NOT_FOUND)?;
+        let pos = issue
+            .notes
+            .iter()
+            .position(|n| n.id == note && !n.system)
+            .ok_or(StatusCode::NOT_FOUND)?;
+        if issue.notes[pos].author != user && !maintainer {
+            return Err(StatusCode::FORBIDDEN);
+        }
+        issue.notes.remove(pos);
+        issue.updated_at = now;
+        Ok(())
     }
 
     /// Change the title as `editor`, with GitLab's system note.
@@ -311,6 +350,7 @@ impl GitlabWorld {
                 body: format!("changed title from **{}** to **{}**", i.title, title),
                 system: true,
                 created_at: now,
+                updated_at: now,
             });
             i.title = title.to_string();
             i.updated_at = now;
@@ -470,6 +510,7 @@ impl GitlabWorld {
                 body,
                 system: true,
                 created_at: now,
+                updated_at: now,
             });
         }
         issue.description = Some(text.to_string());
@@ -613,6 +654,7 @@ impl GitlabWorld {
             body: body.to_string(),
             system: false,
             created_at: now,
+            updated_at: now,
         };
         issue.notes.push(note.clone());
         issue.updated_at = now;
@@ -732,6 +774,7 @@ impl GitlabWorld {
             body: format!("assigned to {}", names.join(" ")),
             system: true,
             created_at: now,
+            updated_at: now,
         });
         issue.updated_at = now;
         Some(format!("Assigned {}.", names.join(" ")))
@@ -757,6 +800,7 @@ impl GitlabWorld {
                 body: if close { "closed" } else { "reopened" }.into(),
                 system: true,
                 created_at: now,
+                updated_at: now,
             });
             self.emit(project, iid, "Issue Hook", user);
         }
@@ -908,7 +952,7 @@ pub fn router(server: GitlabServer) -> Router {
         )
         .route(
             "/api/v4/projects/{project}/issues/{iid}/notes/{note}",
-            axum::routing::put(edit_note),
+            axum::routing::put(edit_note).delete(delete_note),
         )
         .route(
             "/api/v4/projects/{project}/issues/{iid}/resource_label_events",
@@ -935,7 +979,57 @@ pub fn router(server: GitlabServer) -> Router {
             get(show_mr),
         )
         .fallback(|| async { err(StatusCode::NOT_FOUND, "404 Not Found") })
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            world_date,
+        ))
         .with_state(server)
+}
+
+/// Every answer's `Date` is the world's clock (whole seconds, as HTTP has
+/// them), so that a shifted clock (`clock_offset`) is GitLab's clock for the
+/// bot too.
+async fn world_date(
+    State(s): State<GitlabServer>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut r = next.run(req).await;
+    let now = s.lock().clock();
+    let date = now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(v) = date.parse() {
+        r.headers_mut().insert(axum::http::header::DATE, v);
+    }
+    r
+}
+
+async fn delete_note(
+    State(s): State<GitlabServer>,
+    headers: HeaderMap,
+    Path((project, iid, note)): Path<(String, u64, u64)>,
+) -> Response {
+    let mut w = s.lock();
+    let user = match auth(&w, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let visible_issue = w
+        .project(&project)
+        .and_then(|p| {
+            p.issues
+                .iter()
+                .find(|i| i.iid == iid)
+                .map(|i| visible(p, i, user))
+        })
+        .unwrap_or(false);
+    if !visible_issue {
+        return err(StatusCode::NOT_FOUND, "404 Issue Not Found");
+    }
+    match w.delete_note(&project, iid, note, user) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(StatusCode::FORBIDDEN) => err(StatusCode::FORBIDDEN, "403 Forbidden"),
+        Err(_) => err(StatusCode::NOT_FOUND, "404 Note Not Found"),
+    }
 }
 
 fn mr_json(w: &GitlabWorld, p: &GlProject, m: &GlMergeRequest) -> Value {
@@ -1263,6 +1357,26 @@ fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
     q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
 }
 
+/// `order_by` of issues and notes: `Some(true)` for `updated_at`, `Some(false)`
+/// for `created_at` (the default), `None` for anything else (GitLab answers 400;
+/// issues have more keys, none of which the bot uses).
+fn order_by(q: &[(String, String)]) -> Option<bool> {
+    match param(q, "order_by") {
+        None | Some("created_at") => Some(false),
+        Some("updated_at") => Some(true),
+        Some(_) => None,
+    }
+}
+
+/// `sort`: `asc` or `desc` (the default); anything else is a 400.
+fn ascending(q: &[(String, String)]) -> Option<bool> {
+    match param(q, "sort") {
+        None | Some("desc") => Some(false),
+        Some("asc") => Some(true),
+        Some(_) => None,
+    }
+}
+
 /// Offset pagination with GitLab's headers (`x-next-page` empty on the last page, totals
 /// dropped above 10,000 records, `Link` with prev/next/first/last).
 fn paginate(items: Vec<Value>, q: &[(String, String)], base: &str) -> Response {
@@ -1374,7 +1488,18 @@ async fn list_issues(
         .filter(|i| updated_after.is_none_or(|t| i.updated_at >= t))
         .filter(|i| created_before.is_none_or(|t| i.created_at <= t))
         .collect();
-    let by_updated = param(&q, "order_by") == Some("updated_at");
+    let Some(by_updated) = order_by(&q) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "400 (Bad request) \"order_by\" does not have a valid value",
+        );
+    };
+    let Some(asc) = ascending(&q) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "400 (Bad request) \"sort\" does not have a valid value",
+        );
+    };
     list.sort_by_key(|i| {
         (
             if by_updated {
@@ -1385,7 +1510,7 @@ async fn list_issues(
             i.id,
         )
     });
-    if param(&q, "sort") != Some("asc") {
+    if !asc {
         list.reverse();
     }
     let items = list.into_iter().map(|i| w.issue_json(p, i)).collect();
@@ -1592,16 +1717,38 @@ async fn list_notes(
     else {
         return err(StatusCode::NOT_FOUND, "404 Issue Not Found");
     };
+    // GitLab's values only (400 otherwise); newest first by default.
+    let Some(by_updated) = order_by(&q) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "400 (Bad request) \"order_by\" does not have a valid value",
+        );
+    };
+    let Some(asc) = ascending(&q) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "400 (Bad request) \"sort\" does not have a valid value",
+        );
+    };
     let mut notes: Vec<&GlNote> = i.notes.iter().collect();
-    notes.sort_by_key(|n| (n.created_at, n.id));
-    if param(&q, "sort") != Some("asc") {
+    notes.sort_by_key(|n| {
+        (
+            if by_updated {
+                n.updated_at
+            } else {
+                n.created_at
+            },
+            n.id,
+        )
+    });
+    if !asc {
         notes.reverse();
     }
     let items = notes
         .into_iter()
         .map(|n| {
             json!({"id": n.id, "body": n.body, "author": w.user_json(n.author),
-                   "created_at": ts(n.created_at), "updated_at": ts(n.created_at),
+                   "created_at": ts(n.created_at), "updated_at": ts(n.updated_at),
                    "system": n.system, "noteable_id": i.id, "noteable_iid": i.iid,
                    "noteable_type": "Issue", "internal": false, "confidential": false, "resolvable": false})
         })
@@ -1661,7 +1808,7 @@ async fn create_note(
             (
                 StatusCode::CREATED,
                 axum::Json(json!({"id": n.id, "body": n.body, "author": w.user_json(n.author),
-                    "created_at": ts(n.created_at), "updated_at": ts(n.created_at), "system": false,
+                    "created_at": ts(n.created_at), "updated_at": ts(n.updated_at), "system": false,
                     "noteable_id": issue_id, "noteable_iid": iid, "noteable_type": "Issue", "internal": false})),
             )
                 .into_response()
@@ -1703,7 +1850,7 @@ async fn edit_note(
     match w.edit_note(&project, iid, note, user, &text) {
         Ok(n) => axum::Json(
             json!({"id": n.id, "body": n.body, "author": w.user_json(n.author),
-            "created_at": ts(n.created_at), "system": false}),
+            "created_at": ts(n.created_at), "updated_at": ts(n.updated_at), "system": false}),
         )
         .into_response(),
         Err(StatusCode::FORBIDDEN) => err(StatusCode::FORBIDDEN, "403 Forbidden"),

@@ -1,0 +1,386 @@
+//! What the bot reads from GitLab, counted in the sandbox's request log: the
+//! idle poll is one request per cycle whatever the clocks say, an update is
+//! never lost to the cursor, and a look at an issue reads only the notes that
+//! changed since the last look (the decision staying what a full read gives).
+
+use access_bot::bot::{Bot, Outcome};
+use access_bot::demo::bodies;
+use access_bot::sandbox::harness::run_until_quiet;
+use access_bot::sandbox::{PROJECT, Ports, Sandbox};
+
+const NOTES: &str = "/api/v4/projects/:project/issues/:id/notes";
+const MANAGER: &str = "AR-Approval::Manager Approved";
+const OWNER: &str = "Zendesk::System Owner Approved";
+
+async fn start() -> (Sandbox, Bot) {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let bot = sb.bot().await.unwrap();
+    (sb, bot)
+}
+
+async fn file(sb: &Sandbox, name: &str) -> u64 {
+    let (_, author, title, labels, body) = bodies()
+        .into_iter()
+        .find(|b| b.0 == name)
+        .expect("demo body");
+    sb.file_issue(author, title, &labels, &body).await.unwrap()
+}
+
+/// Move GitLab's clock (only GitLab's: the bot's stays where it is).
+fn shift_gitlab_clock(sb: &Sandbox, by: chrono::Duration) {
+    let mut w = sb.gitlab.lock();
+    w.clock_offset += by;
+}
+
+fn notes_reads(sb: &Sandbox) -> usize {
+    sb.gitlab_knobs.count("GET", NOTES)
+}
+
+#[tokio::test]
+async fn idle_cycles_are_one_request_each_when_gitlab_runs_ahead_of_the_bot() {
+    let (sb, bot) = start().await;
+    // GitLab's clock 5 s ahead of the bot's (more than the 2 s overlap).
+    shift_gitlab_clock(&sb, chrono::Duration::seconds(5));
+    {
+        let mut w = sb.gitlab.lock();
+        let author = w.user_by_name("jdoe").unwrap().id;
+        for i in 0..1000 {
+            w.create_issue(
+                PROJECT,
+                author,
+                &format!("Unrelated {i}"),
+                "x",
+                &["support::to do".to_string()],
+                false,
+            );
+        }
+    }
+    run_until_quiet(&bot, 3).await;
+    // Time passes on GitLab beyond the overlap: the first poll after that
+    // still covers the window, every later one finds nothing.
+    shift_gitlab_clock(&sb, chrono::Duration::seconds(4));
+    bot.cycle().await;
+    sb.clear_logs();
+    let cycles = 5;
+    for _ in 0..cycles {
+        let r = bot.cycle().await;
+        assert!(r.outcomes.is_empty() && r.errors.is_empty(), "{r:?}");
+    }
+    // One listing per cycle and nothing else (but the replica lease's
+    // renewal, when a slow machine makes it due).
+    let counts = sb.gitlab_knobs.counts();
+    assert_eq!(
+        counts.get("GET /api/v4/projects/:project/issues"),
+        Some(&cycles),
+        "{counts:?}"
+    );
+    assert!(
+        counts
+            .keys()
+            .all(|r| r == "GET /api/v4/projects/:project/issues"
+                || r == "PUT /api/v4/projects/:project/labels/:id"),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_update_right_after_a_listing_is_seen_when_gitlab_runs_behind_the_bot() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    // GitLab's clock 5 s behind the bot's: a cursor from the bot's clock
+    // would start after changes GitLab dates now.
+    shift_gitlab_clock(&sb, chrono::Duration::seconds(-5));
+    let bot = sb.bot().await.unwrap();
+    let iid = file(&sb, "special request").await;
+    run_until_quiet(&bot, 4).await;
+    for round in 0..3 {
+        let r = bot.cycle().await;
+        assert!(r.outcomes.is_empty(), "round {round}: {r:?}");
+        // In the same second as that listing, most likely.
+        sb.comment_as("jdoe", iid, &format!("any news? ({round})"))
+            .await
+            .unwrap();
+        let r = bot.cycle().await;
+        assert!(
+            r.outcomes.iter().any(|(_, i, _)| *i == iid),
+            "round {round}: the comment was not seen: {r:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_look_reads_only_the_notes_changed_since_the_last_and_decides_the_same() {
+    let (sb, bot) = start().await;
+    let iid = file(&sb, "special request").await;
+    run_until_quiet(&bot, 4).await;
+    // 5,000 comments, as a long discussion leaves them.
+    {
+        let mut w = sb.gitlab.lock();
+        let author = w.user_by_name("jdoe").unwrap().id;
+        for i in 0..5000 {
+            w.add_note(PROJECT, iid, author, &format!("comment {i}"));
+        }
+    }
+    // Later comments come after the overlap (2 s in the sandbox).
+    shift_gitlab_clock(&sb, chrono::Duration::seconds(3));
+    // The look that meets them reads them (50 pages of 100, and the overlap).
+    assert_eq!(bot.process(PROJECT, iid).await, Outcome::Waiting);
+    // Every later look: the one page of what changed.
+    for round in 0..3 {
+        sb.comment_as("jdoe", iid, &format!("still waiting ({round})"))
+            .await
+            .unwrap();
+        sb.clear_logs();
+        assert_eq!(bot.process(PROJECT, iid).await, Outcome::Waiting);
+        assert_eq!(
+            notes_reads(&sb),
+            1,
+            "round {round}: {:?}",
+            sb.gitlab_knobs.counts()
+        );
+    }
+    // The database lost: a full read, and the same decision.
+    drop(bot);
+    let fresh = sb.bot().await.unwrap();
+    sb.clear_logs();
+    assert_eq!(fresh.process(PROJECT, iid).await, Outcome::Waiting);
+    assert_eq!(notes_reads(&sb), 51, "{:?}", sb.gitlab_knobs.counts());
+    // Then the approvals, with the notes from the cache: carried out.
+    sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    sb.add_label("lyle", iid, OWNER).await.unwrap();
+    run_until_quiet(&fresh, 4).await;
+    assert!(
+        sb.bot_comments(iid)
+            .iter()
+            .any(|c| c.body.contains("access-bot: done")),
+        "{:#?}",
+        sb.bot_comments(iid)
+    );
+}
+
+#[tokio::test]
+async fn a_plan_deleted_after_it_was_read_stops_counting() {
+    let (sb, bot) = start().await;
+    let iid = file(&sb, "special request").await;
+    run_until_quiet(&bot, 4).await;
+    let plan = sb.bot_comments(iid)[0].clone();
+    assert!(plan.body.contains("access-bot plan"), "{}", plan.body);
+    // A look with the plan in the cache.
+    sb.comment_as("jdoe", iid, "any news?").await.unwrap();
+    assert_eq!(bot.process(PROJECT, iid).await, Outcome::Waiting);
+    // The plan is deleted (by the bot's own account, as a maintainer could),
+    // then approved: no plan, nothing to approve.
+    {
+        let mut w = sb.gitlab.lock();
+        let me = w.user_by_name("access-bot").map(|u| u.id).unwrap();
+        w.delete_note(PROJECT, iid, plan.id, me).unwrap();
+    }
+    sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    sb.add_label("lyle", iid, OWNER).await.unwrap();
+    run_until_quiet(&bot, 4).await;
+    let comments = sb.bot_comments(iid);
+    assert!(
+        !comments.iter().any(|c| c.body.contains("access-bot: done")),
+        "{comments:#?}"
+    );
+    // A new plan instead, which the approvals predate.
+    assert!(
+        comments.iter().any(|c| c.body.contains("access-bot plan")),
+        "{comments:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_plan_edited_after_it_was_read_stops_counting() {
+    let (sb, bot) = start().await;
+    {
+        let mallory = sb.gitlab.lock().user_by_name("mallory").unwrap().id;
+        let mut w = sb.gitlab.lock();
+        let p = w.projects.iter_mut().find(|p| p.path == PROJECT).unwrap();
+        p.maintainers.insert(mallory);
+    }
+    let iid = file(&sb, "special request").await;
+    run_until_quiet(&bot, 4).await;
+    // A look with the plan in the cache.
+    sb.comment_as("jdoe", iid, "any news?").await.unwrap();
+    assert_eq!(bot.process(PROJECT, iid).await, Outcome::Waiting);
+    // The plan rewritten by a maintainer, its sealed marker kept.
+    let plan = sb.bot_comments(iid)[0].clone();
+    let tampered = plan.body.replace("Support Engineer", "Light Agent");
+    assert_ne!(tampered, plan.body);
+    sb.edit_note_as("mallory", iid, plan.id, &tampered)
+        .await
+        .unwrap();
+    sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    sb.add_label("lyle", iid, OWNER).await.unwrap();
+    run_until_quiet(&bot, 4).await;
+    let comments = sb.bot_comments(iid);
+    assert!(
+        !comments.iter().any(|c| c.body.contains("access-bot: done")),
+        "{comments:#?}"
+    );
+    assert_eq!(
+        comments
+            .iter()
+            .filter(|c| c.body.contains("access-bot plan"))
+            .count(),
+        2,
+        "{comments:#?}"
+    );
+}
+
+const ISSUES: &str = "/api/v4/projects/support%2Faccess-requests/issues";
+
+#[tokio::test]
+async fn a_listing_that_changes_between_its_pages_keeps_the_cursor() {
+    use access_bot::sandbox::faults::Failure;
+    let (sb, bot) = start().await;
+    {
+        let mut w = sb.gitlab.lock();
+        let author = w.user_by_name("jdoe").unwrap().id;
+        for i in 0..150 {
+            w.create_issue(
+                PROJECT,
+                author,
+                &format!("Unrelated {i}"),
+                "x",
+                &["support::to do".to_string()],
+                false,
+            );
+        }
+    }
+    // The first page is answered late; meanwhile an issue is closed, so the
+    // second page starts one issue further on than the first page ended.
+    sb.gitlab_knobs.fail_next(
+        &format!("GET {ISSUES}"),
+        1,
+        Failure::Delay(std::time::Duration::from_millis(400)),
+    );
+    let closer = {
+        let gitlab = sb.gitlab.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            let mut w = gitlab.lock();
+            let author = w.user_by_name("jdoe").unwrap().id;
+            w.set_state(PROJECT, 150, author, true);
+        })
+    };
+    bot.cycle().await;
+    closer.await.unwrap();
+    assert_eq!(
+        bot.store.cursor(PROJECT).unwrap(),
+        None,
+        "the cursor moved past a listing that may have skipped an issue"
+    );
+    // An undisturbed listing moves it.
+    bot.cycle().await;
+    assert!(bot.store.cursor(PROJECT).unwrap().is_some());
+}
+
+#[tokio::test]
+async fn approvals_landing_between_the_bots_read_and_its_edit_are_looked_at() {
+    use access_bot::sandbox::faults::Failure;
+    let (sb, bot) = start().await;
+    let iid = file(&sb, "special request").await;
+    // The look that posts the plan reads the issue right before its edit;
+    // that answer is late, and the approvals land while it travels.
+    // (Its notes and label events come first on the same route prefix.)
+    sb.gitlab_knobs.fail_after(
+        &format!("GET {ISSUES}/{iid}"),
+        2,
+        1,
+        Failure::Delay(std::time::Duration::from_millis(600)),
+    );
+    let approvers = {
+        let sb_gitlab = sb.gitlab.clone();
+        tokio::spawn(async move {
+            // Once the plan is on the issue.
+            for _ in 0..200 {
+                let planned = sb_gitlab
+                    .lock()
+                    .issue(PROJECT, iid)
+                    .is_some_and(|i| i.notes.iter().any(|n| n.body.contains("access-bot plan")));
+                if planned {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let mut w = sb_gitlab.lock();
+            let mlee = w.user_by_name("mlee").unwrap().id;
+            let lyle = w.user_by_name("lyle").unwrap().id;
+            w.change_labels(PROJECT, iid, mlee, &[MANAGER.to_string()], &[]);
+            w.change_labels(PROJECT, iid, lyle, &[OWNER.to_string()], &[]);
+        })
+    };
+    bot.cycle().await;
+    approvers.await.unwrap();
+    run_until_quiet(&bot, 4).await;
+    let comments = sb.bot_comments(iid);
+    assert!(
+        comments.iter().any(|c| c.body.contains("access-bot: done")),
+        "{comments:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_self_service_light_agent_reads_no_label_events_and_the_listed_issue_once() {
+    let (sb, bot) = start().await;
+    let iid = file(&sb, "light agent, Zendesk Global").await;
+    sb.clear_logs();
+    run_until_quiet(&bot, 4).await;
+    assert!(
+        sb.bot_comments(iid)
+            .iter()
+            .any(|c| c.body.contains("access-bot: done")),
+        "{:#?}",
+        sb.bot_comments(iid)
+    );
+    let events = "/api/v4/projects/:project/issues/:id/resource_label_events";
+    assert_eq!(
+        sb.gitlab_knobs.count("GET", events),
+        0,
+        "{:?}",
+        sb.gitlab_knobs.counts()
+    );
+    // The issue as listed decides; it is read again right before acting
+    // (time of check) and right before each of the bot's edits.
+    let reads = sb
+        .gitlab_knobs
+        .count("GET", "/api/v4/projects/:project/issues/:id");
+    let edits = sb
+        .gitlab_knobs
+        .count("PUT", "/api/v4/projects/:project/issues/:id");
+    assert_eq!(reads, edits + 1, "{:?}", sb.gitlab_knobs.counts());
+}
+
+#[tokio::test]
+async fn the_fake_refuses_what_gitlab_refuses_in_listings() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let iid = file(&sb, "special request").await;
+    let client = reqwest::Client::new();
+    let token = sb.token_of("access-bot");
+    let base = sb.config.gitlab.url.trim_end_matches('/').to_string();
+    for (path, query, status) in [
+        (
+            format!("{ISSUES}/{iid}/notes"),
+            "order_by=updated_at&sort=desc",
+            200,
+        ),
+        (format!("{ISSUES}/{iid}/notes"), "order_by=id", 400),
+        (format!("{ISSUES}/{iid}/notes"), "sort=up", 400),
+        (ISSUES.to_string(), "order_by=updated_at&sort=desc", 200),
+        (ISSUES.to_string(), "sort=descending", 400),
+    ] {
+        let r = client
+            .get(format!("{base}{path}?{query}"))
+            .header("PRIVATE-TOKEN", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}?{query}");
+        if status == 200 {
+            assert!(r.headers().contains_key("date"));
+            assert!(r.headers().contains_key("x-total"));
+        }
+    }
+}
