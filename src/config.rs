@@ -195,7 +195,41 @@ pub struct NotifyConfig {
     pub max_per_hour: u32,
     /// Cron expression (with seconds) for a digest of the last 24 hours to ops; none by default.
     #[serde(default)]
-    pub digest: Option<String>,
+    pub digest: Option<Cron>,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// STARTTLS, required (a server that does not offer it is an error).
+    #[default]
+    Starttls,
+    /// TLS from the first byte.
+    Implicit,
+    /// Clear text: only for a loopback host.
+    None,
+}
+
+impl SmtpTls {
+    /// The port when `smtp_port` is not set.
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Implicit => 465,
+            SmtpTls::None => 25,
+        }
+    }
+}
+
+impl std::fmt::Display for SmtpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SmtpTls::Starttls => "starttls",
+            SmtpTls::Implicit => "implicit",
+            SmtpTls::None => "none",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -207,8 +241,8 @@ pub struct EmailConfig {
     pub smtp_port: Option<u16>,
     /// `starttls` (required, not opportunistic), `implicit` (TLS from the first
     /// byte), or `none` (only accepted for a loopback host: tests, a local relay).
-    #[serde(default = "default_smtp_tls")]
-    pub tls: String,
+    #[serde(default)]
+    pub tls: SmtpTls,
     #[serde(default)]
     pub username_env: Option<String>,
     #[serde(default)]
@@ -604,9 +638,9 @@ pub struct SeatAuditConfig {
     pub exempt_emails: Vec<String>,
     #[serde(default)]
     pub exempt_tags: Vec<String>,
-    /// Cron expression (with seconds) for `run`.
+    /// Cron expression for `run`.
     #[serde(default)]
-    pub schedule: Option<String>,
+    pub schedule: Option<Cron>,
     /// Label of the review issues.
     #[serde(default = "default_seat_label")]
     pub label: String,
@@ -677,9 +711,6 @@ fn default_dedupe_window() -> Dur {
 }
 fn default_max_per_hour() -> u32 {
     10
-}
-fn default_smtp_tls() -> String {
-    "starttls".into()
 }
 fn default_target_branch() -> String {
     "main".into()
@@ -1171,46 +1202,34 @@ impl Config {
                 ));
             }
         }
-        if let Some(n) = &self.notify {
-            if let Some(c) = &n.digest {
-                parse_cron(c)
-                    .map_err(|e| err(&["notify", "digest"], format!("notify.digest: {e}")))?;
+        if let Some(e) = self.notify.as_ref().and_then(|n| n.email.as_ref()) {
+            let loopback = ["localhost", "127.0.0.1", "::1"].contains(&e.smtp_host.as_str());
+            if e.tls == SmtpTls::None && !loopback {
+                return Err(err(
+                    &["notify", "email", "tls"],
+                    format!(
+                        "notify.email.tls = \"none\" sends credentials and personal data in clear text; only allowed for a loopback host, not {:?}",
+                        e.smtp_host
+                    ),
+                ));
             }
-            if let Some(e) = &n.email {
-                if !["starttls", "implicit", "none"].contains(&e.tls.as_str()) {
+            if e.username_env.is_some() != e.password_env.is_some() {
+                return Err(err(
+                    &["notify", "email", "username_env"],
+                    "notify.email: set both username_env and password_env, or neither".into(),
+                ));
+            }
+            for a in e
+                .people_team
+                .iter()
+                .chain(&e.ops)
+                .chain(std::iter::once(&e.from))
+            {
+                if crate::request::Email::parse(a).is_err() {
                     return Err(err(
-                        &["notify", "email", "tls"],
-                        "notify.email.tls must be starttls, implicit or none".into(),
+                        &["notify", "email"],
+                        format!("notify.email: {a:?} is not an e-mail address"),
                     ));
-                }
-                let loopback = ["localhost", "127.0.0.1", "::1"].contains(&e.smtp_host.as_str());
-                if e.tls == "none" && !loopback {
-                    return Err(err(
-                        &["notify", "email", "tls"],
-                        format!(
-                            "notify.email.tls = \"none\" sends credentials and personal data in clear text; only allowed for a loopback host, not {:?}",
-                            e.smtp_host
-                        ),
-                    ));
-                }
-                if e.username_env.is_some() != e.password_env.is_some() {
-                    return Err(err(
-                        &["notify", "email", "username_env"],
-                        "notify.email: set both username_env and password_env, or neither".into(),
-                    ));
-                }
-                for a in e
-                    .people_team
-                    .iter()
-                    .chain(&e.ops)
-                    .chain(std::iter::once(&e.from))
-                {
-                    if crate::request::Email::parse(a).is_err() {
-                        return Err(err(
-                            &["notify", "email"],
-                            format!("notify.email: {a:?} is not an e-mail address"),
-                        ));
-                    }
                 }
             }
         }
@@ -1238,14 +1257,6 @@ impl Config {
                         s.price_per_seat_month
                     ),
                 ));
-            }
-            if let Some(c) = &s.schedule {
-                parse_cron(c).map_err(|e| {
-                    err(
-                        &["seat_audit", "schedule"],
-                        format!("seat_audit.schedule: {e}"),
-                    )
-                })?;
             }
             // Ticks are only seen on polled projects.
             if let Some(p) = &s.project
@@ -1557,6 +1568,47 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match n.checked_mul(mult) {
         Some(secs) if secs <= MAX_DURATION_SECS => Ok(Duration::from_secs(secs)),
         _ => Err(format!("{s:?} is too long (at most 100 years)")),
+    }
+}
+
+/// A cron schedule, parsed as the configuration is read (an error names its
+/// key and line); it keeps the expression as written for messages.
+#[derive(Debug, Clone)]
+pub struct Cron {
+    expr: String,
+    schedule: Box<cron::Schedule>,
+}
+
+impl Cron {
+    pub fn schedule(&self) -> &cron::Schedule {
+        &self.schedule
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.expr
+    }
+}
+
+impl std::str::FromStr for Cron {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cron, String> {
+        Ok(Cron {
+            expr: s.to_string(),
+            schedule: Box::new(parse_cron(s)?),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cron {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cron, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for Cron {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.expr)
     }
 }
 
@@ -2331,6 +2383,75 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn smtp_tls_is_typed_with_its_port() {
+        let with = |tls: &str, host: &str| {
+            let line = if tls.is_empty() {
+                String::new()
+            } else {
+                format!("tls = \"{tls}\"")
+            };
+            let text = example()
+                .replace(
+                    "smtp_host = \"smtp.gmail.com\"",
+                    &format!("smtp_host = \"{host}\""),
+                )
+                .replace("tls = \"starttls\"", &line);
+            parse(&text)
+        };
+        let tls_of = |c: Config| c.notify.and_then(|n| n.email).map(|e| e.tls);
+        assert_eq!(
+            tls_of(with("", "smtp.example.com").unwrap()),
+            Some(SmtpTls::Starttls)
+        );
+        assert_eq!(
+            tls_of(with("implicit", "smtp.example.com").unwrap()),
+            Some(SmtpTls::Implicit)
+        );
+        assert_eq!(SmtpTls::Implicit.default_port(), 465);
+        assert_eq!(SmtpTls::Starttls.default_port(), 587);
+        assert_eq!(
+            tls_of(with("none", "127.0.0.1").unwrap()),
+            Some(SmtpTls::None)
+        );
+        let e = with("none", "smtp.example.com").unwrap_err().to_string();
+        assert!(e.contains("clear text"), "{e}");
+        let e = with("ssl", "smtp.example.com").unwrap_err().to_string();
+        assert!(
+            e.contains("notify.email.tls") && e.contains("starttls"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cron_schedules_are_parsed_as_the_file_is_read() {
+        let cfg = parse(&example()).unwrap();
+        let review = cfg.seat_audit.as_ref().and_then(|a| a.schedule.as_ref());
+        assert_eq!(review.map(|c| c.as_str()), Some("0 0 6 1 * *"));
+        let digest = cfg.notify.as_ref().and_then(|n| n.digest.as_ref());
+        assert_eq!(
+            digest.map(|c| c.to_string()).as_deref(),
+            Some("0 0 17 * * Mon-Fri")
+        );
+        for (from, to, key) in [
+            (
+                "schedule = \"0 0 6 1 * *\"",
+                "schedule = \"monthly\"",
+                "seat_audit.schedule",
+            ),
+            (
+                "digest = \"0 0 17 * * Mon-Fri\"",
+                "digest = \"0 0 25 * * *\"",
+                "notify.digest",
+            ),
+        ] {
+            let e = parse(&example().replace(from, to)).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(key) && text.contains("accepted"), "{text}");
+            assert!(e.line.is_some(), "{text}: no line");
         }
     }
 }

@@ -10,7 +10,7 @@ use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use crate::config::{EmailConfig, NotifyConfig, SlackConfig};
+use crate::config::{EmailConfig, NotifyConfig, SlackConfig, SmtpTls};
 use crate::render::Templates;
 use crate::secret::{Secret, Secrets};
 use crate::store::Store;
@@ -56,7 +56,7 @@ pub struct Mailer {
     /// What the two-phase send needs to open its own connection.
     host: String,
     port: u16,
-    tls: String,
+    tls: SmtpTls,
     credentials: Option<Credentials>,
     from: Mailbox,
     pub people_team: Vec<String>,
@@ -81,20 +81,18 @@ pub enum Handover {
 impl Mailer {
     pub fn new(cfg: &EmailConfig, secrets: &Secrets) -> Result<Mailer, NotifyError> {
         let bad = |e: lettre::transport::smtp::Error| NotifyError::Config(e.to_string());
-        let mut b = match cfg.tls.as_str() {
-            "implicit" => {
+        let mut b = match cfg.tls {
+            SmtpTls::Implicit => {
                 AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.smtp_host).map_err(bad)?
             }
-            "none" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.smtp_host),
-            _ => {
+            SmtpTls::None => {
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.smtp_host)
+            }
+            SmtpTls::Starttls => {
                 AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.smtp_host).map_err(bad)?
             }
         };
-        let port = cfg.smtp_port.unwrap_or(match cfg.tls.as_str() {
-            "implicit" => 465,
-            "none" => 25,
-            _ => 587,
-        });
+        let port = cfg.smtp_port.unwrap_or(cfg.tls.default_port());
         b = b.port(port).timeout(Some(SMTP_TIMEOUT));
         let mut credentials = None;
         if let (Some(u), Some(p)) = (&cfg.username_env, &cfg.password_env) {
@@ -112,7 +110,7 @@ impl Mailer {
             transport: b.build(),
             host: cfg.smtp_host.clone(),
             port,
-            tls: cfg.tls.clone(),
+            tls: cfg.tls,
             credentials,
             from,
             people_team: cfg.people_team.clone(),
@@ -180,7 +178,7 @@ impl Mailer {
         let opened = async {
             let hello = ClientId::default();
             let params = || TlsParameters::new(self.host.clone()).map_err(of);
-            let wrapper = if self.tls == "implicit" {
+            let wrapper = if self.tls == SmtpTls::Implicit {
                 Some(params()?)
             } else {
                 None
@@ -194,7 +192,7 @@ impl Mailer {
             )
             .await
             .map_err(of)?;
-            if self.tls != "implicit" && self.tls != "none" {
+            if self.tls == SmtpTls::Starttls {
                 if !conn.can_starttls() {
                     return Err(smtp("the server does not offer STARTTLS".into(), true));
                 }

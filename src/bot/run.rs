@@ -514,20 +514,14 @@ fn next_delay(schedule: &PollSchedule, tz: Zone) -> Duration {
     }
 }
 
-/// Send `event` at every time of a cron expression (validated with the config).
+/// Send `event` at every time of a cron schedule.
 fn cron_ticker(
     tx: &mpsc::Sender<Event>,
-    cron: Option<&str>,
+    cron: Option<&crate::config::Cron>,
     tz: Zone,
     event: Event,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let schedule = match crate::config::parse_cron(cron?) {
-        Ok(c) => PollSchedule::Cron(Box::new(c)),
-        Err(e) => {
-            tracing::error!(error = %e, "schedule not started");
-            return None;
-        }
-    };
+    let schedule = PollSchedule::Cron(Box::new(cron?.schedule().clone()));
     let tx = tx.clone();
     Some(tokio::spawn(async move {
         loop {
@@ -680,10 +674,10 @@ fn start_line(cfg: &Config, listening: &Listening, dry_run: bool) -> String {
         }
     }
     if let Some(c) = cfg.seat_audit.as_ref().and_then(|s| s.schedule.as_ref()) {
-        s.push_str(&format!("; seat review on cron {c:?}"));
+        s.push_str(&format!("; seat review on cron {:?}", c.as_str()));
     }
     if let Some(c) = cfg.notify.as_ref().and_then(|n| n.digest.as_ref()) {
-        s.push_str(&format!("; digest on cron {c:?}"));
+        s.push_str(&format!("; digest on cron {:?}", c.as_str()));
     }
     s
 }
@@ -788,13 +782,13 @@ pub async fn run(
         bot.cfg
             .seat_audit
             .as_ref()
-            .and_then(|s| s.schedule.as_deref()),
+            .and_then(|s| s.schedule.as_ref()),
         tz,
         Event::SeatAudit,
     ));
     tasks.extend(cron_ticker(
         &tx,
-        bot.cfg.notify.as_ref().and_then(|n| n.digest.as_deref()),
+        bot.cfg.notify.as_ref().and_then(|n| n.digest.as_ref()),
         tz,
         Event::Digest,
     ));

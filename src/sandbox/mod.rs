@@ -446,7 +446,7 @@ impl Sandbox {
             if let Some(e) = n.email.as_mut() {
                 e.smtp_host = "127.0.0.1".into();
                 e.smtp_port = Some(smtp_addr.port());
-                e.tls = "none".into();
+                e.tls = crate::config::SmtpTls::None;
                 if let (Some(u), Some(pw)) = (&e.username_env, &e.password_env) {
                     smtp.lock().credentials =
                         Some(("access-bot".into(), "smtp-password-sandbox".into()));
