@@ -197,14 +197,7 @@ impl ServiceAccountTokens {
                         .json()
                         .await
                         .map_err(|e| GoogleError::Token(e.without_url().to_string()))?;
-                    let token = v["access_token"].as_str().ok_or_else(|| {
-                        GoogleError::Token("the token response has no access_token".into())
-                    })?;
-                    let lifetime = v["expires_in"].as_u64().unwrap_or(3600);
-                    return Ok((
-                        crate::secret::Secret::new(token),
-                        std::time::Duration::from_secs(lifetime),
-                    ));
+                    return crate::jwt::access_token(&v).map_err(GoogleError::Token);
                 }
                 Ok(r) if r.status().is_server_error() || r.status() == 429 => {
                     format!("{}", r.status())

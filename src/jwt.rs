@@ -73,3 +73,17 @@ impl RsaKey {
         Ok(sig)
     }
 }
+
+/// The access token and its lifetime from an OAuth token response (the
+/// JWT-bearer grants of Google and Okta answer alike); an hour when it
+/// states none.
+pub fn access_token(v: &Value) -> Result<(crate::secret::Secret, std::time::Duration), String> {
+    let token = v["access_token"]
+        .as_str()
+        .ok_or_else(|| "the token response has no access_token".to_string())?;
+    let lifetime = v["expires_in"].as_u64().unwrap_or(3600);
+    Ok((
+        crate::secret::Secret::new(token),
+        std::time::Duration::from_secs(lifetime),
+    ))
+}

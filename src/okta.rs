@@ -337,11 +337,7 @@ impl OktaClient {
                         .json()
                         .await
                         .map_err(|e| OktaError::Token(e.without_url().to_string()))?;
-                    let token = v["access_token"].as_str().ok_or_else(|| {
-                        OktaError::Token("the token response has no access_token".into())
-                    })?;
-                    let lifetime = v["expires_in"].as_u64().unwrap_or(3600);
-                    return Ok((Secret::new(token), Duration::from_secs(lifetime)));
+                    return crate::jwt::access_token(&v).map_err(OktaError::Token);
                 }
                 Ok(r) if r.status().is_server_error() || r.status() == 429 => {
                     let wait = until_reset(r.headers()).or_else(|| retry_after(r.headers()));
