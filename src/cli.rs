@@ -415,41 +415,24 @@ async fn daemon(config: &Path, dry_run: bool) -> anyhow::Result<u8> {
     } else {
         None
     };
-    // The operations listener comes up first, so that probes see "starting"
-    // (not a refused connection) while the bot connects and resolves ids.
-    let metrics = crate::bot::run::Metrics::for_config(&cfg);
-    let same_listener = webhook.as_ref().is_some_and(|(w, _)| *w == cfg.ops.listen);
-    let (ops, ops_addr) = if same_listener {
-        (Some(cfg.ops.listen.clone()), None)
-    } else {
-        let (addr, task) = crate::bot::run::serve_ops(
-            &cfg.ops.listen,
-            metrics.clone(),
-            crate::listen::Limits::default(),
-        )
+    // The listeners come up first, from the configuration alone: probes get
+    // an answer and webhook deliveries are queued while the bot connects and
+    // resolves ids.
+    let opts = crate::bot::run::RunOptions {
+        ops: Some(cfg.ops.listen.clone()),
+        webhook,
+        status_token,
+        ..Default::default()
+    };
+    let listeners = crate::bot::run::listen(&cfg, &opts)
         .await
         .map_err(|e| Exit {
             code: exit::CONFIG,
-            message: format!("[ops] listen: {e}"),
+            message: format!("cannot listen: {e:#}"),
         })?;
-        // Lives as long as the process.
-        drop(task);
-        (None, Some(addr))
-    };
     let bot = std::sync::Arc::new(connect_with(cfg, dry_run).await?);
-    crate::bot::run::run(
-        bot,
-        crate::bot::run::RunOptions {
-            webhook,
-            ops,
-            ops_addr,
-            metrics: Some(metrics),
-            status_token,
-            ..Default::default()
-        },
-        crate::bot::run::shutdown_signal(),
-    )
-    .await?;
+    crate::bot::run::run_listening(bot, opts, listeners, crate::bot::run::shutdown_signal())
+        .await?;
     Ok(exit::OK)
 }
 

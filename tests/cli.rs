@@ -448,3 +448,86 @@ fn absurd_durations_are_errors_not_panics() {
     assert!(stderr.contains("too long"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `run` answers probes and takes webhook deliveries while its start-up work
+/// (connecting to GitLab and the target systems) is still going on: here
+/// GitLab accepts the connection and never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_listens_before_start_up_work_is_done() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let dir = temp_dir("early-listen");
+    // Accepts connections (the kernel's backlog) and never reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let text = sb
+        .config_toml(
+            &dir.join("state.db").display().to_string(),
+            Some(&listen.to_string()),
+            "10m",
+            None,
+        )
+        .replace(
+            &format!("http://{}", sb.gitlab_addr),
+            &format!("http://{silent_addr}"),
+        )
+        // The webhook and the probes on one listener.
+        .replace(
+            "[ops]\nlisten = \"127.0.0.1:0\"",
+            &format!("[ops]\nlisten = \"{listen}\""),
+        );
+    let cfg = dir.join("bot.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .envs(sb.env())
+        .env("GITLAB_WEBHOOK_SECRET", "early-secret")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let t0 = Instant::now();
+    let mut health = None;
+    while t0.elapsed() < Duration::from_secs(20) && health.is_none() {
+        if let Ok(r) = http.get(format!("http://{listen}/healthz")).send().await {
+            health = Some(r.status().as_u16());
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let ready = http
+        .get(format!("http://{listen}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    let delivery = http
+        .post(format!("http://{listen}/webhook"))
+        .header("x-gitlab-token", "early-secret")
+        .header("x-gitlab-event", "Issue Hook")
+        .body(
+            serde_json::json!({
+                "object_kind": "issue",
+                "user": {"username": "someone"},
+                "project": {"path_with_namespace": "support/access-requests"},
+                "object_attributes": {"iid": 1}
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(silent);
+    assert_eq!(health, Some(200), "/healthz answers while start-up hangs");
+    assert_eq!(ready.ok(), Some(503), "/readyz says it is starting");
+    assert_eq!(delivery.ok(), Some(202), "a delivery is queued for later");
+    assert!(still_running, "the bot was still starting, not exited");
+}

@@ -682,29 +682,32 @@ fn start_line(cfg: &Config, listening: &Listening, dry_run: bool) -> String {
     s
 }
 
-/// Run until `shutdown` resolves. Polls at start, then on schedule; webhook
-/// events are handled as they come, without waiting for the next poll.
-pub async fn run(
-    bot: Arc<Bot>,
-    opts: RunOptions,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let schedule = bot.cfg.poll_schedule().map_err(|e| anyhow::anyhow!(e))?;
-    let tz = bot.cfg.time_zone().map_err(|e| anyhow::anyhow!(e))?;
-    let (tx, mut rx) = mpsc::channel::<Event>(1024);
+/// The listeners of `run`, bound and answering, and the events they have
+/// queued meanwhile. Bound before the bot connects, so that probes get an
+/// answer and webhook deliveries are queued while start-up work goes on.
+pub struct Listeners {
+    listening: Listening,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tx: mpsc::Sender<Event>,
+    rx: mpsc::Receiver<Event>,
+    metrics: Arc<StdMutex<Metrics>>,
+}
+
+/// Bind the webhook and operations listeners `opts` names, from the
+/// configuration alone (no connection to anything is needed for them).
+pub async fn listen(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Listeners> {
     // Checked before anything listens: enabled without its secret is a configuration error.
-    let status_page = match (bot.cfg.status.enabled, opts.status_token.clone()) {
-        (false, _) => None,
-        (true, Some(token)) => Some(Arc::new(super::status::StatusPage::new(bot.clone(), token))),
-        (true, None) => anyhow::bail!(
+    if cfg.status.enabled && opts.status_token.is_none() {
+        anyhow::bail!(
             "[status] is enabled but its secret ({}) was not given",
-            bot.cfg.status.token_env
-        ),
-    };
+            cfg.status.token_env
+        );
+    }
+    let (tx, rx) = mpsc::channel::<Event>(1024);
     let metrics = opts
         .metrics
         .clone()
-        .unwrap_or_else(|| Metrics::for_config(&bot.cfg));
+        .unwrap_or_else(|| Metrics::for_config(cfg));
     let mut listening = Listening {
         ops: opts.ops_addr,
         webhook: None,
@@ -718,8 +721,8 @@ pub async fn run(
         let (addr, task, _) = serve_webhook(
             listen,
             Some(token.clone()),
-            &bot.cfg.gitlab.bot_username,
-            bot.cfg.gitlab.projects.clone(),
+            &cfg.gitlab.bot_username,
+            cfg.gitlab.projects.clone(),
             tx.clone(),
             metrics.clone(),
             same,
@@ -737,6 +740,46 @@ pub async fn run(
         listening.ops = Some(addr);
         tasks.push(task);
     }
+    Ok(Listeners {
+        listening,
+        tasks,
+        tx,
+        rx,
+        metrics,
+    })
+}
+
+/// Run until `shutdown` resolves. Polls at start, then on schedule; webhook
+/// events are handled as they come, without waiting for the next poll.
+pub async fn run(
+    bot: Arc<Bot>,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listeners = listen(&bot.cfg, &opts).await?;
+    run_listening(bot, opts, listeners, shutdown).await
+}
+
+/// [`run`] on listeners bound earlier by [`listen`].
+pub async fn run_listening(
+    bot: Arc<Bot>,
+    opts: RunOptions,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let schedule = bot.cfg.poll_schedule().map_err(|e| anyhow::anyhow!(e))?;
+    let tz = bot.cfg.time_zone().map_err(|e| anyhow::anyhow!(e))?;
+    let Listeners {
+        listening,
+        mut tasks,
+        tx,
+        mut rx,
+        metrics,
+    } = listeners;
+    let status_page = match (bot.cfg.status.enabled, opts.status_token.clone()) {
+        (true, Some(token)) => Some(Arc::new(super::status::StatusPage::new(bot.clone(), token))),
+        _ => None,
+    };
     // Registered before the start line announces the page.
     if let Some(page) = status_page {
         if listening.ops.is_some_and(|a| !a.ip().is_loopback()) {
