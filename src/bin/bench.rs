@@ -1345,6 +1345,43 @@ fn served(sb: &Sandbox) -> Duration {
     all.iter().map(|e| e.took).sum()
 }
 
+/// Where one round's time went, from the sandbox's request log: until the
+/// bot's first request, answering in the sandbox, between requests (the bot's
+/// own work and both HTTP stacks), and after the last request.
+#[derive(Default, Clone, Copy)]
+struct Timeline {
+    until_first: Duration,
+    answering: Duration,
+    between: Duration,
+    after_last: Duration,
+}
+
+fn timeline(sb: &Sandbox, from: Instant, to: Instant) -> Timeline {
+    let mut all = sb.gitlab_knobs.log();
+    all.extend(sb.google_knobs.log());
+    for z in sb.zendesk.values() {
+        all.extend(z.knobs.log());
+    }
+    let mut all: Vec<_> = all.into_iter().filter(|e| e.at >= from).collect();
+    all.sort_by_key(|e| e.at);
+    let Some(first) = all.first() else {
+        return Timeline::default();
+    };
+    let mut t = Timeline {
+        until_first: first.at - from,
+        ..Timeline::default()
+    };
+    let mut end = first.at;
+    for e in &all {
+        t.answering += e.took;
+        // Requests in flight together count once.
+        t.between += e.at.saturating_duration_since(end);
+        end = end.max(e.at + e.took);
+    }
+    t.after_last = to.saturating_duration_since(end);
+    t
+}
+
 /// Median time of one authenticated GitLab read (`GET /user`) to the sandbox over
 /// loopback, on a warm connection: the unit of the round-trip floor.
 async fn loopback_round_trip(sb: &Sandbox) -> Duration {
@@ -1396,6 +1433,7 @@ async fn bench_reaction_and_footprint(md: &mut String, rounds: usize) {
         "| Path | rounds | p50 | max | requests per round (GitLab, Zendesk, Google) | loopback round trip (median) | round-trip floor (round trips + the sandbox's answering time) | wait before the look | Target |\n|---|---|---|---|---|---|---|---|---|"
     );
     let mut footprint = Vec::new();
+    let mut where_time_goes = Vec::new();
     for (path, poll, hook) in [("webhook", "10m", true), ("polling every 2 s", "2s", false)] {
         let sb = Sandbox::start(Ports::default()).await.expect("sandbox");
         let listen = format!("127.0.0.1:{}", free_port());
@@ -1419,6 +1457,7 @@ async fn bench_reaction_and_footprint(md: &mut String, rounds: usize) {
         }
         let mut times = Vec::new();
         let mut per_round = Vec::new();
+        let mut timelines = Vec::new();
         for i in 0..rounds {
             let body = format!(
                 "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| User {} | u{i}@gitlab.com | @u{i} | @mlee |\n\n- [ ] Zendesk Global: Light Agent, add tag partner_support_agent\n",
@@ -1463,8 +1502,10 @@ async fn bench_reaction_and_footprint(md: &mut String, rounds: usize) {
                 .await
                 .expect("label");
             let harness_label = served(&sb);
+            let approved = Instant::now();
             if let Some(t) = wait_ticked(&sb, iid, Duration::from_secs(30)).await {
                 times.push(t);
+                timelines.push(timeline(&sb, approved, approved + t));
                 // The bot's requests of this round, without the harness's own label request.
                 let c = calls(&sb);
                 per_round.push((
@@ -1516,8 +1557,26 @@ async fn bench_reaction_and_footprint(md: &mut String, rounds: usize) {
             rtt.as_secs_f64() * 1000.0,
             floor.as_secs_f64() * 1000.0,
         );
+        let median = |f: fn(&Timeline) -> Duration| {
+            let mut v: Vec<Duration> = timelines.iter().map(f).collect();
+            percentile(&mut v, 0.5).as_secs_f64() * 1000.0
+        };
+        where_time_goes.push(format!(
+            "| {path} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+            median(|t| t.until_first),
+            median(|t| t.answering),
+            median(|t| t.between),
+            median(|t| t.after_last),
+        ));
         footprint.push((path, startup, peak_rss_kb(child.child.id())));
         drop(child);
+    }
+    let _ = writeln!(
+        md,
+        "\n### 5a. Where a round's time goes (median of the rounds)\n\nFrom the sandbox's request log: from the approval until the bot's first request (the webhook delivery, or the wait for the next poll), answering in the sandbox, the gaps between one request's answer and the next request (the bot's own work, its state database and both HTTP stacks), and from the last answer until the tick is seen.\n\n| Path | until the first request | answering in the sandbox | between requests | after the last request |\n|---|---|---|---|---|"
+    );
+    for line in where_time_goes {
+        let _ = writeln!(md, "{line}");
     }
     let _ = writeln!(md);
     let size = std::fs::metadata(bot_binary())

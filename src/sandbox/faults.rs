@@ -67,6 +67,9 @@ pub struct LogEntry {
     pub status: u16,
     /// How long the sandbox took to answer (the benchmark's floor is made of these).
     pub took: Duration,
+    /// When the request arrived: the benchmark's timeline of a round.
+    #[serde(skip)]
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -268,6 +271,7 @@ pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) ->
                 path,
                 status: 0,
                 took: started.elapsed(),
+                at: started,
             });
             tokio::time::sleep(HANG).await;
             return dropped();
@@ -288,6 +292,7 @@ pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) ->
                 path,
                 status,
                 took: started.elapsed(),
+                at: started,
             });
             tokio::time::sleep(HANG).await;
             return dropped();
@@ -320,6 +325,7 @@ pub async fn middleware(State(knobs): State<Knobs>, req: Request, next: Next) ->
         path,
         status: response.status().as_u16(),
         took: started.elapsed(),
+        at: started,
     });
     response
 }
