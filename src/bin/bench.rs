@@ -297,13 +297,14 @@ async fn bench_workflows(md: &mut String) {
     bench_subjects(md).await;
 }
 
-/// Subjects per request: a special request for 1, 10 and 50 people.
+/// Subjects per request: a special request for 1, 10 and 25 people.
 async fn bench_subjects(md: &mut String) {
     let _ = writeln!(
         md,
         "### 1a. Calls by number of people in one request\n\nA special request (Zendesk Global: Agent - Support Engineer) naming this many people, each with a GitLab account and a Google account and no Zendesk account, from filing through both approvals to its end.\n\n| people | GitLab | Zendesk | Google | GitLab per person | wall time |\n|---|---|---|---|---|---|"
     );
-    for n in [1usize, 10, 50] {
+    // 25 is the most one request may name.
+    for n in [1usize, 10, 25] {
         let sb = Sandbox::start(Ports::default()).await.expect("sandbox");
         let mut rows = String::new();
         {
@@ -312,10 +313,12 @@ async fn bench_subjects(md: &mut String) {
             for i in 0..n {
                 let user = format!("person{i}");
                 let email = format!("person.{i}@gitlab.com");
-                w.add_user(&user, &format!("Person {i}"), &email);
+                // Names are letters only (the bot refuses digits in a name).
+                let name = format!("Person {}", letters(i));
+                w.add_user(&user, &name, &email);
                 // In the company directory, with the manager the row names.
                 g.add_person(&email, Some("mlee@gitlab.com"));
-                let _ = writeln!(rows, "| Person {i} | {email} | @{user} | @mlee |");
+                let _ = writeln!(rows, "| {name} | {email} | @{user} | @mlee |");
             }
         }
         let body = format!(
