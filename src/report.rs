@@ -1,4 +1,5 @@
-//! Template contexts: what each comment shows, built from the core's types.
+//! The parts of the comments' contexts (`crate::comment`) built from the
+//! core's types: the plan, its systems and steps, approvals.
 
 use std::collections::BTreeSet;
 
@@ -66,9 +67,7 @@ pub const MAX_LISTED: usize = 10;
 
 #[derive(Debug, Serialize)]
 pub struct PlanView {
-    pub iid: u64,
     pub kind: String,
-    pub digest: String,
     pub subjects: Vec<SubjectView>,
     pub systems: Vec<SystemView>,
     pub approvals: Vec<ApprovalView>,
@@ -257,9 +256,7 @@ pub fn plan_view(
         detail: m.missing.explain(),
     }));
     PlanView {
-        iid: request.iid,
         kind: request.kind.human().to_string(),
-        digest: plan.digest.clone(),
         subjects: subjects(request),
         systems: systems(request, plan, cfg, None),
         approvals,

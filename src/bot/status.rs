@@ -177,12 +177,12 @@ pub struct SeatPerson {
 impl StatusReport {
     /// For a terminal (`access-bot status`).
     pub fn to_text(&self, t: &Templates) -> Result<String, RenderError> {
-        t.render("status.txt", self)
+        t.text(&crate::comment::StatusText(self))
     }
 
     /// The page: every value HTML-escaped by the template engine (`.html`).
     pub fn to_html(&self, t: &Templates) -> Result<String, RenderError> {
-        t.render("status.html", self)
+        t.text(&crate::comment::StatusPage(self))
     }
 }
 
