@@ -1935,7 +1935,7 @@ impl Bot {
         }
     }
 
-    /// Before and after, per account: this replaces the screenshot the seed asks for.
+    /// Before and after, per account: the evidence an offboarding leaves on the issue.
     async fn add_evidence(
         &self,
         req: &Request,
@@ -2020,7 +2020,7 @@ pub(super) fn read_json_block<T: serde::de::DeserializeOwned>(content: &str) -> 
     serde_json::from_str(&rest[..end]).ok()
 }
 
-/// The seed's result text for light-agent requests.
+/// What a light-agent request's result tells the requester.
 fn light_agent_result(req: &Request, p: &Plan, done: &BTreeSet<String>) -> (bool, String) {
     if req.kind != RequestKind::LightAgent {
         return (false, String::new());
