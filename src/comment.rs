@@ -227,9 +227,21 @@ pub struct ResultNote {
     pub complete: bool,
     pub systems: Vec<SystemView>,
     pub ticked: Vec<String>,
-    pub light_agent: bool,
-    pub light_agent_result: String,
+    /// A light-agent request: what it came to.
+    pub light_agent: Option<LightAgent>,
     pub expires: Option<String>,
+}
+
+/// What a light-agent request came to; `result.md` words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LightAgent {
+    /// An account was created or made a light agent.
+    Created,
+    /// A full agent keeps what they have.
+    FullAgent,
+    Already,
+    Provisioned,
 }
 
 #[derive(Debug, Serialize)]
@@ -533,7 +545,6 @@ mod tests {
         SystemView {
             title: s("Zendesk Global: Ann (`ann@x`)"),
             steps: vec![StepView {
-                key: s("global/ann@x/create"),
                 text: s("create the account"),
                 done: true,
                 already: false,
@@ -572,7 +583,7 @@ mod tests {
                 needs: list("`Manager Approved` (rule)"),
                 waived: list("`Owner`: self-service"),
             }],
-            self_service_note: some("This is not handled as self-service."),
+            not_self_service_because: some("the requester is not the subject"),
             trust_note: some("the author edited it"),
             unmanaged: list("Slack"),
             unmanaged_more: 2,
@@ -724,8 +735,7 @@ mod tests {
                     complete: true,
                     systems: vec![system()],
                     ticked: vec![s("Zendesk Global")],
-                    light_agent: true,
-                    light_agent_result: s("Light agent provisioned"),
+                    light_agent: Some(LightAgent::Created),
                     expires: Some(s("2026-12-31")),
                 },
             ),
@@ -1074,6 +1084,37 @@ mod tests {
             }
         }
         assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn a_light_agent_result_in_words() {
+        let t = Templates::load(None).unwrap().strict();
+        for (outcome, words) in [
+            (
+                LightAgent::Created,
+                "**Account created and upgraded to light agent**",
+            ),
+            (
+                LightAgent::FullAgent,
+                "**Looks like you are already a full agent.**",
+            ),
+            (
+                LightAgent::Already,
+                "**You already have a light agent account; nothing needed to change.**",
+            ),
+            (LightAgent::Provisioned, "**Light agent provisioned**"),
+        ] {
+            let text = t
+                .text(&ResultNote {
+                    complete: true,
+                    systems: Vec::new(),
+                    ticked: Vec::new(),
+                    light_agent: Some(outcome),
+                    expires: None,
+                })
+                .unwrap();
+            assert!(text.contains(words), "{outcome:?}: {text}");
+        }
     }
 
     #[test]

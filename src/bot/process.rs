@@ -1663,7 +1663,7 @@ impl Bot {
             .filter(|i| ticks.contains(&i.ordinal))
             .map(|i| i.text.clone())
             .collect();
-        let (light_agent, light_text) = light_agent_result(req, p, &done);
+        let light_agent = light_agent_result(req, p, &done);
         let mut wb = result_note(
             vec![Section {
                 comment: comment::ResultNote {
@@ -1671,7 +1671,6 @@ impl Bot {
                     systems,
                     ticked,
                     light_agent,
-                    light_agent_result: light_text,
                     expires: req.expires.map(|e| e.0.to_string()),
                 }
                 .into(),
@@ -2020,10 +2019,14 @@ pub(super) fn read_json_block<T: serde::de::DeserializeOwned>(content: &str) -> 
     serde_json::from_str(&rest[..end]).ok()
 }
 
-/// What a light-agent request's result tells the requester.
-fn light_agent_result(req: &Request, p: &Plan, done: &BTreeSet<String>) -> (bool, String) {
+/// What a light-agent request came to, for its result.
+fn light_agent_result(
+    req: &Request,
+    p: &Plan,
+    done: &BTreeSet<String>,
+) -> Option<comment::LightAgent> {
     if req.kind != RequestKind::LightAgent {
-        return (false, String::new());
+        return None;
     }
     let created = p.steps.iter().any(|s| {
         matches!(
@@ -2037,20 +2040,19 @@ fn light_agent_result(req: &Request, p: &Plan, done: &BTreeSet<String>) -> (bool
             }
         ) && done.contains(&s.key)
     });
-    let text = if created {
-        "Account created and upgraded to light agent".to_string()
+    Some(if created {
+        comment::LightAgent::Created
     } else if p.notes.iter().any(|n| n.text.contains("full agent")) {
-        "Looks like you are already a full agent.".to_string()
+        comment::LightAgent::FullAgent
     } else if p
         .notes
         .iter()
         .any(|n| n.text.contains("already a light agent"))
     {
-        "You already have a light agent account; nothing needed to change.".to_string()
+        comment::LightAgent::Already
     } else {
-        "Light agent provisioned".to_string()
-    };
-    (true, text)
+        comment::LightAgent::Provisioned
+    })
 }
 
 /// This process's claim on one issue, given back when dropped (also when the
