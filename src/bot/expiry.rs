@@ -116,7 +116,11 @@ impl Bot {
     ) -> Result<usize, crate::store::StoreError> {
         let keys = history.keys();
         let mut found = 0;
-        for r in history.records.iter().filter(|r| r.marker.kind == "grant") {
+        for r in history
+            .records
+            .iter()
+            .filter(|r| r.marker.is(NoteKind::Grant))
+        {
             let Some(plan) = r.marker.keys.iter().find_map(|k| k.strip_prefix("grant:")) else {
                 continue;
             };
@@ -166,7 +170,7 @@ impl Bot {
         issue: &crate::gitlab::ApiIssue,
         history: &History,
     ) -> Result<(), super::process::ProcessError> {
-        if self.dry_run || !history.records.iter().any(|r| r.marker.kind == "grant") {
+        if self.dry_run || !history.records.iter().any(|r| r.marker.is(NoteKind::Grant)) {
             return Ok(());
         }
         let label = &self.cfg.bot.state_labels.time_bound;
@@ -176,7 +180,7 @@ impl Bot {
         let pending = history
             .records
             .iter()
-            .filter(|r| r.marker.kind == "grant")
+            .filter(|r| r.marker.is(NoteKind::Grant))
             .filter_map(|r| super::process::read_json_block::<RecordFile>(&r.content))
             .any(|f| !keys.contains(&crate::marker::clean(&format!("expired:{}", f.expires))));
         if pending && !labelled {

@@ -634,10 +634,9 @@ impl Bot {
                     let why = matches!(stage, Stage::Stale { .. }).then(|| {
                             "The request changed since an earlier plan (or after it was carried out), so any earlier approval no longer applies: approve this plan again.".to_string()
                         });
-                    let planned = history
-                        .records
-                        .iter()
-                        .any(|r| r.marker.kind == "plan" && r.marker.digest == request.digest());
+                    let planned = history.records.iter().any(|r| {
+                        r.marker.is(NoteKind::Plan) && r.marker.digest == request.digest()
+                    });
                     let early = self
                         .post_plan(
                             project,
@@ -1377,7 +1376,7 @@ impl Bot {
             .records
             .iter()
             .filter(|r| {
-                r.marker.kind == "result" && r.marker.field("plan_note") == Some(&plan_note)
+                r.marker.is(NoteKind::Result) && r.marker.field("plan_note") == Some(&plan_note)
             })
             .flat_map(|r| {
                 r.marker
@@ -1702,7 +1701,7 @@ impl Bot {
                 .chain(grant_note.iter())
                 .rev()
                 .find(|r| {
-                    r.marker.kind == "grant"
+                    r.marker.is(NoteKind::Grant)
                         && r.marker
                             .keys
                             .contains(&crate::marker::clean(&format!("grant:{plan_digest}")))

@@ -85,16 +85,13 @@ struct Cost {
     yearly_cost: f64,
 }
 
-/// The kind of the bot's note that records the lines it listed.
-pub(super) const SEAT_LIST: &str = NoteKind::SeatList.as_str();
-
 /// The lines the bot listed on a review issue, from its sealed list notes,
 /// each marked reclaimed if a note of the bot's says it was.
 pub(super) fn listed_on(history: &History, instance: &str, period: &str) -> Vec<SeatCandidateRow> {
     let keys = history.keys();
     let mut by_email: BTreeMap<String, SeatCandidateRow> = BTreeMap::new();
     for r in history.records.iter().filter(|r| {
-        r.marker.kind == SEAT_LIST
+        r.marker.is(NoteKind::SeatList)
             && r.marker.field("instance") == Some(instance)
             && r.marker.field("period") == Some(period)
     }) {
@@ -279,7 +276,7 @@ impl Bot {
             .records
             .iter()
             .rev()
-            .find(|r| r.marker.kind == SEAT_LIST)
+            .find(|r| r.marker.is(NoteKind::SeatList))
             .and_then(|r| {
                 Some((
                     r.marker.field("instance")?.to_string(),
