@@ -31,6 +31,7 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::comment::NoteKind;
 use crate::config::{ApprovalRule, Config};
 use crate::marker::{Marker, MarkerError, MarkerKey};
 use crate::policy::{self, Requester, Requirements};
@@ -239,7 +240,10 @@ impl History {
     }
 
     pub fn latest_plan(&self) -> Option<&Record> {
-        self.records.iter().rev().find(|r| r.marker.kind == "plan")
+        self.records
+            .iter()
+            .rev()
+            .find(|r| r.marker.is(NoteKind::Plan))
     }
 
     /// Results of the latest plan, oldest first.
@@ -249,7 +253,7 @@ impl History {
         };
         self.records
             .iter()
-            .filter(|r| r.marker.kind == "result" && (r.at, r.note_id) > (p.at, p.note_id))
+            .filter(|r| r.marker.is(NoteKind::Result) && (r.at, r.note_id) > (p.at, p.note_id))
             .filter(|r| r.marker.field("plan") == Some(p.marker.digest.as_str()))
             .collect()
     }
@@ -297,7 +301,7 @@ pub fn stage(history: &History, digest: &str, needs: &str) -> Stage {
         .iter()
         .filter(after_plan)
         .find(|r| {
-            r.marker.kind == "refused"
+            r.marker.is(NoteKind::Refused)
                 && r.marker.field("plan") == Some(plan.marker.digest.as_str())
         })
         .cloned();

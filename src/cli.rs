@@ -945,15 +945,17 @@ pub fn explain(
     match request::parse_request(issue, cfg) {
         Err(errors) => {
             let text = match format {
-                OutputFormat::Json => serde_json::to_string_pretty(&serde_json::json!({
-                    "actionable": false,
-                    "kind": request::classify(issue, cfg),
-                    "errors": errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-                }))? + "\n",
-                OutputFormat::Text => templates.render(
-                    "invalid.md",
-                    &serde_json::json!({ "errors": errors.iter().map(|e| e.to_string()).collect::<Vec<_>>() }),
-                )?,
+                OutputFormat::Json => {
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "actionable": false,
+                        "kind": request::classify(issue, cfg),
+                        "errors": errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                    }))? + "\n"
+                }
+                OutputFormat::Text => templates.text(&crate::comment::Invalid {
+                    errors: errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                    more: 0,
+                })?,
             };
             Ok(Explanation {
                 text,
@@ -1015,7 +1017,7 @@ pub fn explain(
                             ),
                         })
                         .collect();
-                    let mut t = templates.render("plan.md", &view)?;
+                    let mut t = templates.text(&view)?;
                     if !policy.trusted_authors.is_empty() {
                         t.push_str(&format!(
                             "\nTrusted only when filed by {} and edited by nobody else.\n",

@@ -597,7 +597,7 @@ impl Demo {
             sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"),
         );
         fail(
-            "light agent: the seed's result text",
+            "light agent: the result says to wait 24 hours",
             comments("light agent, Zendesk Global").contains("wait 24 hours"),
         );
         fail(

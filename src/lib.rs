@@ -9,6 +9,7 @@ pub mod approval;
 pub mod bot;
 pub mod check;
 pub mod cli;
+pub mod comment;
 pub mod config;
 #[cfg(feature = "sandbox")]
 pub mod demo;

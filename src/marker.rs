@@ -116,6 +116,11 @@ impl Marker {
         self
     }
 
+    /// Whether the note is of this kind.
+    pub fn is(&self, kind: crate::comment::NoteKind) -> bool {
+        self.kind == kind.as_str()
+    }
+
     pub fn field(&self, name: &str) -> Option<&str> {
         self.fields.get(name).map(String::as_str)
     }

@@ -467,15 +467,12 @@ impl Notifier {
             return;
         }
         let suppressed = store.suppressed().unwrap_or(0);
-        let text = match templates.render(
-            "ops_notice.txt",
-            &serde_json::json!({
-                "title": n.kind.as_str(),
-                "detail": n.detail,
-                "url": n.url,
-                "suppressed": suppressed,
-            }),
-        ) {
+        let text = match templates.text(&crate::comment::OpsNotice {
+            title: n.kind.as_str(),
+            detail: n.detail.clone(),
+            url: n.url.clone(),
+            suppressed,
+        }) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot render the ops notice");

@@ -737,8 +737,8 @@ fn grant_level(
                 b.block(s, instance, item, BlockReason::NoAccountToChange);
                 return false;
             }
-            // A full agent asking for a light agent keeps what they have (the seed:
-            // "Looks like you are already a full agent."), so the step is "already so".
+            // A full agent asking for a light agent keeps what they have (the
+            // result says "Looks like you are already a full agent."), so the step is "already so".
             let keeps_full_agent = lv.light_agent && a.is_agent() && !a.is_light_agent();
             if a.suspended && b.self_service {
                 b.block(s, instance, item, BlockReason::SuspendedSelfService);

@@ -107,6 +107,9 @@ impl Templates {
         Ok(Templates { env })
     }
 
+    /// Untyped: the template named, with any data. The bot renders through
+    /// [`Templates::text`] with a typed context (`crate::comment`); this is
+    /// left for the snapshot tests that render a template with sample data.
     pub fn render(&self, name: &str, ctx: &impl serde::Serialize) -> Result<String, RenderError> {
         let t = self
             .env
@@ -122,6 +125,26 @@ impl Templates {
                 source,
             })?;
         Ok(tidy(&out))
+    }
+}
+
+#[cfg(test)]
+impl Templates {
+    /// Undefined is an error even where `if` tests it: a test renders every
+    /// context so, to find a variable a template uses and its context lacks.
+    pub(crate) fn strict(mut self) -> Templates {
+        self.env
+            .set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        self
+    }
+
+    /// The variables a template uses that it does not set itself, with the
+    /// attributes read from them (`r.email`).
+    pub(crate) fn variables(&self, name: &str) -> std::collections::HashSet<String> {
+        self.env
+            .get_template(name)
+            .map(|t| t.undeclared_variables(true))
+            .unwrap_or_default()
     }
 }
 

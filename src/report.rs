@@ -1,4 +1,5 @@
-//! Template contexts: what each comment shows, built from the core's types.
+//! The parts of the comments' contexts (`crate::comment`) built from the
+//! core's types: the plan, its systems and steps, approvals.
 
 use std::collections::BTreeSet;
 
@@ -20,7 +21,6 @@ pub struct SubjectView {
 
 #[derive(Debug, Serialize)]
 pub struct StepView {
-    pub key: String,
     pub text: String,
     pub done: bool,
     /// Nothing had to be done: the system was already in that state.
@@ -66,16 +66,14 @@ pub const MAX_LISTED: usize = 10;
 
 #[derive(Debug, Serialize)]
 pub struct PlanView {
-    pub iid: u64,
     pub kind: String,
-    pub digest: String,
     pub subjects: Vec<SubjectView>,
     pub systems: Vec<SystemView>,
     pub approvals: Vec<ApprovalView>,
     /// Per item: the approvals it needs and the rule that says so.
     pub needs: Vec<NeedsView>,
     /// Why self-service does not apply, when the request looks like it.
-    pub self_service_note: Option<String>,
+    pub not_self_service_because: Option<String>,
     /// Why a trusted automation's pre-approval no longer applies.
     pub trust_note: Option<String>,
     /// Other systems' items (at most `MAX_LISTED`, then a count).
@@ -156,7 +154,6 @@ pub fn systems(
         let i = slot(&mut out, &st.instance, st.subject.as_str());
         let already = st.state == StepState::AlreadyDone;
         out[i].2.steps.push(StepView {
-            key: st.key.clone(),
             text: st.action.describe(),
             done: already || done.is_some_and(|d| d.contains(&st.key)),
             already,
@@ -227,10 +224,8 @@ pub fn plan_view(
             waived: Vec::new(),
         }))
         .collect();
-    let self_service_note = match &requirements.self_service {
-        SelfService::Unverified(why) => Some(format!(
-            "This is not handled as self-service, because {why}; it needs the approvals below."
-        )),
+    let not_self_service_because = match &requirements.self_service {
+        SelfService::Unverified(why) => Some(why.clone()),
         _ => None,
     };
     let trust_note = match &requirements.trust {
@@ -257,14 +252,12 @@ pub fn plan_view(
         detail: m.missing.explain(),
     }));
     PlanView {
-        iid: request.iid,
         kind: request.kind.human().to_string(),
-        digest: plan.digest.clone(),
         subjects: subjects(request),
         systems: systems(request, plan, cfg, None),
         approvals,
         needs,
-        self_service_note,
+        not_self_service_because,
         trust_note,
         unmanaged_more: unmanaged.len().saturating_sub(MAX_LISTED),
         unmanaged: unmanaged.into_iter().take(MAX_LISTED).collect(),

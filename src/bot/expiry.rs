@@ -10,13 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Utc};
-use serde_json::json;
-
 use crate::approval::History;
+use crate::comment::{self, NoteKind};
 use crate::plan::{self, Action, GrantRecord, Observed};
 use crate::request::{IssueFacts, checklist};
 use crate::store::Grant;
+use chrono::{DateTime, Utc};
 
 use super::writeback::{Section, Ticks, Writeback};
 use super::{Bot, Outcome};
@@ -117,7 +116,11 @@ impl Bot {
     ) -> Result<usize, crate::store::StoreError> {
         let keys = history.keys();
         let mut found = 0;
-        for r in history.records.iter().filter(|r| r.marker.kind == "grant") {
+        for r in history
+            .records
+            .iter()
+            .filter(|r| r.marker.is(NoteKind::Grant))
+        {
             let Some(plan) = r.marker.keys.iter().find_map(|k| k.strip_prefix("grant:")) else {
                 continue;
             };
@@ -167,7 +170,7 @@ impl Bot {
         issue: &crate::gitlab::ApiIssue,
         history: &History,
     ) -> Result<(), super::process::ProcessError> {
-        if self.dry_run || !history.records.iter().any(|r| r.marker.kind == "grant") {
+        if self.dry_run || !history.records.iter().any(|r| r.marker.is(NoteKind::Grant)) {
             return Ok(());
         }
         let label = &self.cfg.bot.state_labels.time_bound;
@@ -177,7 +180,7 @@ impl Bot {
         let pending = history
             .records
             .iter()
-            .filter(|r| r.marker.kind == "grant")
+            .filter(|r| r.marker.is(NoteKind::Grant))
             .filter_map(|r| super::process::read_json_block::<RecordFile>(&r.content))
             .any(|f| !keys.contains(&crate::marker::clean(&format!("expired:{}", f.expires))));
         if pending && !labelled {
@@ -285,10 +288,13 @@ impl Bot {
             let (issue, facts) = self.issue_facts(project, iid).await?;
             let history = self.history(project, &facts).await;
             let wb = Writeback {
-                kind: "expiry-reminder",
+                kind: NoteKind::ExpiryReminder,
                 sections: vec![Section {
-                    template: "expiry_reminder.md",
-                    ctx: json!({"expires": expires, "revocations": revocations}),
+                    comment: comment::ExpiryReminder {
+                        expires: expires.clone(),
+                        revocations,
+                    }
+                    .into(),
                     key: format!("expiry-reminder:{expires}"),
                 }],
                 ..Default::default()
@@ -309,7 +315,7 @@ impl Bot {
 
     async fn revoke(&self, project: &str, iid: u64, grants: &[Grant]) -> Outcome {
         let expires = grants.iter().map(|g| g.expires).min().unwrap_or_default();
-        let mut all_lines: Vec<serde_json::Value> = Vec::new();
+        let mut all_lines: Vec<comment::Revocation> = Vec::new();
         // Newest grant first, each against the accounts as they are after the
         // one before was undone (an issue can grant twice, under two plans).
         for (n, g) in grants.iter().enumerate() {
@@ -367,11 +373,22 @@ impl Bot {
                 return Outcome::Waiting;
             };
             let (steps, r) = self.revoke_expired(project, &expired, n, &observed).await;
-            all_lines.extend(steps.iter().map(|s| {
-                json!({"done": r.done.contains(&s.key), "kept": false, "why": "", "text": format!("{} in {}: {}", crate::render::code_span(s.subject.as_str()), self.display(&s.instance), s.action.describe())})
+            all_lines.extend(steps.iter().map(|s| comment::Revocation {
+                done: r.done.contains(&s.key),
+                kept: false,
+                why: String::new(),
+                text: format!(
+                    "{} in {}: {}",
+                    crate::render::code_span(s.subject.as_str()),
+                    self.display(&s.instance),
+                    s.action.describe()
+                ),
             }));
-            all_lines.extend(kept.into_iter().map(|(a, why)| {
-                json!({"done": false, "kept": true, "text": self.undo_line(&record, &a), "why": why})
+            all_lines.extend(kept.into_iter().map(|(a, why)| comment::Revocation {
+                done: false,
+                kept: true,
+                text: self.undo_line(&record, &a),
+                why,
             }));
             if let Some((step, error, _)) = &r.failed {
                 tracing::warn!(iid, step = %step.key, error = %error, "revocation incomplete; will retry next cycle");
@@ -399,10 +416,13 @@ impl Bot {
                 })
                 .collect();
             let wb = Writeback {
-                kind: "expired",
+                kind: NoteKind::Expired,
                 sections: vec![Section {
-                    template: "expired.md",
-                    ctx: json!({"expires": expires.to_string(), "revocations": all_lines}),
+                    comment: comment::Expired {
+                        expires: expires.to_string(),
+                        revocations: all_lines,
+                    }
+                    .into(),
                     key: format!("expired:{expires}"),
                 }],
                 ticks: Ticks::ByText(ticks),

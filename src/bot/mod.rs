@@ -443,16 +443,23 @@ impl Bot {
             *counts.entry((action, r.outcome.clone())).or_insert(0) += 1;
             issues.insert((r.project.clone(), r.iid));
         }
-        let ctx = serde_json::json!({
-            "date": today,
-            "changes": rows.len(),
-            "counts": counts
+        let ctx = crate::comment::Digest {
+            date: today.clone(),
+            changes: rows.len(),
+            counts: counts
                 .iter()
-                .map(|((a, o), n)| serde_json::json!({"action": a, "outcome": o, "n": n}))
+                .map(|((a, o), n)| crate::comment::DigestCount {
+                    action: a.clone(),
+                    outcome: o.clone(),
+                    n: *n,
+                })
                 .collect::<Vec<_>>(),
-            "issues": issues.iter().map(|(p, i)| format!("{p}#{i}")).collect::<Vec<_>>(),
-        });
-        let text = match self.templates.render("digest.txt", &ctx) {
+            issues: issues
+                .iter()
+                .map(|(p, i)| format!("{p}#{i}"))
+                .collect::<Vec<_>>(),
+        };
+        let text = match self.templates.text(&ctx) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot render the digest");

@@ -9,9 +9,8 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{Value, json};
-
 use crate::approval::{self, Context, Decision, Directory, History, Identity, Stage};
+use crate::comment::{self, NoteKind};
 use crate::gitlab::ApiIssue;
 use crate::marker::short_hash;
 use crate::plan::{self, Action, BlockReason, Observed, Plan};
@@ -265,10 +264,11 @@ impl Bot {
             if history.keys().contains(&crate::marker::clean(&key)) {
                 return Ok::<bool, ProcessError>(false);
             }
-            let body = self
-                .templates
-                .render("stopped.md", &json!({"error": error}))?;
-            let sealed = crate::marker::Marker::new("stopped", vec![key.clone()], "").seal(
+            let body = self.templates.text(&comment::Stopped {
+                error: error.to_string(),
+            })?;
+            let kind = NoteKind::Stopped.as_str();
+            let sealed = crate::marker::Marker::new(kind, vec![key.clone()], "").seal(
                 &self.marker_key,
                 project,
                 iid,
@@ -553,11 +553,14 @@ impl Bot {
                     .collect();
                 let more = errors.len().saturating_sub(shown.len());
                 let wb = Writeback {
-                    kind: "invalid",
+                    kind: NoteKind::Invalid,
                     sections: vec![Section {
-                        template: "invalid.md",
-                        ctx: json!({"errors": shown, "more": more}),
                         key: format!("invalid:{}", short_hash(&shown.join("\n"))),
+                        comment: comment::Invalid {
+                            errors: shown,
+                            more,
+                        }
+                        .into(),
                     }],
                     state_label: Some(labels.refused.clone()),
                     ..Default::default()
@@ -625,16 +628,15 @@ impl Bot {
                             &requirements,
                             false,
                         );
-                        return Ok(Outcome::Planned(self.templates.render("plan.md", &view)?));
+                        return Ok(Outcome::Planned(self.templates.text(&view)?));
                     }
                     let observed = self.observe(&request).await?;
                     let why = matches!(stage, Stage::Stale { .. }).then(|| {
                             "The request changed since an earlier plan (or after it was carried out), so any earlier approval no longer applies: approve this plan again.".to_string()
                         });
-                    let planned = history
-                        .records
-                        .iter()
-                        .any(|r| r.marker.kind == "plan" && r.marker.digest == request.digest());
+                    let planned = history.records.iter().any(|r| {
+                        r.marker.is(NoteKind::Plan) && r.marker.digest == request.digest()
+                    });
                     let early = self
                         .post_plan(
                             project,
@@ -696,7 +698,7 @@ impl Bot {
                     // Whether the situation was already explained on the issue.
                     let mut explained: Option<bool> = None;
                     let mut wb = Writeback {
-                        kind: "waiting",
+                        kind: NoteKind::Waiting,
                         digest: digest.clone(),
                         state_label: Some(labels.waiting.clone()),
                         ..Default::default()
@@ -712,9 +714,13 @@ impl Bot {
                             .map(|v| format!("{}{}", v.label, v.detail))
                             .collect();
                         wb.sections.push(Section {
-                            template: "waiting.md",
-                            ctx: json!({"kind": request.kind.human(), "missing": views, "granted": report::granted_views(&granted)}),
                             key: format!("waiting:{digest}:{}", short_hash(&sig.join("\n"))),
+                            comment: comment::Waiting {
+                                kind: request.kind.human().to_string(),
+                                missing: views,
+                                granted: report::granted_views(&granted),
+                            }
+                            .into(),
                         });
                         let key = format!("waiting:{digest}:{}", short_hash(&sig.join("\n")));
                         explained = Some(history.keys().contains(&crate::marker::clean(&key)));
@@ -855,16 +861,15 @@ impl Bot {
             fields.push(("labels", label_field));
         }
         let mut wb = Writeback {
-            kind: "plan",
+            kind: NoteKind::Plan,
             digest: digest.clone(),
             fields,
             sections: vec![Section {
-                template: "plan.md",
-                ctx: serde_json::to_value(&view).unwrap_or_default(),
                 key: match &p.again {
                     Some(salt) => format!("plan:{digest}:{changes}:{}", short_hash(salt)),
                     None => format!("plan:{digest}:{changes}"),
                 },
+                comment: view.into(),
             }],
             state_label: Some(self.cfg.bot.state_labels.waiting.clone()),
             ..Default::default()
@@ -945,19 +950,25 @@ impl Bot {
         let key = format!("refused:{digest}:{}", short_hash(&reasons.join("\n")));
         let explained = history.keys().contains(&crate::marker::clean(&key));
         let wb = Writeback {
-            kind: "refused",
+            kind: NoteKind::Refused,
             digest: digest.clone(),
             // Bound to the plan it refuses: that plan is consumed.
             fields: plan
                 .map(|p| vec![("plan", p.to_string())])
                 .unwrap_or_default(),
             sections: vec![Section {
-                template: if close {
-                    "citizenship_denied.md"
+                comment: if close {
+                    comment::CitizenshipDenied {
+                        reasons: reasons.clone(),
+                    }
+                    .into()
                 } else {
-                    "refused.md"
+                    comment::Refused {
+                        reasons: reasons.clone(),
+                        close,
+                    }
+                    .into()
                 },
-                ctx: json!({"reasons": reasons, "close": close}),
                 key,
             }],
             state_label: Some(self.cfg.bot.state_labels.refused.clone()),
@@ -1010,7 +1021,7 @@ impl Bot {
             return Ok(Outcome::Done);
         }
         let mut wb = Writeback {
-            kind: "result",
+            kind: NoteKind::Result,
             digest: request.digest(),
             state_label: Some(labels.done.clone()),
             close: self.cfg.policy_for(request.kind).close_when_done,
@@ -1064,14 +1075,20 @@ impl Bot {
         let subject = request.subjects.first()?;
         let who = self.verified_person(request, dir)?;
         wb.sections.push(Section {
-            template: "citizenship_request.md",
-            ctx: json!({
-                "name": who,
-                "issue_url": request.web_url,
-                "verifiers": rule.map(|r| r.approvers.iter().map(|a| format!("`@{}`", a.trim_start_matches('@'))).collect::<Vec<_>>().join(", ")),
-                "verified_label": rule.map(|r| r.label.clone()),
-                "denied_label": rule.and_then(|r| r.denied_label.clone()),
-            }),
+            comment: comment::CitizenshipRequest {
+                name: who.clone(),
+                issue_url: request.web_url.clone(),
+                verifiers: rule.map(|r| {
+                    r.approvers
+                        .iter()
+                        .map(|a| format!("`@{}`", a.trim_start_matches('@')))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }),
+                verified_label: rule.map(|r| r.label.clone()),
+                denied_label: rule.and_then(|r| r.denied_label.clone()),
+            }
+            .into(),
             key: verification_key(&subject.email),
         });
         self.mailer
@@ -1188,11 +1205,11 @@ impl Bot {
             short_hash(v.email.as_str())
         );
         let to = m.people_team.join(", ");
-        let subject = "US Citizenship Verification Request";
-        let said = |template: &'static str, ctx: serde_json::Value, key: String| Writeback {
-            kind: "email",
+        let subject = comment::CITIZENSHIP_SUBJECT;
+        let said = |comment: comment::Comment, key: String| Writeback {
+            kind: NoteKind::Email,
             digest: request.digest(),
-            sections: vec![Section { template, ctx, key }],
+            sections: vec![Section { comment, key }],
             ..Default::default()
         };
         if !self.may_write(project) {
@@ -1221,8 +1238,11 @@ impl Bot {
                 self.store.set_delivery(&store_key, PREPARED)?;
                 if !announced {
                     let wb = said(
-                        "email_sending.md",
-                        json!({"to": to, "subject": subject}),
+                        comment::EmailSending {
+                            to: to.clone(),
+                            subject,
+                        }
+                        .into(),
                         sending_key,
                     );
                     match self.write_back(project, issue, history, wb).await? {
@@ -1230,10 +1250,10 @@ impl Bot {
                         None => return Err(ProcessError::NotActive),
                     }
                 }
-                let body = self.templates.render(
-                    "citizenship_email.txt",
-                    &json!({"name": v.who, "issue_url": request.web_url}),
-                )?;
+                let body = self.templates.text(&comment::CitizenshipEmail {
+                    name: v.who.clone(),
+                    issue_url: request.web_url.clone(),
+                })?;
                 let id = format!(
                     "<citizenship-{}-{}-{}@access-bot>",
                     short_hash(project),
@@ -1272,8 +1292,15 @@ impl Bot {
                     })
                     .unwrap_or_default();
                 let wb = said(
-                    "email_sent.md",
-                    json!({"to": to, "subject": subject, "answer_lost": lost, "answered": answered, "uncertain": uncertain, "verifiers": verifiers}),
+                    comment::EmailSent {
+                        to: to.clone(),
+                        subject,
+                        answer_lost: lost,
+                        answered,
+                        uncertain,
+                        verifiers,
+                    }
+                    .into(),
                     sent_key,
                 );
                 if let Some(r) = self.write_back(project, issue, history, wb).await? {
@@ -1284,8 +1311,11 @@ impl Bot {
             Err(e) => {
                 tracing::warn!(iid = request.iid, error = %e, "citizenship verification e-mail not sent");
                 let wb = said(
-                    "email_failed.md",
-                    json!({"to": to, "error": e.to_string()}),
+                    comment::EmailFailed {
+                        to: to.clone(),
+                        error: e.to_string(),
+                    }
+                    .into(),
                     format!("email-failed:{}", short_hash(&e.to_string())),
                 );
                 if let Some(r) = self.write_back(project, issue, history, wb).await? {
@@ -1321,7 +1351,7 @@ impl Bot {
                 false,
             );
             return Ok(Acted::Outcome(Outcome::Planned(
-                self.templates.render("plan.md", &view)?,
+                self.templates.text(&view)?,
             )));
         }
         let plan_digest = approved.plan().marker.digest.clone();
@@ -1346,7 +1376,7 @@ impl Bot {
             .records
             .iter()
             .filter(|r| {
-                r.marker.kind == "result" && r.marker.field("plan_note") == Some(&plan_note)
+                r.marker.is(NoteKind::Result) && r.marker.field("plan_note") == Some(&plan_note)
             })
             .flat_map(|r| {
                 r.marker
@@ -1387,7 +1417,7 @@ impl Bot {
             |sections: Vec<Section>, done: bool, ticks: &BTreeSet<usize>, did: String| {
                 let after = req.digest_after_ticks(ticks);
                 Writeback {
-                    kind: "result",
+                    kind: NoteKind::Result,
                     digest: digest.clone(),
                     fields: vec![
                         ("plan", plan_digest.clone()),
@@ -1454,20 +1484,28 @@ impl Bot {
                 .all(|b| b.reason == BlockReason::NeedsAccountFirst)
                 && !refusals.is_empty()
             {
-                let people: Vec<Value> = refusals
+                let people: Vec<comment::WithoutAccount> = refusals
                     .iter()
                     .map(|b| {
-                        let name = req.subjects.iter().find(|s| s.email == b.subject).map(|s| s.name.clone()).unwrap_or_default();
-                        json!({"name": name, "email": b.subject.as_str(), "system": self.display(&b.instance)})
+                        let name = req
+                            .subjects
+                            .iter()
+                            .find(|s| s.email == b.subject)
+                            .map(|s| s.name.clone())
+                            .unwrap_or_default();
+                        comment::WithoutAccount {
+                            name,
+                            email: b.subject.as_str().to_string(),
+                            system: self.display(&b.instance),
+                        }
                     })
                     .collect();
                 let wb = Writeback {
-                    kind: "refused",
+                    kind: NoteKind::Refused,
                     digest: digest.clone(),
                     fields: vec![("plan", plan_digest.clone())],
                     sections: vec![Section {
-                        template: "needs_account_first.md",
-                        ctx: json!({"people": people}),
+                        comment: comment::NeedsAccountFirst { people }.into(),
                         key: format!("needs-account:{digest}"),
                     }],
                     state_label: Some(labels.refused.clone()),
@@ -1526,7 +1564,7 @@ impl Bot {
                 // The label (how a bot with an empty store finds the grant)
                 // goes on with the record, or after it if that edit was lost.
                 let mut wb = Writeback {
-                    kind: "grant",
+                    kind: NoteKind::Grant,
                     digest: digest.clone(),
                     add_labels: vec![self.cfg.bot.state_labels.time_bound.clone()],
                     ..Default::default()
@@ -1534,12 +1572,12 @@ impl Bot {
                 if !history.keys().contains(&crate::marker::clean(&key)) {
                     let records = plan::grant_records(req, p, &observed);
                     wb.sections.push(Section {
-                        template: "grant_record.md",
-                        ctx: json!({
-                            "expires": exp.0.to_string(),
-                            "lines": records.iter().flat_map(|r| r.undo.iter().map(|a| format!("{} in {}: {}", crate::render::code_span(r.subject.as_str()), self.display(&r.instance), a.describe())).collect::<Vec<_>>()).collect::<Vec<_>>(),
-                            "record": json_block(&serde_json::json!({"expires": exp.0.to_string(), "grants": records})),
-                        }),
+                        comment: comment::GrantRecord {
+                            expires: exp.0.to_string(),
+                            lines: records.iter().flat_map(|r| r.undo.iter().map(|a| format!("{} in {}: {}", crate::render::code_span(r.subject.as_str()), self.display(&r.instance), a.describe())).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                            record: json_block(&serde_json::json!({"expires": exp.0.to_string(), "grants": records})),
+                        }
+                        .into(),
                         key,
                     });
                 }
@@ -1564,15 +1602,22 @@ impl Bot {
         if let Some((step, error, transient)) = failure {
             let mut wb = result_note(
                 vec![Section {
-                    template: "failed.md",
-                    ctx: json!({
-                        "step": step.action.describe(),
-                        "subject": step.subject.as_str(),
-                        "system": self.display(&step.instance),
-                        "error": error,
-                        "done": systems.iter().flat_map(|s| s.steps.iter().filter(|st| st.done).map(|st| st.text.clone())).collect::<Vec<_>>(),
-                        "transient": transient,
-                    }),
+                    comment: comment::Failed {
+                        step: step.action.describe(),
+                        subject: step.subject.as_str().to_string(),
+                        system: self.display(&step.instance),
+                        error: error.clone(),
+                        done: systems
+                            .iter()
+                            .flat_map(|s| {
+                                s.steps
+                                    .iter()
+                                    .filter(|st| st.done)
+                                    .map(|st| st.text.clone())
+                            })
+                            .collect::<Vec<_>>(),
+                    }
+                    .into(),
                     key: format!("failed:{plan_digest}:{}:{}", step.key, short_hash(&error)),
                 }],
                 false,
@@ -1617,18 +1662,17 @@ impl Bot {
             .filter(|i| ticks.contains(&i.ordinal))
             .map(|i| i.text.clone())
             .collect();
-        let (light_agent, light_text) = light_agent_result(req, p, &done);
+        let light_agent = light_agent_result(req, p, &done);
         let mut wb = result_note(
             vec![Section {
-                template: "result.md",
-                ctx: json!({
-                    "complete": complete,
-                    "systems": systems,
-                    "ticked": ticked,
-                    "light_agent": light_agent,
-                    "light_agent_result": light_text,
-                    "expires": req.expires.map(|e| e.0.to_string()),
-                }),
+                comment: comment::ResultNote {
+                    complete,
+                    systems,
+                    ticked,
+                    light_agent,
+                    expires: req.expires.map(|e| e.0.to_string()),
+                }
+                .into(),
                 // Once per outcome: done, or blocked for these reasons (not once
                 // per retry of the same situation).
                 key: format!(
@@ -1657,7 +1701,7 @@ impl Bot {
                 .chain(grant_note.iter())
                 .rev()
                 .find(|r| {
-                    r.marker.kind == "grant"
+                    r.marker.is(NoteKind::Grant)
                         && r.marker
                             .keys
                             .contains(&crate::marker::clean(&format!("grant:{plan_digest}")))
@@ -1725,8 +1769,7 @@ impl Bot {
         let days = age.num_days();
         if age.to_std().is_ok_and(|a| a >= close) {
             wb.sections.push(Section {
-                template: "stale_closed.md",
-                ctx: json!({"days": days}),
+                comment: comment::StaleClosed { days }.into(),
                 key: "stale-closed".into(),
             });
             wb.close = true;
@@ -1747,17 +1790,24 @@ impl Bot {
                     })
                     .unwrap_or_default()
             };
-            let list: Vec<Value> = missing
+            let list: Vec<comment::Reminded> = missing
                 .iter()
-                .map(|m| json!({"label": m.label, "mention": mention(m)}))
+                .map(|m| comment::Reminded {
+                    label: m.label.clone(),
+                    mention: mention(m),
+                })
                 .collect();
             let close_in = close
                 .as_secs()
                 .saturating_sub(age.num_seconds().max(0) as u64)
                 / 86_400;
             wb.sections.push(Section {
-                template: "stale_reminder.md",
-                ctx: json!({"days": days, "missing": list, "close_in_days": close_in}),
+                comment: comment::StaleReminder {
+                    days,
+                    missing: list,
+                    close_in_days: close_in,
+                }
+                .into(),
                 key: "stale-reminder".into(),
             });
         }
@@ -1883,7 +1933,7 @@ impl Bot {
         }
     }
 
-    /// Before and after, per account: this replaces the screenshot the seed asks for.
+    /// Before and after, per account: the evidence an offboarding leaves on the issue.
     async fn add_evidence(
         &self,
         req: &Request,
@@ -1968,10 +2018,14 @@ pub(super) fn read_json_block<T: serde::de::DeserializeOwned>(content: &str) -> 
     serde_json::from_str(&rest[..end]).ok()
 }
 
-/// The seed's result text for light-agent requests.
-fn light_agent_result(req: &Request, p: &Plan, done: &BTreeSet<String>) -> (bool, String) {
+/// What a light-agent request came to, for its result.
+fn light_agent_result(
+    req: &Request,
+    p: &Plan,
+    done: &BTreeSet<String>,
+) -> Option<comment::LightAgent> {
     if req.kind != RequestKind::LightAgent {
-        return (false, String::new());
+        return None;
     }
     let created = p.steps.iter().any(|s| {
         matches!(
@@ -1985,20 +2039,19 @@ fn light_agent_result(req: &Request, p: &Plan, done: &BTreeSet<String>) -> (bool
             }
         ) && done.contains(&s.key)
     });
-    let text = if created {
-        "Account created and upgraded to light agent".to_string()
+    Some(if created {
+        comment::LightAgent::Created
     } else if p.notes.iter().any(|n| n.text.contains("full agent")) {
-        "Looks like you are already a full agent.".to_string()
+        comment::LightAgent::FullAgent
     } else if p
         .notes
         .iter()
         .any(|n| n.text.contains("already a light agent"))
     {
-        "You already have a light agent account; nothing needed to change.".to_string()
+        comment::LightAgent::Already
     } else {
-        "Light agent provisioned".to_string()
-    };
-    (true, text)
+        comment::LightAgent::Provisioned
+    })
 }
 
 /// This process's claim on one issue, given back when dropped (also when the

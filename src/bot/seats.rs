@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
-use serde_json::json;
 
 use crate::approval::History;
+use crate::comment::{self, NoteKind, ReviewLine, SeatReclaimed};
 use crate::config::SeatAuditConfig;
 use crate::gitlab::{ApiIssue, IssueEdit};
 use crate::marker::short_hash;
@@ -79,37 +79,11 @@ fn describe(u: &User, role_names: &BTreeMap<u64, String>) -> String {
     }
 }
 
-/// One line of the review's checklist, as the template shows it.
-#[derive(Serialize)]
-struct ReviewLine<'a> {
-    mark: &'static str,
-    text: &'a str,
-}
-
-/// What `seat_review.md` is rendered with.
-#[derive(Serialize)]
-struct ReviewContext<'a> {
-    instance: &'a str,
-    instance_key: &'a str,
-    period: &'a str,
-    idle_days: u32,
-    reclaim_to: String,
-    reviewers: &'a str,
-    candidates: Vec<ReviewLine<'a>>,
-    open_count: usize,
-    open_total: String,
-    price: String,
-    checked_at: String,
-}
-
 /// The one field of a recorded line the total needs.
 #[derive(serde::Deserialize)]
 struct Cost {
     yearly_cost: f64,
 }
-
-/// The kind of the bot's note that records the lines it listed.
-pub(super) const SEAT_LIST: &str = "seat-list";
 
 /// The lines the bot listed on a review issue, from its sealed list notes,
 /// each marked reclaimed if a note of the bot's says it was.
@@ -117,7 +91,7 @@ pub(super) fn listed_on(history: &History, instance: &str, period: &str) -> Vec<
     let keys = history.keys();
     let mut by_email: BTreeMap<String, SeatCandidateRow> = BTreeMap::new();
     for r in history.records.iter().filter(|r| {
-        r.marker.kind == SEAT_LIST
+        r.marker.is(NoteKind::SeatList)
             && r.marker.field("instance") == Some(instance)
             && r.marker.field("period") == Some(period)
     }) {
@@ -302,7 +276,7 @@ impl Bot {
             .records
             .iter()
             .rev()
-            .find(|r| r.marker.kind == SEAT_LIST)
+            .find(|r| r.marker.is(NoteKind::SeatList))
             .and_then(|r| {
                 Some((
                     r.marker.field("instance")?.to_string(),
@@ -312,10 +286,10 @@ impl Bot {
     }
 
     fn item_text(&self, cfg: &SeatAuditConfig, c: &SeatCandidate) -> Result<String, SeatError> {
-        let line = self.templates.render(
-            "seat_review_item.md",
-            &json!({"c": c, "cost": seats::money(c.yearly_cost, &cfg.currency)}),
-        )?;
+        let line = self.templates.text(&comment::SeatReviewItem {
+            c,
+            cost: seats::money(c.yearly_cost, &cfg.currency),
+        })?;
         let line = line.lines().next().unwrap_or("").trim().to_string();
         // The text as the checklist parser will see it once written.
         Ok(checklist::parse(&format!("- [ ] {line}\n"))
@@ -457,22 +431,19 @@ impl Bot {
                     }
                 })
                 .collect();
-            Ok(self.templates.render(
-                "seat_review.md",
-                &ReviewContext {
-                    instance: &display,
-                    instance_key: instance,
-                    period,
-                    idle_days: cfg.idle_days,
-                    reclaim_to: cfg.reclaim_to.replace('_', " "),
-                    reviewers: &reviewers,
-                    candidates,
-                    open_count,
-                    open_total: seats::money(open_total, &cfg.currency),
-                    price: seats::money(cfg.price_per_seat_month, &cfg.currency),
-                    checked_at: self.now().format("%Y-%m-%d %H:%M UTC").to_string(),
-                },
-            )?)
+            Ok(self.templates.text(&comment::SeatReview {
+                instance: &display,
+                instance_key: instance,
+                period,
+                idle_days: cfg.idle_days,
+                reclaim_to: cfg.reclaim_to.replace('_', " "),
+                reviewers: &reviewers,
+                candidates,
+                open_count,
+                open_total: seats::money(open_total, &cfg.currency),
+                price: seats::money(cfg.price_per_seat_month, &cfg.currency),
+                checked_at: self.now().format("%Y-%m-%d %H:%M UTC").to_string(),
+            })?)
         };
         // The issue first (empty), then the lines on record in a sealed note
         // of the bot's, then the lines in the description: a tick is only
@@ -506,17 +477,22 @@ impl Bot {
             for chunk in list_chunks(&new) {
                 let emails: Vec<&str> = chunk.iter().map(|r| r.email.as_str()).collect();
                 let wb = Writeback {
-                    kind: SEAT_LIST,
+                    kind: NoteKind::SeatList,
                     fields: vec![
                         ("instance", instance.to_string()),
                         ("period", period.clone()),
                     ],
                     sections: vec![Section {
-                        template: "seat_listed.md",
-                        ctx: json!({
-                            "lines": chunk.iter().map(|r| r.item_text.as_str()).collect::<Vec<_>>(),
-                            "record": super::process::json_block(&serde_json::to_value(chunk).unwrap_or_default()),
-                        }),
+                        comment: comment::SeatListed {
+                            lines: chunk
+                                .iter()
+                                .map(|r| r.item_text.clone())
+                                .collect::<Vec<_>>(),
+                            record: super::process::json_block(
+                                &serde_json::to_value(chunk).unwrap_or_default(),
+                            ),
+                        }
+                        .into(),
                         key: format!("seat-list:{period}:{}", short_hash(&emails.join(","))),
                     }],
                     // The description is rewritten below, after the last one.
@@ -574,10 +550,9 @@ impl Bot {
             return Ok(Outcome::Failed(format!("no Zendesk instance {instance:?}")));
         };
         let mut wb = Writeback::default();
-        let mut section = |kind: &str, key: String, r: serde_json::Value| {
+        let mut section = |key: String, r: SeatReclaimed| {
             wb.sections.push(Section {
-                template: "seat_reclaimed.md",
-                ctx: json!({"kind": kind, "r": r}),
+                comment: r.into(),
                 key,
             });
         };
@@ -586,9 +561,10 @@ impl Bot {
         for item in items.iter().filter(|i| i.state == CheckState::Done) {
             let Some(row) = rows.iter().find(|r| r.item_text == item.text) else {
                 section(
-                    "unknown",
                     format!("seat-unknown:{}", short_hash(&item.text)),
-                    json!({"text": item.text}),
+                    SeatReclaimed::Unknown {
+                        text: item.text.clone(),
+                    },
                 );
                 continue;
             };
@@ -606,19 +582,29 @@ impl Bot {
                                     "reclaimed",
                                     was.clone(),
                                     now.clone(),
-                                    json!({"email": email, "was": was, "now": now, "by": by}),
+                                    SeatReclaimed::Reclaimed {
+                                        email: email.clone(),
+                                        was,
+                                        now,
+                                        by: by.clone(),
+                                    },
                                 ),
                                 Reclaim::AlreadyFree { now } => (
                                     "already",
                                     now.clone(),
                                     now.clone(),
-                                    json!({"email": email, "now": now}),
+                                    SeatReclaimed::Already {
+                                        email: email.clone(),
+                                        now,
+                                    },
                                 ),
                                 Reclaim::Kept(why) => {
                                     section(
-                                        "kept",
                                         format!("seat-kept:{email}:{note_id}"),
-                                        json!({"email": email, "why": why}),
+                                        SeatReclaimed::Kept {
+                                            email: email.clone(),
+                                            why,
+                                        },
                                     );
                                     continue;
                                 }
@@ -636,7 +622,7 @@ impl Bot {
                                 if kind == "reclaimed" { "ok" } else { "already" },
                             )?;
                             reclaimed_now.insert(email.clone());
-                            section(kind, format!("seat-reclaimed:{email}"), ctx);
+                            section(format!("seat-reclaimed:{email}"), ctx);
                         }
                         Err(e) => {
                             self.store.audit(
@@ -651,28 +637,40 @@ impl Bot {
                                 "failed",
                             )?;
                             section(
-                                "failed",
                                 format!("seat-failed:{email}:{}", short_hash(&e.to_string())),
-                                json!({"email": email, "error": e.to_string()}),
+                                SeatReclaimed::Failed {
+                                    email: email.clone(),
+                                    error: e.to_string(),
+                                },
                             );
                             failed = Some(e.to_string());
                         }
                     }
                 }
                 TickVerdict::NotReviewer { by, note_id } => section(
-                    "refused",
                     format!("seat-refused:{email}:{note_id}"),
-                    json!({"email": email, "why": format!("it was ticked by `@{by}`, who is not one of the reviewers in bot.toml")}),
+                    SeatReclaimed::Refused {
+                        email,
+                        why: format!(
+                            "it was ticked by `@{by}`, who is not one of the reviewers in bot.toml"
+                        ),
+                    },
                 ),
                 TickVerdict::LaterEdit { by, note_id } => section(
-                    "refused",
                     format!("seat-refused:{email}:{note_id}:edit"),
-                    json!({"email": email, "why": format!("`@{by}` changed the description after the tick; a reviewer must untick and tick it again")}),
+                    SeatReclaimed::Refused {
+                        email,
+                        why: format!(
+                            "`@{by}` changed the description after the tick; a reviewer must untick and tick it again"
+                        ),
+                    },
                 ),
                 TickVerdict::NoRecord => section(
-                    "refused",
                     format!("seat-refused:{email}:none"),
-                    json!({"email": email, "why": "GitLab has no record of a reviewer ticking it"}),
+                    SeatReclaimed::Refused {
+                        email,
+                        why: "GitLab has no record of a reviewer ticking it".into(),
+                    },
                 ),
             }
         }

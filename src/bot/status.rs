@@ -14,6 +14,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::approval::{self, Context, Decision, Directory, History, Missing};
+use crate::comment::NoteKind;
 use crate::config::PollSchedule;
 use crate::gitlab::{ApiIssue, GitlabError};
 use crate::policy::Requester;
@@ -177,12 +178,12 @@ pub struct SeatPerson {
 impl StatusReport {
     /// For a terminal (`access-bot status`).
     pub fn to_text(&self, t: &Templates) -> Result<String, RenderError> {
-        t.render("status.txt", self)
+        t.text(&crate::comment::StatusText(self))
     }
 
     /// The page: every value HTML-escaped by the template engine (`.html`).
     pub fn to_html(&self, t: &Templates) -> Result<String, RenderError> {
-        t.render("status.html", self)
+        t.text(&crate::comment::StatusPage(self))
     }
 }
 
@@ -240,7 +241,7 @@ fn describe_record(r: &approval::Record) -> String {
 /// and the first line of the error it quoted.
 fn failure_reason(history: &History) -> Option<String> {
     let r = history.records.iter().rev().find(|r| {
-        r.marker.kind == "stopped"
+        r.marker.is(NoteKind::Stopped)
             || r.marker
                 .keys
                 .iter()
@@ -562,7 +563,11 @@ impl Bot {
         for issue in self.gitlab.labelled_issues(project, label).await?.issues {
             let notes = self.gitlab.notes(project, issue.iid).await?;
             let history = History::read(&notes, self.me.id, &self.marker_key, project, issue.iid);
-            for r in history.records.iter().filter(|r| r.marker.kind == "grant") {
+            for r in history
+                .records
+                .iter()
+                .filter(|r| r.marker.is(NoteKind::Grant))
+            {
                 let Some(file) =
                     super::process::read_json_block::<super::expiry::RecordFile>(&r.content)
                 else {
@@ -626,7 +631,7 @@ impl Bot {
             let periods: std::collections::BTreeSet<(String, String)> = history
                 .records
                 .iter()
-                .filter(|r| r.marker.kind == super::seats::SEAT_LIST)
+                .filter(|r| r.marker.is(NoteKind::SeatList))
                 .filter_map(|r| {
                     Some((
                         r.marker.field("instance")?.to_string(),

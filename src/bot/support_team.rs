@@ -3,8 +3,7 @@
 //! deleting their file in the Support Team repository, links it on the
 //! offboarding issue, and ticks the issue's item once the request is merged.
 
-use serde_json::json;
-
+use crate::comment;
 use crate::config::SupportTeamConfig;
 use crate::gitlab::NewMergeRequest;
 use crate::marker::short_hash;
@@ -52,10 +51,17 @@ impl Bot {
                         Err(e) => {
                             let text = e.to_string();
                             wb.sections.push(Section {
-                            template: "support_team.md",
-                            ctx: json!({"kind": "failed", "path": path, "repo": st.project, "error": text}),
-                            key: format!("support-team:failed:{username}:{}", short_hash(&text)),
-                        });
+                                comment: comment::SupportTeam::Failed {
+                                    path: path.clone(),
+                                    repo: st.project.clone(),
+                                    error: text.clone(),
+                                }
+                                .into(),
+                                key: format!(
+                                    "support-team:failed:{username}:{}",
+                                    short_hash(&text)
+                                ),
+                            });
                             self.tell_ops(
                             crate::notify::NoticeKind::StepFailed,
                             format!("support team {}: {text}", st.project),
@@ -68,13 +74,19 @@ impl Bot {
                     }
                 }
             };
-            let (kind, key) = match row.state.as_str() {
-                "none" => ("none", format!("support-team:none:{username}")),
-                _ => ("opened", format!("support-team:mr:{username}")),
+            let (repo, url) = (st.project.clone(), row.mr_url.clone());
+            let (comment, key) = match row.state.as_str() {
+                "none" => (
+                    comment::SupportTeam::NoFile { path, repo },
+                    format!("support-team:none:{username}"),
+                ),
+                _ => (
+                    comment::SupportTeam::Opened { path, repo, url },
+                    format!("support-team:mr:{username}"),
+                ),
             };
             wb.sections.push(Section {
-                template: "support_team.md",
-                ctx: json!({"kind": kind, "path": path, "repo": st.project, "url": row.mr_url, "username": username}),
+                comment: comment.into(),
                 key,
             });
         }
@@ -138,10 +150,11 @@ impl Bot {
                         reviewer_ids.push(u.id);
                     }
                 }
-                let description = self.templates.render(
-                    "support_team_mr.md",
-                    &json!({"path": path, "username": username, "issue_url": req.web_url}),
-                )?;
+                let description = self.templates.text(&comment::SupportTeamMr {
+                    path: path.to_string(),
+                    username: username.to_string(),
+                    issue_url: req.web_url.clone(),
+                })?;
                 self.gitlab
                     .create_merge_request(
                         &st.project,
@@ -253,8 +266,18 @@ impl Bot {
         }
         let path = st.path.replace("{username}", &row.username);
         wb.sections.push(Section {
-            template: "support_team.md",
-            ctx: json!({"kind": kind, "path": path, "repo": st.project, "url": row.mr_url, "username": row.username}),
+            comment: match kind {
+                "merged" => comment::SupportTeam::Merged {
+                    path,
+                    url: row.mr_url.clone(),
+                },
+                _ => comment::SupportTeam::Closed {
+                    path,
+                    repo: st.project.clone(),
+                    url: row.mr_url.clone(),
+                },
+            }
+            .into(),
             key: format!("support-team:{kind}:{}", row.username),
         });
         let history = self.history(&row.project, &facts).await;

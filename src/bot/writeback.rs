@@ -3,9 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::Value;
-
 use crate::approval::{History, Record};
+use crate::comment::{Comment, NoteKind};
 use crate::gitlab::{ApiIssue, IssueEdit};
 use crate::marker::Marker;
 use crate::request::{self, checklist};
@@ -15,8 +14,7 @@ use super::process::ProcessError;
 
 /// One part of a note, posted unless a note on the issue already reported its key.
 pub(super) struct Section {
-    pub template: &'static str,
-    pub ctx: Value,
+    pub comment: Comment,
     pub key: String,
 }
 
@@ -41,7 +39,7 @@ pub(super) enum Ticks {
 #[derive(Default)]
 pub(super) struct Writeback {
     /// What the note is (`plan`, `result`, …); `note` when unset.
-    pub kind: &'static str,
+    pub kind: NoteKind,
     /// The request digest the note is about.
     pub digest: String,
     /// Further marker fields (`done`, `after`, `ticks`, `plan`).
@@ -84,7 +82,14 @@ impl Bot {
             if existing.contains(&key) || keys.contains(&key) {
                 continue;
             }
-            parts.push(self.templates.render(s.template, &s.ctx)?);
+            // A comment always sealed in one kind of note is in that kind.
+            debug_assert!(
+                s.comment.kind().is_none_or(|k| k == wb.kind),
+                "{} in a {:?} note",
+                s.comment.template(),
+                wb.kind
+            );
+            parts.push(s.comment.render(&self.templates)?);
             keys.push(key);
         }
         let mut record = None;
@@ -98,11 +103,7 @@ impl Bot {
                 body.truncate(cut);
                 body.push_str("\n\n*(cut: this comment was too long)*\n");
             }
-            let mut marker = Marker::new(
-                if wb.kind.is_empty() { "note" } else { wb.kind },
-                keys,
-                &wb.digest,
-            );
+            let mut marker = Marker::new(wb.kind.as_str(), keys, &wb.digest);
             for (k, v) in &wb.fields {
                 marker = marker.with(k, v);
             }
