@@ -494,6 +494,8 @@ impl Store {
         Ok(())
     }
 
+    /// Append an audit row, synced to disk at once: the audit trail survives
+    /// a power loss too (and with this commit, everything committed before it).
     #[allow(clippy::too_many_arguments)]
     pub fn audit(
         &self,
@@ -507,16 +509,74 @@ impl Store {
         approvers: &str,
         outcome: &str,
     ) -> Result<(), StoreError> {
+        self.audit_row(
+            project, iid, subject, instance, action, before, after, approvers, outcome, true,
+        )
+    }
+
+    /// Append an audit row that a killed process keeps (it is committed), but
+    /// that reaches the disk only with the next synced commit: a run of steps
+    /// records each row this way and then calls [`Store::sync_audit`] once,
+    /// before anything reports the steps.
+    #[allow(clippy::too_many_arguments)]
+    pub fn audit_unsynced(
+        &self,
+        project: &str,
+        iid: u64,
+        subject: &str,
+        instance: &str,
+        action: &str,
+        before: &str,
+        after: &str,
+        approvers: &str,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        self.audit_row(
+            project, iid, subject, instance, action, before, after, approvers, outcome, false,
+        )
+    }
+
+    /// Sync to disk every audit row committed so far (one synced commit: in
+    /// write-ahead-log mode it carries all the commits before it).
+    pub fn sync_audit(&self) -> Result<(), StoreError> {
         let c = self.c();
-        // The audit trail survives a power loss too: this commit is synced to
-        // disk, and with it everything committed before it.
         c.pragma_update(None, "synchronous", "FULL")?;
+        let r = c.execute(
+            "INSERT INTO counter (name, value) VALUES ('audit_syncs', 1)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1",
+            [],
+        );
+        c.pragma_update(None, "synchronous", "NORMAL")?;
+        r?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn audit_row(
+        &self,
+        project: &str,
+        iid: u64,
+        subject: &str,
+        instance: &str,
+        action: &str,
+        before: &str,
+        after: &str,
+        approvers: &str,
+        outcome: &str,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let c = self.c();
+        if sync {
+            c.pragma_update(None, "synchronous", "FULL")?;
+        }
         let inserted = c.execute(
             "INSERT INTO audit (at, project, iid, subject, instance, action, before, after, approvers, outcome)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![ts(Utc::now()), project, iid, subject, instance, action, before, after, approvers, outcome],
         );
-        c.pragma_update(None, "synchronous", "NORMAL")?;
+        if sync {
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+        }
         inserted?;
         Ok(())
     }
@@ -959,6 +1019,52 @@ mod tests {
             })
             .unwrap();
         assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn unsynced_audit_rows_are_committed_and_a_sync_leaves_the_connection_unsynced() {
+        let dir = std::env::temp_dir().join(format!("ab-store-sync-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.db");
+        let s = Store::open(&path).unwrap();
+        for i in 0..3 {
+            s.audit_unsynced(
+                "p",
+                1,
+                "a@x.com",
+                "global",
+                &format!("step{i}"),
+                "",
+                "{}",
+                "mlee",
+                "ok",
+            )
+            .unwrap();
+        }
+        s.sync_audit().unwrap();
+        s.sync_audit().unwrap();
+        let sync: i64 = s
+            .c()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        // 1 = NORMAL: only the audit's commits are synced to disk.
+        assert_eq!(sync, 1);
+        let syncs: i64 = s
+            .c()
+            .query_row(
+                "SELECT value FROM counter WHERE name = 'audit_syncs'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(syncs, 2);
+        drop(s);
+        // Committed: another connection (a restarted process) reads them.
+        let again = Store::open(&path).unwrap();
+        let rows = again.audit_rows(&AuditQuery::default()).unwrap();
+        let actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(actions, ["step0", "step1", "step2"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

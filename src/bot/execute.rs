@@ -174,6 +174,36 @@ impl Bot {
         observed: &Observed,
         self_service: bool,
     ) -> ExecResult {
+        let mut result = self
+            .run_steps_unsynced(project, iid, steps, approvers, ids, observed, self_service)
+            .await;
+        // Each row was committed before the next write (a killed process
+        // keeps it); one sync to disk for the run, before anything reports it.
+        if !steps.is_empty()
+            && let Err(e) = self.store.sync_audit()
+        {
+            tracing::error!(iid, error = %e, "cannot sync the audit trail to disk");
+            if result.failed.is_none()
+                && let Some(last) = steps.iter().rev().find(|s| result.done.contains(&s.key))
+            {
+                result.done.remove(&last.key);
+                result.failed = Some((last.clone(), e.to_string(), true));
+            }
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_steps_unsynced(
+        &self,
+        project: &str,
+        iid: u64,
+        steps: &[Step],
+        approvers: &str,
+        ids: &mut BTreeMap<(String, Email), u64>,
+        observed: &Observed,
+        self_service: bool,
+    ) -> ExecResult {
         let mut result = ExecResult::default();
         for step in steps {
             let before = observed
@@ -198,8 +228,9 @@ impl Bot {
                 Ok(after) => ("ok", after.clone()),
                 Err(e) => ("failed", e.to_string()),
             };
-            // Recorded before it is reported anywhere: the audit trail survives a crash.
-            if let Err(e) = self.store.audit(
+            // Recorded before the next write and before it is reported
+            // anywhere: the audit trail survives a crash.
+            if let Err(e) = self.store.audit_unsynced(
                 project,
                 iid,
                 step.subject.as_str(),
