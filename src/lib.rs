@@ -5,6 +5,7 @@
 //! knows nothing of HTTP. Adapters (`gitlab`, `zendesk`, `google`) sit behind
 //! async traits; `bot` runs the loop; `sandbox` fakes the three services.
 
+pub mod accounts;
 pub mod approval;
 pub mod bot;
 pub mod check;
