@@ -1721,3 +1721,26 @@ pub async fn check(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_s_error_keeps_the_message_and_whether_to_retry() {
+        let server = ZendeskError::Server {
+            instance: "global".into(),
+            status: 503,
+            attempts: 5,
+        };
+        let text = server.to_string();
+        let e = AccountError::from(server);
+        assert_eq!(e.to_string(), text);
+        assert!(e.is_transient());
+        let e = AccountError::from(ZendeskError::NotFound {
+            instance: "global".into(),
+            what: "user".into(),
+        });
+        assert!(!e.is_transient());
+    }
+}
