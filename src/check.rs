@@ -4,7 +4,6 @@
 use crate::config::Config;
 use crate::gitlab::{GitlabApi, GitlabClient};
 use crate::secret::Secrets;
-use crate::zendesk::{CALLS, Grant, Resolved, ZendeskApi, ZendeskClient};
 
 /// One line per check; returns whether everything passed.
 pub async fn run(cfg: &Config, secrets: &Secrets) -> bool {
@@ -79,114 +78,7 @@ pub async fn report(cfg: &Config, secrets: &Secrets) -> Vec<(bool, String)> {
         }
     }
     let http = reqwest::Client::new();
-    for (name, inst) in &cfg.zendesk {
-        let client = match ZendeskClient::new(name, inst, secrets, http.clone()) {
-            Ok(c) => c,
-            Err(e) => {
-                out.push((false, e.to_string()));
-                continue;
-            }
-        };
-        // The granted scopes against every call the bot makes, before any
-        // call: a missing one is named rather than found at the first write.
-        let oauth = match client.grant().await {
-            Ok(Grant::ApiToken) => {
-                out.push((
-                    true,
-                    format!("Zendesk {name}: legacy API token (the user's own rights, no scopes)"),
-                ));
-                false
-            }
-            Ok(Grant::Scopes(granted)) => {
-                let missing: Vec<_> = CALLS
-                    .iter()
-                    .filter(|(_, need)| !need.granted_by(&granted))
-                    .collect();
-                if missing.is_empty() {
-                    out.push((
-                        true,
-                        format!(
-                            "Zendesk {name}: the OAuth scopes granted (`{}`) cover every call the bot makes",
-                            granted.join(" ")
-                        ),
-                    ));
-                }
-                for (what, need) in missing {
-                    out.push((
-                        false,
-                        format!(
-                            "Zendesk {name}: the OAuth token lacks the `{}` scope, needed for {what} (granted: `{}`; the bot needs `{}`)",
-                            need.scope(),
-                            granted.join(" "),
-                            crate::zendesk::required_scope()
-                        ),
-                    ));
-                }
-                true
-            }
-            Ok(Grant::Unstated) => {
-                out.push((
-                    true,
-                    format!(
-                        "Zendesk {name}: the token response does not list the scopes granted; the calls below show what works"
-                    ),
-                ));
-                true
-            }
-            Err(e) => {
-                out.push((false, e.to_string()));
-                continue;
-            }
-        };
-        match client.me().await {
-            Ok(me) if me.role == "admin" => {
-                out.push((true, format!("Zendesk {name}: authenticated as an admin")));
-            }
-            Ok(me) => out.push((
-                false,
-                format!(
-                    "Zendesk {name}: authenticated, but as role {} (provisioning needs an admin)",
-                    me.role
-                ),
-            )),
-            Err(e) => {
-                out.push((false, e.to_string()));
-                continue;
-            }
-        }
-        match Resolved::load(&client).await {
-            Ok(r) => {
-                let missing = r.missing(inst);
-                if missing.is_empty() {
-                    out.push((
-                        true,
-                        format!(
-                            "Zendesk {name}: every configured role and group exists (light-agent role id {})",
-                            r.light_agent_role.map(|i| i.to_string()).unwrap_or("-".into())
-                        ),
-                    ));
-                } else {
-                    for m in missing {
-                        out.push((false, format!("Zendesk {name}: {m}")));
-                    }
-                }
-            }
-            Err(e) => out.push((false, e.to_string())),
-        }
-        if oauth {
-            // A token is dropped and fetched again after a 401: that must work.
-            match client.refresh().await {
-                Ok(()) => match client.me().await {
-                    Ok(_) => out.push((
-                        true,
-                        format!("Zendesk {name}: token refresh works (a new token was issued and accepted)"),
-                    )),
-                    Err(e) => out.push((false, format!("Zendesk {name} token refresh: the new token was not accepted: {e}"))),
-                },
-                Err(e) => out.push((false, format!("Zendesk {name} token refresh: {e}"))),
-            }
-        }
-    }
+    out.extend(crate::accounts::check(cfg, secrets, &http).await);
     match crate::groups::Directories::connect(cfg, secrets, http.clone()) {
         Err(e) => out.push((false, e.to_string())),
         Ok(dirs) => {

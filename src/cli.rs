@@ -323,7 +323,7 @@ async fn connect_with(cfg: Config, dry_run: bool) -> anyhow::Result<crate::bot::
 fn start_error(e: crate::bot::StartError) -> anyhow::Error {
     use crate::bot::StartError as S;
     let code = match &e {
-        S::Gitlab(_) | S::Zendesk(_) | S::Groups(_) | S::Missing { .. } | S::Notify(_) => {
+        S::Gitlab(_) | S::Accounts(_) | S::Groups(_) | S::Missing { .. } | S::Notify(_) => {
             exit::CHECK
         }
         S::Secret(_) | S::Store(_) | S::Render(_) | S::MarkerKey { .. } => exit::CONFIG,

@@ -2,9 +2,12 @@
 //! Google Groups out.
 //!
 //! The pure core (`request`, `approval`, `plan`, `marker`, `report`, `render`)
-//! knows nothing of HTTP. Adapters (`gitlab`, `zendesk`, `google`) sit behind
-//! async traits; `bot` runs the loop; `sandbox` fakes the three services.
+//! knows nothing of HTTP. Adapters (`gitlab`, `zendesk`, `google`, `okta`) sit
+//! behind async traits; the bot reaches account systems and group directories
+//! through their ports (`accounts`, `groups`); `bot` runs the loop; `sandbox`
+//! fakes the services.
 
+pub mod accounts;
 pub mod approval;
 pub mod bot;
 pub mod check;

@@ -14,9 +14,10 @@ use crate::approval::Approved;
 use crate::config::Config;
 use crate::request::{Email, ItemAction, Request, RequestKind, Subject};
 
-/// What a Zendesk instance knows about one person.
+/// What an instance's account system knows about one person. Serialized
+/// as it is into the audit trail's "before": its field names are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
-pub struct ZendeskAccount {
+pub struct Account {
     pub id: u64,
     pub name: String,
     pub role: String,
@@ -35,7 +36,7 @@ pub struct ZendeskAccount {
     pub last_login_at: Option<String>,
 }
 
-impl ZendeskAccount {
+impl Account {
     pub fn is_light_agent(&self) -> bool {
         self.role == "agent" && self.role_type == Some(1)
     }
@@ -52,7 +53,8 @@ impl ZendeskAccount {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Observed {
     /// (instance, email) -> account, or `None` when the search found nobody.
-    pub zendesk: BTreeMap<(String, Email), Option<ZendeskAccount>>,
+    #[serde(rename = "zendesk")]
+    pub accounts: BTreeMap<(String, Email), Option<Account>>,
     /// (app group, email) -> is a direct member, in the group's directory.
     pub groups: BTreeMap<(String, Email), bool>,
     /// Managers' emails by GitLab username (for ticket reassignment).
@@ -63,7 +65,7 @@ pub struct Observed {
 
 impl Observed {
     fn account(&self, instance: &str, email: &Email) -> Lookup<'_> {
-        match self.zendesk.get(&(instance.to_string(), email.clone())) {
+        match self.accounts.get(&(instance.to_string(), email.clone())) {
             None => Lookup::Unknown,
             Some(None) => Lookup::Absent,
             Some(Some(a)) => Lookup::Found(a),
@@ -74,7 +76,7 @@ impl Observed {
 enum Lookup<'a> {
     Unknown,
     Absent,
-    Found(&'a ZendeskAccount),
+    Found(&'a Account),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -132,7 +134,7 @@ pub enum Action {
 impl Action {
     /// The step that undoes this one, given the account as it was before
     /// (`None`: there was no account). Used to end time-bound access.
-    pub fn inverse(&self, before: Option<&ZendeskAccount>) -> Option<Action> {
+    pub fn inverse(&self, before: Option<&Account>) -> Option<Action> {
         Some(match self {
             // No account before: demoting frees the seat (accounts are never deleted).
             Action::CreateAgent { .. } => Action::DemoteToEndUser,
@@ -621,7 +623,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                         );
                     }
                 }
-                ItemAction::ZendeskRemove { instance } => {
+                ItemAction::AccountRemove { instance } => {
                     deprovision(&mut b, request, s, instance, it.index);
                     if let Some(group) = cfg.app_group(instance) {
                         let item = group_item(instance, false)
@@ -641,7 +643,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                 }
                 ItemAction::GroupRemove { instance, group } => {
                     let covered = open.iter().any(|o| {
-                        matches!(&o.action, ItemAction::ZendeskRemove { instance: i } if i == instance)
+                        matches!(&o.action, ItemAction::AccountRemove { instance: i } if i == instance)
                     });
                     if !covered {
                         let member = b.group_member(group, &s.email);
@@ -688,7 +690,7 @@ fn grant_level(
     let Some(lv) = z.access_levels.get(level) else {
         return false;
     };
-    let target_ok = |a: &ZendeskAccount| {
+    let target_ok = |a: &Account| {
         a.role == lv.role
             && if lv.light_agent {
                 a.role_type == Some(1)
@@ -813,7 +815,7 @@ fn grant_level(
     }
 }
 
-fn role_name(a: &ZendeskAccount) -> String {
+fn role_name(a: &Account) -> String {
     if a.is_light_agent() {
         "light agent".into()
     } else if let Some(cr) = &a.custom_role {
@@ -1024,7 +1026,7 @@ pub fn grant_records(request: &Request, plan: &Plan, before: &Observed) -> Vec<G
                 continue;
             }
             let prior = before
-                .zendesk
+                .accounts
                 .get(&(inst.to_string(), s.email.clone()))
                 .and_then(|a| a.as_ref());
             out.push(GrantRecord {
@@ -1044,7 +1046,7 @@ pub fn grant_records(request: &Request, plan: &Plan, before: &Observed) -> Vec<G
 }
 
 /// Whether the account holds this configured access level now.
-pub fn has_level(cfg: &Config, instance: &str, level: &str, a: &ZendeskAccount) -> bool {
+pub fn has_level(cfg: &Config, instance: &str, level: &str, a: &Account) -> bool {
     let Some(lv) = cfg
         .zendesk
         .get(instance)
@@ -1088,7 +1090,7 @@ impl Expired {
         record: &GrantRecord,
         expires: chrono::NaiveDate,
         today: chrono::NaiveDate,
-        now: Option<&ZendeskAccount>,
+        now: Option<&Account>,
         okta_member: Option<bool>,
         held_elsewhere: &BTreeSet<String>,
     ) -> Option<(Expired, Vec<(Action, String)>)> {
@@ -1132,7 +1134,7 @@ impl Expired {
 fn still_owned(
     cfg: &Config,
     record: &GrantRecord,
-    now: Option<&ZendeskAccount>,
+    now: Option<&Account>,
     okta_member: Option<bool>,
     held_elsewhere: &BTreeSet<String>,
 ) -> (Vec<Action>, Vec<(Action, String)>) {

@@ -210,7 +210,7 @@ pub fn requirements(
                 needs(&cfg.changes.app_group, "changes.app_group"),
                 true,
             ),
-            ItemAction::ZendeskRemove { .. } => {
+            ItemAction::AccountRemove { .. } => {
                 (format!("remove from {}", z.display_name), Vec::new(), false)
             }
             ItemAction::GroupRemove { group, .. } => {

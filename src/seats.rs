@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::accounts::User;
 use crate::config::SeatAuditConfig;
 use crate::request::input::Note;
-use crate::zendesk::User;
 
 /// One paid agent idle for longer than the configured days, with the fields
 /// the review issue shows. Frozen once listed, so the line a reviewer ticks
@@ -32,9 +32,20 @@ pub struct SeatCandidate {
 /// A paid seat: agents and admins, suspended ones included (Zendesk bills
 /// them), but not light agents (free) nor end-users.
 pub fn is_paid(u: &User, light_agent_role: Option<u64>) -> bool {
-    let agentish = u.role == "agent" || u.role == "admin";
-    let light = u.role_type == Some(1)
-        || (light_agent_role.is_some() && u.custom_role_id == light_agent_role);
+    paid_role(&u.role, u.role_type, u.custom_role_id, light_agent_role)
+}
+
+/// [`is_paid`] on the parts of a user record that decide it (an adapter
+/// filters its own records with it while it pages through them).
+pub fn paid_role(
+    role: &str,
+    role_type: Option<i64>,
+    custom_role_id: Option<u64>,
+    light_agent_role: Option<u64>,
+) -> bool {
+    let agentish = role == "agent" || role == "admin";
+    let light =
+        role_type == Some(1) || (light_agent_role.is_some() && custom_role_id == light_agent_role);
     agentish && !light
 }
 

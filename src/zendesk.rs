@@ -18,6 +18,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use crate::accounts::AccountError;
+pub use crate::accounts::{BulkOutcome, UserPatch};
 use crate::config::{ZendeskAuth, ZendeskInstance};
 use crate::http::{Backoff, RateBudget, retry_after};
 use crate::request::Email;
@@ -125,11 +127,7 @@ pub struct User {
 
 impl User {
     pub fn filled_fields(&self) -> Vec<String> {
-        self.user_fields
-            .iter()
-            .filter(|(_, v)| !v.is_null() && *v != &Value::String(String::new()))
-            .map(|(k, _)| k.clone())
-            .collect()
+        crate::accounts::filled(&self.user_fields)
     }
 }
 
@@ -292,25 +290,6 @@ pub enum Grant {
     Scopes(Vec<String>),
     /// The token response did not say.
     Unstated,
-}
-
-/// Outcome of a bulk update, per ticket.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BulkOutcome {
-    pub updated: Vec<u64>,
-    pub failed: Vec<(u64, String)>,
-    pub bulk_calls: u32,
-    pub job_polls: u32,
-}
-
-/// What the user update may change.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct UserPatch {
-    pub role: Option<String>,
-    /// `Some(None)` clears it.
-    pub custom_role_id: Option<Option<u64>>,
-    pub suspended: Option<bool>,
-    pub clear_fields: Vec<String>,
 }
 
 /// The operations the workflows use, per instance. Mocked in unit tests of logic;
@@ -1215,7 +1194,14 @@ impl ZendeskApi for ZendeskClient {
             100,
             |page: Vec<User>| {
                 for u in page {
-                    if u.id == except || !crate::seats::is_paid(&u, light_agent_role) {
+                    if u.id == except
+                        || !crate::seats::paid_role(
+                            &u.role,
+                            u.role_type,
+                            u.custom_role_id,
+                            light_agent_role,
+                        )
+                    {
                         continue;
                     }
                     paid += 1;
@@ -1429,29 +1415,332 @@ impl Resolved {
             group_names: groups.iter().map(|g| (g.id, g.name.clone())).collect(),
         })
     }
+}
 
-    /// Everything the configuration names that this instance lacks.
-    pub fn missing(&self, cfg: &ZendeskInstance) -> Vec<String> {
-        let mut out = Vec::new();
-        for (level, l) in &cfg.access_levels {
-            if l.light_agent && self.light_agent_role.is_none() {
-                out.push(format!("access level {level:?} needs a light-agent role (role_type 1), and there is none"));
-            }
-            if let Some(cr) = &l.custom_role
-                && !self.roles.contains_key(&cr.to_lowercase())
-            {
-                out.push(format!(
-                    "access level {level:?}: custom role {cr:?} does not exist"
+// The port: the bot sees Zendesk through `AccountSystem` and its neutral
+// types; the conversions are here so that nothing else knows Zendesk's shapes.
+
+impl From<ZendeskError> for AccountError {
+    fn from(e: ZendeskError) -> AccountError {
+        AccountError::new(e.to_string(), e.is_transient())
+    }
+}
+
+impl From<User> for crate::accounts::User {
+    fn from(u: User) -> crate::accounts::User {
+        crate::accounts::User {
+            id: u.id,
+            name: u.name,
+            email: u.email,
+            role: u.role,
+            role_type: u.role_type,
+            custom_role_id: u.custom_role_id,
+            suspended: u.suspended,
+            tags: u.tags,
+            user_fields: u.user_fields,
+            last_login_at: u.last_login_at,
+        }
+    }
+}
+
+impl From<Ticket> for crate::accounts::Ticket {
+    fn from(t: Ticket) -> crate::accounts::Ticket {
+        crate::accounts::Ticket {
+            id: t.id,
+            status: t.status,
+            assignee_id: t.assignee_id,
+            group_id: t.group_id,
+            updated_at: t.updated_at,
+        }
+    }
+}
+
+impl From<&crate::accounts::Ticket> for Ticket {
+    fn from(t: &crate::accounts::Ticket) -> Ticket {
+        Ticket {
+            id: t.id,
+            status: t.status.clone(),
+            assignee_id: t.assignee_id,
+            group_id: t.group_id,
+            updated_at: t.updated_at,
+        }
+    }
+}
+
+impl From<Membership> for crate::accounts::Membership {
+    fn from(m: Membership) -> crate::accounts::Membership {
+        crate::accounts::Membership {
+            id: m.id,
+            user_id: m.user_id,
+            group_id: m.group_id,
+        }
+    }
+}
+
+impl From<Resolved> for crate::accounts::Resolved {
+    fn from(r: Resolved) -> crate::accounts::Resolved {
+        crate::accounts::Resolved {
+            light_agent_role: r.light_agent_role,
+            roles: r.roles,
+            role_names: r.role_names,
+            groups: r.groups,
+            group_names: r.group_names,
+            me: r.me.map(Into::into),
+        }
+    }
+}
+
+// Not imported: its methods share their names with `ZendeskApi`'s.
+#[async_trait]
+impl crate::accounts::AccountSystem for ZendeskClient {
+    async fn resolve(&self) -> Result<crate::accounts::Resolved, AccountError> {
+        Ok(Resolved::load(self).await?.into())
+    }
+
+    async fn me(&self) -> Result<crate::accounts::User, AccountError> {
+        Ok(ZendeskApi::me(self).await?.into())
+    }
+
+    async fn find_user(
+        &self,
+        email: &Email,
+    ) -> Result<Option<crate::accounts::User>, AccountError> {
+        Ok(ZendeskApi::find_user(self, email).await?.map(Into::into))
+    }
+
+    async fn show_user(&self, id: u64) -> Result<crate::accounts::User, AccountError> {
+        Ok(ZendeskApi::show_user(self, id).await?.into())
+    }
+
+    async fn create_or_update(
+        &self,
+        name: &str,
+        email: &Email,
+        role: &str,
+        custom_role_id: Option<u64>,
+    ) -> Result<(crate::accounts::User, bool), AccountError> {
+        let (u, created) =
+            ZendeskApi::create_or_update(self, name, email, role, custom_role_id).await?;
+        Ok((u.into(), created))
+    }
+
+    async fn update_user(
+        &self,
+        id: u64,
+        patch: &UserPatch,
+    ) -> Result<crate::accounts::User, AccountError> {
+        Ok(ZendeskApi::update_user(self, id, patch).await?.into())
+    }
+
+    async fn add_tags(&self, id: u64, tags: &[String]) -> Result<Vec<String>, AccountError> {
+        Ok(ZendeskApi::add_tags(self, id, tags).await?)
+    }
+
+    async fn remove_tags(&self, id: u64, tags: &[String]) -> Result<Vec<String>, AccountError> {
+        Ok(ZendeskApi::remove_tags(self, id, tags).await?)
+    }
+
+    async fn memberships(
+        &self,
+        user_id: u64,
+    ) -> Result<Vec<crate::accounts::Membership>, AccountError> {
+        let ms = ZendeskApi::memberships(self, user_id).await?;
+        Ok(ms.into_iter().map(Into::into).collect())
+    }
+
+    async fn add_membership(&self, user_id: u64, group_id: u64) -> Result<(), AccountError> {
+        Ok(ZendeskApi::add_membership(self, user_id, group_id).await?)
+    }
+
+    async fn remove_membership(&self, membership_id: u64) -> Result<(), AccountError> {
+        Ok(ZendeskApi::remove_membership(self, membership_id).await?)
+    }
+
+    async fn open_tickets(
+        &self,
+        user_id: u64,
+    ) -> Result<Vec<crate::accounts::Ticket>, AccountError> {
+        let ts = ZendeskApi::open_tickets(self, user_id).await?;
+        Ok(ts.into_iter().map(Into::into).collect())
+    }
+
+    async fn open_ticket_count(&self, user_id: u64) -> Result<u64, AccountError> {
+        Ok(ZendeskApi::open_ticket_count(self, user_id).await?)
+    }
+
+    async fn recently_worked_assignees(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeSet<u64>, AccountError> {
+        Ok(ZendeskApi::recently_worked_assignees(self, since).await?)
+    }
+
+    async fn reassign(
+        &self,
+        tickets: &[crate::accounts::Ticket],
+        assignee: u64,
+        assignee_groups: &[u64],
+    ) -> Result<BulkOutcome, AccountError> {
+        let tickets: Vec<Ticket> = tickets.iter().map(Into::into).collect();
+        Ok(ZendeskApi::reassign(self, &tickets, assignee, assignee_groups).await?)
+    }
+
+    async fn idle_paid_agents(
+        &self,
+        light_agent_role: Option<u64>,
+        cutoff: DateTime<Utc>,
+        except: u64,
+    ) -> Result<(usize, Vec<crate::accounts::User>), AccountError> {
+        let (paid, idle) =
+            ZendeskApi::idle_paid_agents(self, light_agent_role, cutoff, except).await?;
+        Ok((paid, idle.into_iter().map(Into::into).collect()))
+    }
+}
+
+/// `check`: one instance's credentials, granted scopes, admin rights, the
+/// roles and groups the configuration names, and token refresh; one line
+/// per finding, the calls stopping at the first that makes the rest moot.
+pub async fn check(
+    name: &str,
+    inst: &ZendeskInstance,
+    secrets: &Secrets,
+    http: reqwest::Client,
+) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    let client = match ZendeskClient::new(name, inst, secrets, http) {
+        Ok(c) => c,
+        Err(e) => {
+            out.push((false, e.to_string()));
+            return out;
+        }
+    };
+    // The granted scopes against every call the bot makes, before any
+    // call: a missing one is named rather than found at the first write.
+    let oauth = match client.grant().await {
+        Ok(Grant::ApiToken) => {
+            out.push((
+                true,
+                format!("Zendesk {name}: legacy API token (the user's own rights, no scopes)"),
+            ));
+            false
+        }
+        Ok(Grant::Scopes(granted)) => {
+            let missing: Vec<_> = CALLS
+                .iter()
+                .filter(|(_, need)| !need.granted_by(&granted))
+                .collect();
+            if missing.is_empty() {
+                out.push((
+                    true,
+                    format!(
+                        "Zendesk {name}: the OAuth scopes granted (`{}`) cover every call the bot makes",
+                        granted.join(" ")
+                    ),
                 ));
             }
-            for g in &l.groups {
-                if !self.groups.contains_key(&g.to_lowercase()) {
-                    out.push(format!(
-                        "access level {level:?}: group {g:?} does not exist"
-                    ));
+            for (what, need) in missing {
+                out.push((
+                    false,
+                    format!(
+                        "Zendesk {name}: the OAuth token lacks the `{}` scope, needed for {what} (granted: `{}`; the bot needs `{}`)",
+                        need.scope(),
+                        granted.join(" "),
+                        required_scope()
+                    ),
+                ));
+            }
+            true
+        }
+        Ok(Grant::Unstated) => {
+            out.push((
+                true,
+                format!(
+                    "Zendesk {name}: the token response does not list the scopes granted; the calls below show what works"
+                ),
+            ));
+            true
+        }
+        Err(e) => {
+            out.push((false, e.to_string()));
+            return out;
+        }
+    };
+    match client.me().await {
+        Ok(me) if me.role == "admin" => {
+            out.push((true, format!("Zendesk {name}: authenticated as an admin")));
+        }
+        Ok(me) => out.push((
+            false,
+            format!(
+                "Zendesk {name}: authenticated, but as role {} (provisioning needs an admin)",
+                me.role
+            ),
+        )),
+        Err(e) => {
+            out.push((false, e.to_string()));
+            return out;
+        }
+    }
+    match Resolved::load(&client).await {
+        Ok(r) => {
+            let r = crate::accounts::Resolved::from(r);
+            let missing = r.missing(inst);
+            if missing.is_empty() {
+                out.push((
+                    true,
+                    format!(
+                        "Zendesk {name}: every configured role and group exists (light-agent role id {})",
+                        r.light_agent_role.map(|i| i.to_string()).unwrap_or("-".into())
+                    ),
+                ));
+            } else {
+                for m in missing {
+                    out.push((false, format!("Zendesk {name}: {m}")));
                 }
             }
         }
-        out
+        Err(e) => out.push((false, e.to_string())),
+    }
+    if oauth {
+        // A token is dropped and fetched again after a 401: that must work.
+        match client.refresh().await {
+            Ok(()) => match client.me().await {
+                Ok(_) => out.push((
+                    true,
+                    format!(
+                        "Zendesk {name}: token refresh works (a new token was issued and accepted)"
+                    ),
+                )),
+                Err(e) => out.push((
+                    false,
+                    format!("Zendesk {name} token refresh: the new token was not accepted: {e}"),
+                )),
+            },
+            Err(e) => out.push((false, format!("Zendesk {name} token refresh: {e}"))),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_s_error_keeps_the_message_and_whether_to_retry() {
+        let server = ZendeskError::Server {
+            instance: "global".into(),
+            status: 503,
+            attempts: 5,
+        };
+        let text = server.to_string();
+        let e = AccountError::from(server);
+        assert_eq!(e.to_string(), text);
+        assert!(e.is_transient());
+        let e = AccountError::from(ZendeskError::NotFound {
+            instance: "global".into(),
+            what: "user".into(),
+        });
+        assert!(!e.is_transient());
     }
 }

@@ -111,3 +111,51 @@ fn the_executor_runs_steps_only_behind_a_proof() {
         "ReviewerTicked's fields are private"
     );
 }
+
+/// Files that may name a target system's own types, and why.
+const TARGET_SPECIFIC: [&str; 10] = [
+    "src/zendesk.rs",   // the adapters themselves
+    "src/google.rs",    // the adapters themselves
+    "src/okta.rs",      // the adapters themselves
+    "src/directory.rs", // Google's directory of people
+    "src/sandbox/",     // the fakes
+    "src/config.rs",    // the configuration names each system's section
+    "src/accounts.rs",  // the factory of account systems (one arm per system)
+    "src/groups.rs",    // the factory of group directories (one arm per directory)
+    "src/bin/",         // the benchmark drives the fakes
+    "src/demo.rs",      // the demo seeds the fakes
+];
+
+#[test]
+fn only_the_adapters_name_a_target_system_s_types() {
+    // Everything else goes through the ports (`accounts`, `groups`): a second
+    // account system or group directory then touches no planner or executor.
+    let named = regex::Regex::new(r"zendesk::|google::|okta::|\bZendesk[A-Z][a-z]*\b").unwrap();
+    // The configuration's own types are the configuration's business.
+    let config = regex::Regex::new(r"config::Zendesk[A-Z][a-z]*\b").unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let mut found = Vec::new();
+    for f in files {
+        let rel = f
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        if TARGET_SPECIFIC.iter().any(|a| rel.starts_with(a)) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if named.is_match(&config.replace_all(line, "")) {
+                found.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a target system's types outside its adapter:\n{}",
+        found.join("\n")
+    );
+}

@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::accounts::{AccountError, User, UserPatch};
 use crate::approval::Approved;
 use crate::plan::{Action, Expired, Observed, Plan, Step, StepState};
 use crate::request::Email;
 use crate::seats::ReviewerTicked;
-use crate::zendesk::UserPatch;
 
 use super::Bot;
 
@@ -25,7 +25,7 @@ pub struct ExecResult {
 #[derive(Debug, thiserror::Error)]
 enum StepError {
     #[error(transparent)]
-    Zendesk(#[from] crate::zendesk::ZendeskError),
+    Accounts(#[from] AccountError),
     #[error(transparent)]
     Groups(#[from] crate::groups::GroupError),
     #[error("{0}")]
@@ -35,7 +35,7 @@ enum StepError {
 impl StepError {
     fn transient(&self) -> bool {
         match self {
-            StepError::Zendesk(e) => e.is_transient(),
+            StepError::Accounts(e) => e.is_transient(),
             StepError::Groups(e) => e.is_transient(),
             StepError::Other(_) => false,
         }
@@ -70,7 +70,7 @@ impl Bot {
         };
         let approvers = format!("{approvers}; plan {}", plan.plan().marker.digest);
         let mut ids: BTreeMap<(String, Email), u64> = BTreeMap::new();
-        for ((inst, email), acc) in &observed.zendesk {
+        for ((inst, email), acc) in &observed.accounts {
             if let Some(a) = acc {
                 ids.insert((inst.clone(), email.clone()), a.id);
             }
@@ -142,11 +142,11 @@ impl Bot {
     pub(super) async fn reclaim_seat(
         &self,
         project: &str,
-        instance: &super::Instance,
+        instance: &crate::accounts::Instance,
         ticked: &ReviewerTicked,
         user_id: u64,
         patch: &UserPatch,
-    ) -> Result<Option<crate::zendesk::User>, crate::zendesk::ZendeskError> {
+    ) -> Result<Option<User>, AccountError> {
         if !self.may_write(project) {
             return Ok(None);
         }
@@ -207,7 +207,7 @@ impl Bot {
         let mut result = ExecResult::default();
         for step in steps {
             let before = observed
-                .zendesk
+                .accounts
                 .get(&(step.instance.clone(), step.subject.clone()))
                 .map(|a| serde_json::to_string(a).unwrap_or_default())
                 .unwrap_or_default();
@@ -284,7 +284,7 @@ impl Bot {
             )));
         }
         let observed_admin = observed
-            .zendesk
+            .accounts
             .get(&(step.instance.clone(), step.subject.clone()))
             .and_then(|a| a.as_ref())
             .is_some_and(|a| a.role == "admin");
@@ -611,21 +611,22 @@ impl Bot {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::Path;
     use std::sync::Arc;
 
     use mockall::Sequence;
 
+    use crate::accounts::{
+        AccountError, Accounts, BulkOutcome, Instance, MockAccountSystem, Resolved, Ticket, User,
+    };
     use crate::approval::{self, Context, Decision, Directory, History, Record};
-    use crate::bot::{Bot, Instance};
+    use crate::bot::Bot;
     use crate::config::Config;
     use crate::gitlab::{ApiUser, MockGitlabApi};
-    use crate::plan::{self, Observed, ZendeskAccount};
+    use crate::plan::{self, Account, Observed};
     use crate::policy::Requester;
     use crate::request::{IssueFacts, IssueInput, UserRef, parse_request};
     use crate::store::Store;
-    use crate::zendesk::{BulkOutcome, MockZendeskApi, Resolved, Ticket, User, ZendeskError};
 
     fn user(id: u64, role: &str) -> User {
         User {
@@ -642,7 +643,7 @@ mod tests {
         }
     }
 
-    async fn offboard(zd: MockZendeskApi) -> super::ExecResult {
+    async fn offboard(zd: MockAccountSystem) -> super::ExecResult {
         let mut cfg = Config::parse(include_str!("../../bot.toml"), Path::new("bot.toml")).unwrap();
         cfg.google = None; // Zendesk only: the Okta group is another connector's business
         let body = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| Casey Quinn | casey@gitlab.com | @cq | @mlee |\n\n- [ ]  @a: Remove the team member from Zendesk Global\n";
@@ -707,9 +708,9 @@ mod tests {
         let mut obs = Observed::default();
         let casey = crate::request::Email::parse("casey@gitlab.com").unwrap();
         let mlee = crate::request::Email::parse("mlee@gitlab.com").unwrap();
-        obs.zendesk.insert(
+        obs.accounts.insert(
             ("global".into(), casey),
-            Some(ZendeskAccount {
+            Some(Account {
                 id: 10,
                 role: "agent".into(),
                 tags: vec!["t".into()],
@@ -717,9 +718,9 @@ mod tests {
                 ..Default::default()
             }),
         );
-        obs.zendesk.insert(
+        obs.accounts.insert(
             ("global".into(), mlee.clone()),
-            Some(ZendeskAccount {
+            Some(Account {
                 id: 11,
                 role: "agent".into(),
                 ..Default::default()
@@ -727,14 +728,13 @@ mod tests {
         );
         obs.manager_emails.insert("mlee".into(), mlee);
         let exec = plan::build(&approved, &obs, &cfg);
-        let mut zendesk = BTreeMap::new();
-        zendesk.insert(
+        let accounts = Accounts::from_instances([(
             "global".to_string(),
             Instance {
                 api: Arc::new(zd),
                 resolved: Resolved::default(),
             },
-        );
+        )]);
         // GitLab holds the replica lease in a label's description.
         let mut gl = MockGitlabApi::new();
         let description = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -762,7 +762,7 @@ mod tests {
         let bot = Bot::from_parts(
             cfg,
             Arc::new(gl),
-            zendesk,
+            accounts,
             Default::default(),
             Arc::new(Store::open(Path::new(":memory:")).unwrap()),
             ApiUser {
@@ -784,7 +784,7 @@ mod tests {
 
     #[tokio::test]
     async fn tickets_are_handed_over_before_the_agent_is_demoted() {
-        let mut zd = MockZendeskApi::new();
+        let mut zd = MockAccountSystem::new();
         let mut seq = Sequence::new();
         let tickets = vec![
             Ticket {
@@ -846,7 +846,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_reassignment_stops_everything_after_it() {
-        let mut zd = MockZendeskApi::new();
+        let mut zd = MockAccountSystem::new();
         zd.expect_find_user()
             .returning(|_| Ok(Some(user(11, "agent"))));
         zd.expect_memberships().returning(|_| Ok(vec![]));
@@ -860,11 +860,10 @@ mod tests {
             }])
         });
         zd.expect_reassign().returning(|_, _, _| {
-            Err(ZendeskError::Server {
-                instance: "global".into(),
-                status: 503,
-                attempts: 5,
-            })
+            Err(AccountError::new(
+                "Zendesk global: server error 503 after 5 attempts",
+                true,
+            ))
         });
         // Nothing else may be called: no tag removal, no demotion, no suspension.
         zd.expect_update_user().never();

@@ -355,7 +355,7 @@ impl Bot {
                 Err(e) => return Outcome::Failed(e.to_string()),
             };
             let mut observed = Observed::default();
-            observed.zendesk.insert(
+            observed.accounts.insert(
                 (record.instance.clone(), record.subject.clone()),
                 now.clone(),
             );

@@ -20,13 +20,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use crate::accounts::{Accounts, Instance};
 use crate::config::Config;
 use crate::gitlab::{ApiIssue, ApiUser, GitlabApi, GitlabClient};
 use crate::groups::Directories;
 use crate::render::Templates;
 use crate::secret::Secrets;
 use crate::store::Store;
-use crate::zendesk::{Resolved, ZendeskApi, ZendeskClient};
 
 pub use execute::ExecResult;
 pub use seats::{SeatError, SeatReport};
@@ -82,15 +82,11 @@ impl CycleReport {
     }
 }
 
-pub struct Instance {
-    pub api: Arc<dyn ZendeskApi>,
-    pub resolved: Resolved,
-}
-
 pub struct Bot {
     pub cfg: Config,
     pub gitlab: Arc<dyn GitlabApi>,
-    pub zendesk: BTreeMap<String, Instance>,
+    /// The account system of each instance (its agents, roles and groups).
+    pub accounts: Accounts,
     /// The group directory of each instance with an app group.
     pub groups: Directories,
     pub templates: Templates,
@@ -147,7 +143,7 @@ pub enum StartError {
     #[error(transparent)]
     Gitlab(#[from] crate::gitlab::GitlabError),
     #[error(transparent)]
-    Zendesk(#[from] crate::zendesk::ZendeskError),
+    Accounts(#[from] crate::accounts::AccountError),
     #[error(transparent)]
     Groups(#[from] crate::groups::GroupError),
     #[error(transparent)]
@@ -188,22 +184,15 @@ impl Bot {
             .timeout(std::time::Duration::from_secs(60))
             .user_agent(concat!("access-bot/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| crate::zendesk::ZendeskError::Config {
-                instance: "-".into(),
-                detail: e.to_string(),
-            })?;
+            // The words the Zendesk client's configuration error used to give.
+            .map_err(|e| crate::accounts::AccountError::new(format!("Zendesk -: {e}"), false))?;
         let marker_key = crate::marker::MarkerKey::new(&secrets.get(&cfg.bot.marker_key_env)?)
             .map_err(|source| StartError::MarkerKey {
                 var: cfg.bot.marker_key_env.clone(),
                 source,
             })?;
         let token = secrets.get(&cfg.gitlab.token_env)?;
-        let mut apis = Vec::new();
-        for (name, inst) in &cfg.zendesk {
-            let mut api = ZendeskClient::new(name, inst, secrets, http.clone())?;
-            api.job_poll_interval = job_poll;
-            apis.push((name.clone(), inst, api));
-        }
+        let clients = Accounts::clients(&cfg, secrets, http.clone(), job_poll)?;
         // GitLab's user and every instance's roles and groups at once: start-up
         // costs the slowest of them, not their sum.
         let gitlab_user = GitlabClient::connect_as(
@@ -212,28 +201,15 @@ impl Bot {
             cfg.gitlab_timeout(),
             crate::http::Backoff::default(),
         );
-        let instances = futures_util::future::try_join_all(apis.into_iter().map(
-            |(name, inst, api)| async move {
-                let resolved = Resolved::load(&api).await?;
-                let missing = resolved.missing(inst);
-                if !missing.is_empty() {
-                    return Err(StartError::Missing {
-                        instance: name,
-                        problems: missing.join("; "),
-                    });
-                }
-                Ok((
-                    name,
-                    Instance {
-                        api: Arc::new(api),
-                        resolved,
-                    },
-                ))
-            },
-        ));
-        let (gitlab_user, instances) = tokio::join!(gitlab_user, instances);
+        let accounts = Accounts::connect(&cfg, clients);
+        let (gitlab_user, accounts) = tokio::join!(gitlab_user, accounts);
         let (gl, me) = gitlab_user?;
-        let zendesk: BTreeMap<String, Instance> = instances?.into_iter().collect();
+        let accounts = accounts.map_err(|e| match e {
+            crate::accounts::ConnectError::System(e) => StartError::Accounts(e),
+            crate::accounts::ConnectError::Missing { instance, problems } => {
+                StartError::Missing { instance, problems }
+            }
+        })?;
         let groups = Directories::connect(&cfg, secrets, http.clone())?;
         let templates = Templates::load(Some(&cfg.bot.templates_dir))?;
         let (mailer, notifier) = match &cfg.notify {
@@ -267,7 +243,7 @@ impl Bot {
             cfg,
             gitlab,
             identity,
-            zendesk,
+            accounts,
             groups,
             templates,
             store,
@@ -301,7 +277,7 @@ impl Bot {
     pub fn from_parts(
         cfg: Config,
         gitlab: Arc<dyn GitlabApi>,
-        zendesk: BTreeMap<String, Instance>,
+        accounts: Accounts,
         groups: Directories,
         store: Arc<Store>,
         me: ApiUser,
@@ -313,7 +289,7 @@ impl Bot {
             work: tokio::sync::Semaphore::new(cfg.bot.concurrency.max(1)),
             cfg,
             gitlab,
-            zendesk,
+            accounts,
             groups,
             store,
             me,

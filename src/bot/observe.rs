@@ -1,6 +1,7 @@
 //! Read the current state of the target systems for a request.
 
-use crate::plan::{Observed, ZendeskAccount};
+use crate::accounts::AccountError;
+use crate::plan::{Account, Observed};
 use crate::request::{Email, Request};
 
 use super::{Bot, Instance};
@@ -8,7 +9,7 @@ use super::{Bot, Instance};
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
     #[error(transparent)]
-    Zendesk(#[from] crate::zendesk::ZendeskError),
+    Accounts(#[from] AccountError),
     #[error(transparent)]
     Groups(#[from] crate::groups::GroupError),
     #[error("no Zendesk instance {0} is connected")]
@@ -22,7 +23,7 @@ pub async fn account(
     inst: &Instance,
     email: &Email,
     with_tickets: bool,
-) -> Result<Option<ZendeskAccount>, crate::zendesk::ZendeskError> {
+) -> Result<Option<Account>, AccountError> {
     let Some(u) = inst.api.find_user(email).await? else {
         return Ok(None);
     };
@@ -45,7 +46,7 @@ pub async fn account(
     } else {
         None
     };
-    Ok(Some(ZendeskAccount {
+    Ok(Some(Account {
         id: u.id,
         name: u.name.clone(),
         custom_role: u
@@ -68,7 +69,7 @@ impl Bot {
     /// the Google identities it acts as.
     pub(super) fn own_accounts(&self) -> std::collections::BTreeMap<Email, String> {
         let mut out = std::collections::BTreeMap::new();
-        for (name, inst) in &self.zendesk {
+        for (name, inst) in self.accounts.iter() {
             if let Some(e) = inst
                 .resolved
                 .me
@@ -91,8 +92,8 @@ impl Bot {
     }
 
     pub(super) fn instance(&self, name: &str) -> Result<&Instance, ObserveError> {
-        self.zendesk
-            .get(name)
+        self.accounts
+            .of(name)
             .ok_or_else(|| ObserveError::NoInstance(name.to_string()))
     }
 
@@ -108,7 +109,7 @@ impl Bot {
             let inst = self.instance(inst_name)?;
             for s in &req.subjects {
                 let a = account(inst, &s.email, offboarding).await?;
-                obs.zendesk
+                obs.accounts
                     .insert((inst_name.to_string(), s.email.clone()), a);
             }
             if offboarding
@@ -118,7 +119,7 @@ impl Bot {
                     .and_then(|e| Email::parse(e).ok())
             {
                 let key = (inst_name.to_string(), fb.clone());
-                if let std::collections::btree_map::Entry::Vacant(slot) = obs.zendesk.entry(key) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = obs.accounts.entry(key) {
                     slot.insert(account(inst, &fb, false).await?);
                 }
             }
@@ -141,7 +142,8 @@ impl Bot {
                     };
                     obs.manager_emails.insert(m.clone(), email.clone());
                     let key = (inst_name.to_string(), email.clone());
-                    if let std::collections::btree_map::Entry::Vacant(slot) = obs.zendesk.entry(key)
+                    if let std::collections::btree_map::Entry::Vacant(slot) =
+                        obs.accounts.entry(key)
                     {
                         slot.insert(account(inst, &email, false).await?);
                     }

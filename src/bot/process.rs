@@ -50,7 +50,7 @@ impl ProcessError {
         use crate::identity::IdentityError;
         match self {
             ProcessError::Gitlab(e) => e.is_transient(),
-            ProcessError::Observe(ObserveError::Zendesk(e)) => e.is_transient(),
+            ProcessError::Observe(ObserveError::Accounts(e)) => e.is_transient(),
             ProcessError::Observe(ObserveError::Groups(e)) => e.is_transient(),
             ProcessError::Observe(ObserveError::Identity(IdentityError::Gitlab(e)))
             | ProcessError::Identity(IdentityError::Gitlab(e)) => e.is_transient(),
@@ -1893,11 +1893,11 @@ impl Bot {
             .iter()
             .filter(|i| i.state == checklist::CheckState::Inapplicable)
         {
-            let request::ItemAction::ZendeskRemove { instance } = &it.action else {
+            let request::ItemAction::AccountRemove { instance } = &it.action else {
                 continue;
             };
             for s in &req.subjects {
-                let Some(Some(a)) = observed.zendesk.get(&(instance.clone(), s.email.clone()))
+                let Some(Some(a)) = observed.accounts.get(&(instance.clone(), s.email.clone()))
                 else {
                     continue;
                 };
@@ -1942,7 +1942,8 @@ impl Bot {
     ) {
         for s in &req.subjects {
             for inst in req.instances() {
-                let Some(Some(b)) = before.zendesk.get(&(inst.to_string(), s.email.clone())) else {
+                let Some(Some(b)) = before.accounts.get(&(inst.to_string(), s.email.clone()))
+                else {
                     continue;
                 };
                 let Ok(instance) = self.instance(inst) else {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crate::accounts::{AccountError, User, UserPatch};
 use crate::approval::History;
 use crate::comment::{self, NoteKind, ReviewLine, SeatReclaimed};
 use crate::config::SeatAuditConfig;
@@ -14,7 +15,6 @@ use crate::marker::short_hash;
 use crate::request::checklist::{self, CheckState};
 use crate::seats::{self, SeatCandidate, TickVerdict};
 use crate::store::SeatCandidateRow;
-use crate::zendesk::{User, UserPatch, ZendeskError};
 
 use super::process::ProcessError;
 use super::writeback::{Section, Writeback};
@@ -27,7 +27,7 @@ pub enum SeatError {
     #[error("no Zendesk instance {0:?} in bot.toml")]
     UnknownInstance(String),
     #[error(transparent)]
-    Zendesk(#[from] ZendeskError),
+    Accounts(#[from] AccountError),
     #[error(transparent)]
     Gitlab(#[from] crate::gitlab::GitlabError),
     #[error(transparent)]
@@ -156,12 +156,12 @@ impl Bot {
     pub async fn audit_seats(&self, only: Option<&str>) -> Result<Vec<SeatReport>, SeatError> {
         let cfg = self.seat_cfg()?;
         if let Some(o) = only
-            && !self.zendesk.contains_key(o)
+            && !self.accounts.contains(o)
         {
             return Err(SeatError::UnknownInstance(o.to_string()));
         }
         let mut out = Vec::new();
-        for (name, inst) in &self.zendesk {
+        for (name, inst) in self.accounts.iter() {
             if only.is_some_and(|o| o != name) {
                 continue;
             }
@@ -546,7 +546,7 @@ impl Bot {
                 reviewers.insert(u.id);
             }
         }
-        let Some(inst) = self.zendesk.get(instance) else {
+        let Some(inst) = self.accounts.of(instance) else {
             return Ok(Outcome::Failed(format!("no Zendesk instance {instance:?}")));
         };
         let mut wb = Writeback::default();
@@ -698,7 +698,7 @@ impl Bot {
         row: &SeatCandidateRow,
         cfg: &SeatAuditConfig,
         ticked: &crate::seats::ReviewerTicked,
-    ) -> Result<Reclaim, ZendeskError> {
+    ) -> Result<Reclaim, AccountError> {
         let names = &inst.resolved.role_names;
         let light = inst.resolved.light_agent_role;
         let u = inst.api.show_user(row.zendesk_id).await?;

@@ -104,8 +104,11 @@ pub enum ItemAction {
         add_tags: Vec<String>,
         remove_tags: Vec<String>,
     },
-    /// Offboarding: remove the person from this Zendesk instance.
-    ZendeskRemove { instance: String },
+    /// Offboarding: remove the person from this Zendesk instance (its
+    /// account system). Serialized under its first name: it is part of the
+    /// digest of requests already planned.
+    #[serde(rename = "zendesk_remove")]
+    AccountRemove { instance: String },
     /// Membership of an instance's app group (in its group directory). The
     /// serialized names are the first ones: they are part of the digest of
     /// requests planned before the rename.
@@ -119,7 +122,7 @@ impl ItemAction {
     pub fn instance(&self) -> &str {
         match self {
             ItemAction::Zendesk { instance, .. }
-            | ItemAction::ZendeskRemove { instance }
+            | ItemAction::AccountRemove { instance }
             | ItemAction::GroupAdd { instance, .. }
             | ItemAction::GroupRemove { instance, .. } => instance,
         }
@@ -128,7 +131,7 @@ impl ItemAction {
     pub fn revokes(&self) -> bool {
         matches!(
             self,
-            ItemAction::ZendeskRemove { .. } | ItemAction::GroupRemove { .. }
+            ItemAction::AccountRemove { .. } | ItemAction::GroupRemove { .. }
         )
     }
 }
@@ -306,7 +309,7 @@ fn content_kind(items: &[BotItem], cfg: &Config) -> RequestKind {
                 }
             }
             ItemAction::GroupAdd { .. } => tags_only = false,
-            ItemAction::ZendeskRemove { .. } | ItemAction::GroupRemove { .. } => {
+            ItemAction::AccountRemove { .. } | ItemAction::GroupRemove { .. } => {
                 self_service = false;
                 tags_only = false;
             }
@@ -674,7 +677,7 @@ fn classify_visible(
                 crate::render::code_span(&it.visible)
             )));
         }
-        return Ok(Some(ItemAction::ZendeskRemove { instance }));
+        return Ok(Some(ItemAction::AccountRemove { instance }));
     }
 
     let z = &cfg.zendesk[&instance];
@@ -889,7 +892,7 @@ fn check_conflicts(kind: RequestKind, items: &[BotItem], errors: &mut Vec<Reques
                 remove.extend(remove_tags.iter().map(|t| (instance.as_str(), t.as_str())));
             }
             ItemAction::GroupAdd { .. } => grants = true,
-            ItemAction::ZendeskRemove { .. } | ItemAction::GroupRemove { .. } => removes = true,
+            ItemAction::AccountRemove { .. } | ItemAction::GroupRemove { .. } => removes = true,
         }
     }
     for (inst, ls) in levels {
