@@ -6,14 +6,15 @@
 //! fails the test (as bors' `BotTester` does), so a new, unexpected comment
 //! cannot go unnoticed.
 
-use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, LazyLock};
 
 use access_bot::bot::Bot;
 use access_bot::sandbox::harness::{Comment, run_until_quiet};
 use access_bot::sandbox::scenario::ZendeskAccount;
 use access_bot::sandbox::zendesk::ZdUser;
 use access_bot::sandbox::{GroupBackend, PROJECT, Ports, Sandbox};
+use access_bot::store::Store;
 use regex::Regex;
 
 pub const MANAGER: &str = "AR-Approval::Manager Approved";
@@ -39,9 +40,16 @@ macro_rules! test_name {
     }};
 }
 
-/// `tester!(backend)`: a `Tester` named after the enclosing test function.
+/// `tester!(backend)`: a `Tester` named after the enclosing test function
+/// (`tester!()`: with the default group backend).
 #[macro_export]
 macro_rules! tester {
+    () => {
+        $crate::common::tester::Tester::start(
+            $crate::test_name!(),
+            access_bot::sandbox::GroupBackend::default(),
+        )
+    };
     ($backend:expr) => {
         $crate::common::tester::Tester::start($crate::test_name!(), $backend)
     };
@@ -155,6 +163,11 @@ pub mod fixtures {
     }
 }
 
+/// A fresh, empty state database.
+pub fn memory_store() -> Arc<Store> {
+    Arc::new(Store::open(std::path::Path::new(":memory:")).unwrap())
+}
+
 /// A Zendesk Global account to seed, with nothing but a name, address and role.
 pub fn account(name: &str, email: &str, role: &str) -> ZendeskAccount {
     ZendeskAccount {
@@ -205,8 +218,10 @@ pub struct Tester {
     pub sb: Sandbox,
     pub bot: Bot,
     name: String,
-    /// Bot comments read so far, by issue.
-    read: BTreeMap<u64, usize>,
+    /// The bot comments (note ids) the test has read.
+    read: BTreeSet<u64>,
+    /// Snapshots taken so far, by issue (they number the next one).
+    snapshots: BTreeMap<u64, usize>,
 }
 
 impl Tester {
@@ -221,13 +236,23 @@ impl Tester {
             sb,
             bot,
             name: name.into(),
-            read: BTreeMap::new(),
+            read: BTreeSet::new(),
+            snapshots: BTreeMap::new(),
         }
     }
 
-    /// The test's own sandbox (`Sandbox::start`, the default backend).
-    pub async fn start_default(name: &str) -> Tester {
-        Tester::start(name, GroupBackend::default()).await
+    /// As `start` with the default backend, the bot on `store` (tests that
+    /// keep or lose the state database across restarts).
+    pub async fn with_store(name: &str, store: Arc<Store>) -> Tester {
+        let sb = Sandbox::start(Ports::default()).await.unwrap();
+        let bot = sb.bot_with_store(store).await.unwrap();
+        Tester {
+            sb,
+            bot,
+            name: name.into(),
+            read: BTreeSet::new(),
+            snapshots: BTreeMap::new(),
+        }
     }
 
     // ------------------------------------------------------------ actions
@@ -266,9 +291,19 @@ impl Tester {
         run_until_quiet(&self.bot, max).await;
     }
 
+    /// As `run_for`, returning each cycle's report.
+    pub async fn run_reports(&self, max: usize) -> Vec<access_bot::bot::CycleReport> {
+        run_until_quiet(&self.bot, max).await
+    }
+
     /// A restart: the bot is gone, a new one with an empty database takes over.
     pub async fn restart(&mut self) {
         self.bot = self.sb.bot().await.unwrap();
+    }
+
+    /// A restart on `store`: kept (the same `Arc`) or lost (a new one).
+    pub async fn restart_with(&mut self, store: Arc<Store>) {
+        self.bot = self.sb.bot_with_store(store).await.unwrap();
     }
 
     /// A leaver with `tickets` open tickets, an agent account and the Okta group.
@@ -299,18 +334,14 @@ impl Tester {
     /// its snapshot (`<suite>__<test>__<iid>-<n>`).
     #[track_caller]
     pub fn expect_comment(&mut self, iid: u64) -> Comment {
-        let all = self.sb.bot_comments(iid);
-        let n = self.read.entry(iid).or_default();
-        let c = all
-            .get(*n)
-            .unwrap_or_else(|| {
-                panic!(
-                    "expected bot comment #{} on #{iid}, found {}",
-                    *n + 1,
-                    all.len()
-                )
-            })
-            .clone();
+        let c = self.unread(iid).into_iter().next().unwrap_or_else(|| {
+            panic!(
+                "expected another bot comment on #{iid}, found {} in all",
+                self.sb.bot_comments(iid).len()
+            )
+        });
+        self.read.insert(c.id);
+        let n = self.snapshots.entry(iid).or_default();
         *n += 1;
         let name = format!("{}__{}-{}", self.name, iid, n);
         let mut settings = insta::Settings::clone_current();
@@ -327,21 +358,44 @@ impl Tester {
     /// The bot wrote nothing on `iid` the test has not read.
     #[track_caller]
     pub fn expect_no_comment(&self, iid: u64) {
-        let all = self.sb.bot_comments(iid);
-        let n = self.read.get(&iid).copied().unwrap_or(0);
+        let unread = self.unread(iid);
         assert!(
-            all.len() <= n,
+            unread.is_empty(),
             "unread bot comments on #{iid}:\n{}",
-            unread(&all[n..])
+            bodies(&unread)
         );
+    }
+
+    /// The bot comments on `iid` the test has not read, oldest first.
+    fn unread(&self, iid: u64) -> Vec<Comment> {
+        self.sb
+            .bot_comments(iid)
+            .into_iter()
+            .filter(|c| !self.read.contains(&c.id))
+            .collect()
     }
 
     /// Every bot comment on `iid`, counted as read: for tests that judge
     /// them by their own predicate (how many results, whatever else was said).
     pub fn read_all(&mut self, iid: u64) -> Vec<Comment> {
         let all = self.sb.bot_comments(iid);
-        self.read.insert(iid, all.len());
+        self.read.extend(all.iter().map(|c| c.id));
         all
+    }
+
+    /// The bot's machine records on `iid` (comments whose marker is of
+    /// `kind`, such as the seat review's `seat-list`), counted as read: they
+    /// list data for the bot, not words for people, so they are counted, not
+    /// snapshotted.
+    pub fn read_records(&mut self, iid: u64, kind: &str) -> Vec<Comment> {
+        let records: Vec<Comment> = self
+            .sb
+            .bot_comments(iid)
+            .into_iter()
+            .filter(|c| c.marker.as_ref().is_some_and(|m| m.kind == kind))
+            .collect();
+        self.read.extend(records.iter().map(|c| c.id));
+        records
     }
 
     #[track_caller]
@@ -408,7 +462,7 @@ impl Tester {
     }
 }
 
-fn unread(cs: &[Comment]) -> String {
+fn bodies(cs: &[Comment]) -> String {
     cs.iter()
         .map(|c| c.body.as_str())
         .collect::<Vec<_>>()
@@ -431,10 +485,9 @@ impl Drop for Tester {
         };
         let mut missed = String::new();
         for iid in iids {
-            let all = self.sb.bot_comments(iid);
-            let n = self.read.get(&iid).copied().unwrap_or(0);
-            if all.len() > n {
-                missed.push_str(&format!("#{iid}:\n{}\n", unread(&all[n..])));
+            let unread = self.unread(iid);
+            if !unread.is_empty() {
+                missed.push_str(&format!("#{iid}:\n{}\n", bodies(&unread)));
             }
         }
         assert!(
