@@ -355,6 +355,35 @@ impl Tester {
         c
     }
 
+    /// Every bot comment on `iid` the test has not read, each checked against
+    /// its snapshot, oldest first.
+    #[track_caller]
+    pub fn expect_comments(&mut self, iid: u64) -> Vec<Comment> {
+        (0..self.unread(iid).len())
+            .map(|_| self.expect_comment(iid))
+            .collect()
+    }
+
+    /// Every bot comment on every issue the test has not read, by snapshot:
+    /// the rest of what the bot said, for tests about something else. A new
+    /// comment still fails them (it has no snapshot yet).
+    #[track_caller]
+    pub fn expect_rest(&mut self) {
+        for iid in self.iids() {
+            self.expect_comments(iid);
+        }
+    }
+
+    /// The issues of the project, by iid.
+    fn iids(&self) -> Vec<u64> {
+        let w = self.sb.gitlab.lock();
+        w.projects
+            .iter()
+            .filter(|p| p.path == PROJECT)
+            .flat_map(|p| p.issues.iter().map(|i| i.iid))
+            .collect()
+    }
+
     /// The bot wrote nothing on `iid` the test has not read.
     #[track_caller]
     pub fn expect_no_comment(&self, iid: u64) {
@@ -475,16 +504,8 @@ impl Drop for Tester {
         if std::thread::panicking() {
             return;
         }
-        let iids: Vec<u64> = {
-            let w = self.sb.gitlab.lock();
-            w.projects
-                .iter()
-                .filter(|p| p.path == PROJECT)
-                .flat_map(|p| p.issues.iter().map(|i| i.iid))
-                .collect()
-        };
         let mut missed = String::new();
-        for iid in iids {
+        for iid in self.iids() {
             let unread = self.unread(iid);
             if !unread.is_empty() {
                 missed.push_str(&format!("#{iid}:\n{}\n", bodies(&unread)));
