@@ -2,21 +2,19 @@
 //! idle poll is one request per cycle whatever the clocks say, an update is
 //! never lost to the cursor, and a look at an issue reads only the notes that
 //! changed since the last look (the decision staying what a full read gives).
+//!
+//! Every bot comment is read and checked by snapshot (`Tester::expect_rest`
+//! at the end of a test about reads); the words a test asserts stay in it.
 
-use access_bot::bot::{Bot, Outcome};
+mod common;
+
+use access_bot::bot::Outcome;
 use access_bot::demo::bodies;
 use access_bot::sandbox::harness::run_until_quiet;
-use access_bot::sandbox::{PROJECT, Ports, Sandbox};
+use access_bot::sandbox::{PROJECT, Sandbox};
+use common::tester::{MANAGER, OWNER};
 
 const NOTES: &str = "/api/v4/projects/:project/issues/:id/notes";
-const MANAGER: &str = "AR-Approval::Manager Approved";
-const OWNER: &str = "Zendesk::System Owner Approved";
-
-async fn start() -> (Sandbox, Bot) {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    let bot = sb.bot().await.unwrap();
-    (sb, bot)
-}
 
 async fn file(sb: &Sandbox, name: &str) -> u64 {
     let (_, author, title, labels, body) = bodies()
@@ -38,11 +36,11 @@ fn notes_reads(sb: &Sandbox) -> usize {
 
 #[tokio::test]
 async fn idle_cycles_are_one_request_each_when_gitlab_runs_ahead_of_the_bot() {
-    let (sb, bot) = start().await;
+    let t = crate::tester!().await;
     // GitLab's clock 5 s ahead of the bot's (more than the 2 s overlap).
-    shift_gitlab_clock(&sb, chrono::Duration::seconds(5));
+    shift_gitlab_clock(&t.sb, chrono::Duration::seconds(5));
     {
-        let mut w = sb.gitlab.lock();
+        let mut w = t.sb.gitlab.lock();
         let author = w.user_by_name("jdoe").unwrap().id;
         for i in 0..1000 {
             w.create_issue(
@@ -55,20 +53,20 @@ async fn idle_cycles_are_one_request_each_when_gitlab_runs_ahead_of_the_bot() {
             );
         }
     }
-    run_until_quiet(&bot, 3).await;
+    run_until_quiet(&t.bot, 3).await;
     // Time passes on GitLab beyond the overlap: the first poll after that
     // still covers the window, every later one finds nothing.
-    shift_gitlab_clock(&sb, chrono::Duration::seconds(4));
-    bot.cycle().await;
-    sb.clear_logs();
+    shift_gitlab_clock(&t.sb, chrono::Duration::seconds(4));
+    t.bot.cycle().await;
+    t.sb.clear_logs();
     let cycles = 5;
     for _ in 0..cycles {
-        let r = bot.cycle().await;
+        let r = t.bot.cycle().await;
         assert!(r.outcomes.is_empty() && r.errors.is_empty(), "{r:?}");
     }
     // One listing per cycle and nothing else (but the replica lease's
     // renewal, when a slow machine makes it due).
-    let counts = sb.gitlab_knobs.counts();
+    let counts = t.sb.gitlab_knobs.counts();
     assert_eq!(
         counts.get("GET /api/v4/projects/:project/issues"),
         Some(&cycles),
@@ -85,99 +83,102 @@ async fn idle_cycles_are_one_request_each_when_gitlab_runs_ahead_of_the_bot() {
 
 #[tokio::test]
 async fn an_update_right_after_a_listing_is_seen_when_gitlab_runs_behind_the_bot() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let mut t = crate::tester!().await;
     // GitLab's clock 5 s behind the bot's: a cursor from the bot's clock
     // would start after changes GitLab dates now.
-    shift_gitlab_clock(&sb, chrono::Duration::seconds(-5));
-    let bot = sb.bot().await.unwrap();
-    let iid = file(&sb, "special request").await;
-    run_until_quiet(&bot, 4).await;
+    shift_gitlab_clock(&t.sb, chrono::Duration::seconds(-5));
+    t.restart().await;
+    let iid = file(&t.sb, "special request").await;
+    run_until_quiet(&t.bot, 4).await;
     for round in 0..3 {
-        let r = bot.cycle().await;
+        let r = t.bot.cycle().await;
         assert!(r.outcomes.is_empty(), "round {round}: {r:?}");
         // In the same second as that listing, most likely.
-        sb.comment_as("jdoe", iid, &format!("any news? ({round})"))
+        t.sb.comment_as("jdoe", iid, &format!("any news? ({round})"))
             .await
             .unwrap();
-        let r = bot.cycle().await;
+        let r = t.bot.cycle().await;
         assert!(
             r.outcomes.iter().any(|(_, i, _)| *i == iid),
             "round {round}: the comment was not seen: {r:?}"
         );
     }
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 #[tokio::test]
 async fn a_look_reads_only_the_notes_changed_since_the_last_and_decides_the_same() {
-    let (sb, bot) = start().await;
-    let iid = file(&sb, "special request").await;
-    run_until_quiet(&bot, 4).await;
+    let mut t = crate::tester!().await;
+    let iid = file(&t.sb, "special request").await;
+    run_until_quiet(&t.bot, 4).await;
     // 5,000 comments, as a long discussion leaves them.
     {
-        let mut w = sb.gitlab.lock();
+        let mut w = t.sb.gitlab.lock();
         let author = w.user_by_name("jdoe").unwrap().id;
         for i in 0..5000 {
             w.add_note(PROJECT, iid, author, &format!("comment {i}"));
         }
     }
     // Later comments come after the overlap (2 s in the sandbox).
-    shift_gitlab_clock(&sb, chrono::Duration::seconds(3));
+    shift_gitlab_clock(&t.sb, chrono::Duration::seconds(3));
     // The look that meets them reads them (50 pages of 100, and the overlap).
-    assert_eq!(bot.process(PROJECT, iid).await, Outcome::Waiting);
+    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
     // Every later look: the one page of what changed.
     for round in 0..3 {
-        sb.comment_as("jdoe", iid, &format!("still waiting ({round})"))
+        t.sb.comment_as("jdoe", iid, &format!("still waiting ({round})"))
             .await
             .unwrap();
-        sb.clear_logs();
-        assert_eq!(bot.process(PROJECT, iid).await, Outcome::Waiting);
+        t.sb.clear_logs();
+        assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
         assert_eq!(
-            notes_reads(&sb),
+            notes_reads(&t.sb),
             1,
             "round {round}: {:?}",
-            sb.gitlab_knobs.counts()
+            t.sb.gitlab_knobs.counts()
         );
     }
     // The database lost: a full read, and the same decision.
-    drop(bot);
-    let fresh = sb.bot().await.unwrap();
-    sb.clear_logs();
-    assert_eq!(fresh.process(PROJECT, iid).await, Outcome::Waiting);
-    assert_eq!(notes_reads(&sb), 51, "{:?}", sb.gitlab_knobs.counts());
+    t.restart().await;
+    t.sb.clear_logs();
+    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
+    assert_eq!(notes_reads(&t.sb), 51, "{:?}", t.sb.gitlab_knobs.counts());
     // Then the approvals, with the notes from the cache: carried out.
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run_until_quiet(&fresh, 4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    run_until_quiet(&t.bot, 4).await;
     assert!(
-        sb.bot_comments(iid)
+        t.sb.bot_comments(iid)
             .iter()
             .any(|c| c.body.contains("access-bot: done")),
         "{:#?}",
-        sb.bot_comments(iid)
+        t.sb.bot_comments(iid)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 #[tokio::test]
 async fn a_plan_deleted_after_it_was_read_stops_counting() {
-    let (sb, bot) = start().await;
-    let iid = file(&sb, "special request").await;
-    run_until_quiet(&bot, 4).await;
-    let plan = sb.bot_comments(iid)[0].clone();
+    let mut t = crate::tester!().await;
+    let iid = file(&t.sb, "special request").await;
+    run_until_quiet(&t.bot, 4).await;
+    let plan = t.sb.bot_comments(iid)[0].clone();
     assert!(plan.body.contains("access-bot plan"), "{}", plan.body);
     // A look with the plan in the cache.
-    sb.comment_as("jdoe", iid, "any news?").await.unwrap();
-    assert_eq!(bot.process(PROJECT, iid).await, Outcome::Waiting);
+    t.sb.comment_as("jdoe", iid, "any news?").await.unwrap();
+    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
     // The plan is deleted (by the bot's own account, as a maintainer could),
     // then approved: no plan, nothing to approve.
     {
-        let mut w = sb.gitlab.lock();
+        let mut w = t.sb.gitlab.lock();
         let me = w.user_by_name("access-bot").map(|u| u.id).unwrap();
         w.delete_note(PROJECT, iid, plan.id, me).unwrap();
     }
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run_until_quiet(&bot, 4).await;
-    let comments = sb.bot_comments(iid);
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    run_until_quiet(&t.bot, 4).await;
+    let comments = t.sb.bot_comments(iid);
     assert!(
         !comments.iter().any(|c| c.body.contains("access-bot: done")),
         "{comments:#?}"
@@ -187,33 +188,35 @@ async fn a_plan_deleted_after_it_was_read_stops_counting() {
         comments.iter().any(|c| c.body.contains("access-bot plan")),
         "{comments:#?}"
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 #[tokio::test]
 async fn a_plan_edited_after_it_was_read_stops_counting() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     {
-        let mallory = sb.gitlab.lock().user_by_name("mallory").unwrap().id;
-        let mut w = sb.gitlab.lock();
+        let mallory = t.sb.gitlab.lock().user_by_name("mallory").unwrap().id;
+        let mut w = t.sb.gitlab.lock();
         let p = w.projects.iter_mut().find(|p| p.path == PROJECT).unwrap();
         p.maintainers.insert(mallory);
     }
-    let iid = file(&sb, "special request").await;
-    run_until_quiet(&bot, 4).await;
+    let iid = file(&t.sb, "special request").await;
+    run_until_quiet(&t.bot, 4).await;
     // A look with the plan in the cache.
-    sb.comment_as("jdoe", iid, "any news?").await.unwrap();
-    assert_eq!(bot.process(PROJECT, iid).await, Outcome::Waiting);
+    t.sb.comment_as("jdoe", iid, "any news?").await.unwrap();
+    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
     // The plan rewritten by a maintainer, its sealed marker kept.
-    let plan = sb.bot_comments(iid)[0].clone();
+    let plan = t.sb.bot_comments(iid)[0].clone();
     let tampered = plan.body.replace("Support Engineer", "Light Agent");
     assert_ne!(tampered, plan.body);
-    sb.edit_note_as("mallory", iid, plan.id, &tampered)
+    t.sb.edit_note_as("mallory", iid, plan.id, &tampered)
         .await
         .unwrap();
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run_until_quiet(&bot, 4).await;
-    let comments = sb.bot_comments(iid);
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    run_until_quiet(&t.bot, 4).await;
+    let comments = t.sb.bot_comments(iid);
     assert!(
         !comments.iter().any(|c| c.body.contains("access-bot: done")),
         "{comments:#?}"
@@ -226,6 +229,8 @@ async fn a_plan_edited_after_it_was_read_stops_counting() {
         2,
         "{comments:#?}"
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 const ISSUES: &str = "/api/v4/projects/support%2Faccess-requests/issues";
@@ -233,9 +238,9 @@ const ISSUES: &str = "/api/v4/projects/support%2Faccess-requests/issues";
 #[tokio::test]
 async fn a_listing_that_changes_between_its_pages_keeps_the_cursor() {
     use access_bot::sandbox::faults::Failure;
-    let (sb, bot) = start().await;
+    let t = crate::tester!().await;
     {
-        let mut w = sb.gitlab.lock();
+        let mut w = t.sb.gitlab.lock();
         let author = w.user_by_name("jdoe").unwrap().id;
         for i in 0..150 {
             w.create_issue(
@@ -250,13 +255,13 @@ async fn a_listing_that_changes_between_its_pages_keeps_the_cursor() {
     }
     // The first page is answered late; meanwhile an issue is closed, so the
     // second page starts one issue further on than the first page ended.
-    sb.gitlab_knobs.fail_next(
+    t.sb.gitlab_knobs.fail_next(
         &format!("GET {ISSUES}"),
         1,
         Failure::Delay(std::time::Duration::from_millis(400)),
     );
     let closer = {
-        let gitlab = sb.gitlab.clone();
+        let gitlab = t.sb.gitlab.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(150)).await;
             let mut w = gitlab.lock();
@@ -264,34 +269,34 @@ async fn a_listing_that_changes_between_its_pages_keeps_the_cursor() {
             w.set_state(PROJECT, 150, author, true);
         })
     };
-    bot.cycle().await;
+    t.bot.cycle().await;
     closer.await.unwrap();
     assert_eq!(
-        bot.store.cursor(PROJECT).unwrap(),
+        t.bot.store.cursor(PROJECT).unwrap(),
         None,
         "the cursor moved past a listing that may have skipped an issue"
     );
     // An undisturbed listing moves it.
-    bot.cycle().await;
-    assert!(bot.store.cursor(PROJECT).unwrap().is_some());
+    t.bot.cycle().await;
+    assert!(t.bot.store.cursor(PROJECT).unwrap().is_some());
 }
 
 #[tokio::test]
 async fn approvals_landing_between_the_bots_read_and_its_edit_are_looked_at() {
     use access_bot::sandbox::faults::Failure;
-    let (sb, bot) = start().await;
-    let iid = file(&sb, "special request").await;
+    let mut t = crate::tester!().await;
+    let iid = file(&t.sb, "special request").await;
     // The look that posts the plan reads the issue right before its edit;
     // that answer is late, and the approvals land while it travels.
     // (Its notes and label events come first on the same route prefix.)
-    sb.gitlab_knobs.fail_after(
+    t.sb.gitlab_knobs.fail_after(
         &format!("GET {ISSUES}/{iid}"),
         2,
         1,
         Failure::Delay(std::time::Duration::from_millis(600)),
     );
     let approvers = {
-        let sb_gitlab = sb.gitlab.clone();
+        let sb_gitlab = t.sb.gitlab.clone();
         tokio::spawn(async move {
             // Once the plan is on the issue.
             for _ in 0..200 {
@@ -312,54 +317,58 @@ async fn approvals_landing_between_the_bots_read_and_its_edit_are_looked_at() {
             w.change_labels(PROJECT, iid, lyle, &[OWNER.to_string()], &[]);
         })
     };
-    bot.cycle().await;
+    t.bot.cycle().await;
     approvers.await.unwrap();
-    run_until_quiet(&bot, 4).await;
-    let comments = sb.bot_comments(iid);
+    run_until_quiet(&t.bot, 4).await;
+    let comments = t.sb.bot_comments(iid);
     assert!(
         comments.iter().any(|c| c.body.contains("access-bot: done")),
         "{comments:#?}"
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 #[tokio::test]
 async fn a_self_service_light_agent_reads_no_label_events_and_the_listed_issue_once() {
-    let (sb, bot) = start().await;
-    let iid = file(&sb, "light agent, Zendesk Global").await;
-    sb.clear_logs();
-    run_until_quiet(&bot, 4).await;
+    let mut t = crate::tester!().await;
+    let iid = file(&t.sb, "light agent, Zendesk Global").await;
+    t.sb.clear_logs();
+    run_until_quiet(&t.bot, 4).await;
     assert!(
-        sb.bot_comments(iid)
+        t.sb.bot_comments(iid)
             .iter()
             .any(|c| c.body.contains("access-bot: done")),
         "{:#?}",
-        sb.bot_comments(iid)
+        t.sb.bot_comments(iid)
     );
     let events = "/api/v4/projects/:project/issues/:id/resource_label_events";
     assert_eq!(
-        sb.gitlab_knobs.count("GET", events),
+        t.sb.gitlab_knobs.count("GET", events),
         0,
         "{:?}",
-        sb.gitlab_knobs.counts()
+        t.sb.gitlab_knobs.counts()
     );
     // The issue as listed decides; it is read again right before acting
     // (time of check) and right before each of the bot's edits.
-    let reads = sb
-        .gitlab_knobs
-        .count("GET", "/api/v4/projects/:project/issues/:id");
-    let edits = sb
-        .gitlab_knobs
-        .count("PUT", "/api/v4/projects/:project/issues/:id");
-    assert_eq!(reads, edits + 1, "{:?}", sb.gitlab_knobs.counts());
+    let reads =
+        t.sb.gitlab_knobs
+            .count("GET", "/api/v4/projects/:project/issues/:id");
+    let edits =
+        t.sb.gitlab_knobs
+            .count("PUT", "/api/v4/projects/:project/issues/:id");
+    assert_eq!(reads, edits + 1, "{:?}", t.sb.gitlab_knobs.counts());
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 #[tokio::test]
 async fn the_fake_refuses_what_gitlab_refuses_in_listings() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    let iid = file(&sb, "special request").await;
+    let t = crate::tester!().await;
+    let iid = file(&t.sb, "special request").await;
     let client = reqwest::Client::new();
-    let token = sb.token_of("access-bot");
-    let base = sb.config.gitlab.url.trim_end_matches('/').to_string();
+    let token = t.sb.token_of("access-bot");
+    let base = t.sb.config.gitlab.url.trim_end_matches('/').to_string();
     for (path, query, status) in [
         (
             format!("{ISSUES}/{iid}/notes"),

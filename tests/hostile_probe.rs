@@ -40,36 +40,26 @@
 //!   with the sandbox's Labels API rename): approvals bind label ids.
 //! - Webhook receiver (class 11): `closed_webhook_*`, `closed_metrics_*`.
 //!
+//! Every bot comment is read and checked by snapshot (`Tester::expect_rest`
+//! at the end of a probe); the words a probe asserts stay in it, as the
+//! point of the probe.
+//!
 //! Not modelled by the sandbox (so not probed end to end): editing or deleting
 //! another user's note (maintainers can, on GitLab), the "changed title" system
 //! note, the "marked the checklist item ... as inapplicable" note, Zendesk
 //! secondary identities, Google aliases.
 
-use access_bot::bot::Bot;
-use access_bot::demo::bodies;
-use access_bot::sandbox::harness::{Comment, run_until_quiet};
-use access_bot::sandbox::scenario::ZendeskAccount;
-use access_bot::sandbox::{PROJECT, Ports, Sandbox};
+mod common;
 
-const GLOBAL_OKTA: &str = "okta-zendeskglobal-users@gitlab.com";
-const FEDERAL_OKTA: &str = "okta-zendeskfederal-users@gitlab.com";
-const MANAGER: &str = "AR-Approval::Manager Approved";
-const OWNER: &str = "Zendesk::System Owner Approved";
-const VERIFIED: &str = "US-Citizenship::Verified";
+use access_bot::demo::bodies;
+use access_bot::sandbox::harness::Comment;
+use access_bot::sandbox::scenario::ZendeskAccount;
+use access_bot::sandbox::{PROJECT, Sandbox};
+use common::tester::{FEDERAL_OKTA, GLOBAL_OKTA, MANAGER, OWNER, TABLE, VERIFIED};
+
 const NOT_VERIFIED: &str = "US-Citizenship::Not Verified";
-const TABLE: &str = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n";
 
 // ------------------------------------------------------------------ helpers
-
-async fn start() -> (Sandbox, Bot) {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    let bot = sb.bot().await.unwrap();
-    (sb, bot)
-}
-
-async fn run(bot: &Bot) {
-    run_until_quiet(bot, 4).await;
-}
 
 fn row(name: &str, email: &str, user: &str, manager: &str) -> String {
     format!("| {name} | {email} | @{user} | @{manager} |\n")
@@ -361,9 +351,12 @@ fn day(offset: i64) -> String {
 /// creates mallory as a Support Manager.
 #[tokio::test]
 async fn closed_entitlement_rewritten_before_the_plan_masked_by_an_unmanaged_tick() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let (author, title, labels, body) = demo("role-based entitlement");
-    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
+    let iid =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
     let forged = body
         .replace(
             "| Sam Rivera | sam.rivera@gitlab.com | @srivera | @kpatel |",
@@ -375,10 +368,14 @@ async fn closed_entitlement_rewritten_before_the_plan_masked_by_an_unmanaged_tic
         )
         .replace("* [ ]  `Slack`", "* [x]  `Slack`");
     assert_ne!(forged, body);
-    sb.edit_description("mallory", iid, &forged).await.unwrap();
-    run(&bot).await;
-    assert_inert(&sb, iid);
-    untouched(&sb, &["mallory@gitlab.com"]);
+    t.sb.edit_description("mallory", iid, &forged)
+        .await
+        .unwrap();
+    t.run_for(4).await;
+    assert_inert(&t.sb, iid);
+    untouched(&t.sb, &["mallory@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: class 6, and "revokes the wrong access").
@@ -388,10 +385,10 @@ async fn closed_entitlement_rewritten_before_the_plan_masked_by_an_unmanaged_tic
 /// suspended, removed from Okta, his Support Team file deleted by an MR.
 #[tokio::test]
 async fn closed_offboarding_subject_swapped_before_the_plan_masked_by_an_unmanaged_tick() {
-    let (sb, bot) = start().await;
-    seed_leaver(&sb);
+    let mut t = crate::tester!().await;
+    seed_leaver(&t.sb);
     seed(
-        &sb,
+        &t.sb,
         "global",
         "Lyle Kozloff",
         "lyle@gitlab.com",
@@ -400,9 +397,14 @@ async fn closed_offboarding_subject_swapped_before_the_plan_masked_by_an_unmanag
         &["Support AMER"],
         false,
     );
-    sb.google.lock().add_member(GLOBAL_OKTA, "lyle@gitlab.com");
+    t.sb.google
+        .lock()
+        .add_member(GLOBAL_OKTA, "lyle@gitlab.com");
     let (author, title, labels, body) = demo("offboarding");
-    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
+    let iid =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
     let forged = body
         .replace(
             "| Casey Quinn | casey.quinn@gitlab.com | @cquinn | @mlee |",
@@ -413,16 +415,20 @@ async fn closed_offboarding_subject_swapped_before_the_plan_masked_by_an_unmanag
             "- [x]  @it-ops-1: Remove the team member from Slack",
         );
     assert_ne!(forged, body);
-    sb.edit_description("mallory", iid, &forged).await.unwrap();
-    run(&bot).await;
-    let l = zd(&sb, "global", "lyle@gitlab.com").unwrap();
+    t.sb.edit_description("mallory", iid, &forged)
+        .await
+        .unwrap();
+    t.run_for(4).await;
+    let l = zd(&t.sb, "global", "lyle@gitlab.com").unwrap();
     assert_eq!(
         (l.role.as_str(), l.suspended),
         ("agent", false),
         "lyle was offboarded by an issue about Casey:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
-    assert!(sb.google_member(GLOBAL_OKTA, "lyle@gitlab.com"));
+    assert!(t.sb.google_member(GLOBAL_OKTA, "lyle@gitlab.com"));
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: class 5 / 2: who may approve comes from the request itself).
@@ -436,20 +442,22 @@ async fn closed_offboarding_subject_swapped_before_the_plan_masked_by_an_unmanag
 /// to an HR/identity source.
 #[tokio::test]
 async fn closed_requester_names_an_accomplice_as_manager() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Light Agent, add tag `partner_support_agent`\n",
         row("Mallory Mallet", "mallory@gitlab.com", "mallory", "bli")
     );
-    let iid = sb
-        .file_issue("mallory", "Zendesk Global light agent", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("bli", iid, MANAGER).await.unwrap();
-    run(&bot).await;
-    assert_inert(&sb, iid);
-    untouched(&sb, &["mallory@gitlab.com"]);
+    let iid =
+        t.sb.file_issue("mallory", "Zendesk Global light agent", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("bli", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
+    assert_inert(&t.sb, iid);
+    untouched(&t.sb, &["mallory@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: same root cause as above, used to revoke): mallory files a request
@@ -458,8 +466,8 @@ async fn closed_requester_names_an_accomplice_as_manager() {
 /// (`changes.team_tag`), and the manager is whoever the requester wrote.
 #[tokio::test]
 async fn closed_requester_named_manager_strips_a_colleagues_tag() {
-    let (sb, bot) = start().await;
-    sb.seed_zendesk(&ZendeskAccount {
+    let mut t = crate::tester!().await;
+    t.sb.seed_zendesk(&ZendeskAccount {
         instance: "global".into(),
         name: "Jane Doe".into(),
         email: "jane.doe@gitlab.com".into(),
@@ -477,21 +485,23 @@ async fn closed_requester_named_manager_strips_a_colleagues_tag() {
         "{TABLE}{}\n- [ ] Zendesk Global: remove tag `partner_support_agent`\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "bli")
     );
-    let iid = sb
-        .file_issue("mallory", "Jane: tag clean-up", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("bli", iid, MANAGER).await.unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue("mallory", "Jane: tag clean-up", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("bli", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
     assert!(
-        zd(&sb, "global", "jane.doe@gitlab.com")
+        zd(&t.sb, "global", "jane.doe@gitlab.com")
             .unwrap()
             .tags
             .contains(&"partner_support_agent".to_string()),
         "jane lost her tag on the approval of a manager mallory chose:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: verification bound to one person, applied to all).
@@ -502,27 +512,29 @@ async fn closed_requester_named_manager_strips_a_colleagues_tag() {
 /// `US-Citizenship::Verified` label provisions both.
 #[tokio::test]
 async fn closed_federal_second_person_rides_on_the_first_persons_citizenship() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}{}\n- [ ] Zendesk US Federal: Light Agent\n",
         row("Bo Li", "bo.li@gitlab.com", "bli", "mlee"),
         row("Mallory Mallet", "mallory@gitlab.com", "mallory", "mlee")
     );
-    let iid = sb
-        .file_issue("mallory", "Zendesk US Federal light agents", &[], &body)
+    let iid =
+        t.sb.file_issue("mallory", "Zendesk US Federal light agents", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("people-connect-1", iid, VERIFIED)
         .await
         .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("people-connect-1", iid, VERIFIED)
-        .await
-        .unwrap();
-    run(&bot).await;
+    t.run_for(4).await;
     // One verification label cannot vouch for two people: refused.
-    assert!(zd(&sb, "federal", "mallory@gitlab.com").is_none());
-    assert!(zd(&sb, "federal", "bo.li@gitlab.com").is_none());
-    let text = bot_text(&sb, iid);
+    assert!(zd(&t.sb, "federal", "mallory@gitlab.com").is_none());
+    assert!(zd(&t.sb, "federal", "bo.li@gitlab.com").is_none());
+    let text = bot_text(&t.sb, iid);
     assert!(text.contains("verified per person"), "{text}");
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: verification asked about a name the requester chose).
@@ -534,28 +546,30 @@ async fn closed_federal_second_person_rides_on_the_first_persons_citizenship() {
 /// e-mail or username.
 #[tokio::test]
 async fn closed_federal_citizenship_asked_about_a_name_the_requester_chose() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk US Federal: Light Agent\n",
         row("Bo Li", "mallory@gitlab.com", "mallory", "mlee")
     );
-    let iid = sb
-        .file_issue("mallory", "Zendesk US Federal light agent", &[], &body)
+    let iid =
+        t.sb.file_issue("mallory", "Zendesk US Federal light agent", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("people-connect-1", iid, VERIFIED)
         .await
         .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("people-connect-1", iid, VERIFIED)
-        .await
-        .unwrap();
-    run(&bot).await;
-    let ask = citizenship_question(&sb, iid);
-    if zd(&sb, "federal", "mallory@gitlab.com").is_some() {
+    t.run_for(4).await;
+    let ask = citizenship_question(&t.sb, iid);
+    if zd(&t.sb, "federal", "mallory@gitlab.com").is_some() {
         assert!(
             ask.contains("Mallory") || ask.contains("mallory"),
             "mallory was provisioned in US Federal on a verification of:\n{ask}"
         );
     }
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: plan drift: the executed steps are not the approved steps).
@@ -567,9 +581,9 @@ async fn closed_federal_citizenship_asked_about_a_name_the_requester_chose() {
 /// a step no plan comment listed, and runs it.
 #[tokio::test]
 async fn closed_approved_plan_runs_an_unsuspend_no_plan_listed() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     seed(
-        &sb,
+        &t.sb,
         "global",
         "Robin Kim",
         "robin.kim@gitlab.com",
@@ -582,24 +596,28 @@ async fn closed_approved_plan_runs_an_unsuspend_no_plan_listed() {
         "{TABLE}{}\n- [ ] Zendesk Global: Light Agent\n",
         row("Robin Kim", "robin.kim@gitlab.com", "rkim", "mlee")
     );
-    let iid = sb
-        .file_issue("mallory", "Robin: Zendesk Global light agent", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    let plan = bot_text(&sb, iid);
+    let iid =
+        t.sb.file_issue("mallory", "Robin: Zendesk Global light agent", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    let plan = bot_text(&t.sb, iid);
     assert!(!plan.contains("unsuspend"), "{plan}");
-    sb.zd("global")
+    t.sb.zd("global")
         .user_mut_by_email("robin.kim@gitlab.com")
         .unwrap()
         .suspended = true;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    run(&bot).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
     assert!(
-        zd(&sb, "global", "robin.kim@gitlab.com").unwrap().suspended,
+        zd(&t.sb, "global", "robin.kim@gitlab.com")
+            .unwrap()
+            .suspended,
         "the bot unsuspended Robin although no plan comment said so:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: plan drift, second form: a refusal does not consume the approval).
@@ -612,26 +630,26 @@ async fn closed_approved_plan_runs_an_unsuspend_no_plan_listed() {
 /// plan Current and its approvals valid forever.
 #[tokio::test]
 async fn closed_refused_request_runs_later_on_the_old_approval() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: add tag `partner_support_agent`\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
-    let iid = sb
-        .file_issue("mallory", "Jane: partner tag", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue("mallory", "Jane: partner tag", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
     assert!(
-        bot_text(&sb, iid).contains("needed first"),
+        bot_text(&t.sb, iid).contains("needed first"),
         "{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
     // Later: jane is a light agent (through her own self-service request).
     seed(
-        &sb,
+        &t.sb,
         "global",
         "Jane Doe",
         "jane.doe@gitlab.com",
@@ -640,16 +658,18 @@ async fn closed_refused_request_runs_later_on_the_old_approval() {
         &[],
         false,
     );
-    sb.comment_as("mallory", iid, "any news?").await.unwrap();
-    run(&bot).await;
+    t.sb.comment_as("mallory", iid, "any news?").await.unwrap();
+    t.run_for(4).await;
     assert!(
-        zd(&sb, "global", "jane.doe@gitlab.com")
+        zd(&t.sb, "global", "jane.doe@gitlab.com")
             .unwrap()
             .tags
             .is_empty(),
         "a refused request ran later on its old approval:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: class 7 variant: a time-bound grant extended on the same issue
@@ -664,44 +684,46 @@ async fn closed_refused_request_runs_later_on_the_old_approval() {
 /// has Light Agent" and keeps everything. Support Engineer becomes permanent.
 #[tokio::test]
 async fn closed_time_bound_upgrade_on_the_same_issue_is_never_revoked() {
-    let (sb, mut bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\nExpires: {}\n\n- [ ] Zendesk Global: Light Agent\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee"),
         day(10)
     );
-    let iid = sb
-        .file_issue("jdoe", "Temporary Zendesk access", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    assert!(is_light_agent(&sb, "global", "jane.doe@gitlab.com"));
+    let iid =
+        t.sb.file_issue("jdoe", "Temporary Zendesk access", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    assert!(is_light_agent(&t.sb, "global", "jane.doe@gitlab.com"));
     // The issue may have been closed (light agent requests close when done).
-    put(&sb, "jdoe", iid, &[("state_event", "reopen")]).await;
-    let upgraded = sb.description(iid).replace(
+    put(&t.sb, "jdoe", iid, &[("state_event", "reopen")]).await;
+    let upgraded = t.sb.description(iid).replace(
         "- [x] Zendesk Global: Light Agent",
         "- [ ] Zendesk Global: Agent - Support Engineer",
     );
-    sb.edit_description("jdoe", iid, &upgraded).await.unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
+    t.sb.edit_description("jdoe", iid, &upgraded).await.unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
     assert_eq!(
-        custom_role(&sb, "global", "jane.doe@gitlab.com").as_deref(),
+        custom_role(&t.sb, "global", "jane.doe@gitlab.com").as_deref(),
         Some("Support Engineer"),
         "setup: the time-bound upgrade was granted:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
-    bot.clock_offset = chrono::Duration::days(11);
-    run(&bot).await;
-    run(&bot).await;
+    t.bot.clock_offset = chrono::Duration::days(11);
+    t.run_for(4).await;
+    t.run_for(4).await;
     assert_ne!(
-        custom_role(&sb, "global", "jane.doe@gitlab.com").as_deref(),
+        custom_role(&t.sb, "global", "jane.doe@gitlab.com").as_deref(),
         Some("Support Engineer"),
         "a time-bound Support Engineer grant outlived its date:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: class 7 inverse: stale holdings keep access after expiry).
@@ -714,15 +736,18 @@ async fn closed_time_bound_upgrade_on_the_same_issue_is_never_revoked() {
 /// She ends active and in the Okta group, which nothing in force grants.
 #[tokio::test]
 async fn closed_expiry_after_offboarding_keeps_the_okta_group_and_the_account_active() {
-    let (sb, mut bot) = start().await;
+    let mut t = crate::tester!().await;
     // 1. A permanent self-service light agent.
     let (author, title, labels, body) = demo("light agent, Zendesk Global");
-    let la = sb.file_issue(author, title, &labels, &body).await.unwrap();
-    run(&bot).await;
+    let la =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
     assert!(
-        is_light_agent(&sb, "global", "jane.doe@gitlab.com"),
+        is_light_agent(&t.sb, "global", "jane.doe@gitlab.com"),
         "{}",
-        bot_text(&sb, la)
+        bot_text(&t.sb, la)
     );
     // 2. Offboarded by the automation.
     let (_, _, olabels, obody) = demo("offboarding");
@@ -730,8 +755,8 @@ async fn closed_expiry_after_offboarding_keeps_the_okta_group_and_the_account_ac
         "| Casey Quinn | casey.quinn@gitlab.com | @cquinn | @mlee |",
         "| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |",
     );
-    let off = sb
-        .file_issue(
+    let off =
+        t.sb.file_issue(
             "gitlab-employment-bot",
             "Offboarding: Jane Doe",
             &olabels,
@@ -739,12 +764,12 @@ async fn closed_expiry_after_offboarding_keeps_the_okta_group_and_the_account_ac
         )
         .await
         .unwrap();
-    run(&bot).await;
-    let j = zd(&sb, "global", "jane.doe@gitlab.com").unwrap();
+    t.run_for(4).await;
+    let j = zd(&t.sb, "global", "jane.doe@gitlab.com").unwrap();
     assert!(
-        j.suspended && !sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"),
+        j.suspended && !t.sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"),
         "setup: offboarding:\n{}",
-        bot_text(&sb, off)
+        bot_text(&t.sb, off)
     );
     // 3. Re-hired: a time-bound Support Engineer, approved.
     let body = format!(
@@ -752,28 +777,30 @@ async fn closed_expiry_after_offboarding_keeps_the_okta_group_and_the_account_ac
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee"),
         day(10)
     );
-    let tb = sb
-        .file_issue("jdoe", "Temporary Support Engineer", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", tb, MANAGER).await.unwrap();
-    sb.add_label("lyle", tb, OWNER).await.unwrap();
-    run(&bot).await;
-    let j = zd(&sb, "global", "jane.doe@gitlab.com").unwrap();
-    assert!(!j.suspended, "setup: grant:\n{}", bot_text(&sb, tb));
+    let tb =
+        t.sb.file_issue("jdoe", "Temporary Support Engineer", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", tb, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", tb, OWNER).await.unwrap();
+    t.run_for(4).await;
+    let j = zd(&t.sb, "global", "jane.doe@gitlab.com").unwrap();
+    assert!(!j.suspended, "setup: grant:\n{}", bot_text(&t.sb, tb));
     // 4. The date.
-    bot.clock_offset = chrono::Duration::days(11);
-    run(&bot).await;
-    run(&bot).await;
-    let j = zd(&sb, "global", "jane.doe@gitlab.com").unwrap();
+    t.bot.clock_offset = chrono::Duration::days(11);
+    t.run_for(4).await;
+    t.run_for(4).await;
+    let j = zd(&t.sb, "global", "jane.doe@gitlab.com").unwrap();
     assert!(
-        j.suspended && !sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"),
+        j.suspended && !t.sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"),
         "after expiry jane is suspended={} and in Okta={}; before the grant she was suspended and out of Okta:\n{}",
         j.suspended,
-        sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"),
-        bot_text(&sb, tb)
+        t.sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"),
+        bot_text(&t.sb, tb)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: revocation evaded silently).
@@ -788,10 +815,13 @@ async fn closed_expiry_after_offboarding_keeps_the_okta_group_and_the_account_ac
 /// even without the masking tick the change may pass.)
 #[tokio::test]
 async fn closed_leaver_marks_own_offboarding_not_applicable_masked_by_a_tick() {
-    let (sb, bot) = start().await;
-    seed_leaver(&sb);
+    let mut t = crate::tester!().await;
+    seed_leaver(&t.sb);
     let (author, title, labels, body) = demo("offboarding");
-    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
+    let iid =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
     let forged = body
         .replace(
             "- [ ]  @zd-admin-1 @zd-admin-2: Remove the team member from Zendesk Global",
@@ -806,13 +836,15 @@ async fn closed_leaver_marks_own_offboarding_not_applicable_masked_by_a_tick() {
             "- [x]  @it-ops-1: Remove the team member from Slack",
         );
     assert_ne!(forged, body);
-    sb.edit_description("cquinn", iid, &forged).await.unwrap();
-    run(&bot).await;
+    t.sb.edit_description("cquinn", iid, &forged).await.unwrap();
+    t.run_for(4).await;
     // The leaver touched their own offboarding: it is no longer pre-approved,
     // a system owner must confirm what is left alone (ops are told).
-    let text = bot_text(&sb, iid);
+    let text = bot_text(&t.sb, iid);
     assert!(text.contains("**Not pre-approved:**"), "{text}");
     assert!(text.contains("Zendesk::System Owner Approved"), "{text}");
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: revocation fails open).
@@ -823,22 +855,29 @@ async fn closed_leaver_marks_own_offboarding_not_applicable_masked_by_a_tick() {
 /// direction (the change nobody approved is the leaver keeping access).
 #[tokio::test]
 async fn closed_leaver_keeps_access_by_touching_own_offboarding() {
-    let (sb, bot) = start().await;
-    seed_leaver(&sb);
+    let mut t = crate::tester!().await;
+    seed_leaver(&t.sb);
     let (author, title, labels, body) = demo("offboarding");
-    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
+    let iid =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
     let touched = body.replace(
         "Remove the team member from Slack",
         "Remove the team member from Slack ",
     );
-    sb.edit_description("cquinn", iid, &touched).await.unwrap();
-    run(&bot).await;
+    t.sb.edit_description("cquinn", iid, &touched)
+        .await
+        .unwrap();
+    t.run_for(4).await;
     // Not refused: a system owner confirms the changed offboarding, and it runs.
-    let text = bot_text(&sb, iid);
+    let text = bot_text(&t.sb, iid);
     assert!(text.contains("**Not pre-approved:**"), "{text}");
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
-    assert_casey_offboarded(&sb);
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
+    assert_casey_offboarded(&t.sb);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: self-service touches a full agent).
@@ -850,9 +889,9 @@ async fn closed_leaver_keeps_access_by_touching_own_offboarding() {
 /// and the executor's self-service guard only covers role steps, not Google.
 #[tokio::test]
 async fn closed_self_service_readds_okta_for_a_suspended_full_agent() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     seed(
-        &sb,
+        &t.sb,
         "global",
         "Mallory Mallet",
         "mallory@gitlab.com",
@@ -861,8 +900,8 @@ async fn closed_self_service_readds_okta_for_a_suspended_full_agent() {
         &["Support AMER"],
         true,
     );
-    let iid = sb
-        .file_issue(
+    let iid =
+        t.sb.file_issue(
             "mallory",
             "Mallory: Zendesk Global light agent",
             &[],
@@ -870,12 +909,14 @@ async fn closed_self_service_readds_okta_for_a_suspended_full_agent() {
         )
         .await
         .unwrap();
-    run(&bot).await;
+    t.run_for(4).await;
     assert!(
-        !sb.google_member(GLOBAL_OKTA, "mallory@gitlab.com"),
+        !t.sb.google_member(GLOBAL_OKTA, "mallory@gitlab.com"),
         "a suspended full agent was put back in the Okta group by self-service:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: meaning read loosely: verbs are ignored).
@@ -887,19 +928,21 @@ async fn closed_self_service_readds_okta_for_a_suspended_full_agent() {
 /// bot should refuse an item whose words contradict what it will do.
 #[tokio::test]
 async fn closed_items_asking_to_remove_are_read_as_grants() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: revoke Light Agent\n- [ ] Google Group: remove from okta-zendeskglobal-users\n",
         row("Robin Kim", "robin.kim@gitlab.com", "rkim", "mlee")
     );
-    let iid = sb
-        .file_issue("mallory", "Robin leaves Zendesk", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["robin.kim@gitlab.com"]);
+    let iid =
+        t.sb.file_issue("mallory", "Robin leaves Zendesk", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["robin.kim@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// CLOSED (was a hole: class 10, low: the bot mentions people the requester chose).
@@ -910,7 +953,7 @@ async fn closed_items_asking_to_remove_are_read_as_grants() {
 /// request; 25 rows give 25 mentions.
 #[tokio::test]
 async fn closed_stale_reminder_mentions_everyone_the_requester_named_as_manager() {
-    let (sb, _) = start().await;
+    let mut t = crate::tester!().await;
     let people = [
         ("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee"),
         ("Bo Li", "bo.li@gitlab.com", "bli", "kpatel"),
@@ -925,15 +968,15 @@ async fn closed_stale_reminder_mentions_everyone_the_requester_named_as_manager(
     ];
     let rows: String = people.iter().map(|p| row(p.0, p.1, p.2, p.3)).collect();
     let body = format!("{TABLE}{rows}\n- [ ] Google Group: okta-zendeskglobal-users\n");
-    sb.gitlab.lock().clock_offset = -chrono::Duration::days(10);
-    let iid = sb
-        .file_issue("mallory", "Okta for my team", &[], &body)
-        .await
-        .unwrap();
-    sb.gitlab.lock().clock_offset = chrono::Duration::zero();
-    let bot = sb.bot().await.unwrap();
-    run(&bot).await;
-    let text = bot_text(&sb, iid);
+    t.sb.gitlab.lock().clock_offset = -chrono::Duration::days(10);
+    let iid =
+        t.sb.file_issue("mallory", "Okta for my team", &[], &body)
+            .await
+            .unwrap();
+    t.sb.gitlab.lock().clock_offset = chrono::Duration::zero();
+    t.restart().await;
+    t.run_for(4).await;
+    let text = bot_text(&t.sb, iid);
     let mentioned: Vec<&str> = people
         .iter()
         .map(|p| p.3)
@@ -943,6 +986,8 @@ async fn closed_stale_reminder_mentions_everyone_the_requester_named_as_manager(
         mentioned.len() <= 1,
         "the bot mentioned {mentioned:?}, none of whom can approve this:\n{text}"
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Rename a project label over HTTP as `user` (GitLab Labels API; Reporters
@@ -980,29 +1025,32 @@ async fn rename_label(sb: &Sandbox, user: &str, old: &str, new: &str) -> reqwest
 /// label id is never pinned.
 #[tokio::test]
 async fn closed_approval_forged_by_renaming_a_label_the_manager_applied() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     // The approval label exists in the project (used on an earlier request).
     let (author, title, labels, body) = demo("special request");
-    let old = sb.file_issue(author, title, &labels, &body).await.unwrap();
-    sb.add_label("mlee", old, MANAGER).await.unwrap();
+    let old =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
+    t.sb.add_label("mlee", old, MANAGER).await.unwrap();
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Light Agent, add tag `partner_support_agent`\n",
         row("Mallory Mallet", "mallory@gitlab.com", "mallory", "mlee")
     );
-    let iid = sb
-        .file_issue("mallory", "Mallory: light agent and tag", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue("mallory", "Mallory: light agent and tag", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
     // The manager looks at it and marks it in progress (not an approval).
-    sb.add_label("mlee", iid, "support::in progress")
+    t.sb.add_label("mlee", iid, "support::in progress")
         .await
         .unwrap();
-    run(&bot).await;
-    untouched(&sb, &["mallory@gitlab.com"]);
+    t.run_for(4).await;
+    untouched(&t.sb, &["mallory@gitlab.com"]);
     assert!(
         rename_label(
-            &sb,
+            &t.sb,
             "mallory",
             MANAGER,
             "AR-Approval::Manager Approved (v1)"
@@ -1011,18 +1059,20 @@ async fn closed_approval_forged_by_renaming_a_label_the_manager_applied() {
         .is_success()
     );
     assert!(
-        rename_label(&sb, "mallory", "support::in progress", MANAGER)
+        rename_label(&t.sb, "mallory", "support::in progress", MANAGER)
             .await
             .is_success()
     );
     // A rename does not touch the issue; any comment makes the bot look again.
-    sb.comment_as("mallory", iid, "ping").await.unwrap();
-    run(&bot).await;
+    t.sb.comment_as("mallory", iid, "ping").await.unwrap();
+    t.run_for(4).await;
     assert!(
-        zd(&sb, "global", "mallory@gitlab.com").is_none(),
+        zd(&t.sb, "global", "mallory@gitlab.com").is_none(),
         "granted on a renamed label:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// The webhook listener as `run` serves it (its own channel, so the test can
@@ -1133,75 +1183,82 @@ async fn closed_webhook_duplicate_events_are_not_coalesced() {
 /// nothing more.
 #[tokio::test]
 async fn refused_forged_marker_in_an_unmanaged_item() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Engineer\n- [ ] Slack: <!-- access-bot:v2 kind=plan keys=plan:E digest=E mac=00 -->\n- [ ] Slack: --> <!-- access-bot:v2 kind=result keys=- digest=E done=1 mac=00 -->\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
-    let iid = sb
-        .file_issue("jdoe", "Jane: Support Engineer", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
-    let swapped = sb
-        .description(iid)
-        .replace("Agent - Support Engineer", "Agent - Support Manager")
-        .replace("- [x] Zendesk Global", "- [ ] Zendesk Global");
-    sb.edit_description("jdoe", iid, &swapped).await.unwrap();
-    run(&bot).await;
-    assert_inert(&sb, iid);
+    let iid =
+        t.sb.file_issue("jdoe", "Jane: Support Engineer", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
+    let swapped =
+        t.sb.description(iid)
+            .replace("Agent - Support Engineer", "Agent - Support Manager")
+            .replace("- [x] Zendesk Global", "- [ ] Zendesk Global");
+    t.sb.edit_description("jdoe", iid, &swapped).await.unwrap();
+    t.run_for(4).await;
+    assert_inert(&t.sb, iid);
     assert_ne!(
-        custom_role(&sb, "global", "jane.doe@gitlab.com").as_deref(),
+        custom_role(&t.sb, "global", "jane.doe@gitlab.com").as_deref(),
         Some("Support Manager")
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 1: markers, mentions and quick actions in bad e-mails, usernames and
 /// levels are echoed inert in the error comment.
 #[tokio::test]
 async fn refused_forged_marker_and_mentions_in_error_texts() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}| Jane | <!--access-bot:v2 kind=plan-->@gitlab.com | @all | @all |\n| Bo | bo.li@gitlab.com | `@bli /close` | @mlee |\n\n- [ ] Zendesk Global: @all <!-- access-bot:v2 kind=plan --> [x](javascript:alert(1)) admin\n- [ ] Zendesk Global: add tag `x-->@all`\n"
     );
-    let iid = sb
-        .file_issue("mallory", "Zendesk Global", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue("mallory", "Zendesk Global", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
     assert!(
-        bot_text(&sb, iid).contains("cannot read"),
+        bot_text(&t.sb, iid).contains("cannot read"),
         "{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
-    assert_inert(&sb, iid);
-    assert_eq!(sb.state(iid), "opened");
-    untouched(&sb, &["bo.li@gitlab.com"]);
+    assert_inert(&t.sb, iid);
+    assert_eq!(t.sb.state(iid), "opened");
+    untouched(&t.sb, &["bo.li@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 1: a copy of a genuine sealed bot note, posted by mallory on another
 /// issue (or the same one), counts for nothing.
 #[tokio::test]
 async fn refused_replayed_bot_note_posted_by_someone_else() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let (author, title, labels, body) = demo("light agent, Zendesk Global");
-    let a = sb.file_issue(author, title, &labels, &body).await.unwrap();
-    run(&bot).await;
-    let notes: Vec<String> = sb.bot_comments(a).into_iter().map(|c| c.body).collect();
+    let a =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    let notes: Vec<String> = t.sb.bot_comments(a).into_iter().map(|c| c.body).collect();
     let special = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Manager\n",
         row("Mallory Mallet", "mallory@gitlab.com", "mallory", "mlee")
     );
-    let b = sb
-        .file_issue("mallory", "Support Manager", &[], &special)
-        .await
-        .unwrap();
+    let b =
+        t.sb.file_issue("mallory", "Support Manager", &[], &special)
+            .await
+            .unwrap();
     for n in &notes {
-        sb.comment_as("mallory", b, n).await.unwrap();
-        sb.comment_as(
+        t.sb.comment_as("mallory", b, n).await.unwrap();
+        t.sb.comment_as(
             "mallory",
             b,
             &n.replace(&format!("iid={a}"), &format!("iid={b}")),
@@ -1209,20 +1266,22 @@ async fn refused_replayed_bot_note_posted_by_someone_else() {
         .await
         .unwrap();
     }
-    run(&bot).await;
-    untouched(&sb, &["mallory@gitlab.com"]);
+    t.run_for(4).await;
+    untouched(&t.sb, &["mallory@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 2: a "light agent" title does not lower what Support Manager needs.
 #[tokio::test]
 async fn refused_light_agent_title_with_a_support_manager_item() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Manager\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
-    let iid = sb
-        .file_issue(
+    let iid =
+        t.sb.file_issue(
             "jdoe",
             "Jane Doe: Zendesk Global light agent",
             &["support::to do"],
@@ -1230,19 +1289,21 @@ async fn refused_light_agent_title_with_a_support_manager_item() {
         )
         .await
         .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["jane.doe@gitlab.com"]);
-    assert!(bot_text(&sb, iid).contains(OWNER));
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["jane.doe@gitlab.com"]);
+    assert!(bot_text(&t.sb, iid).contains(OWNER));
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 2: self-service grants only the light agent; a tag makes it need the manager.
 #[tokio::test]
 async fn refused_self_service_light_agent_with_a_tag() {
-    let (sb, bot) = start().await;
-    let iid = sb
-        .file_issue(
+    let mut t = crate::tester!().await;
+    let iid =
+        t.sb.file_issue(
             "jdoe",
             "Jane: light agent",
             &[],
@@ -1250,17 +1311,19 @@ async fn refused_self_service_light_agent_with_a_tag() {
         )
         .await
         .unwrap();
-    run(&bot).await;
+    t.run_for(4).await;
     let _ = iid;
-    untouched(&sb, &["jane.doe@gitlab.com"]);
+    untouched(&t.sb, &["jane.doe@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 2: a self-service light agent with the Okta group of the other
 /// instance (not declared for self-service) waits.
 #[tokio::test]
 async fn refused_self_service_with_the_other_instances_okta_group() {
-    let (sb, bot) = start().await;
-    sb.file_issue(
+    let mut t = crate::tester!().await;
+    t.sb.file_issue(
         "jdoe",
         "Jane: light agent",
         &[],
@@ -1268,17 +1331,19 @@ async fn refused_self_service_with_the_other_instances_okta_group() {
     )
     .await
     .unwrap();
-    run(&bot).await;
-    untouched(&sb, &["jane.doe@gitlab.com"]);
+    t.run_for(4).await;
+    untouched(&t.sb, &["jane.doe@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 2: a role change filed with a title that makes it a role change needs
 /// the system owner even if the content looks like an access request.
 #[tokio::test]
 async fn refused_role_change_with_manager_only() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     seed(
-        &sb,
+        &t.sb,
         "global",
         "Alex Chen",
         "alex.chen@gitlab.com",
@@ -1288,39 +1353,46 @@ async fn refused_role_change_with_manager_only() {
         false,
     );
     let (author, title, labels, body) = demo("role change");
-    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
-    run(&bot).await;
-    sb.add_label("kpatel", iid, MANAGER).await.unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("kpatel", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
     assert_eq!(
-        custom_role(&sb, "global", "alex.chen@gitlab.com").as_deref(),
+        custom_role(&t.sb, "global", "alex.chen@gitlab.com").as_deref(),
         Some("Support Engineer")
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 3: a pre-ticked Support Manager is part of the digest; unticking it
 /// after approval voids the approval.
 #[tokio::test]
 async fn refused_pre_ticked_item_unticked_after_approval() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [x] Zendesk Global: Agent - Support Manager\n- [ ] Google Group: okta-zendeskglobal-users\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
-    let iid = sb
-        .file_issue("jdoe", "Jane: Okta", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
-    let unticked = sb
-        .description(iid)
-        .replace("- [x] Zendesk Global", "- [ ] Zendesk Global");
-    sb.edit_description("jdoe", iid, &unticked).await.unwrap();
-    run(&bot).await;
-    assert!(zd(&sb, "global", "jane.doe@gitlab.com").is_none());
+    let iid =
+        t.sb.file_issue("jdoe", "Jane: Okta", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
+    let unticked =
+        t.sb.description(iid)
+            .replace("- [x] Zendesk Global", "- [ ] Zendesk Global");
+    t.sb.edit_description("jdoe", iid, &unticked).await.unwrap();
+    t.run_for(4).await;
+    assert!(zd(&t.sb, "global", "jane.doe@gitlab.com").is_none());
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 3 with GitLab's note masking, on a normal request: after approval the
@@ -1328,194 +1400,213 @@ async fn refused_pre_ticked_item_unticked_after_approval() {
 /// the tick note is written). The digest changed, so a new plan is needed.
 #[tokio::test]
 async fn refused_level_swap_after_approval_masked_by_an_unmanaged_tick() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Engineer\n- [ ] Slack: #support\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
-    let iid = sb
-        .file_issue("jdoe", "Jane: Support Engineer", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue("jdoe", "Jane: Support Engineer", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
     let swapped = body
         .replace("Agent - Support Engineer", "Agent - Support Manager")
         .replace("- [ ] Slack", "- [x] Slack");
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    sb.edit_description("jdoe", iid, &swapped).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["jane.doe@gitlab.com"]);
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.sb.edit_description("jdoe", iid, &swapped).await.unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["jane.doe@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 4: after completion, unticking re-ticks only; nothing is re-granted
 /// to someone who was offboarded since.
 #[tokio::test]
 async fn refused_untick_after_done_does_not_regrant() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Engineer\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
-    let iid = sb
-        .file_issue("jdoe", "Jane: Support Engineer", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue("jdoe", "Jane: Support Engineer", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
     assert_eq!(
-        custom_role(&sb, "global", "jane.doe@gitlab.com").as_deref(),
+        custom_role(&t.sb, "global", "jane.doe@gitlab.com").as_deref(),
         Some("Support Engineer")
     );
     {
-        let mut w = sb.zd("global");
+        let mut w = t.sb.zd("global");
         let u = w.user_mut_by_email("jane.doe@gitlab.com").unwrap();
         u.role = "end-user".into();
         u.custom_role_id = None;
         u.suspended = true;
     }
-    let unticked = sb.description(iid).replace("- [x]", "- [ ]");
-    sb.edit_description("jdoe", iid, &unticked).await.unwrap();
-    run(&bot).await;
-    let j = zd(&sb, "global", "jane.doe@gitlab.com").unwrap();
+    let unticked = t.sb.description(iid).replace("- [x]", "- [ ]");
+    t.sb.edit_description("jdoe", iid, &unticked).await.unwrap();
+    t.run_for(4).await;
+    let j = zd(&t.sb, "global", "jane.doe@gitlab.com").unwrap();
     assert_eq!((j.role.as_str(), j.suspended), ("end-user", true));
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 4: reopening and extending a finished self-service request after an
 /// offboarding does not reactivate the suspended account.
 #[tokio::test]
 async fn refused_reopen_and_extend_a_done_self_service_request_after_offboarding() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let (author, title, labels, body) = demo("light agent, Zendesk Global");
-    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
-    run(&bot).await;
-    assert!(is_light_agent(&sb, "global", "jane.doe@gitlab.com"));
+    let iid =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    assert!(is_light_agent(&t.sb, "global", "jane.doe@gitlab.com"));
     {
-        let mut w = sb.zd("global");
+        let mut w = t.sb.zd("global");
         let u = w.user_mut_by_email("jane.doe@gitlab.com").unwrap();
         u.role = "end-user".into();
         u.custom_role_id = None;
         u.suspended = true;
     }
-    sb.google
+    t.sb.google
         .lock()
         .groups
         .entry(GLOBAL_OKTA.to_string())
         .or_default()
         .retain(|m| m.email != "jane.doe@gitlab.com");
-    put(&sb, "jdoe", iid, &[("state_event", "reopen")]).await;
+    put(&t.sb, "jdoe", iid, &[("state_event", "reopen")]).await;
     let more = format!(
         "{}\n- [ ] Google Group: okta-zendeskglobal-users\n",
-        sb.description(iid).replace("- [x]", "- [ ]")
+        t.sb.description(iid).replace("- [x]", "- [ ]")
     );
-    sb.edit_description("jdoe", iid, &more).await.unwrap();
-    run(&bot).await;
-    let j = zd(&sb, "global", "jane.doe@gitlab.com").unwrap();
+    t.sb.edit_description("jdoe", iid, &more).await.unwrap();
+    t.run_for(4).await;
+    let j = zd(&t.sb, "global", "jane.doe@gitlab.com").unwrap();
     assert!(j.suspended && j.role == "end-user");
-    assert!(!sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"));
+    assert!(!t.sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"));
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 5: a manager approving their own promotion under their e-mail only
 /// (no username, upper case) is self-approval.
 #[tokio::test]
 async fn refused_approver_named_by_email_only() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}| Morgan Lee | MLee@GitLab.com | - | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Manager\n"
     );
-    let iid = sb
-        .file_issue("rkim", "Morgan: Support Manager", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue("rkim", "Morgan: Support Manager", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
     assert_ne!(
-        custom_role(&sb, "global", "mlee@gitlab.com").as_deref(),
+        custom_role(&t.sb, "global", "mlee@gitlab.com").as_deref(),
         Some("Support Manager")
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 5: a row that names someone else's username with the approver's e-mail is refused.
 #[tokio::test]
 async fn refused_row_with_username_and_email_of_different_people() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}| Lyle | lyle@gitlab.com | @rkim | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Manager\n"
     );
-    let iid = sb
-        .file_issue("rkim", "Support Manager", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["lyle@gitlab.com", "robin.kim@gitlab.com"]);
-    assert!(bot_text(&sb, iid).contains("will not act"));
+    let iid =
+        t.sb.file_issue("rkim", "Support Manager", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["lyle@gitlab.com", "robin.kim@gitlab.com"]);
+    assert!(bot_text(&t.sb, iid).contains("will not act"));
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 5: a system owner in a bulk request approving it (username in another case).
 #[tokio::test]
 async fn refused_system_owner_in_a_bulk_request_approves_it() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}| Lyle Kozloff | lyle@gitlab.com | @LYLE | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Manager\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
-    let iid = sb
-        .file_issue("rkim", "Support Managers", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["lyle@gitlab.com", "jane.doe@gitlab.com"]);
+    let iid =
+        t.sb.file_issue("rkim", "Support Managers", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["lyle@gitlab.com", "jane.doe@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 5: the requester naming themself as the subject's manager cannot approve.
 #[tokio::test]
 async fn refused_requester_names_themself_as_manager() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Light Agent\n",
         row("Robin Kim", "robin.kim@gitlab.com", "rkim", "mallory")
     );
-    let iid = sb
-        .file_issue("mallory", "Robin: light agent", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mallory", iid, MANAGER).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["robin.kim@gitlab.com"]);
+    let iid =
+        t.sb.file_issue("mallory", "Robin: light agent", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mallory", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["robin.kim@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 5: bulk request with different managers: no single manager can approve.
 #[tokio::test]
 async fn refused_bulk_request_with_mixed_managers() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}{}\n- [ ] Google Group: okta-zendeskglobal-users\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee"),
         row("Mallory Mallet", "mallory@gitlab.com", "mallory", "kpatel")
     );
-    let iid = sb.file_issue("jdoe", "Okta", &[], &body).await.unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["jane.doe@gitlab.com", "mallory@gitlab.com"]);
+    let iid = t.sb.file_issue("jdoe", "Okta", &[], &body).await.unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["jane.doe@gitlab.com", "mallory@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 5: the citizenship verifier verifying themself (a request someone
 /// else filed for them) is self-approval.
 #[tokio::test]
 async fn refused_verifier_verifies_themself() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk US Federal: Light Agent\n",
         row(
@@ -1525,25 +1616,27 @@ async fn refused_verifier_verifies_themself() {
             "mlee"
         )
     );
-    let iid = sb
-        .file_issue("mallory", "Pat: US Federal", &[], &body)
+    let iid =
+        t.sb.file_issue("mallory", "Pat: US Federal", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("people-connect-1", iid, VERIFIED)
         .await
         .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("people-connect-1", iid, VERIFIED)
-        .await
-        .unwrap();
-    run(&bot).await;
-    untouched(&sb, &["people-connect-1@gitlab.com"]);
+    t.run_for(4).await;
+    untouched(&t.sb, &["people-connect-1@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 6: an entitlement with the offboarding label added by mallory is refused.
 #[tokio::test]
 async fn refused_offboarding_label_added_to_an_entitlement() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     seed(
-        &sb,
+        &t.sb,
         "global",
         "Sam Rivera",
         "sam.rivera@gitlab.com",
@@ -1553,39 +1646,49 @@ async fn refused_offboarding_label_added_to_an_entitlement() {
         false,
     );
     let (author, title, labels, body) = demo("role-based entitlement");
-    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
-    sb.add_label("mallory", iid, "offboarding").await.unwrap();
-    run(&bot).await;
-    let s = zd(&sb, "global", "sam.rivera@gitlab.com").unwrap();
+    let iid =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
+    t.sb.add_label("mallory", iid, "offboarding").await.unwrap();
+    t.run_for(4).await;
+    let s = zd(&t.sb, "global", "sam.rivera@gitlab.com").unwrap();
     assert!(!s.suspended && s.role == "agent");
-    let t = bot_text(&sb, iid);
+    let said = bot_text(&t.sb, iid);
     assert!(
-        t.contains("will not act") || t.contains("cannot read"),
-        "{t}"
+        said.contains("will not act") || said.contains("cannot read"),
+        "{said}"
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 6, the control: another team ticking its own (unmanaged) line on an
 /// offboarding does not block it.
 #[tokio::test]
 async fn refused_nothing_control_other_team_ticks_its_own_offboarding_line() {
-    let (sb, bot) = start().await;
-    seed_leaver(&sb);
+    let mut t = crate::tester!().await;
+    seed_leaver(&t.sb);
     let (author, title, labels, body) = demo("offboarding");
-    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
+    let iid =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
     let ticked = body.replace(
         "- [ ]  @it-ops-1: Remove the team member from Slack",
         "- [x]  @it-ops-1: Remove the team member from Slack",
     );
-    sb.edit_description("bli", iid, &ticked).await.unwrap();
-    run(&bot).await;
-    assert_casey_offboarded(&sb);
+    t.sb.edit_description("bli", iid, &ticked).await.unwrap();
+    t.run_for(4).await;
+    assert_casey_offboarded(&t.sb);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 6: an edit of an entitlement after the plan (with a masking tick) is refused.
 #[tokio::test]
 async fn refused_entitlement_rewritten_after_the_plan() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let (author, title, labels, body) = demo("role-based entitlement");
     // Citizenship-free, so it runs at once; file a second, federal one that waits.
     let fed = body
@@ -1597,87 +1700,98 @@ async fn refused_entitlement_rewritten_after_the_plan() {
             "Member of okta-zendeskglobal-users",
             "Member of okta-zendeskfederal-users",
         );
-    let iid = sb.file_issue(author, title, &labels, &fed).await.unwrap();
-    run(&bot).await;
-    assert!(bot_text(&sb, iid).contains("plan"));
+    let iid = t.sb.file_issue(author, title, &labels, &fed).await.unwrap();
+    t.run_for(4).await;
+    assert!(bot_text(&t.sb, iid).contains("plan"));
     let forged = fed
         .replace(
             "| Sam Rivera | sam.rivera@gitlab.com | @srivera | @kpatel |",
             "| Mallory Mallet | mallory@gitlab.com | @mallory | @kpatel |",
         )
         .replace("* [ ]  `Slack`", "* [x]  `Slack`");
-    sb.edit_description("mallory", iid, &forged).await.unwrap();
-    run(&bot).await;
-    sb.add_label("people-connect-1", iid, VERIFIED)
+    t.sb.edit_description("mallory", iid, &forged)
         .await
         .unwrap();
-    run(&bot).await;
-    untouched(&sb, &["mallory@gitlab.com"]);
+    t.run_for(4).await;
+    t.sb.add_label("people-connect-1", iid, VERIFIED)
+        .await
+        .unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["mallory@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 7: a time-bound light agent ending does not take away a permanent
 /// Support Engineer role approved later.
 #[tokio::test]
 async fn refused_expiry_keeps_a_later_permanent_role() {
-    let (sb, mut bot) = start().await;
+    let mut t = crate::tester!().await;
     let tb = format!(
         "{TABLE}{}\nExpires: {}\n\n- [ ] Zendesk Global: Light Agent\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee"),
         day(10)
     );
-    sb.file_issue("jdoe", "Temporary light agent", &[], &tb)
+    t.sb.file_issue("jdoe", "Temporary light agent", &[], &tb)
         .await
         .unwrap();
-    run(&bot).await;
-    assert!(is_light_agent(&sb, "global", "jane.doe@gitlab.com"));
+    t.run_for(4).await;
+    assert!(is_light_agent(&t.sb, "global", "jane.doe@gitlab.com"));
     let perm = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Engineer\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
-    let p = sb
-        .file_issue("jdoe", "Support Engineer", &[], &perm)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", p, MANAGER).await.unwrap();
-    sb.add_label("jason", p, OWNER).await.unwrap();
-    run(&bot).await;
-    bot.clock_offset = chrono::Duration::days(11);
-    run(&bot).await;
-    run(&bot).await;
+    let p =
+        t.sb.file_issue("jdoe", "Support Engineer", &[], &perm)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", p, MANAGER).await.unwrap();
+    t.sb.add_label("jason", p, OWNER).await.unwrap();
+    t.run_for(4).await;
+    t.bot.clock_offset = chrono::Duration::days(11);
+    t.run_for(4).await;
+    t.run_for(4).await;
     assert_eq!(
-        custom_role(&sb, "global", "jane.doe@gitlab.com").as_deref(),
+        custom_role(&t.sb, "global", "jane.doe@gitlab.com").as_deref(),
         Some("Support Engineer")
     );
-    assert!(sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"));
+    assert!(t.sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"));
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 8: an offboarding naming the bot's own Zendesk admin (in upper case).
 #[tokio::test]
 async fn refused_offboarding_of_the_bots_own_admin_account() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let (author, title, labels, body) = demo("offboarding");
     let body = body.replace(
         "| Casey Quinn | casey.quinn@gitlab.com | @cquinn | @mlee |",
         "| Access Bot | ACCESS-BOT@GitLab.com | - | @mlee |",
     );
-    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
-    run(&bot).await;
-    let a = zd(&sb, "global", "access-bot@gitlab.com").unwrap();
+    let iid =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    let a = zd(&t.sb, "global", "access-bot@gitlab.com").unwrap();
     assert_eq!(
         (a.role.as_str(), a.suspended),
         ("admin", false),
         "{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 8: a fully approved request changing a Zendesk admin is refused.
 #[tokio::test]
 async fn refused_approved_request_for_a_zendesk_admin() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     seed(
-        &sb,
+        &t.sb,
         "global",
         "Bo Li",
         "bo.li@gitlab.com",
@@ -1690,77 +1804,91 @@ async fn refused_approved_request_for_a_zendesk_admin() {
         "{TABLE}{}\n- [ ] Zendesk Global: Light Agent\n",
         row("Bo Li", "bo.li@gitlab.com", "bli", "mlee")
     );
-    let iid = sb
-        .file_issue("mallory", "Bo: light agent", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    run(&bot).await;
-    assert_eq!(zd(&sb, "global", "bo.li@gitlab.com").unwrap().role, "admin");
-    assert!(!sb.google_member(GLOBAL_OKTA, "bo.li@gitlab.com"));
+    let iid =
+        t.sb.file_issue("mallory", "Bo: light agent", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
+    assert_eq!(
+        zd(&t.sb, "global", "bo.li@gitlab.com").unwrap().role,
+        "admin"
+    );
+    assert!(!t.sb.google_member(GLOBAL_OKTA, "bo.li@gitlab.com"));
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 8: an address on `bot.protected` (configured in mixed case) is never changed.
 #[tokio::test]
 async fn refused_protected_list_in_mixed_case() {
-    let mut sb = Sandbox::start(Ports::default()).await.unwrap();
-    sb.config.bot.protected = vec!["Jane.Doe@GitLab.com".into()];
-    let bot = sb.bot().await.unwrap();
+    let mut t = crate::tester!().await;
+    t.sb.config.bot.protected = vec!["Jane.Doe@GitLab.com".into()];
+    t.restart().await;
     let (author, title, labels, body) = demo("light agent, Zendesk Global");
-    sb.file_issue(author, title, &labels, &body).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["jane.doe@gitlab.com"]);
+    t.sb.file_issue(author, title, &labels, &body)
+        .await
+        .unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["jane.doe@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 9: a person table in an HTML comment, a block quote or a code block
 /// is not read; the visible `Key: value` lines are.
 #[tokio::test]
 async fn refused_hidden_person_tables() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let hidden = format!(
         "<!--\n{TABLE}{}-->\n\n> {TABLE_Q}> | Mallory | mallory@gitlab.com | @mallory | @mlee |\n\n```\n{TABLE}{}```\n\nEmail: jane.doe@gitlab.com\nGitLab username: @jdoe\n\n- [ ] Zendesk Global: Light Agent\n",
         row("Mallory Mallet", "mallory@gitlab.com", "mallory", "mlee"),
         row("Mallory Mallet", "mallory@gitlab.com", "mallory", "mlee"),
         TABLE_Q = "| Full name | Email | GitLab username | Manager |\n> |---|---|---|---|\n"
     );
-    let iid = sb
-        .file_issue("jdoe", "Jane: light agent", &[], &hidden)
-        .await
-        .unwrap();
-    run(&bot).await;
-    untouched(&sb, &["mallory@gitlab.com"]);
+    let iid =
+        t.sb.file_issue("jdoe", "Jane: light agent", &[], &hidden)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["mallory@gitlab.com"]);
     assert!(
-        is_light_agent(&sb, "global", "jane.doe@gitlab.com"),
+        is_light_agent(&t.sb, "global", "jane.doe@gitlab.com"),
         "{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 9: a checklist item in a block quote, a link reference definition or
 /// a code span is not read; the visible light agent is.
 #[tokio::test]
 async fn refused_hidden_checklist_items() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = "[//]: # (- [ ] Zendesk Global: Agent - Support Manager)\n\n> - [ ] Zendesk Global: Agent - Support Manager\n\n    - [ ] Zendesk Global: Agent - Support Manager\n\n- [ ] Zendesk Global: Light Agent\n";
-    let iid = sb
-        .file_issue("jdoe", "Jane: light agent", &[], body)
-        .await
-        .unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue("jdoe", "Jane: light agent", &[], body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
     assert!(
-        is_light_agent(&sb, "global", "jane.doe@gitlab.com"),
+        is_light_agent(&t.sb, "global", "jane.doe@gitlab.com"),
         "{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 9: an item inside `<details>` (collapsed when rendered) still counts,
 /// so it cannot ride along a self-service request; HTML inside an item is refused.
 #[tokio::test]
 async fn refused_details_block_and_html_in_items() {
-    let (sb, bot) = start().await;
-    let a = sb
+    let mut t = crate::tester!().await;
+    let a = t
+        .sb
         .file_issue(
             "jdoe",
             "Jane: light agent",
@@ -1769,8 +1897,8 @@ async fn refused_details_block_and_html_in_items() {
         )
         .await
         .unwrap();
-    let b = sb
-        .file_issue(
+    let b =
+        t.sb.file_issue(
             "mallory",
             "Mallory: light agent",
             &[],
@@ -1778,18 +1906,20 @@ async fn refused_details_block_and_html_in_items() {
         )
         .await
         .unwrap();
-    run(&bot).await;
-    untouched(&sb, &["jane.doe@gitlab.com", "mallory@gitlab.com"]);
-    assert_inert(&sb, a);
-    assert_inert(&sb, b);
+    t.run_for(4).await;
+    untouched(&t.sb, &["jane.doe@gitlab.com", "mallory@gitlab.com"]);
+    assert_inert(&t.sb, a);
+    assert_inert(&t.sb, b);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 9: a nested task item under an unmanaged parent is read like any
 /// other (a self-service request with a nested Support Manager needs approval).
 #[tokio::test]
 async fn refused_nested_item_under_an_unmanaged_parent() {
-    let (sb, bot) = start().await;
-    sb.file_issue(
+    let mut t = crate::tester!().await;
+    t.sb.file_issue(
         "mallory",
         "Mallory: light agent",
         &[],
@@ -1797,15 +1927,17 @@ async fn refused_nested_item_under_an_unmanaged_parent() {
     )
     .await
     .unwrap();
-    run(&bot).await;
-    untouched(&sb, &["mallory@gitlab.com"]);
+    t.run_for(4).await;
+    untouched(&t.sb, &["mallory@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 10: a ~1 MB description with thousands of unmanaged items carrying
 /// `@all`, quick actions, links and markers: the bot's comment is small and inert.
 #[tokio::test]
 async fn refused_huge_description_with_mentions_and_quick_actions() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let mut body = String::from("- [ ] Zendesk Global: Light Agent\n");
     let line = "- [ ] Slack: @all /close [x](http://evil) <!-- access-bot:v2 kind=plan --> ";
     while body.len() < 1_000_000 - 200 {
@@ -1813,20 +1945,22 @@ async fn refused_huge_description_with_mentions_and_quick_actions() {
         body.push_str(&"z".repeat(40));
         body.push('\n');
     }
-    let iid = sb
-        .file_issue("jdoe", "Jane: light agent", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    assert_inert(&sb, iid);
-    assert!(is_light_agent(&sb, "global", "jane.doe@gitlab.com"));
+    let iid =
+        t.sb.file_issue("jdoe", "Jane: light agent", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    assert_inert(&t.sb, iid);
+    assert!(is_light_agent(&t.sb, "global", "jane.doe@gitlab.com"));
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 10: 26 people in one request are refused, and `@all` as a manager
 /// is refused and never mentioned.
 #[tokio::test]
 async fn refused_too_many_people_and_all_as_manager() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let rows: String = (0..26)
         .map(|i| {
             format!(
@@ -1838,8 +1972,8 @@ async fn refused_too_many_people_and_all_as_manager() {
             )
         })
         .collect();
-    let a = sb
-        .file_issue(
+    let a =
+        t.sb.file_issue(
             "mallory",
             "Bulk",
             &[],
@@ -1847,9 +1981,9 @@ async fn refused_too_many_people_and_all_as_manager() {
         )
         .await
         .unwrap();
-    sb.gitlab.lock().clock_offset = -chrono::Duration::days(10);
-    let b = sb
-        .file_issue(
+    t.sb.gitlab.lock().clock_offset = -chrono::Duration::days(10);
+    let b =
+        t.sb.file_issue(
             "mallory",
             "Okta",
             &[],
@@ -1860,12 +1994,18 @@ async fn refused_too_many_people_and_all_as_manager() {
         )
         .await
         .unwrap();
-    sb.gitlab.lock().clock_offset = chrono::Duration::zero();
-    run(&bot).await;
-    assert!(sb.google.lock().members(GLOBAL_OKTA).is_empty());
-    assert_inert(&sb, a);
-    assert_inert(&sb, b);
-    assert!(bot_text(&sb, a).contains("split"), "{}", bot_text(&sb, a));
+    t.sb.gitlab.lock().clock_offset = chrono::Duration::zero();
+    t.run_for(4).await;
+    assert!(t.sb.google.lock().members(GLOBAL_OKTA).is_empty());
+    assert_inert(&t.sb, a);
+    assert_inert(&t.sb, b);
+    assert!(
+        bot_text(&t.sb, a).contains("split"),
+        "{}",
+        bot_text(&t.sb, a)
+    );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Unicode: lookalike domains and at-signs, zero-width characters in a level,
@@ -1873,7 +2013,7 @@ async fn refused_too_many_people_and_all_as_manager() {
 /// the comments stay inert.
 #[tokio::test]
 async fn refused_unicode_tricks() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let bodies = [
         // Cyrillic "а" in the domain.
         format!("{TABLE}| Mallory | mallory@gitlаb.com | @mallory | @mlee |\n\n- [ ] Zendesk Global: Light Agent\n"),
@@ -1886,55 +2026,62 @@ async fn refused_unicode_tricks() {
     ];
     let mut iids = vec![];
     for b in &bodies {
-        iids.push(sb.file_issue("mallory", "Zendesk", &[], b).await.unwrap());
+        iids.push(t.sb.file_issue("mallory", "Zendesk", &[], b).await.unwrap());
     }
-    run(&bot).await;
+    t.run_for(4).await;
     for iid in &iids {
-        sb.add_label("mlee", *iid, MANAGER).await.unwrap();
-        sb.add_label("lyle", *iid, OWNER).await.unwrap();
+        t.sb.add_label("mlee", *iid, MANAGER).await.unwrap();
+        t.sb.add_label("lyle", *iid, OWNER).await.unwrap();
     }
-    run(&bot).await;
+    t.run_for(4).await;
     for iid in iids {
-        assert_inert(&sb, iid);
+        assert_inert(&t.sb, iid);
     }
-    untouched(&sb, &["mallory@gitlab.com", "jane.doe@gitlab.com"]);
+    untouched(&t.sb, &["mallory@gitlab.com", "jane.doe@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// A request that grants and revokes, and a removal outside an offboarding, are refused.
 #[tokio::test]
 async fn refused_revocation_outside_an_offboarding() {
-    let (sb, bot) = start().await;
-    seed_leaver(&sb);
+    let mut t = crate::tester!().await;
+    seed_leaver(&t.sb);
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Light Agent\n- [ ]  @zd-admin-1: Remove the team member from Zendesk Global\n",
         row("Casey Quinn", "casey.quinn@gitlab.com", "cquinn", "mlee")
     );
-    let iid = sb.file_issue("mallory", "Casey", &[], &body).await.unwrap();
+    let iid =
+        t.sb.file_issue("mallory", "Casey", &[], &body)
+            .await
+            .unwrap();
     let only_remove = format!(
         "{TABLE}{}\n- [ ]  @it-ops-1: Remove the team member from Google Group okta-zendeskglobal-users\n",
         row("Casey Quinn", "casey.quinn@gitlab.com", "cquinn", "mlee")
     );
-    let iid2 = sb
-        .file_issue("mallory", "Casey", &[], &only_remove)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("mlee", iid2, MANAGER).await.unwrap();
-    run(&bot).await;
-    assert_casey_intact(&sb);
+    let iid2 =
+        t.sb.file_issue("mallory", "Casey", &[], &only_remove)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("mlee", iid2, MANAGER).await.unwrap();
+    t.run_for(4).await;
+    assert_casey_intact(&t.sb);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// A requester adding a trusted kind's label to their own request is refused.
 #[tokio::test]
 async fn refused_requester_adds_the_entitlement_label() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Manager\n",
         row("Mallory Mallet", "mallory@gitlab.com", "mallory", "mlee")
     );
-    let iid = sb
-        .file_issue(
+    let iid =
+        t.sb.file_issue(
             "mallory",
             "Support Manager",
             &["BaselineEntitlementAR"],
@@ -1942,17 +2089,19 @@ async fn refused_requester_adds_the_entitlement_label() {
         )
         .await
         .unwrap();
-    let iid2 = sb
-        .file_issue("mallory", "Support Manager", &[], &body)
+    let iid2 =
+        t.sb.file_issue("mallory", "Support Manager", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mallory", iid2, "BaselineEntitlementAR")
         .await
         .unwrap();
-    run(&bot).await;
-    sb.add_label("mallory", iid2, "BaselineEntitlementAR")
-        .await
-        .unwrap();
-    run(&bot).await;
-    untouched(&sb, &["mallory@gitlab.com"]);
-    assert!(bot_text(&sb, iid).contains("will not act"));
+    t.run_for(4).await;
+    untouched(&t.sb, &["mallory@gitlab.com"]);
+    assert!(bot_text(&t.sb, iid).contains("will not act"));
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Timing: an approval in the same instant as the plan (the world's clock
@@ -1961,52 +2110,52 @@ async fn refused_requester_adds_the_entitlement_label() {
 /// `updated_at` the bot already saw is not picked up by the poll, see report.)
 #[tokio::test]
 async fn refused_approval_tied_with_the_plan_or_an_edit() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Engineer\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
     // Freeze the clock: the world's clock never goes back, so pushing it an
     // hour ahead and then behind makes every event share one timestamp.
-    freeze(&sb, 1);
-    let iid = sb
-        .file_issue("jdoe", "Jane: Support Engineer", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    drop(bot); // a restart: the old bot is gone
-    let bot = sb.bot().await.unwrap();
-    run(&bot).await;
+    freeze(&t.sb, 1);
+    let iid =
+        t.sb.file_issue("jdoe", "Jane: Support Engineer", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.restart().await;
+    t.run_for(4).await;
     assert!(
-        zd(&sb, "global", "jane.doe@gitlab.com").is_none(),
+        zd(&t.sb, "global", "jane.doe@gitlab.com").is_none(),
         "approval tied with the plan counted:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
     assert!(
-        bot_text(&sb, iid).contains("before the current plan"),
+        bot_text(&t.sb, iid).contains("before the current plan"),
         "{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
     // Move on, re-approve, and in the very same instant edit (same meaning).
-    sb.remove_label("mlee", iid, MANAGER).await.unwrap();
-    sb.remove_label("lyle", iid, OWNER).await.unwrap();
-    freeze(&sb, 2);
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    let tweaked = sb
-        .description(iid)
-        .replace("Support Engineer\n", "Support Engineer \n");
-    sb.edit_description("jdoe", iid, &tweaked).await.unwrap();
-    drop(bot); // a restart: the old bot is gone
-    let bot = sb.bot().await.unwrap();
-    run(&bot).await;
+    t.sb.remove_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.remove_label("lyle", iid, OWNER).await.unwrap();
+    freeze(&t.sb, 2);
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    let tweaked =
+        t.sb.description(iid)
+            .replace("Support Engineer\n", "Support Engineer \n");
+    t.sb.edit_description("jdoe", iid, &tweaked).await.unwrap();
+    t.restart().await;
+    t.run_for(4).await;
     assert!(
-        zd(&sb, "global", "jane.doe@gitlab.com").is_none(),
+        zd(&t.sb, "global", "jane.doe@gitlab.com").is_none(),
         "an edit tied with the approval did not void it:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Labels: an approval applied before the bot's first plan does not count;
@@ -2014,73 +2163,83 @@ async fn refused_approval_tied_with_the_plan_or_an_edit() {
 /// scope) leaves it unauthorised.
 #[tokio::test]
 async fn refused_label_tricks() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Engineer\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
-    let early = sb.file_issue("jdoe", "Jane: SE", &[], &body).await.unwrap();
-    sb.add_label("mlee", early, MANAGER).await.unwrap();
-    sb.add_label("lyle", early, OWNER).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["jane.doe@gitlab.com"]);
+    let early =
+        t.sb.file_issue("jdoe", "Jane: SE", &[], &body)
+            .await
+            .unwrap();
+    t.sb.add_label("mlee", early, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", early, OWNER).await.unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["jane.doe@gitlab.com"]);
 
     let body2 = body
         .replace("jane.doe@gitlab.com", "bo.li@gitlab.com")
         .replace("@jdoe", "@bli")
         .replace("Jane Doe", "Bo Li");
-    let re = sb.file_issue("bli", "Bo: SE", &[], &body2).await.unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", re, MANAGER).await.unwrap();
-    sb.add_label("lyle", re, OWNER).await.unwrap();
-    sb.remove_label("mallory", re, MANAGER).await.unwrap();
-    sb.add_label("mallory", re, MANAGER).await.unwrap();
-    run(&bot).await;
+    let re = t.sb.file_issue("bli", "Bo: SE", &[], &body2).await.unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", re, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", re, OWNER).await.unwrap();
+    t.sb.remove_label("mallory", re, MANAGER).await.unwrap();
+    t.sb.add_label("mallory", re, MANAGER).await.unwrap();
+    t.run_for(4).await;
     // Scoped: a "needs approval" label replaces the approval; mallory re-adds it.
-    sb.remove_label("mallory", re, MANAGER).await.unwrap();
-    sb.add_label("mlee", re, MANAGER).await.unwrap();
-    sb.add_label("mallory", re, "AR-Approval::Needs Manager Approval")
+    t.sb.remove_label("mallory", re, MANAGER).await.unwrap();
+    t.sb.add_label("mlee", re, MANAGER).await.unwrap();
+    t.sb.add_label("mallory", re, "AR-Approval::Needs Manager Approval")
         .await
         .unwrap();
-    sb.add_label("mallory", re, MANAGER).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["jane.doe@gitlab.com", "bo.li@gitlab.com"]);
+    t.sb.add_label("mallory", re, MANAGER).await.unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["jane.doe@gitlab.com", "bo.li@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Close, edit while closed, reopen: the approval given before is void.
 #[tokio::test]
 async fn refused_edit_while_closed_then_reopen() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Engineer\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
-    let iid = sb.file_issue("jdoe", "Jane: SE", &[], &body).await.unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.close_issue("jdoe", iid).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
-    let edited = sb
-        .description(iid)
-        .replace("Support Engineer", "Support Manager");
-    sb.edit_description("jdoe", iid, &edited).await.unwrap();
-    put(&sb, "jdoe", iid, &[("state_event", "reopen")]).await;
-    run(&bot).await;
-    untouched(&sb, &["jane.doe@gitlab.com"]);
+    let iid =
+        t.sb.file_issue("jdoe", "Jane: SE", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.close_issue("jdoe", iid).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
+    let edited =
+        t.sb.description(iid)
+            .replace("Support Engineer", "Support Manager");
+    t.sb.edit_description("jdoe", iid, &edited).await.unwrap();
+    put(&t.sb, "jdoe", iid, &[("state_event", "reopen")]).await;
+    t.run_for(4).await;
+    untouched(&t.sb, &["jane.doe@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Two issues for the same person: the approvals of one do not carry to the other.
 #[tokio::test]
 async fn refused_approval_of_one_issue_used_for_another() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let se = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Engineer\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
-    let a = sb.file_issue("jdoe", "Jane: SE", &[], &se).await.unwrap();
-    let b = sb
-        .file_issue(
+    let a = t.sb.file_issue("jdoe", "Jane: SE", &[], &se).await.unwrap();
+    let b =
+        t.sb.file_issue(
             "jdoe",
             "Jane: SM",
             &[],
@@ -2088,45 +2247,52 @@ async fn refused_approval_of_one_issue_used_for_another() {
         )
         .await
         .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", a, MANAGER).await.unwrap();
-    sb.add_label("lyle", a, OWNER).await.unwrap();
-    sb.add_label("mlee", b, MANAGER).await.unwrap();
-    run(&bot).await;
+    t.run_for(4).await;
+    t.sb.add_label("mlee", a, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", a, OWNER).await.unwrap();
+    t.sb.add_label("mlee", b, MANAGER).await.unwrap();
+    t.run_for(4).await;
     assert_eq!(
-        custom_role(&sb, "global", "jane.doe@gitlab.com").as_deref(),
+        custom_role(&t.sb, "global", "jane.doe@gitlab.com").as_deref(),
         Some("Support Engineer"),
         "{}",
-        bot_text(&sb, b)
+        bot_text(&t.sb, b)
     );
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// US Federal: a denial or a verification applied by someone not authorised
 /// changes nothing; a verification before the plan does not count.
 #[tokio::test]
 async fn refused_federal_verification_tricks() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let (author, title, labels, body) = demo("light agent, Zendesk US Federal");
-    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
-    sb.add_label("people-connect-1", iid, VERIFIED)
+    let iid =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
+    t.sb.add_label("people-connect-1", iid, VERIFIED)
         .await
         .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["bo.li@gitlab.com"]);
-    sb.add_label("mallory", iid, NOT_VERIFIED).await.unwrap();
-    sb.add_label("mallory", iid, VERIFIED).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["bo.li@gitlab.com"]);
-    assert_eq!(sb.state(iid), "opened");
-    assert_inert(&sb, iid);
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["bo.li@gitlab.com"]);
+    t.sb.add_label("mallory", iid, NOT_VERIFIED).await.unwrap();
+    t.sb.add_label("mallory", iid, VERIFIED).await.unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["bo.li@gitlab.com"]);
+    assert_eq!(t.sb.state(iid), "opened");
+    assert_inert(&t.sb, iid);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Expiry: a date before the issue, a zero duration and two different dates are refused.
 #[tokio::test]
 async fn refused_bad_expiry() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let mut iids = vec![];
     for e in [
         format!("Expires: {}", day(-3)),
@@ -2135,20 +2301,22 @@ async fn refused_bad_expiry() {
     ] {
         let body = format!("{e}\n\n- [ ] Zendesk Global: Light Agent\n");
         iids.push(
-            sb.file_issue("jdoe", "Jane: light agent", &[], &body)
+            t.sb.file_issue("jdoe", "Jane: light agent", &[], &body)
                 .await
                 .unwrap(),
         );
     }
-    run(&bot).await;
-    untouched(&sb, &["jane.doe@gitlab.com"]);
+    t.run_for(4).await;
+    untouched(&t.sb, &["jane.doe@gitlab.com"]);
     for i in iids {
         assert!(
-            bot_text(&sb, i).contains("cannot read"),
+            bot_text(&t.sb, i).contains("cannot read"),
             "{}",
-            bot_text(&sb, i)
+            bot_text(&t.sb, i)
         );
     }
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 4/6: replay of a finished offboarding by a label of another kind.
@@ -2166,29 +2334,34 @@ async fn refused_bad_expiry() {
 /// offboarding; the attack would offboard Casey a second time.
 #[tokio::test]
 async fn refused_offboarding_replayed_by_a_label_of_another_kind() {
-    let (sb, bot) = start().await;
-    seed_leaver(&sb);
+    let mut t = crate::tester!().await;
+    seed_leaver(&t.sb);
     let (author, title, labels, body) = demo("offboarding");
-    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
-    run(&bot).await;
-    assert_casey_offboarded(&sb);
+    let iid =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    assert_casey_offboarded(&t.sb);
     // Re-hired: access restored (as a later approved request would).
     {
-        let mut w = sb.zd("global");
+        let mut w = t.sb.zd("global");
         let se = w.role_by_name("Support Engineer");
         let u = w.user_mut_by_email("casey.quinn@gitlab.com").unwrap();
         u.role = "agent".into();
         u.custom_role_id = se;
         u.suspended = false;
     }
-    sb.google
+    t.sb.google
         .lock()
         .add_member(GLOBAL_OKTA, "casey.quinn@gitlab.com");
-    sb.add_label("mallory", iid, "BaselineEntitlementAR")
+    t.sb.add_label("mallory", iid, "BaselineEntitlementAR")
         .await
         .unwrap();
-    run(&bot).await;
-    assert_casey_intact(&sb);
+    t.run_for(4).await;
+    assert_casey_intact(&t.sb);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 11: an oversized webhook body is refused before it is parsed, and an
@@ -2227,7 +2400,7 @@ async fn refused_webhook_oversized_or_unauthenticated() {
 /// request into self-service for someone else, or hide a tag from the bot.
 #[tokio::test]
 async fn refused_markdown_variants_do_not_bypass_approval() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let bodies = [
         // Lazy continuation: the tag is on the item's second line.
         "- [ ] Zendesk Global: Light\nAgent, add tag `partner_support_agent`\n".to_string(),
@@ -2243,14 +2416,14 @@ async fn refused_markdown_variants_do_not_bypass_approval() {
     let mut iids = vec![];
     for b in &bodies {
         iids.push(
-            sb.file_issue("mallory", "Light agent", &[], b)
+            t.sb.file_issue("mallory", "Light agent", &[], b)
                 .await
                 .unwrap(),
         );
     }
-    run(&bot).await;
-    untouched(&sb, &["jane.doe@gitlab.com"]);
-    if let Some(m) = zd(&sb, "global", "mallory@gitlab.com") {
+    t.run_for(4).await;
+    untouched(&t.sb, &["jane.doe@gitlab.com"]);
+    if let Some(m) = zd(&t.sb, "global", "mallory@gitlab.com") {
         assert!(
             m.tags.is_empty(),
             "mallory got a tag without approval: {:?}",
@@ -2258,28 +2431,32 @@ async fn refused_markdown_variants_do_not_bypass_approval() {
         );
     }
     for i in iids {
-        assert_inert(&sb, i);
+        assert_inert(&t.sb, i);
     }
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }
 
 /// Class 4: an approval of an earlier plan does not come back when the request
 /// is edited away and back to the same content (a new plan each time).
 #[tokio::test]
 async fn refused_approval_of_an_older_identical_plan() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let se = format!(
         "{TABLE}{}\n- [ ] Zendesk Global: Agent - Support Engineer\n",
         row("Jane Doe", "jane.doe@gitlab.com", "jdoe", "mlee")
     );
-    let iid = sb.file_issue("jdoe", "Jane: SE", &[], &se).await.unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    let iid = t.sb.file_issue("jdoe", "Jane: SE", &[], &se).await.unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
     let sm = se.replace("Support Engineer", "Support Manager");
-    sb.edit_description("jdoe", iid, &sm).await.unwrap();
-    run(&bot).await;
-    sb.edit_description("jdoe", iid, &se).await.unwrap();
-    run(&bot).await;
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
-    untouched(&sb, &["jane.doe@gitlab.com"]);
+    t.sb.edit_description("jdoe", iid, &sm).await.unwrap();
+    t.run_for(4).await;
+    t.sb.edit_description("jdoe", iid, &se).await.unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
+    untouched(&t.sb, &["jane.doe@gitlab.com"]);
+    // What the bot said, by snapshot.
+    t.expect_rest();
 }

@@ -18,28 +18,14 @@
 //!   admin: the bot does not make it again on the old approval (one approval,
 //!   one execution) but posts a new plan.
 
-use access_bot::bot::Bot;
-use access_bot::sandbox::harness::run_until_quiet;
-use access_bot::sandbox::{PROJECT, Ports, Sandbox};
+mod common;
 
-const MANAGER: &str = "AR-Approval::Manager Approved";
-const OWNER: &str = "Zendesk::System Owner Approved";
-const TABLE: &str = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n";
-const GLOBAL_OKTA: &str = "okta-zendeskglobal-users@gitlab.com";
+use access_bot::sandbox::{PROJECT, Sandbox};
+use common::tester::{GLOBAL_OKTA, MANAGER, OWNER, TABLE, Tester};
 const TIME_BOUND: &str = "access-bot/time-bound";
 const TRIAGE: &str = "support::in progress";
 
 // ------------------------------------------------------------------ helpers
-
-async fn start() -> (Sandbox, Bot) {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    let bot = sb.bot().await.unwrap();
-    (sb, bot)
-}
-
-async fn run(bot: &Bot) {
-    run_until_quiet(bot, 4).await;
-}
 
 fn bot_text(sb: &Sandbox, iid: u64) -> String {
     sb.bot_comments(iid)
@@ -88,19 +74,20 @@ async fn rename_label(sb: &Sandbox, user: &str, old: &str, new: &str) {
 }
 
 /// A time-bound Support Engineer grant for Robin (filed by Robin), approved and carried out.
-async fn time_bound_request(sb: &Sandbox, bot: &Bot, days: i64) -> u64 {
+async fn time_bound_request(t: &Tester, days: i64) -> u64 {
+    let sb = &t.sb;
     let until = (chrono::Utc::now() + chrono::Duration::days(days)).date_naive();
     let body = format!(
         "{TABLE}| Robin Kim | robin.kim@gitlab.com | @rkim | @mlee |\n\nExpires: {until}\n\n- [ ] Zendesk Global: Agent - Support Engineer\n- [ ] Access revoked on expiry\n"
     );
-    let iid = sb
-        .file_issue("rkim", "Robin Kim, Zendesk Global", &[], &body)
-        .await
-        .unwrap();
-    run_until_quiet(bot, 3).await;
+    let iid =
+        t.sb.file_issue("rkim", "Robin Kim, Zendesk Global", &[], &body)
+            .await
+            .unwrap();
+    t.run().await;
     sb.add_label("mlee", iid, MANAGER).await.unwrap();
     sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run_until_quiet(bot, 3).await;
+    t.run().await;
     assert_eq!(
         role_of(sb, "robin.kim@gitlab.com"),
         Some(("agent".into(), Some("Support Engineer".into()))),
@@ -134,28 +121,36 @@ fn assert_robin_revoked(sb: &Sandbox, iid: u64) {
 /// its date with the database lost; the bot finds grants only by that label.
 #[tokio::test]
 async fn a1_time_bound_label_removed_by_the_requester_then_database_lost() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    let first = sb.bot().await.unwrap();
-    let iid = time_bound_request(&sb, &first, 5).await;
-    drop(first);
-    sb.remove_label("rkim", iid, TIME_BOUND).await.unwrap();
+    let mut t = crate::tester!().await;
+    let iid = time_bound_request(&t, 5).await;
+    t.sb.remove_label("rkim", iid, TIME_BOUND).await.unwrap();
 
-    let mut second = sb.bot().await.unwrap();
-    second.clock_offset = chrono::Duration::days(6);
-    run_until_quiet(&second, 4).await;
-    assert_robin_revoked(&sb, iid);
+    t.restart().await;
+    t.bot.clock_offset = chrono::Duration::days(6);
+    t.run_for(4).await;
+    assert_robin_revoked(&t.sb, iid);
+    // The plan, the grant record, done; on the date, revoked.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// Same label removal, the database kept: the store still knows the grant.
 #[tokio::test]
 async fn a2_time_bound_label_removed_by_the_requester_database_kept() {
-    let (sb, mut bot) = start().await;
-    let iid = time_bound_request(&sb, &bot, 5).await;
-    sb.remove_label("rkim", iid, TIME_BOUND).await.unwrap();
-    run(&bot).await;
-    bot.clock_offset = chrono::Duration::days(6);
-    run(&bot).await;
-    assert_robin_revoked(&sb, iid);
+    let mut t = crate::tester!().await;
+    let iid = time_bound_request(&t, 5).await;
+    t.sb.remove_label("rkim", iid, TIME_BOUND).await.unwrap();
+    t.run_for(4).await;
+    t.bot.clock_offset = chrono::Duration::days(6);
+    t.run_for(4).await;
+    assert_robin_revoked(&t.sb, iid);
+    // The plan, the grant record, done; on the date, revoked.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// A maintainer edits the bot's sealed grant record (its marker stops
@@ -164,89 +159,108 @@ async fn a2_time_bound_label_removed_by_the_requester_database_kept() {
 /// silence, but say on the issue that ops must end it by hand (and tell ops).
 #[tokio::test]
 async fn a3_grant_record_edited_by_a_maintainer_then_database_lost() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    make_maintainer(&sb, "mallory");
-    let first = sb.bot().await.unwrap();
-    let iid = time_bound_request(&sb, &first, 5).await;
-    drop(first);
-    let grant = sb
-        .bot_comments(iid)
-        .into_iter()
-        .find(|c| c.marker.as_ref().is_some_and(|m| m.kind == "grant"))
-        .expect("a grant record note");
+    let mut t = crate::tester!().await;
+    make_maintainer(&t.sb, "mallory");
+    // The bot starts once mallory is a maintainer, as before the migration.
+    t.restart().await;
+    let iid = time_bound_request(&t, 5).await;
+    let grant =
+        t.sb.bot_comments(iid)
+            .into_iter()
+            .find(|c| c.marker.as_ref().is_some_and(|m| m.kind == "grant"))
+            .expect("a grant record note");
     assert!(grant.body.contains("what will be taken back"));
     let tampered = grant.body.replacen(
         "what will be taken back",
         "what will be taken back (noted)",
         1,
     );
-    sb.edit_note_as("mallory", iid, grant.id, &tampered)
+    t.sb.edit_note_as("mallory", iid, grant.id, &tampered)
         .await
         .unwrap();
 
-    let mut second = sb.bot().await.unwrap();
-    second.clock_offset = chrono::Duration::days(6);
-    run_until_quiet(&second, 4).await;
-    let said = bot_text(&sb, iid);
+    t.restart().await;
+    t.bot.clock_offset = chrono::Duration::days(6);
+    t.run_for(4).await;
+    let said = bot_text(&t.sb, iid);
     assert!(
         said.contains("grant record was changed")
             && said.contains("ops must end this grant by hand"),
         "{said}"
     );
     assert!(
-        sb.slack
+        t.sb.slack
             .texts()
             .iter()
             .any(|t| t.contains(&format!("#{iid}")) && t.contains("by hand")),
         "ops are told: {:?}",
-        sb.slack.texts()
+        t.sb.slack.texts()
     );
     // Nothing was taken back on a record nobody can trust.
-    let (role, _) = role_of(&sb, "robin.kim@gitlab.com").unwrap();
+    let (role, _) = role_of(&t.sb, "robin.kim@gitlab.com").unwrap();
     assert_ne!(role, "end-user");
+    // The plan, the grant record (as mallory edited it), done; on the date,
+    // stopped: the record was changed, ops must end this grant by hand.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// The requester pushes `Expires:` a year out after the grant (database kept).
 #[tokio::test]
 async fn a4_expiry_date_extended_after_the_grant() {
-    let (sb, mut bot) = start().await;
-    let iid = time_bound_request(&sb, &bot, 5).await;
+    let mut t = crate::tester!().await;
+    let iid = time_bound_request(&t, 5).await;
     let until = (chrono::Utc::now() + chrono::Duration::days(5)).date_naive();
     let later = (chrono::Utc::now() + chrono::Duration::days(365)).date_naive();
-    let d = sb.description(iid);
-    sb.edit_description(
+    let d = t.sb.description(iid);
+    t.sb.edit_description(
         "rkim",
         iid,
         &d.replace(&until.to_string(), &later.to_string()),
     )
     .await
     .unwrap();
-    run(&bot).await;
-    bot.clock_offset = chrono::Duration::days(6);
-    run(&bot).await;
-    assert_robin_revoked(&sb, iid);
+    t.run_for(4).await;
+    t.bot.clock_offset = chrono::Duration::days(6);
+    t.run_for(4).await;
+    assert_robin_revoked(&t.sb, iid);
+    // The plan, the grant record, done, a new plan for the new date; on the
+    // recorded date, revoked.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// The requester deletes the `Expires:` line after the grant and the
 /// database is lost.
 #[tokio::test]
 async fn a5_expiry_line_removed_after_the_grant_then_database_lost() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    let first = sb.bot().await.unwrap();
-    let iid = time_bound_request(&sb, &first, 5).await;
-    let d = sb.description(iid);
+    let mut t = crate::tester!().await;
+    let iid = time_bound_request(&t, 5).await;
+    let d = t.sb.description(iid);
     let d: String = d
         .lines()
         .filter(|l| !l.starts_with("Expires:"))
         .map(|l| format!("{l}\n"))
         .collect();
-    sb.edit_description("rkim", iid, &d).await.unwrap();
-    run_until_quiet(&first, 4).await;
-    drop(first);
-    let mut second = sb.bot().await.unwrap();
-    second.clock_offset = chrono::Duration::days(6);
-    run_until_quiet(&second, 4).await;
-    assert_robin_revoked(&sb, iid);
+    t.sb.edit_description("rkim", iid, &d).await.unwrap();
+    t.run_for(4).await;
+    t.restart().await;
+    t.bot.clock_offset = chrono::Duration::days(6);
+    t.run_for(4).await;
+    assert_robin_revoked(&t.sb, iid);
+    // The plan, the grant record, done, a new plan without the date and its
+    // wait for approval; on the recorded date, revoked.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 // ============================================ class B: approval label identity (by id, name ignored)
@@ -264,19 +278,19 @@ fn mallory_body() -> String {
 /// label the issue shows is not named `AR-Approval::Manager Approved` at all.
 #[tokio::test]
 async fn b1_approval_label_renamed_to_a_triage_label_after_the_plan() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     // The triage label exists in the project.
-    let other = sb
-        .file_issue("bli", "unrelated", &[], "nothing here\n")
-        .await
-        .unwrap();
-    sb.add_label("mlee", other, TRIAGE).await.unwrap();
+    let other =
+        t.sb.file_issue("bli", "unrelated", &[], "nothing here\n")
+            .await
+            .unwrap();
+    t.sb.add_label("mlee", other, TRIAGE).await.unwrap();
     // The approval label exists in the project (used before).
-    sb.add_label("bli", other, MANAGER).await.unwrap();
-    sb.remove_label("bli", other, MANAGER).await.unwrap();
+    t.sb.add_label("bli", other, MANAGER).await.unwrap();
+    t.sb.remove_label("bli", other, MANAGER).await.unwrap();
 
-    let iid = sb
-        .file_issue(
+    let iid =
+        t.sb.file_issue(
             "mallory",
             "Mallory: light agent and tag",
             &[],
@@ -284,27 +298,30 @@ async fn b1_approval_label_renamed_to_a_triage_label_after_the_plan() {
         )
         .await
         .unwrap();
-    run(&bot).await;
+    t.run_for(4).await;
     assert!(
-        bot_text(&sb, iid).contains("plan"),
+        bot_text(&t.sb, iid).contains("plan"),
         "{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
     // Swap the two labels' names.
-    rename_label(&sb, "mallory", MANAGER, "tmp-swap").await;
-    rename_label(&sb, "mallory", TRIAGE, MANAGER).await;
-    rename_label(&sb, "mallory", "tmp-swap", TRIAGE).await;
+    rename_label(&t.sb, "mallory", MANAGER, "tmp-swap").await;
+    rename_label(&t.sb, "mallory", TRIAGE, MANAGER).await;
+    rename_label(&t.sb, "mallory", "tmp-swap", TRIAGE).await;
     // The manager marks the request in progress (not an approval).
-    sb.add_label("mlee", iid, TRIAGE).await.unwrap();
-    run(&bot).await;
+    t.sb.add_label("mlee", iid, TRIAGE).await.unwrap();
+    t.run_for(4).await;
     assert!(
-        sb.zd("global")
+        t.sb.zd("global")
             .user_by_email("mallory@gitlab.com")
             .is_none(),
         "granted on a label named {TRIAGE:?} (the approval label's id, renamed):\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
-    assert!(!sb.google_member(GLOBAL_OKTA, "mallory@gitlab.com"));
+    assert!(!t.sb.google_member(GLOBAL_OKTA, "mallory@gitlab.com"));
+    // The plan, then waiting: the triage label is no approval.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// Before the plan, mallory gives the triage label the approval label's name,
@@ -312,25 +329,25 @@ async fn b1_approval_label_renamed_to_a_triage_label_after_the_plan() {
 /// both back. The manager's routine triage label counts as the approval.
 #[tokio::test]
 async fn b2_plan_bound_to_a_triage_label_renamed_before_the_plan() {
-    let (sb, bot) = start().await;
-    let other = sb
-        .file_issue("bli", "unrelated", &[], "nothing here\n")
-        .await
-        .unwrap();
-    sb.add_label("mlee", other, TRIAGE).await.unwrap();
-    sb.add_label("bli", other, MANAGER).await.unwrap();
-    sb.remove_label("bli", other, MANAGER).await.unwrap();
+    let mut t = crate::tester!().await;
+    let other =
+        t.sb.file_issue("bli", "unrelated", &[], "nothing here\n")
+            .await
+            .unwrap();
+    t.sb.add_label("mlee", other, TRIAGE).await.unwrap();
+    t.sb.add_label("bli", other, MANAGER).await.unwrap();
+    t.sb.remove_label("bli", other, MANAGER).await.unwrap();
 
     rename_label(
-        &sb,
+        &t.sb,
         "mallory",
         MANAGER,
         "AR-Approval::Manager Approved (v1)",
     )
     .await;
-    rename_label(&sb, "mallory", TRIAGE, MANAGER).await;
-    let iid = sb
-        .file_issue(
+    rename_label(&t.sb, "mallory", TRIAGE, MANAGER).await;
+    let iid =
+        t.sb.file_issue(
             "mallory",
             "Mallory: light agent and tag",
             &[],
@@ -338,34 +355,37 @@ async fn b2_plan_bound_to_a_triage_label_renamed_before_the_plan() {
         )
         .await
         .unwrap();
-    run(&bot).await;
-    rename_label(&sb, "mallory", MANAGER, TRIAGE).await;
+    t.run_for(4).await;
+    rename_label(&t.sb, "mallory", MANAGER, TRIAGE).await;
     rename_label(
-        &sb,
+        &t.sb,
         "mallory",
         "AR-Approval::Manager Approved (v1)",
         MANAGER,
     )
     .await;
-    sb.add_label("mlee", iid, TRIAGE).await.unwrap();
-    run(&bot).await;
+    t.sb.add_label("mlee", iid, TRIAGE).await.unwrap();
+    t.run_for(4).await;
     assert!(
-        sb.zd("global")
+        t.sb.zd("global")
             .user_by_email("mallory@gitlab.com")
             .is_none(),
         "granted on the manager's triage label, bound by a rename before the plan:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
-    assert!(!sb.google_member(GLOBAL_OKTA, "mallory@gitlab.com"));
+    assert!(!t.sb.google_member(GLOBAL_OKTA, "mallory@gitlab.com"));
+    // The plan, then waiting: the triage label is no approval.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// The approval label is removed and re-added by the requester after the
 /// manager approved: the latest add is the requester's.
 #[tokio::test]
 async fn b3_approval_removed_and_readded_by_the_requester() {
-    let (sb, bot) = start().await;
-    let iid = sb
-        .file_issue(
+    let mut t = crate::tester!().await;
+    let iid =
+        t.sb.file_issue(
             "mallory",
             "Mallory: light agent and tag",
             &[],
@@ -373,16 +393,19 @@ async fn b3_approval_removed_and_readded_by_the_requester() {
         )
         .await
         .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.remove_label("mallory", iid, MANAGER).await.unwrap();
-    sb.add_label("mallory", iid, MANAGER).await.unwrap();
-    run(&bot).await;
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.remove_label("mallory", iid, MANAGER).await.unwrap();
+    t.sb.add_label("mallory", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
     assert!(
-        sb.zd("global")
+        t.sb.zd("global")
             .user_by_email("mallory@gitlab.com")
             .is_none()
     );
+    // The plan, then waiting: the latest approval is the requester's own.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 // ============================================ class C: maintainer edits of bot notes after completion
@@ -392,46 +415,51 @@ async fn b3_approval_removed_and_readded_by_the_requester() {
 /// the approval must not run a second time.
 #[tokio::test]
 async fn c1_result_note_edited_by_a_maintainer_does_not_replay() {
-    let (sb, bot) = start().await;
-    make_maintainer(&sb, "mallory");
+    let mut t = crate::tester!().await;
+    make_maintainer(&t.sb, "mallory");
     let body = format!(
         "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Engineer\n"
     );
-    let iid = sb
-        .file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
     assert_eq!(
-        role_of(&sb, "jane.doe@gitlab.com"),
+        role_of(&t.sb, "jane.doe@gitlab.com"),
         Some(("agent".into(), Some("Support Engineer".into())))
     );
     // An admin takes the seat back by hand.
     {
-        let mut w = sb.zd("global");
+        let mut w = t.sb.zd("global");
         let id = w.user_by_email("jane.doe@gitlab.com").unwrap().id;
         let u = w.users.get_mut(&id).unwrap();
         u.role = "end-user".into();
         u.custom_role_id = None;
     }
-    for c in sb.bot_comments(iid) {
+    for c in t.sb.bot_comments(iid) {
         if c.marker.as_ref().is_some_and(|m| m.kind == "result") {
-            sb.edit_note_as("mallory", iid, c.id, &format!("{} ", c.body))
+            t.sb.edit_note_as("mallory", iid, c.id, &format!("{} ", c.body))
                 .await
                 .unwrap();
         }
     }
-    sb.comment_as("mallory", iid, "ping").await.unwrap();
-    run(&bot).await;
+    t.sb.comment_as("mallory", iid, "ping").await.unwrap();
+    t.run_for(4).await;
     assert_eq!(
-        role_of(&sb, "jane.doe@gitlab.com").map(|r| r.0).as_deref(),
+        role_of(&t.sb, "jane.doe@gitlab.com")
+            .map(|r| r.0)
+            .as_deref(),
         Some("end-user"),
         "the old approval ran again:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // The plan and done; nothing replayed.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 // ============================================ class D: request text variants after approval
@@ -441,52 +469,55 @@ async fn c1_result_note_edited_by_a_maintainer_does_not_replay() {
 /// Filed after approval of a one-item plan, masked as one edit.
 #[tokio::test]
 async fn d1_lone_cr_smuggles_a_second_item_after_approval() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Light Agent\n- [ ] Slack: join #support\n"
     );
-    let iid = sb
-        .file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
+    let iid =
+        t.sb.file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
     // After the approvals, before the bot looks: the light agent line gains a
     // lone-CR second item asking for Support Manager.
-    let d = sb.description(iid);
+    let d = t.sb.description(iid);
     let d = d.replace(
         "- [ ] Zendesk Global: Light Agent\n",
         "- [ ] Zendesk Global: Light Agent\r- [ ] Zendesk Global: Agent - Support Manager\n",
     );
-    sb.edit_description("jdoe", iid, &d).await.unwrap();
-    run(&bot).await;
-    let r = role_of(&sb, "jane.doe@gitlab.com");
+    t.sb.edit_description("jdoe", iid, &d).await.unwrap();
+    t.run_for(4).await;
+    let r = role_of(&t.sb, "jane.doe@gitlab.com");
     assert!(
         r.as_ref().and_then(|r| r.1.as_deref()) != Some("Support Manager"),
         "Support Manager granted through a lone CR: {r:?}\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // The light-agent plan and done: no Support Manager.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// The lone-CR body filed from the start: whatever the bot does, the plan it
 /// posts must list every change it then makes (nothing from a hidden item).
 #[tokio::test]
 async fn d2_lone_cr_item_is_planned_as_executed() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Light Agent\r- [ ] Zendesk Global: Agent - Support Manager\n"
     );
-    let iid = sb
-        .file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    let plan = bot_text(&sb, iid);
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
-    if role_of(&sb, "jane.doe@gitlab.com")
+    let iid =
+        t.sb.file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    let plan = bot_text(&t.sb, iid);
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
+    if role_of(&t.sb, "jane.doe@gitlab.com")
         .and_then(|r| r.1)
         .as_deref()
         == Some("Support Manager")
@@ -496,66 +527,74 @@ async fn d2_lone_cr_item_is_planned_as_executed() {
             "Support Manager granted but the plan did not list it:\n{plan}"
         );
     }
+    // The bot cannot read this request.
+    t.expect_comment(iid);
 }
 
 /// After approval the requester changes the level and, in the same edit,
 /// ticks an unmanaged line (GitLab then records only the tick).
 #[tokio::test]
 async fn d3_level_swap_masked_by_an_unmanaged_tick() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Engineer\n- [ ] Slack: join #support\n"
     );
-    let iid = sb
-        .file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    let d = sb
-        .description(iid)
-        .replace("Agent - Support Engineer", "Agent - Support Manager")
-        .replace("- [ ] Slack", "- [x] Slack");
-    sb.edit_description("jdoe", iid, &d).await.unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    let d =
+        t.sb.description(iid)
+            .replace("Agent - Support Engineer", "Agent - Support Manager")
+            .replace("- [ ] Slack", "- [x] Slack");
+    t.sb.edit_description("jdoe", iid, &d).await.unwrap();
+    t.run_for(4).await;
     assert!(
-        sb.zd("global")
+        t.sb.zd("global")
             .user_by_email("jane.doe@gitlab.com")
             .is_none(),
         "{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // The plan, then a new plan for the changed level (to approve again).
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// Uppercase `[X]` on the bot's item after approval by the requester, then
 /// back to `[ ]` (both recorded as ticks on a managed line).
 #[tokio::test]
 async fn d4_uppercase_tick_toggle_after_approval() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Engineer\n"
     );
-    let iid = sb
-        .file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
+    let iid =
+        t.sb.file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    let d = t.sb.description(iid);
+    t.sb.edit_description("jdoe", iid, &d.replace("- [ ] Zendesk", "- [X] Zendesk"))
         .await
         .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    let d = sb.description(iid);
-    sb.edit_description("jdoe", iid, &d.replace("- [ ] Zendesk", "- [X] Zendesk"))
-        .await
-        .unwrap();
-    sb.edit_description("jdoe", iid, &d).await.unwrap();
-    run(&bot).await;
+    t.sb.edit_description("jdoe", iid, &d).await.unwrap();
+    t.run_for(4).await;
     assert!(
-        sb.zd("global")
+        t.sb.zd("global")
             .user_by_email("jane.doe@gitlab.com")
             .is_none(),
         "{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // The plan, then waiting: the requester's edit voids the approvals.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// A plan half carried out (the Okta step refused for good), then an admin
@@ -566,116 +605,126 @@ async fn d4_uppercase_tick_toggle_after_approval() {
 #[tokio::test]
 async fn c2_half_done_plan_reruns_a_step_an_admin_undid() {
     use access_bot::sandbox::faults::Failure;
-    let (sb, bot) = start().await;
-    sb.google_knobs
+    let mut t = crate::tester!().await;
+    t.sb.google_knobs
         .fail_next("POST /admin/directory", 1000, Failure::Status(403));
     let body = format!(
         "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Engineer\n"
     );
-    let iid = sb
-        .file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
     assert_eq!(
-        role_of(&sb, "jane.doe@gitlab.com"),
+        role_of(&t.sb, "jane.doe@gitlab.com"),
         Some(("agent".into(), Some("Support Engineer".into()))),
         "control: the Zendesk half happened\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
-    assert!(!sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"));
+    assert!(!t.sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"));
     // An admin demotes Jane by hand.
     {
-        let mut w = sb.zd("global");
+        let mut w = t.sb.zd("global");
         let id = w.user_by_email("jane.doe@gitlab.com").unwrap().id;
         let u = w.users.get_mut(&id).unwrap();
         u.role = "end-user".into();
         u.custom_role_id = None;
     }
-    sb.google_knobs.clear_faults();
-    sb.comment_as("jdoe", iid, "Google is fixed, please retry")
+    t.sb.google_knobs.clear_faults();
+    t.sb.comment_as("jdoe", iid, "Google is fixed, please retry")
         .await
         .unwrap();
-    run(&bot).await;
+    t.run_for(4).await;
     assert_eq!(
-        role_of(&sb, "jane.doe@gitlab.com").map(|r| r.0).as_deref(),
+        role_of(&t.sb, "jane.doe@gitlab.com")
+            .map(|r| r.0)
+            .as_deref(),
         Some("end-user"),
         "the half-done plan re-ran the role step on the old approval:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
     // The issue says why, with a new plan to approve.
-    let said = bot_text(&sb, iid);
+    let said = bot_text(&t.sb, iid);
     assert!(said.contains("was undone since"), "{said}");
     assert_eq!(said.matches("access-bot plan").count(), 2, "{said}");
+    // The plan, the Okta step's error, then a new plan for the undone step.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// Mallory puts the time-bound label on Jane's permanent, done request, and
 /// the database is lost: with no sealed grant record there, nothing is taken.
 #[tokio::test]
 async fn a6_time_bound_label_forged_on_a_permanent_request_takes_nothing() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    let first = sb.bot().await.unwrap();
+    let mut t = crate::tester!().await;
     let body = format!(
         "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Zendesk Global: Agent - Support Engineer\n"
     );
-    let iid = sb
-        .file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
+    let iid =
+        t.sb.file_issue("jdoe", "Jane Doe, Zendesk Global", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mallory", iid, TIME_BOUND).await.unwrap();
+    t.sb.comment_as("mallory", iid, "Expires: 2020-01-01")
         .await
         .unwrap();
-    run(&first).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run(&first).await;
-    drop(first);
-    sb.add_label("mallory", iid, TIME_BOUND).await.unwrap();
-    sb.comment_as("mallory", iid, "Expires: 2020-01-01")
-        .await
-        .unwrap();
-    let mut second = sb.bot().await.unwrap();
-    second.clock_offset = chrono::Duration::days(400);
-    run_until_quiet(&second, 4).await;
+    t.restart().await;
+    t.bot.clock_offset = chrono::Duration::days(400);
+    t.run_for(4).await;
     assert_eq!(
-        role_of(&sb, "jane.doe@gitlab.com"),
+        role_of(&t.sb, "jane.doe@gitlab.com"),
         Some(("agent".into(), Some("Support Engineer".into()))),
         "a forged time-bound label took back a permanent grant:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // The plan and done; nothing on the forged label.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// The end date is pushed out after the approvals and before the bot acts:
 /// the approved plan had another date, so nothing is granted.
 #[tokio::test]
 async fn a7_expiry_extended_between_approval_and_execution() {
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let until = (chrono::Utc::now() + chrono::Duration::days(5)).date_naive();
     let later = (chrono::Utc::now() + chrono::Duration::days(500)).date_naive();
     let body = format!(
         "{TABLE}| Robin Kim | robin.kim@gitlab.com | @rkim | @mlee |\n\nExpires: {until}\n\n- [ ] Zendesk Global: Agent - Support Engineer\n- [ ] Slack: join #support\n"
     );
-    let iid = sb
-        .file_issue("rkim", "Robin Kim, Zendesk Global", &[], &body)
-        .await
-        .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.add_label("lyle", iid, OWNER).await.unwrap();
+    let iid =
+        t.sb.file_issue("rkim", "Robin Kim, Zendesk Global", &[], &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
     // Masked: GitLab records an edit that also ticks a box as the tick alone.
-    let d = sb
-        .description(iid)
-        .replace(&until.to_string(), &later.to_string())
-        .replace("- [ ] Slack", "- [x] Slack");
-    sb.edit_description("rkim", iid, &d).await.unwrap();
-    run(&bot).await;
+    let d =
+        t.sb.description(iid)
+            .replace(&until.to_string(), &later.to_string())
+            .replace("- [ ] Slack", "- [x] Slack");
+    t.sb.edit_description("rkim", iid, &d).await.unwrap();
+    t.run_for(4).await;
     assert!(
-        sb.zd("global")
+        t.sb.zd("global")
             .user_by_email("robin.kim@gitlab.com")
             .is_none(),
         "granted with an end date nobody approved:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // The plan, then a new plan for the new date (to approve again).
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// The approval label is removed by mallory and applied again by the
@@ -683,9 +732,9 @@ async fn a7_expiry_extended_between_approval_and_execution() {
 /// (control), and nothing else is granted.
 #[tokio::test]
 async fn b4_control_manager_reapplies_after_a_removal() {
-    let (sb, bot) = start().await;
-    let iid = sb
-        .file_issue(
+    let mut t = crate::tester!().await;
+    let iid =
+        t.sb.file_issue(
             "mallory",
             "Mallory: light agent and tag",
             &[],
@@ -693,50 +742,59 @@ async fn b4_control_manager_reapplies_after_a_removal() {
         )
         .await
         .unwrap();
-    run(&bot).await;
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    sb.remove_label("mallory", iid, MANAGER).await.unwrap();
-    run(&bot).await;
+    t.run_for(4).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.remove_label("mallory", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
     assert!(
-        sb.zd("global")
+        t.sb.zd("global")
             .user_by_email("mallory@gitlab.com")
             .is_none()
     );
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    run(&bot).await;
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
     assert!(
-        sb.zd("global")
+        t.sb.zd("global")
             .user_by_email("mallory@gitlab.com")
             .is_some(),
         "control: the manager's fresh approval counts\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
+    // The plan, waiting (removed by mallory), then done on the manager's fresh approval.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// The grant record edited by a maintainer, database kept.
 #[tokio::test]
 async fn a3b_grant_record_edited_by_a_maintainer_database_kept() {
-    let (sb, mut bot) = start().await;
-    make_maintainer(&sb, "mallory");
-    let iid = time_bound_request(&sb, &bot, 5).await;
-    let grant = sb
-        .bot_comments(iid)
-        .into_iter()
-        .find(|c| c.marker.as_ref().is_some_and(|m| m.kind == "grant"))
-        .expect("a grant record note");
+    let mut t = crate::tester!().await;
+    make_maintainer(&t.sb, "mallory");
+    let iid = time_bound_request(&t, 5).await;
+    let grant =
+        t.sb.bot_comments(iid)
+            .into_iter()
+            .find(|c| c.marker.as_ref().is_some_and(|m| m.kind == "grant"))
+            .expect("a grant record note");
     let tampered = grant.body.replacen(
         "what will be taken back",
         "what will be taken back (noted)",
         1,
     );
-    sb.edit_note_as("mallory", iid, grant.id, &tampered)
+    t.sb.edit_note_as("mallory", iid, grant.id, &tampered)
         .await
         .unwrap();
-    sb.comment_as("mallory", iid, "ping").await.unwrap();
-    run(&bot).await;
-    bot.clock_offset = chrono::Duration::days(6);
-    run(&bot).await;
-    assert_robin_revoked(&sb, iid);
+    t.sb.comment_as("mallory", iid, "ping").await.unwrap();
+    t.run_for(4).await;
+    t.bot.clock_offset = chrono::Duration::days(6);
+    t.run_for(4).await;
+    assert_robin_revoked(&t.sb, iid);
+    // The plan, the grant record (as mallory edited it), done; on the date, revoked.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }
 
 /// The same rename, against a verification: Bo (not verified) swaps the names
@@ -747,43 +805,61 @@ async fn a3b_grant_record_edited_by_a_maintainer_database_kept() {
 async fn b5_citizenship_verification_by_a_renamed_triage_label() {
     const VERIFIED: &str = "US-Citizenship::Verified";
     const PEOPLE_TRIAGE: &str = "people::triaged";
-    let (sb, bot) = start().await;
+    let mut t = crate::tester!().await;
     let (_, author, title, labels, body) = access_bot::demo::bodies()
         .into_iter()
         .find(|b| b.0 == "light agent, Zendesk US Federal")
         .unwrap();
-    let other = sb
-        .file_issue("bli", "unrelated", &[], "nothing here\n")
+    let other =
+        t.sb.file_issue("bli", "unrelated", &[], "nothing here\n")
+            .await
+            .unwrap();
+    t.sb.add_label("people-connect-1", other, PEOPLE_TRIAGE)
         .await
         .unwrap();
-    sb.add_label("people-connect-1", other, PEOPLE_TRIAGE)
-        .await
-        .unwrap();
-    sb.add_label("bli", other, VERIFIED).await.unwrap();
-    sb.remove_label("bli", other, VERIFIED).await.unwrap();
+    t.sb.add_label("bli", other, VERIFIED).await.unwrap();
+    t.sb.remove_label("bli", other, VERIFIED).await.unwrap();
 
-    let iid = sb.file_issue(author, title, &labels, &body).await.unwrap();
-    run(&bot).await;
+    let iid =
+        t.sb.file_issue(author, title, &labels, &body)
+            .await
+            .unwrap();
+    t.run_for(4).await;
     assert!(
-        bot_text(&sb, iid).contains("labels="),
+        bot_text(&t.sb, iid).contains("labels="),
         "control: the plan binds the label\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
     // The manager approves the access (not the citizenship).
-    sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    run(&bot).await;
-    assert!(sb.zd("federal").user_by_email("bo.li@gitlab.com").is_none());
-    rename_label(&sb, "bli", VERIFIED, "tmp-swap").await;
-    rename_label(&sb, "bli", PEOPLE_TRIAGE, VERIFIED).await;
-    rename_label(&sb, "bli", "tmp-swap", PEOPLE_TRIAGE).await;
-    sb.add_label("people-connect-1", iid, PEOPLE_TRIAGE)
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.run_for(4).await;
+    assert!(
+        t.sb.zd("federal")
+            .user_by_email("bo.li@gitlab.com")
+            .is_none()
+    );
+    rename_label(&t.sb, "bli", VERIFIED, "tmp-swap").await;
+    rename_label(&t.sb, "bli", PEOPLE_TRIAGE, VERIFIED).await;
+    rename_label(&t.sb, "bli", "tmp-swap", PEOPLE_TRIAGE).await;
+    t.sb.add_label("people-connect-1", iid, PEOPLE_TRIAGE)
         .await
         .unwrap();
-    run(&bot).await;
+    t.run_for(4).await;
     assert!(
-        sb.zd("federal").user_by_email("bo.li@gitlab.com").is_none(),
+        t.sb.zd("federal")
+            .user_by_email("bo.li@gitlab.com")
+            .is_none(),
         "provisioned in US Federal on a triage label:\n{}",
-        bot_text(&sb, iid)
+        bot_text(&t.sb, iid)
     );
-    assert!(!sb.google_member("okta-zendeskfederal-users@gitlab.com", "bo.li@gitlab.com"));
+    assert!(
+        !t.sb
+            .google_member("okta-zendeskfederal-users@gitlab.com", "bo.li@gitlab.com")
+    );
+    // The plan asking the People team, the e-mail announced and sent, then
+    // waiting: the triage label is no verification.
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
+    t.expect_comment(iid);
 }

@@ -1,13 +1,22 @@
 //! Idle-seat review end to end against the sandbox over HTTP: the listing,
 //! the review issue (created, then updated in place), reclaim by an
 //! authorized reviewer's tick, refusal of anyone else's, and closing.
+//!
+//! Every bot comment on a review is read: those for people by snapshot
+//! (`Tester::expect_comment`), the bot's records of the listed lines
+//! (`seat-list` notes) counted.
 
-use access_bot::bot::{Bot, Outcome};
+mod common;
+
+use access_bot::bot::Outcome;
 use access_bot::cli::{SeatFormat, render_seat_reports};
+use access_bot::sandbox::Sandbox;
 use access_bot::sandbox::faults::Failure;
-use access_bot::sandbox::harness::run_until_quiet;
 use access_bot::sandbox::scenario::ZendeskAccount;
-use access_bot::sandbox::{Ports, Sandbox};
+use common::tester::Tester;
+
+/// The kind of the notes that record a review's lines.
+const SEAT_LIST: &str = "seat-list";
 
 fn account(name: &str, email: &str, role: &str, login_days_ago: Option<i64>) -> ZendeskAccount {
     ZendeskAccount {
@@ -27,10 +36,11 @@ fn account(name: &str, email: &str, role: &str, login_days_ago: Option<i64>) -> 
 
 /// Global: two idle agents, one idle admin who is exempt by tag, one active
 /// agent, one idle light agent (free), one end-user; an idle agent whose
-/// assigned ticket changed last week.
-async fn seeded() -> (Sandbox, Bot) {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    everyone_active(&sb);
+/// assigned ticket changed last week. The bot starts after the seeding.
+async fn seeded(name: &str) -> Tester {
+    let mut t = Tester::start(name, Default::default()).await;
+    let sb = &t.sb;
+    everyone_active(sb);
     for a in [
         account("Ann Idle", "ann.idle@gitlab.com", "agent", Some(120)),
         account("Ben Never", "ben.never@gitlab.com", "agent", None),
@@ -63,8 +73,8 @@ async fn seeded() -> (Sandbox, Bot) {
             t.updated_at = chrono::Utc::now() - chrono::Duration::days(7);
         }
     }
-    let bot = sb.bot().await.unwrap();
-    (sb, bot)
+    t.restart().await;
+    t
 }
 
 /// The default world's agents (managers) logged in today.
@@ -109,17 +119,17 @@ fn role(sb: &Sandbox, email: &str) -> (String, Option<u64>) {
 
 #[tokio::test]
 async fn dry_run_lists_idle_paid_seats_and_touches_nothing() {
-    let (sb, mut bot) = seeded().await;
-    bot.dry_run = true;
-    sb.clear_logs();
-    let reports = bot.audit_seats(Some("global")).await.unwrap();
+    let mut t = seeded(crate::test_name!()).await;
+    t.bot.dry_run = true;
+    t.sb.clear_logs();
+    let reports = t.bot.audit_seats(Some("global")).await.unwrap();
     let r = &reports[0];
     let emails: Vec<&str> = r.candidates.iter().map(|c| c.email.as_str()).collect();
     assert_eq!(emails, ["ben.never@gitlab.com", "ann.idle@gitlab.com"]);
     assert_eq!(r.active_by_tickets, 1, "Gus worked a ticket last week");
     assert_eq!(r.yearly_total, 2.0 * 115.0 * 12.0);
     assert!(
-        sb.gitlab_knobs.log().is_empty(),
+        t.sb.gitlab_knobs.log().is_empty(),
         "dry run: no GitLab request at all"
     );
     let text = render_seat_reports(&reports, SeatFormat::Text);
@@ -132,29 +142,17 @@ async fn dry_run_lists_idle_paid_seats_and_touches_nothing() {
         serde_json::from_str(&render_seat_reports(&reports, SeatFormat::Json)).unwrap();
     assert_eq!(json[0]["candidates"].as_array().unwrap().len(), 2);
     assert!(matches!(
-        bot.audit_seats(Some("nowhere")).await,
+        t.bot.audit_seats(Some("nowhere")).await,
         Err(access_bot::bot::SeatError::UnknownInstance(_))
     ));
 }
 
-/// The bot's comments on a review, without its list notes (the record of the lines).
-fn review_comments(sb: &Sandbox, iid: u64) -> Vec<access_bot::sandbox::harness::Comment> {
-    sb.bot_comments(iid)
-        .into_iter()
-        .filter(|c| c.marker.as_ref().is_none_or(|m| m.kind != "seat-list"))
-        .collect()
-}
-
-fn list_notes(sb: &Sandbox, iid: u64) -> usize {
-    sb.bot_comments(iid).len() - review_comments(sb, iid).len()
-}
-
 #[tokio::test]
 async fn review_issue_is_opened_updated_in_place_and_reclaims_on_a_reviewers_tick() {
-    let (sb, bot) = seeded().await;
-    bot.audit_seats(Some("global")).await.unwrap();
-    let iid = review_iid(&sb);
-    let desc = sb.description(iid);
+    let mut t = seeded(crate::test_name!()).await;
+    t.bot.audit_seats(Some("global")).await.unwrap();
+    let iid = review_iid(&t.sb);
+    let desc = t.sb.description(iid);
     assert!(
         desc.contains("Zendesk seat review: Zendesk Global"),
         "{desc}"
@@ -168,52 +166,48 @@ async fn review_issue_is_opened_updated_in_place_and_reclaims_on_a_reviewers_tic
     );
 
     // A second run the same month updates the same issue, adding a new idle seat.
-    sb.seed_zendesk(&account("Hal New", "hal.new@gitlab.com", "agent", Some(90)))
+    t.sb.seed_zendesk(&account("Hal New", "hal.new@gitlab.com", "agent", Some(90)))
         .unwrap();
-    bot.audit_seats(Some("global")).await.unwrap();
-    assert_eq!(review_iid(&sb), iid, "updated in place, not a second issue");
-    assert!(sb.description(iid).contains("hal.new@gitlab.com"));
+    t.bot.audit_seats(Some("global")).await.unwrap();
+    assert_eq!(
+        review_iid(&t.sb),
+        iid,
+        "updated in place, not a second issue"
+    );
+    assert!(t.sb.description(iid).contains("hal.new@gitlab.com"));
 
     // Someone who is not a reviewer ticks Ann: nothing happens but a comment.
-    let d = sb.description(iid);
-    sb.edit_description("jdoe", iid, &tick(&d, "ann.idle@gitlab.com", 'x'))
-        .await
-        .unwrap();
-    run_until_quiet(&bot, 3).await;
-    assert_eq!(role(&sb, "ann.idle@gitlab.com").0, "agent");
-    assert_eq!(role(&sb, "ann.idle@gitlab.com").1, None);
-    let c = review_comments(&sb, iid);
-    assert_eq!(c.len(), 1);
-    assert!(
-        c[0].body
-            .contains("`@jdoe`, who is not one of the reviewers"),
-        "{}",
-        c[0].body
-    );
+    let d = t.sb.description(iid);
+    t.edit("jdoe", iid, &tick(&d, "ann.idle@gitlab.com", 'x'))
+        .await;
+    t.run().await;
+    assert_eq!(role(&t.sb, "ann.idle@gitlab.com").0, "agent");
+    assert_eq!(role(&t.sb, "ann.idle@gitlab.com").1, None);
+    // Ticked by `@jdoe`, who is not one of the reviewers.
+    t.read_records(iid, SEAT_LIST);
+    t.expect_comment(iid);
+    t.expect_no_comment(iid);
 
     // The reviewer unticks and ticks it again, and ticks Ben: both reclaimed (light agent).
-    let d = sb.description(iid).replace("- [x] ", "- [ ] ");
-    sb.edit_description("lyle", iid, &d).await.unwrap();
-    let d = tick(&sb.description(iid), "ann.idle@gitlab.com", 'x');
+    let d = t.sb.description(iid).replace("- [x] ", "- [ ] ");
+    t.edit("lyle", iid, &d).await;
+    let d = tick(&t.sb.description(iid), "ann.idle@gitlab.com", 'x');
     let d = tick(&d, "ben.never@gitlab.com", 'x');
-    sb.edit_description("lyle", iid, &d).await.unwrap();
-    let reports = run_until_quiet(&bot, 3).await;
+    t.edit("lyle", iid, &d).await;
+    let reports = t.run_reports(3).await;
     assert!(reports.iter().all(|r| !r.failed()));
-    let light = sb.zd("global").light_agent_role();
-    assert_eq!(role(&sb, "ann.idle@gitlab.com"), ("agent".into(), light));
-    assert_eq!(role(&sb, "ben.never@gitlab.com"), ("agent".into(), light));
-    let c = review_comments(&sb, iid);
-    assert_eq!(c.len(), 2, "one new comment for the cycle");
-    assert!(
-        c[1].body.contains("`ann.idle@gitlab.com`: seat reclaimed, now agent (Agent léger) (was agent); ticked by `@lyle`"),
-        "{}",
-        c[1].body
-    );
-    assert!(c[1].body.contains("`ben.never@gitlab.com`: seat reclaimed"));
-    assert_eq!(sb.state(iid), "opened", "Hal is still undecided");
+    let light = t.sb.zd("global").light_agent_role();
+    assert_eq!(role(&t.sb, "ann.idle@gitlab.com"), ("agent".into(), light));
+    assert_eq!(role(&t.sb, "ben.never@gitlab.com"), ("agent".into(), light));
+    // One new comment for the cycle: Ann's seat reclaimed, now agent (Agent
+    // léger), ticked by `@lyle`; and Ben's.
+    t.expect_comment(iid);
+    t.expect_no_comment(iid);
+    t.expect_state(iid, "opened"); // Hal is still undecided
 
     // The audit trail answers who reclaimed Ann's seat.
-    let rows = bot
+    let rows = t
+        .bot
         .store
         .audit_rows(&access_bot::store::AuditQuery {
             subject: Some("ann.idle@gitlab.com".into()),
@@ -225,70 +219,62 @@ async fn review_issue_is_opened_updated_in_place_and_reclaims_on_a_reviewers_tic
     assert_eq!(rows[0].approvers, "seat review ticked by @lyle");
 
     // A later monthly run keeps the decided lines exactly as they are.
-    bot.audit_seats(Some("global")).await.unwrap();
-    let d = sb.description(iid);
+    t.bot.audit_seats(Some("global")).await.unwrap();
+    let d = t.sb.description(iid);
     assert!(d.contains("- [x] `Ann Idle`"), "{d}");
     assert!(d.contains("- [x] `Ben Never`"), "{d}");
 
     // Marking Hal `[~]` (keep) closes the review; nothing more is written.
-    let d = tick(&sb.description(iid), "hal.new@gitlab.com", '~');
-    sb.edit_description("jason", iid, &d).await.unwrap();
-    run_until_quiet(&bot, 3).await;
-    assert_eq!(sb.state(iid), "closed");
-    assert_eq!(role(&sb, "hal.new@gitlab.com"), ("agent".into(), None));
-    assert_eq!(review_comments(&sb, iid).len(), 2);
-    run_until_quiet(&bot, 3).await;
-    assert_eq!(review_comments(&sb, iid).len(), 2, "no duplicate comments");
+    let d = tick(&t.sb.description(iid), "hal.new@gitlab.com", '~');
+    t.edit("jason", iid, &d).await;
+    t.run().await;
+    t.expect_state(iid, "closed");
+    assert_eq!(role(&t.sb, "hal.new@gitlab.com"), ("agent".into(), None));
+    t.run().await;
     assert_eq!(
-        list_notes(&sb, iid),
+        t.read_records(iid, SEAT_LIST).len(),
         2,
         "one record per listing: the first, and Hal"
     );
+    t.expect_no_comment(iid); // no duplicate comments
 }
 
 #[tokio::test]
 async fn a_line_altered_by_someone_else_or_a_returning_agent_is_not_reclaimed() {
-    let (sb, bot) = seeded().await;
-    bot.audit_seats(Some("global")).await.unwrap();
-    let iid = review_iid(&sb);
+    let mut t = seeded(crate::test_name!()).await;
+    t.bot.audit_seats(Some("global")).await.unwrap();
+    let iid = review_iid(&t.sb);
 
     // Someone rewrites Ann's line to point at Cat (active), then a reviewer ticks it.
-    let d = sb.description(iid).replace(
+    let d = t.sb.description(iid).replace(
         "`Ann Idle` (ann.idle@gitlab.com)",
         "`Cat Active` (cat.active@gitlab.com)",
     );
-    sb.edit_description("jdoe", iid, &d).await.unwrap();
-    let d = tick(&sb.description(iid), "cat.active@gitlab.com", 'x');
-    sb.edit_description("lyle", iid, &d).await.unwrap();
+    t.edit("jdoe", iid, &d).await;
+    let d = tick(&t.sb.description(iid), "cat.active@gitlab.com", 'x');
+    t.edit("lyle", iid, &d).await;
 
     // Ben logs in after the review listed him, then the reviewer ticks him.
-    sb.zd("global")
+    t.sb.zd("global")
         .user_mut_by_email("ben.never@gitlab.com")
         .unwrap()
         .last_login_at = Some(chrono::Utc::now() + chrono::Duration::seconds(1));
-    let d = tick(&sb.description(iid), "ben.never@gitlab.com", 'x');
-    sb.edit_description("lyle", iid, &d).await.unwrap();
-    let reports = run_until_quiet(&bot, 3).await;
+    let d = tick(&t.sb.description(iid), "ben.never@gitlab.com", 'x');
+    t.edit("lyle", iid, &d).await;
+    let reports = t.run_reports(3).await;
     assert!(reports.iter().all(|r| !r.failed()));
 
-    assert_eq!(role(&sb, "cat.active@gitlab.com"), ("agent".into(), None));
-    assert_eq!(role(&sb, "ben.never@gitlab.com"), ("agent".into(), None));
-    let all: String = sb
-        .bot_comments(iid)
-        .iter()
-        .map(|c| c.body.clone())
-        .collect();
+    assert_eq!(role(&t.sb, "cat.active@gitlab.com"), ("agent".into(), None));
+    assert_eq!(role(&t.sb, "ben.never@gitlab.com"), ("agent".into(), None));
+    // Cat's line is ticked, but it is not a line the bot wrote; Ben is not
+    // reclaimed: he logged in since.
+    t.read_records(iid, SEAT_LIST);
+    t.expect_comment(iid);
+    t.expect_no_comment(iid);
+    t.expect_state(iid, "opened");
     assert!(
-        all.contains("is ticked, but it is not a line the bot wrote"),
-        "{all}"
-    );
-    assert!(
-        all.contains("`ben.never@gitlab.com`: not reclaimed: they logged in on"),
-        "{all}"
-    );
-    assert_eq!(sb.state(iid), "opened");
-    assert!(
-        bot.store
+        t.bot
+            .store
             .audit_rows(&Default::default())
             .unwrap()
             .iter()
@@ -299,96 +285,99 @@ async fn a_line_altered_by_someone_else_or_a_returning_agent_is_not_reclaimed() 
 
 #[tokio::test]
 async fn nothing_idle_opens_no_issue_and_a_crash_after_opening_finds_the_same_issue() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    everyone_active(&sb);
-    sb.seed_zendesk(&account(
+    let mut t = Tester::start(crate::test_name!(), Default::default()).await;
+    everyone_active(&t.sb);
+    t.sb.seed_zendesk(&account(
         "Cat Active",
         "cat.active@gitlab.com",
         "agent",
         Some(3),
     ))
     .unwrap();
-    let bot = sb.bot().await.unwrap();
-    let r = bot.audit_seats(Some("global")).await.unwrap();
+    t.restart().await;
+    let r = t.bot.audit_seats(Some("global")).await.unwrap();
     assert!(r[0].candidates.is_empty());
     assert!(r[0].issue_url.is_none());
 
-    sb.seed_zendesk(&account(
+    t.sb.seed_zendesk(&account(
         "Ann Idle",
         "ann.idle@gitlab.com",
         "agent",
         Some(120),
     ))
     .unwrap();
-    bot.audit_seats(Some("global")).await.unwrap();
-    let iid = review_iid(&sb);
+    t.bot.audit_seats(Some("global")).await.unwrap();
+    let iid = review_iid(&t.sb);
     // A fresh state database (the record of the issue lost): found again by its marker.
-    drop(bot); // a restart: the old bot is gone
-    let bot2 = sb.bot().await.unwrap();
-    let r = bot2.audit_seats(Some("global")).await.unwrap();
-    assert_eq!(review_iid(&sb), iid);
+    t.restart().await;
+    let r = t.bot.audit_seats(Some("global")).await.unwrap();
+    assert_eq!(review_iid(&t.sb), iid);
     assert!(
         r[0].issue_url
             .as_deref()
             .unwrap_or("")
             .ends_with(&format!("/{iid}"))
     );
-    let outcome = bot2.process(access_bot::sandbox::PROJECT, iid).await;
+    let outcome = t.bot.process(access_bot::sandbox::PROJECT, iid).await;
     assert_eq!(outcome, Outcome::Waiting);
+    // The lines were recorded once, and nothing said.
+    assert_eq!(t.read_records(iid, SEAT_LIST).len(), 1);
+    t.expect_no_comment(iid);
 }
 
 #[tokio::test]
 async fn the_review_lives_on_the_issue_a_bot_with_an_empty_store_carries_on() {
-    let (sb, bot) = seeded().await;
-    bot.audit_seats(Some("global")).await.unwrap();
-    let iid = review_iid(&sb);
-    drop(bot);
+    let mut t = seeded(crate::test_name!()).await;
+    t.bot.audit_seats(Some("global")).await.unwrap();
+    let iid = review_iid(&t.sb);
     // A reviewer ticks Ann; someone adds a line of their own and it is ticked too.
-    let d = tick(&sb.description(iid), "ann.idle@gitlab.com", 'x');
+    let d = tick(&t.sb.description(iid), "ann.idle@gitlab.com", 'x');
     let forged =
         "- [x] `Cat Active` (cat.active@gitlab.com): agent, last login never, 1,380 USD a year\n";
-    sb.edit_description("lyle", iid, &format!("{d}\n{forged}"))
-        .await
-        .unwrap();
+    t.edit("lyle", iid, &format!("{d}\n{forged}")).await;
     // A new bot, with nothing in its store.
-    let fresh = sb.bot().await.unwrap();
-    run_until_quiet(&fresh, 3).await;
-    let light = sb.zd("global").light_agent_role();
-    assert_eq!(role(&sb, "ann.idle@gitlab.com"), ("agent".into(), light));
+    t.restart().await;
+    t.run().await;
+    let light = t.sb.zd("global").light_agent_role();
+    assert_eq!(role(&t.sb, "ann.idle@gitlab.com"), ("agent".into(), light));
     assert_eq!(
-        role(&sb, "cat.active@gitlab.com"),
+        role(&t.sb, "cat.active@gitlab.com"),
         ("agent".into(), None),
         "a line the bot did not record is never acted on"
     );
+    // Ann's seat reclaimed; Cat's line is not one the bot wrote.
+    t.read_records(iid, SEAT_LIST);
+    t.expect_comment(iid);
+    t.expect_no_comment(iid);
     // Another new bot's monthly run: the same issue, decided lines kept, no
     // second record of the same lines.
-    let again = sb.bot().await.unwrap();
-    again.audit_seats(Some("global")).await.unwrap();
-    assert_eq!(review_iid(&sb), iid);
-    let d = sb.description(iid);
+    t.restart().await;
+    t.bot.audit_seats(Some("global")).await.unwrap();
+    assert_eq!(review_iid(&t.sb), iid);
+    let d = t.sb.description(iid);
     assert!(d.contains("- [x] `Ann Idle`"), "{d}");
     assert!(d.contains("ben.never@gitlab.com"), "{d}");
-    assert_eq!(list_notes(&sb, iid), 1, "the lines were recorded once");
-    run_until_quiet(&again, 3).await;
-    let reclaimed: Vec<_> = review_comments(&sb, iid)
-        .into_iter()
-        .filter(|c| c.body.contains("seat reclaimed"))
-        .collect();
-    assert_eq!(reclaimed.len(), 1, "Ann's seat was reclaimed once");
+    assert_eq!(
+        t.read_records(iid, SEAT_LIST).len(),
+        1,
+        "the lines were recorded once"
+    );
+    t.run().await;
+    // Ann's seat was reclaimed once.
+    t.expect_no_comment(iid);
 }
-
 /// Ticket activity is read in pages of tickets, not asked per agent: a review
 /// of hundreds of idle agents costs a handful of calls, and its verdicts are
 /// those of the per-agent reading (an open ticket changed since the idle
 /// threshold keeps the seat; a closed one or an old one does not).
 #[tokio::test]
 async fn seat_review_costs_pages_not_one_call_per_agent() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    everyone_active(&sb);
+    let mut t = Tester::start(crate::test_name!(), Default::default()).await;
+    everyone_active(&t.sb);
     let agents = 450;
     let now = chrono::Utc::now();
     {
-        let mut w = sb.zd("global");
+        let mut w = t.sb.zd("global");
         let staff = w.role_by_name("Staff");
         let ids: Vec<u64> = (0..agents)
             .map(|i| {
@@ -425,8 +414,9 @@ async fn seat_review_costs_pages_not_one_call_per_agent() {
             ticket(*id, "open", 90);
         }
     }
-    let mut bot = sb.bot().await.unwrap();
-    bot.dry_run = true;
+    t.restart().await;
+    t.bot.dry_run = true;
+    let sb = &t.sb;
     sb.clear_logs();
     // A rate limit on a later page is waited out, not taken for the end.
     sb.zd_knobs("global").fail_after(
@@ -437,7 +427,7 @@ async fn seat_review_costs_pages_not_one_call_per_agent() {
             retry_after: Some(1),
         },
     );
-    let reports = bot.audit_seats(Some("global")).await.unwrap();
+    let reports = t.bot.audit_seats(Some("global")).await.unwrap();
     let r = &reports[0];
     assert_eq!(r.active_by_tickets, 100);
     assert_eq!(r.candidates.len(), agents - 100);
@@ -479,12 +469,12 @@ async fn seat_review_costs_pages_not_one_call_per_agent() {
 /// list nobody), so a tick on the last line counts as one on the first.
 #[tokio::test]
 async fn a_long_review_is_recorded_in_full_across_list_notes() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    everyone_active(&sb);
+    let mut t = Tester::start(crate::test_name!(), Default::default()).await;
+    everyone_active(&t.sb);
     let n = 400;
     {
         let now = chrono::Utc::now();
-        let mut w = sb.zd("global");
+        let mut w = t.sb.zd("global");
         let staff = w.role_by_name("Staff");
         for i in 0..n {
             let id = w.add_user(
@@ -499,35 +489,33 @@ async fn a_long_review_is_recorded_in_full_across_list_notes() {
             }
         }
     }
-    let bot = sb.bot().await.unwrap();
-    sb.clear_logs();
-    bot.audit_seats(Some("global")).await.unwrap();
+    t.restart().await;
+    t.sb.clear_logs();
+    t.bot.audit_seats(Some("global")).await.unwrap();
     assert_eq!(
-        sb.gitlab_knobs
+        t.sb.gitlab_knobs
             .count("PUT", "/api/v4/projects/:project/issues/:id"),
         0,
         "opened with every line, untouched since: not rewritten"
     );
-    let iid = review_iid(&sb);
-    assert!(
-        list_notes(&sb, iid) > 1,
-        "{} list notes",
-        list_notes(&sb, iid)
-    );
+    let iid = review_iid(&t.sb);
+    let notes = t.read_records(iid, SEAT_LIST).len();
+    assert!(notes > 1, "{notes} list notes");
     // Longest idle first: agent399 heads the list, agent0 ends it.
-    let d = tick(&sb.description(iid), "agent0@gitlab.com", 'x');
+    let d = tick(&t.sb.description(iid), "agent0@gitlab.com", 'x');
     let d = tick(&d, "agent399@gitlab.com", 'x');
-    sb.edit_description("lyle", iid, &d).await.unwrap();
-    let reports = run_until_quiet(&bot, 3).await;
+    t.edit("lyle", iid, &d).await;
+    let reports = t.run_reports(3).await;
     assert!(reports.iter().all(|r| !r.failed()));
-    let light = sb.zd("global").light_agent_role();
+    let light = t.sb.zd("global").light_agent_role();
     for who in ["agent0@gitlab.com", "agent399@gitlab.com"] {
-        assert_eq!(role(&sb, who), ("agent".to_string(), light), "{who}");
+        assert_eq!(role(&t.sb, who), ("agent".to_string(), light), "{who}");
     }
+    // Both lines were on record: both seats reclaimed, neither line unknown.
+    let c = t.expect_comment(iid);
     assert!(
-        !review_comments(&sb, iid)
-            .iter()
-            .any(|c| c.body.contains("not a line the bot listed") || c.body.contains("unknown")),
+        !(c.body.contains("not a line the bot listed") || c.body.contains("unknown")),
         "both lines were on record"
     );
+    t.expect_no_comment(iid);
 }

@@ -9,25 +9,41 @@
 //! change is listed in a plan comment the bot itself posted on the issue, and
 //! every approval it needs was applied, by someone allowed, after that comment
 //! and before any later change to the request; one approval, one execution.
+//!
+//! Every bot comment is read and checked by snapshot (`World::says`, or
+//! `Tester::expect_rest` for tests about something else); `says` also names
+//! the words that are the point of the test, so that a snapshot accepted
+//! carelessly cannot drop them.
+
+mod common;
 
 use access_bot::bot::Bot;
 use access_bot::request::{IssueInput, UserRef, parse_request};
+use access_bot::sandbox::PROJECT;
 use access_bot::sandbox::harness::run_until_quiet;
 use access_bot::sandbox::scenario::ZendeskAccount;
-use access_bot::sandbox::{PROJECT, Ports, Sandbox};
+use common::tester::{GLOBAL_OKTA, MANAGER, OWNER, TABLE, Tester, VERIFIED};
 use pulldown_cmark::{Event, Parser, Tag};
 
-const GLOBAL_OKTA: &str = "okta-zendeskglobal-users@gitlab.com";
-const MANAGER: &str = "AR-Approval::Manager Approved";
-const OWNER: &str = "Zendesk::System Owner Approved";
-const VERIFIED: &str = "US-Citizenship::Verified";
-const TABLE: &str = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n";
 const JANE: &str = "| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n";
 
+/// The tester (sandbox, bot, comments read) and Zendesk and Google as they were.
 struct World {
-    sb: Sandbox,
-    bot: Bot,
+    t: Tester,
     before: String,
+}
+
+impl std::ops::Deref for World {
+    type Target = Tester;
+    fn deref(&self) -> &Tester {
+        &self.t
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut Tester {
+        &mut self.t
+    }
 }
 
 impl World {
@@ -41,11 +57,10 @@ impl World {
             .insert(person.into(), manager.into());
     }
 
-    async fn new() -> World {
-        let sb = Sandbox::start(Ports::default()).await.unwrap();
-        let bot = sb.bot().await.unwrap();
-        let before = sb.target_state();
-        World { sb, bot, before }
+    async fn new(name: &str) -> World {
+        let t = Tester::start(name, Default::default()).await;
+        let before = t.sb.target_state();
+        World { t, before }
     }
 
     /// Zendesk and Google as they are now become the reference.
@@ -92,8 +107,11 @@ impl World {
         );
     }
 
-    /// Some bot comment on the issue says all of these.
-    fn says(&self, iid: u64, needles: &[&str]) {
+    /// The bot's unread comments on the issue, each by snapshot; some comment
+    /// there says all of these (the point of the test).
+    #[track_caller]
+    fn says(&mut self, iid: u64, needles: &[&str]) {
+        self.t.expect_comments(iid);
         let all = self.sb.bot_comments(iid);
         assert!(
             all.iter()
@@ -249,7 +267,7 @@ fn forged(kind: &str, digest: &str) -> String {
 
 #[tokio::test]
 async fn forged_plan_marker_in_an_unmanaged_item_does_not_bind_an_approval() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let evil_body = format!("{TABLE}{JANE}\n- [ ] Zendesk Global: Support Manager\n");
     let evil = w.digest_of("jdoe", "Zendesk Global access", &[], &evil_body);
     let iid = w
@@ -279,7 +297,7 @@ async fn forged_plan_marker_in_an_unmanaged_item_does_not_bind_an_approval() {
 
 #[tokio::test]
 async fn forged_marker_in_an_access_level_is_repeated_inert() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "jdoe",
@@ -294,7 +312,7 @@ async fn forged_marker_in_an_access_level_is_repeated_inert() {
 
 #[tokio::test]
 async fn forged_marker_in_an_email_is_repeated_inert() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "jdoe",
@@ -312,7 +330,7 @@ async fn forged_marker_in_an_email_is_repeated_inert() {
 
 #[tokio::test]
 async fn forged_marker_in_a_name_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "jdoe",
@@ -330,7 +348,7 @@ async fn forged_marker_in_a_name_is_refused() {
 
 #[tokio::test]
 async fn a_marker_posted_by_someone_else_does_not_count() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let body = format!("{TABLE}{JANE}\n- [ ] Zendesk Global: Agent - Support Manager\n");
     let iid = special_request(&w, "jdoe", JANE, "Zendesk Global: Agent - Support Manager").await;
     // Mallory copies a plan marker (even a real one from another issue) into her comment.
@@ -343,11 +361,13 @@ async fn a_marker_posted_by_someone_else_does_not_count() {
     w.run().await;
     w.unchanged();
     w.inert(iid);
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn a_bot_plan_edited_by_a_maintainer_stops_counting() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     {
         let mallory = w.user_id("mallory");
         let mut g = w.sb.gitlab.lock();
@@ -373,11 +393,13 @@ async fn a_bot_plan_edited_by_a_maintainer_stops_counting() {
             .filter(|c| c.body.contains("access-bot plan"))
             .count();
     assert_eq!(plans, 2);
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn a_plan_marker_moved_to_another_issue_does_not_count() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     {
         let mallory = w.user_id("mallory");
         let mut g = w.sb.gitlab.lock();
@@ -398,13 +420,15 @@ async fn a_plan_marker_moved_to_another_issue_does_not_count() {
     w.label("lyle", b, OWNER).await;
     w.run().await;
     w.unchanged();
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 // ================================================== 2. what is asked decides
 
 #[tokio::test]
 async fn a_light_agent_title_asking_for_support_manager_needs_its_approvals() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -420,7 +444,7 @@ async fn a_light_agent_title_asking_for_support_manager_needs_its_approvals() {
 
 #[tokio::test]
 async fn a_light_agent_request_with_a_tag_needs_the_manager() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -432,11 +456,13 @@ async fn a_light_agent_request_with_a_tag_needs_the_manager() {
     w.run().await;
     w.unchanged();
     w.inert(iid);
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn a_zendesk_request_without_zendesk_in_its_title_needs_the_system_owner() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -454,7 +480,7 @@ async fn a_zendesk_request_without_zendesk_in_its_title_needs_the_system_owner()
 
 #[tokio::test]
 async fn a_role_change_filed_as_an_access_request_needs_the_system_owner() {
-    let w = World::new().await;
+    let w = World::new(crate::test_name!()).await;
     w.seed("alex.chen@gitlab.com", "agent", Some("Support Engineer"));
     let mut w = w;
     w.freeze();
@@ -478,11 +504,13 @@ async fn a_role_change_filed_as_an_access_request_needs_the_system_owner() {
         w.custom_role("alex.chen@gitlab.com").as_deref(),
         Some("Support Engineer")
     );
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn a_light_agent_for_someone_else_is_not_self_service() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "mallory",
@@ -498,7 +526,7 @@ async fn a_light_agent_for_someone_else_is_not_self_service() {
 
 #[tokio::test]
 async fn a_self_service_row_with_the_authors_username_and_another_email_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "mallory",
@@ -516,7 +544,7 @@ async fn a_self_service_row_with_the_authors_username_and_another_email_is_refus
 
 #[tokio::test]
 async fn a_self_service_request_naming_two_people_is_not_self_service() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -534,7 +562,7 @@ async fn a_self_service_request_naming_two_people_is_not_self_service() {
 
 #[tokio::test]
 async fn self_service_on_us_federal_still_needs_citizenship() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -552,7 +580,7 @@ async fn self_service_on_us_federal_still_needs_citizenship() {
 
 #[tokio::test]
 async fn an_okta_group_on_its_own_needs_the_manager() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -568,7 +596,7 @@ async fn an_okta_group_on_its_own_needs_the_manager() {
 
 #[tokio::test]
 async fn self_service_never_reactivates_a_suspended_account() {
-    let w = World::new().await;
+    let w = World::new(crate::test_name!()).await;
     w.seed("jane.doe@gitlab.com", "end-user", None);
     w.sb.zd("global")
         .user_mut_by_email("jane.doe@gitlab.com")
@@ -591,7 +619,7 @@ async fn self_service_never_reactivates_a_suspended_account() {
 
 #[tokio::test]
 async fn self_service_never_touches_a_full_agent() {
-    let w = World::new().await;
+    let w = World::new(crate::test_name!()).await;
     w.seed("jane.doe@gitlab.com", "agent", Some("Support Engineer"));
     w.sb.google
         .lock()
@@ -613,7 +641,7 @@ async fn self_service_never_touches_a_full_agent() {
 
 #[tokio::test]
 async fn removing_access_through_a_request_is_refused() {
-    let w = World::new().await;
+    let w = World::new(crate::test_name!()).await;
     w.seed("kpatel2@gitlab.com", "agent", Some("Support Engineer"));
     let mut w = w;
     w.freeze();
@@ -642,7 +670,7 @@ async fn removing_access_through_a_request_is_refused() {
 
 #[tokio::test]
 async fn unticking_a_pre_ticked_item_after_approval_runs_nothing() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -670,7 +698,7 @@ async fn unticking_a_pre_ticked_item_after_approval_runs_nothing() {
 
 #[tokio::test]
 async fn an_inapplicable_item_made_open_after_approval_runs_nothing() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -686,11 +714,13 @@ async fn an_inapplicable_item_made_open_after_approval_runs_nothing() {
     w.edit("jdoe", iid, "- [~] Zendesk", "- [ ] Zendesk").await;
     w.run().await;
     w.unchanged();
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn ticking_a_bot_item_by_hand_after_approval_voids_it() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -712,13 +742,15 @@ async fn ticking_a_bot_item_by_hand_after_approval_voids_it() {
     .await;
     w.run().await;
     w.unchanged();
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 // ================================================== 4. replay
 
 #[tokio::test]
 async fn unticking_a_done_item_does_not_grant_again() {
-    let w = World::new().await;
+    let w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "rkim",
@@ -753,11 +785,13 @@ async fn unticking_a_done_item_does_not_grant_again() {
     w.unchanged();
     // The bot puts its tick back; it does not run the plan again.
     assert_eq!(w.sb.ticked(iid).len(), 1);
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn changing_a_done_request_needs_new_approvals_after_the_new_plan() {
-    let w = World::new().await;
+    let w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "rkim",
@@ -793,7 +827,7 @@ async fn changing_a_done_request_needs_new_approvals_after_the_new_plan() {
 
 #[tokio::test]
 async fn a_reverted_edit_after_completion_does_not_replay() {
-    let w = World::new().await;
+    let w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "rkim",
@@ -825,11 +859,13 @@ async fn a_reverted_edit_after_completion_does_not_replay() {
     .unwrap();
     w.run().await;
     w.unchanged();
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn approvals_on_one_issue_do_not_carry_to_a_copy() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let row = "| Robin Kim | robin.kim@gitlab.com | @rkim | @mlee |\n";
     let a = special_request(&w, "rkim", row, "Zendesk Global: Agent - Support Engineer").await;
     w.run().await;
@@ -847,11 +883,13 @@ async fn approvals_on_one_issue_do_not_carry_to_a_copy() {
     w.run().await;
     assert!(w.custom_role("robin.kim@gitlab.com").as_deref() != Some("Support Manager"));
     w.says(b, &["self-approval does not count"]);
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn re_applying_a_label_before_the_new_plan_does_not_count() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "jdoe",
@@ -880,7 +918,7 @@ async fn re_applying_a_label_before_the_new_plan_does_not_count() {
 
 #[tokio::test]
 async fn the_manager_named_by_email_cannot_approve_their_own_promotion() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "jdoe",
@@ -900,7 +938,7 @@ async fn the_manager_named_by_email_cannot_approve_their_own_promotion() {
 
 #[tokio::test]
 async fn a_row_with_someone_elses_username_and_the_approvers_email_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "jdoe",
@@ -918,7 +956,7 @@ async fn a_row_with_someone_elses_username_and_the_approvers_email_is_refused() 
 
 #[tokio::test]
 async fn a_system_owner_cannot_approve_a_request_for_their_own_email() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "mlee",
@@ -936,7 +974,7 @@ async fn a_system_owner_cannot_approve_a_request_for_their_own_email() {
 
 #[tokio::test]
 async fn a_username_in_other_case_is_the_same_person() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "mallory",
@@ -955,7 +993,7 @@ async fn a_username_in_other_case_is_the_same_person() {
 
 #[tokio::test]
 async fn a_username_gitlab_does_not_know_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "jdoe",
@@ -970,7 +1008,7 @@ async fn a_username_gitlab_does_not_know_is_refused() {
 
 #[tokio::test]
 async fn a_manager_gitlab_does_not_know_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "jdoe",
@@ -993,7 +1031,7 @@ fn rbe_body(name: &str, email: &str, user: &str, level: &str) -> String {
 
 #[tokio::test]
 async fn an_offboarding_label_added_to_an_entitlement_by_someone_else_removes_nothing() {
-    let w = World::new().await;
+    let w = World::new(crate::test_name!()).await;
     w.seed("alex.chen@gitlab.com", "agent", Some("Support Engineer"));
     let mut w = w;
     w.freeze();
@@ -1015,7 +1053,7 @@ async fn an_offboarding_label_added_to_an_entitlement_by_someone_else_removes_no
 
 #[tokio::test]
 async fn an_entitlement_label_on_a_personal_request_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "mallory",
@@ -1036,7 +1074,7 @@ async fn an_entitlement_label_on_a_personal_request_is_refused() {
 
 #[tokio::test]
 async fn an_entitlement_edited_by_someone_else_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "gitlab-employment-bot",
@@ -1062,7 +1100,7 @@ async fn an_entitlement_edited_by_someone_else_is_refused() {
 
 #[tokio::test]
 async fn an_entitlement_changed_together_with_a_tick_after_its_plan_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let body = rbe_body(
         "Sam Rivera",
         "sam.rivera@gitlab.com",
@@ -1107,7 +1145,7 @@ async fn an_entitlement_changed_together_with_a_tick_after_its_plan_is_refused()
 
 #[tokio::test]
 async fn an_entitlement_retitled_by_someone_else_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "gitlab-employment-bot",
@@ -1134,7 +1172,7 @@ async fn an_entitlement_retitled_by_someone_else_is_refused() {
 
 #[tokio::test]
 async fn a_kind_label_removed_and_applied_again_by_someone_else_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "gitlab-employment-bot",
@@ -1157,7 +1195,7 @@ async fn a_kind_label_removed_and_applied_again_by_someone_else_is_refused() {
 
 #[tokio::test]
 async fn someone_ticking_the_bots_line_on_an_offboarding_is_refused() {
-    let w = World::new().await;
+    let w = World::new(crate::test_name!()).await;
     w.seed("alex.chen@gitlab.com", "agent", Some("Support Engineer"));
     let mut w = w;
     w.freeze();
@@ -1182,7 +1220,7 @@ async fn someone_ticking_the_bots_line_on_an_offboarding_is_refused() {
 
 #[tokio::test]
 async fn an_offboarding_filed_by_a_person_is_refused() {
-    let w = World::new().await;
+    let w = World::new(crate::test_name!()).await;
     w.seed("kpatel9@gitlab.com", "agent", Some("Support Engineer"));
     let mut w = w;
     w.freeze();
@@ -1219,7 +1257,7 @@ async fn approved_special(w: &World, row: &str, items: &str) -> u64 {
 
 #[tokio::test]
 async fn an_expiring_grant_does_not_demote_a_later_permanent_role() {
-    let mut w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let until = (chrono::Utc::now() + chrono::Duration::days(5)).date_naive();
     approved_special(
         &w,
@@ -1241,11 +1279,13 @@ async fn an_expiring_grant_does_not_demote_a_later_permanent_role() {
         Some("Support Manager")
     );
     assert!(w.sb.google_member(GLOBAL_OKTA, "jane.doe@gitlab.com"));
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn an_expiring_grant_keeps_what_another_request_also_gives() {
-    let mut w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     w.seed("jane.doe@gitlab.com", "light-agent", None);
     w.freeze();
     let until = (chrono::Utc::now() + chrono::Duration::days(5)).date_naive();
@@ -1281,11 +1321,13 @@ async fn an_expiring_grant_keeps_what_another_request_also_gives() {
         "{tags:?}"
     );
     w.says(first, &["Left as it is", "another request in force"]);
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn an_expiring_grant_leaves_a_role_changed_since() {
-    let mut w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let until = (chrono::Utc::now() + chrono::Duration::days(5)).date_naive();
     let iid = approved_special(
         &w,
@@ -1315,7 +1357,7 @@ async fn an_expiring_grant_leaves_a_role_changed_since() {
 
 #[tokio::test]
 async fn an_offboarding_of_the_bots_own_account_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "gitlab-employment-bot",
@@ -1333,7 +1375,7 @@ async fn an_offboarding_of_the_bots_own_account_is_refused() {
 
 #[tokio::test]
 async fn an_offboarding_of_a_zendesk_admin_is_refused() {
-    let w = World::new().await;
+    let w = World::new(crate::test_name!()).await;
     w.seed("alex.chen@gitlab.com", "admin", None);
     let mut w = w;
     w.freeze();
@@ -1354,7 +1396,7 @@ async fn an_offboarding_of_a_zendesk_admin_is_refused() {
 
 #[tokio::test]
 async fn a_request_for_the_bots_own_account_is_refused_even_when_approved() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "jdoe",
@@ -1371,7 +1413,8 @@ async fn a_request_for_the_bots_own_account_is_refused_even_when_approved() {
 
 #[tokio::test]
 async fn a_configured_protected_account_is_refused() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let mut t = crate::tester!().await;
+    let sb = &t.sb;
     let mut cfg = sb.config.clone();
     cfg.bot.protected = vec!["sam.rivera@gitlab.com".into()];
     let bot = Bot::connect_with(
@@ -1401,18 +1444,15 @@ async fn a_configured_protected_account_is_refused() {
         .unwrap();
     run_until_quiet(&bot, 4).await;
     assert_eq!(sb.target_state(), before);
-    assert!(
-        sb.bot_comments(iid)
-            .iter()
-            .any(|c| c.body.contains("protected account"))
-    );
+    let said = t.expect_comments(iid);
+    assert!(said.iter().any(|c| c.body.contains("protected account")));
 }
 
 // ================================================== 9. hidden content
 
 #[tokio::test]
 async fn a_person_table_in_an_html_comment_is_not_read() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -1426,11 +1466,13 @@ async fn a_person_table_in_an_html_comment_is_not_read() {
     w.run().await;
     w.no_account("mallory@gitlab.com");
     w.inert(iid);
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn a_person_in_a_hidden_key_value_line_is_not_read() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -1442,11 +1484,13 @@ async fn a_person_in_a_hidden_key_value_line_is_not_read() {
     w.run().await;
     w.no_account("mallory@gitlab.com");
     w.inert(iid);
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn an_item_in_an_html_comment_is_not_acted_on() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -1463,11 +1507,13 @@ async fn an_item_in_an_html_comment_is_not_acted_on() {
     );
     drop(z);
     w.inert(iid);
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn an_item_with_a_hidden_html_part_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -1483,7 +1529,7 @@ async fn an_item_with_a_hidden_html_part_is_refused() {
 
 #[tokio::test]
 async fn a_table_in_a_quote_or_code_block_is_not_read() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -1498,11 +1544,13 @@ async fn a_table_in_a_quote_or_code_block_is_not_read() {
     w.run().await;
     w.no_account("mallory@gitlab.com");
     w.inert(iid);
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn an_email_with_an_invisible_character_is_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "jdoe",
@@ -1517,7 +1565,7 @@ async fn an_email_with_an_invisible_character_is_refused() {
 
 #[tokio::test]
 async fn two_person_tables_are_ambiguous() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -1533,7 +1581,7 @@ async fn two_person_tables_are_ambiguous() {
 
 #[tokio::test]
 async fn an_item_hidden_in_a_quote_does_not_count() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -1546,13 +1594,15 @@ async fn an_item_hidden_in_a_quote_does_not_count() {
     w.label("mlee", iid, MANAGER).await;
     w.run().await;
     assert!(w.custom_role("jane.doe@gitlab.com").as_deref() != Some("Support Manager"));
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 // ================================================== 10. output size and injection
 
 #[tokio::test]
 async fn a_huge_description_gives_a_bounded_comment() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let noise: String = (0..12_000)
         .map(|i| format!("- [ ] Slack: channel number {i} @all [x](http://evil.example)\n"))
         .collect();
@@ -1573,7 +1623,7 @@ async fn a_huge_description_gives_a_bounded_comment() {
 
 #[tokio::test]
 async fn mentions_and_links_in_an_access_level_are_inert() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(
         &w,
         "jdoe",
@@ -1588,17 +1638,19 @@ async fn mentions_and_links_in_an_access_level_are_inert() {
 
 #[tokio::test]
 async fn a_quick_action_in_a_level_never_starts_a_line() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(&w, "jdoe", JANE, "Zendesk Global:\n  /close\n  /label ~x").await;
     w.run().await;
     w.unchanged();
     assert_eq!(w.sb.state(iid), "opened");
     w.inert(iid);
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }
 
 #[tokio::test]
 async fn hundreds_of_errors_are_counted_not_listed() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let bad: String = (0..300)
         .map(|i| format!("- [ ] Zendesk Global: role number {i}\n"))
         .collect();
@@ -1612,7 +1664,7 @@ async fn hundreds_of_errors_are_counted_not_listed() {
 
 #[tokio::test]
 async fn too_many_people_in_one_request_are_refused() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let rows: String = (0..60)
         .map(|i| format!("| P {i} | p{i}@gitlab.com | - | @mlee |\n"))
         .collect();
@@ -1631,12 +1683,12 @@ async fn too_many_people_in_one_request_are_refused() {
 
 #[tokio::test]
 async fn a_stale_reminder_mentions_only_real_people() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    sb.gitlab.lock().clock_offset = -chrono::Duration::days(10);
+    let mut t = crate::tester!().await;
+    t.sb.gitlab.lock().clock_offset = -chrono::Duration::days(10);
     // The row's manager is a real user; a fake `@all` manager is refused elsewhere,
     // so here the reminder can only name @mlee.
-    let iid = sb
-        .file_issue(
+    let iid =
+        t.sb.file_issue(
             "jdoe",
             "tag",
             &[],
@@ -1644,11 +1696,12 @@ async fn a_stale_reminder_mentions_only_real_people() {
         )
         .await
         .unwrap();
-    sb.gitlab.lock().clock_offset = chrono::Duration::zero();
-    let bot = sb.bot().await.unwrap();
-    run_until_quiet(&bot, 3).await;
-    let c = sb
-        .bot_comments(iid)
+    t.sb.gitlab.lock().clock_offset = chrono::Duration::zero();
+    // The bot starts after the request was filed, ten days back.
+    t.restart().await;
+    t.run().await;
+    let c = t
+        .expect_comments(iid)
         .into_iter()
         .find(|c| c.body.contains("Reminder"))
         .unwrap();
@@ -1664,7 +1717,7 @@ async fn a_stale_reminder_mentions_only_real_people() {
 
 #[tokio::test]
 async fn control_a_special_request_approved_after_its_plan_is_carried_out() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = special_request(&w, "jdoe", JANE, "Zendesk Global: Agent - Support Engineer").await;
     w.run().await;
     w.label("mlee", iid, MANAGER).await;
@@ -1679,7 +1732,7 @@ async fn control_a_special_request_approved_after_its_plan_is_carried_out() {
 
 #[tokio::test]
 async fn control_self_service_light_agent_is_carried_out() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "jdoe",
@@ -1698,7 +1751,7 @@ async fn control_self_service_light_agent_is_carried_out() {
 
 #[tokio::test]
 async fn control_another_team_ticking_its_own_line_does_not_block_an_offboarding() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     w.seed("alex.chen@gitlab.com", "agent", Some("Support Engineer"));
     let iid = w
         .file(
@@ -1721,7 +1774,7 @@ async fn control_another_team_ticking_its_own_line_does_not_block_an_offboarding
 
 #[tokio::test]
 async fn control_an_entitlement_from_the_automation_is_carried_out() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     let iid = w
         .file(
             "gitlab-employment-bot",
@@ -1745,7 +1798,7 @@ async fn control_an_entitlement_from_the_automation_is_carried_out() {
 
 #[tokio::test]
 async fn control_a_request_changed_then_approved_again_is_carried_out() {
-    let w = World::new().await;
+    let mut w = World::new(crate::test_name!()).await;
     w.seed("jane.doe@gitlab.com", "light-agent", None);
     let iid = special_request(
         &w,
@@ -1782,4 +1835,6 @@ async fn control_a_request_changed_then_approved_again_is_carried_out() {
             .tags
             .clone();
     assert_eq!(tags, vec!["order_management_team".to_string()]);
+    // What else the bot said, by snapshot.
+    w.expect_rest();
 }

@@ -1,6 +1,8 @@
 #![allow(dead_code)]
 //! Shared helpers for the integration tests.
 
+pub mod tester;
+
 use std::path::Path;
 
 use access_bot::config::Config;
