@@ -300,7 +300,7 @@ pub struct GitlabConfig {
     pub bot_username: String,
     /// A duration (`90s`, `2m`) or a cron expression with seconds (`0 */5 * * * *`).
     #[serde(default = "default_poll_interval")]
-    pub poll_interval: String,
+    pub poll_interval: PollInterval,
     /// How far before the last seen `updated_at` each poll starts again.
     #[serde(default = "default_overlap")]
     pub poll_overlap: Dur,
@@ -673,8 +673,8 @@ impl Default for LifecycleConfig {
     }
 }
 
-fn default_poll_interval() -> String {
-    "2m".into()
+fn default_poll_interval() -> PollInterval {
+    PollInterval::every(Duration::from_secs(120), "2m")
 }
 fn default_overlap() -> Dur {
     Dur::from_secs(120, "2m")
@@ -756,6 +756,63 @@ impl fmt::Display for ConfigError {
 pub enum PollSchedule {
     Every(Duration),
     Cron(Box<cron::Schedule>),
+}
+
+/// `gitlab.poll_interval` as written (`90s`, `2m`, or a cron expression),
+/// parsed once as the file is read.
+#[derive(Debug, Clone)]
+pub struct PollInterval {
+    text: String,
+    schedule: PollSchedule,
+}
+
+impl PollInterval {
+    /// A fixed interval, shown as `text`.
+    pub fn every(d: Duration, text: &str) -> PollInterval {
+        PollInterval {
+            text: text.to_string(),
+            schedule: PollSchedule::Every(d),
+        }
+    }
+
+    pub fn schedule(&self) -> &PollSchedule {
+        &self.schedule
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::str::FromStr for PollInterval {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PollInterval, String> {
+        let t = s.trim();
+        let schedule = if t.contains(' ') {
+            PollSchedule::Cron(Box::new(parse_cron(t)?))
+        } else {
+            PollSchedule::Every(
+                parse_duration(t).map_err(|e| format!("{e} (or a cron expression)"))?,
+            )
+        };
+        Ok(PollInterval {
+            text: t.to_string(),
+            schedule,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for PollInterval {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PollInterval, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for PollInterval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// Where the configuration's environment overrides come from (the process
@@ -916,14 +973,12 @@ impl Config {
         let tz = self
             .time_zone()
             .map_err(|e| err(&["bot", "time_zone"], e))?;
-        let schedule = self
-            .poll_schedule()
-            .map_err(|e| err(&["gitlab", "poll_interval"], e))?;
+        let schedule = self.poll_schedule();
         let loopback_gitlab = is_loopback_url(&self.gitlab.url);
         // Every poll costs at least one GitLab call per project: a zero or
         // sub-second interval hammers GitLab. The sandbox (loopback) may go down to 1s.
         let min = if loopback_gitlab { 1 } else { MIN_POLL_SECS };
-        let every = match &schedule {
+        let every = match schedule {
             PollSchedule::Every(d) => *d,
             PollSchedule::Cron(c) => shortest_gap(c, tz),
         };
@@ -932,7 +987,8 @@ impl Config {
                 &["gitlab", "poll_interval"],
                 format!(
                     "gitlab.poll_interval {:?} polls every {:?}; the minimum is {min}s (use the webhook for faster reactions)",
-                    self.gitlab.poll_interval, every
+                    self.gitlab.poll_interval.as_str(),
+                    every
                 ),
             ));
         }
@@ -1279,17 +1335,8 @@ impl Config {
         Ok(())
     }
 
-    pub fn poll_schedule(&self) -> Result<PollSchedule, String> {
-        let s = self.gitlab.poll_interval.trim();
-        if s.contains(' ') {
-            parse_cron(s)
-                .map(|c| PollSchedule::Cron(Box::new(c)))
-                .map_err(|e| format!("gitlab.poll_interval: {e}"))
-        } else {
-            parse_duration(s)
-                .map(PollSchedule::Every)
-                .map_err(|e| format!("gitlab.poll_interval: {e} (or a cron expression)"))
-        }
+    pub fn poll_schedule(&self) -> &PollSchedule {
+        self.gitlab.poll_interval.schedule()
     }
 
     /// The time zone of the cron schedules (`[bot] time_zone`, UTC by default).
@@ -1307,9 +1354,8 @@ impl Config {
         }
         let tz = self.time_zone().unwrap_or(Zone::Utc);
         let every = match self.poll_schedule() {
-            Ok(PollSchedule::Every(d)) => d,
-            Ok(PollSchedule::Cron(c)) => longest_gap(&c, tz),
-            Err(_) => Duration::from_secs(60),
+            PollSchedule::Every(d) => *d,
+            PollSchedule::Cron(c) => longest_gap(c, tz),
         };
         every.saturating_mul(5).max(Duration::from_secs(300))
     }
@@ -1931,7 +1977,7 @@ mod tests {
             1,
         );
         let cfg = Config::parse(&text, Path::new("bot.toml")).unwrap();
-        assert!(matches!(cfg.poll_schedule(), Ok(PollSchedule::Cron(_))));
+        assert!(matches!(cfg.poll_schedule(), PollSchedule::Cron(_)));
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

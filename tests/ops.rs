@@ -171,7 +171,7 @@ async fn run_without_a_webhook_serves_health_readiness_and_metrics() {
 #[tokio::test]
 async fn healthz_fails_when_no_poll_cycle_completes_and_recovers() {
     let mut sb = Sandbox::start(Ports::default()).await.unwrap();
-    sb.config.gitlab.poll_interval = "1s".into();
+    sb.config.gitlab.poll_interval = "1s".parse().unwrap();
     let metrics = Arc::new(std::sync::Mutex::new(Metrics::default()));
     metrics.lock().unwrap().unhealthy_after = Duration::from_secs(2);
     let run = start_run(&sb, false, Limits::default(), Some(metrics)).await;
@@ -428,7 +428,7 @@ async fn webhook_bodies_are_read_only_when_authenticated_and_within_the_limit() 
 async fn a_burst_of_deliveries_becomes_one_look_per_issue() {
     let mut sb = Sandbox::start(Ports::default()).await.unwrap();
     // Only the first poll: every later GitLab call comes from the webhook.
-    sb.config.gitlab.poll_interval = "1h".into();
+    sb.config.gitlab.poll_interval = "1h".parse().unwrap();
     let mut iids = Vec::new();
     for who in ["jdoe", "srivera", "achen", "bli", "rkim"] {
         iids.push(file_light_agent(&sb, who).await);

@@ -305,7 +305,7 @@ async fn the_page_shows_the_queue_from_gitlab_on_a_fresh_database() {
     assert!(
         failed.contains(&format!(
             "Next retry: with the next poll (every {} seconds)",
-            access_bot::config::parse_duration(&s.sb.config.gitlab.poll_interval)
+            access_bot::config::parse_duration(s.sb.config.gitlab.poll_interval.as_str())
                 .unwrap()
                 .as_secs()
         )),

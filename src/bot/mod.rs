@@ -129,8 +129,8 @@ pub struct Bot {
 fn lease_ttl(cfg: &Config) -> std::time::Duration {
     use std::time::Duration;
     match cfg.poll_schedule() {
-        Ok(crate::config::PollSchedule::Every(d)) => {
-            (d * 5).clamp(Duration::from_secs(60), Duration::from_secs(900))
+        crate::config::PollSchedule::Every(d) => {
+            (*d * 5).clamp(Duration::from_secs(60), Duration::from_secs(900))
         }
         _ => Duration::from_secs(600),
     }

@@ -651,9 +651,8 @@ fn start_line(cfg: &Config, listening: &Listening, dry_run: bool) -> String {
         .clone()
         .unwrap_or_else(|| "UTC".to_string());
     let poll = match cfg.poll_schedule() {
-        Ok(PollSchedule::Every(d)) => format!("every {}s", d.as_secs()),
-        Ok(PollSchedule::Cron(_)) => format!("on cron {:?} ({tz})", cfg.gitlab.poll_interval),
-        Err(e) => e,
+        PollSchedule::Every(d) => format!("every {}s", d.as_secs()),
+        PollSchedule::Cron(_) => format!("on cron {:?} ({tz})", cfg.gitlab.poll_interval.as_str()),
     };
     let mut s = format!(
         "access-bot {}{}: watching {} on {} (labels: {}), polling {poll}",
@@ -767,7 +766,7 @@ pub async fn run_listening(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let schedule = bot.cfg.poll_schedule().map_err(|e| anyhow::anyhow!(e))?;
+    let schedule = bot.cfg.poll_schedule().clone();
     let tz = bot.cfg.time_zone().map_err(|e| anyhow::anyhow!(e))?;
     let Listeners {
         listening,

@@ -268,22 +268,21 @@ impl Bot {
             r#in: None,
         };
         match self.cfg.poll_schedule() {
-            Ok(PollSchedule::Every(d)) => {
+            PollSchedule::Every(d) => {
                 next.every = Some(if d.as_secs() < 60 {
                     format!("{} seconds", d.as_secs())
                 } else {
-                    chrono::Duration::from_std(d)
+                    chrono::Duration::from_std(*d)
                         .map(human_duration)
                         .unwrap_or_else(|_| format!("{d:?}"))
                 })
             }
-            Ok(PollSchedule::Cron(c)) => {
-                if let Some(t) = tz.upcoming(&c, 1).first() {
+            PollSchedule::Cron(c) => {
+                if let Some(t) = tz.upcoming(c, 1).first() {
                     next.at = Some(minute(*t));
                     next.r#in = Some(human_duration(*t - now));
                 }
             }
-            Err(_) => {}
         }
         next
     }

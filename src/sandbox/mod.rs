@@ -229,7 +229,8 @@ impl Sandbox {
         }
         config.gitlab.url = format!("http://{gitlab_addr}");
         config.gitlab.projects = vec![PROJECT.to_string()];
-        config.gitlab.poll_interval = "2s".into();
+        config.gitlab.poll_interval =
+            crate::config::PollInterval::every(std::time::Duration::from_secs(2), "2s");
         config.gitlab.poll_overlap = crate::config::Dur::parse("2s").map_err(anyhow::Error::msg)?;
         config.bot.state_db = std::path::PathBuf::from(":memory:");
 
