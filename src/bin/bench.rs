@@ -421,6 +421,9 @@ fn why(system: &str, route: &str) -> &'static str {
             "create the account, or make an end user an agent, with its role"
         }
         ("Zendesk", "PUT") if ends("/users/:id") => "the account's role, fields, suspension",
+        ("Zendesk", "GET") if ends("/users/:id") => {
+            "the account's tags and fields as they are right before removing them (offboarding)"
+        }
         ("Zendesk", "GET") if ends("/group_memberships") => {
             "the account's groups (what to add or remove)"
         }
