@@ -271,6 +271,9 @@ impl Store {
         // commits, which the next look at the issue rebuilds.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        // Every statement is prepared once per connection (parsing them was
+        // a fair part of the bot's own time per look).
+        conn.set_prepared_statement_cache_capacity(128);
         let owner = format!(
             "{}/{}/{:08x}",
             host_name(),
@@ -303,11 +306,8 @@ impl Store {
     pub fn cursor(&self, project: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         let v: Option<String> = self
             .c()
-            .query_row(
-                "SELECT updated_at FROM cursor WHERE project = ?1",
-                [project],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT updated_at FROM cursor WHERE project = ?1")?
+            .query_row([project], |r| r.get(0))
             .optional()?;
         Ok(v.map(|s| parse_ts(&s)))
     }
@@ -316,11 +316,12 @@ impl Store {
     pub fn advance_cursor(&self, project: &str, to: DateTime<Utc>) -> Result<(), StoreError> {
         let cur = self.cursor(project)?;
         if cur.is_none_or(|c| to > c) {
-            self.c().execute(
-                "INSERT INTO cursor (project, updated_at) VALUES (?1, ?2)
+            self.c()
+                .prepare_cached(
+                    "INSERT INTO cursor (project, updated_at) VALUES (?1, ?2)
                  ON CONFLICT(project) DO UPDATE SET updated_at = excluded.updated_at",
-                params![project, ts(to)],
-            )?;
+                )?
+                .execute(params![project, ts(to)])?;
         }
         Ok(())
     }
@@ -334,11 +335,8 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let v: Option<String> = self
             .c()
-            .query_row(
-                "SELECT updated_at FROM seen WHERE project = ?1 AND iid = ?2",
-                params![project, iid],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT updated_at FROM seen WHERE project = ?1 AND iid = ?2")?
+            .query_row(params![project, iid], |r| r.get(0))
             .optional()?;
         Ok(v.is_some_and(|s| parse_ts(&s) >= updated_at))
     }
@@ -349,19 +347,19 @@ impl Store {
         iid: u64,
         updated_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.c().execute(
-            "INSERT INTO seen (project, iid, updated_at) VALUES (?1, ?2, ?3)
+        self.c()
+            .prepare_cached(
+                "INSERT INTO seen (project, iid, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT(project, iid) DO UPDATE SET updated_at = excluded.updated_at",
-            params![project, iid, ts(updated_at)],
-        )?;
+            )?
+            .execute(params![project, iid, ts(updated_at)])?;
         Ok(())
     }
 
     pub fn forget_seen(&self, project: &str, iid: u64) -> Result<(), StoreError> {
-        self.c().execute(
-            "DELETE FROM seen WHERE project = ?1 AND iid = ?2",
-            params![project, iid],
-        )?;
+        self.c()
+            .prepare_cached("DELETE FROM seen WHERE project = ?1 AND iid = ?2")?
+            .execute(params![project, iid])?;
         Ok(())
     }
 
@@ -375,11 +373,8 @@ impl Store {
     ) -> Result<Option<crate::gitlab::NoteRead>, StoreError> {
         let v: Option<String> = self
             .c()
-            .query_row(
-                "SELECT notes FROM note_cache WHERE project = ?1 AND iid = ?2",
-                params![project, iid],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT notes FROM note_cache WHERE project = ?1 AND iid = ?2")?
+            .query_row(params![project, iid], |r| r.get(0))
             .optional()?;
         Ok(v.and_then(|s| serde_json::from_str(&s).ok()))
     }
@@ -391,36 +386,36 @@ impl Store {
         notes: &crate::gitlab::NoteRead,
     ) -> Result<(), StoreError> {
         let text = serde_json::to_string(notes).unwrap_or_default();
-        self.c().execute(
-            "INSERT INTO note_cache (project, iid, notes) VALUES (?1, ?2, ?3)
+        self.c()
+            .prepare_cached(
+                "INSERT INTO note_cache (project, iid, notes) VALUES (?1, ?2, ?3)
              ON CONFLICT(project, iid) DO UPDATE SET notes = excluded.notes",
-            params![project, iid, text],
-        )?;
+            )?
+            .execute(params![project, iid, text])?;
         Ok(())
     }
 
     pub fn forget_notes(&self, project: &str, iid: u64) -> Result<(), StoreError> {
-        self.c().execute(
-            "DELETE FROM note_cache WHERE project = ?1 AND iid = ?2",
-            params![project, iid],
-        )?;
+        self.c()
+            .prepare_cached("DELETE FROM note_cache WHERE project = ?1 AND iid = ?2")?
+            .execute(params![project, iid])?;
         Ok(())
     }
 
     pub fn add_retry(&self, project: &str, iid: u64, reason: &str) -> Result<(), StoreError> {
-        self.c().execute(
-            "INSERT INTO retry (project, iid, reason) VALUES (?1, ?2, ?3)
+        self.c()
+            .prepare_cached(
+                "INSERT INTO retry (project, iid, reason) VALUES (?1, ?2, ?3)
              ON CONFLICT(project, iid) DO UPDATE SET reason = excluded.reason",
-            params![project, iid, reason],
-        )?;
+            )?
+            .execute(params![project, iid, reason])?;
         Ok(())
     }
 
     pub fn clear_retry(&self, project: &str, iid: u64) -> Result<(), StoreError> {
-        self.c().execute(
-            "DELETE FROM retry WHERE project = ?1 AND iid = ?2",
-            params![project, iid],
-        )?;
+        self.c()
+            .prepare_cached("DELETE FROM retry WHERE project = ?1 AND iid = ?2")?
+            .execute(params![project, iid])?;
         Ok(())
     }
 
@@ -437,16 +432,14 @@ impl Store {
         let now = Utc::now();
         let c = self.c();
         let held: Option<(String, String)> = c
-            .query_row(
+            .prepare_cached(
                 "SELECT owner, heartbeat FROM issue_lease WHERE project = ?1 AND iid = ?2",
-                params![project, iid],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            )?
+            .query_row(params![project, iid], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         match held {
             None => {
-                let n = c.execute(
-                    "INSERT OR IGNORE INTO issue_lease (project, iid, owner, heartbeat) VALUES (?1, ?2, ?3, ?4)",
+                let n = c.prepare_cached("INSERT OR IGNORE INTO issue_lease (project, iid, owner, heartbeat) VALUES (?1, ?2, ?3, ?4)")?.execute(
                     params![project, iid, self.owner, ts(now)],
                 )?;
                 Ok(n == 1)
@@ -459,11 +452,12 @@ impl Store {
                     return Ok(false);
                 }
                 // Compare and swap: only if nobody took it meanwhile.
-                let n = c.execute(
-                    "UPDATE issue_lease SET owner = ?3, heartbeat = ?4
+                let n = c
+                    .prepare_cached(
+                        "UPDATE issue_lease SET owner = ?3, heartbeat = ?4
                      WHERE project = ?1 AND iid = ?2 AND owner = ?5 AND heartbeat = ?6",
-                    params![project, iid, self.owner, ts(now), owner, beat],
-                )?;
+                    )?
+                    .execute(params![project, iid, self.owner, ts(now), owner, beat])?;
                 if n == 1 && owner != self.owner {
                     tracing::info!(iid, previous = %owner, "took over the lease of a holder that is gone");
                 }
@@ -479,18 +473,18 @@ impl Store {
 
     /// A sign of life for every lease this handle holds.
     pub fn heartbeat(&self) -> Result<(), StoreError> {
-        self.c().execute(
-            "UPDATE issue_lease SET heartbeat = ?2 WHERE owner = ?1",
-            params![self.owner, ts(Utc::now())],
-        )?;
+        self.c()
+            .prepare_cached("UPDATE issue_lease SET heartbeat = ?2 WHERE owner = ?1")?
+            .execute(params![self.owner, ts(Utc::now())])?;
         Ok(())
     }
 
     pub fn release(&self, project: &str, iid: u64) -> Result<(), StoreError> {
-        self.c().execute(
-            "DELETE FROM issue_lease WHERE project = ?1 AND iid = ?2 AND owner = ?3",
-            params![project, iid, self.owner],
-        )?;
+        self.c()
+            .prepare_cached(
+                "DELETE FROM issue_lease WHERE project = ?1 AND iid = ?2 AND owner = ?3",
+            )?
+            .execute(params![project, iid, self.owner])?;
         Ok(())
     }
 
@@ -541,11 +535,12 @@ impl Store {
     pub fn sync_audit(&self) -> Result<(), StoreError> {
         let c = self.c();
         c.pragma_update(None, "synchronous", "FULL")?;
-        let r = c.execute(
-            "INSERT INTO counter (name, value) VALUES ('audit_syncs', 1)
+        let r = c
+            .prepare_cached(
+                "INSERT INTO counter (name, value) VALUES ('audit_syncs', 1)
              ON CONFLICT(name) DO UPDATE SET value = value + 1",
-            [],
-        );
+            )?
+            .execute([]);
         c.pragma_update(None, "synchronous", "NORMAL")?;
         r?;
         Ok(())
@@ -569,9 +564,8 @@ impl Store {
         if sync {
             c.pragma_update(None, "synchronous", "FULL")?;
         }
-        let inserted = c.execute(
-            "INSERT INTO audit (at, project, iid, subject, instance, action, before, after, approvers, outcome)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        let inserted = c.prepare_cached("INSERT INTO audit (at, project, iid, subject, instance, action, before, after, approvers, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")?.execute(
             params![ts(Utc::now()), project, iid, subject, instance, action, before, after, approvers, outcome],
         );
         if sync {
@@ -619,10 +613,9 @@ impl Store {
     /// One grant per plan, person and instance; the first record wins (it
     /// was computed before the first write).
     pub fn record_grant(&self, g: &Grant) -> Result<(), StoreError> {
-        self.c().execute(
-            "INSERT INTO time_bound_grant (project, iid, plan, subject, instance, undo, expires, reminded, revoked, at)
+        self.c().prepare_cached("INSERT INTO time_bound_grant (project, iid, plan, subject, instance, undo, expires, reminded, revoked, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8)
-             ON CONFLICT(project, iid, plan, subject, instance) DO NOTHING",
+             ON CONFLICT(project, iid, plan, subject, instance) DO NOTHING")?.execute(
             params![g.project, g.iid, g.plan, g.subject, g.instance, g.undo, g.expires.to_string(), ts(Utc::now())],
         )?;
         Ok(())
@@ -632,9 +625,8 @@ impl Store {
     /// the issue says (never set back).
     pub fn adopt_grant(&self, g: &Grant, reminded: bool, revoked: bool) -> Result<(), StoreError> {
         self.record_grant(g)?;
-        self.c().execute(
-            "UPDATE time_bound_grant SET reminded = MAX(reminded, ?6), revoked = MAX(revoked, ?7)
-             WHERE project = ?1 AND iid = ?2 AND plan = ?3 AND subject = ?4 AND instance = ?5",
+        self.c().prepare_cached("UPDATE time_bound_grant SET reminded = MAX(reminded, ?6), revoked = MAX(revoked, ?7)
+             WHERE project = ?1 AND iid = ?2 AND plan = ?3 AND subject = ?4 AND instance = ?5")?.execute(
             params![
                 g.project,
                 g.iid,
@@ -685,25 +677,28 @@ impl Store {
         only: Option<(&str, u64)>,
     ) -> Result<(), StoreError> {
         match only {
-            Some((project, iid)) => self.c().execute(
-                "UPDATE holding SET expires = ?3 WHERE subject = ?1 AND instance = ?2
+            Some((project, iid)) => self
+                .c()
+                .prepare_cached(
+                    "UPDATE holding SET expires = ?3 WHERE subject = ?1 AND instance = ?2
                    AND (expires IS NULL OR expires > ?3) AND project = ?4 AND iid = ?5",
-                params![subject, instance, day.to_string(), project, iid],
-            )?,
-            None => self.c().execute(
-                "UPDATE holding SET expires = ?3 WHERE subject = ?1 AND instance = ?2
+                )?
+                .execute(params![subject, instance, day.to_string(), project, iid])?,
+            None => self
+                .c()
+                .prepare_cached(
+                    "UPDATE holding SET expires = ?3 WHERE subject = ?1 AND instance = ?2
                    AND (expires IS NULL OR expires > ?3)",
-                params![subject, instance, day.to_string()],
-            )?,
+                )?
+                .execute(params![subject, instance, day.to_string()])?,
         };
         Ok(())
     }
 
     pub fn record_holding(&self, h: &Holding) -> Result<(), StoreError> {
-        self.c().execute(
-            "INSERT INTO holding (project, iid, subject, instance, what, expires, at)
+        self.c().prepare_cached("INSERT INTO holding (project, iid, subject, instance, what, expires, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(project, iid, subject, instance, what) DO UPDATE SET expires = excluded.expires, at = excluded.at",
+             ON CONFLICT(project, iid, subject, instance, what) DO UPDATE SET expires = excluded.expires, at = excluded.at")?.execute(
             params![h.project, h.iid, h.subject, h.instance, h.what, h.expires.map(|d| d.to_string()), ts(h.at)],
         )?;
         Ok(())
@@ -749,8 +744,7 @@ impl Store {
         reminded: bool,
         revoked: bool,
     ) -> Result<(), StoreError> {
-        self.c().execute(
-            "UPDATE time_bound_grant SET reminded = MAX(reminded, ?3), revoked = MAX(revoked, ?4) WHERE project = ?1 AND iid = ?2",
+        self.c().prepare_cached("UPDATE time_bound_grant SET reminded = MAX(reminded, ?3), revoked = MAX(revoked, ?4) WHERE project = ?1 AND iid = ?2")?.execute(
             params![project, iid, reminded as i64, revoked as i64],
         )?;
         Ok(())
@@ -773,40 +767,34 @@ impl Store {
     pub fn notice_sent_at(&self, key: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(self
             .c()
-            .query_row(
-                "SELECT sent_at FROM notice WHERE key = ?1",
-                params![key],
-                |r| r.get::<_, String>(0),
-            )
+            .prepare_cached("SELECT sent_at FROM notice WHERE key = ?1")?
+            .query_row(params![key], |r| r.get::<_, String>(0))
             .optional()?
             .map(|s| parse_ts(&s)))
     }
 
     pub fn notices_since(&self, since: DateTime<Utc>) -> Result<usize, StoreError> {
-        Ok(self.c().query_row(
-            "SELECT COUNT(*) FROM notice_sent WHERE at > ?1",
-            params![ts(since)],
-            |r| r.get::<_, i64>(0),
-        )? as usize)
+        Ok(self
+            .c()
+            .prepare_cached("SELECT COUNT(*) FROM notice_sent WHERE at > ?1")?
+            .query_row(params![ts(since)], |r| r.get::<_, i64>(0))? as usize)
     }
 
     pub fn bump_suppressed(&self) -> Result<(), StoreError> {
-        self.c().execute(
-            "INSERT INTO counter (name, value) VALUES ('suppressed_notices', 1)
+        self.c()
+            .prepare_cached(
+                "INSERT INTO counter (name, value) VALUES ('suppressed_notices', 1)
              ON CONFLICT(name) DO UPDATE SET value = value + 1",
-            [],
-        )?;
+            )?
+            .execute([])?;
         Ok(())
     }
 
     pub fn suppressed(&self) -> Result<u64, StoreError> {
         Ok(self
             .c()
-            .query_row(
-                "SELECT value FROM counter WHERE name = 'suppressed_notices'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+            .prepare_cached("SELECT value FROM counter WHERE name = 'suppressed_notices'")?
+            .query_row([], |r| r.get::<_, i64>(0))
             .optional()?
             .unwrap_or(0) as u64)
     }
@@ -819,15 +807,15 @@ impl Store {
         mentioned: u64,
     ) -> Result<(), StoreError> {
         let c = self.c();
-        c.execute(
-            "INSERT INTO notice (key, sent_at) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET sent_at = ?2",
+        c.prepare_cached("INSERT INTO notice (key, sent_at) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET sent_at = ?2")?.execute(
             params![key, ts(at)],
         )?;
-        c.execute("INSERT INTO notice_sent (at) VALUES (?1)", params![ts(at)])?;
-        c.execute(
+        c.prepare_cached("INSERT INTO notice_sent (at) VALUES (?1)")?
+            .execute(params![ts(at)])?;
+        c.prepare_cached(
             "UPDATE counter SET value = MAX(0, value - ?1) WHERE name = 'suppressed_notices'",
-            params![mentioned as i64],
-        )?;
+        )?
+        .execute(params![mentioned as i64])?;
         Ok(())
     }
 
@@ -839,18 +827,15 @@ impl Store {
         mentioned: u64,
     ) -> Result<(), StoreError> {
         let c = self.c();
-        c.execute(
-            "DELETE FROM notice WHERE key = ?1 AND sent_at = ?2",
-            params![key, ts(at)],
-        )?;
-        c.execute(
-            "DELETE FROM notice_sent WHERE rowid IN (SELECT rowid FROM notice_sent WHERE at = ?1 LIMIT 1)",
+        c.prepare_cached("DELETE FROM notice WHERE key = ?1 AND sent_at = ?2")?
+            .execute(params![key, ts(at)])?;
+        c.prepare_cached("DELETE FROM notice_sent WHERE rowid IN (SELECT rowid FROM notice_sent WHERE at = ?1 LIMIT 1)")?.execute(
             params![ts(at)],
         )?;
-        c.execute(
+        c.prepare_cached(
             "UPDATE counter SET value = value + ?1 WHERE name = 'suppressed_notices'",
-            params![mentioned as i64],
-        )?;
+        )?
+        .execute(params![mentioned as i64])?;
         Ok(())
     }
 
@@ -858,17 +843,13 @@ impl Store {
     pub fn delivery(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .c()
-            .query_row(
-                "SELECT detail FROM delivery WHERE key = ?1",
-                params![key],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT detail FROM delivery WHERE key = ?1")?
+            .query_row(params![key], |r| r.get(0))
             .optional()?)
     }
 
     pub fn record_delivery(&self, key: &str, detail: &str) -> Result<(), StoreError> {
-        self.c().execute(
-            "INSERT INTO delivery (key, at, detail) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO NOTHING",
+        self.c().prepare_cached("INSERT INTO delivery (key, at, detail) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO NOTHING")?.execute(
             params![key, ts(Utc::now()), detail],
         )?;
         Ok(())
@@ -876,8 +857,7 @@ impl Store {
 
     /// Record how far a delivery got, replacing what was recorded before.
     pub fn set_delivery(&self, key: &str, detail: &str) -> Result<(), StoreError> {
-        self.c().execute(
-            "INSERT INTO delivery (key, at, detail) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET at = ?2, detail = ?3",
+        self.c().prepare_cached("INSERT INTO delivery (key, at, detail) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET at = ?2, detail = ?3")?.execute(
             params![key, ts(Utc::now()), detail],
         )?;
         Ok(())
@@ -902,12 +882,11 @@ impl Store {
     ) -> Result<Option<SupportMr>, StoreError> {
         Ok(self
             .c()
-            .query_row(
+            .prepare_cached(
                 "SELECT project, iid, username, state, mr_iid, mr_url FROM support_mr
                  WHERE project = ?1 AND iid = ?2 AND username = ?3",
-                params![project, iid, username],
-                Store::support_mr_row,
-            )
+            )?
+            .query_row(params![project, iid, username], Store::support_mr_row)
             .optional()?)
     }
 
@@ -921,10 +900,9 @@ impl Store {
     }
 
     pub fn set_support_mr(&self, m: &SupportMr) -> Result<(), StoreError> {
-        self.c().execute(
-            "INSERT INTO support_mr (project, iid, username, state, mr_iid, mr_url, checked_at)
+        self.c().prepare_cached("INSERT INTO support_mr (project, iid, username, state, mr_iid, mr_url, checked_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(project, iid, username) DO UPDATE SET state = ?4, mr_iid = ?5, mr_url = ?6, checked_at = ?7",
+             ON CONFLICT(project, iid, username) DO UPDATE SET state = ?4, mr_iid = ?5, mr_url = ?6, checked_at = ?7")?.execute(
             params![m.project, m.iid, m.username, m.state, m.mr_iid, m.mr_url, ts(Utc::now())],
         )?;
         Ok(())
@@ -958,11 +936,10 @@ impl Store {
     ) -> Result<Option<(String, u64)>, StoreError> {
         Ok(self
             .c()
-            .query_row(
+            .prepare_cached(
                 "SELECT project, iid FROM seat_review WHERE instance = ?1 AND period = ?2",
-                params![instance, period],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            )?
+            .query_row(params![instance, period], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     }
 
@@ -973,11 +950,12 @@ impl Store {
         project: &str,
         iid: u64,
     ) -> Result<(), StoreError> {
-        self.c().execute(
-            "INSERT INTO seat_review (project, iid, instance, period) VALUES (?1, ?2, ?3, ?4)
+        self.c()
+            .prepare_cached(
+                "INSERT INTO seat_review (project, iid, instance, period) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(instance, period) DO NOTHING",
-            params![project, iid, instance, period],
-        )?;
+            )?
+            .execute(params![project, iid, instance, period])?;
         Ok(())
     }
 }

@@ -241,6 +241,28 @@ pub enum RequestError {
     Expiry(String),
 }
 
+/// A regular expression from the configuration, compiled once per process:
+/// the patterns are few (the configuration's), and compiling them on every
+/// read was the largest part of the bot's own time per look in a profile.
+fn compiled(pattern: &str) -> Result<Regex, regex::Error> {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static CACHE: LazyLock<Mutex<HashMap<String, Regex>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = cache.get(pattern) {
+        // A clone shares the compiled program.
+        return Ok(r.clone());
+    }
+    let r = Regex::new(pattern)?;
+    // Bounded anyway: tests and reloads compile other configurations.
+    if cache.len() >= 1024 {
+        cache.clear();
+    }
+    cache.insert(pattern.to_string(), r.clone());
+    Ok(r)
+}
+
 /// The `[[kinds]]` rules that match the issue's labels and title, in order.
 pub fn matching_rules(issue: &IssueInput, cfg: &Config) -> Vec<RequestKind> {
     cfg.kinds
@@ -248,7 +270,7 @@ pub fn matching_rules(issue: &IssueInput, cfg: &Config) -> Vec<RequestKind> {
         .filter(|rule| {
             rule.labels.iter().all(|l| issue.labels.contains(l))
                 && rule.title.as_ref().is_none_or(|t| {
-                    Regex::new(t)
+                    compiled(t)
                         .map(|r| r.is_match(&issue.title))
                         .unwrap_or(false)
                 })
@@ -843,7 +865,7 @@ fn match_level(z: &crate::config::ZendeskInstance, norm_details: &str) -> LevelM
             if n.is_empty() {
                 continue;
             }
-            let Ok(re) = Regex::new(&format!(
+            let Ok(re) = compiled(&format!(
                 r"(?:^|[^a-z0-9]){}(?:$|[^a-z0-9])",
                 regex::escape(&n)
             )) else {
