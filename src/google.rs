@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::config::GoogleConfig;
 use crate::groups::GroupError;
-use crate::http::{Backoff, retry_after};
+use crate::http::{Api, Backoff, Class, Failure, Reply, Transport, retry_after};
 use crate::secret::Secrets;
 
 pub const SCOPE: &str = "https://www.googleapis.com/auth/admin.directory.group.member";
@@ -232,6 +232,8 @@ pub struct GoogleClient {
     http: reqwest::Client,
     tokens: ServiceAccountTokens,
     backoff: Backoff,
+    /// Every API call's attempts.
+    transport: Transport,
     /// Reads after an insert before its 404 is believed (eventual consistency).
     pub confirm_attempts: u32,
 }
@@ -251,6 +253,7 @@ impl GoogleClient {
             tokens: ServiceAccountTokens::new(cfg, secrets, http.clone(), SCOPE)?,
             http,
             backoff: Backoff::default(),
+            transport: Transport::new(None),
             confirm_attempts: 5,
         })
     }
@@ -258,6 +261,7 @@ impl GoogleClient {
     pub fn with_backoff(mut self, b: Backoff) -> Self {
         self.backoff = b;
         self.tokens.backoff = b;
+        self.transport.backoff = b;
         self
     }
 
@@ -308,90 +312,54 @@ impl GoogleClient {
         group: &str,
         lost: &mut bool,
     ) -> Result<(u16, Value), GoogleError> {
-        let mut attempt = 0u32;
-        let mut refused = false;
-        loop {
-            let token = self.token().await?;
-            let mut rb = self.http.request(method.clone(), url).bearer_auth(&token);
-            if let Some(b) = body {
-                rb = rb.json(b);
-            }
-            let r = match rb.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    if attempt + 1 < self.backoff.attempts {
-                        *lost = true;
-                        tokio::time::sleep(self.backoff.delay(attempt)).await;
-                        attempt += 1;
-                        continue;
+        let reply = self
+            .transport
+            .send_tracked(
+                self,
+                || {
+                    let rb = self.http.request(method.clone(), url);
+                    match body {
+                        Some(b) => rb.json(b),
+                        None => rb,
                     }
-                    return Err(GoogleError::Transport(e.without_url().to_string()));
-                }
-            };
-            let status = r.status().as_u16();
-            let wait = retry_after(r.headers());
-            let v: Value = match r.bytes().await {
-                Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-                Err(e) => {
-                    if attempt + 1 < self.backoff.attempts {
-                        *lost = true;
-                        tokio::time::sleep(self.backoff.delay(attempt)).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    return Err(GoogleError::Transport(e.without_url().to_string()));
-                }
-            };
-            if (200..300).contains(&status) {
-                return Ok((status, v));
-            }
-            if status == 401 {
-                // The token is refused (revoked, or expired early): drop it and
-                // fetch a new one, once. A new token refused too is the key's problem.
-                self.drop_token(&token).await;
-                if !refused {
-                    refused = true;
-                    tracing::warn!("Google refused the access token (401): fetching a new one");
-                    continue;
-                }
-                return Err(GoogleError::Unauthorized);
-            }
-            let reason = v["error"]["errors"][0]["reason"]
-                .as_str()
-                .or(v["error"]["status"].as_str())
-                .unwrap_or("")
-                .to_string();
-            let message = v["error"]["message"].as_str().unwrap_or("").to_string();
-            let retryable = matches!(status, 429 | 500 | 502 | 503 | 504)
-                || (status == 403
-                    && matches!(
-                        reason.as_str(),
-                        "rateLimitExceeded" | "userRateLimitExceeded" | "quotaExceeded"
-                    ));
-            if retryable {
-                if attempt + 1 >= self.backoff.attempts {
-                    return Err(GoogleError::Exhausted(format!("{status} {reason}")));
-                }
-                tokio::time::sleep(wait.unwrap_or_else(|| self.backoff.delay(attempt))).await;
-                attempt += 1;
-                continue;
-            }
-            return Err(match (status, reason.as_str()) {
-                (401, _) => GoogleError::Unauthorized,
-                (403, _) => GoogleError::Forbidden {
-                    group: group.to_string(),
-                    reason,
                 },
-                (404, _) if message.ends_with("groupKey") => {
-                    GoogleError::GroupNotFound(group.to_string())
+                lost,
+            )
+            .await
+            .map_err(|f| match f {
+                Failure::Api(e) => e,
+                Failure::RateLimited { last, .. } | Failure::Server { last, .. } => {
+                    GoogleError::Exhausted(format!(
+                        "{} {}",
+                        last.status.as_u16(),
+                        reason_of(&last.json())
+                    ))
                 }
-                _ => GoogleError::Invalid {
-                    status,
-                    reason,
-                    message,
-                },
-            });
+                Failure::Connection { detail, .. } => GoogleError::Transport(detail),
+            })?;
+        let status = reply.status.as_u16();
+        let v = reply.json();
+        if (200..300).contains(&status) {
+            return Ok((status, v));
         }
+        // A 401 here: a new token was refused too, which is the key's problem.
+        let reason = reason_of(&v);
+        let message = v["error"]["message"].as_str().unwrap_or("").to_string();
+        Err(match (status, reason.as_str()) {
+            (401, _) => GoogleError::Unauthorized,
+            (403, _) => GoogleError::Forbidden {
+                group: group.to_string(),
+                reason,
+            },
+            (404, _) if message.ends_with("groupKey") => {
+                GoogleError::GroupNotFound(group.to_string())
+            }
+            _ => GoogleError::Invalid {
+                status,
+                reason,
+                message,
+            },
+        })
     }
 
     fn member_url(&self, group: &str, email: &str) -> String {
@@ -402,6 +370,66 @@ impl GoogleClient {
             enc(email)
         )
     }
+}
+
+/// Google's part of the shared transport: no request budget (a slow-down
+/// holds only its own call), rate-limit 403s retried like 429s, and a
+/// refused token dropped and fetched again once.
+#[async_trait]
+impl Api for GoogleClient {
+    type Error = GoogleError;
+
+    async fn authorize(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, GoogleError> {
+        Ok(rb.bearer_auth(self.token().await?))
+    }
+
+    async fn refused(&self, authorization: Option<&reqwest::header::HeaderValue>) {
+        // The token is refused (revoked, or expired early): never sent again.
+        if let Some(t) = authorization
+            .and_then(|a| a.to_str().ok())
+            .and_then(|a| a.strip_prefix("Bearer "))
+        {
+            self.drop_token(t).await;
+        }
+    }
+
+    async fn refresh(&self) -> Result<bool, GoogleError> {
+        // The next attempt fetches a new token.
+        Ok(true)
+    }
+
+    fn classify(&self, reply: &Reply) -> Class {
+        let status = reply.status.as_u16();
+        let retryable = matches!(status, 429 | 500 | 502 | 503 | 504)
+            || (status == 403
+                && matches!(
+                    reason_of(&reply.json()).as_str(),
+                    "rateLimitExceeded" | "userRateLimitExceeded" | "quotaExceeded"
+                ));
+        if retryable {
+            Class::SlowDown {
+                after: retry_after(&reply.headers),
+            }
+        } else {
+            Class::Answer
+        }
+    }
+
+    fn name(&self) -> String {
+        "google".into()
+    }
+}
+
+/// The reason of an error body (`errors[0].reason`, or the newer `status`).
+fn reason_of(v: &Value) -> String {
+    v["error"]["errors"][0]["reason"]
+        .as_str()
+        .or(v["error"]["status"].as_str())
+        .unwrap_or("")
+        .to_string()
 }
 
 fn explain_token_error(raw: &str, scope: &str) -> String {

@@ -1,5 +1,6 @@
-//! What every adapter shares: capped, jittered backoff, `Retry-After`, and a
-//! client-side request budget so the bot normally never sees a 429.
+//! What every adapter shares: capped, jittered backoff, `Retry-After`, a
+//! client-side request budget so the bot normally never sees a 429, and the
+//! `Transport` that runs one call's attempts with them.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -102,6 +103,260 @@ impl RateBudget {
     }
 }
 
+/// One answer, body read: any status the adapter interprets itself (2xx, and
+/// the 4xx it turns into its own typed errors).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Reply {
+    /// The body as JSON, `Null` if it is empty or not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Why a call ended without an answer for the adapter. Each adapter turns it
+/// into its own error variant, with its own words.
+#[derive(Debug)]
+pub enum Failure<E> {
+    /// The adapter's own hook (a token fetch) failed.
+    Api(E),
+    /// Still asked to slow down (429) after this many attempts.
+    RateLimited { attempts: u32, last: Reply },
+    /// Still failing (a 5xx, or another answer the adapter retries) after
+    /// this many attempts.
+    Server { attempts: u32, last: Reply },
+    /// No answer (connection, timeout, body cut short) after this many attempts.
+    Connection { attempts: u32, detail: String },
+}
+
+/// What the transport does with an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// The adapter's to interpret.
+    Answer,
+    /// The server asks to slow down: wait `after` (or the backoff) and hold
+    /// every caller of the budget meanwhile.
+    SlowDown { after: Option<Duration> },
+    /// A server failure: this call retries after the backoff.
+    Retry,
+}
+
+/// What differs per API: credentials and how a server says "slow down".
+#[async_trait::async_trait]
+pub trait Api: Sync {
+    type Error: Send;
+
+    /// The request with its credentials (fetching a token if none is held).
+    async fn authorize(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, Self::Error> {
+        Ok(rb)
+    }
+
+    /// Every 401: the `authorization` the server refused (never sent again).
+    async fn refused(&self, _authorization: Option<&reqwest::header::HeaderValue>) {}
+
+    /// After the call's first 401: get a new token. `Ok(false)` when the
+    /// credentials cannot be refreshed (a static token), and the 401 is the
+    /// adapter's to explain.
+    async fn refresh(&self) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+
+    /// A wait the answer's own rate-limit headers ask for before anyone
+    /// sends again (an empty server bucket), whatever its status.
+    fn drained(&self, _headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+        None
+    }
+
+    /// By default a 429 slows down for its `Retry-After`, a 5xx is retried,
+    /// and everything else is the adapter's.
+    fn classify(&self, reply: &Reply) -> Class {
+        if reply.status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            Class::SlowDown {
+                after: retry_after(&reply.headers),
+            }
+        } else if reply.status.is_server_error() {
+            Class::Retry
+        } else {
+            Class::Answer
+        }
+    }
+
+    /// Names the API in the transport's log lines.
+    fn name(&self) -> String;
+}
+
+/// One call's attempts: the budget's token, credentials, send; then an
+/// answer that asks to slow down pauses the budget, a server failure or a
+/// lost connection is retried with backoff, a 401 refreshes the token once;
+/// up to `backoff.attempts`.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    pub backoff: Backoff,
+    /// The API's request budget; without one, a slow-down answer holds only
+    /// the call that saw it.
+    pub budget: Option<RateBudget>,
+    /// Set on each request when the client has none of its own.
+    pub timeout: Option<Duration>,
+}
+
+impl Transport {
+    pub fn new(budget: Option<RateBudget>) -> Transport {
+        Transport {
+            backoff: Backoff::default(),
+            budget,
+            timeout: None,
+        }
+    }
+
+    /// Nobody sends before `wait` is over (only this call without a budget).
+    async fn hold(&self, wait: Duration) {
+        match &self.budget {
+            Some(b) => b.pause(wait).await,
+            None => tokio::time::sleep(wait).await,
+        }
+    }
+
+    /// As `send_tracked`, for calls that need not know about lost answers.
+    pub async fn send<A: Api + ?Sized>(
+        &self,
+        api: &A,
+        build: impl Fn() -> reqwest::RequestBuilder + Send,
+    ) -> Result<Reply, Failure<A::Error>> {
+        self.send_tracked(api, build, &mut false).await
+    }
+
+    /// Sends what `build` makes (called again for each attempt) until an
+    /// answer the adapter interprets, or the attempts run out. Every call the
+    /// adapters make through here is idempotent or checked, so a lost
+    /// connection is retried; `lost` says one was (a write may have been
+    /// applied without its answer).
+    pub async fn send_tracked<A: Api + ?Sized>(
+        &self,
+        api: &A,
+        build: impl Fn() -> reqwest::RequestBuilder + Send,
+        lost: &mut bool,
+    ) -> Result<Reply, Failure<A::Error>> {
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        loop {
+            if let Some(b) = &self.budget {
+                b.acquire().await;
+            }
+            let mut rb = api.authorize(build()).await.map_err(Failure::Api)?;
+            if let Some(t) = self.timeout {
+                rb = rb.timeout(t);
+            }
+            let (reply, authorization) = match exchange(rb).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let detail = e.without_url().to_string();
+                    if attempt + 1 >= self.backoff.attempts {
+                        return Err(Failure::Connection {
+                            attempts: attempt + 1,
+                            detail,
+                        });
+                    }
+                    *lost = true;
+                    tracing::debug!(api = %api.name(), error = %detail, attempt, "connection problem, retrying");
+                    tokio::time::sleep(self.backoff.delay(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+            };
+            // Without a budget there is nobody else to hold.
+            if let Some(b) = &self.budget
+                && let Some(wait) = api.drained(&reply.headers)
+            {
+                tracing::info!(api = %api.name(), wait_ms = wait.as_millis() as u64, "rate-limit bucket empty; pausing");
+                b.pause(wait).await;
+            }
+            if reply.status == reqwest::StatusCode::UNAUTHORIZED {
+                api.refused(authorization.as_ref()).await;
+                if refreshed || !api.refresh().await.map_err(Failure::Api)? {
+                    return Ok(reply);
+                }
+                // The refused attempt is not counted: nothing was done.
+                refreshed = true;
+                tracing::warn!(api = %api.name(), "access token refused (401): fetching a new one");
+                continue;
+            }
+            let last = attempt + 1 >= self.backoff.attempts;
+            match api.classify(&reply) {
+                Class::Answer => return Ok(reply),
+                Class::SlowDown { after } => {
+                    // The body (often text/plain) is never parsed here.
+                    let wait = after.unwrap_or_else(|| self.backoff.delay(attempt));
+                    tracing::warn!(api = %api.name(), status = reply.status.as_u16(), wait_ms = wait.as_millis() as u64, "asked to slow down");
+                    if last {
+                        self.budget_pause_only(wait).await;
+                        return Err(if reply.status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                            Failure::RateLimited {
+                                attempts: attempt + 1,
+                                last: reply,
+                            }
+                        } else {
+                            Failure::Server {
+                                attempts: attempt + 1,
+                                last: reply,
+                            }
+                        });
+                    }
+                    // With a budget, the next acquire waits it out with every other caller.
+                    self.hold(wait).await;
+                }
+                Class::Retry => {
+                    if last {
+                        return Err(Failure::Server {
+                            attempts: attempt + 1,
+                            last: reply,
+                        });
+                    }
+                    tokio::time::sleep(self.backoff.delay(attempt)).await;
+                }
+            }
+            attempt += 1;
+        }
+    }
+
+    /// The last attempt's slow-down still holds the other callers; this call
+    /// does not wait, it has given up.
+    async fn budget_pause_only(&self, wait: Duration) {
+        if let Some(b) = &self.budget {
+            b.pause(wait).await;
+        }
+    }
+}
+
+/// Sends and reads the whole body (a body cut short is a lost connection
+/// too); also the `authorization` that was sent, for a 401's hook.
+async fn exchange(
+    rb: reqwest::RequestBuilder,
+) -> Result<(Reply, Option<reqwest::header::HeaderValue>), reqwest::Error> {
+    let (client, request) = rb.build_split();
+    let request = request?;
+    let authorization = request.headers().get("authorization").cloned();
+    let r = client.execute(request).await?;
+    let status = r.status();
+    let headers = r.headers().clone();
+    let body = r.bytes().await?;
+    Ok((
+        Reply {
+            status,
+            headers,
+            body,
+        },
+        authorization,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +399,195 @@ mod tests {
         let t = Instant::now();
         b.acquire().await;
         assert!(t.elapsed() >= Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    /// A local server answering with the statuses scripted, in order (then
+    /// 200), recording the `authorization` header of each request.
+    struct Script {
+        url: String,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    async fn serve(answers: Vec<(u16, Option<&'static str>)>) -> Script {
+        use axum::response::IntoResponse;
+        let queue = Arc::new(Mutex::new(std::collections::VecDeque::from(answers)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (q, s) = (queue.clone(), seen.clone());
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let (q, s) = (q.clone(), s.clone());
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    s.lock().unwrap().push(auth);
+                    let (status, after) = q.lock().unwrap().pop_front().unwrap_or((200, None));
+                    let mut r = (
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        "{\"ok\": true}",
+                    )
+                        .into_response();
+                    if let Some(a) = after {
+                        r.headers_mut()
+                            .insert("retry-after", axum::http::HeaderValue::from_static(a));
+                    }
+                    r
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Script {
+            url: format!("http://{addr}/"),
+            seen,
+        }
+    }
+
+    /// A token that can be refreshed: `t0`, then `t1`, ...
+    #[derive(Default)]
+    struct Refreshable {
+        generation: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Api for Refreshable {
+        type Error = String;
+        async fn authorize(
+            &self,
+            rb: reqwest::RequestBuilder,
+        ) -> Result<reqwest::RequestBuilder, String> {
+            let g = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+            Ok(rb.header("authorization", format!("t{g}")))
+        }
+        async fn refresh(&self) -> Result<bool, String> {
+            // The next authorize sends the next generation.
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(true)
+        }
+        fn name(&self) -> String {
+            "test".into()
+        }
+    }
+
+    fn transport(attempts: u32) -> Transport {
+        Transport {
+            backoff: Backoff {
+                attempts,
+                base: Duration::from_millis(1),
+                cap: Duration::from_millis(5),
+            },
+            budget: Some(RateBudget::per_minute(6000)),
+            timeout: Some(Duration::from_secs(5)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_429_then_success_waits_for_retry_after() {
+        let s = serve(vec![(429, Some("1"))]).await;
+        let http = reqwest::Client::new();
+        let t = std::time::Instant::now();
+        let r = transport(3)
+            .send(&Refreshable::default(), || http.get(&s.url))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["ok"], true);
+        assert!(
+            t.elapsed() >= Duration::from_millis(950),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(s.seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn rate_limited_to_the_last_attempt_is_a_typed_failure() {
+        let s = serve(vec![(429, Some("0")); 3]).await;
+        let http = reqwest::Client::new();
+        let r = transport(3)
+            .send(&Refreshable::default(), || http.get(&s.url))
+            .await;
+        assert!(
+            matches!(r, Err(Failure::RateLimited { attempts: 3, .. })),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_up_to_the_attempts() {
+        let s = serve(vec![(502, None); 5]).await;
+        let http = reqwest::Client::new();
+        let r = transport(3)
+            .send(&Refreshable::default(), || http.get(&s.url))
+            .await;
+        assert!(
+            matches!(
+                r,
+                Err(Failure::Server { attempts: 3, ref last }) if last.status == 502
+            ),
+            "{r:?}"
+        );
+        assert_eq!(s.seen.lock().unwrap().len(), 3);
+
+        let s = serve(vec![(500, None), (503, None)]).await;
+        let r = transport(3)
+            .send(&Refreshable::default(), || http.get(&s.url))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+
+    #[tokio::test]
+    async fn a_401_refreshes_the_token_once() {
+        let s = serve(vec![(401, None)]).await;
+        let http = reqwest::Client::new();
+        let r = transport(3)
+            .send(&Refreshable::default(), || http.get(&s.url))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(*s.seen.lock().unwrap(), ["t0", "t1"]);
+
+        // Refused again: the 401 is the adapter's to explain.
+        let s = serve(vec![(401, None), (401, None), (401, None)]).await;
+        let r = transport(3)
+            .send(&Refreshable::default(), || http.get(&s.url))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401);
+        assert_eq!(*s.seen.lock().unwrap(), ["t0", "t1"]);
+    }
+
+    #[tokio::test]
+    async fn other_client_errors_come_back_at_once() {
+        let s = serve(vec![(404, None)]).await;
+        let http = reqwest::Client::new();
+        let r = transport(3)
+            .send(&Refreshable::default(), || http.get(&s.url))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(s.seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_is_retried_then_typed() {
+        // A port nobody listens on (bound, then closed).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        drop(listener);
+        let http = reqwest::Client::new();
+        let r = transport(2)
+            .send(&Refreshable::default(), || http.get(&url))
+            .await;
+        assert!(
+            matches!(r, Err(Failure::Connection { attempts: 2, .. })),
+            "{r:?}"
+        );
     }
 }

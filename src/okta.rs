@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::config::{OktaAuth, OktaConfig};
 use crate::groups::{Change, GroupDirectory, GroupError};
-use crate::http::{Backoff, RateBudget, retry_after};
+use crate::http::{Api, Backoff, Class, Failure, RateBudget, Reply, Transport, retry_after};
 use crate::secret::{Secret, Secrets};
 
 /// The scopes the service app asks for: membership changes, and reading
@@ -137,6 +137,8 @@ pub struct OktaClient {
     backoff: Backoff,
     /// Holds every caller while Okta says nothing remains (or after a 429).
     budget: RateBudget,
+    /// Every API call's attempts (with `budget`).
+    transport: Transport,
     /// Group name -> id, resolved once.
     group_ids: tokio::sync::Mutex<HashMap<String, String>>,
 }
@@ -196,6 +198,62 @@ fn remaining(headers: &reqwest::header::HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Okta's part of the shared transport: its rate-limit headers, E0000047,
+/// the service app's token dropped and fetched again after a 401.
+#[async_trait]
+impl Api for OktaClient {
+    type Error = OktaError;
+
+    async fn authorize(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, OktaError> {
+        Ok(rb.header("authorization", self.authorization().await?))
+    }
+
+    async fn refused(&self, authorization: Option<&reqwest::header::HeaderValue>) {
+        // A refused access token is never sent again.
+        if let Some(a) = authorization.and_then(|a| a.to_str().ok()) {
+            self.drop_token(a).await;
+        }
+    }
+
+    async fn refresh(&self) -> Result<bool, OktaError> {
+        // The next attempt fetches a new token; an API token refused is simply wrong.
+        Ok(matches!(self.auth, Auth::ServiceApp { .. }))
+    }
+
+    fn drained(&self, headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+        // Nothing left in this window: nobody sends before the reset.
+        if remaining(headers) == Some(0) {
+            until_reset(headers)
+        } else {
+            None
+        }
+    }
+
+    fn classify(&self, reply: &Reply) -> Class {
+        let status = reply.status.as_u16();
+        let v = reply.json();
+        match status {
+            // A 200 must carry the JSON Okta documents; anything else is a
+            // broken answer, not an empty result.
+            200 if v.is_null() => Class::Retry,
+            200..=299 => Class::Answer,
+            429 => Class::SlowDown {
+                after: until_reset(&reply.headers).or_else(|| retry_after(&reply.headers)),
+            },
+            500 | 502 | 503 | 504 => Class::SlowDown { after: None },
+            _ if error_parts(&v).0 == "E0000047" => Class::SlowDown { after: None },
+            _ => Class::Answer,
+        }
+    }
+
+    fn name(&self) -> String {
+        "okta".into()
+    }
+}
+
 /// Okta's error body: `errorCode`, `errorSummary`, `errorCauses[].errorSummary`.
 fn error_parts(v: &Value) -> (String, String, Vec<String>) {
     let code = v["errorCode"].as_str().unwrap_or("").to_string();
@@ -241,18 +299,21 @@ impl OktaClient {
                 }
             }
         };
+        let budget = RateBudget::per_minute(cfg.requests_per_minute);
         Ok(OktaClient {
             base,
             http,
             auth,
             backoff: Backoff::default(),
-            budget: RateBudget::per_minute(cfg.requests_per_minute),
+            transport: Transport::new(Some(budget.clone())),
+            budget,
             group_ids: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
     pub fn with_backoff(mut self, b: Backoff) -> Self {
         self.backoff = b;
+        self.transport.backoff = b;
         self
     }
 
@@ -389,123 +450,51 @@ impl OktaClient {
         group: &str,
         lost: &mut bool,
     ) -> Result<(Value, Option<String>), OktaError> {
-        let mut attempt = 0u32;
-        let mut refused = false;
-        loop {
-            self.budget.acquire().await;
-            let authorization = self.authorization().await?;
-            let sent = self
-                .http
-                .request(method.clone(), url)
-                .header("authorization", &authorization)
-                .header("accept", "application/json")
-                .send()
-                .await;
-            let r = match sent {
-                Ok(r) => r,
-                Err(e) => {
-                    if attempt + 1 < self.backoff.attempts {
-                        *lost = true;
-                        tokio::time::sleep(self.backoff.delay(attempt)).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    return Err(OktaError::Transport(e.without_url().to_string()));
-                }
-            };
-            let status = r.status().as_u16();
-            let headers = r.headers().clone();
-            // Nothing left in this window: nobody sends before the reset.
-            if remaining(&headers) == Some(0)
-                && let Some(wait) = until_reset(&headers)
-            {
-                tracing::info!(
-                    wait_ms = wait.as_millis() as u64,
-                    "Okta rate limit used up: waiting for the reset"
-                );
-                self.budget.pause(wait).await;
-            }
-            let body = match r.bytes().await {
-                Ok(b) => b,
-                Err(e) => {
-                    if attempt + 1 < self.backoff.attempts {
-                        *lost = true;
-                        tokio::time::sleep(self.backoff.delay(attempt)).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    return Err(OktaError::Transport(e.without_url().to_string()));
-                }
-            };
-            let v: Value = if body.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&body).unwrap_or(Value::Null)
-            };
-            if (200..300).contains(&status) {
-                // A 200 must carry the JSON Okta documents; anything else is
-                // a broken answer, not an empty result.
-                if status == 200 && v.is_null() {
-                    if attempt + 1 < self.backoff.attempts {
-                        tokio::time::sleep(self.backoff.delay(attempt)).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    return Err(OktaError::Exhausted("200 without a JSON body".into()));
-                }
-                return Ok((v, next_link(&headers)));
-            }
-            let (code, summary, causes) = error_parts(&v);
-            if status == 401 {
-                // A refused access token is never sent again; a new one is
-                // fetched once. An API token refused is simply wrong.
-                self.drop_token(&authorization).await;
-                if !refused && matches!(self.auth, Auth::ServiceApp { .. }) {
-                    refused = true;
-                    tracing::warn!("Okta refused the access token (401): fetching a new one");
-                    continue;
-                }
-                return Err(OktaError::Unauthorized { code });
-            }
-            if status == 429 || code == "E0000047" || matches!(status, 500 | 502 | 503 | 504) {
-                if attempt + 1 >= self.backoff.attempts {
-                    return Err(if status == 429 {
-                        OktaError::RateLimited
-                    } else {
-                        OktaError::Exhausted(format!("{status} {code}"))
-                    });
-                }
-                let wait = if status == 429 {
-                    until_reset(&headers)
-                        .or_else(|| retry_after(&headers))
-                        .unwrap_or_else(|| self.backoff.delay(attempt))
-                } else {
-                    self.backoff.delay(attempt)
-                };
-                tracing::warn!(
-                    status,
-                    code = code.as_str(),
-                    wait_ms = wait.as_millis() as u64,
-                    "Okta: retrying"
-                );
-                self.budget.pause(wait).await;
-                attempt += 1;
-                continue;
-            }
-            return Err(match status {
-                403 => OktaError::Forbidden {
-                    code,
-                    summary,
-                    group: group.to_string(),
+        let reply = self
+            .transport
+            .send_tracked(
+                self,
+                || {
+                    self.http
+                        .request(method.clone(), url)
+                        .header("accept", "application/json")
                 },
-                _ => OktaError::Invalid {
-                    status,
-                    code,
-                    summary,
-                    causes,
-                },
-            });
+                lost,
+            )
+            .await
+            .map_err(|f| match f {
+                Failure::Api(e) => e,
+                Failure::RateLimited { .. } => OktaError::RateLimited,
+                Failure::Server { last, .. } if last.status == 200 => {
+                    OktaError::Exhausted("200 without a JSON body".into())
+                }
+                Failure::Server { last, .. } => OktaError::Exhausted(format!(
+                    "{} {}",
+                    last.status.as_u16(),
+                    error_parts(&last.json()).0
+                )),
+                Failure::Connection { detail, .. } => OktaError::Transport(detail),
+            })?;
+        let status = reply.status.as_u16();
+        let v = reply.json();
+        if (200..300).contains(&status) {
+            return Ok((v, next_link(&reply.headers)));
         }
+        let (code, summary, causes) = error_parts(&v);
+        Err(match status {
+            401 => OktaError::Unauthorized { code },
+            403 => OktaError::Forbidden {
+                code,
+                summary,
+                group: group.to_string(),
+            },
+            _ => OktaError::Invalid {
+                status,
+                code,
+                summary,
+                causes,
+            },
+        })
     }
 
     /// The id of the group configured by name (or given as an id), once.

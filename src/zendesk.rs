@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 use crate::accounts::AccountError;
 pub use crate::accounts::{BulkOutcome, UserPatch};
 use crate::config::{ZendeskAuth, ZendeskInstance};
-use crate::http::{Backoff, RateBudget, retry_after};
+use crate::http::{Api, Backoff, Class, Failure, RateBudget, Reply, Transport, retry_after};
 use crate::request::Email;
 use crate::secret::{Secret, Secrets};
 
@@ -381,7 +381,9 @@ pub struct ZendeskClient {
     base: String,
     http: reqwest::Client,
     auth: Auth,
-    budget: RateBudget,
+    /// Budget, retries and backoff of every API call.
+    transport: Transport,
+    /// The token endpoint's retries (it takes no token from the budget).
     backoff: Backoff,
     /// Delay between job polls.
     pub job_poll_interval: Duration,
@@ -428,7 +430,7 @@ impl ZendeskClient {
             base: cfg.base_url.trim_end_matches('/').to_string(),
             http,
             auth,
-            budget: RateBudget::per_minute(cfg.requests_per_minute),
+            transport: Transport::new(Some(RateBudget::per_minute(cfg.requests_per_minute))),
             backoff: Backoff::default(),
             job_poll_interval: Duration::from_millis(500),
         })
@@ -436,6 +438,7 @@ impl ZendeskClient {
 
     pub fn with_backoff(mut self, b: Backoff) -> Self {
         self.backoff = b;
+        self.transport.backoff = b;
         self
     }
 
@@ -626,135 +629,77 @@ impl ZendeskClient {
         } else {
             format!("{}/api/v2{path}", self.base)
         };
-        let mut attempt = 0u32;
-        let mut refreshed = false;
-        loop {
-            self.budget.acquire().await;
-            let auth = self.authorization(false).await?;
-            let mut rb = self
-                .http
-                .request(method.clone(), &url)
-                .header("authorization", auth)
-                .header("accept", "application/json");
-            if let Some(b) = body {
-                rb = rb.json(b);
+        let reply = self
+            .transport
+            .send(self, || {
+                let rb = self
+                    .http
+                    .request(method.clone(), &url)
+                    .header("accept", "application/json");
+                match body {
+                    Some(b) => rb.json(b),
+                    None => rb,
+                }
+            })
+            .await
+            .map_err(|f| match f {
+                Failure::Api(e) => e,
+                Failure::RateLimited { attempts, .. } => ZendeskError::RateLimited {
+                    instance: self.instance.clone(),
+                    attempts,
+                },
+                Failure::Server { attempts, last } => ZendeskError::Server {
+                    instance: self.instance.clone(),
+                    status: last.status.as_u16(),
+                    attempts,
+                },
+                Failure::Connection { attempts, detail } => ZendeskError::Transport {
+                    instance: self.instance.clone(),
+                    attempts,
+                    detail,
+                },
+            })?;
+        let status = reply.status;
+        let json = || reply.json();
+        match status.as_u16() {
+            200..=299 => Ok((status, json())),
+            401 => Err(ZendeskError::Unauthorized {
+                instance: self.instance.clone(),
+                detail: describe(&json()),
+            }),
+            403 => {
+                // The body does not say why: when the token's scopes do not
+                // cover the call, that is the reason, and it is named.
+                let need = need_of(&method, &url);
+                if let Some(granted) = self.held_scopes().await
+                    && !need.granted_by(&granted)
+                {
+                    return Err(ZendeskError::MissingScope {
+                        instance: self.instance.clone(),
+                        scope: need.scope(),
+                        what: need.purpose().to_string(),
+                        granted: granted.join(" "),
+                        required: required_scope(),
+                    });
+                }
+                Err(ZendeskError::Forbidden {
+                    instance: self.instance.clone(),
+                    detail: describe(&json()),
+                })
             }
-            let result = match rb.send().await {
-                Ok(r) => {
-                    let status = r.status();
-                    let headers = r.headers().clone();
-                    match r.bytes().await {
-                        Ok(b) => Ok((status, headers, b)),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            let (status, headers, bytes) = match result {
-                Ok(x) => x,
-                Err(e) => {
-                    // Dropped connection or timeout: safe to retry, every call here is idempotent
-                    // or checked (create_or_update matches by email).
-                    if attempt + 1 < self.backoff.attempts {
-                        tracing::debug!(instance = %self.instance, error = %e.without_url(), attempt, "connection problem, retrying");
-                        tokio::time::sleep(self.backoff.delay(attempt)).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    return Err(ZendeskError::Transport {
-                        instance: self.instance.clone(),
-                        attempts: attempt + 1,
-                        detail: e.without_url().to_string(),
-                    });
-                }
-            };
-            let json = || serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
-            // A drained bucket: wait for its reset before anyone sends again. Recordings
-            // spell the headers `rate-limit-*` (2023) and `ratelimit-*` (2024): read both.
-            if let Some(wait) = drained(&headers) {
-                tracing::info!(instance = %self.instance, wait_s = wait.as_secs(), "Zendesk rate-limit bucket empty; pausing");
-                self.budget.pause(wait).await;
+            404 => Err(ZendeskError::NotFound {
+                instance: self.instance.clone(),
+                what: what.to_string(),
+            }),
+            s => {
+                let v = json();
+                Err(ZendeskError::Invalid {
+                    instance: self.instance.clone(),
+                    status: s,
+                    error: v["error"].as_str().unwrap_or("").to_string(),
+                    detail: describe(&v),
+                })
             }
-            match status.as_u16() {
-                200..=299 => return Ok((status, json())),
-                401 if !refreshed && matches!(self.auth, Auth::Oauth { .. }) => {
-                    refreshed = true;
-                    self.authorization(true).await?;
-                    continue;
-                }
-                401 => {
-                    return Err(ZendeskError::Unauthorized {
-                        instance: self.instance.clone(),
-                        detail: describe(&json()),
-                    });
-                }
-                403 => {
-                    // The body does not say why: when the token's scopes do not
-                    // cover the call, that is the reason, and it is named.
-                    let need = need_of(&method, &url);
-                    if let Some(granted) = self.held_scopes().await
-                        && !need.granted_by(&granted)
-                    {
-                        return Err(ZendeskError::MissingScope {
-                            instance: self.instance.clone(),
-                            scope: need.scope(),
-                            what: need.purpose().to_string(),
-                            granted: granted.join(" "),
-                            required: required_scope(),
-                        });
-                    }
-                    return Err(ZendeskError::Forbidden {
-                        instance: self.instance.clone(),
-                        detail: describe(&json()),
-                    });
-                }
-                404 => {
-                    return Err(ZendeskError::NotFound {
-                        instance: self.instance.clone(),
-                        what: what.to_string(),
-                    });
-                }
-                429 | 503 => {
-                    // The 429 body is text/plain: never parse it. Honour Retry-After.
-                    let wait = retry_after(&headers).unwrap_or_else(|| self.backoff.delay(attempt));
-                    tracing::warn!(instance = %self.instance, status = status.as_u16(), wait_ms = wait.as_millis() as u64, "Zendesk asked us to slow down");
-                    self.budget.pause(wait).await;
-                    if attempt + 1 >= self.backoff.attempts {
-                        return Err(if status == 429 {
-                            ZendeskError::RateLimited {
-                                instance: self.instance.clone(),
-                                attempts: attempt + 1,
-                            }
-                        } else {
-                            ZendeskError::Server {
-                                instance: self.instance.clone(),
-                                status: 503,
-                                attempts: attempt + 1,
-                            }
-                        });
-                    }
-                }
-                500..=599 => {
-                    if attempt + 1 >= self.backoff.attempts {
-                        return Err(ZendeskError::Server {
-                            instance: self.instance.clone(),
-                            status: status.as_u16(),
-                            attempts: attempt + 1,
-                        });
-                    }
-                    tokio::time::sleep(self.backoff.delay(attempt)).await;
-                }
-                s => {
-                    let v = json();
-                    return Err(ZendeskError::Invalid {
-                        instance: self.instance.clone(),
-                        status: s,
-                        error: v["error"].as_str().unwrap_or("").to_string(),
-                        detail: describe(&v),
-                    });
-                }
-            }
-            attempt += 1;
         }
     }
 
@@ -811,6 +756,46 @@ impl ZendeskClient {
 }
 
 /// When the response says no requests are left, how long until the bucket resets.
+/// Zendesk's part of the shared transport: OAuth refresh, its bucket headers,
+/// and 503 treated like a 429 (both come with `Retry-After`).
+#[async_trait]
+impl Api for ZendeskClient {
+    type Error = ZendeskError;
+
+    async fn authorize(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, ZendeskError> {
+        Ok(rb.header("authorization", self.authorization(false).await?))
+    }
+
+    async fn refresh(&self) -> Result<bool, ZendeskError> {
+        if !matches!(self.auth, Auth::Oauth { .. }) {
+            return Ok(false);
+        }
+        self.authorization(true).await?;
+        Ok(true)
+    }
+
+    fn drained(&self, headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+        drained(headers)
+    }
+
+    fn classify(&self, reply: &Reply) -> Class {
+        match reply.status.as_u16() {
+            429 | 503 => Class::SlowDown {
+                after: retry_after(&reply.headers),
+            },
+            500..=599 => Class::Retry,
+            _ => Class::Answer,
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("zendesk.{}", self.instance)
+    }
+}
+
 fn drained(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let num = |name: &str| {
         headers
