@@ -1123,6 +1123,34 @@ fn check_one<'a>(
     Ok(ev)
 }
 
+/// Whether the issue's labels and its label events tell the same story for
+/// the labels a decision reads (every approval's label and denial label):
+/// each such label is on the issue exactly when its latest event added it.
+/// They are two reads; a label applied between them shows in the later one
+/// only, and a decision on the mix sees an approval whose label is not on the
+/// issue (a "renamed label", a security refusal) or a label nobody applied.
+/// Both name a label by its current name, so a rename does not break this.
+pub fn labels_agree(cfg: &Config, labels: &[String], events: &[LabelEvent]) -> bool {
+    let read: BTreeSet<&String> = cfg
+        .approvals
+        .values()
+        .flat_map(|r| std::iter::once(&r.label).chain(r.denied_label.iter()))
+        .collect();
+    let events = sorted_events(events);
+    read.into_iter().all(|label| {
+        let last = events
+            .iter()
+            .rev()
+            .find(|e| e.label.as_ref() == Some(label));
+        match last {
+            Some(e) => (e.action == LabelAction::Add) == labels.contains(label),
+            // No event: nothing to contradict (a label set when the issue was
+            // filed, or one the decision will find without a record).
+            None => true,
+        }
+    })
+}
+
 fn sorted_events(events: &[LabelEvent]) -> Vec<&LabelEvent> {
     let mut v: Vec<&LabelEvent> = events.iter().collect();
     // GitLab does not guarantee the order: sort by time, then id.
