@@ -657,7 +657,12 @@ async fn approvals_given_after_the_listing_are_not_taken_for_renamed_labels() {
     // The plan, the e-mail announced and sent.
     let kinds = |c: &[access_bot::sandbox::harness::Comment]| {
         c.iter()
-            .map(|c| c.marker.as_ref().map(|m| m.kind.clone()).unwrap_or_default())
+            .map(|c| {
+                c.marker
+                    .as_ref()
+                    .map(|m| m.kind.clone())
+                    .unwrap_or_default()
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(kinds(&t.read_all(iid)), ["plan", "email", "email"]);
