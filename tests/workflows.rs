@@ -650,7 +650,6 @@ async fn waiting_issue_gets_one_comment_and_nothing_on_later_cycles(b: GroupBack
 /// with a real process on a loaded machine).
 #[tokio::test]
 async fn approvals_given_after_the_listing_are_not_taken_for_renamed_labels() {
-    use access_bot::gitlab::GitlabApi;
     let mut t = crate::tester!(GroupBackend::Google).await;
     let iid = t.file(&fixtures::light_agent_federal()).await;
     t.run().await;
