@@ -1296,4 +1296,38 @@ mod tests {
         );
         assert_eq!(checklist_note_item("changed the description"), None);
     }
+
+    #[test]
+    fn labels_agree_only_when_every_decided_label_is_as_its_last_event_left_it() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bot.toml")).unwrap();
+        let cfg = Config::parse(&text, std::path::Path::new("bot.toml")).unwrap();
+        let t0 = Utc::now();
+        let ev = |id: u64, label: &str, action: LabelAction| LabelEvent {
+            id,
+            user: UserRef {
+                id: 7,
+                username: "mlee".into(),
+            },
+            created_at: t0 + chrono::Duration::milliseconds(id as i64),
+            label: Some(label.into()),
+            label_id: Some(100),
+            action,
+        };
+        let manager = "AR-Approval::Manager Approved";
+        let applied = [ev(1, manager, LabelAction::Add)];
+        // Listed before the approval, the events read after it: they disagree.
+        assert!(!labels_agree(&cfg, &["support::to do".into()], &applied));
+        assert!(labels_agree(&cfg, &[manager.into()], &applied));
+        // Removed again: absent from the issue, as its last event says.
+        let removed = [
+            ev(1, manager, LabelAction::Add),
+            ev(2, manager, LabelAction::Remove),
+        ];
+        assert!(labels_agree(&cfg, &[], &removed));
+        assert!(!labels_agree(&cfg, &[manager.into()], &removed));
+        // Labels no decision reads, and labels without events, do not count.
+        let other = [ev(3, "support::doing", LabelAction::Add)];
+        assert!(labels_agree(&cfg, &[manager.into()], &other));
+    }
 }
