@@ -1123,6 +1123,34 @@ fn check_one<'a>(
     Ok(ev)
 }
 
+/// Whether the issue's labels and its label events tell the same story for
+/// the labels a decision reads (every approval's label and denial label):
+/// each such label is on the issue exactly when its latest event added it.
+/// They are two reads; a label applied between them shows in the later one
+/// only, and a decision on the mix sees an approval whose label is not on the
+/// issue (a "renamed label", a security refusal) or a label nobody applied.
+/// Both name a label by its current name, so a rename does not break this.
+pub fn labels_agree(cfg: &Config, labels: &[String], events: &[LabelEvent]) -> bool {
+    let read: BTreeSet<&String> = cfg
+        .approvals
+        .values()
+        .flat_map(|r| std::iter::once(&r.label).chain(r.denied_label.iter()))
+        .collect();
+    let events = sorted_events(events);
+    read.into_iter().all(|label| {
+        let last = events
+            .iter()
+            .rev()
+            .find(|e| e.label.as_ref() == Some(label));
+        match last {
+            Some(e) => (e.action == LabelAction::Add) == labels.contains(label),
+            // No event: nothing to contradict (a label set when the issue was
+            // filed, or one the decision will find without a record).
+            None => true,
+        }
+    })
+}
+
 fn sorted_events(events: &[LabelEvent]) -> Vec<&LabelEvent> {
     let mut v: Vec<&LabelEvent> = events.iter().collect();
     // GitLab does not guarantee the order: sort by time, then id.
@@ -1267,5 +1295,39 @@ mod tests {
             Some("a ** as b")
         );
         assert_eq!(checklist_note_item("changed the description"), None);
+    }
+
+    #[test]
+    fn labels_agree_only_when_every_decided_label_is_as_its_last_event_left_it() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bot.toml")).unwrap();
+        let cfg = Config::parse(&text, std::path::Path::new("bot.toml")).unwrap();
+        let t0 = Utc::now();
+        let ev = |id: u64, label: &str, action: LabelAction| LabelEvent {
+            id,
+            user: UserRef {
+                id: 7,
+                username: "mlee".into(),
+            },
+            created_at: t0 + chrono::Duration::milliseconds(id as i64),
+            label: Some(label.into()),
+            label_id: Some(100),
+            action,
+        };
+        let manager = "AR-Approval::Manager Approved";
+        let applied = [ev(1, manager, LabelAction::Add)];
+        // Listed before the approval, the events read after it: they disagree.
+        assert!(!labels_agree(&cfg, &["support::to do".into()], &applied));
+        assert!(labels_agree(&cfg, &[manager.into()], &applied));
+        // Removed again: absent from the issue, as its last event says.
+        let removed = [
+            ev(1, manager, LabelAction::Add),
+            ev(2, manager, LabelAction::Remove),
+        ];
+        assert!(labels_agree(&cfg, &[], &removed));
+        assert!(!labels_agree(&cfg, &[manager.into()], &removed));
+        // Labels no decision reads, and labels without events, do not count.
+        let other = [ev(3, "support::doing", LabelAction::Add)];
+        assert!(labels_agree(&cfg, &[manager.into()], &other));
     }
 }

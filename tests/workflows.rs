@@ -642,6 +642,60 @@ async fn waiting_issue_gets_one_comment_and_nothing_on_later_cycles(b: GroupBack
     assert_eq!(t.sb.zd_knobs("global").total(), 0);
 }
 
+/// Approvals given while the bot works from a listing read just before:
+/// the label events it reads next show them, the listed labels do not. The
+/// bot must decide on one view of the issue: an approval bound to its
+/// label's id is not a renamed label because an older read lacks its name
+/// (a false security alarm on the issue and to ops, seen in the crash test
+/// with a real process on a loaded machine).
+#[tokio::test]
+async fn approvals_given_after_the_listing_are_not_taken_for_renamed_labels() {
+    let mut t = crate::tester!(GroupBackend::Google).await;
+    let iid = t.file(&fixtures::light_agent_federal()).await;
+    t.run().await;
+    // The plan, the e-mail announced and sent.
+    let kinds = |c: &[access_bot::sandbox::harness::Comment]| {
+        c.iter()
+            .map(|c| {
+                c.marker
+                    .as_ref()
+                    .map(|m| m.kind.clone())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&t.read_all(iid)), ["plan", "email", "email"]);
+    let before = t.sb.bot_comments(iid).len();
+    // The poll lists the issue; then the manager and the People team answer.
+    let listed = t
+        .bot
+        .gitlab
+        .issue(access_bot::sandbox::PROJECT, iid)
+        .await
+        .unwrap();
+    t.label("mlee", iid, MANAGER).await;
+    t.label("people-connect-1", iid, VERIFIED).await;
+    t.bot
+        .process_listed(access_bot::sandbox::PROJECT, iid, Some(listed))
+        .await;
+    t.run().await;
+    // Provisioned, with the result only: no "waiting" note, no ops notice.
+    let after = t.read_all(iid);
+    assert_eq!(
+        kinds(&after[before..]),
+        ["result"],
+        "{}",
+        after[before..]
+            .iter()
+            .map(|c| c.body.as_str())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    );
+    assert!(t.sb.slack.texts().is_empty(), "{:?}", t.sb.slack.texts());
+    assert!(t.zd_user("federal", "bo.li@gitlab.com").is_some());
+    t.expect_label(iid, "access-bot::done");
+}
+
 async fn idle_poll_over_a_thousand_untouched_issues_is_one_request(b: GroupBackend) {
     let t = crate::tester!(b).await;
     {

@@ -106,6 +106,10 @@ const PREPARED: &str = "prepared";
 /// ... and what it holds while the message is handed over.
 const HANDING_OVER: &str = "handing over";
 
+/// How many times one decision reads the issue and its label events at most,
+/// when the two disagree (a label applied between the reads).
+const VIEWS: u32 = 3;
+
 fn verification_key(email: &Email) -> String {
     format!("citizenship:{}", short_hash(email.as_str()))
 }
@@ -205,7 +209,8 @@ impl Bot {
         self.forget_own_edit(project, iid);
         // Every line logged while working on the issue carries its iid (connectors included).
         let span = tracing::info_span!("issue", iid, project);
-        let work = tracing::Instrument::instrument(self.process_inner(project, iid, listed), span);
+        let work =
+            tracing::Instrument::instrument(self.process_inner(project, iid, listed, 1), span);
         // Signs of life while it works, so that a long step keeps the lease
         // and a dead holder's lease is taken over quickly.
         let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -499,11 +504,14 @@ impl Bot {
         }
     }
 
+    /// `views`: how many times the issue was read for this decision so far
+    /// (see `labels_agree`).
     async fn process_inner(
         &self,
         project: &str,
         iid: u64,
         listed: Option<ApiIssue>,
+        views: u32,
     ) -> Result<Outcome, ProcessError> {
         let issue = match listed {
             Some(i) if i.iid == iid => i,
@@ -575,6 +583,28 @@ impl Bot {
         };
         if self.needs_label_events(&req, &requester, &history) {
             facts.label_events = self.gitlab.label_events(project, iid).await?;
+            // The issue was listed (or read) before its label events: a label
+            // applied in between shows in the events only, and a decision on
+            // the mix calls a fresh approval a renamed label (a security
+            // refusal, on the issue and to ops) or finds a label nobody
+            // applied. Decide on one view: read the issue again and start
+            // over, the events read after it. Bounded: labels that keep
+            // changing are decided on as read the last time.
+            if !approval::labels_agree(&self.cfg, &facts.issue.labels, &facts.label_events) {
+                if views < VIEWS {
+                    tracing::info!(
+                        iid,
+                        "the labels changed while the bot read the issue; reading it again"
+                    );
+                    let fresh = self.gitlab.issue(project, iid).await?;
+                    return Box::pin(self.process_inner(project, iid, Some(fresh), views + 1))
+                        .await;
+                }
+                tracing::warn!(
+                    iid,
+                    "the labels kept changing while the bot read the issue; deciding on the last read"
+                );
+            }
         }
         let facts = facts;
         let mut names = Directory::wanted(&req, &self.cfg);
