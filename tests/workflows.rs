@@ -713,9 +713,11 @@ async fn idle_poll_over_a_thousand_untouched_issues_is_one_request(b: GroupBacke
         }
     }
     t.run().await;
-    // Nothing changes for longer than the overlap (2 s in the sandbox): the
-    // first poll after that still covers the window, every later one is idle.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Nothing changes for longer than the overlap (2 s in the sandbox) plus
+    // a second (GitLab's `Date`, the listing's time, is in whole seconds):
+    // the first poll after that still covers the window, every later one is
+    // idle. With only the overlap, a fast machine saw the window again.
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     t.bot.cycle().await;
     for _ in 0..3 {
         t.sb.clear_logs();
