@@ -96,7 +96,9 @@ pub struct Bot {
     pub marker_key: crate::marker::MarkerKey,
     /// Who is who: GitLab users' company e-mails, the company directory.
     pub identity: crate::identity::Resolver,
-    pub dry_run: bool,
+    /// Set by `rehearse` (a dry run): where the writers record what they
+    /// would have written. Read only by the executor.
+    rehearsal: Option<crate::rehearsal::Rehearsal>,
     /// GitLab users by username (lower-case), cached for the life of the process.
     users: Mutex<HashMap<String, Option<ApiUser>>>,
     /// Issues processed at once, across cycles and events (`[bot] concurrency`).
@@ -249,7 +251,7 @@ impl Bot {
             store,
             me,
             marker_key,
-            dry_run: false,
+            rehearsal: None,
             users: Mutex::new(HashMap::new()),
             in_flight: Default::default(),
             last_stale_scan: Mutex::new(None),
@@ -294,7 +296,7 @@ impl Bot {
             store,
             me,
             marker_key: crate::marker::MarkerKey::random(),
-            dry_run: false,
+            rehearsal: None,
             users: Mutex::new(HashMap::new()),
             in_flight: Default::default(),
             last_stale_scan: Mutex::new(None),
@@ -383,7 +385,7 @@ impl Bot {
     /// What the bot did in the last 24 hours, to ops (Slack and/or e-mail), once
     /// a day: the audit trail counted by action and outcome, and the issues.
     pub async fn digest(&self) -> bool {
-        if self.dry_run || !self.notifier.enabled() {
+        if !self.notifier.enabled() {
             return false;
         }
         let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
@@ -457,9 +459,6 @@ impl Bot {
         &self,
         project: &str,
     ) -> Result<lease::Standing, crate::gitlab::GitlabError> {
-        if self.dry_run {
-            return Ok(lease::Standing::Active);
-        }
         self.lease
             .standing(&*self.gitlab, project, &self.cfg.bot.state_labels.lease)
             .await
@@ -467,7 +466,7 @@ impl Bot {
 
     /// Whether this replica may write to the project right now (no call to GitLab).
     pub fn may_write(&self, project: &str) -> bool {
-        self.dry_run || self.lease.may_write(project)
+        self.lease.may_write(project)
     }
 
     /// One pass over every project: changed issues, plus those to retry.
@@ -505,7 +504,6 @@ impl Bot {
                         report.outcomes.push((project.clone(), iid, o));
                     }
                     if let Some(t) = newest
-                        && !self.dry_run
                         && let Err(e) = self.store.advance_cursor(&project, t)
                     {
                         report.errors.push(e.to_string());

@@ -129,9 +129,6 @@ impl Bot {
         detail: String,
         url: Option<String>,
     ) {
-        if self.dry_run {
-            return;
-        }
         self.notifier
             .notice(
                 &self.store,
@@ -167,44 +164,40 @@ impl Bot {
         // it on the retry list, as it would another runner's.
         let Some(_mine) = InFlight::enter(&self.in_flight, project, iid) else {
             tracing::info!(iid, "already being worked on in this process; skipping");
-            if !self.dry_run
-                && let Err(e) = self.store.add_retry(project, iid, "busy")
-            {
+            if let Err(e) = self.store.add_retry(project, iid, "busy") {
                 tracing::error!(iid, error = %e, "cannot keep the issue on the retry list");
             }
             return Outcome::Busy;
         };
         // The bound on work at once; the request budgets are shared anyway.
         let _permit = self.work.acquire().await.ok();
-        if !self.dry_run {
-            match self.active(project).await {
-                Ok(super::lease::Standing::Active) => {}
-                Ok(super::lease::Standing::Standby { holder, .. }) => {
-                    tracing::info!(
-                        iid,
-                        holder,
-                        "another replica acts on this project; skipping"
-                    );
-                    return Outcome::Busy;
+        match self.active(project).await {
+            Ok(super::lease::Standing::Active) => {}
+            Ok(super::lease::Standing::Standby { holder, .. }) => {
+                tracing::info!(
+                    iid,
+                    holder,
+                    "another replica acts on this project; skipping"
+                );
+                return Outcome::Busy;
+            }
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+        match self.store.try_lease(project, iid) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(iid, "another runner is working on this issue; skipping");
+                if let Err(e) = self.store.add_retry(project, iid, "busy") {
+                    tracing::error!(iid, error = %e, "cannot keep the issue on the retry list");
                 }
-                Err(e) => return Outcome::Failed(e.to_string()),
+                return Outcome::Busy;
             }
-            match self.store.try_lease(project, iid) {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::info!(iid, "another runner is working on this issue; skipping");
-                    if let Err(e) = self.store.add_retry(project, iid, "busy") {
-                        tracing::error!(iid, error = %e, "cannot keep the issue on the retry list");
-                    }
-                    return Outcome::Busy;
-                }
-                Err(e) => return Outcome::Failed(e.to_string()),
-            }
-            if let Err(e) = self.store.add_retry(project, iid, "in progress") {
-                tracing::error!(iid, error = %e, "cannot mark the issue in progress");
-                let _ = self.store.release(project, iid);
-                return Outcome::Failed(e.to_string());
-            }
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+        if let Err(e) = self.store.add_retry(project, iid, "in progress") {
+            tracing::error!(iid, error = %e, "cannot mark the issue in progress");
+            let _ = self.store.release(project, iid);
+            return Outcome::Failed(e.to_string());
         }
         self.forget_own_edit(project, iid);
         // Every line logged while working on the issue carries its iid (connectors included).
@@ -220,7 +213,7 @@ impl Bot {
             tokio::select! {
                 r = &mut work => break r,
                 _ = every.tick() => {
-                    if !self.dry_run && let Err(e) = self.store.heartbeat() {
+                    if let Err(e) = self.store.heartbeat() {
                         tracing::warn!(iid, error = %e, "cannot renew the issue's lease");
                     }
                 }
@@ -230,28 +223,26 @@ impl Bot {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(iid, error = %e, "giving up on this issue for this cycle");
-                if !e.is_transient() && !self.dry_run {
+                if !e.is_transient() {
                     self.say_stopped(project, iid, &e.to_string()).await;
                 }
                 Outcome::Failed(e.to_string())
             }
         };
-        if !self.dry_run {
-            let r = match &outcome {
-                Outcome::Failed(why) => self.store.add_retry(project, iid, why),
-                Outcome::Busy => self.store.add_retry(project, iid, "busy"),
-                _ => self.store.clear_retry(project, iid),
-            };
-            if let Err(e) = r {
-                tracing::error!(iid, error = %e, "cannot record the issue's outcome");
-            }
-            if let Err(e) = self.store.release(project, iid) {
-                tracing::error!(iid, error = %e, "cannot release the issue's lease");
-            }
+        let r = match &outcome {
+            Outcome::Failed(why) => self.store.add_retry(project, iid, why),
+            Outcome::Busy => self.store.add_retry(project, iid, "busy"),
+            _ => self.store.clear_retry(project, iid),
+        };
+        if let Err(e) = r {
+            tracing::error!(iid, error = %e, "cannot record the issue's outcome");
+        }
+        if let Err(e) = self.store.release(project, iid) {
+            tracing::error!(iid, error = %e, "cannot release the issue's lease");
         }
         self.forget_own_edit(project, iid);
         tracing::info!(iid, outcome = ?outcome, "processed");
-        outcome
+        self.rehearsed_outcome(project, iid, outcome)
     }
 
     /// Say on the issue, once per distinct error, that the bot stopped on it
@@ -325,15 +316,10 @@ impl Bot {
         issue: &ApiIssue,
     ) -> Result<Vec<request::Note>, ProcessError> {
         let iid = issue.iid;
-        // A dry run writes nothing, the cache included: it reads them all.
-        let cached = if self.dry_run {
+        let cached = self.store.cached_notes(project, iid).unwrap_or_else(|e| {
+            tracing::warn!(iid, error = %e, "cannot read the cached notes; reading them all");
             None
-        } else {
-            self.store.cached_notes(project, iid).unwrap_or_else(|e| {
-                tracing::warn!(iid, error = %e, "cannot read the cached notes; reading them all");
-                None
-            })
-        };
+        });
         // From GitLab's time of the last read (or the newest edit it showed),
         // minus the overlap: a note whose edit was not yet visible to that
         // read is read now.
@@ -414,7 +400,7 @@ impl Bot {
         complete: bool,
     ) -> Vec<request::Note> {
         notes.notes.sort_by_key(|n| (n.note.created_at, n.note.id));
-        if !self.dry_run {
+        {
             let r = if complete {
                 self.store.cache_notes(project, iid, &notes)
             } else {
@@ -522,11 +508,6 @@ impl Bot {
         }
         // A seat review the bot opened: reviewers' ticks, not a request.
         if let Some((instance, period)) = self.seat_review_of(project, &issue).await? {
-            if self.dry_run {
-                return Ok(Outcome::Planned(format!(
-                    "seat review {instance} {period}: would reclaim the seats whose lines a reviewer ticked\n"
-                )));
-            }
             return self
                 .process_seat_review(project, &issue, &instance, &period)
                 .await;
@@ -551,9 +532,6 @@ impl Bot {
         let req = match request::parse_request(&facts.issue, &self.cfg) {
             Ok(req) => req,
             Err(errors) => {
-                if self.dry_run {
-                    return Ok(Outcome::Refused);
-                }
                 let shown: Vec<String> = errors
                     .iter()
                     .take(request::MAX_ERRORS)
@@ -612,8 +590,7 @@ impl Bot {
         let dir = self.directory(names, &req).await?;
         // A verification request on the issue whose e-mail no note reports
         // (a crash, a refusal): finish it first, whatever the decision is now.
-        if !self.dry_run
-            && let Some(v) = self.to_verify(&req, &dir)
+        if let Some(v) = self.to_verify(&req, &dir)
             && let Err(e) = self
                 .verification_email(project, &issue, &mut history, &req, &v, &facts)
                 .await?
@@ -647,19 +624,6 @@ impl Bot {
                     verification_pending,
                     requirements,
                 } if !matches!(stage, Stage::Current { .. }) => {
-                    if self.dry_run {
-                        let plan = plan::preview(&request, &Observed::default(), &self.cfg, false);
-                        let view = report::plan_view(
-                            &request,
-                            &plan,
-                            &self.cfg,
-                            &missing,
-                            &granted,
-                            &requirements,
-                            false,
-                        );
-                        return Ok(Outcome::Planned(self.templates.text(&view)?));
-                    }
                     let observed = self.observe(&request).await?;
                     let why = matches!(stage, Stage::Stale { .. }).then(|| {
                             "The request changed since an earlier plan (or after it was carried out), so any earlier approval no longer applies: approve this plan again.".to_string()
@@ -721,9 +685,6 @@ impl Bot {
                     verification_pending,
                     ..
                 } => {
-                    if self.dry_run {
-                        return Ok(Outcome::Waiting);
-                    }
                     let digest = request.digest();
                     // Whether the situation was already explained on the issue.
                     let mut explained: Option<bool> = None;
@@ -973,9 +934,6 @@ impl Bot {
         security: bool,
         plan: Option<&str>,
     ) -> Result<Outcome, ProcessError> {
-        if self.dry_run {
-            return Ok(Outcome::Refused);
-        }
         let digest = request.digest();
         let key = format!("refused:{digest}:{}", short_hash(&reasons.join("\n")));
         let explained = history.keys().contains(&crate::marker::clean(&key));
@@ -1036,7 +994,7 @@ impl Bot {
             Stage::Done { result, retick, .. } => (result, retick),
             // Refused when it came to act: nothing more without a new plan.
             Stage::Closed { .. } => {
-                if !self.dry_run && !issue.labels.contains(&labels.refused) {
+                if !issue.labels.contains(&labels.refused) {
                     let wb = Writeback {
                         state_label: Some(labels.refused.clone()),
                         ..Default::default()
@@ -1047,9 +1005,6 @@ impl Bot {
             }
             _ => return Ok(Outcome::Ignored),
         };
-        if self.dry_run {
-            return Ok(Outcome::Done);
-        }
         let mut wb = Writeback {
             kind: NoteKind::Result,
             digest: request.digest(),
@@ -1370,20 +1325,6 @@ impl Bot {
         let observed = self.observe(req).await?;
         let exec = plan::build(&approved, &observed, &self.cfg);
         let p = exec.inner();
-        if self.dry_run {
-            let view = report::plan_view(
-                req,
-                p,
-                &self.cfg,
-                &[],
-                approved.granted(),
-                approved.requirements(),
-                false,
-            );
-            return Ok(Acted::Outcome(Outcome::Planned(
-                self.templates.text(&view)?,
-            )));
-        }
         let plan_digest = approved.plan().marker.digest.clone();
         // The approval covers the changes its plan listed. If the accounts now
         // need other changes (someone was suspended, an account appeared), a

@@ -193,9 +193,6 @@ impl Bot {
         let Some(st) = self.cfg.support_team.clone() else {
             return Vec::new();
         };
-        if self.dry_run {
-            return Vec::new();
-        }
         let every = st.check_every.get();
         {
             let mut last = self.last_mr_check.lock().await;
