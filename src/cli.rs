@@ -491,6 +491,15 @@ async fn plan_live(config: &Path, args: &PlanArgs) -> anyhow::Result<u8> {
             "#{iid}: not for the bot: closed, or no [[kinds]] rule matches its labels and title (labels the bot polls: {})",
             bot.cfg.poll_labels().join(", ")
         ),
+        crate::bot::Outcome::Waiting => outln!(
+            "#{iid}: waiting, with nothing new to say: the bot's last comment on the issue says what it waits for"
+        ),
+        crate::bot::Outcome::Done => {
+            outln!("#{iid}: done: nothing left to do, and nothing new to say")
+        }
+        crate::bot::Outcome::Refused => outln!(
+            "#{iid}: refused, with nothing new to say: the bot's last comment on the issue says why"
+        ),
         other => outln!(
             "#{iid}: {}",
             serde_json::to_string_pretty(other).unwrap_or_default()

@@ -532,7 +532,7 @@ impl Notifier {
     /// Send a text to every ops channel; true if at least one took it.
     pub async fn deliver(&self, subject: &str, text: &str, id_seed: &str) -> bool {
         if let Some(r) = &self.rehearsal {
-            r.record(None, format!("to ops: {subject}\n{text}"));
+            r.record(None, format!("to ops:\n{text}"));
             return true;
         }
         let mut delivered = false;

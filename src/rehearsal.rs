@@ -18,6 +18,10 @@ use crate::gitlab::{
 };
 use crate::request::{LabelEvent, Note, checklist};
 
+/// Writes kept until taken: a one-shot run takes them all; a daemon that
+/// rehearses for days must not grow without bound.
+pub const KEPT: usize = 1_000;
+
 /// One write a rehearsal did not make, and the issue it was for (if any).
 #[derive(Debug, Clone)]
 struct Line {
@@ -37,11 +41,24 @@ impl Rehearsal {
         self.lines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Record a write on an issue (`Some((project, iid))`) or elsewhere.
+    /// Record a write on an issue (`Some((project, iid))`) or elsewhere. It
+    /// is logged too: a rehearsing daemon shows its writes in its log, and
+    /// keeps only the latest [`KEPT`] that nothing has taken yet.
     pub fn record(&self, issue: Option<(&str, u64)>, text: impl Into<String>) {
-        self.lock().push(Line {
+        let text = text.into();
+        match issue {
+            Some((project, iid)) => {
+                tracing::info!(project, iid, write = %text, "dry run: not written")
+            }
+            None => tracing::info!(write = %text, "dry run: not written"),
+        }
+        let mut lines = self.lock();
+        if lines.len() >= KEPT {
+            lines.remove(0);
+        }
+        lines.push(Line {
             issue: issue.map(|(p, i)| (p.to_string(), i)),
-            text: text.into(),
+            text,
         });
     }
 
@@ -62,6 +79,7 @@ impl Rehearsal {
         self.lock()
             .drain(..)
             .map(|l| match l.issue {
+                Some((p, i)) if i >= FIRST_ID => format!("{p}, on that new issue: {}", l.text),
                 Some((p, i)) => format!("{p}#{i}: {}", l.text),
                 None => l.text,
             })
@@ -69,16 +87,36 @@ impl Rehearsal {
     }
 }
 
+type IssueKey = (String, u64);
+
 /// GitLab for a rehearsal: reads go to GitLab, writes are recorded and
-/// answered as GitLab would answer them, so that the rest of the look goes
-/// on as it would (a plan "posted", then the decision made again with it).
+/// answered as GitLab would answer them, so that the rest of the rehearsal
+/// goes on as it would (a plan "posted", then the decision made again with
+/// it). Later reads see the rehearsal's own notes, edits and issues.
 pub struct RehearsedGitlab {
     inner: Arc<dyn GitlabApi>,
     log: Rehearsal,
     me: ApiUser,
-    /// Ids for notes, labels and issues that were never created: far above
-    /// any real one.
+    /// Ids for notes, labels and issues that were never created: from
+    /// [`FIRST_ID`] on, far above any real one.
     next_id: AtomicU64,
+    /// Issues as the rehearsal left them: opened by it, or edited.
+    issues: Mutex<BTreeMap<IssueKey, ApiIssue>>,
+    /// Notes the rehearsal posted, per issue.
+    notes: Mutex<BTreeMap<IssueKey, Vec<Note>>>,
+    /// Merge requests the rehearsal opened, per project.
+    merge_requests: Mutex<Vec<(String, ApiMergeRequest)>>,
+}
+
+/// Where a link to something the rehearsal did not create would go.
+const NOT_CREATED: &str = "(not created: a dry run)";
+
+/// Far above any real id, and still within SQLite's signed 64-bit integers
+/// (the copy of the state database stores some of them).
+const FIRST_ID: u64 = 1 << 60;
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RehearsedGitlab {
@@ -87,12 +125,27 @@ impl RehearsedGitlab {
             inner,
             log,
             me,
-            next_id: AtomicU64::new(u64::MAX / 2),
+            next_id: AtomicU64::new(FIRST_ID),
+            issues: Default::default(),
+            notes: Default::default(),
+            merge_requests: Default::default(),
         }
     }
 
     fn id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// An issue only this rehearsal opened: GitLab has never heard of it.
+    fn opened_here(iid: u64) -> bool {
+        iid >= FIRST_ID
+    }
+
+    fn posted(&self, project: &str, iid: u64) -> Vec<Note> {
+        locked(&self.notes)
+            .get(&(project.to_string(), iid))
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -195,10 +248,22 @@ impl GitlabApi for RehearsedGitlab {
         })
     }
     async fn issue(&self, project: &str, iid: u64) -> Result<ApiIssue, GitlabError> {
-        self.inner.issue(project, iid).await
+        let known = locked(&self.issues)
+            .get(&(project.to_string(), iid))
+            .cloned();
+        match known {
+            Some(i) => Ok(i),
+            None => self.inner.issue(project, iid).await,
+        }
     }
     async fn notes(&self, project: &str, iid: u64) -> Result<Vec<Note>, GitlabError> {
-        self.inner.notes(project, iid).await
+        let mut notes = if Self::opened_here(iid) {
+            Vec::new()
+        } else {
+            self.inner.notes(project, iid).await?
+        };
+        notes.extend(self.posted(project, iid));
+        Ok(notes)
     }
     async fn notes_since(
         &self,
@@ -206,9 +271,29 @@ impl GitlabApi for RehearsedGitlab {
         iid: u64,
         since: Option<DateTime<Utc>>,
     ) -> Result<NoteRead, GitlabError> {
-        self.inner.notes_since(project, iid, since).await
+        let mut read = if Self::opened_here(iid) {
+            NoteRead {
+                notes: Vec::new(),
+                read_at: Some(Utc::now()),
+            }
+        } else {
+            self.inner.notes_since(project, iid, since).await?
+        };
+        read.notes.extend(
+            self.posted(project, iid)
+                .into_iter()
+                .filter(|n| since.is_none_or(|t| n.created_at >= t))
+                .map(|n| crate::gitlab::TimedNote {
+                    updated_at: n.created_at,
+                    note: n,
+                }),
+        );
+        Ok(read)
     }
     async fn label_events(&self, project: &str, iid: u64) -> Result<Vec<LabelEvent>, GitlabError> {
+        if Self::opened_here(iid) {
+            return Ok(Vec::new());
+        }
         self.inner.label_events(project, iid).await
     }
     async fn create_note(&self, project: &str, iid: u64, body: &str) -> Result<Note, GitlabError> {
@@ -219,13 +304,18 @@ impl GitlabApi for RehearsedGitlab {
                 crate::marker::Marker::content_of(body).trim_end()
             ),
         );
-        Ok(Note {
+        let note = Note {
             id: self.id(),
             author: self.me.to_ref(),
             body: body.to_string(),
             created_at: Utc::now(),
             system: false,
-        })
+        };
+        locked(&self.notes)
+            .entry((project.to_string(), iid))
+            .or_default()
+            .push(note.clone());
+        Ok(note)
     }
     async fn edit_issue(
         &self,
@@ -233,7 +323,7 @@ impl GitlabApi for RehearsedGitlab {
         iid: u64,
         edit: &IssueEdit,
     ) -> Result<ApiIssue, GitlabError> {
-        let mut issue = self.inner.issue(project, iid).await?;
+        let mut issue = self.issue(project, iid).await?;
         self.log
             .record(Some((project, iid)), describe_edit(&issue, edit));
         if let Some(d) = &edit.description {
@@ -248,7 +338,10 @@ impl GitlabApi for RehearsedGitlab {
         if edit.close {
             issue.state = "closed".into();
         }
+        // GitLab's own count of the ticks: not worked out here.
+        issue.task_completion_status = None;
         issue.updated_at = Utc::now();
+        locked(&self.issues).insert((project.to_string(), iid), issue.clone());
         Ok(issue)
     }
     async fn user_by_username(&self, username: &str) -> Result<Option<ApiUser>, GitlabError> {
@@ -297,19 +390,21 @@ impl GitlabApi for RehearsedGitlab {
             ),
         );
         let now = Utc::now();
-        Ok(ApiIssue {
+        let issue = ApiIssue {
             iid: self.id(),
             title: title.to_string(),
             description: Some(description.to_string()),
             state: "opened".into(),
             labels: labels.to_vec(),
             author: self.me.clone(),
-            web_url: String::new(),
+            web_url: NOT_CREATED.into(),
             created_at: now,
             updated_at: now,
             task_completion_status: None,
             user_notes_count: Some(0),
-        })
+        };
+        locked(&self.issues).insert((project.to_string(), issue.iid), issue.clone());
+        Ok(issue)
     }
     async fn file_exists(
         &self,
@@ -341,7 +436,17 @@ impl GitlabApi for RehearsedGitlab {
         project: &str,
         source_branch: &str,
     ) -> Result<Vec<ApiMergeRequest>, GitlabError> {
-        self.inner.merge_requests_from(project, source_branch).await
+        let mut found = self
+            .inner
+            .merge_requests_from(project, source_branch)
+            .await?;
+        found.extend(
+            locked(&self.merge_requests)
+                .iter()
+                .filter(|(p, mr)| p == project && mr.source_branch == source_branch)
+                .map(|(_, mr)| mr.clone()),
+        );
+        Ok(found)
     }
     async fn create_merge_request(
         &self,
@@ -355,15 +460,24 @@ impl GitlabApi for RehearsedGitlab {
                 mr.title, mr.source_branch, mr.target_branch
             ),
         );
-        Ok(ApiMergeRequest {
+        let opened = ApiMergeRequest {
             iid: self.id(),
             state: "opened".into(),
-            web_url: String::new(),
+            web_url: NOT_CREATED.into(),
             source_branch: mr.source_branch.clone(),
-        })
+        };
+        locked(&self.merge_requests).push((project.to_string(), opened.clone()));
+        Ok(opened)
     }
     async fn merge_request(&self, project: &str, iid: u64) -> Result<ApiMergeRequest, GitlabError> {
-        self.inner.merge_request(project, iid).await
+        let opened = locked(&self.merge_requests)
+            .iter()
+            .find(|(p, mr)| p == project && mr.iid == iid)
+            .map(|(_, mr)| mr.clone());
+        match opened {
+            Some(mr) => Ok(mr),
+            None => self.inner.merge_request(project, iid).await,
+        }
     }
 }
 
@@ -382,5 +496,17 @@ mod tests {
         assert!(r.take("g/p", 1).is_empty());
         assert_eq!(r.take_all(), ["notice to ops", "g/p#2: comment on two"]);
         assert!(r.take_all().is_empty());
+    }
+
+    #[test]
+    fn a_long_rehearsal_keeps_only_the_latest_writes() {
+        let r = Rehearsal::default();
+        for i in 0..KEPT + 5 {
+            r.record(None, format!("write {i}"));
+        }
+        let all = r.take_all();
+        assert_eq!(all.len(), KEPT);
+        assert_eq!(all[0], "write 5");
+        assert_eq!(all[KEPT - 1], format!("write {}", KEPT + 4));
     }
 }

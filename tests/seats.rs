@@ -135,14 +135,18 @@ async fn dry_run_lists_idle_paid_seats_and_touches_nothing() {
             .filter(|e| e.method != "GET")
             .collect();
     assert!(gitlab_writes.is_empty(), "dry run: {gitlab_writes:?}");
-    // What it would have written: the month's review issue, listing both.
+    // What it would have written: the month's review issue listing both,
+    // and the note on it that records the lines.
     let would = t.bot.rehearsal_rest();
-    assert_eq!(would.len(), 1, "{would:?}");
+    assert_eq!(would.len(), 2, "{would:?}");
     assert!(would[0].contains("open the issue"), "{would:?}");
-    assert!(
-        would[0].contains("ben.never@gitlab.com") && would[0].contains("ann.idle@gitlab.com"),
-        "{would:?}"
-    );
+    assert!(would[1].contains("on that new issue: comment"), "{would:?}");
+    for w in &would {
+        assert!(
+            w.contains("ben.never@gitlab.com") && w.contains("ann.idle@gitlab.com"),
+            "{would:?}"
+        );
+    }
     let text = render_seat_reports(&reports, SeatFormat::Text);
     assert!(text.contains("2 idle"), "{text}");
     assert!(text.contains("2,760 USD"), "{text}");

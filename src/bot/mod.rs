@@ -57,7 +57,7 @@ pub enum Outcome {
     Refused,
     /// Something needs a person (a blocked step), or a step failed.
     Failed(String),
-    /// Dry run: what would be done.
+    /// A rehearsal (dry run): the writes it would have made, one per line.
     Planned(String),
 }
 
