@@ -7,6 +7,7 @@ mod expiry;
 pub mod lease;
 mod observe;
 mod process;
+mod reply;
 pub mod run;
 mod seats;
 pub mod status;

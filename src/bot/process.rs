@@ -21,6 +21,7 @@ use crate::request::{self, Email, IssueFacts, Request, RequestKind, checklist};
 use crate::notify::{Notice, NoticeKind};
 
 use super::observe::ObserveError;
+use super::reply;
 use super::writeback::{Section, Ticks, Writeback};
 use super::{Bot, Outcome};
 
@@ -94,7 +95,7 @@ struct PlanPost<'a> {
 const UNDONE_SINCE: &str = "A change the earlier plan already made was undone since (by someone other than the bot), so the bot does not make it again on the earlier approval: an approval authorises one execution. This plan lists what is needed now; approve it again.";
 
 /// The person the People team is e-mailed about.
-struct ToVerify {
+pub(super) struct ToVerify {
     who: String,
     email: Email,
 }
@@ -526,33 +527,15 @@ impl Bot {
             label_events: Vec::new(),
         };
         let mut history = self.history(project, &facts).await;
-        let labels = &self.cfg.bot.state_labels;
         self.remember_grants(project, &issue, &history).await?;
 
         let req = match request::parse_request(&facts.issue, &self.cfg) {
             Ok(req) => req,
             Err(errors) => {
-                let shown: Vec<String> = errors
-                    .iter()
-                    .take(request::MAX_ERRORS)
-                    .map(|e| e.to_string())
-                    .collect();
-                let more = errors.len().saturating_sub(shown.len());
-                let wb = Writeback {
-                    kind: NoteKind::Invalid,
-                    sections: vec![Section {
-                        key: format!("invalid:{}", short_hash(&shown.join("\n"))),
-                        comment: comment::Invalid {
-                            errors: shown,
-                            more,
-                        }
-                        .into(),
-                    }],
-                    state_label: Some(labels.refused.clone()),
-                    ..Default::default()
-                };
-                self.write_back(project, &issue, &history, wb).await?;
-                return Ok(Outcome::Refused);
+                let reply = self.invalid_reply(&errors);
+                return self
+                    .perform(project, &issue, &mut history, Some(&facts), None, reply)
+                    .await;
             }
         };
         let requester = Requester {
@@ -652,7 +635,9 @@ impl Bot {
                         .await?;
                     // After the plan that explains it is on the issue; not
                     // again for a request already planned.
-                    self.security_notice(&request, &missing, planned).await;
+                    if let Some(n) = reply::approvals_notice(&request, &missing, planned) {
+                        self.tell_ops(n.kind, n.cause, n.detail, n.url).await;
+                    }
                     if let Some(o) = early {
                         return Ok(o);
                     }
@@ -667,9 +652,16 @@ impl Bot {
                     close,
                     security,
                 } => {
+                    let reply =
+                        self.refused_reply(&history, &request, reasons, close, security, None);
                     return self
-                        .refuse(
-                            project, &issue, &history, &request, reasons, close, security, None,
+                        .perform(
+                            project,
+                            &issue,
+                            &mut history,
+                            Some(&facts),
+                            Some(&request),
+                            reply,
                         )
                         .await;
                 }
@@ -685,64 +677,25 @@ impl Bot {
                     verification_pending,
                     ..
                 } => {
-                    let digest = request.digest();
-                    // Whether the situation was already explained on the issue.
-                    let mut explained: Option<bool> = None;
-                    let mut wb = Writeback {
-                        kind: NoteKind::Waiting,
-                        digest: digest.clone(),
-                        state_label: Some(labels.waiting.clone()),
-                        ..Default::default()
-                    };
-                    if missing
-                        .iter()
-                        .any(|m| m.missing != approval::Missing::NotApplied)
-                    {
-                        // Something happened that does not count: say why, once per situation.
-                        let views = report::missing_views(&missing);
-                        let sig: Vec<String> = views
-                            .iter()
-                            .map(|v| format!("{}{}", v.label, v.detail))
-                            .collect();
-                        wb.sections.push(Section {
-                            key: format!("waiting:{digest}:{}", short_hash(&sig.join("\n"))),
-                            comment: comment::Waiting {
-                                kind: request.kind.human().to_string(),
-                                missing: views,
-                                granted: report::granted_views(&granted),
-                            }
-                            .into(),
-                        });
-                        let key = format!("waiting:{digest}:{}", short_hash(&sig.join("\n")));
-                        explained = Some(history.keys().contains(&crate::marker::clean(&key)));
-                    }
-                    let email = if verification_pending {
-                        self.verification(&request, &dir, &mut wb)
-                    } else {
-                        None
-                    };
-                    self.stale(&facts, &request, &missing, &dir, &mut wb);
-                    if let Some(r) = self.write_back(project, &issue, &history, wb).await? {
-                        history.push(r);
-                    }
-                    if let Some(before) = explained {
-                        self.security_notice(&request, &missing, before).await;
-                    }
-                    if let Some(to_verify) = email
-                        && let Err(e) = self
-                            .verification_email(
-                                project,
-                                &issue,
-                                &mut history,
-                                &request,
-                                &to_verify,
-                                &facts,
-                            )
-                            .await?
-                    {
-                        return Ok(Outcome::Failed(e));
-                    }
-                    return Ok(Outcome::Waiting);
+                    let reply = self.waiting_reply(
+                        &facts,
+                        &history,
+                        &request,
+                        &missing,
+                        &granted,
+                        verification_pending,
+                        &dir,
+                    );
+                    return self
+                        .perform(
+                            project,
+                            &issue,
+                            &mut history,
+                            Some(&facts),
+                            Some(&request),
+                            reply,
+                        )
+                        .await;
                 }
                 Decision::Approved(approved) => {
                     let request = approved.request().clone();
@@ -886,98 +839,6 @@ impl Bot {
         Ok(None)
     }
 
-    /// Ops hear of an approval that does not count for a security reason,
-    /// at most once: after the comment that explains it is on the issue, and
-    /// never when it was there already (`explained`), whatever the store
-    /// remembers. (A crash between the comment and the notice loses the
-    /// notice, never the explanation.)
-    async fn security_notice(
-        &self,
-        request: &Request,
-        missing: &[approval::MissingApproval],
-        explained: bool,
-    ) {
-        if explained || !missing.iter().any(|m| m.missing.is_security()) {
-            return;
-        }
-        let views = report::missing_views(missing);
-        let sig: Vec<String> = views
-            .iter()
-            .map(|v| format!("{} {}", v.label, v.detail))
-            .collect();
-        tracing::warn!(
-            iid = request.iid,
-            "an approval was applied by someone who may not give it"
-        );
-        self.tell_ops(
-            NoticeKind::SecurityRefusal,
-            format!("#{} {}", request.iid, sig.join("; ")),
-            format!(
-                "#{}: an approval does not count: {}",
-                request.iid,
-                sig.join("; ")
-            ),
-            Some(request.web_url.clone()),
-        )
-        .await;
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn refuse(
-        &self,
-        project: &str,
-        issue: &ApiIssue,
-        history: &History,
-        request: &Request,
-        reasons: Vec<String>,
-        close: bool,
-        security: bool,
-        plan: Option<&str>,
-    ) -> Result<Outcome, ProcessError> {
-        let digest = request.digest();
-        let key = format!("refused:{digest}:{}", short_hash(&reasons.join("\n")));
-        let explained = history.keys().contains(&crate::marker::clean(&key));
-        let wb = Writeback {
-            kind: NoteKind::Refused,
-            digest: digest.clone(),
-            // Bound to the plan it refuses: that plan is consumed.
-            fields: plan
-                .map(|p| vec![("plan", p.to_string())])
-                .unwrap_or_default(),
-            sections: vec![Section {
-                comment: if close {
-                    comment::CitizenshipDenied {
-                        reasons: reasons.clone(),
-                    }
-                    .into()
-                } else {
-                    comment::Refused {
-                        reasons: reasons.clone(),
-                        close,
-                    }
-                    .into()
-                },
-                key,
-            }],
-            state_label: Some(self.cfg.bot.state_labels.refused.clone()),
-            close,
-            ..Default::default()
-        };
-        self.write_back(project, issue, history, wb).await?;
-        // Once the comment is on the issue, and only the first time.
-        if security && !explained {
-            tracing::warn!(iid = request.iid, reasons = ?reasons, "refused for a security reason");
-            self.tell_ops(
-                NoticeKind::SecurityRefusal,
-                format!("#{} {}", request.iid, reasons.join("; ")),
-                format!("#{} was refused: {}", request.iid, reasons.join("; ")),
-                Some(request.web_url.clone()),
-            )
-            .await;
-        }
-        Ok(Outcome::Refused)
-    }
-
     /// The latest plan was carried out. Put back the bot's ticks if they are
     /// missing; never run anything again.
     async fn already_done(
@@ -994,14 +855,11 @@ impl Bot {
             Stage::Done { result, retick, .. } => (result, retick),
             // Refused when it came to act: nothing more without a new plan.
             Stage::Closed { .. } => {
-                if !issue.labels.contains(&labels.refused) {
-                    let wb = Writeback {
-                        state_label: Some(labels.refused.clone()),
-                        ..Default::default()
-                    };
-                    self.write_back(project, issue, history, wb).await?;
-                }
-                return Ok(Outcome::Refused);
+                let reply = self.closed_reply(issue);
+                let mut history = history.clone();
+                return self
+                    .perform(project, issue, &mut history, None, Some(request), reply)
+                    .await;
             }
             _ => return Ok(Outcome::Ignored),
         };
@@ -1043,7 +901,7 @@ impl Bot {
     /// the issue (a section of the note being written). Returns the person to
     /// e-mail the People team about, when `[notify.email]` is configured; the
     /// e-mail goes out only after that note is on the issue.
-    fn verification(
+    pub(super) fn verification(
         &self,
         request: &Request,
         dir: &Directory,
@@ -1163,7 +1021,7 @@ impl Bot {
     /// Message-ID, which mail systems show once).
     /// `Ok(Err(_))`: the server refused; said on the issue, retried next cycle.
     #[allow(clippy::too_many_arguments)]
-    async fn verification_email(
+    pub(super) async fn verification_email(
         &self,
         project: &str,
         issue: &ApiIssue,
@@ -1485,17 +1343,11 @@ impl Bot {
                 self.write_back(project, issue, history, wb).await?;
                 return Ok(Acted::Outcome(Outcome::Refused));
             }
+            let reply =
+                self.refused_reply(history, req, reasons, false, protected, Some(&plan_digest));
+            let mut history = history.clone();
             return self
-                .refuse(
-                    project,
-                    issue,
-                    history,
-                    req,
-                    reasons,
-                    false,
-                    protected,
-                    Some(&plan_digest),
-                )
+                .perform(project, issue, &mut history, None, Some(req), reply)
                 .await
                 .map(Acted::Outcome);
         }
@@ -1726,7 +1578,7 @@ impl Bot {
 
     /// A request waiting too long gets one reminder naming the missing approvers,
     /// and after the second limit is closed with a note on how to reopen.
-    fn stale(
+    pub(super) fn stale(
         &self,
         facts: &IssueFacts,
         request: &Request,
