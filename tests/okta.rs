@@ -601,6 +601,11 @@ async fn okta_credentials_never_reach_a_log_line_at_trace_level() {
             .finish();
         // The test's runtime is single-threaded: the bot's tasks log here too.
         let guard = tracing::subscriber::set_default(subscriber);
+        // With one scoped subscriber alone, tracing asks only the thread that
+        // meets a callsite first whether it is on: a callsite another test's
+        // thread met first stayed off here (a flaky count below). With a
+        // second dispatcher alive, every callsite asks all of them.
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
         let sb = sandbox(backend).await;
         let bot = sb.bot().await.unwrap();
         sb.okta.lock().revoke_tokens(); // a 401 and a new token on the way
