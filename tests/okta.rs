@@ -641,3 +641,41 @@ async fn okta_credentials_never_reach_a_log_line_at_trace_level() {
         }
     }
 }
+
+#[tokio::test]
+async fn okta_a_token_endpoint_retries_with_a_new_assertion_each_time() {
+    let sb = sandbox(GroupBackend::Okta).await;
+    let c = client(&sb);
+    // Okta's 429 (its reset now) and a 503, then the token.
+    sb.okta_knobs.fail_next(
+        "POST /oauth2/v1/token",
+        1,
+        Failure::TooMany {
+            retry_after: Some(0),
+        },
+    );
+    sb.okta_knobs
+        .fail_next("POST /oauth2/v1/token", 1, Failure::Status(503));
+    c.member(GROUP, "jane.doe@gitlab.com").await.unwrap();
+    assert_eq!(token_requests(&sb), 3);
+    // An answer lost after Okta took the assertion: the retry is signed anew
+    // (Okta refuses a `jti` it has seen).
+    sb.okta_knobs
+        .fail_next("POST /oauth2/v1/token", 1, Failure::ApplyThenDrop);
+    client(&sb)
+        .member(GROUP, "jane.doe@gitlab.com")
+        .await
+        .unwrap();
+    assert_eq!(token_requests(&sb), 5);
+    // Failing to the last attempt: said, with the attempts.
+    sb.okta_knobs
+        .fail_next("POST /oauth2/v1/token", 5, Failure::Status(502));
+    let e = client(&sb)
+        .member(GROUP, "jane.doe@gitlab.com")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Okta: token request refused: the token endpoint failed 5 times: 502 Bad Gateway"
+    );
+}
