@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::config::GoogleConfig;
 use crate::google::{GoogleError, ServiceAccountTokens};
+use crate::http::{Api, Backoff, Class, Failure, Reply, Transport, retry_after};
 use crate::request::Email;
 use crate::secret::Secrets;
 
@@ -61,6 +62,8 @@ pub struct DirectoryClient {
     http: reqwest::Client,
     /// Held by the bot, so that a token the API refuses (401) is dropped.
     tokens: ServiceAccountTokens,
+    /// Each lookup's attempts; no budget, as for Google's groups.
+    transport: Transport,
 }
 
 impl DirectoryClient {
@@ -71,20 +74,33 @@ impl DirectoryClient {
     ) -> Result<DirectoryClient, DirectoryError> {
         let tokens = ServiceAccountTokens::new(cfg, secrets, http.clone(), USER_SCOPE)
             .map_err(from_google)?;
+        let mut transport = Transport::new(None);
+        // A lookup is on the way of an issue's processing: four attempts, as
+        // before the shared transport, rather than the default five.
+        transport.backoff.attempts = 4;
         Ok(DirectoryClient {
             base: cfg.base_url.trim_end_matches('/').to_string(),
             http,
             tokens,
+            transport,
         })
     }
 
-    async fn token(&self) -> Result<String, DirectoryError> {
-        self.tokens.token().await.map_err(from_google)
+    pub fn with_backoff(mut self, b: Backoff) -> Self {
+        self.tokens = self.tokens.with_backoff(b);
+        self.transport.backoff = b;
+        self
     }
 
     /// The person with this address (primary or alias), or `None` when the
-    /// domain has no such user.
+    /// domain has no such user. Counted once per lookup, after its retries.
     pub async fn person(&self, email: &Email) -> Result<Option<Person>, DirectoryError> {
+        let r = self.lookup(email).await;
+        crate::metrics::api("google.directory", &r);
+        r
+    }
+
+    async fn lookup(&self, email: &Email) -> Result<Option<Person>, DirectoryError> {
         let url = format!(
             "{}/admin/directory/v1/users/{}",
             self.base,
@@ -93,69 +109,83 @@ impl DirectoryClient {
                 percent_encoding::NON_ALPHANUMERIC
             )
         );
-        let mut attempt = 0u32;
-        let mut refused = false;
-        loop {
-            let token = self.token().await?;
-            let r = self.http.get(&url).bearer_auth(&token).send().await;
-            let r = match r {
-                Ok(r) => r,
-                Err(e) if attempt < 3 => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, "directory call failed; retrying");
-                    tokio::time::sleep(crate::http::Backoff::default().delay(attempt)).await;
-                    continue;
+        let reply = self
+            .transport
+            .send(self, || self.http.get(&url))
+            .await
+            .map_err(|f| match f {
+                Failure::Api(e) => e,
+                Failure::RateLimited { last, .. } | Failure::Server { last, .. } => {
+                    DirectoryError::Failed(format!("users.get answered {}", last.status.as_u16()))
                 }
-                Err(e) => return Err(DirectoryError::Failed(e.to_string())),
-            };
-            let status = r.status().as_u16();
-            crate::metrics::api(
-                "google.directory",
-                &if status < 400 || status == 404 {
-                    Ok(())
-                } else {
-                    Err(status)
-                },
-            );
-            match status {
-                200 => {
-                    let u: ApiUser = r
-                        .json()
-                        .await
-                        .map_err(|e| DirectoryError::Failed(format!("unreadable user: {e}")))?;
-                    let primary = Email::parse(&u.primary_email).map_err(|e| {
-                        DirectoryError::Failed(format!("the directory's primary address: {e}"))
-                    })?;
-                    let manager = u
-                        .relations
-                        .iter()
-                        .find(|r| r.kind.eq_ignore_ascii_case("manager"))
-                        .and_then(|r| Email::parse(&r.value).ok());
-                    return Ok(Some(Person {
-                        primary,
-                        active: !u.suspended && !u.archived,
-                        manager,
-                    }));
-                }
-                404 => return Ok(None),
-                // A refused token is dropped and a new one fetched, once; a
-                // new token refused too is the account's problem.
-                401 if !refused => {
-                    refused = true;
-                    self.tokens.drop_token(&token).await;
-                    tracing::warn!(
-                        "the directory refused the access token (401): fetching a new one"
-                    );
-                }
-                401 | 403 => return Err(DirectoryError::Forbidden { status }),
-                429 | 500..=599 if attempt < 3 => {
-                    attempt += 1;
-                    let wait = crate::http::retry_after(r.headers())
-                        .unwrap_or_else(|| crate::http::Backoff::default().delay(attempt));
-                    tokio::time::sleep(wait).await;
-                }
-                s => return Err(DirectoryError::Failed(format!("users.get answered {s}"))),
+                Failure::Connection { detail, .. } => DirectoryError::Failed(detail),
+            })?;
+        match reply.status.as_u16() {
+            200 => {
+                let u: ApiUser = serde_json::from_slice(&reply.body)
+                    .map_err(|e| DirectoryError::Failed(format!("unreadable user: {e}")))?;
+                let primary = Email::parse(&u.primary_email).map_err(|e| {
+                    DirectoryError::Failed(format!("the directory's primary address: {e}"))
+                })?;
+                let manager = u
+                    .relations
+                    .iter()
+                    .find(|r| r.kind.eq_ignore_ascii_case("manager"))
+                    .and_then(|r| Email::parse(&r.value).ok());
+                Ok(Some(Person {
+                    primary,
+                    active: !u.suspended && !u.archived,
+                    manager,
+                }))
             }
+            404 => Ok(None),
+            // A 401 here: a new token was refused too, which is the account's problem.
+            status @ (401 | 403) => Err(DirectoryError::Forbidden { status }),
+            s => Err(DirectoryError::Failed(format!("users.get answered {s}"))),
         }
+    }
+}
+
+/// The directory's part of the shared transport: a refused token dropped
+/// and fetched again once, 429 and 5xx retried after their `Retry-After`.
+#[async_trait::async_trait]
+impl Api for DirectoryClient {
+    type Error = DirectoryError;
+
+    async fn authorize(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, DirectoryError> {
+        Ok(rb.bearer_auth(self.tokens.token().await.map_err(from_google)?))
+    }
+
+    async fn refused(&self, authorization: Option<&reqwest::header::HeaderValue>) {
+        // Never sent again.
+        if let Some(t) = authorization
+            .and_then(|a| a.to_str().ok())
+            .and_then(|a| a.strip_prefix("Bearer "))
+        {
+            self.tokens.drop_token(t).await;
+        }
+    }
+
+    async fn refresh(&self) -> Result<bool, DirectoryError> {
+        // The next attempt fetches a new token.
+        Ok(true)
+    }
+
+    fn classify(&self, reply: &Reply) -> Class {
+        let status = reply.status.as_u16();
+        if status == 429 || reply.status.is_server_error() {
+            Class::SlowDown {
+                after: retry_after(&reply.headers),
+            }
+        } else {
+            Class::Answer
+        }
+    }
+
+    fn name(&self) -> String {
+        "google.directory".into()
     }
 }

@@ -86,7 +86,8 @@ pub struct ServiceAccountTokens {
     token_uri: String,
     subject: Option<String>,
     scope: &'static str,
-    backoff: Backoff,
+    /// The token endpoint's attempts (Google's calls have no budget).
+    transport: Transport,
     held: tokio::sync::Mutex<Option<HeldToken>>,
 }
 
@@ -128,9 +129,15 @@ impl ServiceAccountTokens {
             token_uri: fields["token_uri"].as_str().unwrap_or_default().to_string(),
             subject: cfg.subject.clone(),
             scope,
-            backoff: Backoff::default(),
+            transport: Transport::new(None),
             held: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The token endpoint's attempts and backoff.
+    pub fn with_backoff(mut self, b: Backoff) -> Self {
+        self.transport.backoff = b;
+        self
     }
 
     /// The token held, or a new one.
@@ -169,61 +176,74 @@ impl ServiceAccountTokens {
     /// Signs a JWT and exchanges it; Google's answer, when it refuses, says
     /// exactly what is wrong (unauthorized_client, a bad subject, a deleted key).
     async fn exchange(&self) -> Result<(crate::secret::Secret, std::time::Duration), GoogleError> {
-        let mut attempt = 0u32;
-        loop {
-            let now = chrono::Utc::now().timestamp();
-            let mut claims = json!({"iss": self.client_email, "scope": self.scope, "aud": self.token_uri, "iat": now, "exp": now + 3600});
-            if let Some(s) = &self.subject {
-                claims["sub"] = json!(s);
-            }
-            let assertion = crate::jwt::rs256(&claims, None, |m| {
-                self.key
-                    .signer()
-                    .sign(m)
-                    .map_err(|e| GoogleError::Key(format!("cannot sign with the key: {e}")))
+        let reply = self
+            .transport
+            .send(&TokenEndpoint(self), || self.http.post(&self.token_uri))
+            .await
+            .map_err(|f| {
+                let (attempts, what) = match f {
+                    Failure::Api(e) => return e,
+                    Failure::RateLimited { attempts, last }
+                    | Failure::Server { attempts, last } => (attempts, last.status.to_string()),
+                    Failure::Connection {
+                        attempts, detail, ..
+                    } => (attempts, detail),
+                };
+                GoogleError::Token(format!(
+                    "the token endpoint failed {attempts} times: {what}"
+                ))
             })?;
-            let answer = self
-                .http
-                .post(&self.token_uri)
-                .form(&[
-                    ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                    ("assertion", assertion.as_str()),
-                ])
-                .send()
-                .await;
-            let retry = match answer {
-                Ok(r) if r.status().is_success() => {
-                    let v: Value = r
-                        .json()
-                        .await
-                        .map_err(|e| GoogleError::Token(e.without_url().to_string()))?;
-                    return crate::jwt::access_token(&v).map_err(GoogleError::Token);
-                }
-                Ok(r) if r.status().is_server_error() || r.status() == 429 => {
-                    format!("{}", r.status())
-                }
-                Ok(r) => {
-                    let status = r.status();
-                    let v: Value = r.json().await.unwrap_or(Value::Null);
-                    return Err(GoogleError::Token(explain_token_error(
-                        &format!(
-                            "{}: {} ({status})",
-                            v["error"].as_str().unwrap_or(""),
-                            v["error_description"].as_str().unwrap_or("")
-                        ),
-                        self.scope,
-                    )));
-                }
-                Err(e) => e.without_url().to_string(),
-            };
-            attempt += 1;
-            if attempt >= self.backoff.attempts {
-                return Err(GoogleError::Token(format!(
-                    "the token endpoint failed {attempt} times: {retry}"
-                )));
-            }
-            tokio::time::sleep(self.backoff.delay(attempt)).await;
+        if reply.status.is_success() {
+            let v: Value = serde_json::from_slice(&reply.body)
+                .map_err(|e| GoogleError::Token(format!("unreadable token answer: {e}")))?;
+            return crate::jwt::access_token(&v).map_err(GoogleError::Token);
         }
+        let v = reply.json();
+        Err(GoogleError::Token(explain_token_error(
+            &format!(
+                "{}: {} ({})",
+                v["error"].as_str().unwrap_or(""),
+                v["error_description"].as_str().unwrap_or(""),
+                reply.status
+            ),
+            self.scope,
+        )))
+    }
+}
+
+/// The key file's `token_uri` on the shared transport (no budget): each
+/// attempt carries a newly signed assertion, a refusal is `exchange`'s to
+/// explain, a 429 or 5xx is retried.
+struct TokenEndpoint<'a>(&'a ServiceAccountTokens);
+
+#[async_trait]
+impl Api for TokenEndpoint<'_> {
+    type Error = GoogleError;
+
+    async fn authorize(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, GoogleError> {
+        let t = self.0;
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = json!({"iss": t.client_email, "scope": t.scope, "aud": t.token_uri, "iat": now, "exp": now + 3600});
+        if let Some(s) = &t.subject {
+            claims["sub"] = json!(s);
+        }
+        let assertion = crate::jwt::rs256(&claims, None, |m| {
+            t.key
+                .signer()
+                .sign(m)
+                .map_err(|e| GoogleError::Key(format!("cannot sign with the key: {e}")))
+        })?;
+        Ok(rb.form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", assertion.as_str()),
+        ]))
+    }
+
+    fn name(&self) -> String {
+        "google token".into()
     }
 }
 
@@ -260,7 +280,7 @@ impl GoogleClient {
 
     pub fn with_backoff(mut self, b: Backoff) -> Self {
         self.backoff = b;
-        self.tokens.backoff = b;
+        self.tokens = self.tokens.with_backoff(b);
         self.transport.backoff = b;
         self
     }

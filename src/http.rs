@@ -130,8 +130,13 @@ pub enum Failure<E> {
     /// Still failing (a 5xx, or another answer the adapter retries) after
     /// this many attempts.
     Server { attempts: u32, last: Reply },
-    /// No answer (connection, timeout, body cut short) after this many attempts.
-    Connection { attempts: u32, detail: String },
+    /// No answer (connection, timeout, body cut short) after this many
+    /// attempts; `timed_out` when the last one ran out of time.
+    Connection {
+        attempts: u32,
+        detail: String,
+        timed_out: bool,
+    },
 }
 
 /// What the transport does with an answer.
@@ -216,6 +221,17 @@ impl Transport {
         }
     }
 
+    /// The same attempts and timeout without the budget, for the API's token
+    /// endpoint: a token is fetched inside a call that already holds its
+    /// slot, and the budget counts API calls, not token requests; queueing
+    /// the fetch behind the callers that wait for its token only delays them.
+    pub fn outside_budget(&self) -> Transport {
+        Transport {
+            budget: None,
+            ..self.clone()
+        }
+    }
+
     /// Nobody sends before `wait` is over (only this call without a budget).
     async fn hold(&self, wait: Duration) {
         match &self.budget {
@@ -257,11 +273,13 @@ impl Transport {
             let (reply, authorization) = match exchange(rb).await {
                 Ok(r) => r,
                 Err(e) => {
+                    let timed_out = e.is_timeout();
                     let detail = e.without_url().to_string();
                     if attempt + 1 >= self.backoff.attempts {
                         return Err(Failure::Connection {
                             attempts: attempt + 1,
                             detail,
+                            timed_out,
                         });
                     }
                     *lost = true;
@@ -586,8 +604,125 @@ mod tests {
             .send(&Refreshable::default(), || http.get(&url))
             .await;
         assert!(
-            matches!(r, Err(Failure::Connection { attempts: 2, .. })),
+            matches!(
+                r,
+                Err(Failure::Connection {
+                    attempts: 2,
+                    timed_out: false,
+                    ..
+                })
+            ),
             "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_timeout_is_told_from_a_refused_connection() {
+        // Accepts, reads nothing, never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let http = reqwest::Client::new();
+        let mut t = transport(2);
+        t.timeout = Some(Duration::from_millis(100));
+        let r = t.send(&Refreshable::default(), || http.get(&url)).await;
+        assert!(
+            matches!(
+                r,
+                Err(Failure::Connection {
+                    attempts: 2,
+                    timed_out: true,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+
+    /// A token endpoint: no credentials of its own, the default classes.
+    struct TokenEndpoint;
+
+    #[async_trait::async_trait]
+    impl Api for TokenEndpoint {
+        type Error = String;
+        fn name(&self) -> String {
+            "token".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_endpoint_answering_429_then_200_is_retried() {
+        let s = serve(vec![(429, Some("0")), (503, None)]).await;
+        let http = reqwest::Client::new();
+        let r = transport(3)
+            .outside_budget()
+            .send(&TokenEndpoint, || http.get(&s.url))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(s.seen.lock().unwrap().len(), 3);
+    }
+
+    /// An API whose every request fetches a token first, on the transport
+    /// for tokens.
+    struct FetchesTokens {
+        tokens: Transport,
+        token_url: String,
+        http: reqwest::Client,
+    }
+
+    #[async_trait::async_trait]
+    impl Api for FetchesTokens {
+        type Error = String;
+        async fn authorize(
+            &self,
+            rb: reqwest::RequestBuilder,
+        ) -> Result<reqwest::RequestBuilder, String> {
+            let reply = self
+                .tokens
+                .send(&TokenEndpoint, || self.http.get(&self.token_url))
+                .await
+                .map_err(|f| format!("{f:?}"))?;
+            Ok(rb.header("authorization", format!("token {}", reply.status.as_u16())))
+        }
+        fn name(&self) -> String {
+            "fetches tokens".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_fetch_takes_no_slot_from_the_budget() {
+        let (api, token) = (serve(vec![]).await, serve(vec![(429, Some("0"))]).await);
+        let http = reqwest::Client::new();
+        // Two slots a minute: a token fetch (and its retry) taking one would
+        // hold the second call for half a minute.
+        let mut t = transport(3);
+        t.budget = Some(RateBudget::per_minute(2));
+        let client = FetchesTokens {
+            tokens: t.outside_budget(),
+            token_url: token.url.clone(),
+            http: http.clone(),
+        };
+        let calls = async {
+            for _ in 0..2 {
+                let r = t.send(&client, || http.get(&api.url)).await.unwrap();
+                assert_eq!(r.status, 200);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), calls)
+            .await
+            .expect("the token fetches waited for the budget");
+        assert_eq!(*api.seen.lock().unwrap(), ["token 200", "token 200"]);
+        assert_eq!(token.seen.lock().unwrap().len(), 3, "one 429, retried");
+        // The two calls took the budget's two slots, and nothing else did.
+        assert!(
+            t.budget.as_ref().unwrap().limiter.check().is_err(),
+            "the budget is spent"
         );
     }
 }

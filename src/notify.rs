@@ -306,7 +306,14 @@ impl Mailer {
 pub struct Slack {
     url: Secret,
     http: reqwest::Client,
+    /// Three attempts, no budget: a notice is rare, and Slack's own limit
+    /// (about one a second) answers 429 with `Retry-After`.
+    transport: crate::http::Transport,
 }
+
+/// Longest wait for Slack's `Retry-After`: a notice later than this is
+/// better given up (the issue says it all anyway).
+const SLACK_MAX_WAIT: Duration = Duration::from_secs(30);
 
 impl Slack {
     pub fn new(
@@ -314,9 +321,16 @@ impl Slack {
         secrets: &Secrets,
         http: reqwest::Client,
     ) -> Result<Slack, NotifyError> {
+        let mut transport = crate::http::Transport::new(None);
+        transport.backoff = crate::http::Backoff {
+            attempts: 3,
+            base: Duration::from_secs(1),
+            cap: SLACK_MAX_WAIT,
+        };
         Ok(Slack {
             url: secrets.get(&cfg.webhook_env)?,
             http,
+            transport,
         })
     }
 
@@ -324,54 +338,60 @@ impl Slack {
     /// `no_service`, `channel_not_found`, ...) with 4xx, which are not retried;
     /// 429 (with `Retry-After`) and 5xx are retried twice.
     pub async fn post(&self, text: &str) -> Result<(), NotifyError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let r = self
-                .http
-                .post(self.url.expose())
-                .json(&serde_json::json!({"text": text}))
-                .send()
-                .await;
-            let r = match r {
-                Ok(r) => r,
-                Err(e) if attempt < 3 => {
-                    tracing::debug!(error = %e.without_url(), "Slack unreachable; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                    continue;
-                }
-                // reqwest errors carry the URL, which is the secret: never show it.
-                Err(e) => {
-                    return Err(NotifyError::SlackUnreachable(
-                        if e.is_timeout() {
+        let body = serde_json::json!({"text": text});
+        let refused = |last: crate::http::Reply| NotifyError::Slack {
+            status: last.status.as_u16(),
+            body: String::from_utf8_lossy(&last.body)
+                .chars()
+                .take(200)
+                .collect(),
+        };
+        let reply = self
+            .transport
+            .send(self, || self.http.post(self.url.expose()).json(&body))
+            .await
+            .map_err(|f| match f {
+                crate::http::Failure::Api(never) => match never {},
+                crate::http::Failure::RateLimited { last, .. }
+                | crate::http::Failure::Server { last, .. } => refused(last),
+                // Never the transport's detail: the URL is the secret.
+                crate::http::Failure::Connection { timed_out, .. } => {
+                    NotifyError::SlackUnreachable(
+                        if timed_out {
                             "timed out"
                         } else {
                             "connection failed"
                         }
                         .into(),
-                    ));
+                    )
                 }
-            };
-            let status = r.status().as_u16();
-            let wait = r
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            let body = r.text().await.unwrap_or_default();
-            if (200..300).contains(&status) {
-                return Ok(());
-            }
-            if (status == 429 || status >= 500) && attempt < 3 {
-                let secs = wait.unwrap_or(1).min(30);
-                tokio::time::sleep(Duration::from_secs(secs)).await;
-                continue;
-            }
-            return Err(NotifyError::Slack {
-                status,
-                body: body.chars().take(200).collect(),
-            });
+            })?;
+        if reply.status.is_success() {
+            Ok(())
+        } else {
+            Err(refused(reply))
         }
+    }
+}
+
+/// Slack's part of the shared transport: the URL carries the credential,
+/// and 429 and 5xx are retried after `Retry-After` (at most `SLACK_MAX_WAIT`).
+#[async_trait::async_trait]
+impl crate::http::Api for Slack {
+    type Error = std::convert::Infallible;
+
+    fn classify(&self, reply: &crate::http::Reply) -> crate::http::Class {
+        if reply.status.as_u16() == 429 || reply.status.is_server_error() {
+            crate::http::Class::SlowDown {
+                after: crate::http::retry_after(&reply.headers).map(|w| w.min(SLACK_MAX_WAIT)),
+            }
+        } else {
+            crate::http::Class::Answer
+        }
+    }
+
+    fn name(&self) -> String {
+        "slack".into()
     }
 }
 

@@ -134,10 +134,9 @@ pub struct OktaClient {
     base: String,
     http: reqwest::Client,
     auth: Auth,
-    backoff: Backoff,
-    /// Holds every caller while Okta says nothing remains (or after a 429).
-    budget: RateBudget,
-    /// Every API call's attempts (with `budget`).
+    /// Every API call's attempts, with the budget that holds every caller
+    /// while Okta says nothing remains (or after a 429); the token
+    /// endpoint's attempts without it.
     transport: Transport,
     /// Group name -> id, resolved once.
     group_ids: tokio::sync::Mutex<HashMap<String, String>>,
@@ -254,6 +253,65 @@ impl Api for OktaClient {
     }
 }
 
+/// The service app's `/oauth2/v1/token` on the shared transport, without
+/// the budget: each attempt carries a newly signed assertion (its `jti` is
+/// single-use), a refusal is `exchange`'s to explain, and a 429 or 5xx waits
+/// for the endpoint's own reset (or `Retry-After`, or the backoff).
+struct TokenEndpoint<'a>(&'a OktaClient);
+
+#[async_trait]
+impl Api for TokenEndpoint<'_> {
+    type Error = OktaError;
+
+    async fn authorize(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, OktaError> {
+        let Auth::ServiceApp {
+            client_id,
+            key,
+            key_id,
+            token_url,
+            ..
+        } = &self.0.auth
+        else {
+            return Err(OktaError::Token("an API token is not exchanged".into()));
+        };
+        let now = chrono::Utc::now().timestamp();
+        let claims = json!({
+            "iss": client_id, "sub": client_id, "aud": token_url,
+            "iat": now, "exp": now + 300,
+            "jti": hex::encode(rand::random::<[u8; 16]>()),
+        });
+        let assertion = crate::jwt::rs256(&claims, key_id.as_deref(), |m| key.sign(m))
+            .map_err(OktaError::Credential)?;
+        Ok(rb.form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", SCOPES),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+        ]))
+    }
+
+    fn classify(&self, reply: &Reply) -> Class {
+        if reply.status == reqwest::StatusCode::TOO_MANY_REQUESTS || reply.status.is_server_error()
+        {
+            Class::SlowDown {
+                after: until_reset(&reply.headers).or_else(|| retry_after(&reply.headers)),
+            }
+        } else {
+            Class::Answer
+        }
+    }
+
+    fn name(&self) -> String {
+        "okta token".into()
+    }
+}
+
 /// Okta's error body: `errorCode`, `errorSummary`, `errorCauses[].errorSummary`.
 fn error_parts(v: &Value) -> (String, String, Vec<String>) {
     let code = v["errorCode"].as_str().unwrap_or("").to_string();
@@ -299,20 +357,16 @@ impl OktaClient {
                 }
             }
         };
-        let budget = RateBudget::per_minute(cfg.requests_per_minute);
         Ok(OktaClient {
             base,
             http,
             auth,
-            backoff: Backoff::default(),
-            transport: Transport::new(Some(budget.clone())),
-            budget,
+            transport: Transport::new(Some(RateBudget::per_minute(cfg.requests_per_minute))),
             group_ids: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
     pub fn with_backoff(mut self, b: Backoff) -> Self {
-        self.backoff = b;
         self.transport.backoff = b;
         self
     }
@@ -357,76 +411,42 @@ impl OktaClient {
     /// wrong (`invalid_client`: unknown client or key, `invalid_scope`: a scope
     /// not granted to the app).
     async fn exchange(&self) -> Result<(Secret, Duration), OktaError> {
-        let Auth::ServiceApp {
-            client_id,
-            key,
-            key_id,
-            token_url,
-            ..
-        } = &self.auth
-        else {
+        let Auth::ServiceApp { token_url, .. } = &self.auth else {
             return Err(OktaError::Token("an API token is not exchanged".into()));
         };
-        let mut attempt = 0u32;
-        loop {
-            let now = chrono::Utc::now().timestamp();
-            let claims = json!({
-                "iss": client_id, "sub": client_id, "aud": token_url,
-                "iat": now, "exp": now + 300,
-                "jti": hex::encode(rand::random::<[u8; 16]>()),
-            });
-            let assertion = crate::jwt::rs256(&claims, key_id.as_deref(), |m| key.sign(m))
-                .map_err(OktaError::Credential)?;
-            let answer = self
-                .http
-                .post(token_url)
-                .header("accept", "application/json")
-                .form(&[
-                    ("grant_type", "client_credentials"),
-                    ("scope", SCOPES),
-                    (
-                        "client_assertion_type",
-                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                    ),
-                    ("client_assertion", assertion.as_str()),
-                ])
-                .send()
-                .await;
-            let retry = match answer {
-                Ok(r) if r.status().is_success() => {
-                    let v: Value = r
-                        .json()
-                        .await
-                        .map_err(|e| OktaError::Token(e.without_url().to_string()))?;
-                    return crate::jwt::access_token(&v).map_err(OktaError::Token);
-                }
-                Ok(r) if r.status().is_server_error() || r.status() == 429 => {
-                    let wait = until_reset(r.headers()).or_else(|| retry_after(r.headers()));
-                    if let Some(w) = wait {
-                        self.budget.pause(w).await;
-                    }
-                    format!("{}", r.status())
-                }
-                Ok(r) => {
-                    let status = r.status();
-                    let v: Value = r.json().await.unwrap_or(Value::Null);
-                    return Err(OktaError::Token(format!(
-                        "{}: {} ({status})",
-                        v["error"].as_str().unwrap_or(""),
-                        v["error_description"].as_str().unwrap_or("")
-                    )));
-                }
-                Err(e) => e.without_url().to_string(),
-            };
-            attempt += 1;
-            if attempt >= self.backoff.attempts {
-                return Err(OktaError::Token(format!(
-                    "the token endpoint failed {attempt} times: {retry}"
-                )));
-            }
-            self.budget.acquire().await;
-            tokio::time::sleep(self.backoff.delay(attempt)).await;
+        // Outside the budget: the call that needs the token holds its slot already.
+        let reply = self
+            .transport
+            .outside_budget()
+            .send(&TokenEndpoint(self), || {
+                self.http
+                    .post(token_url)
+                    .header("accept", "application/json")
+            })
+            .await
+            .map_err(|f| {
+                let (attempts, what) = match f {
+                    Failure::Api(e) => return e,
+                    Failure::RateLimited { attempts, last }
+                    | Failure::Server { attempts, last } => (attempts, last.status.to_string()),
+                    Failure::Connection {
+                        attempts, detail, ..
+                    } => (attempts, detail),
+                };
+                OktaError::Token(format!(
+                    "the token endpoint failed {attempts} times: {what}"
+                ))
+            })?;
+        let v = reply.json();
+        if reply.status.is_success() {
+            return crate::jwt::access_token(&v).map_err(OktaError::Token);
         }
+        Err(OktaError::Token(format!(
+            "{}: {} ({})",
+            v["error"].as_str().unwrap_or(""),
+            v["error_description"].as_str().unwrap_or(""),
+            reply.status
+        )))
     }
 
     /// One logical call, with its retries; the answer's body, its next page,

@@ -381,10 +381,9 @@ pub struct ZendeskClient {
     base: String,
     http: reqwest::Client,
     auth: Auth,
-    /// Budget, retries and backoff of every API call.
+    /// Budget, retries and backoff of every API call (and, without the
+    /// budget, of the token endpoint's).
     transport: Transport,
-    /// The token endpoint's retries (it takes no token from the budget).
-    backoff: Backoff,
     /// Delay between job polls.
     pub job_poll_interval: Duration,
 }
@@ -431,13 +430,11 @@ impl ZendeskClient {
             http,
             auth,
             transport: Transport::new(Some(RateBudget::per_minute(cfg.requests_per_minute))),
-            backoff: Backoff::default(),
             job_poll_interval: Duration::from_millis(500),
         })
     }
 
     pub fn with_backoff(mut self, b: Backoff) -> Self {
-        self.backoff = b;
         self.transport.backoff = b;
         self
     }
@@ -521,85 +518,76 @@ impl ZendeskClient {
     ) -> Result<OauthToken, ZendeskError> {
         let body = json!({"grant_type": "client_credentials", "client_id": id.expose(),
                           "client_secret": secret.expose(), "scope": scope, "expires_in": 3600});
-        let mut attempt = 0;
-        loop {
-            // No token from the request budget: the token endpoint is not an API call
-            // the plan counts, and a fetch must not wait behind a queue of callers.
-            let r = self
-                .http
-                .post(format!("{}/oauth/tokens", self.base))
-                .json(&body)
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status().is_success() => {
-                    let v: Value = r.json().await.map_err(|e| self.err_decode(e))?;
-                    let tok = v["access_token"]
-                        .as_str()
-                        .ok_or_else(|| self.err_decode("token response without access_token"))?;
-                    // `expires_in` is optional in the documented response (UNCONFIRMED): then we
-                    // keep the token until a 401 says otherwise.
-                    let expires = v["expires_in"]
-                        .as_i64()
-                        .map(|s| Utc::now() + chrono::Duration::seconds(s));
-                    let scopes = v["scope"]
-                        .as_str()
-                        .map(|s| s.split_whitespace().map(String::from).collect());
-                    return Ok(OauthToken {
-                        token: Secret::new(tok),
-                        expires,
-                        scopes,
-                    });
-                }
-                Ok(r)
-                    if r.status() == StatusCode::UNAUTHORIZED
-                        || r.status() == StatusCode::BAD_REQUEST =>
-                {
-                    let v: Value = r.json().await.unwrap_or(Value::Null);
-                    if v["error"] == "invalid_scope" {
-                        return Err(ZendeskError::ScopeRefused {
-                            instance: self.instance.clone(),
-                            requested: scope.to_string(),
-                            error: "invalid_scope".into(),
-                            detail: v["error_description"].as_str().unwrap_or("").to_string(),
-                        });
-                    }
-                    return Err(ZendeskError::Unauthorized {
+        let url = format!("{}/oauth/tokens", self.base);
+        // No token from the request budget: the token endpoint is not an API call
+        // the plan counts, and a fetch must not wait behind a queue of callers.
+        let reply =
+            self.transport
+                .outside_budget()
+                .send(&TokenEndpoint(self), || self.http.post(&url).json(&body))
+                .await
+                .map_err(|f| match f {
+                    Failure::Api(e) => e,
+                    Failure::RateLimited { attempts, last }
+                    | Failure::Server { attempts, last } => ZendeskError::Server {
                         instance: self.instance.clone(),
-                        detail: v["error"]
-                            .as_str()
-                            .unwrap_or("token request refused")
-                            .to_string(),
-                    });
-                }
-                Ok(r)
-                    if attempt + 1 < self.backoff.attempts
-                        && (r.status().is_server_error() || r.status() == 429) =>
-                {
-                    let wait =
-                        retry_after(r.headers()).unwrap_or_else(|| self.backoff.delay(attempt));
-                    tokio::time::sleep(wait).await;
-                }
-                Ok(r) => {
-                    return Err(ZendeskError::Server {
+                        status: last.status.as_u16(),
+                        attempts,
+                    },
+                    Failure::Connection {
+                        attempts, detail, ..
+                    } => ZendeskError::Transport {
                         instance: self.instance.clone(),
-                        status: r.status().as_u16(),
-                        attempts: attempt + 1,
-                    });
-                }
-                Err(e) if attempt + 1 < self.backoff.attempts => {
-                    tracing::debug!(instance = %self.instance, error = %e, "token request failed, retrying");
-                    tokio::time::sleep(self.backoff.delay(attempt)).await;
-                }
-                Err(e) => {
-                    return Err(ZendeskError::Transport {
-                        instance: self.instance.clone(),
-                        attempts: attempt + 1,
-                        detail: e.without_url().to_string(),
-                    });
-                }
+                        attempts,
+                        detail,
+                    },
+                })?;
+        match reply.status {
+            s if s.is_success() => {
+                let v: Value =
+                    serde_json::from_slice(&reply.body).map_err(|e| self.err_decode(e))?;
+                let tok = v["access_token"]
+                    .as_str()
+                    .ok_or_else(|| self.err_decode("token response without access_token"))?;
+                // `expires_in` is optional in the documented response (UNCONFIRMED): then we
+                // keep the token until a 401 says otherwise.
+                let expires = v["expires_in"]
+                    .as_i64()
+                    .map(|s| Utc::now() + chrono::Duration::seconds(s));
+                let scopes = v["scope"]
+                    .as_str()
+                    .map(|s| s.split_whitespace().map(String::from).collect());
+                Ok(OauthToken {
+                    token: Secret::new(tok),
+                    expires,
+                    scopes,
+                })
             }
-            attempt += 1;
+            StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST => {
+                let v = reply.json();
+                if v["error"] == "invalid_scope" {
+                    return Err(ZendeskError::ScopeRefused {
+                        instance: self.instance.clone(),
+                        requested: scope.to_string(),
+                        error: "invalid_scope".into(),
+                        detail: v["error_description"].as_str().unwrap_or("").to_string(),
+                    });
+                }
+                Err(ZendeskError::Unauthorized {
+                    instance: self.instance.clone(),
+                    detail: v["error"]
+                        .as_str()
+                        .unwrap_or("token request refused")
+                        .to_string(),
+                })
+            }
+            // Another answer is not retried: the attempt that got it is the one
+            // counted (earlier attempts were slowed down or failed).
+            s => Err(ZendeskError::Server {
+                instance: self.instance.clone(),
+                status: s.as_u16(),
+                attempts: 1,
+            }),
         }
     }
 
@@ -653,7 +641,9 @@ impl ZendeskClient {
                     status: last.status.as_u16(),
                     attempts,
                 },
-                Failure::Connection { attempts, detail } => ZendeskError::Transport {
+                Failure::Connection {
+                    attempts, detail, ..
+                } => ZendeskError::Transport {
                     instance: self.instance.clone(),
                     attempts,
                     detail,
@@ -793,6 +783,24 @@ impl Api for ZendeskClient {
 
     fn name(&self) -> String {
         format!("zendesk.{}", self.instance)
+    }
+}
+
+/// The instance's `/oauth/tokens`, on the shared transport without the
+/// budget: the client's id and secret are in the body, a refusal (400, 401)
+/// is `fetch_token`'s to explain, and a 429 or 5xx is retried as the API's are.
+struct TokenEndpoint<'a>(&'a ZendeskClient);
+
+#[async_trait]
+impl Api for TokenEndpoint<'_> {
+    type Error = ZendeskError;
+
+    fn classify(&self, reply: &Reply) -> Class {
+        Api::classify(self.0, reply)
+    }
+
+    fn name(&self) -> String {
+        format!("zendesk.{} token", self.0.instance)
     }
 }
 

@@ -1611,3 +1611,108 @@ async fn google_the_directory_of_people_drops_a_refused_token_too() {
         "the refused token was sent once"
     );
 }
+
+#[tokio::test]
+async fn token_endpoints_are_retried_on_the_transport_outside_the_budget() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    // Zendesk: a 429, then a 503, then the token. One request a minute: the
+    // call takes the only slot, so a token request that took one would
+    // wait a minute.
+    let mut inst = sb.config.zendesk["global"].clone();
+    inst.requests_per_minute = 1;
+    let zd = ZendeskClient::new("global", &inst, &sb.secrets, reqwest::Client::new())
+        .unwrap()
+        .with_backoff(fast());
+    let k = sb.zd_knobs("global");
+    k.fail_next(
+        "POST /oauth/tokens",
+        1,
+        Failure::TooMany {
+            retry_after: Some(0),
+        },
+    );
+    k.fail_next("POST /oauth/tokens", 1, Failure::Status(503));
+    tokio::time::timeout(Duration::from_secs(20), zd.me())
+        .await
+        .expect("the token fetch waited for the budget")
+        .unwrap();
+    assert_eq!(k.count("POST", "/oauth/tokens"), 3);
+    assert_eq!(k.count("GET", "/api/v2/users/me"), 1);
+    // Still failing on the last attempt: the status and the attempts, said.
+    k.fail_next("POST /oauth/tokens", 5, Failure::Status(502));
+    let e = client(&sb, &sb.secrets).me().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ZendeskError::Server {
+                status: 502,
+                attempts: 5,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // Google's token endpoint, for the groups and for the directory of people.
+    sb.google_knobs
+        .fail_next("POST /token", 2, Failure::Status(503));
+    let g = google(&sb, sb.config.google.as_ref().unwrap()).unwrap();
+    assert!(!g.is_member(OKTA, "x@gitlab.com").await.unwrap());
+    assert_eq!(sb.google_knobs.count("POST", "/token"), 3);
+    sb.google_knobs
+        .fail_next("POST /token", 5, Failure::Status(500));
+    let d = access_bot::directory::DirectoryClient::new(
+        sb.config.google.as_ref().unwrap(),
+        &sb.secrets,
+        reqwest::Client::new(),
+    )
+    .unwrap()
+    .with_backoff(fast());
+    let e = d.person(&email("jane.doe@gitlab.com")).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "directory: token exchange refused: the token endpoint failed 5 times: 500 Internal Server Error"
+    );
+    assert!(
+        d.person(&email("jane.doe@gitlab.com"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn google_the_directory_of_people_retries_server_errors() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let d = access_bot::directory::DirectoryClient::new(
+        sb.config.google.as_ref().unwrap(),
+        &sb.secrets,
+        reqwest::Client::new(),
+    )
+    .unwrap()
+    .with_backoff(fast());
+    let route = "GET /admin/directory/v1/users/";
+    sb.google_knobs.fail_next(route, 1, Failure::Status(503));
+    sb.google_knobs.fail_next(route, 1, Failure::Status(500));
+    assert!(
+        d.person(&email("jane.doe@gitlab.com"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        count_status(&sb.google_knobs, "GET", "/admin/directory", 200),
+        1
+    );
+    // Failing to the last attempt: a transient failure, with the status.
+    sb.google_knobs.fail_next(route, 5, Failure::Status(502));
+    let e = d.person(&email("jane.doe@gitlab.com")).await.unwrap_err();
+    assert!(
+        matches!(&e, access_bot::directory::DirectoryError::Failed(m) if m == "users.get answered 502"),
+        "{e}"
+    );
+    assert_eq!(
+        count_status(&sb.google_knobs, "GET", "/admin/directory", 502),
+        5
+    );
+}

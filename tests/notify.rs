@@ -466,3 +466,44 @@ async fn the_daily_digest_counts_the_days_changes_once() {
     assert!(text.contains("global create_agent"), "{text}");
     assert!(text.contains(&format!("{PROJECT}#1")), "{text}");
 }
+
+#[tokio::test]
+async fn slack_retries_a_429_and_says_when_it_cannot_be_reached() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let cfg = sb.config.notify.clone().unwrap().slack.unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let slack = Slack::new(&cfg, &sb.secrets, http.clone()).unwrap();
+    sb.slack_knobs.fail_next(
+        "POST",
+        1,
+        Failure::TooMany {
+            retry_after: Some(0),
+        },
+    );
+    slack.post("after a 429").await.unwrap();
+    assert_eq!(sb.slack.texts(), ["after a 429"]);
+    // No answer to any of the three attempts: "timed out", never the URL.
+    sb.slack_knobs.fail_next("POST", 3, Failure::Hang);
+    let e = slack.post("lost").await.unwrap_err();
+    assert_eq!(e.to_string(), "Slack could not be reached: timed out");
+    // Nobody listening: "connection failed".
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = access_bot::secret::Secrets::from_map([(
+        cfg.webhook_env.clone(),
+        format!("http://{}/services/T0/B0/x", closed.local_addr().unwrap()),
+    )]);
+    drop(closed);
+    let e = Slack::new(&cfg, &nowhere, http)
+        .unwrap()
+        .post("x")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Slack could not be reached: connection failed"
+    );
+    assert_eq!(sb.slack.texts(), ["after a 429"]);
+}

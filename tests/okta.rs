@@ -601,6 +601,11 @@ async fn okta_credentials_never_reach_a_log_line_at_trace_level() {
             .finish();
         // The test's runtime is single-threaded: the bot's tasks log here too.
         let guard = tracing::subscriber::set_default(subscriber);
+        // With one scoped subscriber alone, tracing asks only the thread that
+        // meets a callsite first whether it is on: a callsite another test's
+        // thread met first stayed off here (a flaky count below). With a
+        // second dispatcher alive, every callsite asks all of them.
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
         let sb = sandbox(backend).await;
         let bot = sb.bot().await.unwrap();
         sb.okta.lock().revoke_tokens(); // a 401 and a new token on the way
@@ -635,4 +640,42 @@ async fn okta_credentials_never_reach_a_log_line_at_trace_level() {
             assert!(!logs.contains(&n), "{backend:?}: {n:?} appears in the logs");
         }
     }
+}
+
+#[tokio::test]
+async fn okta_a_token_endpoint_retries_with_a_new_assertion_each_time() {
+    let sb = sandbox(GroupBackend::Okta).await;
+    let c = client(&sb);
+    // Okta's 429 (its reset now) and a 503, then the token.
+    sb.okta_knobs.fail_next(
+        "POST /oauth2/v1/token",
+        1,
+        Failure::TooMany {
+            retry_after: Some(0),
+        },
+    );
+    sb.okta_knobs
+        .fail_next("POST /oauth2/v1/token", 1, Failure::Status(503));
+    c.member(GROUP, "jane.doe@gitlab.com").await.unwrap();
+    assert_eq!(token_requests(&sb), 3);
+    // An answer lost after Okta took the assertion: the retry is signed anew
+    // (Okta refuses a `jti` it has seen).
+    sb.okta_knobs
+        .fail_next("POST /oauth2/v1/token", 1, Failure::ApplyThenDrop);
+    client(&sb)
+        .member(GROUP, "jane.doe@gitlab.com")
+        .await
+        .unwrap();
+    assert_eq!(token_requests(&sb), 5);
+    // Failing to the last attempt: said, with the attempts.
+    sb.okta_knobs
+        .fail_next("POST /oauth2/v1/token", 5, Failure::Status(502));
+    let e = client(&sb)
+        .member(GROUP, "jane.doe@gitlab.com")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Okta: token request refused: the token endpoint failed 5 times: 502 Bad Gateway"
+    );
 }
