@@ -197,9 +197,11 @@ fn replies_are_computed_apart_from_carrying_them_out() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bot/process.rs"))
             .unwrap();
     for gone in [
-        "NoteKind::Invalid",
-        "NoteKind::Waiting",
-        "NoteKind::Refused,\n            digest: digest.clone(),\n            // Bound",
+        "kind: NoteKind::Invalid",
+        "kind: NoteKind::Waiting",
+        "kind: NoteKind::Plan",
+        "comment::Refused {",
+        "comment::CitizenshipDenied {",
     ] {
         assert!(!process.contains(gone), "process.rs builds {gone:?} itself");
     }

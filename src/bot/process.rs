@@ -76,18 +76,18 @@ enum Acted {
 }
 
 /// What a plan comment is made of.
-struct PlanPost<'a> {
-    request: &'a Request,
-    requirements: &'a crate::policy::Requirements,
-    missing: &'a [approval::MissingApproval],
-    granted: &'a [approval::Granted],
-    verification_pending: bool,
+pub(super) struct PlanPost<'a> {
+    pub request: &'a Request,
+    pub requirements: &'a crate::policy::Requirements,
+    pub missing: &'a [approval::MissingApproval],
+    pub granted: &'a [approval::Granted],
+    pub verification_pending: bool,
     /// Why earlier approvals no longer apply, if any did.
-    voided: Option<String>,
-    observed: &'a Observed,
+    pub voided: Option<String>,
+    pub observed: &'a Observed,
     /// A new plan even where one with the same request and changes is on
     /// the issue (its approvals were used up by a change someone undid).
-    again: Option<String>,
+    pub again: Option<String>,
 }
 
 /// Why a plan carried out in part is not carried on: a change it made was
@@ -760,21 +760,6 @@ impl Bot {
         history: &mut History,
         p: PlanPost<'_>,
     ) -> Result<Option<Outcome>, ProcessError> {
-        let request = p.request;
-        let ss = p.requirements.self_service == crate::policy::SelfService::Verified;
-        let plan = plan::preview(request, p.observed, &self.cfg, ss);
-        let digest = request.digest();
-        let changes = plan.changes_digest();
-        let mut view = report::plan_view(
-            request,
-            &plan,
-            &self.cfg,
-            p.missing,
-            p.granted,
-            p.requirements,
-            p.voided.is_some(),
-        );
-        view.voided_why = p.voided.clone();
         // Each approval is bound to its label's id, which a rename cannot move.
         let label_names: Vec<String> = p
             .requirements
@@ -787,56 +772,14 @@ impl Bot {
         } else {
             self.gitlab.label_ids(project, &label_names).await?
         };
-        let label_field = p
-            .requirements
-            .required
-            .iter()
-            .filter_map(|n| {
-                let label = &self.cfg.approvals.get(n)?.label;
-                Some(format!("{n}:{}", ids.get(label)?))
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut fields = vec![
-            ("changes", changes.clone()),
-            ("needs", approval::needs_digest(&p.requirements.required)),
-        ];
-        if !label_field.is_empty() {
-            fields.push(("labels", label_field));
-        }
-        let mut wb = Writeback {
-            kind: NoteKind::Plan,
-            digest: digest.clone(),
-            fields,
-            sections: vec![Section {
-                key: match &p.again {
-                    Some(salt) => format!("plan:{digest}:{changes}:{}", short_hash(salt)),
-                    None => format!("plan:{digest}:{changes}"),
-                },
-                comment: view.into(),
-            }],
-            state_label: Some(self.cfg.bot.state_labels.waiting.clone()),
-            ..Default::default()
-        };
-        let email = if p.verification_pending {
-            self.verification(request, dir, &mut wb)
-        } else {
-            None
-        };
-        if !p.requirements.required.is_empty() {
-            self.stale(facts, request, p.missing, dir, &mut wb);
-        }
-        if let Some(r) = self.write_back(project, issue, history, wb).await? {
-            history.push(r);
-        }
-        if let Some(to_verify) = email
-            && let Err(e) = self
-                .verification_email(project, issue, history, request, &to_verify, facts)
-                .await?
+        let reply = self.plan_reply(facts, dir, &p, &ids);
+        match self
+            .perform(project, issue, history, Some(facts), Some(p.request), reply)
+            .await?
         {
-            return Ok(Some(Outcome::Failed(e)));
+            Outcome::Failed(e) => Ok(Some(Outcome::Failed(e))),
+            _ => Ok(None),
         }
-        Ok(None)
     }
 
     /// The latest plan was carried out. Put back the bot's ticks if they are
@@ -850,7 +793,6 @@ impl Bot {
         author: &Author,
         stage: Stage,
     ) -> Result<Outcome, ProcessError> {
-        let labels = &self.cfg.bot.state_labels;
         let (result, retick) = match stage {
             Stage::Done { result, retick, .. } => (result, retick),
             // Refused when it came to act: nothing more without a new plan.
@@ -863,38 +805,26 @@ impl Bot {
             }
             _ => return Ok(Outcome::Ignored),
         };
-        let mut wb = Writeback {
-            kind: NoteKind::Result,
-            digest: request.digest(),
-            state_label: Some(labels.done.clone()),
-            close: self.cfg.policy_for(request.kind).close_when_done,
-            ..Default::default()
-        };
-        if retick {
-            wb.ticks = Ticks::Request {
-                ordinals: result.ticks(),
-                digest: request.digest(),
-                author_email: author.email.clone(),
-                author_name: author.name.clone(),
-            };
-        }
-        let mut outcome = Outcome::Done;
-        if request.kind == RequestKind::Offboarding
-            && let Some(error) = self.support_team_files(project, request, &mut wb).await?
-        {
-            wb.state_label = Some(labels.failed.clone());
-            outcome = Outcome::Failed(error);
-        }
-        let nothing_to_do = !retick
-            && wb.sections.is_empty()
-            && issue.labels.contains(&labels.done)
-            && (!wb.close || issue.state != "opened");
-        if !nothing_to_do {
-            self.write_back(project, issue, history, wb).await?;
+        // Proposing the Support Team file opens a merge request: done first,
+        // its sections go into the reply.
+        let mut files = Writeback::default();
+        let failed = if request.kind == RequestKind::Offboarding {
+            self.support_team_files(project, request, &mut files)
+                .await?
         } else {
-            self.store.mark_seen(project, issue.iid, issue.updated_at)?;
-        }
-        Ok(outcome)
+            None
+        };
+        let reply = self.done_reply(
+            issue,
+            request,
+            author,
+            &result,
+            retick,
+            (files.sections, failed),
+        );
+        let mut history = history.clone();
+        self.perform(project, issue, &mut history, None, Some(request), reply)
+            .await
     }
 
     /// US Federal access: the People team is asked to verify citizenship on

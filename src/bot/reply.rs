@@ -5,16 +5,19 @@
 //! checks it); [`Bot::perform`] is the one place that carries a reply out,
 //! always in the same order: the note first, then what refers to it.
 
+use std::collections::BTreeMap;
+
 use crate::approval::{self, Directory, History};
 use crate::comment::{self, NoteKind};
 use crate::gitlab::ApiIssue;
 use crate::marker::short_hash;
 use crate::notify::{Notice, NoticeKind};
+use crate::plan;
 use crate::report;
 use crate::request::{self, IssueFacts, Request};
 
-use super::process::{ProcessError, ToVerify};
-use super::writeback::{Section, Writeback};
+use super::process::{Author, PlanPost, ProcessError, ToVerify};
+use super::writeback::{Section, Ticks, Writeback};
 use super::{Bot, Outcome};
 
 /// Everything one answer to a decision writes, and what it comes to.
@@ -25,6 +28,9 @@ pub(super) struct Reply {
     pub notice: Option<Notice>,
     /// Sent once the note asking for it is on the issue.
     pub email: Option<ToVerify>,
+    /// Nothing to write, and the look counts as seen up to the issue's
+    /// last change (so the next poll does not bring it back for nothing).
+    pub seen: bool,
     pub outcome: Outcome,
 }
 
@@ -34,6 +40,7 @@ impl Reply {
             note: Some(note),
             notice: None,
             email: None,
+            seen: false,
             outcome,
         }
     }
@@ -149,7 +156,133 @@ impl Bot {
             note,
             notice: None,
             email: None,
+            seen: false,
             outcome: Outcome::Refused,
+        }
+    }
+
+    /// The latest plan was carried out: its ticks put back if they are
+    /// missing, the done label (or failed, if a Support Team file could not
+    /// be proposed: `support` holds those sections and the error), closed
+    /// if the kind says so. Never anything run again.
+    pub(super) fn done_reply(
+        &self,
+        issue: &ApiIssue,
+        request: &Request,
+        author: &Author,
+        result: &approval::Record,
+        retick: bool,
+        support: (Vec<Section>, Option<String>),
+    ) -> Reply {
+        let labels = &self.cfg.bot.state_labels;
+        let mut note = Writeback {
+            kind: NoteKind::Result,
+            digest: request.digest(),
+            state_label: Some(labels.done.clone()),
+            close: self.cfg.policy_for(request.kind).close_when_done,
+            ..Default::default()
+        };
+        if retick {
+            note.ticks = Ticks::Request {
+                ordinals: result.ticks(),
+                digest: request.digest(),
+                author_email: author.email.clone(),
+                author_name: author.name.clone(),
+            };
+        }
+        let (sections, failed) = support;
+        note.sections = sections;
+        let outcome = match failed {
+            Some(error) => {
+                note.state_label = Some(labels.failed.clone());
+                Outcome::Failed(error)
+            }
+            None => Outcome::Done,
+        };
+        let nothing_to_do = !retick
+            && note.sections.is_empty()
+            && issue.labels.contains(&labels.done)
+            && (!note.close || issue.state != "opened");
+        Reply {
+            seen: nothing_to_do,
+            note: (!nothing_to_do).then_some(note),
+            notice: None,
+            email: None,
+            outcome,
+        }
+    }
+
+    /// The plan comment: what the bot will do, what each change needs, and
+    /// (sealed in its marker) the digests an approval binds to, with the
+    /// approval labels' ids (`label_ids`, read from GitLab: a rename cannot
+    /// move them). Its outcome is `Waiting`: the caller decides again.
+    pub(super) fn plan_reply(
+        &self,
+        facts: &IssueFacts,
+        dir: &Directory,
+        p: &PlanPost<'_>,
+        label_ids: &BTreeMap<String, u64>,
+    ) -> Reply {
+        let request = p.request;
+        let ss = p.requirements.self_service == crate::policy::SelfService::Verified;
+        let plan = plan::preview(request, p.observed, &self.cfg, ss);
+        let digest = request.digest();
+        let changes = plan.changes_digest();
+        let mut view = report::plan_view(
+            request,
+            &plan,
+            &self.cfg,
+            p.missing,
+            p.granted,
+            p.requirements,
+            p.voided.is_some(),
+        );
+        view.voided_why = p.voided.clone();
+        let label_field = p
+            .requirements
+            .required
+            .iter()
+            .filter_map(|n| {
+                let label = &self.cfg.approvals.get(n)?.label;
+                Some(format!("{n}:{}", label_ids.get(label)?))
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut fields = vec![
+            ("changes", changes.clone()),
+            ("needs", approval::needs_digest(&p.requirements.required)),
+        ];
+        if !label_field.is_empty() {
+            fields.push(("labels", label_field));
+        }
+        let mut note = Writeback {
+            kind: NoteKind::Plan,
+            digest: digest.clone(),
+            fields,
+            sections: vec![Section {
+                key: match &p.again {
+                    Some(salt) => format!("plan:{digest}:{changes}:{}", short_hash(salt)),
+                    None => format!("plan:{digest}:{changes}"),
+                },
+                comment: view.into(),
+            }],
+            state_label: Some(self.cfg.bot.state_labels.waiting.clone()),
+            ..Default::default()
+        };
+        let email = if p.verification_pending {
+            self.verification(request, dir, &mut note)
+        } else {
+            None
+        };
+        if !p.requirements.required.is_empty() {
+            self.stale(facts, request, p.missing, dir, &mut note);
+        }
+        Reply {
+            note: Some(note),
+            notice: None,
+            email,
+            seen: false,
+            outcome: Outcome::Waiting,
         }
     }
 
@@ -209,6 +342,7 @@ impl Bot {
             note: Some(note),
             notice,
             email,
+            seen: false,
             outcome: Outcome::Waiting,
         }
     }
@@ -228,6 +362,9 @@ impl Bot {
             && let Some(r) = self.write_back(project, issue, history, note).await?
         {
             history.push(r);
+        }
+        if reply.seen {
+            self.store.mark_seen(project, issue.iid, issue.updated_at)?;
         }
         if let Some(n) = reply.notice {
             tracing::warn!(iid = issue.iid, cause = %n.cause, "a security refusal; telling ops");
