@@ -405,13 +405,26 @@ impl Bot {
         now: DateTime<Utc>,
     ) -> Result<Row, StatusError> {
         let author = self.author(&issue.author.username).await?;
+        let notes = self.gitlab.notes(project, issue.iid).await?;
+        let mut issue = issue;
+        let mut label_events = self.gitlab.label_events(project, issue.iid).await?;
+        // The issue was listed before its label events were read: a label
+        // applied in between would show as an approval for a renamed label.
+        // As `process` does: read the issue again, at most twice more.
+        for _ in 0..2 {
+            if crate::approval::labels_agree(&self.cfg, &issue.labels, &label_events) {
+                break;
+            }
+            issue = self.gitlab.issue(project, issue.iid).await?;
+            label_events = self.gitlab.label_events(project, issue.iid).await?;
+        }
         let mut input = issue.to_input();
         input.author_email = author.email.clone();
         input.author_name = author.name.clone();
         let facts = IssueFacts {
             issue: input,
-            notes: self.gitlab.notes(project, issue.iid).await?,
-            label_events: self.gitlab.label_events(project, issue.iid).await?,
+            notes,
+            label_events,
         };
         // Read as `process` reads it, without telling ops about tampered
         // notes: the page is looked at often, and `process` already tells.
