@@ -358,7 +358,7 @@ fn print_report(r: &crate::bot::CycleReport) {
 
 async fn once(config: &Path, dry_run: bool) -> anyhow::Result<u8> {
     let bot = connect(config, dry_run).await?;
-    let r = bot.cycle().await;
+    let r = bot.once().await;
     print_report(&r);
     outln!("{}", summary(&r, dry_run));
     Ok(if r.failed() { exit::FAILED } else { exit::OK })
