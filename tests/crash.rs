@@ -1106,7 +1106,18 @@ async fn run(spec: &Spec, scale: &Scale, out: &mut Outcome) -> anyhow::Result<()
     )?;
     let mut bots = Bots {
         mode: spec.mode,
-        cfg_for: dbs.iter().map(|d| proxies.config(&sb, d)).collect(),
+        cfg_for: dbs
+            .iter()
+            .map(|d| {
+                let mut cfg = proxies.config(&sb, d);
+                // The clock moves ten days for the expiries, and a request's
+                // age is read on it: requests left waiting are not to be
+                // reminded in this test, whose batches must end alike.
+                cfg.lifecycle.stale_reminder_after = access_bot::config::Dur::parse("60d").unwrap();
+                cfg.lifecycle.stale_close_after = access_bot::config::Dur::parse("90d").unwrap();
+                cfg
+            })
+            .collect(),
         secrets: proxies.secrets(&sb),
         dbs,
         toml,
