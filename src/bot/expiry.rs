@@ -79,7 +79,13 @@ impl Bot {
         let found = self
             .adopt_grants_in(project, iid, &history, true)
             .map_err(|e| e.to_string())?;
-        if found == 0 && !history.rejected.is_empty() {
+        // The store's copy, read from the record before anyone edited it,
+        // still says what to take back.
+        let kept = self.store.grants().is_ok_and(|gs| {
+            gs.iter()
+                .any(|g| g.project == project && g.iid == iid && !g.revoked)
+        });
+        if found == 0 && !history.rejected.is_empty() && !kept {
             // Labelled time-bound, yet no grant record verifies: someone
             // edited the bot's record. The bot cannot know what to take back;
             // it says so rather than forget the grant.
