@@ -993,6 +993,39 @@ pub async fn shutdown_signal() {
 mod tests {
     use super::*;
 
+    fn example(extra: &str) -> Config {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bot.toml"))
+            .unwrap()
+            .replacen(
+                "expiry_reminder_before = \"3d\"\n",
+                &format!("expiry_reminder_before = \"3d\"\n{extra}"),
+                1,
+            );
+        Config::parse(&text, std::path::Path::new("bot.toml")).unwrap()
+    }
+
+    #[test]
+    fn the_periodic_events_come_with_their_configured_intervals() {
+        let cfg = example("");
+        assert_eq!(
+            periodic_events(&cfg),
+            vec![
+                (Event::Expiries, Duration::from_secs(3600)),
+                (Event::StaleScan, Duration::from_secs(3600)),
+                (Event::MergeRequests, Duration::from_secs(600)),
+            ]
+        );
+        let mut cfg = example("expiry_check_every = \"15m\"\nstale_scan_every = \"2h\"\n");
+        cfg.support_team = None;
+        assert_eq!(
+            periodic_events(&cfg),
+            vec![
+                (Event::Expiries, Duration::from_secs(900)),
+                (Event::StaleScan, Duration::from_secs(7200)),
+            ]
+        );
+    }
+
     fn issue(e: Event) -> u64 {
         match e {
             Event::Issue { iid, .. } => iid,
