@@ -110,6 +110,26 @@ pub struct UserPatch {
     pub clear_fields: Vec<String>,
 }
 
+impl UserPatch {
+    /// The account as it would be after this change (a rehearsal's answer).
+    pub fn applied_to(&self, user: &User) -> User {
+        let mut after = user.clone();
+        if let Some(role) = &self.role {
+            after.role = role.clone();
+        }
+        if let Some(custom) = self.custom_role_id {
+            after.custom_role_id = custom;
+        }
+        if let Some(suspended) = self.suspended {
+            after.suspended = suspended;
+        }
+        for f in &self.clear_fields {
+            after.user_fields.remove(f);
+        }
+        after
+    }
+}
+
 /// Ids resolved per instance at start-up: never shared between instances.
 #[derive(Debug, Clone, Default)]
 pub struct Resolved {

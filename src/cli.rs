@@ -119,21 +119,24 @@ pub enum Command {
     Plan(PlanArgs),
     /// One cycle over all candidate issues, then exit (for a scheduled CI pipeline).
     Once {
-        /// Read and plan everything, write nothing anywhere, print the plans.
-        #[arg(long)]
-        dry_run: bool,
+        /// A rehearsal: read and decide everything, write nothing anywhere,
+        /// print what would have been written.
+        #[arg(long = "dry-run")]
+        rehearse: bool,
     },
     /// The daemon: poll on schedule, react to webhooks, stop cleanly on SIGINT/SIGTERM.
     Run {
-        #[arg(long)]
-        dry_run: bool,
+        /// A rehearsal: as `once --dry-run`, on schedule.
+        #[arg(long = "dry-run")]
+        rehearse: bool,
     },
     /// Review idle paid Zendesk seats: print the report and open or update one
     /// review issue per instance and month (reviewers reclaim seats by ticking).
     AuditSeats {
-        /// Print the report only; touch nothing in GitLab.
-        #[arg(long)]
-        dry_run: bool,
+        /// Print the report, and the review issue it would open or update;
+        /// touch nothing in GitLab.
+        #[arg(long = "dry-run")]
+        rehearse: bool,
         /// Only this Zendesk instance (as named in bot.toml).
         #[arg(long)]
         instance: Option<String>,
@@ -268,15 +271,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::CheckConfig => check_config(&cli.config),
         Command::Plan(args) if args.issue.is_some() => plan_live(&cli.config, &args).await,
         Command::Plan(args) => plan_offline(&cli.config, &args),
-        Command::Once { dry_run } => once(&cli.config, dry_run).await,
-        Command::Run { dry_run } => daemon(&cli.config, dry_run).await,
+        Command::Once { rehearse } => once(&cli.config, rehearse).await,
+        Command::Run { rehearse } => daemon(&cli.config, rehearse).await,
         Command::Check => check(&cli.config).await,
         Command::Status { format } => status(&cli.config, format).await,
         Command::AuditSeats {
-            dry_run,
+            rehearse,
             instance,
             format,
-        } => audit_seats(&cli.config, dry_run, instance.as_deref(), format).await,
+        } => audit_seats(&cli.config, rehearse, instance.as_deref(), format).await,
         Command::Log {
             since,
             user,
@@ -294,16 +297,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-async fn connect(config: &Path, dry_run: bool) -> anyhow::Result<crate::bot::Bot> {
+async fn connect(config: &Path, rehearse: bool) -> anyhow::Result<crate::bot::Bot> {
     let cfg = load_config(config)?;
-    connect_with(cfg, dry_run).await
+    connect_with(cfg, rehearse).await
 }
 
 /// Connect to every system; what goes wrong talking to them is a connectivity
 /// failure (exit 3), what is wrong locally a configuration error (exit 2).
-/// A dry run never creates the state database: without one it works in memory.
-async fn connect_with(cfg: Config, dry_run: bool) -> anyhow::Result<crate::bot::Bot> {
-    let store = if dry_run {
+/// A rehearsal (dry run) never creates the state database: without one it
+/// works in memory, and with one on a copy of it in memory.
+async fn connect_with(cfg: Config, rehearse: bool) -> anyhow::Result<crate::bot::Bot> {
+    let store = if rehearse {
         match crate::store::Store::open_existing(&cfg.bot.state_db)? {
             Some(s) => s,
             None => crate::store::Store::open(Path::new(":memory:"))?,
@@ -315,7 +319,9 @@ async fn connect_with(cfg: Config, dry_run: bool) -> anyhow::Result<crate::bot::
     let mut bot = crate::bot::Bot::connect(cfg, &crate::secret::Secrets::from_env(), store)
         .await
         .map_err(start_error)?;
-    bot.dry_run = dry_run;
+    if rehearse {
+        bot.rehearse()?;
+    }
     Ok(bot)
 }
 
@@ -341,6 +347,18 @@ fn start_error(e: crate::bot::StartError) -> anyhow::Error {
     anyhow::Error::new(Exit { code, message })
 }
 
+/// What a rehearsal would have written beyond the issues it reported on
+/// (ops notices, e-mails, review issues, labels); nothing for a real run.
+fn print_rehearsal(bot: &crate::bot::Bot) {
+    let rest = bot.rehearsal_rest();
+    if !rest.is_empty() {
+        outln!("== would also write");
+        for line in rest {
+            outln!("{line}");
+        }
+    }
+}
+
 fn print_report(r: &crate::bot::CycleReport) {
     for (project, iid, o) in &r.outcomes {
         match o {
@@ -356,16 +374,17 @@ fn print_report(r: &crate::bot::CycleReport) {
     }
 }
 
-async fn once(config: &Path, dry_run: bool) -> anyhow::Result<u8> {
-    let bot = connect(config, dry_run).await?;
+async fn once(config: &Path, rehearse: bool) -> anyhow::Result<u8> {
+    let bot = connect(config, rehearse).await?;
     let r = bot.once().await;
     print_report(&r);
-    outln!("{}", summary(&r, dry_run));
+    print_rehearsal(&bot);
+    outln!("{}", summary(&r, rehearse));
     Ok(if r.failed() { exit::FAILED } else { exit::OK })
 }
 
 /// One line at the end of `once`: how many issues, by outcome.
-pub fn summary(r: &crate::bot::CycleReport, dry_run: bool) -> String {
+pub fn summary(r: &crate::bot::CycleReport, rehearsed: bool) -> String {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for (_, _, o) in &r.outcomes {
         let name = serde_json::to_value(o)
@@ -393,7 +412,7 @@ pub fn summary(r: &crate::bot::CycleReport, dry_run: bool) -> String {
     };
     format!(
         "access-bot once{}: {} issue{} ({by}); {} poll error{}{standby}",
-        if dry_run { " --dry-run" } else { "" },
+        if rehearsed { " --dry-run" } else { "" },
         r.outcomes.len(),
         if r.outcomes.len() == 1 { "" } else { "s" },
         r.errors.len(),
@@ -401,7 +420,7 @@ pub fn summary(r: &crate::bot::CycleReport, dry_run: bool) -> String {
     )
 }
 
-async fn daemon(config: &Path, dry_run: bool) -> anyhow::Result<u8> {
+async fn daemon(config: &Path, rehearse: bool) -> anyhow::Result<u8> {
     let cfg = load_config(config)?;
     let webhook = match &cfg.webhook {
         Some(w) => Some((
@@ -430,7 +449,7 @@ async fn daemon(config: &Path, dry_run: bool) -> anyhow::Result<u8> {
             code: exit::CONFIG,
             message: format!("cannot listen: {e:#}"),
         })?;
-    let bot = std::sync::Arc::new(connect_with(cfg, dry_run).await?);
+    let bot = std::sync::Arc::new(connect_with(cfg, rehearse).await?);
     crate::bot::run::run_listening(bot, opts, listeners, crate::bot::run::shutdown_signal())
         .await?;
     Ok(exit::OK)
@@ -461,9 +480,8 @@ pub fn render_status(
 }
 
 async fn plan_live(config: &Path, args: &PlanArgs) -> anyhow::Result<u8> {
-    // Read-only: a dry run, which never creates the state database.
-    let mut bot = connect(config, true).await?;
-    bot.dry_run = true;
+    // Read-only: a rehearsal, which never creates the state database.
+    let bot = connect(config, true).await?;
     let project = bot.cfg.gitlab.projects[0].clone();
     let iid = args.issue.unwrap_or_default();
     let o = bot.process(&project, iid).await;
@@ -472,6 +490,15 @@ async fn plan_live(config: &Path, args: &PlanArgs) -> anyhow::Result<u8> {
         crate::bot::Outcome::Ignored => outln!(
             "#{iid}: not for the bot: closed, or no [[kinds]] rule matches its labels and title (labels the bot polls: {})",
             bot.cfg.poll_labels().join(", ")
+        ),
+        crate::bot::Outcome::Waiting => outln!(
+            "#{iid}: waiting, with nothing new to say: the bot's last comment on the issue says what it waits for"
+        ),
+        crate::bot::Outcome::Done => {
+            outln!("#{iid}: done: nothing left to do, and nothing new to say")
+        }
+        crate::bot::Outcome::Refused => outln!(
+            "#{iid}: refused, with nothing new to say: the bot's last comment on the issue says why"
         ),
         other => outln!(
             "#{iid}: {}",
@@ -487,13 +514,16 @@ async fn plan_live(config: &Path, args: &PlanArgs) -> anyhow::Result<u8> {
 
 async fn audit_seats(
     config: &Path,
-    dry_run: bool,
+    rehearse: bool,
     instance: Option<&str>,
     format: SeatFormat,
 ) -> anyhow::Result<u8> {
-    let bot = connect(config, dry_run).await?;
+    let bot = connect(config, rehearse).await?;
     let reports = bot.audit_seats(instance).await?;
     out!("{}", render_seat_reports(&reports, format));
+    if matches!(format, SeatFormat::Text) {
+        print_rehearsal(&bot);
+    }
     Ok(exit::OK)
 }
 

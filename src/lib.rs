@@ -31,6 +31,7 @@ pub mod okta;
 pub mod plan;
 pub mod policy;
 pub mod progress;
+pub mod rehearsal;
 pub mod render;
 pub mod report;
 pub mod request;

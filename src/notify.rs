@@ -51,6 +51,7 @@ impl std::fmt::Display for Permanence {
 const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// SMTP with STARTTLS (required), implicit TLS, or (loopback only) plain.
+#[derive(Clone)]
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     /// What the two-phase send needs to open its own connection.
@@ -61,6 +62,8 @@ pub struct Mailer {
     from: Mailbox,
     pub people_team: Vec<String>,
     pub ops: Vec<String>,
+    /// A rehearsal's mailer records each message instead of sending it.
+    rehearsal: Option<crate::rehearsal::Rehearsal>,
 }
 
 /// How a two-phase send ended.
@@ -115,7 +118,16 @@ impl Mailer {
             from,
             people_team: cfg.people_team.clone(),
             ops: cfg.ops.clone(),
+            rehearsal: None,
         })
+    }
+
+    /// This mailer for a rehearsal: messages are recorded, never sent.
+    pub fn rehearsed(&self, log: crate::rehearsal::Rehearsal) -> Mailer {
+        Mailer {
+            rehearsal: Some(log),
+            ..self.clone()
+        }
     }
 
     /// Connect, greet and authenticate, without sending anything (`check`).
@@ -173,6 +185,11 @@ impl Mailer {
             Ok(m) => m,
             Err(e) => return Ok(Err(e)),
         };
+        if let Some(r) = &self.rehearsal {
+            before_handover.await?;
+            r.record(None, format!("e-mail {subject:?} to {}", to.join(", ")));
+            return Ok(Ok(Handover::Accepted));
+        }
         let envelope = message.envelope().clone();
         let bytes = message.formatted();
         let opened = async {
@@ -267,6 +284,10 @@ impl Mailer {
         message_id: &str,
     ) -> Result<(), NotifyError> {
         let msg = self.message(to, subject, body, message_id)?;
+        if let Some(r) = &self.rehearsal {
+            r.record(None, format!("e-mail {subject:?} to {}", to.join(", ")));
+            return Ok(());
+        }
         match self.transport.send(msg).await {
             Ok(_) => Ok(()),
             Err(e) => Err(NotifyError::Smtp {
@@ -401,6 +422,8 @@ pub struct Notifier {
     slack: Option<Slack>,
     window: chrono::Duration,
     max_per_hour: u32,
+    /// A rehearsal's notifier records each notice instead of sending it.
+    rehearsal: Option<crate::rehearsal::Rehearsal>,
 }
 
 impl Notifier {
@@ -410,6 +433,7 @@ impl Notifier {
             slack: None,
             window: chrono::Duration::hours(6),
             max_per_hour: 10,
+            rehearsal: None,
         }
     }
 
@@ -424,7 +448,16 @@ impl Notifier {
             slack,
             window,
             max_per_hour: cfg.max_per_hour,
+            rehearsal: None,
         })
+    }
+
+    /// This notifier for a rehearsal: notices are recorded, never sent.
+    pub fn rehearsed(self, log: crate::rehearsal::Rehearsal) -> Notifier {
+        Notifier {
+            rehearsal: Some(log),
+            ..self
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -498,6 +531,10 @@ impl Notifier {
 
     /// Send a text to every ops channel; true if at least one took it.
     pub async fn deliver(&self, subject: &str, text: &str, id_seed: &str) -> bool {
+        if let Some(r) = &self.rehearsal {
+            r.record(None, format!("to ops:\n{text}"));
+            return true;
+        }
         let mut delivered = false;
         if let Some(s) = &self.slack {
             match s.post(text).await {

@@ -265,6 +265,23 @@ impl Store {
         };
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        Store::ready(conn)
+    }
+
+    /// A private copy in memory of this store: a rehearsal (a dry run) reads
+    /// what the bot knows and writes only to the copy, which goes with it.
+    pub fn copy_in_memory(&self) -> Result<Store, StoreError> {
+        let mut copy = Connection::open_in_memory()?;
+        {
+            let src = self.c();
+            let backup = rusqlite::backup::Backup::new(&src, &mut copy)?;
+            backup.run_to_completion(256, std::time::Duration::ZERO, None)?;
+        }
+        Store::ready(copy)
+    }
+
+    /// The schema, the settings and an owner id for an open connection.
+    fn ready(conn: Connection) -> Result<Store, StoreError> {
         // Everything but the audit trail (see `audit`) is a cache of what the
         // issues say: a commit is not synced to disk on its own. A killed
         // process loses nothing this way; a power loss can lose the last

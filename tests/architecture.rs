@@ -159,3 +159,48 @@ fn only_the_adapters_name_a_target_system_s_types() {
         found.join("\n")
     );
 }
+
+/// What the bot says and does in answer to a decision is computed apart
+/// from doing it: the reply builders in `src/bot/reply.rs` await nothing and
+/// touch no system or store; only `perform` (the interpreter) does.
+#[test]
+fn replies_are_computed_apart_from_carrying_them_out() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bot/reply.rs");
+    let src = std::fs::read_to_string(&path).unwrap();
+    let at = src
+        .find("pub(super) async fn perform(")
+        .expect("reply.rs has its interpreter, `perform`");
+    // The code only: comments may name what the code must not do.
+    let builders: String = src[..at]
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for forbidden in [
+        ".await",
+        "async fn",
+        "self.store",
+        "self.gitlab",
+        "self.notifier",
+        "self.accounts",
+        "self.groups",
+        "write_back(",
+        "tell_ops(",
+    ] {
+        assert!(
+            !builders.contains(forbidden),
+            "a reply builder uses {forbidden:?}: build a value, let `perform` act"
+        );
+    }
+    // And the decisions that have a builder are carried out only through it.
+    let process =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bot/process.rs"))
+            .unwrap();
+    for gone in [
+        "NoteKind::Invalid",
+        "NoteKind::Waiting",
+        "NoteKind::Refused,\n            digest: digest.clone(),\n            // Bound",
+    ] {
+        assert!(!process.contains(gone), "process.rs builds {gone:?} itself");
+    }
+}

@@ -213,6 +213,72 @@ async fn blocking(mut c: Command) -> Output {
         .unwrap()
 }
 
+/// `once --dry-run` as an admin runs it: the light agent's whole run (plan,
+/// account, group, result, ticks, close) printed and not made; twice the
+/// same, as it keeps nothing; then a real `once` does it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_dry_run_prints_every_write_and_makes_none() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let iid = sb
+        .file_issue(
+            "jdoe",
+            "Jane Doe: Zendesk Global light agent",
+            &["support::to do"],
+            "- [ ] Zendesk Global: Light Agent\n- Justification for this access: tickets.\n",
+        )
+        .await
+        .unwrap();
+    let dir = temp_dir("rehearsal");
+    let cfg = sandbox_config(&sb, &dir);
+    let once = |extra: &[&str]| {
+        let mut c = bin();
+        c.arg("--config").arg(&cfg).arg("once").args(extra);
+        for (var, value) in sb.env() {
+            c.env(var, value);
+        }
+        c
+    };
+    sb.clear_logs();
+    let mut printed = Vec::new();
+    for _ in 0..2 {
+        let out = blocking(once(&["--dry-run"])).await;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+        for expected in [
+            &format!("== support/access-requests#{iid}: would do") as &str,
+            "#### access-bot plan: light-agent request",
+            "global: jane.doe@gitlab.com: create the account as Light Agent",
+            "#### access-bot: done",
+            "tick `Zendesk Global: Light Agent`",
+            "close the issue",
+            "access-bot once --dry-run: 1 issue (1 planned); 0 poll errors",
+        ] {
+            assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
+        }
+        printed.push(stdout);
+    }
+    assert_eq!(printed[0], printed[1], "a dry run keeps nothing");
+    let writes: Vec<String> = [&sb.gitlab_knobs, sb.zd_knobs("global"), &sb.google_knobs]
+        .iter()
+        .flat_map(|k| k.log())
+        .filter(|e| {
+            e.method != "GET" && !e.path.ends_with("/oauth/tokens") && !e.path.ends_with("/token")
+        })
+        .map(|e| format!("{} {}", e.method, e.path))
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    assert!(sb.ticked(iid).is_empty());
+    assert!(
+        !dir.join("state.db").exists(),
+        "a dry run created the database"
+    );
+    let out = blocking(once(&[])).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(!sb.ticked(iid).is_empty(), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_with_secrets_from_files_summarises_and_log_json_is_structured() {
     let sb = Sandbox::start(Ports::default()).await.unwrap();

@@ -120,7 +120,7 @@ fn role(sb: &Sandbox, email: &str) -> (String, Option<u64>) {
 #[tokio::test]
 async fn dry_run_lists_idle_paid_seats_and_touches_nothing() {
     let mut t = seeded(crate::test_name!()).await;
-    t.bot.dry_run = true;
+    t.bot.rehearse().unwrap();
     t.sb.clear_logs();
     let reports = t.bot.audit_seats(Some("global")).await.unwrap();
     let r = &reports[0];
@@ -128,10 +128,25 @@ async fn dry_run_lists_idle_paid_seats_and_touches_nothing() {
     assert_eq!(emails, ["ben.never@gitlab.com", "ann.idle@gitlab.com"]);
     assert_eq!(r.active_by_tickets, 1, "Gus worked a ticket last week");
     assert_eq!(r.yearly_total, 2.0 * 115.0 * 12.0);
-    assert!(
-        t.sb.gitlab_knobs.log().is_empty(),
-        "dry run: no GitLab request at all"
-    );
+    let gitlab_writes: Vec<_> =
+        t.sb.gitlab_knobs
+            .log()
+            .into_iter()
+            .filter(|e| e.method != "GET")
+            .collect();
+    assert!(gitlab_writes.is_empty(), "dry run: {gitlab_writes:?}");
+    // What it would have written: the month's review issue listing both,
+    // and the note on it that records the lines.
+    let would = t.bot.rehearsal_rest();
+    assert_eq!(would.len(), 2, "{would:?}");
+    assert!(would[0].contains("open the issue"), "{would:?}");
+    assert!(would[1].contains("on that new issue: comment"), "{would:?}");
+    for w in &would {
+        assert!(
+            w.contains("ben.never@gitlab.com") && w.contains("ann.idle@gitlab.com"),
+            "{would:?}"
+        );
+    }
     let text = render_seat_reports(&reports, SeatFormat::Text);
     assert!(text.contains("2 idle"), "{text}");
     assert!(text.contains("2,760 USD"), "{text}");
@@ -415,7 +430,7 @@ async fn seat_review_costs_pages_not_one_call_per_agent() {
         }
     }
     t.restart().await;
-    t.bot.dry_run = true;
+    t.bot.rehearse().unwrap();
     let sb = &t.sb;
     sb.clear_logs();
     // A rate limit on a later page is waited out, not taken for the end.

@@ -953,11 +953,17 @@ async fn webhook_reacts_without_waiting_for_the_poll_and_rejects_bad_tokens(b: G
 async fn dry_run_reads_and_plans_but_writes_nothing(b: GroupBackend) {
     let mut t = crate::tester!(b).await;
     let iid = t.file(&fixtures::role_based_entitlement()).await;
-    t.bot.dry_run = true;
+    t.bot.rehearse().unwrap();
     t.sb.clear_logs();
     let r = t.bot.cycle().await;
+    // What it would have written on the issue: the plan, as it would post it.
+    let Outcome::Planned(would) = &r.outcomes[0].2 else {
+        panic!("{:?}", r.outcomes);
+    };
+    assert!(would.starts_with("comment:\n"), "{would}");
     assert!(
-        matches!(&r.outcomes[0].2, Outcome::Planned(t) if t.contains("create the account as Support Engineer"))
+        would.contains("create the account as Support Engineer"),
+        "{would}"
     );
     t.expect_no_comment(iid);
     let writes = |k: &access_bot::sandbox::faults::Knobs| {
@@ -974,6 +980,60 @@ async fn dry_run_reads_and_plans_but_writes_nothing(b: GroupBackend) {
     assert_eq!(writes(t.sb.zd_knobs("global")), 0);
     assert_eq!(writes(&t.sb.google_knobs), 0);
     assert_eq!(writes(&t.sb.okta_knobs), 0);
+}
+
+/// A dry run of an approved request goes as far as a real one would: every
+/// step past its checks, the result and the ticks, shown and not made; and
+/// it leaves the state database as it found it, so the real run after it
+/// still acts.
+async fn dry_run_of_an_approved_request_shows_each_write_and_makes_none(b: GroupBackend) {
+    let mut t = crate::tester!(b).await;
+    let iid = t.file(&fixtures::special_request()).await;
+    t.run().await;
+    t.expect_comment(iid);
+    t.label("mlee", iid, MANAGER).await;
+    t.label("lyle", iid, OWNER).await;
+    t.restart().await;
+    t.bot.rehearse().unwrap();
+    t.sb.clear_logs();
+    let r = t.bot.cycle().await;
+    let Some((_, _, Outcome::Planned(would))) = r.outcomes.iter().find(|o| o.1 == iid) else {
+        panic!("{:?}", r.outcomes);
+    };
+    for expected in [
+        "global: robin.kim@gitlab.com: create the account as Support Engineer",
+        "global: robin.kim@gitlab.com: add to group Support AMER",
+        "comment:\n",
+        "tick `Zendesk Global: Agent - Support Engineer`",
+    ] {
+        assert!(would.contains(expected), "{expected:?} missing:\n{would}");
+    }
+    let writes = |k: &access_bot::sandbox::faults::Knobs| {
+        k.log()
+            .iter()
+            .filter(|e| {
+                e.method != "GET"
+                    && !e.path.ends_with("/oauth/tokens")
+                    && !e.path.ends_with("/token")
+            })
+            .count()
+    };
+    assert_eq!(writes(&t.sb.gitlab_knobs), 0);
+    assert_eq!(writes(t.sb.zd_knobs("global")), 0);
+    assert_eq!(writes(&t.sb.google_knobs), 0);
+    assert_eq!(writes(&t.sb.okta_knobs), 0);
+    assert!(t.zd_user("global", "robin.kim@gitlab.com").is_none());
+    t.expect_no_comment(iid);
+    // The real run after it finds the issue changed and acts.
+    t.restart().await;
+    t.run().await;
+    t.expect_comment(iid);
+    assert_eq!(
+        t.custom_role_of("global", "robin.kim@gitlab.com")
+            .as_deref(),
+        Some("Support Engineer")
+    );
+    t.expect_ticked(iid, &["Zendesk Global: Agent - Support Engineer"]);
 }
 
 async fn audit_trail_answers_who_gave_this_person_access_and_who_approved(b: GroupBackend) {
@@ -1206,6 +1266,7 @@ with_each_backend!(
     daemon_and_one_shot_together_do_not_double_process,
     webhook_reacts_without_waiting_for_the_poll_and_rejects_bad_tokens,
     dry_run_reads_and_plans_but_writes_nothing,
+    dry_run_of_an_approved_request_shows_each_write_and_makes_none,
     audit_trail_answers_who_gave_this_person_access_and_who_approved,
     stale_requests_get_one_reminder_then_are_closed,
     time_bound_access_is_reminded_then_revoked_exactly,

@@ -144,19 +144,87 @@ impl Bot {
         project: &str,
         instance: &crate::accounts::Instance,
         ticked: &ReviewerTicked,
-        user_id: u64,
+        account: &User,
         patch: &UserPatch,
     ) -> Result<Option<User>, AccountError> {
         if !self.may_write(project) {
             return Ok(None);
         }
         tracing::info!(
-            user_id,
+            user_id = account.id,
             reviewer = ticked.by(),
             line = ticked.item_text(),
             "reclaiming a seat"
         );
-        instance.api.update_user(user_id, patch).await.map(Some)
+        if let Some(r) = &self.rehearsal {
+            r.record(
+                None,
+                format!(
+                    "reclaim the seat of {} (ticked by @{})",
+                    account.email.as_deref().unwrap_or(&account.name),
+                    ticked.by()
+                ),
+            );
+            return Ok(Some(patch.applied_to(account)));
+        }
+        instance.api.update_user(account.id, patch).await.map(Some)
+    }
+
+    /// Make this bot a rehearsal (a dry run): it reads and decides as it
+    /// would, and every write is recorded instead of made: on GitLab, on the
+    /// account systems and group directories (here, in the executor), by
+    /// e-mail and to ops. It works on a copy of the state database in
+    /// memory, and holds no replica lease (it writes nothing to guard).
+    /// Returns the record of what it would have written.
+    pub fn rehearse(&mut self) -> Result<crate::rehearsal::Rehearsal, crate::store::StoreError> {
+        let log = crate::rehearsal::Rehearsal::default();
+        self.store = std::sync::Arc::new(self.store.copy_in_memory()?);
+        self.gitlab = std::sync::Arc::new(crate::rehearsal::RehearsedGitlab::new(
+            self.gitlab.clone(),
+            log.clone(),
+            self.me.clone(),
+        ));
+        self.mailer = self
+            .mailer
+            .as_ref()
+            .map(|m| std::sync::Arc::new(m.rehearsed(log.clone())));
+        let notifier = std::mem::replace(&mut self.notifier, crate::notify::Notifier::none());
+        self.notifier = notifier.rehearsed(log.clone());
+        self.lease = super::lease::ReplicaLease::unneeded(self.store.owner().to_string());
+        self.rehearsal = Some(log.clone());
+        Ok(log)
+    }
+
+    /// A rehearsal's writes not yet reported with an issue's outcome (ops
+    /// notices, e-mails, review issues, labels); empty for a real run.
+    pub fn rehearsal_rest(&self) -> Vec<String> {
+        self.rehearsal
+            .as_ref()
+            .map(|r| r.take_all())
+            .unwrap_or_default()
+    }
+
+    /// Whether this bot rehearses (a dry run), for what it prints about itself.
+    pub fn rehearsing(&self) -> bool {
+        self.rehearsal.is_some()
+    }
+
+    /// What a look at an issue comes to: in a rehearsal, the writes it would
+    /// have made (when it would have made any); otherwise its outcome.
+    pub(super) fn rehearsed_outcome(
+        &self,
+        project: &str,
+        iid: u64,
+        outcome: super::Outcome,
+    ) -> super::Outcome {
+        let Some(r) = &self.rehearsal else {
+            return outcome;
+        };
+        let lines = r.take(project, iid);
+        if lines.is_empty() {
+            return outcome;
+        }
+        super::Outcome::Planned(lines.iter().map(|l| format!("{l}\n")).collect())
     }
 
     /// Run steps in order, recording each in the audit trail before anything
@@ -221,7 +289,22 @@ impl Bot {
                 return result;
             }
             let outcome = match self.guard(step, observed, self_service).await {
-                Ok(()) => self.step(step, ids, observed).await,
+                Ok(()) => match &self.rehearsal {
+                    // A rehearsal stops here: past every check, short of the write.
+                    Some(r) => {
+                        r.record(
+                            Some((project, iid)),
+                            format!(
+                                "{}: {}: {}",
+                                step.instance,
+                                step.subject,
+                                step.action.describe()
+                            ),
+                        );
+                        Ok("rehearsed".to_string())
+                    }
+                    None => self.step(step, ids, observed).await,
+                },
                 Err(e) => Err(e),
             };
             let (label, after) = match &outcome {

@@ -161,7 +161,7 @@ impl Bot {
         issue: &crate::gitlab::ApiIssue,
         history: &History,
     ) -> Result<(), super::process::ProcessError> {
-        if self.dry_run || !history.records.iter().any(|r| r.marker.is(NoteKind::Grant)) {
+        if !history.records.iter().any(|r| r.marker.is(NoteKind::Grant)) {
             return Ok(());
         }
         let label = &self.cfg.bot.state_labels.time_bound;
@@ -191,9 +191,6 @@ impl Bot {
     /// The expiry check: the grants on their issues, then the reminders and
     /// revocations that are due.
     pub(super) async fn expiries(&self) -> Vec<(String, u64, Outcome)> {
-        if self.dry_run {
-            return Vec::new();
-        }
         self.adopt_grants_from_issues().await;
         let grants = match self.store.grants() {
             Ok(g) => g,

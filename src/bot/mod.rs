@@ -8,6 +8,7 @@ mod expiry;
 pub mod lease;
 mod observe;
 mod process;
+mod reply;
 pub mod run;
 mod seats;
 pub mod status;
@@ -69,7 +70,7 @@ pub enum Outcome {
     Refused,
     /// Something needs a person (a blocked step), or a step failed.
     Failed(String),
-    /// Dry run: what would be done.
+    /// A rehearsal (dry run): the writes it would have made, one per line.
     Planned(String),
 }
 
@@ -108,7 +109,9 @@ pub struct Bot {
     pub marker_key: crate::marker::MarkerKey,
     /// Who is who: GitLab users' company e-mails, the company directory.
     pub identity: crate::identity::Resolver,
-    pub dry_run: bool,
+    /// Set by `rehearse` (a dry run): where the writers record what they
+    /// would have written. Read only by the executor.
+    rehearsal: Option<crate::rehearsal::Rehearsal>,
     /// GitLab users by username (lower-case), cached for the life of the process.
     users: Mutex<HashMap<String, Option<ApiUser>>>,
     /// Issues processed at once, across cycles and events (`[bot] concurrency`).
@@ -255,7 +258,7 @@ impl Bot {
             store,
             me,
             marker_key,
-            dry_run: false,
+            rehearsal: None,
             users: Mutex::new(HashMap::new()),
             in_flight: Default::default(),
             lease,
@@ -297,7 +300,7 @@ impl Bot {
             store,
             me,
             marker_key: crate::marker::MarkerKey::random(),
-            dry_run: false,
+            rehearsal: None,
             users: Mutex::new(HashMap::new()),
             in_flight: Default::default(),
             lease,
@@ -405,7 +408,7 @@ impl Bot {
     /// What the bot did in the last 24 hours, to ops (Slack and/or e-mail), once
     /// a day: the audit trail counted by action and outcome, and the issues.
     pub async fn digest(&self) -> bool {
-        if self.dry_run || !self.notifier.enabled() {
+        if !self.notifier.enabled() {
             return false;
         }
         let now = self.now();
@@ -480,9 +483,6 @@ impl Bot {
         &self,
         project: &str,
     ) -> Result<lease::Standing, crate::gitlab::GitlabError> {
-        if self.dry_run {
-            return Ok(lease::Standing::Active);
-        }
         self.lease
             .standing(&*self.gitlab, project, &self.cfg.bot.state_labels.lease)
             .await
@@ -490,7 +490,7 @@ impl Bot {
 
     /// Whether this replica may write to the project right now (no call to GitLab).
     pub fn may_write(&self, project: &str) -> bool {
-        self.dry_run || self.lease.may_write(project)
+        self.lease.may_write(project)
     }
 
     /// Every event's work once, in this order: the poll, the stale scan (of
@@ -563,7 +563,6 @@ impl Bot {
                         report.outcomes.push((project.clone(), iid, o));
                     }
                     if let Some(t) = newest
-                        && !self.dry_run
                         && let Err(e) = self.store.advance_cursor(&project, t)
                     {
                         report.errors.push(e.to_string());

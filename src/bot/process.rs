@@ -21,6 +21,7 @@ use crate::request::{self, Email, IssueFacts, Request, RequestKind, checklist};
 use crate::notify::{Notice, NoticeKind};
 
 use super::observe::ObserveError;
+use super::reply;
 use super::writeback::{Section, Ticks, Writeback};
 use super::{Bot, Outcome};
 
@@ -94,7 +95,7 @@ struct PlanPost<'a> {
 const UNDONE_SINCE: &str = "A change the earlier plan already made was undone since (by someone other than the bot), so the bot does not make it again on the earlier approval: an approval authorises one execution. This plan lists what is needed now; approve it again.";
 
 /// The person the People team is e-mailed about.
-struct ToVerify {
+pub(super) struct ToVerify {
     who: String,
     email: Email,
 }
@@ -129,9 +130,6 @@ impl Bot {
         detail: String,
         url: Option<String>,
     ) {
-        if self.dry_run {
-            return;
-        }
         self.notifier
             .notice(
                 &self.store,
@@ -167,44 +165,40 @@ impl Bot {
         // it on the retry list, as it would another runner's.
         let Some(_mine) = InFlight::enter(&self.in_flight, project, iid) else {
             tracing::info!(iid, "already being worked on in this process; skipping");
-            if !self.dry_run
-                && let Err(e) = self.store.add_retry(project, iid, "busy")
-            {
+            if let Err(e) = self.store.add_retry(project, iid, "busy") {
                 tracing::error!(iid, error = %e, "cannot keep the issue on the retry list");
             }
             return Outcome::Busy;
         };
         // The bound on work at once; the request budgets are shared anyway.
         let _permit = self.work.acquire().await.ok();
-        if !self.dry_run {
-            match self.active(project).await {
-                Ok(super::lease::Standing::Active) => {}
-                Ok(super::lease::Standing::Standby { holder, .. }) => {
-                    tracing::info!(
-                        iid,
-                        holder,
-                        "another replica acts on this project; skipping"
-                    );
-                    return Outcome::Busy;
+        match self.active(project).await {
+            Ok(super::lease::Standing::Active) => {}
+            Ok(super::lease::Standing::Standby { holder, .. }) => {
+                tracing::info!(
+                    iid,
+                    holder,
+                    "another replica acts on this project; skipping"
+                );
+                return Outcome::Busy;
+            }
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+        match self.store.try_lease(project, iid) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(iid, "another runner is working on this issue; skipping");
+                if let Err(e) = self.store.add_retry(project, iid, "busy") {
+                    tracing::error!(iid, error = %e, "cannot keep the issue on the retry list");
                 }
-                Err(e) => return Outcome::Failed(e.to_string()),
+                return Outcome::Busy;
             }
-            match self.store.try_lease(project, iid) {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::info!(iid, "another runner is working on this issue; skipping");
-                    if let Err(e) = self.store.add_retry(project, iid, "busy") {
-                        tracing::error!(iid, error = %e, "cannot keep the issue on the retry list");
-                    }
-                    return Outcome::Busy;
-                }
-                Err(e) => return Outcome::Failed(e.to_string()),
-            }
-            if let Err(e) = self.store.add_retry(project, iid, "in progress") {
-                tracing::error!(iid, error = %e, "cannot mark the issue in progress");
-                let _ = self.store.release(project, iid);
-                return Outcome::Failed(e.to_string());
-            }
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+        if let Err(e) = self.store.add_retry(project, iid, "in progress") {
+            tracing::error!(iid, error = %e, "cannot mark the issue in progress");
+            let _ = self.store.release(project, iid);
+            return Outcome::Failed(e.to_string());
         }
         self.forget_own_edit(project, iid);
         // Every line logged while working on the issue carries its iid (connectors included).
@@ -220,7 +214,7 @@ impl Bot {
             tokio::select! {
                 r = &mut work => break r,
                 _ = every.tick() => {
-                    if !self.dry_run && let Err(e) = self.store.heartbeat() {
+                    if let Err(e) = self.store.heartbeat() {
                         tracing::warn!(iid, error = %e, "cannot renew the issue's lease");
                     }
                 }
@@ -230,28 +224,26 @@ impl Bot {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(iid, error = %e, "giving up on this issue for this cycle");
-                if !e.is_transient() && !self.dry_run {
+                if !e.is_transient() {
                     self.say_stopped(project, iid, &e.to_string()).await;
                 }
                 Outcome::Failed(e.to_string())
             }
         };
-        if !self.dry_run {
-            let r = match &outcome {
-                Outcome::Failed(why) => self.store.add_retry(project, iid, why),
-                Outcome::Busy => self.store.add_retry(project, iid, "busy"),
-                _ => self.store.clear_retry(project, iid),
-            };
-            if let Err(e) = r {
-                tracing::error!(iid, error = %e, "cannot record the issue's outcome");
-            }
-            if let Err(e) = self.store.release(project, iid) {
-                tracing::error!(iid, error = %e, "cannot release the issue's lease");
-            }
+        let r = match &outcome {
+            Outcome::Failed(why) => self.store.add_retry(project, iid, why),
+            Outcome::Busy => self.store.add_retry(project, iid, "busy"),
+            _ => self.store.clear_retry(project, iid),
+        };
+        if let Err(e) = r {
+            tracing::error!(iid, error = %e, "cannot record the issue's outcome");
+        }
+        if let Err(e) = self.store.release(project, iid) {
+            tracing::error!(iid, error = %e, "cannot release the issue's lease");
         }
         self.forget_own_edit(project, iid);
         tracing::info!(iid, outcome = ?outcome, "processed");
-        outcome
+        self.rehearsed_outcome(project, iid, outcome)
     }
 
     /// Say on the issue, once per distinct error, that the bot stopped on it
@@ -325,15 +317,10 @@ impl Bot {
         issue: &ApiIssue,
     ) -> Result<Vec<request::Note>, ProcessError> {
         let iid = issue.iid;
-        // A dry run writes nothing, the cache included: it reads them all.
-        let cached = if self.dry_run {
+        let cached = self.store.cached_notes(project, iid).unwrap_or_else(|e| {
+            tracing::warn!(iid, error = %e, "cannot read the cached notes; reading them all");
             None
-        } else {
-            self.store.cached_notes(project, iid).unwrap_or_else(|e| {
-                tracing::warn!(iid, error = %e, "cannot read the cached notes; reading them all");
-                None
-            })
-        };
+        });
         // From GitLab's time of the last read (or the newest edit it showed),
         // minus the overlap: a note whose edit was not yet visible to that
         // read is read now.
@@ -414,7 +401,7 @@ impl Bot {
         complete: bool,
     ) -> Vec<request::Note> {
         notes.notes.sort_by_key(|n| (n.note.created_at, n.note.id));
-        if !self.dry_run {
+        {
             let r = if complete {
                 self.store.cache_notes(project, iid, &notes)
             } else {
@@ -522,11 +509,6 @@ impl Bot {
         }
         // A seat review the bot opened: reviewers' ticks, not a request.
         if let Some((instance, period)) = self.seat_review_of(project, &issue).await? {
-            if self.dry_run {
-                return Ok(Outcome::Planned(format!(
-                    "seat review {instance} {period}: would reclaim the seats whose lines a reviewer ticked\n"
-                )));
-            }
             return self
                 .process_seat_review(project, &issue, &instance, &period)
                 .await;
@@ -545,36 +527,15 @@ impl Bot {
             label_events: Vec::new(),
         };
         let mut history = self.history(project, &facts).await;
-        let labels = &self.cfg.bot.state_labels;
         self.remember_grants(project, &issue, &history).await?;
 
         let req = match request::parse_request(&facts.issue, &self.cfg) {
             Ok(req) => req,
             Err(errors) => {
-                if self.dry_run {
-                    return Ok(Outcome::Refused);
-                }
-                let shown: Vec<String> = errors
-                    .iter()
-                    .take(request::MAX_ERRORS)
-                    .map(|e| e.to_string())
-                    .collect();
-                let more = errors.len().saturating_sub(shown.len());
-                let wb = Writeback {
-                    kind: NoteKind::Invalid,
-                    sections: vec![Section {
-                        key: format!("invalid:{}", short_hash(&shown.join("\n"))),
-                        comment: comment::Invalid {
-                            errors: shown,
-                            more,
-                        }
-                        .into(),
-                    }],
-                    state_label: Some(labels.refused.clone()),
-                    ..Default::default()
-                };
-                self.write_back(project, &issue, &history, wb).await?;
-                return Ok(Outcome::Refused);
+                let reply = self.invalid_reply(&errors);
+                return self
+                    .perform(project, &issue, &mut history, Some(&facts), None, reply)
+                    .await;
             }
         };
         let requester = Requester {
@@ -612,8 +573,7 @@ impl Bot {
         let dir = self.directory(names, &req).await?;
         // A verification request on the issue whose e-mail no note reports
         // (a crash, a refusal): finish it first, whatever the decision is now.
-        if !self.dry_run
-            && let Some(v) = self.to_verify(&req, &dir)
+        if let Some(v) = self.to_verify(&req, &dir)
             && let Err(e) = self
                 .verification_email(project, &issue, &mut history, &req, &v, &facts)
                 .await?
@@ -647,19 +607,6 @@ impl Bot {
                     verification_pending,
                     requirements,
                 } if !matches!(stage, Stage::Current { .. }) => {
-                    if self.dry_run {
-                        let plan = plan::preview(&request, &Observed::default(), &self.cfg, false);
-                        let view = report::plan_view(
-                            &request,
-                            &plan,
-                            &self.cfg,
-                            &missing,
-                            &granted,
-                            &requirements,
-                            false,
-                        );
-                        return Ok(Outcome::Planned(self.templates.text(&view)?));
-                    }
                     let observed = self.observe(&request).await?;
                     let why = matches!(stage, Stage::Stale { .. }).then(|| {
                             "The request changed since an earlier plan (or after it was carried out), so any earlier approval no longer applies: approve this plan again.".to_string()
@@ -688,7 +635,9 @@ impl Bot {
                         .await?;
                     // After the plan that explains it is on the issue; not
                     // again for a request already planned.
-                    self.security_notice(&request, &missing, planned).await;
+                    if let Some(n) = reply::approvals_notice(&request, &missing, planned) {
+                        self.tell_ops(n.kind, n.cause, n.detail, n.url).await;
+                    }
                     if let Some(o) = early {
                         return Ok(o);
                     }
@@ -703,9 +652,16 @@ impl Bot {
                     close,
                     security,
                 } => {
+                    let reply =
+                        self.refused_reply(&history, &request, reasons, close, security, None);
                     return self
-                        .refuse(
-                            project, &issue, &history, &request, reasons, close, security, None,
+                        .perform(
+                            project,
+                            &issue,
+                            &mut history,
+                            Some(&facts),
+                            Some(&request),
+                            reply,
                         )
                         .await;
                 }
@@ -721,67 +677,25 @@ impl Bot {
                     verification_pending,
                     ..
                 } => {
-                    if self.dry_run {
-                        return Ok(Outcome::Waiting);
-                    }
-                    let digest = request.digest();
-                    // Whether the situation was already explained on the issue.
-                    let mut explained: Option<bool> = None;
-                    let mut wb = Writeback {
-                        kind: NoteKind::Waiting,
-                        digest: digest.clone(),
-                        state_label: Some(labels.waiting.clone()),
-                        ..Default::default()
-                    };
-                    if missing
-                        .iter()
-                        .any(|m| m.missing != approval::Missing::NotApplied)
-                    {
-                        // Something happened that does not count: say why, once per situation.
-                        let views = report::missing_views(&missing);
-                        let sig: Vec<String> = views
-                            .iter()
-                            .map(|v| format!("{}{}", v.label, v.detail))
-                            .collect();
-                        wb.sections.push(Section {
-                            key: format!("waiting:{digest}:{}", short_hash(&sig.join("\n"))),
-                            comment: comment::Waiting {
-                                kind: request.kind.human().to_string(),
-                                missing: views,
-                                granted: report::granted_views(&granted),
-                            }
-                            .into(),
-                        });
-                        let key = format!("waiting:{digest}:{}", short_hash(&sig.join("\n")));
-                        explained = Some(history.keys().contains(&crate::marker::clean(&key)));
-                    }
-                    let email = if verification_pending {
-                        self.verification(&request, &dir, &mut wb)
-                    } else {
-                        None
-                    };
-                    self.stale(&facts, &request, &missing, &dir, &mut wb);
-                    if let Some(r) = self.write_back(project, &issue, &history, wb).await? {
-                        history.push(r);
-                    }
-                    if let Some(before) = explained {
-                        self.security_notice(&request, &missing, before).await;
-                    }
-                    if let Some(to_verify) = email
-                        && let Err(e) = self
-                            .verification_email(
-                                project,
-                                &issue,
-                                &mut history,
-                                &request,
-                                &to_verify,
-                                &facts,
-                            )
-                            .await?
-                    {
-                        return Ok(Outcome::Failed(e));
-                    }
-                    return Ok(Outcome::Waiting);
+                    let reply = self.waiting_reply(
+                        &facts,
+                        &history,
+                        &request,
+                        &missing,
+                        &granted,
+                        verification_pending,
+                        &dir,
+                    );
+                    return self
+                        .perform(
+                            project,
+                            &issue,
+                            &mut history,
+                            Some(&facts),
+                            Some(&request),
+                            reply,
+                        )
+                        .await;
                 }
                 Decision::Approved(approved) => {
                     let request = approved.request().clone();
@@ -925,101 +839,6 @@ impl Bot {
         Ok(None)
     }
 
-    /// Ops hear of an approval that does not count for a security reason,
-    /// at most once: after the comment that explains it is on the issue, and
-    /// never when it was there already (`explained`), whatever the store
-    /// remembers. (A crash between the comment and the notice loses the
-    /// notice, never the explanation.)
-    async fn security_notice(
-        &self,
-        request: &Request,
-        missing: &[approval::MissingApproval],
-        explained: bool,
-    ) {
-        if explained || !missing.iter().any(|m| m.missing.is_security()) {
-            return;
-        }
-        let views = report::missing_views(missing);
-        let sig: Vec<String> = views
-            .iter()
-            .map(|v| format!("{} {}", v.label, v.detail))
-            .collect();
-        tracing::warn!(
-            iid = request.iid,
-            "an approval was applied by someone who may not give it"
-        );
-        self.tell_ops(
-            NoticeKind::SecurityRefusal,
-            format!("#{} {}", request.iid, sig.join("; ")),
-            format!(
-                "#{}: an approval does not count: {}",
-                request.iid,
-                sig.join("; ")
-            ),
-            Some(request.web_url.clone()),
-        )
-        .await;
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn refuse(
-        &self,
-        project: &str,
-        issue: &ApiIssue,
-        history: &History,
-        request: &Request,
-        reasons: Vec<String>,
-        close: bool,
-        security: bool,
-        plan: Option<&str>,
-    ) -> Result<Outcome, ProcessError> {
-        if self.dry_run {
-            return Ok(Outcome::Refused);
-        }
-        let digest = request.digest();
-        let key = format!("refused:{digest}:{}", short_hash(&reasons.join("\n")));
-        let explained = history.keys().contains(&crate::marker::clean(&key));
-        let wb = Writeback {
-            kind: NoteKind::Refused,
-            digest: digest.clone(),
-            // Bound to the plan it refuses: that plan is consumed.
-            fields: plan
-                .map(|p| vec![("plan", p.to_string())])
-                .unwrap_or_default(),
-            sections: vec![Section {
-                comment: if close {
-                    comment::CitizenshipDenied {
-                        reasons: reasons.clone(),
-                    }
-                    .into()
-                } else {
-                    comment::Refused {
-                        reasons: reasons.clone(),
-                        close,
-                    }
-                    .into()
-                },
-                key,
-            }],
-            state_label: Some(self.cfg.bot.state_labels.refused.clone()),
-            close,
-            ..Default::default()
-        };
-        self.write_back(project, issue, history, wb).await?;
-        // Once the comment is on the issue, and only the first time.
-        if security && !explained {
-            tracing::warn!(iid = request.iid, reasons = ?reasons, "refused for a security reason");
-            self.tell_ops(
-                NoticeKind::SecurityRefusal,
-                format!("#{} {}", request.iid, reasons.join("; ")),
-                format!("#{} was refused: {}", request.iid, reasons.join("; ")),
-                Some(request.web_url.clone()),
-            )
-            .await;
-        }
-        Ok(Outcome::Refused)
-    }
-
     /// The latest plan was carried out. Put back the bot's ticks if they are
     /// missing; never run anything again.
     async fn already_done(
@@ -1036,20 +855,14 @@ impl Bot {
             Stage::Done { result, retick, .. } => (result, retick),
             // Refused when it came to act: nothing more without a new plan.
             Stage::Closed { .. } => {
-                if !self.dry_run && !issue.labels.contains(&labels.refused) {
-                    let wb = Writeback {
-                        state_label: Some(labels.refused.clone()),
-                        ..Default::default()
-                    };
-                    self.write_back(project, issue, history, wb).await?;
-                }
-                return Ok(Outcome::Refused);
+                let reply = self.closed_reply(issue);
+                let mut history = history.clone();
+                return self
+                    .perform(project, issue, &mut history, None, Some(request), reply)
+                    .await;
             }
             _ => return Ok(Outcome::Ignored),
         };
-        if self.dry_run {
-            return Ok(Outcome::Done);
-        }
         let mut wb = Writeback {
             kind: NoteKind::Result,
             digest: request.digest(),
@@ -1088,7 +901,7 @@ impl Bot {
     /// the issue (a section of the note being written). Returns the person to
     /// e-mail the People team about, when `[notify.email]` is configured; the
     /// e-mail goes out only after that note is on the issue.
-    fn verification(
+    pub(super) fn verification(
         &self,
         request: &Request,
         dir: &Directory,
@@ -1208,7 +1021,7 @@ impl Bot {
     /// Message-ID, which mail systems show once).
     /// `Ok(Err(_))`: the server refused; said on the issue, retried next cycle.
     #[allow(clippy::too_many_arguments)]
-    async fn verification_email(
+    pub(super) async fn verification_email(
         &self,
         project: &str,
         issue: &ApiIssue,
@@ -1370,20 +1183,6 @@ impl Bot {
         let observed = self.observe(req).await?;
         let exec = plan::build(&approved, &observed, &self.cfg);
         let p = exec.inner();
-        if self.dry_run {
-            let view = report::plan_view(
-                req,
-                p,
-                &self.cfg,
-                &[],
-                approved.granted(),
-                approved.requirements(),
-                false,
-            );
-            return Ok(Acted::Outcome(Outcome::Planned(
-                self.templates.text(&view)?,
-            )));
-        }
         let plan_digest = approved.plan().marker.digest.clone();
         // The approval covers the changes its plan listed. If the accounts now
         // need other changes (someone was suspended, an account appeared), a
@@ -1544,17 +1343,11 @@ impl Bot {
                 self.write_back(project, issue, history, wb).await?;
                 return Ok(Acted::Outcome(Outcome::Refused));
             }
+            let reply =
+                self.refused_reply(history, req, reasons, false, protected, Some(&plan_digest));
+            let mut history = history.clone();
             return self
-                .refuse(
-                    project,
-                    issue,
-                    history,
-                    req,
-                    reasons,
-                    false,
-                    protected,
-                    Some(&plan_digest),
-                )
+                .perform(project, issue, &mut history, None, Some(req), reply)
                 .await
                 .map(Acted::Outcome);
         }
@@ -1785,7 +1578,7 @@ impl Bot {
 
     /// A request waiting too long gets one reminder naming the missing approvers,
     /// and after the second limit is closed with a note on how to reopen.
-    fn stale(
+    pub(super) fn stale(
         &self,
         facts: &IssueFacts,
         request: &Request,

@@ -682,7 +682,7 @@ async fn serve_webhook(
 }
 
 /// One line for the log at start: what the bot watches, how often, where it listens.
-fn start_line(cfg: &Config, listening: &Listening, dry_run: bool) -> String {
+fn start_line(cfg: &Config, listening: &Listening, rehearsing: bool) -> String {
     let tz = cfg
         .bot
         .time_zone
@@ -695,7 +695,7 @@ fn start_line(cfg: &Config, listening: &Listening, dry_run: bool) -> String {
     let mut s = format!(
         "access-bot {}{}: watching {} on {} (labels: {}), polling {poll}",
         env!("CARGO_PKG_VERSION"),
-        if dry_run { " (dry run)" } else { "" },
+        if rehearsing { " (dry run)" } else { "" },
         cfg.gitlab.projects.join(", "),
         cfg.gitlab.url,
         cfg.poll_labels().join(", "),
@@ -840,7 +840,7 @@ pub async fn run_listening(
         ops = ?listening.ops,
         webhook = ?listening.webhook,
         "{}",
-        start_line(&bot.cfg, &listening, bot.dry_run)
+        start_line(&bot.cfg, &listening, bot.rehearsing())
     );
     if let Some(ch) = opts.on_listening {
         let _ = ch.send(listening);

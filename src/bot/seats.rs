@@ -151,8 +151,8 @@ impl Bot {
             .unwrap_or_default()
     }
 
-    /// Review every instance (or one): list idle paid seats and, unless in
-    /// dry-run, open or update the review issues.
+    /// Review every instance (or one): list idle paid seats and open or
+    /// update the review issues.
     pub async fn audit_seats(&self, only: Option<&str>) -> Result<Vec<SeatReport>, SeatError> {
         let cfg = self.seat_cfg()?;
         if let Some(o) = only
@@ -168,9 +168,7 @@ impl Bot {
             let span = tracing::info_span!("seat_review", instance = %name);
             let mut report =
                 tracing::Instrument::instrument(self.idle_seats(name, inst, cfg), span).await?;
-            if !self.dry_run {
-                report.issue_url = self.publish_review(name, cfg, &report).await?;
-            }
+            report.issue_url = self.publish_review(name, cfg, &report).await?;
             out.push(report);
         }
         Ok(out)
@@ -750,10 +748,7 @@ impl Bot {
                 ..Default::default()
             }
         };
-        let Some(after) = self
-            .reclaim_seat(project, inst, ticked, u.id, &patch)
-            .await?
-        else {
+        let Some(after) = self.reclaim_seat(project, inst, ticked, &u, &patch).await? else {
             return Ok(Reclaim::Kept(
                 "another replica of the bot holds this project now; it decides".into(),
             ));

@@ -194,9 +194,6 @@ impl Bot {
         let Some(st) = self.cfg.support_team.clone() else {
             return Vec::new();
         };
-        if self.dry_run {
-            return Vec::new();
-        }
         let rows = match self.store.open_support_mrs() {
             Ok(r) => r,
             Err(e) => {
