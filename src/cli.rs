@@ -376,7 +376,7 @@ fn print_report(r: &crate::bot::CycleReport) {
 
 async fn once(config: &Path, rehearse: bool) -> anyhow::Result<u8> {
     let bot = connect(config, rehearse).await?;
-    let r = bot.cycle().await;
+    let r = bot.once().await;
     print_report(&r);
     print_rehearsal(&bot);
     outln!("{}", summary(&r, rehearse));

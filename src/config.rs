@@ -661,6 +661,14 @@ pub struct LifecycleConfig {
     /// Remind this long before time-bound access expires.
     #[serde(default = "default_expiry_remind")]
     pub expiry_reminder_before: Dur,
+    /// How often `run` reads the time-bound grants from their issues and
+    /// reminds of or takes back those due.
+    #[serde(default = "default_hourly")]
+    pub expiry_check_every: Dur,
+    /// How often `run` looks for waiting requests old enough for a reminder
+    /// or closing.
+    #[serde(default = "default_hourly")]
+    pub stale_scan_every: Dur,
 }
 
 impl Default for LifecycleConfig {
@@ -669,6 +677,8 @@ impl Default for LifecycleConfig {
             stale_reminder_after: default_stale_remind(),
             stale_close_after: default_stale_close(),
             expiry_reminder_before: default_expiry_remind(),
+            expiry_check_every: default_hourly(),
+            stale_scan_every: default_hourly(),
         }
     }
 }
@@ -732,6 +742,9 @@ fn default_stale_close() -> Dur {
 }
 fn default_expiry_remind() -> Dur {
     Dur::from_secs(3 * 86_400, "3d")
+}
+fn default_hourly() -> Dur {
+    Dur::from_secs(3600, "1h")
 }
 
 /// A configuration error, naming the file, the line and the key when known.

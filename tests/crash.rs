@@ -668,7 +668,7 @@ async fn bot_loop(
     db: PathBuf,
     shared: Arc<Shared>,
 ) {
-    let mut bot = loop {
+    let bot = loop {
         let store = match Store::open(&db) {
             Ok(s) => Arc::new(s),
             Err(_) => {
@@ -684,11 +684,15 @@ async fn bot_loop(
     while !shared.stop.load(Ordering::SeqCst) {
         {
             let _turn = shared.turn.read().await;
-            bot.clock_offset = chrono::Duration::days(shared.offset_days.load(Ordering::SeqCst));
+            bot.clock.set_offset(chrono::Duration::days(
+                shared.offset_days.load(Ordering::SeqCst),
+            ));
             if shared.audit_pending.load(Ordering::SeqCst) && bot.audit_seats(None).await.is_ok() {
                 shared.audit_pending.store(false, Ordering::SeqCst);
             }
-            let report = bot.cycle().await;
+            // Each turn, every event once (poll, stale scan, expiries,
+            // merge-request follow-ups), as a daemon does over time.
+            let report = bot.once().await;
             let busy: Vec<u64> = report
                 .outcomes
                 .iter()
@@ -1102,7 +1106,18 @@ async fn run(spec: &Spec, scale: &Scale, out: &mut Outcome) -> anyhow::Result<()
     )?;
     let mut bots = Bots {
         mode: spec.mode,
-        cfg_for: dbs.iter().map(|d| proxies.config(&sb, d)).collect(),
+        cfg_for: dbs
+            .iter()
+            .map(|d| {
+                let mut cfg = proxies.config(&sb, d);
+                // The clock moves ten days for the expiries, and a request's
+                // age is read on it: requests left waiting are not to be
+                // reminded in this test, whose batches must end alike.
+                cfg.lifecycle.stale_reminder_after = access_bot::config::Dur::parse("60d").unwrap();
+                cfg.lifecycle.stale_close_after = access_bot::config::Dur::parse("90d").unwrap();
+                cfg
+            })
+            .collect(),
         secrets: proxies.secrets(&sb),
         dbs,
         toml,

@@ -713,7 +713,7 @@ async fn closed_time_bound_upgrade_on_the_same_issue_is_never_revoked() {
         "setup: the time-bound upgrade was granted:\n{}",
         bot_text(&t.sb, iid)
     );
-    t.bot.clock_offset = chrono::Duration::days(11);
+    t.bot.clock.set_offset(chrono::Duration::days(11));
     t.run_for(4).await;
     t.run_for(4).await;
     assert_ne!(
@@ -788,7 +788,7 @@ async fn closed_expiry_after_offboarding_keeps_the_okta_group_and_the_account_ac
     let j = zd(&t.sb, "global", "jane.doe@gitlab.com").unwrap();
     assert!(!j.suspended, "setup: grant:\n{}", bot_text(&t.sb, tb));
     // 4. The date.
-    t.bot.clock_offset = chrono::Duration::days(11);
+    t.bot.clock.set_offset(chrono::Duration::days(11));
     t.run_for(4).await;
     t.run_for(4).await;
     let j = zd(&t.sb, "global", "jane.doe@gitlab.com").unwrap();
@@ -1749,7 +1749,7 @@ async fn refused_expiry_keeps_a_later_permanent_role() {
     t.sb.add_label("mlee", p, MANAGER).await.unwrap();
     t.sb.add_label("jason", p, OWNER).await.unwrap();
     t.run_for(4).await;
-    t.bot.clock_offset = chrono::Duration::days(11);
+    t.bot.clock.set_offset(chrono::Duration::days(11));
     t.run_for(4).await;
     t.run_for(4).await;
     assert_eq!(

@@ -59,7 +59,7 @@ async fn a_time_bound_grant_ends_on_its_date_though_the_database_was_lost() {
 
     // Another bot, with an empty database, on the date.
     t.restart().await;
-    t.bot.clock_offset = chrono::Duration::days(6);
+    t.bot.clock.set_offset(chrono::Duration::days(6));
     t.run().await;
     let (role, custom) = robin(&t).unwrap();
     assert_eq!(role, "end-user", "taken back");
@@ -82,7 +82,7 @@ async fn a_time_bound_grant_ends_on_its_date_though_the_database_was_lost() {
 
     // And a third, also empty: nothing more.
     t.restart().await;
-    t.bot.clock_offset = chrono::Duration::days(7);
+    t.bot.clock.set_offset(chrono::Duration::days(7));
     t.run().await;
     t.expect_no_comment(iid);
 }
@@ -116,7 +116,7 @@ async fn a_grant_interrupted_half_way_is_still_taken_back_in_full_from_its_recor
     // The database is lost; on the date, what the record lists and the
     // account still has is taken back.
     t.restart().await;
-    t.bot.clock_offset = chrono::Duration::days(6);
+    t.bot.clock.set_offset(chrono::Duration::days(6));
     t.run().await;
     assert_eq!(robin(&t).map(|r| r.0).as_deref(), Some("end-user"));
     assert!(
@@ -130,4 +130,94 @@ async fn a_grant_interrupted_half_way_is_still_taken_back_in_full_from_its_recor
     t.expect_comment(iid);
     t.expect_comment(iid);
     t.expect_no_comment(iid);
+}
+
+/// The expiry check is an event of its own, on the bot's one clock: polls
+/// never take a grant back, however late it is; the `Expiries` event does,
+/// with no poll, and only once.
+#[tokio::test]
+async fn an_expiry_is_taken_back_by_its_own_event_and_never_by_a_poll() {
+    use access_bot::bot::{Event, Outcome};
+    let mut t = crate::tester!().await;
+    let iid = time_bound_request(&t, 5).await;
+    // The plan, the record of what will be taken back, the result.
+    assert_eq!(t.read_all(iid).len(), 3);
+    let granted = Some(("agent".to_string(), Some("Support Engineer".to_string())));
+    assert_eq!(robin(&t), granted);
+
+    t.bot.clock.advance(chrono::Duration::days(6));
+    for _ in 0..3 {
+        let r = t.bot.cycle().await;
+        assert!(r.outcomes.is_empty() && r.errors.is_empty(), "{r:?}");
+    }
+    assert_eq!(robin(&t), granted, "a poll took the grant back");
+    t.expect_no_comment(iid);
+    assert!(t.sb.labels(iid).iter().any(|l| l == TIME_BOUND));
+
+    let r = t.bot.handle(Event::Expiries).await;
+    assert_eq!(
+        r.outcomes,
+        vec![(access_bot::sandbox::PROJECT.to_string(), iid, Outcome::Done)]
+    );
+    assert_eq!(robin(&t).map(|r| r.0).as_deref(), Some("end-user"));
+    let said = t.read_all(iid);
+    assert_eq!(said.len(), 4, "one comment more: revoked");
+    assert!(
+        said[3].body.contains("Time-bound access revoked"),
+        "{}",
+        said[3].body
+    );
+    assert!(!t.sb.labels(iid).iter().any(|l| l == TIME_BOUND));
+    assert!(
+        t.sb.ticked(iid)
+            .iter()
+            .any(|t| t.contains("revoked on expiry"))
+    );
+    // Once.
+    let r = t.bot.handle(Event::Expiries).await;
+    assert!(r.outcomes.is_empty(), "{r:?}");
+    t.expect_no_comment(iid);
+}
+
+/// The stale scan is an event of its own, and a request's age is read on the
+/// bot's clock: a poll leaves an unchanged waiting request alone; the
+/// `StaleScan` event reminds its approvers.
+#[tokio::test]
+async fn a_waiting_request_is_reminded_by_the_stale_scan_not_by_a_poll() {
+    use access_bot::bot::{Event, Outcome};
+    let mut t = crate::tester!().await;
+    let iid = t
+        .file(&Issue::table(
+            "rkim",
+            "Robin Kim, Zendesk Global",
+            &[["Robin Kim", "robin.kim@gitlab.com", "rkim", "mlee"]],
+            "- [ ] Zendesk Global: Agent - Support Engineer\n",
+        ))
+        .await;
+    t.run().await;
+    // The plan, waiting for approvals.
+    assert_eq!(t.read_all(iid).len(), 1);
+
+    // Eight days later (a reminder is due after seven).
+    t.bot.clock.advance(chrono::Duration::days(8));
+    let r = t.bot.cycle().await;
+    assert!(r.outcomes.is_empty(), "{r:?}");
+    t.expect_no_comment(iid);
+
+    let r = t.bot.handle(Event::StaleScan).await;
+    assert_eq!(
+        r.outcomes,
+        vec![(
+            access_bot::sandbox::PROJECT.to_string(),
+            iid,
+            Outcome::Waiting
+        )]
+    );
+    let said = t.read_all(iid);
+    assert!(
+        said.iter()
+            .any(|c| c.body.contains("still waiting for approval")),
+        "{said:#?}"
+    );
+    t.expect_state(iid, "opened");
 }

@@ -126,7 +126,7 @@ async fn a1_time_bound_label_removed_by_the_requester_then_database_lost() {
     t.sb.remove_label("rkim", iid, TIME_BOUND).await.unwrap();
 
     t.restart().await;
-    t.bot.clock_offset = chrono::Duration::days(6);
+    t.bot.clock.set_offset(chrono::Duration::days(6));
     t.run_for(4).await;
     assert_robin_revoked(&t.sb, iid);
     // The plan, the grant record, done; on the date, revoked.
@@ -143,7 +143,7 @@ async fn a2_time_bound_label_removed_by_the_requester_database_kept() {
     let iid = time_bound_request(&t, 5).await;
     t.sb.remove_label("rkim", iid, TIME_BOUND).await.unwrap();
     t.run_for(4).await;
-    t.bot.clock_offset = chrono::Duration::days(6);
+    t.bot.clock.set_offset(chrono::Duration::days(6));
     t.run_for(4).await;
     assert_robin_revoked(&t.sb, iid);
     // The plan, the grant record, done; on the date, revoked.
@@ -180,7 +180,7 @@ async fn a3_grant_record_edited_by_a_maintainer_then_database_lost() {
         .unwrap();
 
     t.restart().await;
-    t.bot.clock_offset = chrono::Duration::days(6);
+    t.bot.clock.set_offset(chrono::Duration::days(6));
     t.run_for(4).await;
     let said = bot_text(&t.sb, iid);
     assert!(
@@ -223,7 +223,7 @@ async fn a4_expiry_date_extended_after_the_grant() {
     .await
     .unwrap();
     t.run_for(4).await;
-    t.bot.clock_offset = chrono::Duration::days(6);
+    t.bot.clock.set_offset(chrono::Duration::days(6));
     t.run_for(4).await;
     assert_robin_revoked(&t.sb, iid);
     // The plan, the grant record, done, a new plan for the new date; on the
@@ -250,7 +250,7 @@ async fn a5_expiry_line_removed_after_the_grant_then_database_lost() {
     t.sb.edit_description("rkim", iid, &d).await.unwrap();
     t.run_for(4).await;
     t.restart().await;
-    t.bot.clock_offset = chrono::Duration::days(6);
+    t.bot.clock.set_offset(chrono::Duration::days(6));
     t.run_for(4).await;
     assert_robin_revoked(&t.sb, iid);
     // The plan, the grant record, done, a new plan without the date and its
@@ -678,7 +678,7 @@ async fn a6_time_bound_label_forged_on_a_permanent_request_takes_nothing() {
         .await
         .unwrap();
     t.restart().await;
-    t.bot.clock_offset = chrono::Duration::days(400);
+    t.bot.clock.set_offset(chrono::Duration::days(400));
     t.run_for(4).await;
     assert_eq!(
         role_of(&t.sb, "jane.doe@gitlab.com"),
@@ -787,7 +787,7 @@ async fn a3b_grant_record_edited_by_a_maintainer_database_kept() {
         .unwrap();
     t.sb.comment_as("mallory", iid, "ping").await.unwrap();
     t.run_for(4).await;
-    t.bot.clock_offset = chrono::Duration::days(6);
+    t.bot.clock.set_offset(chrono::Duration::days(6));
     t.run_for(4).await;
     assert_robin_revoked(&t.sb, iid);
     // The plan, the grant record (as mallory edited it), done; on the date, revoked.

@@ -1272,7 +1272,7 @@ async fn an_expiring_grant_does_not_demote_a_later_permanent_role() {
         Some("Support Manager")
     );
     w.freeze();
-    w.bot.clock_offset = chrono::Duration::days(6);
+    w.bot.clock.set_offset(chrono::Duration::days(6));
     w.run().await;
     assert_eq!(
         w.custom_role("jane.doe@gitlab.com").as_deref(),
@@ -1308,7 +1308,7 @@ async fn an_expiring_grant_keeps_what_another_request_also_gives() {
     w.run().await;
     w.label("mlee", second, MANAGER).await;
     w.run().await;
-    w.bot.clock_offset = chrono::Duration::days(6);
+    w.bot.clock.set_offset(chrono::Duration::days(6));
     w.run().await;
     let tags =
         w.sb.zd("global")
@@ -1343,7 +1343,7 @@ async fn an_expiring_grant_leaves_a_role_changed_since() {
             .unwrap()
             .custom_role_id = light;
     }
-    w.bot.clock_offset = chrono::Duration::days(6);
+    w.bot.clock.set_offset(chrono::Duration::days(6));
     w.run().await;
     let z = w.sb.zd("global");
     let jane = z.user_by_email("jane.doe@gitlab.com").unwrap();

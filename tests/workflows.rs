@@ -1168,14 +1168,14 @@ async fn time_bound_access_is_reminded_then_revoked_exactly(b: GroupBackend) {
     assert!(t.sb.group_member(GLOBAL_OKTA, "bo.li@gitlab.com"));
 
     // Eight days later: one reminder of what expires.
-    t.bot.clock_offset = chrono::Duration::days(8);
+    t.bot.clock.set_offset(chrono::Duration::days(8));
     t.run().await;
     t.run().await;
     t.expect_comment(iid);
     t.expect_no_comment(iid);
 
     // On the date: exactly what was granted goes away.
-    t.bot.clock_offset = chrono::Duration::days(10);
+    t.bot.clock.set_offset(chrono::Duration::days(10));
     t.run().await;
     t.expect_comment(iid);
     t.expect_no_comment(iid);
@@ -1202,7 +1202,7 @@ async fn time_bound_access_is_reminded_then_revoked_exactly(b: GroupBackend) {
             .contains(&"Access revoked on expiry".to_string())
     );
     // Nothing more happens later.
-    t.bot.clock_offset = chrono::Duration::days(20);
+    t.bot.clock.set_offset(chrono::Duration::days(20));
     t.run().await;
     t.expect_no_comment(iid);
 }

@@ -15,7 +15,6 @@ use crate::comment::{self, NoteKind};
 use crate::plan::{self, Action, GrantRecord, Observed};
 use crate::request::{IssueFacts, checklist};
 use crate::store::Grant;
-use chrono::{DateTime, Utc};
 
 use super::writeback::{Section, Ticks, Writeback};
 use super::{Bot, Outcome};
@@ -43,24 +42,13 @@ pub(super) fn record_of(g: &Grant) -> Option<GrantRecord> {
 }
 
 impl Bot {
-    /// The bot's notion of now (tests move it forward).
-    pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + self.clock_offset
-    }
-
     /// The time-bound grants in force, read from their issues into the store
-    /// (a cache): at start and then hourly, so that a bot with an empty or
-    /// lost store still ends every grant on its date. An issue carries the
+    /// (a cache): on every expiry check, so that a bot with an empty or lost
+    /// store still ends every grant on its date. An issue carries the
     /// time-bound label from its grant record (written before the first
-    /// change) until the grant is taken back.
+    /// change) until the grant is taken back. What cannot be read now is
+    /// read on the next check.
     async fn adopt_grants_from_issues(&self) {
-        {
-            let mut last = self.last_grant_scan.lock().await;
-            if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3600)) {
-                return;
-            }
-            *last = Some(std::time::Instant::now());
-        }
         let label = &self.cfg.bot.state_labels.time_bound;
         for project in &self.cfg.gitlab.projects {
             if !self.may_write(project) {
@@ -70,15 +58,12 @@ impl Bot {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(project, error = %e, "cannot list the time-bound issues; next time");
-                    // Try again next cycle rather than in an hour.
-                    *self.last_grant_scan.lock().await = None;
                     continue;
                 }
             };
             for issue in page.issues {
                 if let Err(e) = self.adopt_grants_of(project, issue.iid).await {
                     tracing::warn!(iid = issue.iid, error = %e, "cannot read the issue's time-bound grants");
-                    *self.last_grant_scan.lock().await = None;
                 }
             }
         }
@@ -94,7 +79,13 @@ impl Bot {
         let found = self
             .adopt_grants_in(project, iid, &history, true)
             .map_err(|e| e.to_string())?;
-        if found == 0 && !history.rejected.is_empty() {
+        // The store's copy, read from the record before anyone edited it,
+        // still says what to take back.
+        let kept = self.store.grants().is_ok_and(|gs| {
+            gs.iter()
+                .any(|g| g.project == project && g.iid == iid && !g.revoked)
+        });
+        if found == 0 && !history.rejected.is_empty() && !kept {
             // Labelled time-bound, yet no grant record verifies: someone
             // edited the bot's record. The bot cannot know what to take back;
             // it says so rather than forget the grant.
@@ -197,7 +188,8 @@ impl Bot {
         Ok(())
     }
 
-    /// Reminders and revocations that are due. Reads only the local store when nothing is due.
+    /// The expiry check: the grants on their issues, then the reminders and
+    /// revocations that are due.
     pub(super) async fn expiries(&self) -> Vec<(String, u64, Outcome)> {
         self.adopt_grants_from_issues().await;
         let grants = match self.store.grants() {
@@ -222,7 +214,7 @@ impl Bot {
         }
         let mut out = Vec::new();
         for ((project, iid), grants) in by_issue {
-            // Not while a task of this process works on the issue: the next cycle.
+            // Not while a task of this process works on the issue: the next check.
             let Some(_claim) = super::process::InFlight::enter(&self.in_flight, &project, iid)
             else {
                 continue;
@@ -388,7 +380,7 @@ impl Bot {
                 why,
             }));
             if let Some((step, error, _)) = &r.failed {
-                tracing::warn!(iid, step = %step.key, error = %error, "revocation incomplete; will retry next cycle");
+                tracing::warn!(iid, step = %step.key, error = %error, "revocation incomplete; will retry at the next expiry check");
                 return Outcome::Failed(error.clone());
             }
         }

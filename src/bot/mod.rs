@@ -1,7 +1,8 @@
 //! The bot: polls (and takes webhook events), decides with the core, acts
 //! through the connectors, and reports on the issue. Timers and webhooks
-//! enter as the same [`Event`].
+//! enter as the same [`Event`]; every decision on time reads one [`Clock`].
 
+mod clock;
 mod execute;
 mod expiry;
 pub mod lease;
@@ -29,16 +30,27 @@ use crate::render::Templates;
 use crate::secret::Secrets;
 use crate::store::Store;
 
+pub use clock::Clock;
 pub use execute::ExecResult;
 pub use seats::{SeatError, SeatReport};
 
 /// What wakes the bot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Poll every project for changed issues.
+    /// Poll every project for changed issues (and the retry list).
     Poll,
     /// Look at one issue now (webhook, `plan --issue`).
     Issue { project: String, iid: u64 },
+    /// Read the time-bound grants from their issues, then remind of and take
+    /// back those due (`[lifecycle] expiry_check_every`).
+    Expiries,
+    /// Look at waiting requests old enough for a reminder or closing: they do
+    /// not change by themselves, so no poll brings them back
+    /// (`[lifecycle] stale_scan_every`).
+    StaleScan,
+    /// Follow up the open Support Team merge requests (`[support_team]
+    /// check_every`).
+    MergeRequests,
     /// Review idle paid seats (`[seat_audit] schedule`).
     SeatAudit,
     /// Send ops the digest of the last 24 hours (`[notify] digest`).
@@ -107,18 +119,12 @@ pub struct Bot {
     /// Issues being processed in this process: the issue lease is the same
     /// owner's for all of them, so it cannot keep two tasks apart.
     in_flight: std::sync::Mutex<BTreeSet<(String, u64)>>,
-    /// When the waiting issues were last checked for staleness.
-    last_stale_scan: Mutex<Option<std::time::Instant>>,
-    /// When the time-bound grants were last read from their issues.
-    last_grant_scan: Mutex<Option<std::time::Instant>>,
-    /// Added to the clock for time-bound access (tests move time forward).
-    pub clock_offset: chrono::Duration,
+    /// Now, for every decision on time (tests move it forward).
+    pub clock: Arc<Clock>,
     /// SMTP, when `[notify.email]` is configured (the People team's e-mail).
     pub mailer: Option<Arc<crate::notify::Mailer>>,
     /// Ops notices (Slack and/or e-mail), de-duplicated.
     pub notifier: crate::notify::Notifier,
-    /// When open Support Team merge requests were last checked.
-    last_mr_check: Mutex<Option<std::time::Instant>>,
     /// Which replica acts on which project (one writer across hosts).
     pub lease: lease::ReplicaLease,
     /// The issue as the bot's own last edit left it, during a look (cleared
@@ -255,13 +261,10 @@ impl Bot {
             rehearsal: None,
             users: Mutex::new(HashMap::new()),
             in_flight: Default::default(),
-            last_stale_scan: Mutex::new(None),
-            last_grant_scan: Mutex::new(None),
             lease,
-            clock_offset: chrono::Duration::zero(),
+            clock: Arc::new(Clock::system()),
             mailer,
             notifier,
-            last_mr_check: Mutex::new(None),
             own_edits: Default::default(),
         };
         Ok(bot)
@@ -300,13 +303,10 @@ impl Bot {
             rehearsal: None,
             users: Mutex::new(HashMap::new()),
             in_flight: Default::default(),
-            last_stale_scan: Mutex::new(None),
-            last_grant_scan: Mutex::new(None),
             lease,
-            clock_offset: chrono::Duration::zero(),
+            clock: Arc::new(Clock::system()),
             mailer: None,
             notifier: crate::notify::Notifier::none(),
-            last_mr_check: Mutex::new(None),
             own_edits: Default::default(),
         })
     }
@@ -357,10 +357,32 @@ impl Bot {
         }
     }
 
+    /// The bot's notion of now (see [`Clock`]).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
     /// Handle one event.
     pub async fn handle(&self, event: Event) -> CycleReport {
         match event {
             Event::Poll => self.cycle().await,
+            Event::StaleScan => self.stale_scan(&BTreeSet::new()).await,
+            Event::Expiries => {
+                // Their own schedule, not the poll's: the project leases may
+                // want renewing first (writes happen only where this replica acts).
+                self.hold_leases().await;
+                CycleReport {
+                    outcomes: self.expiries().await,
+                    ..Default::default()
+                }
+            }
+            Event::MergeRequests => {
+                self.hold_leases().await;
+                CycleReport {
+                    outcomes: self.support_team_followups().await,
+                    ..Default::default()
+                }
+            }
             Event::SeatAudit => {
                 let mut report = CycleReport::default();
                 if let Err(e) = self.audit_seats(None).await {
@@ -389,7 +411,8 @@ impl Bot {
         if !self.notifier.enabled() {
             return false;
         }
-        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let now = self.now();
+        let today = now.format("%Y-%m-%d").to_string();
         let key = format!("digest:{today}");
         if self
             .store
@@ -402,7 +425,7 @@ impl Bot {
         let rows = self
             .store
             .audit_rows(&crate::store::AuditQuery {
-                since: Some(chrono::Utc::now() - chrono::Duration::hours(24)),
+                since: Some(now - chrono::Duration::hours(24)),
                 ..Default::default()
             })
             .unwrap_or_default();
@@ -470,7 +493,42 @@ impl Bot {
         self.lease.may_write(project)
     }
 
-    /// One pass over every project: changed issues, plus those to retry.
+    /// Every event's work once, in this order: the poll, the stale scan (of
+    /// the issues the poll did not look at), the expiries, the Support Team
+    /// follow-ups (`once`, and a daemon at start).
+    pub async fn once(&self) -> CycleReport {
+        let mut report = self.cycle().await;
+        // GitLab did not answer for any project: the rest would only wait on it too.
+        if report.errors.len() >= self.cfg.gitlab.projects.len() {
+            return report;
+        }
+        let looked: BTreeSet<(String, u64)> = report
+            .outcomes
+            .iter()
+            .map(|(p, i, _)| (p.clone(), *i))
+            .collect();
+        report
+            .outcomes
+            .extend(self.stale_scan(&looked).await.outcomes);
+        // As one poll that listed them too would say them: by project, then issue.
+        let order = |p: &str| self.cfg.gitlab.projects.iter().position(|x| x == p);
+        report.outcomes.sort_by_key(|(p, iid, _)| (order(p), *iid));
+        report.outcomes.extend(self.expiries().await);
+        report.outcomes.extend(self.support_team_followups().await);
+        report
+    }
+
+    /// Take or renew the lease of every project (as a poll does), so that
+    /// work on a schedule of its own knows where this replica acts.
+    async fn hold_leases(&self) {
+        for project in &self.cfg.gitlab.projects {
+            if let Err(e) = self.active(project).await {
+                tracing::warn!(project, error = %e, "cannot check the project's lease");
+            }
+        }
+    }
+
+    /// One poll of every project: changed issues, plus those to retry.
     pub async fn cycle(&self) -> CycleReport {
         let mut report = CycleReport::default();
         for project in self.cfg.gitlab.projects.clone() {
@@ -531,11 +589,6 @@ impl Bot {
                     report.errors.push(format!("{project}: {e}"));
                 }
             }
-        }
-        // GitLab did not answer for any project: the rest would only wait on it too.
-        if report.errors.len() < self.cfg.gitlab.projects.len() {
-            report.outcomes.extend(self.expiries().await);
-            report.outcomes.extend(self.support_team_followups().await);
         }
         report
     }
@@ -607,25 +660,55 @@ impl Bot {
             .collect();
         let others = unreadable
             .into_iter()
-            .chain(self.store.retries(project).unwrap_or_default())
-            .chain(self.stale_candidates(project).await);
+            .chain(self.store.retries(project).unwrap_or_default());
         for iid in others {
             out.entry(iid).or_insert(None);
         }
         Ok((out.into_iter().collect(), next))
     }
 
-    /// Once an hour: waiting issues old enough for a reminder or closing. They do
-    /// not change by themselves, so the cursor would never bring them back.
-    async fn stale_candidates(&self, project: &str) -> Vec<u64> {
-        {
-            let mut last = self.last_stale_scan.lock().await;
-            if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3600)) {
-                return Vec::new();
+    /// The stale scan: waiting issues old enough for a reminder or closing,
+    /// in every project this replica acts on, each looked at as the poll
+    /// would (except those in `skip`, already looked at).
+    async fn stale_scan(&self, skip: &BTreeSet<(String, u64)>) -> CycleReport {
+        let mut report = CycleReport::default();
+        for project in self.cfg.gitlab.projects.clone() {
+            match self.active(&project).await {
+                Ok(lease::Standing::Active) => {}
+                // The poll says who stands by, and why a project cannot be read.
+                Ok(lease::Standing::Standby { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(project, error = %e, "cannot check the project's lease for the stale scan");
+                    continue;
+                }
             }
-            *last = Some(std::time::Instant::now());
+            let iids: Vec<u64> = self
+                .stale_candidates(&project)
+                .await
+                .into_iter()
+                .filter(|iid| !skip.contains(&(project.clone(), *iid)))
+                .collect();
+            use futures_util::StreamExt;
+            let mut results: Vec<(u64, Outcome)> = futures_util::stream::iter(iids)
+                .map(|iid| {
+                    let project = project.clone();
+                    async move { (iid, self.process(&project, iid).await) }
+                })
+                .buffer_unordered(self.cfg.bot.concurrency.max(1))
+                .collect()
+                .await;
+            results.sort_by_key(|(iid, _)| *iid);
+            for (iid, o) in results {
+                report.outcomes.push((project.clone(), iid, o));
+            }
         }
+        report
+    }
+
+    /// Waiting issues old enough for a reminder or closing.
+    async fn stale_candidates(&self, project: &str) -> Vec<u64> {
         let remind = self.cfg.lifecycle.stale_reminder_after.chrono();
+        let now = self.now();
         match self
             .gitlab
             .list_issues(project, Some(&self.cfg.bot.state_labels.waiting), None)
@@ -634,7 +717,7 @@ impl Bot {
             Ok(list) => list
                 .issues
                 .into_iter()
-                .filter(|i| Utc::now() - i.created_at >= remind)
+                .filter(|i| now - i.created_at >= remind)
                 .map(|i| i.iid)
                 .collect(),
             Err(e) => {

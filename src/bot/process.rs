@@ -1518,7 +1518,7 @@ impl Bot {
     ) {
         let lc = &self.cfg.lifecycle;
         let (remind, close) = (lc.stale_reminder_after.get(), lc.stale_close_after.get());
-        let age = chrono::Utc::now() - facts.issue.created_at;
+        let age = self.now() - facts.issue.created_at;
         let days = age.num_days();
         if age.to_std().is_ok_and(|a| a >= close) {
             wb.sections.push(Section {

@@ -1,5 +1,7 @@
 //! The daemon: polls on the configured schedule, takes GitLab webhooks as
-//! immediate events, serves `/healthz`, `/readyz` and `/metrics` on an
+//! immediate events, runs the stale scan, the expiry check, the merge-request
+//! follow-ups, the seat review and the digest as events on schedules of their
+//! own, serves `/healthz`, `/readyz` and `/metrics` on an
 //! operations listener of its own, and stops cleanly on SIGINT/SIGTERM after
 //! the events in flight.
 //!
@@ -30,7 +32,7 @@ use crate::config::{Config, PollSchedule, Zone};
 use crate::listen::{Limits, ListenerStats};
 use crate::secret::Secret;
 
-use super::{Bot, CycleReport, Event};
+use super::{Bot, Clock, CycleReport, Event};
 
 /// A webhook body is read only after its token checked out, and only up to
 /// this (an issue description is at most 1,000,000 characters; an update hook
@@ -503,14 +505,16 @@ async fn webhook(State(s): State<WebState>, req: Request) -> Response {
     }
 }
 
-fn next_delay(schedule: &PollSchedule, tz: Zone) -> Duration {
+fn next_delay(schedule: &PollSchedule, tz: Zone, clock: &Clock) -> Duration {
     match schedule {
         PollSchedule::Every(d) => *d,
-        PollSchedule::Cron(c) => tz
-            .upcoming(c, 1)
-            .first()
-            .and_then(|t| (*t - chrono::Utc::now()).to_std().ok())
-            .unwrap_or(Duration::from_secs(60)),
+        PollSchedule::Cron(c) => {
+            let now = clock.now();
+            tz.upcoming_after(c, now, 1)
+                .first()
+                .and_then(|t| (*t - now).to_std().ok())
+                .unwrap_or(Duration::from_secs(60))
+        }
     }
 }
 
@@ -519,18 +523,52 @@ fn cron_ticker(
     tx: &mpsc::Sender<Event>,
     cron: Option<&crate::config::Cron>,
     tz: Zone,
+    clock: &Arc<Clock>,
     event: Event,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let schedule = PollSchedule::Cron(Box::new(cron?.schedule().clone()));
-    let tx = tx.clone();
+    let (tx, clock) = (tx.clone(), clock.clone());
     Some(tokio::spawn(async move {
         loop {
-            tokio::time::sleep(next_delay(&schedule, tz)).await;
+            tokio::time::sleep(next_delay(&schedule, tz, &clock)).await;
             if tx.send(event.clone()).await.is_err() {
                 return;
             }
         }
     }))
+}
+
+/// Send `event` now and then every `every`: at least a second apart (`0s`,
+/// "at every turn" to the sandbox, must not spin).
+fn interval_ticker(
+    tx: &mpsc::Sender<Event>,
+    every: Duration,
+    event: Event,
+) -> tokio::task::JoinHandle<()> {
+    let every = every.max(Duration::from_secs(1));
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            if tx.send(event.clone()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
+/// The work on schedules of its own besides the poll, each with its interval:
+/// the expiry check, the stale scan and (with `[support_team]`) the merge
+/// request follow-ups.
+pub fn periodic_events(cfg: &Config) -> Vec<(Event, Duration)> {
+    let mut events = vec![
+        (Event::Expiries, cfg.lifecycle.expiry_check_every.get()),
+        (Event::StaleScan, cfg.lifecycle.stale_scan_every.get()),
+    ];
+    if let Some(st) = &cfg.support_team {
+        events.push((Event::MergeRequests, st.check_every.get()));
+    }
+    events
 }
 
 /// Where `run` listens, once it does.
@@ -672,6 +710,14 @@ fn start_line(cfg: &Config, listening: &Listening, rehearsing: bool) -> String {
             s.push_str(&format!("; status page on http://{a}/status"));
         }
     }
+    for (event, every) in periodic_events(cfg) {
+        let what = match event {
+            Event::Expiries => "expiry check",
+            Event::StaleScan => "stale scan",
+            _ => "Support Team merge requests",
+        };
+        s.push_str(&format!("; {what} every {}s", every.as_secs().max(1)));
+    }
     if let Some(c) = cfg.seat_audit.as_ref().and_then(|s| s.schedule.as_ref()) {
         s.push_str(&format!("; seat review on cron {:?}", c.as_str()));
     }
@@ -749,7 +795,8 @@ pub async fn listen(cfg: &Config, opts: &RunOptions) -> anyhow::Result<Listeners
 }
 
 /// Run until `shutdown` resolves. Polls at start, then on schedule; webhook
-/// events are handled as they come, without waiting for the next poll.
+/// events are handled as they come, without waiting for the next poll; the
+/// periodic events start after the first poll ([`periodic_events`]).
 pub async fn run(
     bot: Arc<Bot>,
     opts: RunOptions,
@@ -808,13 +855,13 @@ pub async fn run_listening(
         })
     });
     tasks.push({
-        let tx = tx.clone();
+        let (tx, clock) = (tx.clone(), bot.clock.clone());
         tokio::spawn(async move {
             loop {
                 if tx.send(Event::Poll).await.is_err() {
                     return;
                 }
-                tokio::time::sleep(next_delay(&schedule, tz)).await;
+                tokio::time::sleep(next_delay(&schedule, tz, &clock)).await;
             }
         })
     });
@@ -826,14 +873,20 @@ pub async fn run_listening(
             .as_ref()
             .and_then(|s| s.schedule.as_ref()),
         tz,
+        &bot.clock,
         Event::SeatAudit,
     ));
     tasks.extend(cron_ticker(
         &tx,
         bot.cfg.notify.as_ref().and_then(|n| n.digest.as_ref()),
         tz,
+        &bot.clock,
         Event::Digest,
     ));
+    // The expiry check, the stale scan and the merge request follow-ups start
+    // once the first poll is done, as `once` runs them: the project leases
+    // are known by then, and they do not find the poll's issues busy.
+    let mut periodic = Some(periodic_events(&bot.cfg));
     tokio::pin!(shutdown);
     // Events run side by side, so that a short request never waits behind a
     // long offboarding or a seat review: issues are bounded by `[bot]
@@ -876,11 +929,16 @@ pub async fn run_listening(
                 let event = active.remove(&id);
                 tracing::debug!(?event, running = active.len(), "event done");
                 if event == Some(Event::Poll) {
-                    let mut m = lock(&metrics);
-                    m.record(&report);
-                    m.poll_done(report.errors.is_empty());
-                    // Start-up work ends with the first poll cycle.
-                    m.set_ready();
+                    {
+                        let mut m = lock(&metrics);
+                        m.record(&report);
+                        m.poll_done(report.errors.is_empty());
+                        // Start-up work ends with the first poll cycle.
+                        m.set_ready();
+                    }
+                    for (event, every) in periodic.take().unwrap_or_default() {
+                        tasks.push(interval_ticker(&tx, every, event));
+                    }
                 } else {
                     lock(&metrics).record(&report);
                 }
@@ -934,6 +992,39 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn example(extra: &str) -> Config {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bot.toml"))
+            .unwrap()
+            .replacen(
+                "expiry_reminder_before = \"3d\"\n",
+                &format!("expiry_reminder_before = \"3d\"\n{extra}"),
+                1,
+            );
+        Config::parse(&text, std::path::Path::new("bot.toml")).unwrap()
+    }
+
+    #[test]
+    fn the_periodic_events_come_with_their_configured_intervals() {
+        let cfg = example("");
+        assert_eq!(
+            periodic_events(&cfg),
+            vec![
+                (Event::Expiries, Duration::from_secs(3600)),
+                (Event::StaleScan, Duration::from_secs(3600)),
+                (Event::MergeRequests, Duration::from_secs(600)),
+            ]
+        );
+        let mut cfg = example("expiry_check_every = \"15m\"\nstale_scan_every = \"2h\"\n");
+        cfg.support_team = None;
+        assert_eq!(
+            periodic_events(&cfg),
+            vec![
+                (Event::Expiries, Duration::from_secs(900)),
+                (Event::StaleScan, Duration::from_secs(7200)),
+            ]
+        );
+    }
 
     fn issue(e: Event) -> u64 {
         match e {

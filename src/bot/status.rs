@@ -278,7 +278,7 @@ impl Bot {
                 })
             }
             PollSchedule::Cron(c) => {
-                if let Some(t) = tz.upcoming(c, 1).first() {
+                if let Some(t) = tz.upcoming_after(c, now, 1).first() {
                     next.at = Some(minute(*t));
                     next.r#in = Some(human_duration(*t - now));
                 }

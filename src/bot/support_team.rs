@@ -187,20 +187,13 @@ impl Bot {
         Ok(row)
     }
 
-    /// At most every `check_every`: merged requests tick their item on the
-    /// offboarding issue and say so; closed ones say the file stays.
+    /// The merge-request follow-ups (every `check_every`): merged requests
+    /// tick their item on the offboarding issue and say so; closed ones say
+    /// the file stays.
     pub(super) async fn support_team_followups(&self) -> Vec<(String, u64, Outcome)> {
         let Some(st) = self.cfg.support_team.clone() else {
             return Vec::new();
         };
-        let every = st.check_every.get();
-        {
-            let mut last = self.last_mr_check.lock().await;
-            if last.is_some_and(|t| t.elapsed() < every) {
-                return Vec::new();
-            }
-            *last = Some(std::time::Instant::now());
-        }
         let rows = match self.store.open_support_mrs() {
             Ok(r) => r,
             Err(e) => {

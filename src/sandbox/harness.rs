@@ -302,11 +302,18 @@ impl Sandbox {
     }
 }
 
-/// Run cycles until one finds nothing to do (at most `max`). Returns every report.
+/// Run the bot until a pass finds nothing to do (at most `max` passes), as a
+/// daemon would for a while: the first pass is every event once (`once`:
+/// poll, stale scan, expiries, merge-request follow-ups), the rest are polls.
+/// Returns every report.
 pub async fn run_until_quiet(bot: &crate::bot::Bot, max: usize) -> Vec<crate::bot::CycleReport> {
     let mut reports = Vec::new();
-    for _ in 0..max {
-        let r = bot.cycle().await;
+    for pass in 0..max {
+        let r = if pass == 0 {
+            bot.once().await
+        } else {
+            bot.cycle().await
+        };
         let quiet = r.outcomes.is_empty() && r.errors.is_empty();
         reports.push(r);
         if quiet {
