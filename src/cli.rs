@@ -308,7 +308,7 @@ async fn connect(config: &Path, rehearse: bool) -> anyhow::Result<crate::bot::Bo
 /// works in memory, and with one on a copy of it in memory.
 async fn connect_with(cfg: Config, rehearse: bool) -> anyhow::Result<crate::bot::Bot> {
     let store = if rehearse {
-        match crate::store::Store::open_existing(&cfg.bot.state_db)? {
+        match crate::store::Store::copy_of_file(&cfg.bot.state_db)? {
             Some(s) => s,
             None => crate::store::Store::open(Path::new(":memory:"))?,
         }
@@ -500,11 +500,13 @@ async fn plan_live(config: &Path, args: &PlanArgs) -> anyhow::Result<u8> {
         crate::bot::Outcome::Refused => outln!(
             "#{iid}: refused, with nothing new to say: the bot's last comment on the issue says why"
         ),
+        crate::bot::Outcome::Failed(why) => outln!("#{iid}: failed: {why}"),
         other => outln!(
             "#{iid}: {}",
             serde_json::to_string_pretty(other).unwrap_or_default()
         ),
     }
+    print_rehearsal(&bot);
     Ok(if o.is_failure() {
         exit::FAILED
     } else {

@@ -242,6 +242,10 @@ impl Api for TokenEndpoint<'_> {
         ]))
     }
 
+    fn classify(&self, reply: &crate::http::Reply) -> crate::http::Class {
+        crate::http::token_class(crate::http::standard_class(reply))
+    }
+
     fn name(&self) -> String {
         "google token".into()
     }

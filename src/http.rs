@@ -151,6 +151,34 @@ pub enum Class {
     Retry,
 }
 
+/// How most APIs say it: 429 with `Retry-After`, 5xx a failure to retry.
+pub fn standard_class(reply: &Reply) -> Class {
+    if reply.status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        Class::SlowDown {
+            after: retry_after(&reply.headers),
+        }
+    } else if reply.status.is_server_error() {
+        Class::Retry
+    } else {
+        Class::Answer
+    }
+}
+
+/// Longest wait a token endpoint's slow-down is given: every call of the
+/// API waits on the token, and an issue held longer than this is better
+/// retried on the next cycle.
+pub const TOKEN_MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// A token endpoint's class: the API's own, its waits capped at [`TOKEN_MAX_WAIT`].
+pub fn token_class(class: Class) -> Class {
+    match class {
+        Class::SlowDown { after } => Class::SlowDown {
+            after: after.map(|a| a.min(TOKEN_MAX_WAIT)),
+        },
+        other => other,
+    }
+}
+
 /// What differs per API: credentials and how a server says "slow down".
 #[async_trait::async_trait]
 pub trait Api: Sync {
@@ -183,15 +211,7 @@ pub trait Api: Sync {
     /// By default a 429 slows down for its `Retry-After`, a 5xx is retried,
     /// and everything else is the adapter's.
     fn classify(&self, reply: &Reply) -> Class {
-        if reply.status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            Class::SlowDown {
-                after: retry_after(&reply.headers),
-            }
-        } else if reply.status.is_server_error() {
-            Class::Retry
-        } else {
-            Class::Answer
-        }
+        standard_class(reply)
     }
 
     /// Names the API in the transport's log lines.
@@ -642,6 +662,19 @@ mod tests {
             ),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn a_token_endpoint_s_wait_is_capped_and_its_backoff_kept() {
+        let capped = token_class(Class::SlowDown {
+            after: Some(Duration::from_secs(600)),
+        });
+        assert!(matches!(capped, Class::SlowDown { after: Some(a) } if a == TOKEN_MAX_WAIT));
+        assert!(matches!(
+            token_class(Class::SlowDown { after: None }),
+            Class::SlowDown { after: None }
+        ));
+        assert!(matches!(token_class(Class::Retry), Class::Retry));
     }
 
     /// A token endpoint: no credentials of its own, the default classes.

@@ -299,9 +299,9 @@ impl Api for TokenEndpoint<'_> {
     fn classify(&self, reply: &Reply) -> Class {
         if reply.status == reqwest::StatusCode::TOO_MANY_REQUESTS || reply.status.is_server_error()
         {
-            Class::SlowDown {
+            crate::http::token_class(Class::SlowDown {
                 after: until_reset(&reply.headers).or_else(|| retry_after(&reply.headers)),
-            }
+            })
         } else {
             Class::Answer
         }

@@ -79,7 +79,9 @@ impl Rehearsal {
         self.lock()
             .drain(..)
             .map(|l| match l.issue {
-                Some((p, i)) if i >= FIRST_ID => format!("{p}, on that new issue: {}", l.text),
+                Some((p, i)) if i >= FIRST_ID => {
+                    format!("{p}, on new issue {}: {}", i - FIRST_ID, l.text)
+                }
                 Some((p, i)) => format!("{p}#{i}: {}", l.text),
                 None => l.text,
             })
@@ -88,6 +90,10 @@ impl Rehearsal {
 }
 
 type IssueKey = (String, u64);
+
+/// An issue as the rehearsal left it, and GitLab's time of the issue it
+/// edited (`None`: the rehearsal opened it).
+type Edited = (ApiIssue, Option<DateTime<Utc>>);
 
 /// GitLab for a rehearsal: reads go to GitLab, writes are recorded and
 /// answered as GitLab would answer them, so that the rest of the rehearsal
@@ -100,8 +106,11 @@ pub struct RehearsedGitlab {
     /// Ids for notes, labels and issues that were never created: from
     /// [`FIRST_ID`] on, far above any real one.
     next_id: AtomicU64,
-    /// Issues as the rehearsal left them: opened by it, or edited.
-    issues: Mutex<BTreeMap<IssueKey, ApiIssue>>,
+    /// Issues as the rehearsal left them: opened by it, or edited, with
+    /// GitLab's time of the issue it edited (`None`: opened here). An edit
+    /// counts only while GitLab's issue is that one: after anyone's change
+    /// the issue is read as GitLab has it.
+    issues: Mutex<BTreeMap<IssueKey, Edited>>,
     /// Notes the rehearsal posted, per issue.
     notes: Mutex<BTreeMap<IssueKey, Vec<Note>>>,
     /// Merge requests the rehearsal opened, per project.
@@ -139,6 +148,36 @@ impl RehearsedGitlab {
     /// An issue only this rehearsal opened: GitLab has never heard of it.
     fn opened_here(iid: u64) -> bool {
         iid >= FIRST_ID
+    }
+
+    /// The issue as the rehearsal would see it, and GitLab's time of it
+    /// (`None` for an issue opened here).
+    async fn read_issue(
+        &self,
+        project: &str,
+        iid: u64,
+    ) -> Result<(ApiIssue, Option<DateTime<Utc>>), GitlabError> {
+        let key = (project.to_string(), iid);
+        let known = locked(&self.issues).get(&key).cloned();
+        if let Some((mut issue, None)) = known {
+            issue.user_notes_count = Some(self.posted(project, iid).len() as u64);
+            return Ok((issue, None));
+        }
+        let mut fresh = self.inner.issue(project, iid).await?;
+        let real = fresh.updated_at;
+        match known {
+            Some((edited, Some(base))) if base == real => fresh = edited,
+            Some(_) => {
+                locked(&self.issues).remove(&key);
+            }
+            None => {}
+        }
+        // GitLab would count the rehearsal's notes among the comments.
+        let posted = self.posted(project, iid).len() as u64;
+        if let Some(n) = fresh.user_notes_count.as_mut() {
+            *n += posted;
+        }
+        Ok((fresh, Some(real)))
     }
 
     fn posted(&self, project: &str, iid: u64) -> Vec<Note> {
@@ -248,13 +287,7 @@ impl GitlabApi for RehearsedGitlab {
         })
     }
     async fn issue(&self, project: &str, iid: u64) -> Result<ApiIssue, GitlabError> {
-        let known = locked(&self.issues)
-            .get(&(project.to_string(), iid))
-            .cloned();
-        match known {
-            Some(i) => Ok(i),
-            None => self.inner.issue(project, iid).await,
-        }
+        Ok(self.read_issue(project, iid).await?.0)
     }
     async fn notes(&self, project: &str, iid: u64) -> Result<Vec<Note>, GitlabError> {
         let mut notes = if Self::opened_here(iid) {
@@ -323,7 +356,7 @@ impl GitlabApi for RehearsedGitlab {
         iid: u64,
         edit: &IssueEdit,
     ) -> Result<ApiIssue, GitlabError> {
-        let mut issue = self.issue(project, iid).await?;
+        let (mut issue, real) = self.read_issue(project, iid).await?;
         self.log
             .record(Some((project, iid)), describe_edit(&issue, edit));
         if let Some(d) = &edit.description {
@@ -341,7 +374,12 @@ impl GitlabApi for RehearsedGitlab {
         // GitLab's own count of the ticks: not worked out here.
         issue.task_completion_status = None;
         issue.updated_at = Utc::now();
-        locked(&self.issues).insert((project.to_string(), iid), issue.clone());
+        let mut kept = issue.clone();
+        // Counted again from the notes at each read.
+        if let (Some(n), Some(_)) = (kept.user_notes_count.as_mut(), real) {
+            *n = n.saturating_sub(self.posted(project, iid).len() as u64);
+        }
+        locked(&self.issues).insert((project.to_string(), iid), (kept, real));
         Ok(issue)
     }
     async fn user_by_username(&self, username: &str) -> Result<Option<ApiUser>, GitlabError> {
@@ -382,16 +420,18 @@ impl GitlabApi for RehearsedGitlab {
         description: &str,
         labels: &[String],
     ) -> Result<ApiIssue, GitlabError> {
+        let iid = self.id();
         self.log.record(
             None,
             format!(
-                "{project}: open the issue {title:?} (labels: {}):\n{description}",
+                "{project}: open new issue {} {title:?} (labels: {}):\n{description}",
+                iid - FIRST_ID,
                 labels.join(", ")
             ),
         );
         let now = Utc::now();
         let issue = ApiIssue {
-            iid: self.id(),
+            iid,
             title: title.to_string(),
             description: Some(description.to_string()),
             state: "opened".into(),
@@ -403,7 +443,7 @@ impl GitlabApi for RehearsedGitlab {
             task_completion_status: None,
             user_notes_count: Some(0),
         };
-        locked(&self.issues).insert((project.to_string(), issue.iid), issue.clone());
+        locked(&self.issues).insert((project.to_string(), issue.iid), (issue.clone(), None));
         Ok(issue)
     }
     async fn file_exists(
@@ -496,6 +536,69 @@ mod tests {
         assert!(r.take("g/p", 1).is_empty());
         assert_eq!(r.take_all(), ["notice to ops", "g/p#2: comment on two"]);
         assert!(r.take_all().is_empty());
+    }
+
+    fn user() -> ApiUser {
+        ApiUser {
+            id: 7,
+            username: "bot".into(),
+            name: None,
+            email: None,
+            public_email: None,
+            is_admin: None,
+        }
+    }
+
+    fn issue_at(minute: u32, labels: &[&str]) -> ApiIssue {
+        let at = DateTime::parse_from_rfc3339(&format!("2026-11-30T10:{minute:02}:00Z"))
+            .unwrap()
+            .with_timezone(&Utc);
+        ApiIssue {
+            iid: 5,
+            title: "t".into(),
+            description: Some("- [ ] item\n".into()),
+            state: "opened".into(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            author: user(),
+            web_url: String::new(),
+            created_at: at,
+            updated_at: at,
+            task_completion_status: None,
+            user_notes_count: Some(2),
+        }
+    }
+
+    /// A rehearsing daemon sees its own edit and notes until someone
+    /// changes the issue; then it sees the issue as GitLab has it, not a
+    /// copy frozen at its own edit.
+    #[tokio::test]
+    async fn own_edits_hold_until_the_issue_changes_on_gitlab() {
+        let real = Arc::new(Mutex::new(issue_at(0, &["support::to do"])));
+        let mut inner = crate::gitlab::MockGitlabApi::new();
+        let seen = real.clone();
+        inner
+            .expect_issue()
+            .returning(move |_, _| Ok(locked(&seen).clone()));
+        let log = Rehearsal::default();
+        let gl = RehearsedGitlab::new(Arc::new(inner), log.clone(), user());
+        let edit = IssueEdit {
+            add_labels: vec!["access-bot::waiting".into()],
+            ..Default::default()
+        };
+        gl.edit_issue("g/p", 5, &edit).await.unwrap();
+        gl.create_note("g/p", 5, "the plan").await.unwrap();
+        let now = gl.issue("g/p", 5).await.unwrap();
+        assert_eq!(now.labels, ["support::to do", "access-bot::waiting"]);
+        assert_eq!(now.user_notes_count, Some(3), "its note is counted");
+        // A manager approves on GitLab.
+        *locked(&real) = issue_at(1, &["support::to do", "approved"]);
+        let now = gl.issue("g/p", 5).await.unwrap();
+        assert_eq!(now.labels, ["support::to do", "approved"]);
+        assert_eq!(now.user_notes_count, Some(3));
+        assert_eq!(
+            log.take("g/p", 5),
+            ["add the labels access-bot::waiting", "comment:\nthe plan"]
+        );
     }
 
     #[test]

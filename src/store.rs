@@ -17,6 +17,8 @@ use serde::Serialize;
 pub enum StoreError {
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("state database: {0}")]
+    Busy(String),
 }
 
 pub struct Store {
@@ -232,6 +234,33 @@ CREATE TABLE IF NOT EXISTS seat_review (
 DROP TABLE IF EXISTS seat_candidate;
 "#;
 
+/// Everything in `src`, copied into a new in-memory database in one step (a
+/// step at a time would start over each time a running bot commits).
+fn copy_of(src: &Connection) -> Result<Connection, StoreError> {
+    let mut copy = Connection::open_in_memory()?;
+    {
+        use rusqlite::backup::StepResult;
+        let backup = rusqlite::backup::Backup::new(src, &mut copy)?;
+        // Busy or locked: a writer holds it for a moment; try again shortly.
+        let mut tries = 0;
+        loop {
+            match backup.step(-1)? {
+                StepResult::Done => break,
+                _ if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => {
+                    return Err(StoreError::Busy(
+                        "the state database stayed locked while it was copied".into(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(copy)
+}
+
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -271,13 +300,25 @@ impl Store {
     /// A private copy in memory of this store: a rehearsal (a dry run) reads
     /// what the bot knows and writes only to the copy, which goes with it.
     pub fn copy_in_memory(&self) -> Result<Store, StoreError> {
-        let mut copy = Connection::open_in_memory()?;
-        {
-            let src = self.c();
-            let backup = rusqlite::backup::Backup::new(&src, &mut copy)?;
-            backup.run_to_completion(256, std::time::Duration::ZERO, None)?;
+        let src = self.c();
+        Store::ready(copy_of(&src)?)
+    }
+
+    /// A private copy in memory of the database at `path`, if there is one,
+    /// read without writing to it at all (no schema, no settings, opened
+    /// read-only): what a rehearsal starts from, beside a running bot.
+    pub fn copy_of_file(path: &Path) -> Result<Option<Store>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
         }
-        Store::ready(copy)
+        let src = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        src.busy_timeout(std::time::Duration::from_secs(10))?;
+        let copy = copy_of(&src)?;
+        drop(src);
+        Store::ready(copy).map(Some)
     }
 
     /// The schema, the settings and an owner id for an open connection.
@@ -983,6 +1024,42 @@ mod tests {
 
     fn store() -> Store {
         Store::open(Path::new(":memory:")).unwrap()
+    }
+
+    /// A rehearsal's copy leaves the file exactly as it was, even a file of
+    /// an older schema that opening it as a store would change, and works
+    /// on a file it may not write.
+    #[test]
+    fn a_copy_of_the_file_reads_it_and_writes_nothing_to_it() {
+        let dir = std::env::temp_dir().join(format!("ab-store-copy-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.db");
+        {
+            let s = Store::open(&path).unwrap();
+            let t = Utc::now();
+            s.advance_cursor("g/p", t).unwrap();
+            // A table this version's schema drops.
+            s.c()
+                .execute_batch("CREATE TABLE seat_candidate (x INTEGER);")
+                .unwrap();
+            s.c().pragma_update(None, "journal_mode", "DELETE").unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        }
+        let copy = Store::copy_of_file(&path).unwrap().unwrap();
+        assert!(
+            copy.cursor("g/p").unwrap().is_some(),
+            "the copy has what the file has"
+        );
+        copy.advance_cursor("g/q", Utc::now()).unwrap();
+        drop(copy);
+        assert_eq!(std::fs::read(&path).unwrap(), before, "the file changed");
+        assert!(Store::copy_of_file(&dir.join("none.db")).unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -796,7 +796,7 @@ impl Api for TokenEndpoint<'_> {
     type Error = ZendeskError;
 
     fn classify(&self, reply: &Reply) -> Class {
-        Api::classify(self.0, reply)
+        crate::http::token_class(Api::classify(self.0, reply))
     }
 
     fn name(&self) -> String {

@@ -139,8 +139,11 @@ async fn dry_run_lists_idle_paid_seats_and_touches_nothing() {
     // and the note on it that records the lines.
     let would = t.bot.rehearsal_rest();
     assert_eq!(would.len(), 2, "{would:?}");
-    assert!(would[0].contains("open the issue"), "{would:?}");
-    assert!(would[1].contains("on that new issue: comment"), "{would:?}");
+    assert!(
+        would[0].contains(": open new issue 0 \"Zendesk seat review"),
+        "{would:?}"
+    );
+    assert!(would[1].contains(", on new issue 0: comment"), "{would:?}");
     for w in &would {
         assert!(
             w.contains("ben.never@gitlab.com") && w.contains("ann.idle@gitlab.com"),

@@ -224,7 +224,15 @@ impl Bot {
         if lines.is_empty() {
             return outcome;
         }
-        super::Outcome::Planned(lines.iter().map(|l| format!("{l}\n")).collect())
+        let written: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        match outcome {
+            // A real run would fail here too: still a failure, with what it
+            // would have written on the way.
+            super::Outcome::Failed(why) => {
+                super::Outcome::Failed(format!("{why}\nwould have written:\n{written}"))
+            }
+            _ => super::Outcome::Planned(written),
+        }
     }
 
     /// Run steps in order, recording each in the audit trail before anything

@@ -79,13 +79,31 @@ impl Bot {
         let found = self
             .adopt_grants_in(project, iid, &history, true)
             .map_err(|e| e.to_string())?;
-        // The store's copy, read from the record before anyone edited it,
-        // still says what to take back.
-        let kept = self.store.grants().is_ok_and(|gs| {
-            gs.iter()
-                .any(|g| g.project == project && g.iid == iid && !g.revoked)
+        // The store's copies, read from the records before anyone edited
+        // them, still say what to take back: each edited grant record needs
+        // one (an issue can carry two grants, under two plans).
+        let edited = history
+            .rejected
+            .iter()
+            .filter_map(|(id, _)| notes.iter().find(|n| n.id == *id))
+            .filter(|n| {
+                crate::marker::Marker::peek(&n.body)
+                    .is_some_and(|m| m.kind == NoteKind::Grant.as_str())
+            })
+            .count();
+        let (copies, kept) = self.store.grants().map_or((0, false), |gs| {
+            let mine: Vec<_> = gs
+                .iter()
+                .filter(|g| g.project == project && g.iid == iid)
+                .collect();
+            let plans: std::collections::BTreeSet<&str> =
+                mine.iter().map(|g| g.plan.as_str()).collect();
+            (plans.len(), mine.iter().any(|g| !g.revoked))
         });
-        if found == 0 && !history.rejected.is_empty() && !kept {
+        // No record verifies and the store holds nothing to take back; or
+        // an edited grant record (one per plan) has no copy in the store.
+        let unreadable = found == 0 && !history.rejected.is_empty() && !kept;
+        if unreadable || (edited > 0 && copies < found + edited) {
             // Labelled time-bound, yet no grant record verifies: someone
             // edited the bot's record. The bot cannot know what to take back;
             // it says so rather than forget the grant.

@@ -513,8 +513,15 @@ impl Bot {
         // As one poll that listed them too would say them: by project, then issue.
         let order = |p: &str| self.cfg.gitlab.projects.iter().position(|x| x == p);
         report.outcomes.sort_by_key(|(p, iid, _)| (order(p), *iid));
-        report.outcomes.extend(self.expiries().await);
-        report.outcomes.extend(self.support_team_followups().await);
+        let periodic = self.expiries().await;
+        let periodic = periodic
+            .into_iter()
+            .chain(self.support_team_followups().await);
+        // In a rehearsal, what each would have written (as for the poll's).
+        report.outcomes.extend(periodic.map(|(p, iid, o)| {
+            let o = self.rehearsed_outcome(&p, iid, o);
+            (p, iid, o)
+        }));
         report
     }
 
