@@ -804,6 +804,9 @@ impl Api for TokenEndpoint<'_> {
     }
 }
 
+/// Requests that may be on their way when the server says how many remain.
+const IN_FLIGHT_MARGIN: u64 = 16;
+
 fn drained(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let num = |name: &str| {
         headers
@@ -814,7 +817,10 @@ fn drained(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let remaining = num("ratelimit-remaining")
         .or_else(|| num("rate-limit-remaining"))
         .or_else(|| num("x-rate-limit-remaining"))?;
-    if remaining > 0 {
+    // Not only at zero: the calls already in flight when the server's count
+    // runs out get 429s. Stop while there is room for them (issues worked
+    // at once, a bulk job's pipelined polls).
+    if remaining > IN_FLIGHT_MARGIN {
         return None;
     }
     let reset = num("ratelimit-reset")
@@ -1718,6 +1724,23 @@ pub async fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_stops_while_the_calls_in_flight_still_fit() {
+        let headers = |remaining: u64| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert("ratelimit-remaining", remaining.into());
+            h.insert("ratelimit-reset", 7u64.into());
+            h
+        };
+        assert_eq!(drained(&headers(IN_FLIGHT_MARGIN + 1)), None);
+        assert_eq!(
+            drained(&headers(IN_FLIGHT_MARGIN)),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(drained(&headers(0)), Some(Duration::from_secs(7)));
+        assert_eq!(drained(&reqwest::header::HeaderMap::new()), None);
+    }
 
     #[test]
     fn the_port_s_error_keeps_the_message_and_whether_to_retry() {
