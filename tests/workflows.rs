@@ -642,6 +642,45 @@ async fn waiting_issue_gets_one_comment_and_nothing_on_later_cycles(b: GroupBack
     assert_eq!(t.sb.zd_knobs("global").total(), 0);
 }
 
+/// The status page lists the waiting issues, then reads each one's label
+/// events: an approval applied in between is shown as one, never as a
+/// renamed label.
+#[tokio::test]
+async fn the_status_page_does_not_show_an_approval_given_while_it_reads_as_renamed() {
+    let mut t = crate::tester!(GroupBackend::Google).await;
+    let iid = t.file(&fixtures::special_request()).await;
+    t.run().await;
+    t.expect_comment(iid);
+    t.label("mlee", iid, MANAGER).await;
+    {
+        let mut w = t.sb.gitlab.lock();
+        let lyle = w.user_by_name("lyle").unwrap().id;
+        w.labels_on_events_read.push((
+            access_bot::sandbox::PROJECT.to_string(),
+            iid,
+            lyle,
+            OWNER.to_string(),
+        ));
+    }
+    let report = t.bot.status().await;
+    assert!(
+        t.sb.gitlab.lock().labels_on_events_read.is_empty(),
+        "the race happened"
+    );
+    let row = report
+        .groups
+        .iter()
+        .flat_map(|g| g.rows.iter())
+        .find(|r| r.iid == iid)
+        .expect("the issue is on the page");
+    let shown = format!("{:?}", row.waiting_for);
+    assert!(!shown.contains("renamed"), "{shown}");
+    assert!(
+        row.waiting_for.iter().all(|a| a.label != OWNER),
+        "the owner's approval is shown as missing: {shown}"
+    );
+}
+
 /// Approvals given while the bot works from a listing read just before:
 /// the label events it reads next show them, the listed labels do not. The
 /// bot must decide on one view of the issue: an approval bound to its

@@ -151,6 +151,10 @@ pub struct GitlabWorld {
     /// Shift of the world's clock (tests of stale and expiring requests).
     pub clock_offset: chrono::Duration,
     hook_tx: Option<tokio::sync::mpsc::UnboundedSender<(Hook, &'static str, Value)>>,
+    /// Labels a person applies the moment the bot next reads an issue's
+    /// label events `(project, iid, user id, label)`: the race between a
+    /// listing and the events read after it.
+    pub labels_on_events_read: Vec<(String, u64, u64, String)>,
 }
 
 impl Default for GitlabWorld {
@@ -166,6 +170,7 @@ impl Default for GitlabWorld {
             last_time: DateTime::<Utc>::MIN_UTC,
             clock_offset: chrono::Duration::zero(),
             hook_tx: None,
+            labels_on_events_read: Vec::new(),
         }
     }
 }
@@ -1864,11 +1869,20 @@ async fn label_events(
     Path((project, iid)): Path<(String, u64)>,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Response {
-    let w = s.lock();
+    let mut w = s.lock();
     let user = match auth(&w, &headers) {
         Ok(u) => u,
         Err(r) => return r,
     };
+    let this = w.project(&project).map(|p| p.id);
+    let pending = std::mem::take(&mut w.labels_on_events_read);
+    let (now, later): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|(p, i, _, _)| *i == iid && w.project(p).map(|p| p.id) == this);
+    w.labels_on_events_read = later;
+    for (_, _, by, label) in now {
+        let _ = w.change_labels(&project, iid, by, &[label], &[]);
+    }
     let Some(p) = w.project(&project) else {
         return err(StatusCode::NOT_FOUND, "404 Project Not Found");
     };
