@@ -100,10 +100,7 @@ impl Bot {
                 mine.iter().map(|g| g.plan.as_str()).collect();
             (plans.len(), mine.iter().any(|g| !g.revoked))
         });
-        // No record verifies and the store holds nothing to take back; or
-        // an edited grant record (one per plan) has no copy in the store.
-        let unreadable = found == 0 && !history.rejected.is_empty() && !kept;
-        if unreadable || (edited > 0 && copies < found + edited) {
+        if grant_needs_ops(found, history.rejected.len(), edited, copies, kept) {
             // Labelled time-bound, yet no grant record verifies: someone
             // edited the bot's record. The bot cannot know what to take back;
             // it says so rather than forget the grant.
@@ -458,5 +455,42 @@ impl Bot {
             }
             Err(e) => Outcome::Failed(e.to_string()),
         }
+    }
+}
+
+/// Whether ops must end a time-bound grant by hand: no grant record on the
+/// issue verifies (`found`) while some bot note does not (`rejected`) and
+/// the store holds nothing to take back (`kept`); or an edited grant record
+/// (`edited`, one per plan) has no copy in the store (`copies`: the plans
+/// whose grants the store holds).
+fn grant_needs_ops(
+    found: usize,
+    rejected: usize,
+    edited: usize,
+    copies: usize,
+    kept: bool,
+) -> bool {
+    let unreadable = found == 0 && rejected > 0 && !kept;
+    unreadable || (edited > 0 && copies < found + edited)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_edited_grant_record_needs_ops_unless_the_store_has_its_copy() {
+        // One grant, edited; the store has it: the bot revokes from its copy.
+        assert!(!grant_needs_ops(0, 1, 1, 1, true));
+        // One grant, edited; the store lost it.
+        assert!(grant_needs_ops(0, 1, 1, 0, false));
+        // Two grants (two plans), both edited; the store has the first only.
+        assert!(grant_needs_ops(0, 2, 2, 1, true));
+        // Two grants, one intact, one edited, both in the store.
+        assert!(!grant_needs_ops(1, 1, 1, 2, true));
+        // Nothing edited, nothing rejected.
+        assert!(!grant_needs_ops(1, 0, 0, 1, true));
+        // A bot note whose marker cannot even be read, and nothing to take back.
+        assert!(grant_needs_ops(0, 1, 0, 0, false));
     }
 }
