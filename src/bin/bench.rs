@@ -1344,17 +1344,7 @@ async fn wait_ticked(sb: &Sandbox, iid: u64, timeout: Duration) -> Option<Durati
 
 /// The time the sandbox spent answering the requests in its logs.
 fn served(sb: &Sandbox) -> Duration {
-    all_logs(sb).iter().map(|e| e.took).sum()
-}
-
-/// Every request the sandbox logged: GitLab, Google and each Zendesk instance.
-fn all_logs(sb: &Sandbox) -> Vec<access_bot::sandbox::faults::LogEntry> {
-    let mut all = sb.gitlab_knobs.log();
-    all.extend(sb.google_knobs.log());
-    for z in sb.zendesk.values() {
-        all.extend(z.knobs.log());
-    }
-    all
+    sb.logs().iter().map(|e| e.took).sum()
 }
 
 /// Where one round's time went, from the sandbox's request log: until the
@@ -1369,7 +1359,7 @@ struct Timeline {
 }
 
 fn timeline(sb: &Sandbox, from: Instant, to: Instant) -> Timeline {
-    let mut all: Vec<_> = all_logs(sb).into_iter().filter(|e| e.at >= from).collect();
+    let mut all: Vec<_> = sb.logs().into_iter().filter(|e| e.at >= from).collect();
     all.sort_by_key(|e| e.at);
     let Some(first) = all.first() else {
         return Timeline::default();

@@ -215,8 +215,14 @@ impl Gate {
 
 /// Mutating requests: everything but reads and token requests.
 pub fn is_write(method: &Method, path: &str) -> bool {
-    let mutating = [Method::POST, Method::PUT, Method::PATCH, Method::DELETE].contains(method);
-    mutating && !path.ends_with("/oauth/tokens") && path != "/token"
+    is_write_request(method.as_str(), path)
+}
+
+/// [`is_write`] for a method as logged: token requests (Zendesk's
+/// `/oauth/tokens`, Google's `/token`, Okta's `/oauth2/v1/token`) change nothing.
+pub fn is_write_request(method: &str, path: &str) -> bool {
+    let mutating = matches!(method, "POST" | "PUT" | "PATCH" | "DELETE");
+    mutating && !path.ends_with("/oauth/tokens") && !path.ends_with("/token")
 }
 
 struct HttpProxy {
@@ -1032,6 +1038,9 @@ mod tests {
         assert!(!is_write(&Method::GET, "/api/v4/projects/x/issues"));
         assert!(!is_write(&Method::POST, "/oauth/tokens"));
         assert!(!is_write(&Method::POST, "/token"));
+        assert!(!is_write(&Method::POST, "/oauth2/v1/token"));
+        assert!(is_write_request("PUT", "/api/v1/groups/g/users/u"));
+        assert!(!is_write_request("GET", "/api/v1/groups/g/users"));
     }
 
     #[test]

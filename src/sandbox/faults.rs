@@ -137,6 +137,16 @@ impl Knobs {
         self.lock().log.clone()
     }
 
+    /// The writes this server saw (token requests are none), as `METHOD path`.
+    pub fn writes(&self) -> Vec<String> {
+        self.lock()
+            .log
+            .iter()
+            .filter(|e| super::crash::is_write_request(&e.method, &e.path))
+            .map(|e| format!("{} {}", e.method, e.path))
+            .collect()
+    }
+
     pub fn clear_log(&self) {
         let mut k = self.lock();
         k.log.clear();

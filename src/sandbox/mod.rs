@@ -500,13 +500,26 @@ impl Sandbox {
         }
     }
 
+    /// Every server's request log, one after the other.
+    pub fn logs(&self) -> Vec<faults::LogEntry> {
+        self.all_knobs().flat_map(|k| k.log()).collect()
+    }
+
+    /// The writes every server saw (token requests are none), as `METHOD path`.
+    pub fn writes(&self) -> Vec<String> {
+        self.all_knobs().flat_map(|k| k.writes()).collect()
+    }
+
+    fn all_knobs(&self) -> impl Iterator<Item = &faults::Knobs> {
+        [&self.gitlab_knobs, &self.google_knobs, &self.okta_knobs]
+            .into_iter()
+            .chain(self.zendesk.values().map(|z| &z.knobs))
+    }
+
     /// Clear every server's request log.
     pub fn clear_logs(&self) {
-        self.gitlab_knobs.clear_log();
-        self.google_knobs.clear_log();
-        self.okta_knobs.clear_log();
-        for z in self.zendesk.values() {
-            z.knobs.clear_log();
+        for k in self.all_knobs() {
+            k.clear_log();
         }
     }
 
