@@ -180,19 +180,7 @@ impl ServiceAccountTokens {
             .transport
             .send(&TokenEndpoint(self), || self.http.post(&self.token_uri))
             .await
-            .map_err(|f| {
-                let (attempts, what) = match f {
-                    Failure::Api(e) => return e,
-                    Failure::RateLimited { attempts, last }
-                    | Failure::Server { attempts, last } => (attempts, last.status.to_string()),
-                    Failure::Connection {
-                        attempts, detail, ..
-                    } => (attempts, detail),
-                };
-                GoogleError::Token(format!(
-                    "the token endpoint failed {attempts} times: {what}"
-                ))
-            })?;
+            .map_err(|f| f.token_error(GoogleError::Token))?;
         if reply.status.is_success() {
             let v: Value = serde_json::from_slice(&reply.body)
                 .map_err(|e| GoogleError::Token(format!("unreadable token answer: {e}")))?;

@@ -139,6 +139,26 @@ pub enum Failure<E> {
     },
 }
 
+impl<E> Failure<E> {
+    /// A token endpoint's failure in words (how many attempts, the last
+    /// status or connection error), wrapped by the adapter; the adapter's
+    /// own error as it is.
+    pub fn token_error(self, wrap: impl FnOnce(String) -> E) -> E {
+        let (attempts, what) = match self {
+            Failure::Api(e) => return e,
+            Failure::RateLimited { attempts, last } | Failure::Server { attempts, last } => {
+                (attempts, last.status.to_string())
+            }
+            Failure::Connection {
+                attempts, detail, ..
+            } => (attempts, detail),
+        };
+        wrap(format!(
+            "the token endpoint failed {attempts} times: {what}"
+        ))
+    }
+}
+
 /// What the transport does with an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {

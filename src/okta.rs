@@ -424,19 +424,7 @@ impl OktaClient {
                     .header("accept", "application/json")
             })
             .await
-            .map_err(|f| {
-                let (attempts, what) = match f {
-                    Failure::Api(e) => return e,
-                    Failure::RateLimited { attempts, last }
-                    | Failure::Server { attempts, last } => (attempts, last.status.to_string()),
-                    Failure::Connection {
-                        attempts, detail, ..
-                    } => (attempts, detail),
-                };
-                OktaError::Token(format!(
-                    "the token endpoint failed {attempts} times: {what}"
-                ))
-            })?;
+            .map_err(|f| f.token_error(OktaError::Token))?;
         let v = reply.json();
         if reply.status.is_success() {
             return crate::jwt::access_token(&v).map_err(OktaError::Token);
