@@ -109,7 +109,7 @@ const HANDING_OVER: &str = "handing over";
 
 /// How many times one decision reads the issue and its label events at most,
 /// when the two disagree (a label applied between the reads).
-const VIEWS: u32 = 3;
+pub(super) const VIEWS: u32 = 3;
 
 fn verification_key(email: &Email) -> String {
     format!("citizenship:{}", short_hash(email.as_str()))
@@ -667,7 +667,7 @@ impl Bot {
                 }
                 Decision::Done { request, stage } => {
                     return self
-                        .already_done(project, &issue, &history, &request, &author, stage)
+                        .already_done(project, &issue, &mut history, &request, &author, stage)
                         .await;
                 }
                 Decision::Waiting {
@@ -702,7 +702,7 @@ impl Bot {
                     let requirements = approved.requirements().clone();
                     let superseded = approved.superseded(&self.cfg, &request);
                     match self
-                        .approved(project, &issue, &history, approved, &author)
+                        .approved(project, &issue, &mut history, approved, &author)
                         .await?
                     {
                         Acted::Outcome(o) => return Ok(o),
@@ -788,7 +788,7 @@ impl Bot {
         &self,
         project: &str,
         issue: &ApiIssue,
-        history: &History,
+        history: &mut History,
         request: &Request,
         author: &Author,
         stage: Stage,
@@ -798,9 +798,8 @@ impl Bot {
             // Refused when it came to act: nothing more without a new plan.
             Stage::Closed { .. } => {
                 let reply = self.closed_reply(issue);
-                let mut history = history.clone();
                 return self
-                    .perform(project, issue, &mut history, None, Some(request), reply)
+                    .perform(project, issue, history, None, Some(request), reply)
                     .await;
             }
             _ => return Ok(Outcome::Ignored),
@@ -822,8 +821,7 @@ impl Bot {
             retick,
             (files.sections, failed),
         );
-        let mut history = history.clone();
-        self.perform(project, issue, &mut history, None, Some(request), reply)
+        self.perform(project, issue, history, None, Some(request), reply)
             .await
     }
 
@@ -1103,7 +1101,7 @@ impl Bot {
         &self,
         project: &str,
         issue: &ApiIssue,
-        history: &History,
+        history: &mut History,
         approved: approval::Approved<Request>,
         author: &Author,
     ) -> Result<Acted, ProcessError> {
@@ -1275,9 +1273,8 @@ impl Bot {
             }
             let reply =
                 self.refused_reply(history, req, reasons, false, protected, Some(&plan_digest));
-            let mut history = history.clone();
             return self
-                .perform(project, issue, &mut history, None, Some(req), reply)
+                .perform(project, issue, history, None, Some(req), reply)
                 .await
                 .map(Acted::Outcome);
         }
