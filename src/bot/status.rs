@@ -410,8 +410,8 @@ impl Bot {
         let mut label_events = self.gitlab.label_events(project, issue.iid).await?;
         // The issue was listed before its label events were read: a label
         // applied in between would show as an approval for a renamed label.
-        // As `process` does: read the issue again, at most twice more.
-        for _ in 0..2 {
+        // As `process` does: read the issue again, up to its number of views.
+        for _ in 1..super::process::VIEWS {
             if crate::approval::labels_agree(&self.cfg, &issue.labels, &label_events) {
                 break;
             }
