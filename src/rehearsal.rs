@@ -5,7 +5,7 @@
 //! notices; the state database is a copy in memory. `Bot::rehearse` swaps
 //! them in; nothing else in the bot knows whether it rehearses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -33,11 +33,11 @@ struct Line {
 /// clones share one record.
 #[derive(Debug, Clone, Default)]
 pub struct Rehearsal {
-    lines: Arc<Mutex<Vec<Line>>>,
+    lines: Arc<Mutex<VecDeque<Line>>>,
 }
 
 impl Rehearsal {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Line>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Line>> {
         self.lines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -54,9 +54,9 @@ impl Rehearsal {
         }
         let mut lines = self.lock();
         if lines.len() >= KEPT {
-            lines.remove(0);
+            lines.pop_front();
         }
-        lines.push(Line {
+        lines.push_back(Line {
             issue: issue.map(|(p, i)| (p.to_string(), i)),
             text,
         });
@@ -65,7 +65,7 @@ impl Rehearsal {
     /// The writes recorded for one issue, removed from the record.
     pub fn take(&self, project: &str, iid: u64) -> Vec<String> {
         let mut lines = self.lock();
-        let (mine, rest): (Vec<Line>, Vec<Line>) = lines.drain(..).partition(|l| {
+        let (mine, rest): (VecDeque<Line>, VecDeque<Line>) = lines.drain(..).partition(|l| {
             l.issue
                 .as_ref()
                 .is_some_and(|(p, i)| p == project && *i == iid)
