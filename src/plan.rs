@@ -526,7 +526,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
         }
         for it in &open {
             match &it.action {
-                ItemAction::Zendesk {
+                ItemAction::Account {
                     instance,
                     level,
                     add_tags,
@@ -608,7 +608,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                 ItemAction::GroupAdd { instance, group } => {
                     // Stands alone when no Zendesk item of the instance covers it.
                     let covered = open.iter().any(|o| {
-                        matches!(&o.action, ItemAction::Zendesk { instance: i, level: Some(_), .. } if i == instance)
+                        matches!(&o.action, ItemAction::Account { instance: i, level: Some(_), .. } if i == instance)
                     });
                     if !covered {
                         let member = b.group_member(group, &s.email) == Some(true);

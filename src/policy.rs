@@ -84,7 +84,7 @@ pub struct Requester {
 pub fn self_service(request: &Request, requester: &Requester, cfg: &Config) -> SelfService {
     let asks_only_self_service = request.kind == RequestKind::LightAgent
         && request.items.iter().all(|it| match &it.action {
-            ItemAction::Zendesk {
+            ItemAction::Account {
                 instance,
                 level: Some(level),
                 add_tags,
@@ -99,7 +99,7 @@ pub fn self_service(request: &Request, requester: &Requester, cfg: &Config) -> S
                         .is_some_and(|a| a.self_service)
             }
             ItemAction::GroupAdd { instance, .. } => request.items.iter().any(|o| {
-                matches!(&o.action, ItemAction::Zendesk { instance: i, level: Some(_), .. } if i == instance)
+                matches!(&o.action, ItemAction::Account { instance: i, level: Some(_), .. } if i == instance)
             }),
             _ => false,
         });
@@ -174,7 +174,7 @@ pub fn requirements(
         };
         let inst_rule = format!("zendesk.{instance}.requires");
         let (change, mut own, waivable) = match &it.action {
-            ItemAction::Zendesk {
+            ItemAction::Account {
                 level,
                 add_tags,
                 remove_tags,
@@ -234,11 +234,11 @@ pub fn requirements(
             own.extend(needs(&z.requires, &inst_rule));
         }
         let level = match &it.action {
-            ItemAction::Zendesk { level, .. } => level.as_ref(),
+            ItemAction::Account { level, .. } => level.as_ref(),
             _ => None,
         };
         let level_covered =
-            !matches!(it.action, ItemAction::Zendesk { level: Some(_), .. }) || covered(level);
+            !matches!(it.action, ItemAction::Account { level: Some(_), .. }) || covered(level);
         let (kept, lifted): (Vec<Need>, Vec<Need>) = own
             .into_iter()
             .partition(|n| !(level_covered && pre_approved.contains(&n.approval)));

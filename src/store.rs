@@ -479,7 +479,7 @@ impl Store {
 
     pub fn retries(&self, project: &str) -> Result<Vec<u64>, StoreError> {
         let c = self.c();
-        let mut st = c.prepare("SELECT iid FROM retry WHERE project = ?1 ORDER BY iid")?;
+        let mut st = c.prepare_cached("SELECT iid FROM retry WHERE project = ?1 ORDER BY iid")?;
         let rows = st.query_map([project], |r| r.get::<_, u64>(0))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }

@@ -71,7 +71,7 @@ fn example_kinds_subjects_and_items() {
     assert_eq!(a.items.len(), 2);
     assert_eq!(
         a.items[0].action,
-        ItemAction::Zendesk {
+        ItemAction::Account {
             instance: "global".into(),
             level: Some("Light Agent".into()),
             add_tags: vec!["partner_support_agent".into()],

@@ -1580,7 +1580,7 @@ impl Bot {
             // Access taken away: what other requests gave these people in
             // these instances is no longer in force (an expiring grant must
             // not keep an offboarded person's access alive).
-            let today = chrono::Utc::now().date_naive();
+            let today = self.now().date_naive();
             for s in &req.subjects {
                 for inst in req.instances() {
                     if let Err(e) = self.store.end_holdings(s.email.as_str(), inst, today, None) {
@@ -1591,7 +1591,7 @@ impl Bot {
             return;
         }
         let expires = req.expires.map(|e| e.0);
-        let now = chrono::Utc::now();
+        let now = self.now();
         let computed = plan::grant_records(req, p, observed);
         for r in &computed {
             for what in &r.gives {

@@ -97,8 +97,11 @@ impl fmt::Display for RequestKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ItemAction {
-    /// Grant or change the access level and/or team tags in one Zendesk instance.
-    Zendesk {
+    /// Grant or change the access level and/or team tags in one instance's
+    /// account system. Serialized under its first name: it is part of the
+    /// digest of requests already planned.
+    #[serde(rename = "zendesk")]
+    Account {
         instance: String,
         level: Option<String>,
         add_tags: Vec<String>,
@@ -121,7 +124,7 @@ pub enum ItemAction {
 impl ItemAction {
     pub fn instance(&self) -> &str {
         match self {
-            ItemAction::Zendesk { instance, .. }
+            ItemAction::Account { instance, .. }
             | ItemAction::AccountRemove { instance }
             | ItemAction::GroupAdd { instance, .. }
             | ItemAction::GroupRemove { instance, .. } => instance,
@@ -310,7 +313,7 @@ fn content_kind(items: &[BotItem], cfg: &Config) -> RequestKind {
     let mut tags_only = true;
     for it in items {
         match &it.action {
-            ItemAction::Zendesk {
+            ItemAction::Account {
                 instance,
                 level,
                 add_tags,
@@ -451,7 +454,7 @@ fn definitions(items: &[BotItem], cfg: &Config) -> BTreeMap<String, serde_json::
             def["group_directory"] = serde_json::json!("okta");
         }
         out.insert(format!("{instance}/instance"), def);
-        if let ItemAction::Zendesk {
+        if let ItemAction::Account {
             level: Some(level), ..
         } = &it.action
             && let Some(a) = z.access_levels.get(level)
@@ -763,7 +766,7 @@ fn classify_visible(
             None
         }
     };
-    Ok(Some(ItemAction::Zendesk {
+    Ok(Some(ItemAction::Account {
         instance,
         level,
         add_tags,
@@ -900,7 +903,7 @@ fn check_conflicts(kind: RequestKind, items: &[BotItem], errors: &mut Vec<Reques
     let mut removes = false;
     for it in items {
         match &it.action {
-            ItemAction::Zendesk {
+            ItemAction::Account {
                 instance,
                 level,
                 add_tags,
@@ -1047,7 +1050,7 @@ impl Request {
         self.items
             .iter()
             .filter_map(|i| match &i.action {
-                ItemAction::Zendesk { instance, .. } | ItemAction::GroupAdd { instance, .. } => {
+                ItemAction::Account { instance, .. } | ItemAction::GroupAdd { instance, .. } => {
                     Some(instance.as_str())
                 }
                 _ => None,
