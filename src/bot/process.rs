@@ -22,7 +22,7 @@ use crate::notify::{Notice, NoticeKind};
 
 use super::observe::ObserveError;
 use super::reply;
-use super::writeback::{Section, Ticks, Writeback};
+use super::writeback::{Section, Writeback};
 use super::{Bot, Outcome};
 
 #[derive(Debug, thiserror::Error)]
@@ -1170,42 +1170,6 @@ impl Bot {
                 h.join(".")
             }
         };
-        let result_note =
-            |sections: Vec<Section>, done: bool, ticks: &BTreeSet<usize>, did: String| {
-                let after = req.digest_after_ticks(ticks);
-                Writeback {
-                    kind: NoteKind::Result,
-                    digest: digest.clone(),
-                    fields: vec![
-                        ("plan", plan_digest.clone()),
-                        ("plan_note", plan_note.clone()),
-                        ("did", did),
-                        ("done", if done { "1" } else { "0" }.to_string()),
-                        ("after", after.clone()),
-                        (
-                            "ticks",
-                            if ticks.is_empty() {
-                                "-".to_string()
-                            } else {
-                                ticks
-                                    .iter()
-                                    .map(|t| t.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join(".")
-                            },
-                        ),
-                    ],
-                    sections,
-                    ticks: Ticks::Request {
-                        ordinals: ticks.clone(),
-                        digest: digest.clone(),
-                        author_email: author.email.clone(),
-                        author_name: author.name.clone(),
-                    },
-                    ..Default::default()
-                }
-            };
-
         // Things the bot will not do at all: nothing is changed for anyone.
         let refusals: Vec<&plan::Blocked> = p
             .blocked
@@ -1241,35 +1205,11 @@ impl Bot {
                 .all(|b| b.reason == BlockReason::NeedsAccountFirst)
                 && !refusals.is_empty()
             {
-                let people: Vec<comment::WithoutAccount> = refusals
-                    .iter()
-                    .map(|b| {
-                        let name = req
-                            .subjects
-                            .iter()
-                            .find(|s| s.email == b.subject)
-                            .map(|s| s.name.clone())
-                            .unwrap_or_default();
-                        comment::WithoutAccount {
-                            name,
-                            email: b.subject.as_str().to_string(),
-                            system: self.display(&b.instance),
-                        }
-                    })
-                    .collect();
-                let wb = Writeback {
-                    kind: NoteKind::Refused,
-                    digest: digest.clone(),
-                    fields: vec![("plan", plan_digest.clone())],
-                    sections: vec![Section {
-                        comment: comment::NeedsAccountFirst { people }.into(),
-                        key: format!("needs-account:{digest}"),
-                    }],
-                    state_label: Some(labels.refused.clone()),
-                    ..Default::default()
-                };
-                self.write_back(project, issue, history, wb).await?;
-                return Ok(Acted::Outcome(Outcome::Refused));
+                let reply = self.needs_account_first_reply(req, &refusals, &plan_digest);
+                return self
+                    .perform(project, issue, history, None, Some(req), reply)
+                    .await
+                    .map(Acted::Outcome);
             }
             let reply =
                 self.refused_reply(history, req, reasons, false, protected, Some(&plan_digest));
@@ -1349,48 +1289,21 @@ impl Bot {
             .collect();
         let mut systems = report::systems(req, p, &self.cfg, Some(&done));
 
+        let acting = reply::Acting {
+            request: req,
+            plan: p,
+            plan_digest: &plan_digest,
+            plan_note: &plan_note,
+            author,
+            ticks: &ticks,
+            did: did_now(&done),
+        };
         if let Some((step, error, transient)) = failure {
-            let mut wb = result_note(
-                vec![Section {
-                    comment: comment::Failed {
-                        step: step.action.describe(),
-                        subject: step.subject.as_str().to_string(),
-                        system: self.display(&step.instance),
-                        error: error.clone(),
-                        done: systems
-                            .iter()
-                            .flat_map(|s| {
-                                s.steps
-                                    .iter()
-                                    .filter(|st| st.done)
-                                    .map(|st| st.text.clone())
-                            })
-                            .collect::<Vec<_>>(),
-                    }
-                    .into(),
-                    key: format!("failed:{plan_digest}:{}:{}", step.key, short_hash(&error)),
-                }],
-                false,
-                &ticks,
-                did_now(&done),
-            );
-            wb.state_label = Some(labels.failed.clone());
-            self.write_back(project, issue, history, wb).await?;
-            if !transient {
-                self.tell_ops(
-                    NoticeKind::StepFailed,
-                    format!("{}: {error}", step.instance),
-                    format!(
-                        "#{}: {} for {} failed: {error}",
-                        req.iid,
-                        step.action.describe(),
-                        step.subject.as_str()
-                    ),
-                    Some(req.web_url.clone()),
-                )
-                .await;
-            }
-            return Ok(Acted::Outcome(Outcome::Failed(error)));
+            let reply = self.step_failed_reply(&acting, &step, error, transient, &systems);
+            return self
+                .perform(project, issue, history, None, Some(req), reply)
+                .await
+                .map(Acted::Outcome);
         }
 
         if req.kind == RequestKind::Offboarding {
@@ -1413,36 +1326,15 @@ impl Bot {
             .map(|i| i.text.clone())
             .collect();
         let light_agent = light_agent_result(req, p, &done);
-        let mut wb = result_note(
-            vec![Section {
-                comment: comment::ResultNote {
-                    complete,
-                    systems,
-                    ticked,
-                    light_agent,
-                    expires: req.expires.map(|e| e.0.to_string()),
-                }
-                .into(),
-                // Once per outcome: done, or blocked for these reasons (not once
-                // per retry of the same situation).
-                key: format!(
-                    "result:{plan_digest}:{}",
-                    if complete {
-                        "done".to_string()
-                    } else {
-                        short_hash(
-                            &p.blocked
-                                .iter()
-                                .map(|b| b.reason.explain(&b.instance))
-                                .collect::<Vec<_>>()
-                                .join("\n"),
-                        )
-                    }
-                ),
-            }],
-            complete,
-            &ticks,
-            did_now(&done),
+        let mut reply = self.acted_reply(
+            &acting,
+            comment::ResultNote {
+                complete,
+                systems,
+                ticked,
+                light_agent,
+                expires: req.expires.map(|e| e.0.to_string()),
+            },
         );
         if complete {
             let records = history
@@ -1460,39 +1352,19 @@ impl Bot {
                 .map(|f| f.grants);
             self.record_holdings(project, req, p, &observed, records, &plan_digest);
         }
-        if blocked {
-            for b in &p.blocked {
-                if let plan::BlockReason::ManagerCannotTakeTickets { manager, .. } = &b.reason {
-                    self.tell_ops(
-                        NoticeKind::ManagerCannotTakeTickets,
-                        format!("#{} {manager}", req.iid),
-                        format!("#{}: {}", req.iid, b.reason.explain(&b.instance)),
-                        Some(req.web_url.clone()),
-                    )
-                    .await;
-                }
-            }
-            wb.state_label = Some(labels.failed.clone());
-            self.write_back(project, issue, history, wb).await?;
-            return Ok(Acted::Outcome(Outcome::Failed(
-                p.blocked
-                    .iter()
-                    .map(|b| b.reason.explain(&b.instance))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )));
-        }
-        wb.state_label = Some(labels.done.clone());
-        wb.close = complete && self.cfg.policy_for(req.kind).close_when_done;
-        let mut outcome = Outcome::Done;
-        if req.kind == RequestKind::Offboarding
-            && let Some(error) = self.support_team_files(project, req, &mut wb).await?
+        // An offboarding done: the Support Team files, proposed before the
+        // result note that links them.
+        if !blocked
+            && req.kind == RequestKind::Offboarding
+            && let Some(note) = reply.note.as_mut()
+            && let Some(error) = self.support_team_files(project, req, note).await?
         {
-            wb.state_label = Some(labels.failed.clone());
-            outcome = Outcome::Failed(error);
+            note.state_label = Some(labels.failed.clone());
+            reply.outcome = Outcome::Failed(error);
         }
-        self.write_back(project, issue, history, wb).await?;
-        Ok(Acted::Outcome(outcome))
+        self.perform(project, issue, history, None, Some(req), reply)
+            .await
+            .map(Acted::Outcome)
     }
 
     pub(super) fn display(&self, instance: &str) -> String {

@@ -5,7 +5,7 @@
 //! checks it); [`Bot::perform`] is the one place that carries a reply out,
 //! always in the same order: the note first, then what refers to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::approval::{self, Directory, History};
 use crate::comment::{self, NoteKind};
@@ -20,12 +20,26 @@ use super::process::{Author, PlanPost, ProcessError, ToVerify};
 use super::writeback::{Section, Ticks, Writeback};
 use super::{Bot, Outcome};
 
+/// What a reply to acting on an approved plan is bound to.
+pub(super) struct Acting<'a> {
+    pub request: &'a Request,
+    pub plan: &'a plan::Plan,
+    /// The digest of the approved plan, and the id of its note.
+    pub plan_digest: &'a str,
+    pub plan_note: &'a str,
+    pub author: &'a Author,
+    /// The boxes this act ticks.
+    pub ticks: &'a BTreeSet<usize>,
+    /// The changes made, as short hashes joined by dots (`-`: none).
+    pub did: String,
+}
+
 /// Everything one answer to a decision writes, and what it comes to.
 pub(super) struct Reply {
     /// The note (sections not yet on the issue) and the edit of the issue.
     pub note: Option<Writeback>,
     /// Sent once the note is on the issue: ops learn what the issue says.
-    pub notice: Option<Notice>,
+    pub notices: Vec<Notice>,
     /// Sent once the note asking for it is on the issue.
     pub email: Option<ToVerify>,
     /// Nothing to write, and the look counts as seen up to the issue's
@@ -38,7 +52,7 @@ impl Reply {
     fn with_note(note: Writeback, outcome: Outcome) -> Reply {
         Reply {
             note: Some(note),
-            notice: None,
+            notices: Vec::new(),
             email: None,
             seen: false,
             outcome,
@@ -139,7 +153,7 @@ impl Bot {
             ..Default::default()
         };
         Reply {
-            notice,
+            notices: notice.into_iter().collect(),
             ..Reply::with_note(note, Outcome::Refused)
         }
     }
@@ -154,7 +168,7 @@ impl Bot {
         });
         Reply {
             note,
-            notice: None,
+            notices: Vec::new(),
             email: None,
             seen: false,
             outcome: Outcome::Refused,
@@ -206,7 +220,7 @@ impl Bot {
         Reply {
             seen: nothing_to_do,
             note: (!nothing_to_do).then_some(note),
-            notice: None,
+            notices: Vec::new(),
             email: None,
             outcome,
         }
@@ -279,7 +293,7 @@ impl Bot {
         }
         Reply {
             note: Some(note),
-            notice: None,
+            notices: Vec::new(),
             email,
             seen: false,
             outcome: Outcome::Waiting,
@@ -340,10 +354,207 @@ impl Bot {
         self.stale(facts, request, missing, dir, &mut note);
         Reply {
             note: Some(note),
-            notice,
+            notices: notice.into_iter().collect(),
             email,
             seen: false,
             outcome: Outcome::Waiting,
+        }
+    }
+
+    /// Some people of the request have no account for the asked change to
+    /// apply to: nothing is changed for anyone, and the refused label.
+    pub(super) fn needs_account_first_reply(
+        &self,
+        request: &Request,
+        refusals: &[&plan::Blocked],
+        plan_digest: &str,
+    ) -> Reply {
+        let digest = request.digest();
+        let people: Vec<comment::WithoutAccount> = refusals
+            .iter()
+            .map(|b| comment::WithoutAccount {
+                name: request
+                    .subjects
+                    .iter()
+                    .find(|s| s.email == b.subject)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+                email: b.subject.as_str().to_string(),
+                system: self.display(&b.instance),
+            })
+            .collect();
+        let note = Writeback {
+            kind: NoteKind::Refused,
+            digest: digest.clone(),
+            fields: vec![("plan", plan_digest.to_string())],
+            sections: vec![Section {
+                comment: comment::NeedsAccountFirst { people }.into(),
+                key: format!("needs-account:{digest}"),
+            }],
+            state_label: Some(self.cfg.bot.state_labels.refused.clone()),
+            ..Default::default()
+        };
+        Reply::with_note(note, Outcome::Refused)
+    }
+
+    /// The result note of acting on an approved plan: bound to that plan
+    /// and its note, with the changes made (`did`), the boxes ticked and
+    /// the request's digest once they are.
+    fn result_note(&self, a: &Acting<'_>, sections: Vec<Section>, done: bool) -> Writeback {
+        let digest = a.request.digest();
+        Writeback {
+            kind: NoteKind::Result,
+            digest: digest.clone(),
+            fields: vec![
+                ("plan", a.plan_digest.to_string()),
+                ("plan_note", a.plan_note.to_string()),
+                ("did", a.did.clone()),
+                ("done", if done { "1" } else { "0" }.to_string()),
+                ("after", a.request.digest_after_ticks(a.ticks)),
+                (
+                    "ticks",
+                    if a.ticks.is_empty() {
+                        "-".to_string()
+                    } else {
+                        a.ticks
+                            .iter()
+                            .map(|t| t.to_string())
+                            .collect::<Vec<_>>()
+                            .join(".")
+                    },
+                ),
+            ],
+            sections,
+            ticks: Ticks::Request {
+                ordinals: a.ticks.clone(),
+                digest,
+                author_email: a.author.email.clone(),
+                author_name: a.author.name.clone(),
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A step failed while acting: what failed and what was done before it,
+    /// the boxes of what is complete ticked, the failed label, and unless
+    /// the error passes by itself, ops told.
+    pub(super) fn step_failed_reply(
+        &self,
+        a: &Acting<'_>,
+        step: &plan::Step,
+        error: String,
+        transient: bool,
+        systems: &[report::SystemView],
+    ) -> Reply {
+        let mut note = self.result_note(
+            a,
+            vec![Section {
+                comment: comment::Failed {
+                    step: step.action.describe(),
+                    subject: step.subject.as_str().to_string(),
+                    system: self.display(&step.instance),
+                    error: error.clone(),
+                    done: systems
+                        .iter()
+                        .flat_map(|s| {
+                            s.steps
+                                .iter()
+                                .filter(|st| st.done)
+                                .map(|st| st.text.clone())
+                        })
+                        .collect(),
+                }
+                .into(),
+                key: format!(
+                    "failed:{}:{}:{}",
+                    a.plan_digest,
+                    step.key,
+                    short_hash(&error)
+                ),
+            }],
+            false,
+        );
+        note.state_label = Some(self.cfg.bot.state_labels.failed.clone());
+        let notices = if transient {
+            Vec::new()
+        } else {
+            vec![Notice {
+                kind: NoticeKind::StepFailed,
+                cause: format!("{}: {error}", step.instance),
+                detail: format!(
+                    "#{}: {} for {} failed: {error}",
+                    a.request.iid,
+                    step.action.describe(),
+                    step.subject.as_str()
+                ),
+                url: Some(a.request.web_url.clone()),
+            }]
+        };
+        Reply {
+            notices,
+            ..Reply::with_note(note, Outcome::Failed(error))
+        }
+    }
+
+    /// Every step of the plan ran: the result note. Complete, it is done
+    /// (closed if the kind says so); with something blocked, it is failed,
+    /// with why, and ops are told of a manager who cannot take the tickets.
+    pub(super) fn acted_reply(&self, a: &Acting<'_>, result: comment::ResultNote) -> Reply {
+        let labels = &self.cfg.bot.state_labels;
+        let p = a.plan;
+        let complete = result.complete;
+        let mut note = self.result_note(
+            a,
+            vec![Section {
+                comment: result.into(),
+                // Once per outcome: done, or blocked for these reasons (not
+                // once per retry of the same situation).
+                key: format!(
+                    "result:{}:{}",
+                    a.plan_digest,
+                    if complete {
+                        "done".to_string()
+                    } else {
+                        short_hash(
+                            &p.blocked
+                                .iter()
+                                .map(|b| b.reason.explain(&b.instance))
+                                .collect::<Vec<_>>()
+                                .join("\n"),
+                        )
+                    }
+                ),
+            }],
+            complete,
+        );
+        if p.blocked.is_empty() {
+            note.state_label = Some(labels.done.clone());
+            note.close = complete && self.cfg.policy_for(a.request.kind).close_when_done;
+            return Reply::with_note(note, Outcome::Done);
+        }
+        note.state_label = Some(labels.failed.clone());
+        let notices = p
+            .blocked
+            .iter()
+            .filter_map(|b| match &b.reason {
+                plan::BlockReason::ManagerCannotTakeTickets { manager, .. } => Some(Notice {
+                    kind: NoticeKind::ManagerCannotTakeTickets,
+                    cause: format!("#{} {manager}", a.request.iid),
+                    detail: format!("#{}: {}", a.request.iid, b.reason.explain(&b.instance)),
+                    url: Some(a.request.web_url.clone()),
+                }),
+                _ => None,
+            })
+            .collect();
+        let why = p
+            .blocked
+            .iter()
+            .map(|b| b.reason.explain(&b.instance))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Reply {
+            notices,
+            ..Reply::with_note(note, Outcome::Failed(why))
         }
     }
 
@@ -366,8 +577,8 @@ impl Bot {
         if reply.seen {
             self.store.mark_seen(project, issue.iid, issue.updated_at)?;
         }
-        if let Some(n) = reply.notice {
-            tracing::warn!(iid = issue.iid, cause = %n.cause, "a security refusal; telling ops");
+        for n in reply.notices {
+            tracing::warn!(iid = issue.iid, kind = ?n.kind, cause = %n.cause, "telling ops");
             self.tell_ops(n.kind, n.cause, n.detail, n.url).await;
         }
         if let Some(v) = reply.email {
