@@ -1385,6 +1385,17 @@ fn ascending(q: &[(String, String)]) -> Option<bool> {
 /// Offset pagination with GitLab's headers (`x-next-page` empty on the last page, totals
 /// dropped above 10,000 records, `Link` with prev/next/first/last).
 fn paginate(items: Vec<Value>, q: &[(String, String)], base: &str) -> Response {
+    paginate_with(items, q, base, |v| v)
+}
+
+/// As `paginate`, turning only the page's items into JSON (a listing of
+/// 50,000 issues would otherwise render every one for each page).
+fn paginate_with<T>(
+    items: Vec<T>,
+    q: &[(String, String)],
+    base: &str,
+    to_json: impl Fn(T) -> Value,
+) -> Response {
     let per_page = param(q, "per_page")
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(20)
@@ -1396,7 +1407,12 @@ fn paginate(items: Vec<Value>, q: &[(String, String)], base: &str) -> Response {
     let total = items.len();
     let pages = total.div_ceil(per_page).max(1);
     let start = (page - 1) * per_page;
-    let slice: Vec<Value> = items.into_iter().skip(start).take(per_page).collect();
+    let slice: Vec<Value> = items
+        .into_iter()
+        .skip(start)
+        .take(per_page)
+        .map(to_json)
+        .collect();
     let next = if page < pages {
         (page + 1).to_string()
     } else {
@@ -1518,11 +1534,11 @@ async fn list_issues(
     if !asc {
         list.reverse();
     }
-    let items = list.into_iter().map(|i| w.issue_json(p, i)).collect();
-    paginate(
-        items,
+    paginate_with(
+        list,
         &q,
         &format!("{}/api/v4/projects/{}/issues", w.base_url, p.id),
+        |i| w.issue_json(p, i),
     )
 }
 
