@@ -233,6 +233,69 @@ async fn a_plan_edited_after_it_was_read_stops_counting() {
     t.expect_rest();
 }
 
+/// A look that finds nothing new leaves the notes cache as it is (written
+/// again whole, it would cost a write growing with the discussion at every
+/// look), and an edit made after such looks is still read.
+#[tokio::test]
+async fn looks_that_find_nothing_new_leave_the_cache_and_a_later_edit_is_read() {
+    let mut t = crate::tester!().await;
+    {
+        let mallory = t.sb.gitlab.lock().user_by_name("mallory").unwrap().id;
+        let mut w = t.sb.gitlab.lock();
+        let p = w.projects.iter_mut().find(|p| p.path == PROJECT).unwrap();
+        p.maintainers.insert(mallory);
+    }
+    let iid = file(&t.sb, "special request").await;
+    run_until_quiet(&t.bot, 4).await;
+    t.sb.comment_as("jdoe", iid, "any news?").await.unwrap();
+    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
+    let cached = |t: &common::tester::Tester| {
+        let c = t.bot.store.cached_notes(PROJECT, iid).unwrap();
+        serde_json::to_string(&c.expect("the notes are cached")).unwrap()
+    };
+    let before = cached(&t);
+    // Looks with nothing new, GitLab's clock moving past the overlap each time.
+    for _ in 0..3 {
+        shift_gitlab_clock(&t.sb, chrono::Duration::seconds(5));
+        t.sb.clear_logs();
+        assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
+        assert_eq!(notes_reads(&t.sb), 1, "{:?}", t.sb.gitlab_knobs.counts());
+        assert_eq!(
+            cached(&t),
+            before,
+            "a look that found nothing new rewrote the cache"
+        );
+    }
+    // Then the plan is rewritten: the next look reads the edit, and the
+    // approvals given to the rewritten plan count for nothing.
+    shift_gitlab_clock(&t.sb, chrono::Duration::seconds(5));
+    let plan = t.sb.bot_comments(iid)[0].clone();
+    let tampered = plan.body.replace("Support Engineer", "Light Agent");
+    assert_ne!(tampered, plan.body);
+    t.sb.edit_note_as("mallory", iid, plan.id, &tampered)
+        .await
+        .unwrap();
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    run_until_quiet(&t.bot, 4).await;
+    assert_ne!(cached(&t), before);
+    let comments = t.sb.bot_comments(iid);
+    assert!(
+        !comments.iter().any(|c| c.body.contains("access-bot: done")),
+        "{comments:#?}"
+    );
+    assert_eq!(
+        comments
+            .iter()
+            .filter(|c| c.body.contains("access-bot plan"))
+            .count(),
+        2,
+        "{comments:#?}"
+    );
+    // What the bot said, by snapshot.
+    t.expect_rest();
+}
+
 const ISSUES: &str = "/api/v4/projects/support%2Faccess-requests/issues";
 
 #[tokio::test]

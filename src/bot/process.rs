@@ -334,23 +334,39 @@ impl Bot {
                 .gitlab
                 .notes_since(project, iid, Some(since - overlap))
                 .await?;
+            let cached_read_at = cached.read_at;
             let mut by_id: std::collections::BTreeMap<u64, crate::gitlab::TimedNote> =
                 cached.notes.into_iter().map(|n| (n.note.id, n)).collect();
+            // Whether the cache gains anything: a note it lacks, or a later edit.
+            let mut changed = false;
             for n in fresh.notes {
-                let newer = by_id
-                    .get(&n.note.id)
-                    .is_none_or(|old| old.updated_at <= n.updated_at);
+                let (newer, later) = match by_id.get(&n.note.id) {
+                    None => (true, true),
+                    Some(old) => (
+                        old.updated_at <= n.updated_at,
+                        old.updated_at < n.updated_at,
+                    ),
+                };
                 if newer {
+                    changed |= later;
                     by_id.insert(n.note.id, n);
                 }
             }
             let merged = crate::gitlab::NoteRead {
                 notes: by_id.into_values().collect(),
-                read_at: fresh.read_at,
+                // Unchanged, the cache keeps the time of its last read: the
+                // next look reads from there again, which is what was read now
+                // (and whatever changes after), so nothing is missed.
+                read_at: if changed {
+                    fresh.read_at
+                } else {
+                    cached_read_at
+                },
             };
             let comments = merged.notes.iter().filter(|n| !n.note.system).count() as u64;
             if comments == count {
-                return Ok(self.keep_notes(project, iid, merged, true));
+                let keep = if changed { Keep::Store } else { Keep::AsCached };
+                return Ok(self.keep_notes(project, iid, merged, keep));
             }
             tracing::info!(
                 iid,
@@ -362,8 +378,12 @@ impl Bot {
         let all = self.gitlab.notes_since(project, iid, None).await?;
         let comments = all.notes.iter().filter(|n| !n.note.system).count() as u64;
         // Kept only when it adds up: else the next look reads them all again.
-        let complete = issue.user_notes_count == Some(comments);
-        Ok(self.keep_notes(project, iid, all, complete))
+        let keep = if issue.user_notes_count == Some(comments) {
+            Keep::Store
+        } else {
+            Keep::Forget
+        };
+        Ok(self.keep_notes(project, iid, all, keep))
     }
 
     /// Whether deciding on this request reads the label events (who applied
@@ -398,14 +418,16 @@ impl Bot {
         project: &str,
         iid: u64,
         mut notes: crate::gitlab::NoteRead,
-        complete: bool,
+        keep: Keep,
     ) -> Vec<request::Note> {
         notes.notes.sort_by_key(|n| (n.note.created_at, n.note.id));
         {
-            let r = if complete {
-                self.store.cache_notes(project, iid, &notes)
-            } else {
-                self.store.forget_notes(project, iid)
+            let r = match keep {
+                Keep::Store => self.store.cache_notes(project, iid, &notes),
+                // Written again whole, an unchanged cache would cost a write
+                // that grows with the discussion at every look.
+                Keep::AsCached => Ok(()),
+                Keep::Forget => self.store.forget_notes(project, iid),
             };
             if let Err(e) = r {
                 tracing::warn!(iid, error = %e, "cannot cache the notes; the next look reads them all");
@@ -1642,6 +1664,17 @@ pub(super) fn read_json_block<T: serde::de::DeserializeOwned>(content: &str) -> 
 }
 
 /// What a light-agent request came to, for its result.
+/// What becomes of the notes cache after a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// The read is complete and adds to the cache: stored.
+    Store,
+    /// The read added nothing: the cache stays as it is.
+    AsCached,
+    /// The read does not add up to GitLab's count: the next look reads all.
+    Forget,
+}
+
 fn light_agent_result(
     req: &Request,
     p: &Plan,
