@@ -659,6 +659,8 @@ struct Shared {
     offset_days: std::sync::atomic::AtomicI64,
     /// Issues reported busy, and how often.
     busy: std::sync::Mutex<BTreeMap<u64, usize>>,
+    /// Failed attempts to open the store or connect, since the start.
+    connect_failures: AtomicU64,
 }
 
 /// One bot: connect (with a fresh store on `db`), then cycle until told to stop.
@@ -672,13 +674,17 @@ async fn bot_loop(
         let store = match Store::open(&db) {
             Ok(s) => Arc::new(s),
             Err(_) => {
+                shared.connect_failures.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(CYCLE_PAUSE).await;
                 continue;
             }
         };
         match Bot::connect_with(cfg.clone(), &secrets, store, Duration::from_millis(5)).await {
             Ok(b) => break b,
-            Err(_) => tokio::time::sleep(CYCLE_PAUSE).await,
+            Err(_) => {
+                shared.connect_failures.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(CYCLE_PAUSE).await
+            }
         }
     };
     while !shared.stop.load(Ordering::SeqCst) {
@@ -1157,9 +1163,14 @@ async fn run(spec: &Spec, scale: &Scale, out: &mut Outcome) -> anyhow::Result<()
     loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
         if t0.elapsed() > TRIAL_LIMIT {
+            // Enough to tell a bot that stopped cycling (hung, or never
+            // connected again) from one that never went quiet.
             out.stuck = Some(format!(
-                "did not converge within {TRIAL_LIMIT:?} (phase {phase:?}, {} kills)",
-                out.kills.len()
+                "did not converge within {TRIAL_LIMIT:?} (phase {phase:?}, {} kills; {} cycles since the last write or action, {} writes in all, a kill armed: {armed}, {} failed connects)",
+                out.kills.len(),
+                bots.cycles().saturating_sub(last_change),
+                gate.writes(),
+                bots.shared.connect_failures.load(Ordering::SeqCst),
             ));
             break;
         }

@@ -342,9 +342,11 @@ impl Bot {
             for n in fresh.notes {
                 let (newer, later) = match by_id.get(&n.note.id) {
                     None => (true, true),
+                    // A note read as it was cached adds nothing; the same
+                    // time with other content (its author renamed) does.
                     Some(old) => (
                         old.updated_at <= n.updated_at,
-                        old.updated_at < n.updated_at,
+                        old.updated_at < n.updated_at || old.note != n.note,
                     ),
                 };
                 if newer {
@@ -1663,7 +1665,6 @@ pub(super) fn read_json_block<T: serde::de::DeserializeOwned>(content: &str) -> 
     serde_json::from_str(&rest[..end]).ok()
 }
 
-/// What a light-agent request came to, for its result.
 /// What becomes of the notes cache after a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Keep {
@@ -1675,6 +1676,7 @@ enum Keep {
     Forget,
 }
 
+/// What a light-agent request came to, for its result.
 fn light_agent_result(
     req: &Request,
     p: &Plan,

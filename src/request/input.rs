@@ -57,7 +57,7 @@ pub struct LabelEvent {
     pub action: LabelAction,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Note {
     pub id: u64,
     pub author: UserRef,
