@@ -34,11 +34,14 @@ use crate::secret::Secrets;
 /// Where the gate stops the bot. Indices count from 1 since the gate was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// The n-th request of any kind is held before it reaches the server.
+    /// The n-th request of any kind (or the first after it, if the count
+    /// passed n before the trigger was armed) is held before it reaches the
+    /// server.
     BeforeRequest(u64),
-    /// The n-th request of any kind is performed; its answer is held.
+    /// The n-th request of any kind (or the first after it) is performed;
+    /// its answer is held.
     AfterRequest(u64),
-    /// The n-th write is performed; its answer is held.
+    /// The n-th write (or the first after it) is performed; its answer is held.
     AfterWrite(u64),
 }
 
@@ -173,7 +176,10 @@ impl Gate {
             s.polls += 1;
         }
         let mut hold = s.fired.is_some();
-        if !hold && s.trigger == Some(Trigger::BeforeRequest(request)) {
+        // At or past its number: the harness reads the count and arms a
+        // trigger a few requests ahead while the bot goes on, so the count can
+        // pass the number first; the next request then is the one held.
+        if !hold && matches!(s.trigger, Some(Trigger::BeforeRequest(n)) if request >= n) {
             s.fired = Some(format!("before request #{request} ({what})"));
             hold = true;
         }
@@ -192,9 +198,10 @@ impl Gate {
         if s.generation != a.generation || s.fired.is_some() {
             return true;
         }
+        // At or past its number, as in `arrive`.
         let hit = match s.trigger {
-            Some(Trigger::AfterRequest(n)) => n == a.request,
-            Some(Trigger::AfterWrite(n)) => a.write == Some(n),
+            Some(Trigger::AfterRequest(n)) => a.request >= n,
+            Some(Trigger::AfterWrite(n)) => a.write.is_some_and(|w| w >= n),
             _ => false,
         };
         if hit {
@@ -1050,6 +1057,38 @@ mod tests {
             ["#10", "#3"]
         );
         assert!(issue_refs("a#1b").is_empty());
+    }
+
+    /// The harness arms a trigger a few requests past the count it read;
+    /// the bot may pass that number first. The kill then falls on the next
+    /// request instead of never (a trial stuck with a kill still to come).
+    #[test]
+    fn a_trigger_armed_behind_the_count_fires_at_the_next_request() {
+        for (trigger, before) in [
+            (Trigger::BeforeRequest(2), true),
+            (Trigger::AfterRequest(2), false),
+            (Trigger::AfterWrite(1), false),
+        ] {
+            let g = Gate::new();
+            let w1 = g.arrive("PUT /a", true, false);
+            assert!(!g.answered(&w1, "PUT /a"));
+            let r2 = g.arrive("GET /b", false, false);
+            assert!(!g.answered(&r2, "GET /b"));
+            // Armed only now, with the count already at its number.
+            g.arm(Some(trigger));
+            let next = g.arrive("GET /c", false, false);
+            if before {
+                assert!(next.hold, "{trigger:?}: the next request is held");
+            } else {
+                assert!(!next.hold);
+                let w = g.arrive("PUT /d", true, false);
+                assert!(
+                    g.answered(&w, "PUT /d"),
+                    "{trigger:?}: the next answer is held"
+                );
+            }
+            assert!(g.fired().is_some(), "{trigger:?} never fired");
+        }
     }
 
     #[test]
