@@ -1224,19 +1224,15 @@ impl Bot {
                     )
                 })
                 .collect();
-            if refusals
-                .iter()
-                .all(|b| b.reason == BlockReason::NeedsAccountFirst)
-                && !refusals.is_empty()
+            let reply = if !refusals.is_empty()
+                && refusals
+                    .iter()
+                    .all(|b| b.reason == BlockReason::NeedsAccountFirst)
             {
-                let reply = self.needs_account_first_reply(req, &refusals, &plan_digest);
-                return self
-                    .perform(project, issue, history, None, Some(req), reply)
-                    .await
-                    .map(Acted::Outcome);
-            }
-            let reply =
-                self.refused_reply(history, req, reasons, false, protected, Some(&plan_digest));
+                self.needs_account_first_reply(req, &refusals, &plan_digest)
+            } else {
+                self.refused_reply(history, req, reasons, false, protected, Some(&plan_digest))
+            };
             return self
                 .perform(project, issue, history, None, Some(req), reply)
                 .await
