@@ -12,7 +12,7 @@ use access_bot::bot::Outcome;
 use access_bot::demo::bodies;
 use access_bot::sandbox::harness::run_until_quiet;
 use access_bot::sandbox::{PROJECT, Sandbox};
-use common::tester::{MANAGER, OWNER};
+use common::tester::{MANAGER, OWNER, Tester};
 
 const NOTES: &str = "/api/v4/projects/:project/issues/:id/notes";
 
@@ -32,6 +32,47 @@ fn shift_gitlab_clock(sb: &Sandbox, by: chrono::Duration) {
 
 fn notes_reads(sb: &Sandbox) -> usize {
     sb.gitlab_knobs.count("GET", NOTES)
+}
+
+/// A special request, planned, in a project where mallory is a maintainer
+/// (who may edit anyone's note).
+async fn special_request_with_a_maintainer(t: &Tester) -> u64 {
+    {
+        let mallory = t.sb.gitlab.lock().user_by_name("mallory").unwrap().id;
+        let mut w = t.sb.gitlab.lock();
+        let p = w.projects.iter_mut().find(|p| p.path == PROJECT).unwrap();
+        p.maintainers.insert(mallory);
+    }
+    let iid = file(&t.sb, "special request").await;
+    run_until_quiet(&t.bot, 4).await;
+    iid
+}
+
+/// The plan rewritten by a maintainer (its sealed marker kept), then both
+/// approvals: nothing is done, and a second plan says what is needed.
+async fn rewritten_plan_approved_counts_for_nothing(t: &Tester, iid: u64) {
+    let plan = t.sb.bot_comments(iid)[0].clone();
+    let tampered = plan.body.replace("Support Engineer", "Light Agent");
+    assert_ne!(tampered, plan.body);
+    t.sb.edit_note_as("mallory", iid, plan.id, &tampered)
+        .await
+        .unwrap();
+    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
+    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
+    run_until_quiet(&t.bot, 4).await;
+    let comments = t.sb.bot_comments(iid);
+    assert!(
+        !comments.iter().any(|c| c.body.contains("access-bot: done")),
+        "{comments:#?}"
+    );
+    assert_eq!(
+        comments
+            .iter()
+            .filter(|c| c.body.contains("access-bot plan"))
+            .count(),
+        2,
+        "{comments:#?}"
+    );
 }
 
 #[tokio::test]
@@ -195,40 +236,11 @@ async fn a_plan_deleted_after_it_was_read_stops_counting() {
 #[tokio::test]
 async fn a_plan_edited_after_it_was_read_stops_counting() {
     let mut t = crate::tester!().await;
-    {
-        let mallory = t.sb.gitlab.lock().user_by_name("mallory").unwrap().id;
-        let mut w = t.sb.gitlab.lock();
-        let p = w.projects.iter_mut().find(|p| p.path == PROJECT).unwrap();
-        p.maintainers.insert(mallory);
-    }
-    let iid = file(&t.sb, "special request").await;
-    run_until_quiet(&t.bot, 4).await;
+    let iid = special_request_with_a_maintainer(&t).await;
     // A look with the plan in the cache.
     t.sb.comment_as("jdoe", iid, "any news?").await.unwrap();
     assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
-    // The plan rewritten by a maintainer, its sealed marker kept.
-    let plan = t.sb.bot_comments(iid)[0].clone();
-    let tampered = plan.body.replace("Support Engineer", "Light Agent");
-    assert_ne!(tampered, plan.body);
-    t.sb.edit_note_as("mallory", iid, plan.id, &tampered)
-        .await
-        .unwrap();
-    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run_until_quiet(&t.bot, 4).await;
-    let comments = t.sb.bot_comments(iid);
-    assert!(
-        !comments.iter().any(|c| c.body.contains("access-bot: done")),
-        "{comments:#?}"
-    );
-    assert_eq!(
-        comments
-            .iter()
-            .filter(|c| c.body.contains("access-bot plan"))
-            .count(),
-        2,
-        "{comments:#?}"
-    );
+    rewritten_plan_approved_counts_for_nothing(&t, iid).await;
     // What the bot said, by snapshot.
     t.expect_rest();
 }
@@ -239,17 +251,10 @@ async fn a_plan_edited_after_it_was_read_stops_counting() {
 #[tokio::test]
 async fn looks_that_find_nothing_new_leave_the_cache_and_a_later_edit_is_read() {
     let mut t = crate::tester!().await;
-    {
-        let mallory = t.sb.gitlab.lock().user_by_name("mallory").unwrap().id;
-        let mut w = t.sb.gitlab.lock();
-        let p = w.projects.iter_mut().find(|p| p.path == PROJECT).unwrap();
-        p.maintainers.insert(mallory);
-    }
-    let iid = file(&t.sb, "special request").await;
-    run_until_quiet(&t.bot, 4).await;
+    let iid = special_request_with_a_maintainer(&t).await;
     t.sb.comment_as("jdoe", iid, "any news?").await.unwrap();
     assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
-    let cached = |t: &common::tester::Tester| {
+    let cached = |t: &Tester| {
         let c = t.bot.store.cached_notes(PROJECT, iid).unwrap();
         serde_json::to_string(&c.expect("the notes are cached")).unwrap()
     };
@@ -269,29 +274,8 @@ async fn looks_that_find_nothing_new_leave_the_cache_and_a_later_edit_is_read() 
     // Then the plan is rewritten: the next look reads the edit, and the
     // approvals given to the rewritten plan count for nothing.
     shift_gitlab_clock(&t.sb, chrono::Duration::seconds(5));
-    let plan = t.sb.bot_comments(iid)[0].clone();
-    let tampered = plan.body.replace("Support Engineer", "Light Agent");
-    assert_ne!(tampered, plan.body);
-    t.sb.edit_note_as("mallory", iid, plan.id, &tampered)
-        .await
-        .unwrap();
-    t.sb.add_label("mlee", iid, MANAGER).await.unwrap();
-    t.sb.add_label("lyle", iid, OWNER).await.unwrap();
-    run_until_quiet(&t.bot, 4).await;
+    rewritten_plan_approved_counts_for_nothing(&t, iid).await;
     assert_ne!(cached(&t), before);
-    let comments = t.sb.bot_comments(iid);
-    assert!(
-        !comments.iter().any(|c| c.body.contains("access-bot: done")),
-        "{comments:#?}"
-    );
-    assert_eq!(
-        comments
-            .iter()
-            .filter(|c| c.body.contains("access-bot plan"))
-            .count(),
-        2,
-        "{comments:#?}"
-    );
     // What the bot said, by snapshot.
     t.expect_rest();
 }
