@@ -1765,19 +1765,16 @@ async fn list_notes(
     if !asc {
         notes.reverse();
     }
-    let items = notes
-        .into_iter()
-        .map(|n| {
+    paginate_with(
+        notes,
+        &q,
+        &format!("{}/api/v4/projects/{}/issues/{iid}/notes", w.base_url, p.id),
+        |n| {
             json!({"id": n.id, "body": n.body, "author": w.user_json(n.author),
                    "created_at": ts(n.created_at), "updated_at": ts(n.updated_at),
                    "system": n.system, "noteable_id": i.id, "noteable_iid": i.iid,
                    "noteable_type": "Issue", "internal": false, "confidential": false, "resolvable": false})
-        })
-        .collect();
-    paginate(
-        items,
-        &q,
-        &format!("{}/api/v4/projects/{}/issues/{iid}/notes", w.base_url, p.id),
+        },
     )
 }
 
