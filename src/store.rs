@@ -6,6 +6,7 @@
 //! history and speed, never causes a duplicate grant or comment (the bot
 //! re-reads the systems and its comment markers).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -19,6 +20,28 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("state database: {0}")]
     Busy(String),
+    #[error("state database: a cached note: {0}")]
+    Note(#[from] serde_json::Error),
+}
+
+/// What the notes cache of an issue holds, apart from the notes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotesHead {
+    /// The bot account whose notes the cache keeps the text of.
+    pub bot: u64,
+    /// GitLab's clock when the notes were last read with a change.
+    pub read_at: Option<DateTime<Utc>>,
+    /// The latest edit time among the notes read.
+    pub newest_edit: Option<DateTime<Utc>>,
+    /// Comments (notes that are not system notes) in the cache.
+    pub comments: u64,
+}
+
+/// A note as cached: its edit time, and its text if the cache keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedNote {
+    pub updated_at: DateTime<Utc>,
+    pub note: Option<crate::request::Note>,
 }
 
 pub struct Store {
@@ -142,11 +165,24 @@ CREATE TABLE IF NOT EXISTS seen (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (project, iid)
 );
-CREATE TABLE IF NOT EXISTS note_cache (
+-- The notes cache: a row per note, so that a look stores only what changed.
+DROP TABLE IF EXISTS note_cache;
+CREATE TABLE IF NOT EXISTS note_read (
     project TEXT NOT NULL,
     iid INTEGER NOT NULL,
-    notes TEXT NOT NULL,
+    bot INTEGER NOT NULL,
+    read_at TEXT,
+    newest_edit TEXT,
     PRIMARY KEY (project, iid)
+);
+CREATE TABLE IF NOT EXISTS note_row (
+    project TEXT NOT NULL,
+    iid INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    system INTEGER NOT NULL,
+    note TEXT,
+    PRIMARY KEY (project, iid, id)
 );
 CREATE TABLE IF NOT EXISTS retry (
     project TEXT NOT NULL,
@@ -263,6 +299,12 @@ fn copy_of(src: &Connection) -> Result<Connection, StoreError> {
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A time as exactly as it was read (GitLab's edit times are compared with
+/// the next read's, so nothing may be rounded off).
+fn ts_exact(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
 fn parse_ts(s: &str) -> DateTime<Utc> {
@@ -421,42 +463,166 @@ impl Store {
         Ok(())
     }
 
-    /// The notes of an issue as last read, with their edit times (a cache:
-    /// `None` when there is none, or it cannot be read; the caller then reads
-    /// them all).
-    pub fn cached_notes(
-        &self,
-        project: &str,
-        iid: u64,
-    ) -> Result<Option<crate::gitlab::NoteRead>, StoreError> {
-        let v: Option<String> = self
-            .c()
-            .prepare_cached("SELECT notes FROM note_cache WHERE project = ?1 AND iid = ?2")?
-            .query_row(params![project, iid], |r| r.get(0))
+    /// What the notes cache of an issue holds, without its notes: `None`
+    /// when there is none (the caller then reads them all).
+    pub fn notes_head(&self, project: &str, iid: u64) -> Result<Option<NotesHead>, StoreError> {
+        let c = self.c();
+        let head: Option<(u64, Option<String>, Option<String>)> = c
+            .prepare_cached(
+                "SELECT bot, read_at, newest_edit FROM note_read WHERE project = ?1 AND iid = ?2",
+            )?
+            .query_row(params![project, iid], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
-        Ok(v.and_then(|s| serde_json::from_str(&s).ok()))
+        let Some((bot, read_at, newest_edit)) = head else {
+            return Ok(None);
+        };
+        let comments: u64 = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM note_row WHERE project = ?1 AND iid = ?2 AND system = 0",
+            )?
+            .query_row(params![project, iid], |r| r.get(0))?;
+        Ok(Some(NotesHead {
+            bot,
+            read_at: read_at.map(|s| parse_ts(&s)),
+            newest_edit: newest_edit.map(|s| parse_ts(&s)),
+            comments,
+        }))
     }
 
-    pub fn cache_notes(
+    /// The cached versions of these notes, by id (those the cache has).
+    pub fn cached_versions(
         &self,
         project: &str,
         iid: u64,
-        notes: &crate::gitlab::NoteRead,
+        ids: &[u64],
+    ) -> Result<BTreeMap<u64, CachedNote>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare_cached(
+            "SELECT updated_at, note FROM note_row WHERE project = ?1 AND iid = ?2 AND id = ?3",
+        )?;
+        let mut found = BTreeMap::new();
+        for &id in ids {
+            let row: Option<(String, Option<String>)> = st
+                .query_row(params![project, iid, id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((at, note)) = row {
+                found.insert(
+                    id,
+                    CachedNote {
+                        updated_at: parse_ts(&at),
+                        note: note.map(|n| serde_json::from_str(&n)).transpose()?,
+                    },
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// The notes whose text the cache keeps, oldest first.
+    pub fn kept_notes(
+        &self,
+        project: &str,
+        iid: u64,
+    ) -> Result<Vec<crate::gitlab::TimedNote>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare_cached(
+            "SELECT updated_at, note FROM note_row
+             WHERE project = ?1 AND iid = ?2 AND note IS NOT NULL",
+        )?;
+        let rows = st.query_map(params![project, iid], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut notes = Vec::new();
+        for row in rows {
+            let (at, text) = row?;
+            let note = serde_json::from_str(&text)?;
+            notes.push(crate::gitlab::TimedNote {
+                note,
+                updated_at: parse_ts(&at),
+            });
+        }
+        notes.sort_by_key(|n| (n.note.created_at, n.note.id));
+        Ok(notes)
+    }
+
+    /// Add or replace these notes in the cache and record the read, in one
+    /// transaction (a cache missing a note it claims to have read would hide
+    /// it). `whole`: the notes are all there are, replacing the cache. A note
+    /// is stored with its text only if `keep_text` says so.
+    pub fn store_notes(
+        &self,
+        project: &str,
+        iid: u64,
+        bot: u64,
+        read: &crate::gitlab::NoteRead,
+        whole: bool,
+        keep_text: impl Fn(&crate::request::Note) -> bool,
     ) -> Result<(), StoreError> {
-        let text = serde_json::to_string(notes).unwrap_or_default();
-        self.c()
-            .prepare_cached(
-                "INSERT INTO note_cache (project, iid, notes) VALUES (?1, ?2, ?3)
-             ON CONFLICT(project, iid) DO UPDATE SET notes = excluded.notes",
-            )?
-            .execute(params![project, iid, text])?;
+        let mut c = self.c();
+        let tx = c.transaction()?;
+        if whole {
+            tx.prepare_cached("DELETE FROM note_row WHERE project = ?1 AND iid = ?2")?
+                .execute(params![project, iid])?;
+        }
+        let old_newest: Option<String> = if whole {
+            None
+        } else {
+            tx.prepare_cached("SELECT newest_edit FROM note_read WHERE project = ?1 AND iid = ?2")?
+                .query_row(params![project, iid], |r| r.get(0))
+                .optional()?
+                .flatten()
+        };
+        let mut newest = old_newest.map(|s| parse_ts(&s));
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO note_row (project, iid, id, updated_at, system, note)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(project, iid, id) DO UPDATE SET
+                   updated_at = excluded.updated_at, system = excluded.system, note = excluded.note",
+            )?;
+            for n in &read.notes {
+                let text = if keep_text(&n.note) {
+                    Some(serde_json::to_string(&n.note)?)
+                } else {
+                    None
+                };
+                st.execute(params![
+                    project,
+                    iid,
+                    n.note.id,
+                    ts_exact(n.updated_at),
+                    n.note.system,
+                    text
+                ])?;
+                newest = newest.max(Some(n.updated_at));
+            }
+        }
+        tx.prepare_cached(
+            "INSERT INTO note_read (project, iid, bot, read_at, newest_edit) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(project, iid) DO UPDATE SET bot = excluded.bot,
+               read_at = excluded.read_at, newest_edit = excluded.newest_edit",
+        )?
+        .execute(params![
+            project,
+            iid,
+            bot,
+            read.read_at.map(ts_exact),
+            newest.map(ts_exact)
+        ])?;
+        tx.commit()?;
         Ok(())
     }
 
     pub fn forget_notes(&self, project: &str, iid: u64) -> Result<(), StoreError> {
-        self.c()
-            .prepare_cached("DELETE FROM note_cache WHERE project = ?1 AND iid = ?2")?
+        let mut c = self.c();
+        let tx = c.transaction()?;
+        tx.prepare_cached("DELETE FROM note_read WHERE project = ?1 AND iid = ?2")?
             .execute(params![project, iid])?;
+        tx.prepare_cached("DELETE FROM note_row WHERE project = ?1 AND iid = ?2")?
+            .execute(params![project, iid])?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -1024,6 +1190,98 @@ mod tests {
 
     fn store() -> Store {
         Store::open(Path::new(":memory:")).unwrap()
+    }
+
+    fn timed(
+        id: u64,
+        author: u64,
+        system: bool,
+        body: &str,
+        edit: i64,
+    ) -> crate::gitlab::TimedNote {
+        let t0 = DateTime::parse_from_rfc3339("2026-11-30T10:00:00.123456789Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        crate::gitlab::TimedNote {
+            note: crate::request::Note {
+                id,
+                author: crate::request::UserRef {
+                    id: author,
+                    username: format!("u{author}"),
+                },
+                body: body.into(),
+                created_at: t0,
+                system,
+            },
+            updated_at: t0 + chrono::Duration::seconds(edit),
+        }
+    }
+
+    fn read(
+        notes: &[crate::gitlab::TimedNote],
+        read_at: Option<DateTime<Utc>>,
+    ) -> crate::gitlab::NoteRead {
+        crate::gitlab::NoteRead {
+            notes: notes.to_vec(),
+            read_at,
+        }
+    }
+
+    /// The notes cache keeps a row per note and the text only of the notes
+    /// asked for; a partial store adds to it, a whole one replaces it, and
+    /// edit times come back exactly as stored.
+    #[test]
+    fn the_notes_cache_adds_what_changed_and_keeps_only_the_text_asked_for() {
+        let s = store();
+        let bot = 7;
+        let keep = |n: &crate::request::Note| n.system || n.author.id == bot;
+        assert_eq!(s.notes_head("g/p", 1).unwrap(), None);
+        let read_at = Utc::now();
+        let first = vec![
+            timed(1, bot, false, "plan", 0),
+            timed(2, 3, false, "a comment", 1),
+            timed(3, 3, true, "changed the description", 2),
+        ];
+        s.store_notes("g/p", 1, bot, &read(&first, Some(read_at)), true, keep)
+            .unwrap();
+        let head = s.notes_head("g/p", 1).unwrap().unwrap();
+        assert_eq!(head.bot, bot);
+        assert_eq!(head.read_at, Some(read_at));
+        assert_eq!(head.newest_edit, Some(first[2].updated_at));
+        assert_eq!(head.comments, 2);
+        let kept = s.kept_notes("g/p", 1).unwrap();
+        assert_eq!(kept.iter().map(|n| n.note.id).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(kept[1].updated_at, first[2].updated_at, "rounded off");
+        let v = s.cached_versions("g/p", 1, &[1, 2, 9]).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[&2].note, None, "another's comment is kept as a time only");
+        assert_eq!(v[&1].note.as_ref(), Some(&first[0].note));
+
+        // A later look adds a comment and an edit of the plan.
+        let later = vec![
+            timed(4, 3, false, "any news?", 5),
+            timed(1, bot, false, "plan v2", 6),
+        ];
+        s.store_notes("g/p", 1, bot, &read(&later, None), false, keep)
+            .unwrap();
+        let head = s.notes_head("g/p", 1).unwrap().unwrap();
+        assert_eq!(head.comments, 3);
+        assert_eq!(head.read_at, None);
+        assert_eq!(head.newest_edit, Some(later[1].updated_at));
+        let kept = s.kept_notes("g/p", 1).unwrap();
+        assert_eq!(kept[0].note.body, "plan v2");
+        assert_eq!(kept.len(), 2);
+        // Another issue's cache is apart.
+        assert_eq!(s.notes_head("g/p", 2).unwrap(), None);
+
+        // A whole read replaces it.
+        s.store_notes("g/p", 1, bot, &read(&first[..1], None), true, keep)
+            .unwrap();
+        assert_eq!(s.notes_head("g/p", 1).unwrap().unwrap().comments, 1);
+        assert_eq!(s.kept_notes("g/p", 1).unwrap().len(), 1);
+        s.forget_notes("g/p", 1).unwrap();
+        assert_eq!(s.notes_head("g/p", 1).unwrap(), None);
+        assert!(s.kept_notes("g/p", 1).unwrap().is_empty());
     }
 
     /// A rehearsal's copy leaves the file exactly as it was, even a file of

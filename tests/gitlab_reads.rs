@@ -179,6 +179,18 @@ async fn a_look_reads_only_the_notes_changed_since_the_last_and_decides_the_same
             t.sb.gitlab_knobs.counts()
         );
     }
+    // The cache counts every comment and keeps the text of none of them:
+    // only the notes that decide (the bot's, and system notes).
+    let head = t.bot.store.notes_head(PROJECT, iid).unwrap().unwrap();
+    // The plan, 5,000 comments and 3 more.
+    assert_eq!(head.comments, 5004);
+    let kept = t.bot.store.kept_notes(PROJECT, iid).unwrap();
+    assert!(!kept.is_empty());
+    assert!(
+        kept.iter()
+            .all(|n| n.note.system || n.note.author.username == "access-bot"),
+        "{kept:#?}"
+    );
     // The database lost: a full read, and the same decision.
     t.restart().await;
     t.sb.clear_logs();
@@ -255,8 +267,13 @@ async fn looks_that_find_nothing_new_leave_the_cache_and_a_later_edit_is_read() 
     t.sb.comment_as("jdoe", iid, "any news?").await.unwrap();
     assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
     let cached = |t: &Tester| {
-        let c = t.bot.store.cached_notes(PROJECT, iid).unwrap();
-        serde_json::to_string(&c.expect("the notes are cached")).unwrap()
+        let head = t.bot.store.notes_head(PROJECT, iid).unwrap();
+        let kept = t.bot.store.kept_notes(PROJECT, iid).unwrap();
+        format!(
+            "{:?} {}",
+            head.expect("the notes are cached"),
+            serde_json::to_string(&kept).unwrap()
+        )
     };
     let before = cached(&t);
     // Looks with nothing new, GitLab's clock moving past the overlap each time.

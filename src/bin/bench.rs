@@ -622,7 +622,7 @@ async fn bench_notes(md: &mut String, quick: bool) {
     let looks = 5;
     let _ = writeln!(
         md,
-        "### 2b. A look at an issue by its number of comments\n\nA special request waiting for its approvals, with this many comments; each look follows one new comment. First look: with no notes cached (a new database; before #20 every look cost this). Later looks: the notes cached, only what was edited or added since the last look is read (newest edit first, stopping at the last look's time minus the overlap); the cache is checked against GitLab's count of comments on the issue, and a full read replaces it when they differ (a deleted note). Mean of {looks} looks.\n"
+        "### 2b. A look at an issue by its number of comments\n\nA special request waiting for its approvals, with this many comments; each look follows one new comment. First look: with no notes cached (a new database; before #20 every look cost this). Later looks: the notes cached, only what was edited or added since the last look is read (newest edit first, stopping at the last look's time minus the overlap); the cache is checked against GitLab's count of comments on the issue, and a full read replaces it when they differ (a deleted note). The cache holds a row per note, with the text only of the notes that decide (the bot's own and GitLab's system notes); a look writes only the notes that changed. The time includes the sandbox's answers (in the same process). Mean of {looks} looks.\n"
     );
     let _ = writeln!(
         md,

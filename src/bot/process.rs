@@ -7,7 +7,7 @@
 //! a crash anywhere is picked up where it stopped and a completed plan is
 //! never run a second time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::approval::{self, Context, Decision, Directory, History, Identity, Stage};
 use crate::comment::{self, NoteKind};
@@ -306,86 +306,152 @@ impl Bot {
         })
     }
 
-    /// The issue's notes, oldest first, exactly as a full read gives them:
-    /// the cached copy (`store`) with what was edited or added since (a
-    /// note's edit moves its `updated_at`), or a full read when there is no
-    /// copy, or when the copy with the changes does not add up to the
-    /// comments GitLab counts on the issue (one was deleted; or missed).
+    /// The notes that decisions read, oldest first: the system notes (edits,
+    /// ticks) and the bot's own, exactly as a full read gives them. Other
+    /// people's comments decide nothing; the cache keeps only their ids and
+    /// edit times, to count them.
+    ///
+    /// From the cache (`store`) with what was edited or added since (a note's
+    /// edit moves its `updated_at`), or a full read when there is no cache,
+    /// or when the cache with the changes does not add up to the comments
+    /// GitLab counts on the issue (one was deleted; or missed). A look stores
+    /// only the notes that changed, so its cost does not grow with the
+    /// discussion.
     pub(super) async fn read_notes(
         &self,
         project: &str,
         issue: &ApiIssue,
     ) -> Result<Vec<request::Note>, ProcessError> {
         let iid = issue.iid;
-        let cached = self.store.cached_notes(project, iid).unwrap_or_else(|e| {
-            tracing::warn!(iid, error = %e, "cannot read the cached notes; reading them all");
-            None
-        });
-        // From GitLab's time of the last read (or the newest edit it showed),
-        // minus the overlap: a note whose edit was not yet visible to that
-        // read is read now.
-        let since = cached.as_ref().and_then(|c| {
-            c.read_at
-                .or_else(|| c.notes.iter().map(|n| n.updated_at).max())
-        });
-        if let (Some(cached), Some(since), Some(count)) = (cached, since, issue.user_notes_count) {
-            let overlap = chrono::Duration::from_std(self.cfg.poll_overlap()).unwrap_or_default();
-            let fresh = self
-                .gitlab
-                .notes_since(project, iid, Some(since - overlap))
-                .await?;
-            let cached_read_at = cached.read_at;
-            let mut by_id: std::collections::BTreeMap<u64, crate::gitlab::TimedNote> =
-                cached.notes.into_iter().map(|n| (n.note.id, n)).collect();
-            // Whether the cache gains anything: a note it lacks, or a later edit.
-            let mut changed = false;
-            for n in fresh.notes {
-                let (newer, later) = match by_id.get(&n.note.id) {
-                    None => (true, true),
-                    // A note read as it was cached adds nothing; the same
-                    // time with other content (its author renamed) does.
-                    Some(old) => (
-                        old.updated_at <= n.updated_at,
-                        old.updated_at < n.updated_at || old.note != n.note,
+        let bot = self.me.id;
+        let decides = |n: &request::Note| n.system || n.author.id == bot;
+        let head = self
+            .store
+            .notes_head(project, iid)
+            .unwrap_or_else(|e| {
+                tracing::warn!(iid, error = %e, "cannot read the cached notes; reading them all");
+                None
+            })
+            // Kept for another account, the cache lacks this one's notes.
+            .filter(|h| h.bot == bot);
+        if let (Some(head), Some(count)) = (head, issue.user_notes_count) {
+            // From GitLab's time of the last read (or the newest edit it
+            // showed), minus the overlap: a note whose edit was not yet
+            // visible to that read is read now.
+            if let Some(since) = head.read_at.or(head.newest_edit) {
+                let overlap =
+                    chrono::Duration::from_std(self.cfg.poll_overlap()).unwrap_or_default();
+                let fresh = self
+                    .gitlab
+                    .notes_since(project, iid, Some(since - overlap))
+                    .await?;
+                match self.merge_notes(project, iid, &head, fresh, count, &decides) {
+                    Ok(Some(notes)) => return Ok(notes),
+                    Ok(None) => tracing::info!(
+                        iid,
+                        gitlab = count,
+                        "the cached notes do not add up to GitLab's count (one was deleted); reading them all"
                     ),
-                };
-                if newer {
-                    changed |= later;
-                    by_id.insert(n.note.id, n);
+                    Err(e) => {
+                        tracing::warn!(iid, error = %e, "cannot read the cached notes; reading them all")
+                    }
                 }
             }
-            let merged = crate::gitlab::NoteRead {
-                notes: by_id.into_values().collect(),
-                // Unchanged, the cache keeps the time of its last read: the
-                // next look reads from there again, which is what was read now
-                // (and whatever changes after), so nothing is missed.
-                read_at: if changed {
-                    fresh.read_at
-                } else {
-                    cached_read_at
-                },
-            };
-            let comments = merged.notes.iter().filter(|n| !n.note.system).count() as u64;
-            if comments == count {
-                let keep = if changed { Keep::Store } else { Keep::AsCached };
-                return Ok(self.keep_notes(project, iid, merged, keep));
-            }
-            tracing::info!(
-                iid,
-                cached = comments,
-                gitlab = count,
-                "the cached notes do not add up to GitLab's count (one was deleted); reading them all"
-            );
         }
         let all = self.gitlab.notes_since(project, iid, None).await?;
         let comments = all.notes.iter().filter(|n| !n.note.system).count() as u64;
         // Kept only when it adds up: else the next look reads them all again.
-        let keep = if issue.user_notes_count == Some(comments) {
-            Keep::Store
+        let kept = if issue.user_notes_count == Some(comments) {
+            self.store
+                .store_notes(project, iid, bot, &all, true, decides)
         } else {
-            Keep::Forget
+            self.store.forget_notes(project, iid)
         };
-        Ok(self.keep_notes(project, iid, all, keep))
+        if let Err(e) = kept {
+            tracing::warn!(iid, error = %e, "cannot cache the notes; the next look reads them all");
+        }
+        let mut notes: Vec<request::Note> = all
+            .notes
+            .into_iter()
+            .map(|n| n.note)
+            .filter(|n| decides(n))
+            .collect();
+        notes.sort_by_key(|n| (n.created_at, n.id));
+        Ok(notes)
+    }
+
+    /// The cached notes with what a read since the cache's time found, stored
+    /// as far as they changed; `None` when they do not add up to `count`,
+    /// GitLab's number of comments on the issue.
+    fn merge_notes(
+        &self,
+        project: &str,
+        iid: u64,
+        head: &crate::store::NotesHead,
+        fresh: crate::gitlab::NoteRead,
+        count: u64,
+        decides: &dyn Fn(&request::Note) -> bool,
+    ) -> Result<Option<Vec<request::Note>>, crate::store::StoreError> {
+        // The latest version of each note read (a note can show twice when
+        // an edit moves it between pages).
+        let mut read: BTreeMap<u64, crate::gitlab::TimedNote> = BTreeMap::new();
+        for n in fresh.notes {
+            match read.get(&n.note.id) {
+                Some(seen) if seen.updated_at > n.updated_at => {}
+                _ => {
+                    read.insert(n.note.id, n);
+                }
+            }
+        }
+        let ids: Vec<u64> = read.keys().copied().collect();
+        let cached = self.store.cached_versions(project, iid, &ids)?;
+        let mut new_comments = 0;
+        let changed: Vec<crate::gitlab::TimedNote> = read
+            .into_values()
+            .filter(|n| match cached.get(&n.note.id) {
+                None => {
+                    new_comments += u64::from(!n.note.system);
+                    true
+                }
+                // A note read as it was cached adds nothing; the same time
+                // with other content (its author renamed) does, where the
+                // text is kept.
+                Some(old) => {
+                    old.updated_at < n.updated_at
+                        || (old.updated_at == n.updated_at
+                            && decides(&n.note)
+                            && old.note.as_ref() != Some(&n.note))
+                }
+            })
+            .collect();
+        if head.comments + new_comments != count {
+            return Ok(None);
+        }
+        let mut notes: BTreeMap<u64, request::Note> = self
+            .store
+            .kept_notes(project, iid)?
+            .into_iter()
+            .map(|n| (n.note.id, n.note))
+            .collect();
+        if !changed.is_empty() {
+            // Unchanged, the cache keeps the time of its last read: the next
+            // look reads from there again, which is what was read now (and
+            // whatever changes after), so nothing is missed.
+            let changed = crate::gitlab::NoteRead {
+                notes: changed,
+                read_at: fresh.read_at,
+            };
+            self.store
+                .store_notes(project, iid, head.bot, &changed, false, decides)?;
+            for n in changed.notes {
+                if decides(&n.note) {
+                    notes.insert(n.note.id, n.note);
+                }
+            }
+        }
+        let mut notes: Vec<request::Note> = notes.into_values().collect();
+        notes.sort_by_key(|n| (n.created_at, n.id));
+        Ok(Some(notes))
     }
 
     /// Whether deciding on this request reads the label events (who applied
@@ -412,30 +478,6 @@ impl Bot {
         !crate::policy::requirements(req, &self.cfg, ss, crate::policy::Trust::NotApplicable)
             .required
             .is_empty()
-    }
-
-    /// Cache (or forget) the notes read; return them oldest first.
-    fn keep_notes(
-        &self,
-        project: &str,
-        iid: u64,
-        mut notes: crate::gitlab::NoteRead,
-        keep: Keep,
-    ) -> Vec<request::Note> {
-        notes.notes.sort_by_key(|n| (n.note.created_at, n.note.id));
-        {
-            let r = match keep {
-                Keep::Store => self.store.cache_notes(project, iid, &notes),
-                // Written again whole, an unchanged cache would cost a write
-                // that grows with the discussion at every look.
-                Keep::AsCached => Ok(()),
-                Keep::Forget => self.store.forget_notes(project, iid),
-            };
-            if let Err(e) = r {
-                tracing::warn!(iid, error = %e, "cannot cache the notes; the next look reads them all");
-            }
-        }
-        notes.notes.into_iter().map(|n| n.note).collect()
     }
 
     /// The bot's verified records on an issue. Notes by the bot's account that
@@ -1659,17 +1701,6 @@ pub(super) fn read_json_block<T: serde::de::DeserializeOwned>(content: &str) -> 
     let rest = &content[start..];
     let end = rest.find("\n```")?;
     serde_json::from_str(&rest[..end]).ok()
-}
-
-/// What becomes of the notes cache after a read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Keep {
-    /// The read is complete and adds to the cache: stored.
-    Store,
-    /// The read added nothing: the cache stays as it is.
-    AsCached,
-    /// The read does not add up to GitLab's count: the next look reads all.
-    Forget,
 }
 
 /// What a light-agent request came to, for its result.
