@@ -1,6 +1,8 @@
 //! GitLab adapter on the `gitlab` crate's async client (REST API v4).
 //!
-//! Every request has a timeout. A 429, on any endpoint: wait for `Retry-After`
+//! Every request goes through the transport all adapters share
+//! (`crate::http::Transport`), under the crate's endpoints and the listings
+//! the bot pages itself. Every request has a timeout. A 429, on any endpoint: wait for `Retry-After`
 //! (every caller waits), or back off when there is none. 5xx, timeouts and
 //! dropped connections: retry reads and idempotent writes with capped,
 //! jittered backoff a bounded number of times, then give up on that call (the
@@ -16,7 +18,7 @@ use chrono::{DateTime, Utc};
 use gitlab::api::{self, AsyncQuery, Pagination};
 use serde::Deserialize;
 
-use crate::http::Backoff;
+use crate::http::{Backoff, Failure, RateBudget, Resend, with_causes};
 use crate::request::{IssueInput, LabelAction, LabelEvent, Note, UserRef};
 
 #[derive(Debug, thiserror::Error)]
@@ -386,11 +388,10 @@ pub trait GitlabApi: Send + Sync {
 }
 
 pub struct GitlabClient {
+    /// Reads and idempotent writes: any transient failure is sent again.
     client: Transport,
-    backoff: Backoff,
-    /// Nobody sends before this instant: a 429's wait holds every caller, not
-    /// only the one that saw it.
-    hold: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Writes that create something: sent again only after a 429.
+    writes: Transport,
 }
 
 /// Timeouts a read survives before the call gives up: a hung server rarely
@@ -402,15 +403,25 @@ type CrateError = api::ApiError<TransportError>;
 /// What went wrong below the `gitlab` crate. The crate's own client has no
 /// timeout, and turns a 429 into a rate-limit error only for some endpoint
 /// kinds (paged and body-less calls see the `text/plain` "Retry later" as an
-/// unreadable body), so the bot sends every request itself.
+/// unreadable body), so the bot sends every request itself, through the
+/// transport every adapter shares (`crate::http::Transport`): its attempts,
+/// timeout, backoff and the hold after a 429 are spent before the crate sees
+/// an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("no answer within {}s", .0.as_secs_f64())]
-    Timeout(Duration),
+    /// No answer (connection, timeout) after this many attempts.
+    #[error("{detail}")]
+    NoAnswer { attempts: u32, detail: String },
+    /// Still asked to slow down after this many attempts.
     #[error("rate limited (429)")]
-    RateLimited { retry_after: Option<Duration> },
-    #[error("{0}")]
-    Http(String),
+    RateLimited { attempts: u32 },
+    /// Still a server failure (5xx) after this many attempts.
+    #[error("server error ({status}): {message}")]
+    Server {
+        attempts: u32,
+        status: reqwest::StatusCode,
+        message: String,
+    },
     /// The request could not be built (a bug, or a token that is no header value): never retried.
     #[error("building the request: {0}")]
     Request(String),
@@ -453,17 +464,9 @@ impl Transport {
                 .filter(|v| !v.is_empty())
         };
         if !r.status().is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(r.body())
-                .ok()
-                .and_then(|v| {
-                    v.get("message")
-                        .or_else(|| v.get("error"))
-                        .map(|m| m.to_string())
-                })
-                .unwrap_or_default();
             return Err(api::ApiError::client(TransportError::Status {
                 status: r.status().as_u16(),
-                message,
+                message: message_of(r.body()),
             }));
         }
         let values: Vec<serde_json::Value> =
@@ -482,12 +485,25 @@ impl Transport {
     }
 }
 
+/// GitLab's error message in an answer's body (`message`, or `error`).
+fn message_of(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("message")
+                .or_else(|| v.get("error"))
+                .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_string))
+        })
+        .unwrap_or_default()
+}
+
 /// The HTTP client the `gitlab` crate's endpoints run on.
 struct Transport {
     http: reqwest::Client,
     rest: url::Url,
     token: crate::secret::Secret,
-    timeout: Duration,
+    /// Attempts, timeout and the hold after a 429, as for every adapter.
+    sending: crate::http::Transport,
 }
 
 impl api::RestClient for Transport {
@@ -498,53 +514,74 @@ impl api::RestClient for Transport {
     }
 }
 
+/// GitLab's credentials: a personal, group or project access token.
+#[async_trait]
+impl crate::http::Api for Transport {
+    type Error = TransportError;
+
+    async fn authorize(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, TransportError> {
+        let mut token = ::http::HeaderValue::from_str(self.token.expose()).map_err(|_| {
+            TransportError::Request("the GitLab token is not a valid header value".into())
+        })?;
+        token.set_sensitive(true);
+        Ok(rb.header("PRIVATE-TOKEN", token))
+    }
+
+    fn name(&self) -> String {
+        "GitLab".into()
+    }
+}
+
 #[async_trait]
 impl api::AsyncClient for Transport {
     async fn rest_async(
         &self,
-        mut request: ::http::request::Builder,
+        request: ::http::request::Builder,
         body: Vec<u8>,
     ) -> Result<::http::Response<bytes::Bytes>, CrateError> {
-        let fail = |e: String| api::ApiError::client(TransportError::Http(e));
         let bad = |e: String| api::ApiError::client(TransportError::Request(e));
-        let mut token = ::http::HeaderValue::from_str(self.token.expose())
-            .map_err(|_| bad("the GitLab token is not a valid header value".into()))?;
-        token.set_sensitive(true);
-        request
-            .headers_mut()
-            .ok_or_else(|| bad("malformed request".into()))?
-            .insert("PRIVATE-TOKEN", token);
-        let request: reqwest::Request = request
-            .body(body)
+        let (parts, _) = request
+            .body(())
             .map_err(|e| bad(e.to_string()))?
-            .try_into()
-            .map_err(|e: reqwest::Error| bad(with_causes(&e.without_url())))?;
-        // The whole exchange, answer body included, within the timeout.
-        let exchange = async {
-            let r = self.http.execute(request).await?;
-            let status = r.status();
-            let headers = r.headers().clone();
-            let bytes = r.bytes().await?;
-            Ok::<_, reqwest::Error>((status, headers, bytes))
+            .into_parts();
+        let url = parts.uri.to_string();
+        let body = bytes::Bytes::from(body);
+        let build = || {
+            self.http
+                .request(parts.method.clone(), url.as_str())
+                .headers(parts.headers.clone())
+                .body(body.clone())
         };
-        let (status, headers, bytes) = match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => {
-                return Err(api::ApiError::client(TransportError::Timeout(self.timeout)));
-            }
-            Ok(Err(e)) => return Err(fail(with_causes(&e.without_url()))),
-            Ok(Ok(x)) => x,
-        };
-        if status == ::http::StatusCode::TOO_MANY_REQUESTS {
-            // The body is text/plain ("Retry later"): never parsed.
-            return Err(api::ApiError::client(TransportError::RateLimited {
-                retry_after: crate::http::retry_after(&headers),
-            }));
-        }
-        let mut response = ::http::Response::builder().status(status);
+        let reply = self.sending.send(self, build).await.map_err(|f| {
+            api::ApiError::client(match f {
+                Failure::Api(e) => e,
+                Failure::RateLimited { attempts, .. } => TransportError::RateLimited { attempts },
+                Failure::Server { attempts, last } => TransportError::Server {
+                    attempts,
+                    status: last.status,
+                    message: message_of(&last.body),
+                },
+                Failure::Connection {
+                    attempts,
+                    detail,
+                    timed_out,
+                } => TransportError::NoAnswer {
+                    attempts,
+                    detail: match self.sending.timeout {
+                        Some(t) if timed_out => format!("no answer within {}s", t.as_secs_f64()),
+                        _ => detail,
+                    },
+                },
+            })
+        })?;
+        let mut response = ::http::Response::builder().status(reply.status);
         if let Some(h) = response.headers_mut() {
-            *h = headers;
+            *h = reply.headers;
         }
-        response.body(bytes).map_err(|e| bad(e.to_string()))
+        response.body(reply.body).map_err(|e| bad(e.to_string()))
     }
 }
 
@@ -558,14 +595,6 @@ enum Retry {
     /// hide a write that happened, so the call reports it, and the bot looks
     /// for the write's effect before it tries again.
     OnlyRefused,
-}
-
-/// What one failed attempt means.
-enum Failed {
-    RateLimited(Option<Duration>),
-    Timeout,
-    Transient,
-    Final(GitlabError),
 }
 
 impl GitlabClient {
@@ -613,15 +642,32 @@ impl GitlabClient {
             .user_agent(concat!("access-bot/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| GitlabError::Connect(with_causes(&e)))?;
-        let gl = GitlabClient {
-            client: Transport {
-                http,
-                rest,
-                token: token.clone(),
-                timeout,
+        // No pacing (GitLab's limits are per minute and generous), but a
+        // 429's wait holds every caller, not only the one that saw it.
+        let mut sending = crate::http::Transport::new(Some(RateBudget::unpaced()));
+        sending.backoff = backoff;
+        sending.timeout = Some(timeout);
+        let reads = Transport {
+            http,
+            rest,
+            token: token.clone(),
+            sending: crate::http::Transport {
+                max_timeouts: Some(MAX_TIMEOUTS),
+                ..sending.clone()
             },
-            backoff,
-            hold: std::sync::Mutex::new(None),
+        };
+        let writes = Transport {
+            http: reads.http.clone(),
+            rest: reads.rest.clone(),
+            token: token.clone(),
+            sending: crate::http::Transport {
+                resend: Resend::OnlyRefused,
+                ..sending
+            },
+        };
+        let gl = GitlabClient {
+            client: reads,
+            writes,
         };
         // What the crate's own client checks when it is built.
         match gl.me().await {
@@ -632,126 +678,93 @@ impl GitlabClient {
     }
 
     pub fn with_backoff(mut self, b: Backoff) -> Self {
-        self.backoff = b;
+        self.client.sending.backoff = b;
+        self.writes.sending.backoff = b;
         self
     }
 
     /// Sets the per-request timeout.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.client.timeout = timeout;
+        self.client.sending.timeout = Some(timeout);
+        self.writes.sending.timeout = Some(timeout);
         self
     }
 
     /// A read or an idempotent write.
-    async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T, GitlabError>
+    async fn retry<'c, T, F, Fut>(&'c self, what: &str, f: F) -> Result<T, GitlabError>
     where
-        F: Fn() -> Fut,
+        F: FnOnce(&'c Transport) -> Fut,
         Fut: Future<Output = Result<T, CrateError>>,
     {
         self.call(what, Retry::Safe, f).await
     }
 
-    async fn call<T, F, Fut>(&self, what: &str, policy: Retry, f: F) -> Result<T, GitlabError>
+    /// One call, on the client of its policy: the transport has spent the
+    /// attempts by the time an error comes back.
+    async fn call<'c, T, F, Fut>(
+        &'c self,
+        what: &str,
+        policy: Retry,
+        f: F,
+    ) -> Result<T, GitlabError>
     where
-        F: Fn() -> Fut,
+        F: FnOnce(&'c Transport) -> Fut,
         Fut: Future<Output = Result<T, CrateError>>,
     {
-        let r = self.call_inner(what, policy, f).await;
+        let client = match policy {
+            Retry::Safe => &self.client,
+            Retry::OnlyRefused => &self.writes,
+        };
+        let r = f(client).await.map_err(|e| failed(what, policy, e));
         crate::metrics::api("gitlab", &r);
         r
     }
-
-    async fn call_inner<T, F, Fut>(&self, what: &str, policy: Retry, f: F) -> Result<T, GitlabError>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, CrateError>>,
-    {
-        let mut attempt = 0;
-        let mut timeouts = 0;
-        loop {
-            let held = *self.hold.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(until) = held {
-                tokio::time::sleep_until(until).await;
-            }
-            let err = match f().await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            let detail = scrub(&with_causes(&err));
-            let wait = match classify(what, err) {
-                Failed::Final(e) => return Err(e),
-                Failed::RateLimited(after) => {
-                    let wait = after.unwrap_or_else(|| self.backoff.delay(attempt));
-                    tracing::warn!(
-                        what,
-                        wait_ms = wait.as_millis() as u64,
-                        retry_after = after.is_some(),
-                        "GitLab rate limit (429): waiting"
-                    );
-                    let until = tokio::time::Instant::now() + wait;
-                    let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
-                    if hold.is_none_or(|h| h < until) {
-                        *hold = Some(until);
-                    }
-                    wait
-                }
-                Failed::Timeout | Failed::Transient if policy == Retry::OnlyRefused => {
-                    return Err(GitlabError::Unconfirmed {
-                        what: what.to_string(),
-                        detail,
-                    });
-                }
-                Failed::Timeout => {
-                    timeouts += 1;
-                    if timeouts >= MAX_TIMEOUTS {
-                        return Err(GitlabError::Exhausted {
-                            attempts: attempt + 1,
-                            detail,
-                        });
-                    }
-                    self.backoff.delay(attempt)
-                }
-                Failed::Transient => self.backoff.delay(attempt),
-            };
-            attempt += 1;
-            if attempt >= self.backoff.attempts {
-                return Err(GitlabError::Exhausted {
-                    attempts: attempt,
-                    detail,
-                });
-            }
-            tracing::debug!(what, attempt, "GitLab call failed, retrying: {detail}");
-            tokio::time::sleep(wait).await;
-        }
-    }
 }
 
-/// What a failed attempt means, by cause and status.
-fn classify(what: &str, err: CrateError) -> Failed {
+/// What a call's failure means, by cause and status.
+fn failed(what: &str, policy: Retry, err: CrateError) -> GitlabError {
+    // The transport's own words, without the crate's "client error" wrapper.
+    let detail = scrub(&match &err {
+        api::ApiError::Client { source } => with_causes(source),
+        other => with_causes(other),
+    });
     let status = match &err {
         api::ApiError::Client {
-            source: TransportError::RateLimited { retry_after },
-        } => return Failed::RateLimited(*retry_after),
-        api::ApiError::GitlabRateLimited { retry_after, .. } => {
-            return Failed::RateLimited(Some(*retry_after));
+            source:
+                TransportError::RateLimited { attempts }
+                | TransportError::NoAnswer { attempts, .. }
+                | TransportError::Server { attempts, .. },
+        } => {
+            let refused = matches!(
+                err,
+                api::ApiError::Client {
+                    source: TransportError::RateLimited { .. }
+                }
+            );
+            // Refused, nothing was done; otherwise a write may have been.
+            return if policy == Retry::OnlyRefused && !refused {
+                GitlabError::Unconfirmed {
+                    what: what.to_string(),
+                    detail,
+                }
+            } else {
+                GitlabError::Exhausted {
+                    attempts: *attempts,
+                    detail,
+                }
+            };
         }
         api::ApiError::Client {
-            source: TransportError::Timeout(_),
-        } => return Failed::Timeout,
-        api::ApiError::Client {
-            source: TransportError::Http(_),
-        } => return Failed::Transient,
-        api::ApiError::Client {
             source: TransportError::Request(e),
-        } => return Failed::Final(GitlabError::Rejected(e.clone())),
+        } => return GitlabError::Rejected(e.clone()),
         api::ApiError::Client {
             source: TransportError::Status { status, .. },
         } => Some(*status),
         api::ApiError::DataType { source, .. } => {
-            return Failed::Final(GitlabError::Unreadable {
+            return GitlabError::Unreadable {
                 what: what.into(),
                 detail: source.to_string(),
-            });
+            };
         }
         api::ApiError::GitlabService { status, .. }
         | api::ApiError::GitlabWithStatus { status, .. }
@@ -760,12 +773,10 @@ fn classify(what: &str, err: CrateError) -> Failed {
         _ => None,
     };
     match status {
-        Some(429) => Failed::RateLimited(None),
-        Some(s) if s >= 500 => Failed::Transient,
-        Some(401) => Failed::Final(GitlabError::Unauthorized),
-        Some(403) => Failed::Final(GitlabError::Forbidden),
-        Some(404) => Failed::Final(GitlabError::NotFound { what: what.into() }),
-        _ => Failed::Final(GitlabError::Rejected(scrub(&with_causes(&err)))),
+        Some(401) => GitlabError::Unauthorized,
+        Some(403) => GitlabError::Forbidden,
+        Some(404) => GitlabError::NotFound { what: what.into() },
+        _ => GitlabError::Rejected(detail),
     }
 }
 
@@ -776,7 +787,7 @@ impl GitlabClient {
         E: api::Endpoint + Sync,
     {
         let ep = api::ignore(ep);
-        match self.retry(what, || ep.query_async(&self.client)).await {
+        match self.retry(what, |c| ep.query_async(c)).await {
             Ok(()) => Ok(true),
             Err(GitlabError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -837,28 +848,11 @@ fn scrub(s: &str) -> String {
     out.chars().take(600).collect()
 }
 
-/// An error and its causes ("error sending request: connection refused"):
-/// the top line alone rarely says what went wrong.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        source = s.source();
-    }
-    text
-}
-
 #[async_trait]
 impl GitlabApi for GitlabClient {
     async fn me(&self) -> Result<ApiUser, GitlabError> {
         let ep = built(api::users::CurrentUser::builder().build())?;
-        self.retry("current user", || ep.query_async(&self.client))
-            .await
+        self.retry("current user", |c| ep.query_async(c)).await
     }
 
     async fn list_issues<'a>(
@@ -878,9 +872,7 @@ impl GitlabApi for GitlabClient {
             b.updated_after(t);
         }
         let ep = api::paged(built(b.build())?, Pagination::All);
-        let values: Vec<serde_json::Value> = self
-            .retry("issues", || ep.query_async(&self.client))
-            .await?;
+        let values: Vec<serde_json::Value> = self.retry("issues", |c| ep.query_async(c)).await?;
         Ok(IssuePage::from_values(values))
     }
 
@@ -910,7 +902,7 @@ impl GitlabApi for GitlabClient {
         loop {
             let mut q = query.clone();
             q.push(("page", page.to_string()));
-            let p = self.retry("issues", || self.client.page(&path, &q)).await?;
+            let p = self.retry("issues", |c| c.page(&path, &q)).await?;
             if page == 1 {
                 out.listed_at = p.date;
                 total = p.total;
@@ -932,9 +924,7 @@ impl GitlabApi for GitlabClient {
         let mut b = api::issues::ProjectIssues::builder();
         b.project(project).label(label);
         let ep = api::paged(built(b.build())?, Pagination::All);
-        let values: Vec<serde_json::Value> = self
-            .retry("issues", || ep.query_async(&self.client))
-            .await?;
+        let values: Vec<serde_json::Value> = self.retry("issues", |c| ep.query_async(c)).await?;
         Ok(IssuePage::from_values(values))
     }
 
@@ -952,9 +942,7 @@ impl GitlabApi for GitlabClient {
             )?,
             Pagination::All,
         );
-        let found: Vec<ProjectLabel> = self
-            .retry("labels", || ep.query_async(&self.client))
-            .await?;
+        let found: Vec<ProjectLabel> = self.retry("labels", |c| ep.query_async(c)).await?;
         Ok(found.into_iter().find(|l| l.name == name))
     }
 
@@ -975,9 +963,7 @@ impl GitlabApi for GitlabClient {
                 .build(),
         )?;
         match self
-            .call("the new label", Retry::OnlyRefused, || {
-                ep.query_async(&self.client)
-            })
+            .call("the new label", Retry::OnlyRefused, |c| ep.query_async(c))
             .await
         {
             Ok(l) => Ok(l),
@@ -1007,7 +993,7 @@ impl GitlabApi for GitlabClient {
                 )))
                 .build(),
         )?;
-        self.call("the label", Retry::Safe, || ep.query_async(&self.client))
+        self.call("the label", Retry::Safe, |c| ep.query_async(c))
             .await
     }
 
@@ -1018,7 +1004,7 @@ impl GitlabApi for GitlabClient {
                 .issue(iid)
                 .build(),
         )?;
-        self.retry("issue", || ep.query_async(&self.client)).await
+        self.retry("issue", |c| ep.query_async(c)).await
     }
 
     async fn notes(&self, project: &str, iid: u64) -> Result<Vec<Note>, GitlabError> {
@@ -1032,7 +1018,7 @@ impl GitlabApi for GitlabClient {
             )?,
             Pagination::All,
         );
-        let raw: Vec<ApiNote> = self.retry("notes", || ep.query_async(&self.client)).await?;
+        let raw: Vec<ApiNote> = self.retry("notes", |c| ep.query_async(c)).await?;
         Ok(raw
             .into_iter()
             .map(|n| Note {
@@ -1071,7 +1057,7 @@ impl GitlabApi for GitlabClient {
         loop {
             let mut q = query.to_vec();
             q.push(("page", page.to_string()));
-            let p = self.retry("notes", || self.client.page(&path, &q)).await?;
+            let p = self.retry("notes", |c| c.page(&path, &q)).await?;
             if page == 1 {
                 out.read_at = p.date;
             }
@@ -1104,9 +1090,7 @@ impl GitlabApi for GitlabClient {
             )?,
             Pagination::All,
         );
-        let raw: Vec<ApiLabelEvent> = self
-            .retry("label events", || ep.query_async(&self.client))
-            .await?;
+        let raw: Vec<ApiLabelEvent> = self.retry("label events", |c| ep.query_async(c)).await?;
         Ok(raw
             .into_iter()
             .filter_map(|e| {
@@ -1138,9 +1122,7 @@ impl GitlabApi for GitlabClient {
                 .build(),
         )?;
         let n: ApiNote = self
-            .call("the new note", Retry::OnlyRefused, || {
-                ep.query_async(&self.client)
-            })
+            .call("the new note", Retry::OnlyRefused, |c| ep.query_async(c))
             .await?;
         Ok(Note {
             id: n.id,
@@ -1173,12 +1155,12 @@ impl GitlabApi for GitlabClient {
             b.state_event(api::projects::issues::IssueStateEvent::Close);
         }
         let ep = built(b.build())?;
-        self.retry("issue", || ep.query_async(&self.client)).await
+        self.retry("issue", |c| ep.query_async(c)).await
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<ApiUser>, GitlabError> {
         let ep = built(api::users::Users::builder().username(username).build())?;
-        let users: Vec<ApiUser> = self.retry("user", || ep.query_async(&self.client)).await?;
+        let users: Vec<ApiUser> = self.retry("user", |c| ep.query_async(c)).await?;
         Ok(users
             .into_iter()
             .find(|u| u.username.eq_ignore_ascii_case(username)))
@@ -1194,7 +1176,7 @@ impl GitlabApi for GitlabClient {
             username: username.to_string(),
         };
         let users: Vec<ApiUser> = self
-            .retry("enterprise users", || ep.query_async(&self.client))
+            .retry("enterprise users", |c| ep.query_async(c))
             .await?;
         Ok(users
             .into_iter()
@@ -1217,9 +1199,7 @@ impl GitlabApi for GitlabClient {
                 )?,
                 Pagination::All,
             );
-            let found: Vec<ApiLabel> = self
-                .retry("labels", || ep.query_async(&self.client))
-                .await?;
+            let found: Vec<ApiLabel> = self.retry("labels", |c| ep.query_async(c)).await?;
             if let Some(id) = found.iter().find(|l| l.name == *name).and_then(|l| l.id) {
                 out.insert(name.clone(), id);
                 continue;
@@ -1235,9 +1215,7 @@ impl GitlabApi for GitlabClient {
             )?;
             // Created meanwhile (409), or created but the answer was lost: read it again.
             let created: ApiLabel = match self
-                .call("the new label", Retry::OnlyRefused, || {
-                    ep.query_async(&self.client)
-                })
+                .call("the new label", Retry::OnlyRefused, |c| ep.query_async(c))
                 .await
             {
                 Ok(l) => l,
@@ -1251,9 +1229,7 @@ impl GitlabApi for GitlabClient {
                         )?,
                         Pagination::All,
                     );
-                    let again: Vec<ApiLabel> = self
-                        .retry("labels", || ep.query_async(&self.client))
-                        .await?;
+                    let again: Vec<ApiLabel> = self.retry("labels", |c| ep.query_async(c)).await?;
                     again.into_iter().find(|l| l.name == *name).ok_or_else(|| {
                         GitlabError::Rejected(format!("cannot create the label {name:?}"))
                     })?
@@ -1285,10 +1261,8 @@ impl GitlabApi for GitlabClient {
         )?;
         // Not sent again after a lost answer: the caller finds an issue it
         // opened (by its label) before it opens another.
-        self.call("the new issue", Retry::OnlyRefused, || {
-            ep.query_async(&self.client)
-        })
-        .await
+        self.call("the new issue", Retry::OnlyRefused, |c| ep.query_async(c))
+            .await
     }
 
     async fn file_exists(
@@ -1336,8 +1310,8 @@ impl GitlabApi for GitlabClient {
         )?;
         let ep = api::ignore(ep);
         match self
-            .call("the file deletion", Retry::OnlyRefused, || {
-                ep.query_async(&self.client)
+            .call("the file deletion", Retry::OnlyRefused, |c| {
+                ep.query_async(c)
             })
             .await
         {
@@ -1374,8 +1348,7 @@ impl GitlabApi for GitlabClient {
                 .source_branch(source_branch)
                 .build(),
         )?;
-        self.retry("merge requests", || ep.query_async(&self.client))
-            .await
+        self.retry("merge requests", |c| ep.query_async(c)).await
     }
 
     async fn create_merge_request(
@@ -1397,8 +1370,8 @@ impl GitlabApi for GitlabClient {
         }
         let ep = built(b.build())?;
         match self
-            .call("the new merge request", Retry::OnlyRefused, || {
-                ep.query_async(&self.client)
+            .call("the new merge request", Retry::OnlyRefused, |c| {
+                ep.query_async(c)
             })
             .await
         {
@@ -1435,7 +1408,6 @@ impl GitlabApi for GitlabClient {
                 .merge_request(iid)
                 .build(),
         )?;
-        self.retry("merge request", || ep.query_async(&self.client))
-            .await
+        self.retry("merge request", |c| ep.query_async(c)).await
     }
 }

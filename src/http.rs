@@ -73,6 +73,12 @@ impl RateBudget {
         }
     }
 
+    /// No pacing at all, only the hold after a slow-down answer, which every
+    /// caller then waits out.
+    pub fn unpaced() -> RateBudget {
+        RateBudget::per_minute(u32::MAX)
+    }
+
     /// Wait for this request's token.
     pub async fn acquire(&self) {
         loop {
@@ -250,6 +256,25 @@ pub struct Transport {
     pub budget: Option<RateBudget>,
     /// Set on each request when the client has none of its own.
     pub timeout: Option<Duration>,
+    /// Which failures a call is sent again after.
+    pub resend: Resend,
+    /// Timeouts a call survives before it gives up (a hung server rarely
+    /// recovers within a call's attempts); `None`: as many as its attempts.
+    pub max_timeouts: Option<u32>,
+}
+
+/// Which failures a call is sent again after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resend {
+    /// Any transient failure: for reads, and writes that are idempotent or
+    /// whose effect the adapter checks.
+    #[default]
+    AnyFailure,
+    /// Only an answer that asks to slow down (refused before anything was
+    /// done). A lost connection, a timeout or a server failure may hide a
+    /// write that happened: the call ends there, and the caller looks for
+    /// the write's effect before it tries again.
+    OnlyRefused,
 }
 
 impl Transport {
@@ -258,6 +283,8 @@ impl Transport {
             backoff: Backoff::default(),
             budget,
             timeout: None,
+            resend: Resend::AnyFailure,
+            max_timeouts: None,
         }
     }
 
@@ -301,6 +328,7 @@ impl Transport {
         lost: &mut bool,
     ) -> Result<Reply, Failure<A::Error>> {
         let mut attempt = 0u32;
+        let mut timeouts = 0u32;
         let mut refreshed = false;
         loop {
             if let Some(b) = &self.budget {
@@ -314,8 +342,12 @@ impl Transport {
                 Ok(r) => r,
                 Err(e) => {
                     let timed_out = e.is_timeout();
-                    let detail = e.without_url().to_string();
-                    if attempt + 1 >= self.backoff.attempts {
+                    let detail = with_causes(&e.without_url());
+                    timeouts += u32::from(timed_out);
+                    if attempt + 1 >= self.backoff.attempts
+                        || self.resend == Resend::OnlyRefused
+                        || self.max_timeouts.is_some_and(|m| timeouts >= m)
+                    {
                         return Err(Failure::Connection {
                             attempts: attempt + 1,
                             detail,
@@ -371,7 +403,7 @@ impl Transport {
                     self.hold(wait).await;
                 }
                 Class::Retry => {
-                    if last {
+                    if last || self.resend == Resend::OnlyRefused {
                         return Err(Failure::Server {
                             attempts: attempt + 1,
                             last: reply,
@@ -391,6 +423,22 @@ impl Transport {
             b.pause(wait).await;
         }
     }
+}
+
+/// An error and its causes ("error sending request: connection refused"):
+/// the top line alone rarely says what went wrong.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Sends and reads the whole body (a body cut short is a lost connection
@@ -541,6 +589,7 @@ mod tests {
             },
             budget: Some(RateBudget::per_minute(6000)),
             timeout: Some(Duration::from_secs(5)),
+            ..Transport::new(None)
         }
     }
 
@@ -670,6 +719,68 @@ mod tests {
         let http = reqwest::Client::new();
         let mut t = transport(2);
         t.timeout = Some(Duration::from_millis(100));
+        let r = t.send(&Refreshable::default(), || http.get(&url)).await;
+        assert!(
+            matches!(
+                r,
+                Err(Failure::Connection {
+                    attempts: 2,
+                    timed_out: true,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+
+    /// A call that may have written (`Resend::OnlyRefused`) is sent again
+    /// after a 429 only: a server failure or a lost connection ends it at once.
+    #[tokio::test]
+    async fn a_write_that_may_have_happened_is_not_sent_again() {
+        let mut t = transport(3);
+        t.resend = Resend::OnlyRefused;
+        let http = reqwest::Client::new();
+        let s = serve(vec![(429, Some("0")), (200, None)]).await;
+        let r = t
+            .send(&Refreshable::default(), || http.get(&s.url))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(s.seen.lock().unwrap().len(), 2);
+
+        let s = serve(vec![(502, None), (200, None)]).await;
+        let r = t.send(&Refreshable::default(), || http.get(&s.url)).await;
+        assert!(
+            matches!(r, Err(Failure::Server { attempts: 1, ref last }) if last.status == 502),
+            "{r:?}"
+        );
+        assert_eq!(s.seen.lock().unwrap().len(), 1);
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        drop(listener);
+        let r = t.send(&Refreshable::default(), || http.get(&url)).await;
+        assert!(
+            matches!(r, Err(Failure::Connection { attempts: 1, .. })),
+            "{r:?}"
+        );
+    }
+
+    /// `max_timeouts` ends a call after that many timeouts, attempts left or not.
+    #[tokio::test]
+    async fn a_call_gives_up_after_its_timeouts() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let http = reqwest::Client::new();
+        let mut t = transport(5);
+        t.timeout = Some(Duration::from_millis(50));
+        t.max_timeouts = Some(2);
         let r = t.send(&Refreshable::default(), || http.get(&url)).await;
         assert!(
             matches!(

@@ -210,3 +210,40 @@ fn replies_are_computed_apart_from_carrying_them_out() {
         assert!(!process.contains(gone), "process.rs builds {gone:?} itself");
     }
 }
+
+/// Every request an adapter makes goes through the one transport
+/// (`src/http.rs`: attempts, timeout, 429 and 5xx handling, the hold after a
+/// slow-down): no adapter sends a request itself.
+#[test]
+fn every_request_goes_through_the_shared_transport() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let mut found = Vec::new();
+    for f in files {
+        let rel = f
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        // The transport itself; the fakes and the bench are not adapters.
+        if rel == "src/http.rs" || rel.starts_with("src/sandbox/") || rel.starts_with("src/bin/") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let sends = line.contains(".send().await")
+                || (line.contains(".execute(request")
+                    || line.contains("http.execute(")
+                    || line.contains("client.execute("));
+            if sends {
+                found.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "requests sent around the shared transport:\n{}",
+        found.join("\n")
+    );
+}
