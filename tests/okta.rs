@@ -1,7 +1,10 @@
 //! The Okta connector over HTTP against the sandbox's Okta org: membership
 //! and its idempotency, pages, rate limits, errors, both credentials, a lost
 //! answer, and `check`. The fake's own strictness (scopes per route, limits,
-//! cursors, assertion replay) is tested at the end.
+//! cursors, assertion replay) is tested at the end. The workflow through
+//! the bot uses the tests' DSL (`Tester`): its comments are read by snapshot.
+
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +13,7 @@ use access_bot::http::Backoff;
 use access_bot::okta::{OktaClient, OktaError};
 use access_bot::sandbox::faults::Failure;
 use access_bot::sandbox::{GroupBackend, Ports, Sandbox};
+use common::tester::{Issue, MANAGER, TABLE};
 
 const GROUP: &str = "okta-zendeskglobal-users@gitlab.com";
 
@@ -544,36 +548,33 @@ async fn okta_fake_checks_scopes_per_route_and_never_accepts_an_assertion_twice(
 
 #[tokio::test]
 async fn an_item_naming_the_okta_group_is_planned_approved_and_done_in_okta() {
-    let sb = sandbox(GroupBackend::Okta).await;
-    let bot = sb.bot().await.unwrap();
-    let body = "| Full name | Email | GitLab username | Manager |\n|---|---|---|---|\n| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Okta: okta-zendeskglobal-users\n";
-    let iid = sb
-        .file_issue("jdoe", "Access request: Jane Doe", &[], body)
-        .await
-        .unwrap();
-    access_bot::sandbox::harness::run_until_quiet(&bot, 3).await;
-    let plan = sb.bot_comments(iid);
-    assert_eq!(plan.len(), 1, "{plan:#?}");
+    let mut t = crate::tester!(GroupBackend::Okta).await;
+    let issue = Issue {
+        author: "jdoe".into(),
+        title: "Access request: Jane Doe".into(),
+        labels: Vec::new(),
+        body: format!(
+            "{TABLE}| Jane Doe | jane.doe@gitlab.com | @jdoe | @mlee |\n\n- [ ] Okta: okta-zendeskglobal-users\n"
+        ),
+    };
+    let iid = t.file(&issue).await;
+    t.run().await;
+    let plan = t.expect_comment(iid);
     assert!(
-        plan[0]
-            .body
+        plan.body
             .contains("add to `okta-zendeskglobal-users@gitlab.com` (Okta app)"),
         "{}",
-        plan[0].body
+        plan.body
     );
-    assert!(!sb.okta.lock().is_member(GROUP, "jane.doe@gitlab.com"));
-    sb.add_label("mlee", iid, "AR-Approval::Manager Approved")
-        .await
-        .unwrap();
-    access_bot::sandbox::harness::run_until_quiet(&bot, 3).await;
-    assert!(sb.okta.lock().is_member(GROUP, "jane.doe@gitlab.com"));
-    assert!(!sb.google_member(GROUP, "jane.doe@gitlab.com"));
-    assert_eq!(sb.ticked(iid), vec!["Okta: okta-zendeskglobal-users"]);
-    let done = sb.bot_comments(iid);
-    assert!(
-        done.last().unwrap().body.contains("access-bot: done"),
-        "{done:#?}"
-    );
+    assert!(!t.sb.okta.lock().is_member(GROUP, "jane.doe@gitlab.com"));
+    t.label("mlee", iid, MANAGER).await;
+    t.run().await;
+    assert!(t.sb.okta.lock().is_member(GROUP, "jane.doe@gitlab.com"));
+    assert!(!t.sb.google_member(GROUP, "jane.doe@gitlab.com"));
+    t.expect_ticked(iid, &["Okta: okta-zendeskglobal-users"]);
+    let done = t.expect_comment(iid);
+    assert!(done.body.contains("access-bot: done"), "{}", done.body);
+    t.expect_no_comment(iid);
 }
 
 /// Collects log output in memory.

@@ -1,32 +1,18 @@
 //! One writer per project across hosts: replicas on separate databases agree
 //! through a GitLab label (who acts, until when), end to end over HTTP.
+//!
+//! The replicas are bots on one `Tester`'s sandbox (`Tester::replica`): what
+//! they write is read by snapshot, and a comment no test read fails it.
 
-use std::sync::Arc;
+mod common;
 
+use access_bot::bot::Outcome;
 use access_bot::bot::lease::Standing;
-use access_bot::bot::{Bot, Outcome};
-use access_bot::demo::bodies;
 use access_bot::sandbox::harness::run_until_quiet;
-use access_bot::sandbox::{PROJECT, Ports, Sandbox};
-use access_bot::store::Store;
+use access_bot::sandbox::{PROJECT, Sandbox};
+use common::tester::Issue;
 
 const LEASE: &str = "access-bot/lease";
-
-async fn file(sb: &Sandbox, name: &str) -> u64 {
-    let (_, author, title, labels, body) = bodies()
-        .into_iter()
-        .find(|b| b.0 == name)
-        .expect("demo body");
-    sb.file_issue(author, title, &labels, &body).await.unwrap()
-}
-
-/// A bot on a database of its own (a replica on another host or volume).
-async fn replica(sb: &Sandbox) -> Bot {
-    let path = std::env::temp_dir().join(format!("ab-replica-{}.db", rand::random::<u64>()));
-    sb.bot_with_store(Arc::new(Store::open(&path).unwrap()))
-        .await
-        .unwrap()
-}
 
 fn lease_description(sb: &Sandbox) -> String {
     let w = sb.gitlab.lock();
@@ -58,17 +44,18 @@ fn duplicated_comments(sb: &Sandbox, iids: &[u64]) -> Vec<String> {
 
 #[tokio::test]
 async fn two_replicas_on_separate_databases_one_acts_and_nothing_is_done_twice() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let mut t = crate::tester!().await;
+    let sb = &t.sb;
     let mut iids = Vec::new();
     for name in [
         "role-based entitlement",
         "light agent, Zendesk Global",
         "light agent, Zendesk US Federal",
     ] {
-        iids.push(file(&sb, name).await);
+        iids.push(t.file(&Issue::demo(name)).await);
     }
-    let a = replica(&sb).await;
-    let b = replica(&sb).await;
+    let a = t.replica().await;
+    let b = t.replica().await;
     // Both start at the same moment.
     let (ra, rb) = tokio::join!(a.cycle(), b.cycle());
     let standing_by = [&ra, &rb].iter().filter(|r| !r.standby.is_empty()).count();
@@ -77,23 +64,25 @@ async fn two_replicas_on_separate_databases_one_acts_and_nothing_is_done_twice()
         let (_, _) = tokio::join!(a.cycle(), b.cycle());
     }
     assert!(
-        duplicated_comments(&sb, &iids).is_empty(),
+        duplicated_comments(sb, &iids).is_empty(),
         "{:?}",
-        duplicated_comments(&sb, &iids)
+        duplicated_comments(sb, &iids)
     );
     assert_eq!(sb.smtp.messages().len(), 1, "the People team's e-mail once");
-    let d = lease_description(&sb);
+    let d = lease_description(sb);
     let holder = if ra.standby.is_empty() { &a } else { &b };
     assert!(d.contains(&holder.lease.id), "{d}");
+    // What the one that acted said, by snapshot.
+    t.expect_rest();
 }
 
 #[tokio::test]
 async fn a_standby_takes_over_at_once_when_the_holder_is_gone_or_gives_it_back() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    let iid = file(&sb, "role-based entitlement").await;
-    let a = replica(&sb).await;
+    let mut t = crate::tester!().await;
+    let iid = t.file(&Issue::demo("role-based entitlement")).await;
+    let a = t.replica().await;
     assert_eq!(a.active(PROJECT).await.unwrap(), Standing::Active);
-    let b = replica(&sb).await;
+    let b = t.replica().await;
     assert!(matches!(
         b.active(PROJECT).await.unwrap(),
         Standing::Standby { .. }
@@ -104,24 +93,26 @@ async fn a_standby_takes_over_at_once_when_the_holder_is_gone_or_gives_it_back()
     drop(a);
     assert_eq!(b.active(PROJECT).await.unwrap(), Standing::Active);
     run_until_quiet(&b, 3).await;
+    let said = t.expect_comments(iid);
     assert_eq!(
-        sb.bot_comments(iid)
-            .iter()
+        said.iter()
             .filter(|c| c.body.contains("access-bot: done"))
             .count(),
-        1
+        1,
+        "{said:#?}"
     );
     // A clean shutdown gives it back: the next replica acts at once.
     b.lease.release(&*b.gitlab).await;
-    let c = replica(&sb).await;
+    let c = t.replica().await;
     assert_eq!(c.active(PROJECT).await.unwrap(), Standing::Active);
 }
 
 #[tokio::test]
 async fn a_holder_on_another_host_is_waited_for_until_its_time_runs_out() {
-    let sb = Sandbox::start(Ports::default()).await.unwrap();
-    let iid = file(&sb, "light agent, Zendesk Global").await;
-    let a = replica(&sb).await;
+    let mut t = crate::tester!().await;
+    let iid = t.file(&Issue::demo("light agent, Zendesk Global")).await;
+    let sb = &t.sb;
+    let a = t.replica().await;
     assert_eq!(a.active(PROJECT).await.unwrap(), Standing::Active);
     // Another host takes the label over (its clock: an hour to go).
     let until = chrono::Utc::now() + chrono::Duration::hours(1);
@@ -137,14 +128,14 @@ async fn a_holder_on_another_host_is_waited_for_until_its_time_runs_out() {
             ),
         );
     }
-    let b = replica(&sb).await;
+    let b = t.replica().await;
     let r = b.cycle().await;
     assert!(r.outcomes.is_empty(), "{r:?}");
     assert!(
         r.standby.iter().any(|s| s.contains("elsewhere/1/0000")),
         "{r:?}"
     );
-    assert!(sb.bot_comments(iid).is_empty());
+    t.expect_no_comment(iid);
     // Its time runs out (plus the allowance for clocks): this host acts.
     {
         let mut w = sb.gitlab.lock();
@@ -167,4 +158,5 @@ async fn a_holder_on_another_host_is_waited_for_until_its_time_runs_out() {
             .any(|(_, i, o)| *i == iid && *o == Outcome::Done),
         "{reports:?}"
     );
+    t.expect_rest();
 }

@@ -255,6 +255,16 @@ impl Tester {
         }
     }
 
+    /// Another bot on this sandbox with a database of its own (a replica on
+    /// another host or volume). What it writes is read as the tester's bot's.
+    pub async fn replica(&self) -> Bot {
+        let path = std::env::temp_dir().join(format!("ab-replica-{}.db", rand::random::<u64>()));
+        self.sb
+            .bot_with_store(Arc::new(Store::open(&path).unwrap()))
+            .await
+            .unwrap()
+    }
+
     // ------------------------------------------------------------ actions
 
     pub async fn file(&self, issue: &Issue) -> u64 {
