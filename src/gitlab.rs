@@ -442,6 +442,10 @@ struct RawPage {
     date: Option<DateTime<Utc>>,
 }
 
+/// Reads of an issue's notes before a look gives up on notes that keep
+/// changing between their pages.
+const NOTES_READS: u32 = 3;
+
 /// Items per page: the most GitLab gives.
 const PER_PAGE: &str = "100";
 
@@ -1052,32 +1056,52 @@ impl GitlabApi for GitlabClient {
             ("sort", sort.to_string()),
             ("per_page", PER_PAGE.to_string()),
         ];
-        let mut out = NoteRead::default();
-        let mut page = 1u64;
-        loop {
-            let mut q = query.to_vec();
-            q.push(("page", page.to_string()));
-            let p = self.retry("notes", |c| c.page(&path, &q)).await?;
-            if page == 1 {
-                out.read_at = p.date;
+        // A note deleted while the pages are read moves the next page by one
+        // and hides the note at its start (an edit of the description, say).
+        // The pages' total shows it: when it moves, the read starts over.
+        for _ in 0..NOTES_READS {
+            let mut out = NoteRead::default();
+            let mut page = 1u64;
+            let mut first_total = None;
+            let moved = loop {
+                let mut q = query.to_vec();
+                q.push(("page", page.to_string()));
+                let p = self.retry("notes", |c| c.page(&path, &q)).await?;
+                if page == 1 {
+                    out.read_at = p.date;
+                    first_total = p.total;
+                } else if p.total.is_some() && p.total != first_total {
+                    break true;
+                }
+                let mut reached = false;
+                for v in p.values {
+                    let n: ApiNote =
+                        serde_json::from_value(v).map_err(|e| GitlabError::Unreadable {
+                            what: "notes".into(),
+                            detail: e.to_string(),
+                        })?;
+                    let n = n.into_timed();
+                    reached |= since.is_some_and(|t| n.updated_at < t);
+                    out.notes.push(n);
+                }
+                match p.next {
+                    Some(n) if n > page && !reached => page = n,
+                    _ => break false,
+                }
+            };
+            if !moved {
+                return Ok(out);
             }
-            let mut reached = false;
-            for v in p.values {
-                let n: ApiNote =
-                    serde_json::from_value(v).map_err(|e| GitlabError::Unreadable {
-                        what: "notes".into(),
-                        detail: e.to_string(),
-                    })?;
-                let n = n.into_timed();
-                reached |= since.is_some_and(|t| n.updated_at < t);
-                out.notes.push(n);
-            }
-            match p.next {
-                Some(n) if n > page && !reached => page = n,
-                _ => break,
-            }
+            tracing::info!(
+                iid,
+                "the notes changed while their pages were read; reading them again"
+            );
         }
-        Ok(out)
+        // Transient: the issue is looked at again on the next cycle.
+        Err(GitlabError::Exhausted {
+            attempts: NOTES_READS,
+            detail: "the notes kept changing while their pages were read".into(),
+        })
     }
 
     async fn label_events(&self, project: &str, iid: u64) -> Result<Vec<LabelEvent>, GitlabError> {

@@ -483,10 +483,19 @@ impl Store {
                 "SELECT COUNT(*) FROM note_row WHERE project = ?1 AND iid = ?2 AND system = 0",
             )?
             .query_row(params![project, iid], |r| r.get(0))?;
+        // A time that does not read makes no cache: the caller reads all.
+        let time = |s: Option<String>| -> Result<Option<DateTime<Utc>>, StoreError> {
+            s.map(|s| {
+                DateTime::parse_from_rfc3339(&s)
+                    .map(|d| d.with_timezone(&Utc))
+                    .map_err(|e| StoreError::Busy(format!("a cached notes time {s:?}: {e}")))
+            })
+            .transpose()
+        };
         Ok(Some(NotesHead {
             bot,
-            read_at: read_at.map(|s| parse_ts(&s)),
-            newest_edit: newest_edit.map(|s| parse_ts(&s)),
+            read_at: time(read_at)?,
+            newest_edit: time(newest_edit)?,
             comments,
         }))
     }

@@ -12,7 +12,7 @@ use access_bot::bot::Outcome;
 use access_bot::demo::bodies;
 use access_bot::sandbox::harness::run_until_quiet;
 use access_bot::sandbox::{PROJECT, Sandbox};
-use common::tester::{MANAGER, OWNER, Tester};
+use common::tester::{MANAGER, OWNER, Tester, fixtures};
 
 const NOTES: &str = "/api/v4/projects/:project/issues/:id/notes";
 
@@ -294,6 +294,150 @@ async fn looks_that_find_nothing_new_leave_the_cache_and_a_later_edit_is_read() 
     rewritten_plan_approved_counts_for_nothing(&t, iid).await;
     assert_ne!(cached(&t), before);
     // What the bot said, by snapshot.
+    t.expect_rest();
+}
+
+/// Add `n` comments by jdoe, then move GitLab's clock past the overlap.
+fn long_discussion(t: &Tester, iid: u64, n: usize) {
+    {
+        let mut w = t.sb.gitlab.lock();
+        let author = w.user_by_name("jdoe").unwrap().id;
+        for i in 0..n {
+            w.add_note(PROJECT, iid, author, &format!("comment {i}"));
+        }
+    }
+    shift_gitlab_clock(&t.sb, chrono::Duration::seconds(3));
+}
+
+/// The notes that decide stay in the cache however long the discussion
+/// grows: an edit by someone else keeps a trusted request from acting on its
+/// own at every later look, when the edit is older than what a look reads
+/// and only the cache has it.
+#[tokio::test]
+async fn an_edit_only_the_cache_still_has_keeps_deciding() {
+    let mut t = crate::tester!().await;
+    let iid = t.file(&fixtures::role_based_entitlement()).await;
+    // Someone edits it before the bot sees it: no longer pre-approved.
+    let edited =
+        t.sb.description(iid)
+            .replace("Support Engineer", "Support Manager");
+    t.edit("mallory", iid, &edited).await;
+    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
+    long_discussion(&t, iid, 150);
+    for round in 0..4 {
+        t.sb.comment_as("jdoe", iid, &format!("any news? ({round})"))
+            .await
+            .unwrap();
+        shift_gitlab_clock(&t.sb, chrono::Duration::seconds(3));
+        t.sb.clear_logs();
+        assert_eq!(
+            t.bot.process(PROJECT, iid).await,
+            Outcome::Waiting,
+            "round {round}"
+        );
+        if round > 0 {
+            assert_eq!(notes_reads(&t.sb), 1, "round {round}: a full read");
+        }
+    }
+    let kept = t.bot.store.kept_notes(PROJECT, iid).unwrap();
+    assert!(
+        kept.iter()
+            .any(|n| n.note.system && n.note.body.starts_with("changed the description")),
+        "{kept:#?}"
+    );
+    t.expect_untouched(&["sam.rivera@gitlab.com"]);
+    t.expect_rest();
+}
+
+/// A comment deleted while the notes' pages are read moves the next page by
+/// one; the note at its start (here: someone's edit of a trusted request) is
+/// not lost: the pages' total moved, so the read starts over.
+#[tokio::test]
+async fn a_note_deleted_between_pages_hides_nothing() {
+    use access_bot::sandbox::faults::Failure;
+    let mut t = crate::tester!().await;
+    let iid = t.file(&fixtures::role_based_entitlement()).await;
+    // 100 comments fill the first page; the edit is the first note of the second.
+    {
+        let mut w = t.sb.gitlab.lock();
+        let author = w.user_by_name("jdoe").unwrap().id;
+        for i in 0..100 {
+            w.add_note(PROJECT, iid, author, &format!("comment {i}"));
+        }
+    }
+    let edited =
+        t.sb.description(iid)
+            .replace("Support Engineer", "Support Manager");
+    t.edit("mallory", iid, &edited).await;
+    // The first page is answered late; meanwhile its first comment is deleted.
+    let route = format!("GET /api/v4/projects/support%2Faccess-requests/issues/{iid}/notes");
+    t.sb.gitlab_knobs.fail_next(
+        &route,
+        1,
+        Failure::Delay(std::time::Duration::from_millis(400)),
+    );
+    let deleter = {
+        let gitlab = t.sb.gitlab.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            let mut w = gitlab.lock();
+            let jdoe = w.user_by_name("jdoe").unwrap().id;
+            let first = w
+                .projects
+                .iter()
+                .find(|p| p.path == PROJECT)
+                .and_then(|p| p.issues.iter().find(|i| i.iid == iid))
+                .and_then(|i| i.notes.iter().find(|n| !n.system).map(|n| n.id))
+                .unwrap();
+            w.delete_note(PROJECT, iid, first, jdoe).unwrap();
+        })
+    };
+    t.sb.clear_logs();
+    let read = t.bot.gitlab.notes_since(PROJECT, iid, None).await.unwrap();
+    deleter.await.unwrap();
+    assert!(
+        read.notes
+            .iter()
+            .any(|n| n.note.system && n.note.body.starts_with("changed the description")),
+        "the edit was lost: {} notes read",
+        read.notes.len()
+    );
+    // Two pages whose totals differ, then the 100 notes left on one page.
+    assert_eq!(notes_reads(&t.sb), 3, "{:?}", t.sb.gitlab_knobs.counts());
+    // And the bot, reading them again: edited by someone else, the request
+    // waits for approvals and changes nothing.
+    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
+    t.expect_untouched(&["sam.rivera@gitlab.com"]);
+    t.expect_rest();
+}
+
+/// A cache kept for another bot account (with the text of that account's
+/// notes, not this one's) is not used: the look reads every note again.
+#[tokio::test]
+async fn a_cache_kept_for_another_bot_account_is_not_used() {
+    let mut t = crate::tester!().await;
+    let iid = file(&t.sb, "special request").await;
+    run_until_quiet(&t.bot, 4).await;
+    long_discussion(&t, iid, 150);
+    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
+    let head = t.bot.store.notes_head(PROJECT, iid).unwrap().unwrap();
+    // The same cache, as kept for another account.
+    let other = access_bot::gitlab::NoteRead {
+        notes: Vec::new(),
+        read_at: head.read_at,
+    };
+    t.bot
+        .store
+        .store_notes(PROJECT, iid, head.bot + 1, &other, false, |_| false)
+        .unwrap();
+    t.sb.comment_as("jdoe", iid, "any news?").await.unwrap();
+    t.sb.clear_logs();
+    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
+    assert_eq!(notes_reads(&t.sb), 2, "the 152 comments, in full");
+    assert_eq!(
+        t.bot.store.notes_head(PROJECT, iid).unwrap().unwrap().bot,
+        head.bot
+    );
     t.expect_rest();
 }
 

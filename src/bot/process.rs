@@ -338,13 +338,13 @@ impl Bot {
             // From GitLab's time of the last read (or the newest edit it
             // showed), minus the overlap: a note whose edit was not yet
             // visible to that read is read now.
-            if let Some(since) = head.read_at.or(head.newest_edit) {
-                let overlap =
-                    chrono::Duration::from_std(self.cfg.poll_overlap()).unwrap_or_default();
-                let fresh = self
-                    .gitlab
-                    .notes_since(project, iid, Some(since - overlap))
-                    .await?;
+            let overlap = chrono::Duration::from_std(self.cfg.poll_overlap()).unwrap_or_default();
+            if let Some(since) = head
+                .read_at
+                .or(head.newest_edit)
+                .and_then(|t| t.checked_sub_signed(overlap))
+            {
+                let fresh = self.gitlab.notes_since(project, iid, Some(since)).await?;
                 match self.merge_notes(project, iid, &head, fresh, count, &decides) {
                     Ok(Some(notes)) => return Ok(notes),
                     Ok(None) => tracing::info!(
