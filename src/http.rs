@@ -385,9 +385,12 @@ impl Transport {
                     // The body (often text/plain) is never parsed here.
                     let wait = after.unwrap_or_else(|| self.backoff.delay(attempt));
                     tracing::warn!(api = %api.name(), status = reply.status.as_u16(), wait_ms = wait.as_millis() as u64, "asked to slow down");
-                    if last {
+                    // Only a 429 says nothing was done: a server failure the
+                    // API reads as "slow down" (a 503) may hide a write.
+                    let refused = reply.status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+                    if last || (self.resend == Resend::OnlyRefused && !refused) {
                         self.budget_pause_only(wait).await;
-                        return Err(if reply.status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                        return Err(if refused {
                             Failure::RateLimited {
                                 attempts: attempt + 1,
                                 last: reply,
@@ -764,6 +767,44 @@ mod tests {
             matches!(r, Err(Failure::Connection { attempts: 1, .. })),
             "{r:?}"
         );
+    }
+
+    /// An API that reads a 503 as "slow down" (as Zendesk does).
+    struct SlowOn503;
+
+    #[async_trait::async_trait]
+    impl Api for SlowOn503 {
+        type Error = String;
+        fn classify(&self, reply: &Reply) -> Class {
+            if reply.status == 503 {
+                Class::SlowDown { after: None }
+            } else {
+                standard_class(reply)
+            }
+        }
+        fn name(&self) -> String {
+            "slow on 503".into()
+        }
+    }
+
+    /// Even where the API reads a 503 as "slow down", a call that may have
+    /// written is not sent again after it; after a 429 it is.
+    #[tokio::test]
+    async fn only_a_429_sends_a_write_again_whatever_the_api_calls_slowing_down() {
+        let http = reqwest::Client::new();
+        let mut t = transport(3);
+        t.resend = Resend::OnlyRefused;
+        let s = serve(vec![(503, None), (200, None)]).await;
+        let r = t.send(&SlowOn503, || http.get(&s.url)).await;
+        assert!(
+            matches!(r, Err(Failure::Server { attempts: 1, ref last }) if last.status == 503),
+            "{r:?}"
+        );
+        assert_eq!(s.seen.lock().unwrap().len(), 1);
+        // Reads still wait the 503 out.
+        let s = serve(vec![(503, None), (200, None)]).await;
+        let r = transport(3).send(&SlowOn503, || http.get(&s.url)).await;
+        assert_eq!(r.unwrap().status, 200);
     }
 
     /// `max_timeouts` ends a call after that many timeouts, attempts left or not.
