@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::config::{Config, ZendeskInstance};
+use crate::plan::Action;
 use crate::request::Email;
 use crate::secret::Secrets;
 
@@ -229,6 +230,287 @@ pub trait AccountSystem: Send + Sync {
 pub struct Instance {
     pub api: Arc<dyn AccountSystem>,
     pub resolved: Resolved,
+}
+
+/// Why one change to an account was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    System(#[from] AccountError),
+    /// The change cannot be made as planned: a role or group the instance
+    /// lacks, no account, a manager who cannot take tickets, a state that
+    /// did not take.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl Instance {
+    /// The account's id: `known` from an earlier step, or looked up.
+    async fn account_id(
+        &self,
+        name: &str,
+        subject: &Email,
+        known: &mut Option<u64>,
+    ) -> Result<u64, ChangeError> {
+        if let Some(id) = *known {
+            return Ok(id);
+        }
+        let u =
+            self.api.find_user(subject).await?.ok_or_else(|| {
+                ChangeError::Refused(format!("{subject} has no account in {name}"))
+            })?;
+        *known = Some(u.id);
+        Ok(u.id)
+    }
+
+    /// Apply one planned change to `subject`'s account in this instance
+    /// (`name`), and say what the account is now. `known`: the account's id,
+    /// when an earlier step found it (set when this one does);
+    /// `manager_email`: where a reassignment sends the tickets. Only the
+    /// executor calls it, after its checks and audit row.
+    pub async fn apply_change(
+        &self,
+        name: &str,
+        subject: &Email,
+        action: &Action,
+        known: &mut Option<u64>,
+        manager_email: Option<Email>,
+    ) -> Result<String, ChangeError> {
+        let api = &self.api;
+        let role_id = |custom: &Option<String>, light: bool| -> Result<Option<u64>, ChangeError> {
+            if light {
+                return self.resolved.light_agent_role.map(Some).ok_or_else(|| {
+                    ChangeError::Refused(format!("{name} has no light-agent role"))
+                });
+            }
+            match custom {
+                None => Ok(None),
+                Some(role) => self
+                    .resolved
+                    .roles
+                    .get(&role.to_lowercase())
+                    .copied()
+                    .map(Some)
+                    .ok_or_else(|| {
+                        ChangeError::Refused(format!(
+                            "custom role {role:?} does not exist in {name}"
+                        ))
+                    }),
+            }
+        };
+        match action {
+            Action::CreateAgent {
+                name,
+                role,
+                custom_role,
+                light_agent,
+                ..
+            } => {
+                let cr = role_id(custom_role, *light_agent)?;
+                let (u, created) = api.create_or_update(name, subject, role, cr).await?;
+                *known = Some(u.id);
+                Ok(format!(
+                    "{} id {} role {} custom_role_id {:?}",
+                    if created { "created" } else { "updated" },
+                    u.id,
+                    u.role,
+                    u.custom_role_id
+                ))
+            }
+            Action::SetRole {
+                role,
+                custom_role,
+                light_agent,
+                ..
+            } => {
+                let id = self.account_id(name, subject, known).await?;
+                let cr = role_id(custom_role, *light_agent)?;
+                let u = api
+                    .update_user(
+                        id,
+                        &UserPatch {
+                            role: Some(role.clone()),
+                            custom_role_id: Some(cr),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                Ok(format!(
+                    "role {} custom_role_id {:?}",
+                    u.role, u.custom_role_id
+                ))
+            }
+            Action::Unsuspend => {
+                let id = self.account_id(name, subject, known).await?;
+                api.update_user(
+                    id,
+                    &UserPatch {
+                        suspended: Some(false),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                Ok("active".into())
+            }
+            Action::AddToGroup { group } => {
+                let id = self.account_id(name, subject, known).await?;
+                let gid = *self
+                    .resolved
+                    .groups
+                    .get(&group.to_lowercase())
+                    .ok_or_else(|| {
+                        ChangeError::Refused(format!("group {group:?} does not exist in {}", name))
+                    })?;
+                // Creating a membership that exists has an unconfirmed error shape: look first.
+                if !api.memberships(id).await?.iter().any(|m| m.group_id == gid) {
+                    api.add_membership(id, gid).await?;
+                }
+                Ok(format!("member of {group}"))
+            }
+            Action::RemoveFromGroup { group } => {
+                let id = self.account_id(name, subject, known).await?;
+                let gid = self.resolved.groups.get(&group.to_lowercase()).copied();
+                for m in api.memberships(id).await? {
+                    if Some(m.group_id) == gid {
+                        api.remove_membership(m.id).await?;
+                    }
+                }
+                Ok(format!("not in {group}"))
+            }
+            Action::AddTag { tag } => {
+                let id = self.account_id(name, subject, known).await?;
+                let tags = api.add_tags(id, std::slice::from_ref(tag)).await?;
+                Ok(format!("tags {tags:?}"))
+            }
+            Action::RemoveTag { tag } => {
+                let id = self.account_id(name, subject, known).await?;
+                let tags = api.remove_tags(id, std::slice::from_ref(tag)).await?;
+                Ok(format!("tags {tags:?}"))
+            }
+            Action::ReassignTickets { manager, .. } => {
+                let id = self.account_id(name, subject, known).await?;
+                let email = manager_email.ok_or_else(|| {
+                    ChangeError::Refused(format!("no email known for the manager @{manager}"))
+                })?;
+                let mgr = api.find_user(&email).await?.ok_or_else(|| {
+                    ChangeError::Refused(format!("the manager {email} has no account in {}", name))
+                })?;
+                if mgr.role == "end-user" || mgr.role_type == Some(1) || mgr.suspended {
+                    return Err(ChangeError::Refused(format!(
+                        "the manager {email} cannot take tickets (role {}, suspended {})",
+                        mgr.role, mgr.suspended
+                    )));
+                }
+                let mgr_groups: Vec<u64> = api
+                    .memberships(mgr.id)
+                    .await?
+                    .iter()
+                    .map(|m| m.group_id)
+                    .collect();
+                let mut moved = 0usize;
+                // Re-list until nothing is left (triggers can reassign again).
+                for _ in 0..3 {
+                    let open = api.open_tickets(id).await?;
+                    if open.is_empty() {
+                        return Ok(format!("{moved} open tickets reassigned to {email}"));
+                    }
+                    let out = api.reassign(&open, mgr.id, &mgr_groups).await?;
+                    moved += out.updated.len();
+                    if !out.failed.is_empty() {
+                        return Err(ChangeError::Refused(format!(
+                            "{} of {} tickets could not be reassigned, e.g. #{}: {}",
+                            out.failed.len(),
+                            open.len(),
+                            out.failed[0].0,
+                            out.failed[0].1
+                        )));
+                    }
+                }
+                let left = api.open_tickets(id).await?.len();
+                if left == 0 {
+                    Ok(format!("{moved} open tickets reassigned to {email}"))
+                } else {
+                    Err(ChangeError::Refused(format!(
+                        "{left} tickets are still assigned after three passes"
+                    )))
+                }
+            }
+            Action::RemoveAllTags => {
+                let id = self.account_id(name, subject, known).await?;
+                let u = api.show_user(id).await?;
+                if !u.tags.is_empty() {
+                    api.remove_tags(id, &u.tags).await?;
+                }
+                Ok("no tags".into())
+            }
+            Action::ClearUserFields => {
+                let id = self.account_id(name, subject, known).await?;
+                let u = api.show_user(id).await?;
+                let filled = u.filled_fields();
+                if !filled.is_empty() {
+                    let after = api
+                        .update_user(
+                            id,
+                            &UserPatch {
+                                clear_fields: filled,
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                    if !after.filled_fields().is_empty() {
+                        return Err(ChangeError::Refused(format!(
+                            "user fields still set after clearing: {:?}",
+                            after.filled_fields()
+                        )));
+                    }
+                }
+                Ok("user fields empty".into())
+            }
+            Action::RemoveAllGroups => {
+                let id = self.account_id(name, subject, known).await?;
+                for m in api.memberships(id).await? {
+                    api.remove_membership(m.id).await?;
+                }
+                Ok("no groups".into())
+            }
+            Action::DemoteToEndUser => {
+                let id = self.account_id(name, subject, known).await?;
+                let u = api
+                    .update_user(
+                        id,
+                        &UserPatch {
+                            role: Some("end-user".into()),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                if u.custom_role_id.is_some() || u.role != "end-user" {
+                    return Err(ChangeError::Refused(format!(
+                        "still role {} with custom role {:?} after demotion",
+                        u.role, u.custom_role_id
+                    )));
+                }
+                Ok("end-user".into())
+            }
+            Action::Suspend => {
+                let id = self.account_id(name, subject, known).await?;
+                api.update_user(
+                    id,
+                    &UserPatch {
+                        suspended: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                Ok("suspended".into())
+            }
+            Action::AddGroupMember { group } | Action::RemoveGroupMember { group } => {
+                Err(ChangeError::Refused(format!(
+                    "the membership of {group} is the group directory's, not {name}'s"
+                )))
+            }
+        }
+    }
 }
 
 /// Why the account systems could not be connected at start-up.

@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 
 /// The adapters' write methods, as they are called.
-const WRITES: [&str; 11] = [
+const WRITES: [&str; 12] = [
+    // The account-system port's one door for a planned change.
+    ".apply_change(",
     ".update_user(",
     ".create_or_update(",
     ".add_tags(",
@@ -23,8 +25,9 @@ const WRITES: [&str; 11] = [
 ];
 
 /// Files allowed to contain those calls, and why.
-const ALLOWED: [&str; 7] = [
+const ALLOWED: [&str; 8] = [
     "src/bot/execute.rs", // the one door
+    "src/accounts.rs",    // the account-system port applies a change (`apply_change`)
     "src/zendesk.rs",     // the adapter itself
     "src/google.rs",      // the adapter itself
     "src/okta.rs",        // the adapter itself
@@ -77,8 +80,9 @@ fn only_the_executor_writes_to_target_systems() {
         "writes to a target system outside the executor:\n{}",
         found.join("\n")
     );
+    // The account change, the group memberships (add, remove), the seat reclaim.
     assert!(
-        in_executor >= 8,
+        in_executor >= 4,
         "the executor makes the writes ({in_executor} found)"
     );
 }
@@ -231,13 +235,14 @@ fn every_request_goes_through_the_shared_transport() {
             continue;
         }
         let text = std::fs::read_to_string(&f).unwrap();
+        // reqwest sends with `RequestBuilder::send` or `Client::execute`; a
+        // call split over lines by rustfmt still has either on one line. An
+        // `execute` elsewhere (SQL, the bot's executor) sends no request.
+        let http = text.contains("reqwest");
         for (n, line) in text.lines().enumerate() {
-            let sends = line.contains(".send().await")
-                || (line.contains(".execute(request")
-                    || line.contains("http.execute(")
-                    || line.contains("client.execute("));
-            if sends {
-                found.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+            let l = line.trim();
+            if l.contains(".send()") || (http && l.contains(".execute(")) {
+                found.push(format!("{rel}:{}: {l}", n + 1));
             }
         }
     }

@@ -32,6 +32,15 @@ enum StepError {
     Other(String),
 }
 
+impl From<crate::accounts::ChangeError> for StepError {
+    fn from(e: crate::accounts::ChangeError) -> StepError {
+        match e {
+            crate::accounts::ChangeError::System(e) => StepError::Accounts(e),
+            crate::accounts::ChangeError::Refused(why) => StepError::Other(why),
+        }
+    }
+}
+
 impl StepError {
     fn transient(&self) -> bool {
         match self {
@@ -406,28 +415,6 @@ impl Bot {
         Ok(())
     }
 
-    async fn user_id(
-        &self,
-        step: &Step,
-        ids: &mut BTreeMap<(String, Email), u64>,
-    ) -> Result<u64, StepError> {
-        let key = (step.instance.clone(), step.subject.clone());
-        if let Some(id) = ids.get(&key) {
-            return Ok(*id);
-        }
-        let inst = self
-            .instance(&step.instance)
-            .map_err(|e| StepError::Other(e.to_string()))?;
-        let u = inst.api.find_user(&step.subject).await?.ok_or_else(|| {
-            StepError::Other(format!(
-                "{} has no account in {}",
-                step.subject, step.instance
-            ))
-        })?;
-        ids.insert(key, u.id);
-        Ok(u.id)
-    }
-
     /// One step. Returns a short description of the state after it.
     async fn step(
         &self,
@@ -454,249 +441,32 @@ impl Bot {
         let inst = self
             .instance(&step.instance)
             .map_err(|e| StepError::Other(e.to_string()))?;
-        let api = &inst.api;
-        let role_id = |custom: &Option<String>, light: bool| -> Result<Option<u64>, StepError> {
-            if light {
-                return inst.resolved.light_agent_role.map(Some).ok_or_else(|| {
-                    StepError::Other(format!("{} has no light-agent role", step.instance))
-                });
-            }
-            match custom {
-                None => Ok(None),
-                Some(name) => inst
-                    .resolved
-                    .roles
-                    .get(&name.to_lowercase())
-                    .copied()
-                    .map(Some)
-                    .ok_or_else(|| {
-                        StepError::Other(format!(
-                            "custom role {name:?} does not exist in {}",
-                            step.instance
-                        ))
-                    }),
-            }
-        };
-        match &step.action {
-            Action::CreateAgent {
-                name,
-                role,
-                custom_role,
-                light_agent,
-                ..
-            } => {
-                let cr = role_id(custom_role, *light_agent)?;
-                let (u, created) = api.create_or_update(name, &step.subject, role, cr).await?;
-                ids.insert((step.instance.clone(), step.subject.clone()), u.id);
-                Ok(format!(
-                    "{} id {} role {} custom_role_id {:?}",
-                    if created { "created" } else { "updated" },
-                    u.id,
-                    u.role,
-                    u.custom_role_id
-                ))
-            }
-            Action::SetRole {
-                role,
-                custom_role,
-                light_agent,
-                ..
-            } => {
-                let id = self.user_id(step, ids).await?;
-                let cr = role_id(custom_role, *light_agent)?;
-                let u = api
-                    .update_user(
-                        id,
-                        &UserPatch {
-                            role: Some(role.clone()),
-                            custom_role_id: Some(cr),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                Ok(format!(
-                    "role {} custom_role_id {:?}",
-                    u.role, u.custom_role_id
-                ))
-            }
-            Action::Unsuspend => {
-                let id = self.user_id(step, ids).await?;
-                api.update_user(
-                    id,
-                    &UserPatch {
-                        suspended: Some(false),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-                Ok("active".into())
-            }
-            Action::AddToGroup { group } => {
-                let id = self.user_id(step, ids).await?;
-                let gid = *inst
-                    .resolved
-                    .groups
-                    .get(&group.to_lowercase())
-                    .ok_or_else(|| {
-                        StepError::Other(format!(
-                            "group {group:?} does not exist in {}",
-                            step.instance
-                        ))
-                    })?;
-                // Creating a membership that exists has an unconfirmed error shape: look first.
-                if !api.memberships(id).await?.iter().any(|m| m.group_id == gid) {
-                    api.add_membership(id, gid).await?;
-                }
-                Ok(format!("member of {group}"))
-            }
-            Action::RemoveFromGroup { group } => {
-                let id = self.user_id(step, ids).await?;
-                let gid = inst.resolved.groups.get(&group.to_lowercase()).copied();
-                for m in api.memberships(id).await? {
-                    if Some(m.group_id) == gid {
-                        api.remove_membership(m.id).await?;
-                    }
-                }
-                Ok(format!("not in {group}"))
-            }
-            Action::AddTag { tag } => {
-                let id = self.user_id(step, ids).await?;
-                let tags = api.add_tags(id, std::slice::from_ref(tag)).await?;
-                Ok(format!("tags {tags:?}"))
-            }
-            Action::RemoveTag { tag } => {
-                let id = self.user_id(step, ids).await?;
-                let tags = api.remove_tags(id, std::slice::from_ref(tag)).await?;
-                Ok(format!("tags {tags:?}"))
-            }
+        let key = (step.instance.clone(), step.subject.clone());
+        let mut known = ids.get(&key).copied();
+        let manager_email = match &step.action {
             Action::ReassignTickets {
                 manager,
                 manager_email,
-            } => {
-                let id = self.user_id(step, ids).await?;
-                let email = manager_email
-                    .clone()
-                    .or_else(|| observed.manager_emails.get(manager).cloned())
-                    .ok_or_else(|| {
-                        StepError::Other(format!("no email known for the manager @{manager}"))
-                    })?;
-                let mgr = api.find_user(&email).await?.ok_or_else(|| {
-                    StepError::Other(format!(
-                        "the manager {email} has no account in {}",
-                        step.instance
-                    ))
-                })?;
-                if mgr.role == "end-user" || mgr.role_type == Some(1) || mgr.suspended {
-                    return Err(StepError::Other(format!(
-                        "the manager {email} cannot take tickets (role {}, suspended {})",
-                        mgr.role, mgr.suspended
-                    )));
-                }
-                let mgr_groups: Vec<u64> = api
-                    .memberships(mgr.id)
-                    .await?
-                    .iter()
-                    .map(|m| m.group_id)
-                    .collect();
-                let mut moved = 0usize;
-                // Re-list until nothing is left (triggers can reassign again).
-                for _ in 0..3 {
-                    let open = api.open_tickets(id).await?;
-                    if open.is_empty() {
-                        return Ok(format!("{moved} open tickets reassigned to {email}"));
-                    }
-                    let out = api.reassign(&open, mgr.id, &mgr_groups).await?;
-                    moved += out.updated.len();
-                    if !out.failed.is_empty() {
-                        return Err(StepError::Other(format!(
-                            "{} of {} tickets could not be reassigned, e.g. #{}: {}",
-                            out.failed.len(),
-                            open.len(),
-                            out.failed[0].0,
-                            out.failed[0].1
-                        )));
-                    }
-                }
-                let left = api.open_tickets(id).await?.len();
-                if left == 0 {
-                    Ok(format!("{moved} open tickets reassigned to {email}"))
-                } else {
-                    Err(StepError::Other(format!(
-                        "{left} tickets are still assigned after three passes"
-                    )))
-                }
-            }
-            Action::RemoveAllTags => {
-                let id = self.user_id(step, ids).await?;
-                let u = api.show_user(id).await?;
-                if !u.tags.is_empty() {
-                    api.remove_tags(id, &u.tags).await?;
-                }
-                Ok("no tags".into())
-            }
-            Action::ClearUserFields => {
-                let id = self.user_id(step, ids).await?;
-                let u = api.show_user(id).await?;
-                let filled = u.filled_fields();
-                if !filled.is_empty() {
-                    let after = api
-                        .update_user(
-                            id,
-                            &UserPatch {
-                                clear_fields: filled,
-                                ..Default::default()
-                            },
-                        )
-                        .await?;
-                    if !after.filled_fields().is_empty() {
-                        return Err(StepError::Other(format!(
-                            "user fields still set after clearing: {:?}",
-                            after.filled_fields()
-                        )));
-                    }
-                }
-                Ok("user fields empty".into())
-            }
-            Action::RemoveAllGroups => {
-                let id = self.user_id(step, ids).await?;
-                for m in api.memberships(id).await? {
-                    api.remove_membership(m.id).await?;
-                }
-                Ok("no groups".into())
-            }
-            Action::DemoteToEndUser => {
-                let id = self.user_id(step, ids).await?;
-                let u = api
-                    .update_user(
-                        id,
-                        &UserPatch {
-                            role: Some("end-user".into()),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                if u.custom_role_id.is_some() || u.role != "end-user" {
-                    return Err(StepError::Other(format!(
-                        "still role {} with custom role {:?} after demotion",
-                        u.role, u.custom_role_id
-                    )));
-                }
-                Ok("end-user".into())
-            }
-            Action::Suspend => {
-                let id = self.user_id(step, ids).await?;
-                api.update_user(
-                    id,
-                    &UserPatch {
-                        suspended: Some(true),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-                Ok("suspended".into())
-            }
-            Action::AddGroupMember { .. } | Action::RemoveGroupMember { .. } => Ok(String::new()),
+            } => manager_email
+                .clone()
+                .or_else(|| observed.manager_emails.get(manager).cloned()),
+            _ => None,
+        };
+        // The account system applies the change itself: the executor's
+        // checks and audit row come first, and only the executor calls it.
+        let r = inst
+            .apply_change(
+                &step.instance,
+                &step.subject,
+                &step.action,
+                &mut known,
+                manager_email,
+            )
+            .await;
+        if let Some(id) = known {
+            ids.insert(key, id);
         }
+        Ok(r?)
     }
 }
 
