@@ -62,6 +62,23 @@ impl User {
     pub fn filled_fields(&self) -> Vec<String> {
         filled(&self.user_fields)
     }
+
+    /// A light agent: an agent whose role type is 1.
+    pub fn is_light_agent(&self) -> bool {
+        self.role == "agent" && self.role_type == Some(1)
+    }
+
+    /// Whether a self-service grant may change the account as it is: an
+    /// end-user or a light agent, not suspended (never an admin or a full agent).
+    pub fn open_to_self_service(&self) -> bool {
+        !self.suspended && (self.role == "end-user" || self.is_light_agent())
+    }
+
+    /// Whether the account can be assigned tickets: an agent or admin that
+    /// is neither light nor suspended.
+    pub fn takes_tickets(&self) -> bool {
+        !(self.role == "end-user" || self.role_type == Some(1) || self.suspended)
+    }
 }
 
 /// The keys of the user fields that hold a value (neither null nor empty).
@@ -395,7 +412,7 @@ impl Instance {
                 let mgr = api.find_user(&email).await?.ok_or_else(|| {
                     ChangeError::Refused(format!("the manager {email} has no account in {}", name))
                 })?;
-                if mgr.role == "end-user" || mgr.role_type == Some(1) || mgr.suspended {
+                if !mgr.takes_tickets() {
                     return Err(ChangeError::Refused(format!(
                         "the manager {email} cannot take tickets (role {}, suspended {})",
                         mgr.role, mgr.suspended
@@ -616,6 +633,36 @@ mod tests {
         );
         assert!(e.is_transient());
         assert!(!AccountError::new("x", false).is_transient());
+    }
+
+    /// Who a self-service grant may change, and who can take tickets.
+    #[test]
+    fn an_account_s_standing_by_role_type_and_suspension() {
+        let user = |role: &str, role_type: Option<i64>, suspended: bool| User {
+            role: role.into(),
+            role_type,
+            suspended,
+            ..User::default()
+        };
+        // (account, open to self-service, takes tickets)
+        let cases = [
+            (user("end-user", None, false), true, false),
+            (user("agent", Some(1), false), true, false),
+            (user("agent", None, false), false, true),
+            (user("agent", Some(0), false), false, true),
+            (user("admin", None, false), false, true),
+            (user("end-user", None, true), false, false),
+            (user("agent", Some(1), true), false, false),
+            (user("agent", None, true), false, false),
+        ];
+        for (u, open, takes) in cases {
+            assert_eq!(u.open_to_self_service(), open, "{u:?}");
+            assert_eq!(u.takes_tickets(), takes, "{u:?}");
+            assert_eq!(
+                u.is_light_agent(),
+                u.role == "agent" && u.role_type == Some(1)
+            );
+        }
     }
 
     #[test]

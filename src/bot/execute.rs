@@ -402,14 +402,13 @@ impl Bot {
             let inst = self
                 .instance(&step.instance)
                 .map_err(|e| StepError::Other(e.to_string()))?;
-            if let Some(u) = inst.api.find_user(&step.subject).await? {
-                let light = u.role == "agent" && u.role_type == Some(1);
-                if u.suspended || u.role == "admin" || (u.role != "end-user" && !light) {
-                    return Err(StepError::Other(format!(
-                        "the account of {} changed since it was read (now role {}, suspended {}); a self-service request does not change it",
-                        step.subject, u.role, u.suspended
-                    )));
-                }
+            if let Some(u) = inst.api.find_user(&step.subject).await?
+                && !u.open_to_self_service()
+            {
+                return Err(StepError::Other(format!(
+                    "the account of {} changed since it was read (now role {}, suspended {}); a self-service request does not change it",
+                    step.subject, u.role, u.suspended
+                )));
             }
         }
         Ok(())
