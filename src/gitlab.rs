@@ -394,8 +394,9 @@ pub struct GitlabClient {
     writes: Transport,
 }
 
-/// Timeouts a read survives before the call gives up: a hung server rarely
-/// recovers within a minute, and the next poll cycle tries again anyway.
+/// Timeouts a read survives before the call gives up, over all the pages the
+/// crate reads for it: a hung server rarely recovers within a minute, and the
+/// next poll cycle tries again anyway.
 const MAX_TIMEOUTS: u32 = 2;
 
 type CrateError = api::ApiError<TransportError>;
@@ -534,9 +535,26 @@ impl crate::http::Api for Transport {
         Ok(rb.header("PRIVATE-TOKEN", token))
     }
 
+    /// A call gives up after `MAX_TIMEOUTS` timeouts, over all the pages the
+    /// crate reads for it (counted in `CALL_TIMEOUTS`, set by `call`).
+    fn gives_up_after_timeout(&self) -> bool {
+        CALL_TIMEOUTS
+            .try_with(|n| {
+                n.set(n.get() + 1);
+                n.get() >= MAX_TIMEOUTS
+            })
+            // Outside a call (none today), the attempts bound it.
+            .unwrap_or(false)
+    }
+
     fn name(&self) -> String {
         "GitLab".into()
     }
+}
+
+tokio::task_local! {
+    /// The timeouts of the GitLab call in progress, all its pages together.
+    static CALL_TIMEOUTS: std::cell::Cell<u32>;
 }
 
 #[async_trait]
@@ -655,10 +673,7 @@ impl GitlabClient {
             http,
             rest,
             token: token.clone(),
-            sending: crate::http::Transport {
-                max_timeouts: Some(MAX_TIMEOUTS),
-                ..sending.clone()
-            },
+            sending: sending.clone(),
         };
         let writes = Transport {
             http: reads.http.clone(),
@@ -719,7 +734,10 @@ impl GitlabClient {
             Retry::Safe => &self.client,
             Retry::OnlyRefused => &self.writes,
         };
-        let r = f(client).await.map_err(|e| failed(what, policy, e));
+        let r = CALL_TIMEOUTS
+            .scope(std::cell::Cell::new(0), f(client))
+            .await
+            .map_err(|e| failed(what, policy, e));
         crate::metrics::api("gitlab", &r);
         r
     }

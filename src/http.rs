@@ -240,6 +240,13 @@ pub trait Api: Sync {
         standard_class(reply)
     }
 
+    /// A request of the current call ran out of time: whether the call gives
+    /// up now. An API that bounds a call's timeouts across the pages of a
+    /// listing counts them here; by default a call has its attempts.
+    fn gives_up_after_timeout(&self) -> bool {
+        false
+    }
+
     /// Names the API in the transport's log lines.
     fn name(&self) -> String;
 }
@@ -258,9 +265,6 @@ pub struct Transport {
     pub timeout: Option<Duration>,
     /// Which failures a call is sent again after.
     pub resend: Resend,
-    /// Timeouts a call survives before it gives up (a hung server rarely
-    /// recovers within a call's attempts); `None`: as many as its attempts.
-    pub max_timeouts: Option<u32>,
 }
 
 /// Which failures a call is sent again after.
@@ -284,7 +288,6 @@ impl Transport {
             budget,
             timeout: None,
             resend: Resend::AnyFailure,
-            max_timeouts: None,
         }
     }
 
@@ -328,7 +331,6 @@ impl Transport {
         lost: &mut bool,
     ) -> Result<Reply, Failure<A::Error>> {
         let mut attempt = 0u32;
-        let mut timeouts = 0u32;
         let mut refreshed = false;
         loop {
             if let Some(b) = &self.budget {
@@ -343,10 +345,9 @@ impl Transport {
                 Err(e) => {
                     let timed_out = e.is_timeout();
                     let detail = with_causes(&e.without_url());
-                    timeouts += u32::from(timed_out);
                     if attempt + 1 >= self.backoff.attempts
                         || self.resend == Resend::OnlyRefused
-                        || self.max_timeouts.is_some_and(|m| timeouts >= m)
+                        || (timed_out && api.gives_up_after_timeout())
                     {
                         return Err(Failure::Connection {
                             attempts: attempt + 1,
@@ -807,9 +808,24 @@ mod tests {
         assert_eq!(r.unwrap().status, 200);
     }
 
-    /// `max_timeouts` ends a call after that many timeouts, attempts left or not.
+    /// An API that gives up on the second timeout of a call.
+    #[derive(Default)]
+    struct TwoTimeouts(std::sync::atomic::AtomicU32);
+
+    #[async_trait::async_trait]
+    impl Api for TwoTimeouts {
+        type Error = String;
+        fn gives_up_after_timeout(&self) -> bool {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= 2
+        }
+        fn name(&self) -> String {
+            "two timeouts".into()
+        }
+    }
+
+    /// A call ends when its API says so on a timeout, attempts left or not.
     #[tokio::test]
-    async fn a_call_gives_up_after_its_timeouts() {
+    async fn a_call_gives_up_when_its_api_says_so_on_a_timeout() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -821,8 +837,7 @@ mod tests {
         let http = reqwest::Client::new();
         let mut t = transport(5);
         t.timeout = Some(Duration::from_millis(50));
-        t.max_timeouts = Some(2);
-        let r = t.send(&Refreshable::default(), || http.get(&url)).await;
+        let r = t.send(&TwoTimeouts::default(), || http.get(&url)).await;
         assert!(
             matches!(
                 r,
@@ -832,6 +847,12 @@ mod tests {
                     ..
                 })
             ),
+            "{r:?}"
+        );
+        // By default a call has its attempts.
+        let r = t.send(&Refreshable::default(), || http.get(&url)).await;
+        assert!(
+            matches!(r, Err(Failure::Connection { attempts: 5, .. })),
             "{r:?}"
         );
     }

@@ -698,6 +698,38 @@ where
     v
 }
 
+/// A listing the `gitlab` crate pages for one call (all the notes) gives up
+/// after two timeouts in all, not two per page: one on its first page and
+/// one on its second end the call.
+#[tokio::test]
+async fn gitlab_timeouts_are_counted_per_call_over_its_pages() {
+    let sb = Sandbox::start(Ports::default()).await.unwrap();
+    let iid = gitlab_world(&sb).await;
+    {
+        let mut w = sb.gitlab.lock();
+        let author = w.user_by_name("jdoe").unwrap().id;
+        for i in 0..150 {
+            w.add_note(PROJECT, iid, author, &format!("comment {i}"));
+        }
+    }
+    let gl = gitlab(&sb, Duration::from_millis(300)).await;
+    let notes = format!("GET /api/v4/projects/{P}/issues/{iid}/notes");
+    // Both pages answer: 151 notes.
+    assert_eq!(gl.notes(PROJECT, iid).await.unwrap().len(), 151);
+    // The first page hangs once (its retry answers), then the second hangs.
+    sb.gitlab_knobs.fail_next(&notes, 1, Failure::Hang);
+    sb.gitlab_knobs.fail_after(&notes, 1, 1, Failure::Hang);
+    let e = gl.notes(PROJECT, iid).await.unwrap_err();
+    assert!(
+        matches!(e, GitlabError::Exhausted { .. }) && e.to_string().contains("no answer within"),
+        "{e}"
+    );
+    sb.gitlab_knobs.clear_faults();
+    // The next call starts its own count.
+    sb.gitlab_knobs.fail_next(&notes, 1, Failure::Hang);
+    assert_eq!(gl.notes(PROJECT, iid).await.unwrap().len(), 151);
+}
+
 /// The world the GitLab calls below act on: an issue with a label and a note,
 /// and the Support Team repository with a leaver's file.
 async fn gitlab_world(sb: &Sandbox) -> u64 {
