@@ -557,6 +557,25 @@ mod tests {
         }
     }
 
+    /// A server that accepts connections, reads nothing and never answers.
+    async fn silent_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        url
+    }
+
+    /// A port nobody listens on (bound, then closed).
+    fn refused_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/", listener.local_addr().unwrap())
+    }
+
     /// A token that can be refreshed: `t0`, then `t1`, ...
     #[derive(Default)]
     struct Refreshable {
@@ -688,10 +707,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lost_connection_is_retried_then_typed() {
-        // A port nobody listens on (bound, then closed).
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        drop(listener);
+        let url = refused_url();
         let http = reqwest::Client::new();
         let r = transport(2)
             .send(&Refreshable::default(), || http.get(&url))
@@ -711,15 +727,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_timeout_is_told_from_a_refused_connection() {
-        // Accepts, reads nothing, never answers.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
+        let url = silent_server().await;
         let http = reqwest::Client::new();
         let mut t = transport(2);
         t.timeout = Some(Duration::from_millis(100));
@@ -760,9 +768,7 @@ mod tests {
         );
         assert_eq!(s.seen.lock().unwrap().len(), 1);
 
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        drop(listener);
+        let url = refused_url();
         let r = t.send(&Refreshable::default(), || http.get(&url)).await;
         assert!(
             matches!(r, Err(Failure::Connection { attempts: 1, .. })),
@@ -826,14 +832,7 @@ mod tests {
     /// A call ends when its API says so on a timeout, attempts left or not.
     #[tokio::test]
     async fn a_call_gives_up_when_its_api_says_so_on_a_timeout() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
+        let url = silent_server().await;
         let http = reqwest::Client::new();
         let mut t = transport(5);
         t.timeout = Some(Duration::from_millis(50));

@@ -36,6 +36,25 @@ const ALLOWED: [&str; 8] = [
     "src/bin/bench.rs",   // seeds the fakes' state before a benchmark
 ];
 
+/// Every Rust file under `src/`: its path from the crate root (with `/`) and its text.
+fn sources() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    files
+        .into_iter()
+        .map(|f| {
+            let rel = f
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            let text = std::fs::read_to_string(&f).unwrap();
+            (rel, text)
+        })
+        .collect()
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
@@ -49,19 +68,11 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn only_the_executor_writes_to_target_systems() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
-    assert!(files.len() > 20, "the sources were found: {files:?}");
+    let files = sources();
+    assert!(files.len() > 20, "the sources were found: {}", files.len());
     let mut found = Vec::new();
     let mut in_executor = 0;
-    for f in files {
-        let rel = f
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
-        let text = std::fs::read_to_string(&f).unwrap();
+    for (rel, text) in files {
         // Unit tests inside a file may use mocks freely.
         let code = text.split("#[cfg(test)]").next().unwrap_or_default();
         for (n, line) in code.lines().enumerate() {
@@ -137,20 +148,12 @@ fn only_the_adapters_name_a_target_system_s_types() {
     let named = regex::Regex::new(r"zendesk::|google::|okta::|\bZendesk[A-Z][a-z]*\b").unwrap();
     // The configuration's own types are the configuration's business.
     let config = regex::Regex::new(r"config::Zendesk[A-Z][a-z]*\b").unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
+    let files = sources();
     let mut found = Vec::new();
-    for f in files {
-        let rel = f
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
+    for (rel, text) in files {
         if TARGET_SPECIFIC.iter().any(|a| rel.starts_with(a)) {
             continue;
         }
-        let text = std::fs::read_to_string(&f).unwrap();
         for (n, line) in text.lines().enumerate() {
             if named.is_match(&config.replace_all(line, "")) {
                 found.push(format!("{rel}:{}: {}", n + 1, line.trim()));
@@ -220,21 +223,13 @@ fn replies_are_computed_apart_from_carrying_them_out() {
 /// slow-down): no adapter sends a request itself.
 #[test]
 fn every_request_goes_through_the_shared_transport() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
+    let files = sources();
     let mut found = Vec::new();
-    for f in files {
-        let rel = f
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
+    for (rel, text) in files {
         // The transport itself; the fakes and the bench are not adapters.
         if rel == "src/http.rs" || rel.starts_with("src/sandbox/") || rel.starts_with("src/bin/") {
             continue;
         }
-        let text = std::fs::read_to_string(&f).unwrap();
         // reqwest sends with `RequestBuilder::send` or `Client::execute`; a
         // call split over lines by rustfmt still has either on one line. An
         // `execute` elsewhere (SQL, the bot's executor) sends no request.

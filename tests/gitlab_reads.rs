@@ -153,16 +153,9 @@ async fn a_look_reads_only_the_notes_changed_since_the_last_and_decides_the_same
     let mut t = crate::tester!().await;
     let iid = file(&t.sb, "special request").await;
     run_until_quiet(&t.bot, 4).await;
-    // 5,000 comments, as a long discussion leaves them.
-    {
-        let mut w = t.sb.gitlab.lock();
-        let author = w.user_by_name("jdoe").unwrap().id;
-        for i in 0..5000 {
-            w.add_note(PROJECT, iid, author, &format!("comment {i}"));
-        }
-    }
-    // Later comments come after the overlap (2 s in the sandbox).
-    shift_gitlab_clock(&t.sb, chrono::Duration::seconds(3));
+    // 5,000 comments, as a long discussion leaves them; later comments come
+    // after the overlap (2 s in the sandbox).
+    long_discussion(&t, iid, 5000);
     // The look that meets them reads them (50 pages of 100, and the overlap).
     assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
     // Every later look: the one page of what changed.
@@ -218,9 +211,7 @@ async fn a_plan_deleted_after_it_was_read_stops_counting() {
     run_until_quiet(&t.bot, 4).await;
     let plan = t.sb.bot_comments(iid)[0].clone();
     assert!(plan.body.contains("access-bot plan"), "{}", plan.body);
-    // A look with the plan in the cache.
-    t.sb.comment_as("jdoe", iid, "any news?").await.unwrap();
-    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
+    look_with_the_plan_cached(&t, iid).await;
     // The plan is deleted (by the bot's own account, as a maintainer could),
     // then approved: no plan, nothing to approve.
     {
@@ -249,9 +240,7 @@ async fn a_plan_deleted_after_it_was_read_stops_counting() {
 async fn a_plan_edited_after_it_was_read_stops_counting() {
     let mut t = crate::tester!().await;
     let iid = special_request_with_a_maintainer(&t).await;
-    // A look with the plan in the cache.
-    t.sb.comment_as("jdoe", iid, "any news?").await.unwrap();
-    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
+    look_with_the_plan_cached(&t, iid).await;
     rewritten_plan_approved_counts_for_nothing(&t, iid).await;
     // What the bot said, by snapshot.
     t.expect_rest();
@@ -264,8 +253,7 @@ async fn a_plan_edited_after_it_was_read_stops_counting() {
 async fn looks_that_find_nothing_new_leave_the_cache_and_a_later_edit_is_read() {
     let mut t = crate::tester!().await;
     let iid = special_request_with_a_maintainer(&t).await;
-    t.sb.comment_as("jdoe", iid, "any news?").await.unwrap();
-    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
+    look_with_the_plan_cached(&t, iid).await;
     let cached = |t: &Tester| {
         let head = t.bot.store.notes_head(PROJECT, iid).unwrap();
         let kept = t.bot.store.kept_notes(PROJECT, iid).unwrap();
@@ -295,6 +283,12 @@ async fn looks_that_find_nothing_new_leave_the_cache_and_a_later_edit_is_read() 
     assert_ne!(cached(&t), before);
     // What the bot said, by snapshot.
     t.expect_rest();
+}
+
+/// A comment, and a look that caches the notes, plan included.
+async fn look_with_the_plan_cached(t: &Tester, iid: u64) {
+    t.sb.comment_as("jdoe", iid, "any news?").await.unwrap();
+    assert_eq!(t.bot.process(PROJECT, iid).await, Outcome::Waiting);
 }
 
 /// Add `n` comments by jdoe, then move GitLab's clock past the overlap.
