@@ -357,17 +357,18 @@ impl Instance {
                     u.role, u.custom_role_id
                 ))
             }
-            Action::Unsuspend => {
+            Action::Unsuspend | Action::Suspend => {
+                let suspended = matches!(action, Action::Suspend);
                 let id = self.account_id(name, subject, known).await?;
                 api.update_user(
                     id,
                     &UserPatch {
-                        suspended: Some(false),
+                        suspended: Some(suspended),
                         ..Default::default()
                     },
                 )
                 .await?;
-                Ok("active".into())
+                Ok(if suspended { "suspended" } else { "active" }.into())
             }
             Action::AddToGroup { group } => {
                 let id = self.account_id(name, subject, known).await?;
@@ -508,18 +509,6 @@ impl Instance {
                     )));
                 }
                 Ok("end-user".into())
-            }
-            Action::Suspend => {
-                let id = self.account_id(name, subject, known).await?;
-                api.update_user(
-                    id,
-                    &UserPatch {
-                        suspended: Some(true),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-                Ok("suspended".into())
             }
             Action::AddGroupMember { group } | Action::RemoveGroupMember { group } => {
                 Err(ChangeError::Refused(format!(
