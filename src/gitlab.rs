@@ -743,6 +743,52 @@ impl GitlabClient {
     }
 }
 
+/// What reading a listing's pages found, besides the items.
+struct Walk {
+    /// GitLab's clock when it answered the first page (its `Date` header).
+    date: Option<DateTime<Utc>>,
+    /// The listing's total moved between pages: an item added or deleted
+    /// meanwhile shifts the later pages, and one may have been skipped.
+    moved: bool,
+}
+
+impl GitlabClient {
+    /// Read the pages of a listing the bot pages itself (it needs the headers
+    /// the crate's pagination drops), from the first, handing each page's
+    /// items to `each`, which says whether to read on; up to the last page.
+    async fn walk(
+        &self,
+        what: &str,
+        path: &str,
+        query: &[(&str, String)],
+        mut each: impl FnMut(Vec<serde_json::Value>) -> Result<bool, GitlabError>,
+    ) -> Result<Walk, GitlabError> {
+        let mut walk = Walk {
+            date: None,
+            moved: false,
+        };
+        let mut total = None;
+        let mut page = 1u64;
+        loop {
+            let mut q = query.to_vec();
+            q.push(("page", page.to_string()));
+            let p = self.retry(what, |c| c.page(path, &q)).await?;
+            if page == 1 {
+                walk.date = p.date;
+                total = p.total;
+            } else if p.total != total {
+                walk.moved = true;
+            }
+            let empty = p.values.is_empty();
+            let more = each(p.values)?;
+            match p.next {
+                Some(n) if n > page && more && !empty => page = n,
+                _ => return Ok(walk),
+            }
+        }
+    }
+}
+
 /// What a call's failure means, by cause and status.
 fn failed(what: &str, policy: Retry, err: CrateError) -> GitlabError {
     // The transport's own words, without the crate's "client error" wrapper.
@@ -917,29 +963,18 @@ impl GitlabApi for GitlabClient {
                 t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             ));
         }
-        let mut out = ChangedIssues::default();
         let mut values = Vec::new();
-        let mut total = None;
-        let mut page = 1u64;
-        loop {
-            let mut q = query.clone();
-            q.push(("page", page.to_string()));
-            let p = self.retry("issues", |c| c.page(&path, &q)).await?;
-            if page == 1 {
-                out.listed_at = p.date;
-                total = p.total;
-            } else if p.total != total {
-                out.shifted = true;
-            }
-            let last = p.values.is_empty();
-            values.extend(p.values);
-            match p.next {
-                Some(n) if n > page && !last => page = n,
-                _ => break,
-            }
-        }
-        out.page = IssuePage::from_values(values);
-        Ok(out)
+        let walk = self
+            .walk("issues", &path, &query, |page| {
+                values.extend(page);
+                Ok(true)
+            })
+            .await?;
+        Ok(ChangedIssues {
+            page: IssuePage::from_values(values),
+            listed_at: walk.date,
+            shifted: walk.moved,
+        })
     }
 
     async fn labelled_issues(&self, project: &str, label: &str) -> Result<IssuePage, GitlabError> {
@@ -1078,37 +1113,28 @@ impl GitlabApi for GitlabClient {
         // and hides the note at its start (an edit of the description, say).
         // The pages' total shows it: when it moves, the read starts over.
         for _ in 0..NOTES_READS {
-            let mut out = NoteRead::default();
-            let mut page = 1u64;
-            let mut first_total = None;
-            let moved = loop {
-                let mut q = query.to_vec();
-                q.push(("page", page.to_string()));
-                let p = self.retry("notes", |c| c.page(&path, &q)).await?;
-                if page == 1 {
-                    out.read_at = p.date;
-                    first_total = p.total;
-                } else if p.total.is_some() && p.total != first_total {
-                    break true;
-                }
-                let mut reached = false;
-                for v in p.values {
-                    let n: ApiNote =
-                        serde_json::from_value(v).map_err(|e| GitlabError::Unreadable {
-                            what: "notes".into(),
-                            detail: e.to_string(),
-                        })?;
-                    let n = n.into_timed();
-                    reached |= since.is_some_and(|t| n.updated_at < t);
-                    out.notes.push(n);
-                }
-                match p.next {
-                    Some(n) if n > page && !reached => page = n,
-                    _ => break false,
-                }
-            };
-            if !moved {
-                return Ok(out);
+            let mut notes = Vec::new();
+            let walk = self
+                .walk("notes", &path, &query, |page| {
+                    let mut reached = false;
+                    for v in page {
+                        let n: ApiNote =
+                            serde_json::from_value(v).map_err(|e| GitlabError::Unreadable {
+                                what: "notes".into(),
+                                detail: e.to_string(),
+                            })?;
+                        let n = n.into_timed();
+                        reached |= since.is_some_and(|t| n.updated_at < t);
+                        notes.push(n);
+                    }
+                    Ok(!reached)
+                })
+                .await?;
+            if !walk.moved {
+                return Ok(NoteRead {
+                    notes,
+                    read_at: walk.date,
+                });
             }
             tracing::info!(
                 iid,
