@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::config::{Config, ZendeskInstance};
-use crate::plan::Action;
+use crate::plan::AccountChange;
 use crate::request::Email;
 use crate::secret::Secrets;
 
@@ -289,7 +289,7 @@ impl Instance {
         &self,
         name: &str,
         subject: &Email,
-        action: &Action,
+        change: &AccountChange,
         known: &mut Option<u64>,
         manager_email: Option<Email>,
     ) -> Result<String, ChangeError> {
@@ -315,8 +315,8 @@ impl Instance {
                     }),
             }
         };
-        match action {
-            Action::CreateAgent {
+        match change {
+            AccountChange::CreateAgent {
                 name,
                 role,
                 custom_role,
@@ -334,7 +334,7 @@ impl Instance {
                     u.custom_role_id
                 ))
             }
-            Action::SetRole {
+            AccountChange::SetRole {
                 role,
                 custom_role,
                 light_agent,
@@ -357,8 +357,8 @@ impl Instance {
                     u.role, u.custom_role_id
                 ))
             }
-            Action::Unsuspend | Action::Suspend => {
-                let suspended = matches!(action, Action::Suspend);
+            AccountChange::Unsuspend | AccountChange::Suspend => {
+                let suspended = matches!(change, AccountChange::Suspend);
                 let id = self.account_id(name, subject, known).await?;
                 api.update_user(
                     id,
@@ -370,7 +370,7 @@ impl Instance {
                 .await?;
                 Ok(if suspended { "suspended" } else { "active" }.into())
             }
-            Action::AddToGroup { group } => {
+            AccountChange::AddToGroup { group } => {
                 let id = self.account_id(name, subject, known).await?;
                 let gid = *self
                     .resolved
@@ -385,7 +385,7 @@ impl Instance {
                 }
                 Ok(format!("member of {group}"))
             }
-            Action::RemoveFromGroup { group } => {
+            AccountChange::RemoveFromGroup { group } => {
                 let id = self.account_id(name, subject, known).await?;
                 let gid = self.resolved.groups.get(&group.to_lowercase()).copied();
                 for m in api.memberships(id).await? {
@@ -395,17 +395,17 @@ impl Instance {
                 }
                 Ok(format!("not in {group}"))
             }
-            Action::AddTag { tag } => {
+            AccountChange::AddTag { tag } => {
                 let id = self.account_id(name, subject, known).await?;
                 let tags = api.add_tags(id, std::slice::from_ref(tag)).await?;
                 Ok(format!("tags {tags:?}"))
             }
-            Action::RemoveTag { tag } => {
+            AccountChange::RemoveTag { tag } => {
                 let id = self.account_id(name, subject, known).await?;
                 let tags = api.remove_tags(id, std::slice::from_ref(tag)).await?;
                 Ok(format!("tags {tags:?}"))
             }
-            Action::ReassignTickets { manager, .. } => {
+            AccountChange::ReassignTickets { manager, .. } => {
                 let id = self.account_id(name, subject, known).await?;
                 let email = manager_email.ok_or_else(|| {
                     ChangeError::Refused(format!("no email known for the manager @{manager}"))
@@ -453,7 +453,7 @@ impl Instance {
                     )))
                 }
             }
-            Action::RemoveAllTags => {
+            AccountChange::RemoveAllTags => {
                 let id = self.account_id(name, subject, known).await?;
                 let u = api.show_user(id).await?;
                 if !u.tags.is_empty() {
@@ -461,7 +461,7 @@ impl Instance {
                 }
                 Ok("no tags".into())
             }
-            Action::ClearUserFields => {
+            AccountChange::ClearUserFields => {
                 let id = self.account_id(name, subject, known).await?;
                 let u = api.show_user(id).await?;
                 let filled = u.filled_fields();
@@ -484,14 +484,14 @@ impl Instance {
                 }
                 Ok("user fields empty".into())
             }
-            Action::RemoveAllGroups => {
+            AccountChange::RemoveAllGroups => {
                 let id = self.account_id(name, subject, known).await?;
                 for m in api.memberships(id).await? {
                     api.remove_membership(m.id).await?;
                 }
                 Ok("no groups".into())
             }
-            Action::DemoteToEndUser => {
+            AccountChange::DemoteToEndUser => {
                 let id = self.account_id(name, subject, known).await?;
                 let u = api
                     .update_user(
@@ -509,11 +509,6 @@ impl Instance {
                     )));
                 }
                 Ok("end-user".into())
-            }
-            Action::AddGroupMember { group } | Action::RemoveGroupMember { group } => {
-                Err(ChangeError::Refused(format!(
-                    "the membership of {group} is the group directory's, not {name}'s"
-                )))
             }
         }
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{Config, GroupDirectoryKind};
+use crate::plan::MembershipChange;
 use crate::secret::Secrets;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,21 @@ pub trait GroupDirectory: Send + Sync {
     /// `check`: drop the credential held and get a new one (or, for a
     /// credential that is not refreshed, that it is accepted); says what worked.
     async fn refresh(&self) -> Result<&'static str, GroupError>;
+}
+
+impl dyn GroupDirectory {
+    /// Apply one planned membership change to `person`. Only the executor
+    /// calls it, after its checks and audit row.
+    pub async fn apply_change(
+        &self,
+        change: &MembershipChange,
+        person: &str,
+    ) -> Result<Change, GroupError> {
+        match change {
+            MembershipChange::Add { group } => self.add_member(group, person).await,
+            MembershipChange::Remove { group } => self.remove_member(group, person).await,
+        }
+    }
 }
 
 /// The group directory of each Zendesk instance that has a group.

@@ -79,9 +79,24 @@ enum Lookup<'a> {
     Found(&'a Account),
 }
 
+/// One planned change, by the target system that applies it: an instance's
+/// account system or its group directory. Each prints itself (the plan
+/// comment is made of them) and knows its own undo.
+///
+/// Untagged: each target's change carries its own `type`, so the serialized
+/// form (in step keys, audit rows and grant records) is the target change's
+/// own, as it was before the split.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Action {
+    Account(AccountChange),
+    Membership(MembershipChange),
+}
+
+/// A change to one person's account in an instance's account system.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Action {
+pub enum AccountChange {
     CreateAgent {
         name: String,
         role: String,
@@ -118,28 +133,94 @@ pub enum Action {
     RemoveAllGroups,
     DemoteToEndUser,
     Suspend,
-    /// Membership of the instance's app group, in its group directory. The
-    /// serialized names are the first ones: step keys, audit rows and grant
-    /// records written before the rename carry them.
+}
+
+/// A change to one person's membership of the instance's app group, in its
+/// group directory. The serialized names are the first ones: step keys,
+/// audit rows and grant records written before the rename carry them.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(tag = "type")]
+pub enum MembershipChange {
     #[serde(rename = "add_google_member")]
-    AddGroupMember {
-        group: String,
-    },
+    Add { group: String },
     #[serde(rename = "remove_google_member")]
-    RemoveGroupMember {
-        group: String,
-    },
+    Remove { group: String },
+}
+
+impl From<AccountChange> for Action {
+    fn from(c: AccountChange) -> Action {
+        Action::Account(c)
+    }
+}
+
+impl From<MembershipChange> for Action {
+    fn from(c: MembershipChange) -> Action {
+        Action::Membership(c)
+    }
 }
 
 impl Action {
     /// The step that undoes this one, given the account as it was before
     /// (`None`: there was no account). Used to end time-bound access.
     pub fn inverse(&self, before: Option<&Account>) -> Option<Action> {
+        match self {
+            Action::Account(c) => c.inverse(before).map(Action::Account),
+            Action::Membership(c) => c.inverse().map(Action::Membership),
+        }
+    }
+
+    /// What the step gives, as a grant record names it (`level:NAME`,
+    /// `group:NAME`, `tag:NAME`, `okta:GROUP`, `active`); `None` for a step
+    /// that takes something away.
+    fn gives(&self) -> Option<String> {
+        match self {
+            Action::Account(c) => c.gives(),
+            Action::Membership(MembershipChange::Add { group }) => Some(format!("okta:{group}")),
+            Action::Membership(MembershipChange::Remove { .. }) => None,
+        }
+    }
+
+    /// The part of a step's key after `instance/email/`: the change's type,
+    /// and the group or tag it is about.
+    fn key(&self) -> String {
+        let kind = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(String::from))
+            .unwrap_or_default();
+        let about = match self {
+            Action::Account(
+                AccountChange::AddToGroup { group } | AccountChange::RemoveFromGroup { group },
+            )
+            | Action::Membership(
+                MembershipChange::Add { group } | MembershipChange::Remove { group },
+            ) => format!(":{group}"),
+            Action::Account(AccountChange::AddTag { tag } | AccountChange::RemoveTag { tag }) => {
+                format!(":{tag}")
+            }
+            _ => String::new(),
+        };
+        kind + &about
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Account(c) => c.fmt(f),
+            Action::Membership(c) => c.fmt(f),
+        }
+    }
+}
+
+impl AccountChange {
+    /// The change that undoes this one, given the account as it was before
+    /// (`None`: there was no account).
+    pub fn inverse(&self, before: Option<&Account>) -> Option<AccountChange> {
         Some(match self {
             // No account before: demoting frees the seat (accounts are never deleted).
-            Action::CreateAgent { .. } => Action::DemoteToEndUser,
-            Action::SetRole { level, .. } => match before {
-                Some(b) => Action::SetRole {
+            AccountChange::CreateAgent { .. } => AccountChange::DemoteToEndUser,
+            AccountChange::SetRole { level, .. } => match before {
+                Some(b) => AccountChange::SetRole {
                     from: level.clone(),
                     role: b.role.clone(),
                     custom_role: if b.is_light_agent() {
@@ -154,37 +235,63 @@ impl Action {
                         b.custom_role.clone().unwrap_or_else(|| b.role.clone())
                     },
                 },
-                None => Action::DemoteToEndUser,
+                None => AccountChange::DemoteToEndUser,
             },
-            Action::Unsuspend => Action::Suspend,
-            Action::AddToGroup { group } => Action::RemoveFromGroup {
+            AccountChange::Unsuspend => AccountChange::Suspend,
+            AccountChange::AddToGroup { group } => AccountChange::RemoveFromGroup {
                 group: group.clone(),
             },
-            Action::RemoveFromGroup { group } => Action::AddToGroup {
+            AccountChange::RemoveFromGroup { group } => AccountChange::AddToGroup {
                 group: group.clone(),
             },
-            Action::AddTag { tag } => Action::RemoveTag { tag: tag.clone() },
-            Action::RemoveTag { tag } => Action::AddTag { tag: tag.clone() },
-            Action::AddGroupMember { group } => Action::RemoveGroupMember {
-                group: group.clone(),
-            },
+            AccountChange::AddTag { tag } => AccountChange::RemoveTag { tag: tag.clone() },
+            AccountChange::RemoveTag { tag } => AccountChange::AddTag { tag: tag.clone() },
             // Deprovisioning is not time-bound.
+            AccountChange::ReassignTickets { .. }
+            | AccountChange::RemoveAllTags
+            | AccountChange::ClearUserFields
+            | AccountChange::RemoveAllGroups
+            | AccountChange::DemoteToEndUser
+            | AccountChange::Suspend => return None,
+        })
+    }
+
+    fn gives(&self) -> Option<String> {
+        Some(match self {
+            AccountChange::CreateAgent { level, .. } | AccountChange::SetRole { level, .. } => {
+                format!("level:{level}")
+            }
+            AccountChange::AddToGroup { group } => format!("group:{group}"),
+            AccountChange::AddTag { tag } => format!("tag:{tag}"),
+            AccountChange::Unsuspend => "active".into(),
             _ => return None,
         })
     }
 
-    pub fn describe(&self) -> String {
+    /// Whether the change gives the account a role or makes it active again.
+    pub fn grants_role(&self) -> bool {
+        matches!(
+            self,
+            AccountChange::CreateAgent { .. }
+                | AccountChange::SetRole { .. }
+                | AccountChange::Unsuspend
+        )
+    }
+}
+
+impl std::fmt::Display for AccountChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Action::CreateAgent { level, .. } => format!("create the account as {level}"),
-            Action::SetRole { from, level, .. } => {
-                format!("change the role from {from} to {level}")
+            AccountChange::CreateAgent { level, .. } => write!(f, "create the account as {level}"),
+            AccountChange::SetRole { from, level, .. } => {
+                write!(f, "change the role from {from} to {level}")
             }
-            Action::Unsuspend => "unsuspend the account".into(),
-            Action::AddToGroup { group } => format!("add to group {group}"),
-            Action::RemoveFromGroup { group } => format!("remove from group {group}"),
-            Action::AddTag { tag } => format!("add tag `{tag}`"),
-            Action::RemoveTag { tag } => format!("remove tag `{tag}`"),
-            Action::ReassignTickets {
+            AccountChange::Unsuspend => f.write_str("unsuspend the account"),
+            AccountChange::AddToGroup { group } => write!(f, "add to group {group}"),
+            AccountChange::RemoveFromGroup { group } => write!(f, "remove from group {group}"),
+            AccountChange::AddTag { tag } => write!(f, "add tag `{tag}`"),
+            AccountChange::RemoveTag { tag } => write!(f, "remove tag `{tag}`"),
+            AccountChange::ReassignTickets {
                 manager,
                 manager_email,
             } => {
@@ -196,30 +303,51 @@ impl Action {
                     format!("`@{manager}`")
                 };
                 match manager_email {
-                    Some(e) if e.as_str() != manager => format!(
+                    Some(e) if e.as_str() != manager => write!(
+                        f,
                         "reassign open tickets (status below closed) to the manager {who} ({})",
                         crate::render::code_span(e.as_str())
                     ),
-                    _ => {
-                        format!("reassign open tickets (status below closed) to the manager {who}")
-                    }
+                    _ => write!(
+                        f,
+                        "reassign open tickets (status below closed) to the manager {who}"
+                    ),
                 }
             }
-            Action::RemoveAllTags => "remove all tags".into(),
-            Action::ClearUserFields => "clear the user fields".into(),
-            Action::RemoveAllGroups => "remove all group memberships".into(),
-            Action::DemoteToEndUser => "demote to end-user".into(),
-            Action::Suspend => "suspend".into(),
-            Action::AddGroupMember { group } => format!("add to `{group}` (Okta app)"),
-            Action::RemoveGroupMember { group } => format!("remove from `{group}` (Okta app)"),
+            AccountChange::RemoveAllTags => f.write_str("remove all tags"),
+            AccountChange::ClearUserFields => f.write_str("clear the user fields"),
+            AccountChange::RemoveAllGroups => f.write_str("remove all group memberships"),
+            AccountChange::DemoteToEndUser => f.write_str("demote to end-user"),
+            AccountChange::Suspend => f.write_str("suspend"),
+        }
+    }
+}
+
+impl MembershipChange {
+    /// The change that undoes this one: a membership a grant added ends with
+    /// it; one taken away is not given back.
+    pub fn inverse(&self) -> Option<MembershipChange> {
+        match self {
+            MembershipChange::Add { group } => Some(MembershipChange::Remove {
+                group: group.clone(),
+            }),
+            MembershipChange::Remove { .. } => None,
         }
     }
 
-    pub fn is_group(&self) -> bool {
-        matches!(
-            self,
-            Action::AddGroupMember { .. } | Action::RemoveGroupMember { .. }
-        )
+    pub fn group(&self) -> &str {
+        match self {
+            MembershipChange::Add { group } | MembershipChange::Remove { group } => group,
+        }
+    }
+}
+
+impl std::fmt::Display for MembershipChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MembershipChange::Add { group } => write!(f, "add to `{group}` (Okta app)"),
+            MembershipChange::Remove { group } => write!(f, "remove from `{group}` (Okta app)"),
+        }
     }
 }
 
@@ -327,9 +455,9 @@ pub struct Plan {
 /// account and raising an existing one to a level are the same change.
 pub fn change_key(s: &Step) -> String {
     match &s.action {
-        Action::CreateAgent { level, .. } | Action::SetRole { level, .. } => {
-            format!("{}/{}/level:{level}", s.instance, s.subject)
-        }
+        Action::Account(
+            AccountChange::CreateAgent { level, .. } | AccountChange::SetRole { level, .. },
+        ) => format!("{}/{}/level:{level}", s.instance, s.subject),
         _ => s.key.clone(),
     }
 }
@@ -407,23 +535,16 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn push(&mut self, s: &Subject, instance: &str, item: usize, action: Action, done: bool) {
-        let key = format!(
-            "{instance}/{}/{}",
-            s.email,
-            serde_json::to_value(&action)
-                .ok()
-                .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(String::from))
-                .unwrap_or_default()
-                + &match &action {
-                    Action::AddToGroup { group }
-                    | Action::RemoveFromGroup { group }
-                    | Action::AddGroupMember { group }
-                    | Action::RemoveGroupMember { group } => format!(":{group}"),
-                    Action::AddTag { tag } | Action::RemoveTag { tag } => format!(":{tag}"),
-                    _ => String::new(),
-                }
-        );
+    fn push(
+        &mut self,
+        s: &Subject,
+        instance: &str,
+        item: usize,
+        action: impl Into<Action>,
+        done: bool,
+    ) {
+        let action = action.into();
+        let key = format!("{instance}/{}/{}", s.email, action.key());
         if self.steps.iter().any(|x| x.key == key) {
             return; // two items asking for the same thing: do it once
         }
@@ -560,7 +681,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                                     s,
                                     instance,
                                     it.index,
-                                    Action::AddTag { tag: t.clone() },
+                                    AccountChange::AddTag { tag: t.clone() },
                                     tags.contains(t),
                                 );
                             }
@@ -569,7 +690,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                                     s,
                                     instance,
                                     it.index,
-                                    Action::RemoveTag { tag: t.clone() },
+                                    AccountChange::RemoveTag { tag: t.clone() },
                                     !tags.contains(t),
                                 );
                             }
@@ -597,7 +718,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                                 s,
                                 instance,
                                 item,
-                                Action::AddGroupMember {
+                                MembershipChange::Add {
                                     group: group.to_string(),
                                 },
                                 member,
@@ -616,7 +737,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                             s,
                             instance,
                             it.index,
-                            Action::AddGroupMember {
+                            MembershipChange::Add {
                                 group: group.clone(),
                             },
                             member,
@@ -634,7 +755,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                             s,
                             instance,
                             item,
-                            Action::RemoveGroupMember {
+                            MembershipChange::Remove {
                                 group: group.to_string(),
                             },
                             member == Some(false),
@@ -651,7 +772,7 @@ fn make(request: &Request, observed: &Observed, cfg: &Config, self_service: bool
                             s,
                             instance,
                             it.index,
-                            Action::RemoveGroupMember {
+                            MembershipChange::Remove {
                                 group: group.clone(),
                             },
                             member == Some(false),
@@ -714,7 +835,7 @@ fn grant_level(
                 s,
                 instance,
                 item,
-                Action::CreateAgent {
+                AccountChange::CreateAgent {
                     name: s.name.clone(),
                     role: lv.role.clone(),
                     custom_role: lv.custom_role.clone(),
@@ -728,7 +849,7 @@ fn grant_level(
                     s,
                     instance,
                     item,
-                    Action::AddToGroup { group: g.clone() },
+                    AccountChange::AddToGroup { group: g.clone() },
                     false,
                 );
             }
@@ -767,7 +888,7 @@ fn grant_level(
                 s,
                 instance,
                 item,
-                Action::SetRole {
+                AccountChange::SetRole {
                     from: role_name(a),
                     role: lv.role.clone(),
                     custom_role: lv.custom_role.clone(),
@@ -777,7 +898,7 @@ fn grant_level(
                 keeps_full_agent || target_ok(a),
             );
             if a.suspended && !keeps_full_agent {
-                b.push(s, instance, item, Action::Unsuspend, false);
+                b.push(s, instance, item, AccountChange::Unsuspend, false);
             }
             for g in &lv.groups {
                 let has = a.groups.iter().any(|x| x.eq_ignore_ascii_case(g));
@@ -785,7 +906,7 @@ fn grant_level(
                     s,
                     instance,
                     item,
-                    Action::AddToGroup { group: g.clone() },
+                    AccountChange::AddToGroup { group: g.clone() },
                     has,
                 );
             }
@@ -804,7 +925,7 @@ fn grant_level(
                             s,
                             instance,
                             item,
-                            Action::RemoveFromGroup { group: g.clone() },
+                            AccountChange::RemoveFromGroup { group: g.clone() },
                             false,
                         );
                     }
@@ -875,7 +996,7 @@ fn deprovision(b: &mut Builder<'_>, request: &Request, s: &Subject, instance: &s
                             s,
                             instance,
                             item,
-                            Action::ReassignTickets {
+                            AccountChange::ReassignTickets {
                                 manager: m.clone(),
                                 manager_email: email,
                             },
@@ -913,7 +1034,7 @@ fn deprovision(b: &mut Builder<'_>, request: &Request, s: &Subject, instance: &s
                         s,
                         instance,
                         item,
-                        Action::ReassignTickets {
+                        AccountChange::ReassignTickets {
                             manager: fb.to_string(),
                             manager_email: Some(fb),
                         },
@@ -940,7 +1061,7 @@ fn deprovision(b: &mut Builder<'_>, request: &Request, s: &Subject, instance: &s
             s,
             instance,
             item,
-            Action::ReassignTickets {
+            AccountChange::ReassignTickets {
                 manager: s.manager.clone().unwrap_or_default(),
                 manager_email: None,
             },
@@ -952,35 +1073,35 @@ fn deprovision(b: &mut Builder<'_>, request: &Request, s: &Subject, instance: &s
         s,
         instance,
         item,
-        Action::RemoveAllTags,
+        AccountChange::RemoveAllTags,
         a.is_some_and(|a| a.tags.is_empty()),
     );
     b.push(
         s,
         instance,
         item,
-        Action::ClearUserFields,
+        AccountChange::ClearUserFields,
         a.is_some_and(|a| a.filled_user_fields.is_empty()),
     );
     b.push(
         s,
         instance,
         item,
-        Action::RemoveAllGroups,
+        AccountChange::RemoveAllGroups,
         a.is_some_and(|a| a.groups.is_empty()),
     );
     b.push(
         s,
         instance,
         item,
-        Action::DemoteToEndUser,
+        AccountChange::DemoteToEndUser,
         a.is_some_and(|a| a.role == "end-user"),
     );
     b.push(
         s,
         instance,
         item,
-        Action::Suspend,
+        AccountChange::Suspend,
         a.is_some_and(|a| a.suspended),
     );
 }
@@ -997,19 +1118,6 @@ pub struct GrantRecord {
     pub gives: Vec<String>,
     /// The steps that undo what it changed, last change first.
     pub undo: Vec<Action>,
-}
-
-fn gives(action: &Action) -> Option<String> {
-    Some(match action {
-        Action::CreateAgent { level, .. } | Action::SetRole { level, .. } => {
-            format!("level:{level}")
-        }
-        Action::AddToGroup { group } => format!("group:{group}"),
-        Action::AddTag { tag } => format!("tag:{tag}"),
-        Action::AddGroupMember { group } => format!("okta:{group}"),
-        Action::Unsuspend => "active".into(),
-        _ => return None,
-    })
 }
 
 /// One record per person and instance the plan grants in.
@@ -1032,7 +1140,7 @@ pub fn grant_records(request: &Request, plan: &Plan, before: &Observed) -> Vec<G
             out.push(GrantRecord {
                 subject: s.email.clone(),
                 instance: inst.to_string(),
-                gives: steps.iter().filter_map(|st| gives(&st.action)).collect(),
+                gives: steps.iter().filter_map(|st| st.action.gives()).collect(),
                 undo: steps
                     .iter()
                     .filter(|st| st.state == StepState::ToDo)
@@ -1146,38 +1254,53 @@ fn still_owned(
         .find_map(|g| g.strip_prefix("level:").map(String::from));
     for a in &record.undo {
         let why: Option<String> = match a {
-            Action::DemoteToEndUser | Action::SetRole { .. } => match (now, &level) {
-                (None, _) => Some("the account no longer exists".into()),
-                (Some(acc), Some(l)) if !has_level(cfg, &record.instance, l, acc) => Some(format!(
-                    "the account no longer has {l} (it was changed since), so the role is left as it is"
-                )),
-                (Some(_), Some(l)) if held_elsewhere.contains(&format!("level:{l}")) => {
-                    Some(format!("another request in force also gives {l}"))
+            Action::Account(c) => match c {
+                AccountChange::DemoteToEndUser | AccountChange::SetRole { .. } => {
+                    match (now, &level) {
+                        (None, _) => Some("the account no longer exists".into()),
+                        (Some(acc), Some(l)) if !has_level(cfg, &record.instance, l, acc) => {
+                            Some(format!(
+                                "the account no longer has {l} (it was changed since), so the role is left as it is"
+                            ))
+                        }
+                        (Some(_), Some(l)) if held_elsewhere.contains(&format!("level:{l}")) => {
+                            Some(format!("another request in force also gives {l}"))
+                        }
+                        (Some(acc), _) if acc.role == "admin" => {
+                            Some("the account is a Zendesk admin now".into())
+                        }
+                        _ => None,
+                    }
                 }
-                (Some(acc), _) if acc.role == "admin" => {
-                    Some("the account is a Zendesk admin now".into())
-                }
-                _ => None,
+                AccountChange::RemoveFromGroup { group } => match now {
+                    Some(acc) if !acc.groups.iter().any(|g| g.eq_ignore_ascii_case(group)) => {
+                        Some(format!("no longer in {group}"))
+                    }
+                    None => Some("the account no longer exists".into()),
+                    _ if held_elsewhere.contains(&format!("group:{group}")) => {
+                        Some(format!("another request in force also gives {group}"))
+                    }
+                    _ => None,
+                },
+                AccountChange::RemoveTag { tag } => match now {
+                    Some(acc) if !acc.tags.contains(tag) => Some(format!("no longer tagged {tag}")),
+                    None => Some("the account no longer exists".into()),
+                    _ if held_elsewhere.contains(&format!("tag:{tag}")) => {
+                        Some(format!("another request in force also gives {tag}"))
+                    }
+                    _ => None,
+                },
+                AccountChange::Suspend => match now {
+                    Some(acc) if acc.suspended => Some("already suspended".into()),
+                    None => Some("the account no longer exists".into()),
+                    _ if !held_elsewhere.is_empty() => {
+                        Some("another request in force gives access in this instance".into())
+                    }
+                    _ => None,
+                },
+                _ => Some("not a step that ends a grant".into()),
             },
-            Action::RemoveFromGroup { group } => match now {
-                Some(acc) if !acc.groups.iter().any(|g| g.eq_ignore_ascii_case(group)) => {
-                    Some(format!("no longer in {group}"))
-                }
-                None => Some("the account no longer exists".into()),
-                _ if held_elsewhere.contains(&format!("group:{group}")) => {
-                    Some(format!("another request in force also gives {group}"))
-                }
-                _ => None,
-            },
-            Action::RemoveTag { tag } => match now {
-                Some(acc) if !acc.tags.contains(tag) => Some(format!("no longer tagged {tag}")),
-                None => Some("the account no longer exists".into()),
-                _ if held_elsewhere.contains(&format!("tag:{tag}")) => {
-                    Some(format!("another request in force also gives {tag}"))
-                }
-                _ => None,
-            },
-            Action::RemoveGroupMember { group } => {
+            Action::Membership(MembershipChange::Remove { group }) => {
                 if okta_member == Some(false) {
                     Some(format!("no longer in {group}"))
                 } else if held_elsewhere.contains(&format!("okta:{group}")) {
@@ -1186,15 +1309,9 @@ fn still_owned(
                     None
                 }
             }
-            Action::Suspend => match now {
-                Some(acc) if acc.suspended => Some("already suspended".into()),
-                None => Some("the account no longer exists".into()),
-                _ if !held_elsewhere.is_empty() => {
-                    Some("another request in force gives access in this instance".into())
-                }
-                _ => None,
-            },
-            _ => Some("not a step that ends a grant".into()),
+            Action::Membership(MembershipChange::Add { .. }) => {
+                Some("not a step that ends a grant".into())
+            }
         };
         match why {
             Some(w) => kept.push((a.clone(), w)),
@@ -1202,4 +1319,280 @@ fn still_owned(
         }
     }
     (undo, kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn email(s: &str) -> Email {
+        Email::parse(s).unwrap()
+    }
+
+    /// Every change, with the JSON it is stored as (step keys, audit rows,
+    /// grant records on issues already written). Splitting the changes by
+    /// target must not change a byte of it.
+    fn stored_forms() -> Vec<(Action, &'static str)> {
+        vec![
+            (
+                AccountChange::CreateAgent {
+                    name: "Robin Kim".into(),
+                    role: "agent".into(),
+                    custom_role: Some("Staff".into()),
+                    light_agent: false,
+                    level: "staff".into(),
+                }
+                .into(),
+                r#"{"type":"create_agent","name":"Robin Kim","role":"agent","custom_role":"Staff","light_agent":false,"level":"staff"}"#,
+            ),
+            (
+                AccountChange::SetRole {
+                    from: "light agent".into(),
+                    role: "agent".into(),
+                    custom_role: None,
+                    light_agent: false,
+                    level: "agent".into(),
+                }
+                .into(),
+                r#"{"type":"set_role","from":"light agent","role":"agent","custom_role":null,"light_agent":false,"level":"agent"}"#,
+            ),
+            (AccountChange::Unsuspend.into(), r#"{"type":"unsuspend"}"#),
+            (
+                AccountChange::AddToGroup { group: "T1".into() }.into(),
+                r#"{"type":"add_to_group","group":"T1"}"#,
+            ),
+            (
+                AccountChange::RemoveFromGroup { group: "T1".into() }.into(),
+                r#"{"type":"remove_from_group","group":"T1"}"#,
+            ),
+            (
+                AccountChange::AddTag { tag: "emea".into() }.into(),
+                r#"{"type":"add_tag","tag":"emea"}"#,
+            ),
+            (
+                AccountChange::RemoveTag { tag: "emea".into() }.into(),
+                r#"{"type":"remove_tag","tag":"emea"}"#,
+            ),
+            (
+                AccountChange::ReassignTickets {
+                    manager: "lee".into(),
+                    manager_email: Some(email("lee@gitlab.com")),
+                }
+                .into(),
+                r#"{"type":"reassign_tickets","manager":"lee","manager_email":"lee@gitlab.com"}"#,
+            ),
+            (
+                AccountChange::RemoveAllTags.into(),
+                r#"{"type":"remove_all_tags"}"#,
+            ),
+            (
+                AccountChange::ClearUserFields.into(),
+                r#"{"type":"clear_user_fields"}"#,
+            ),
+            (
+                AccountChange::RemoveAllGroups.into(),
+                r#"{"type":"remove_all_groups"}"#,
+            ),
+            (
+                AccountChange::DemoteToEndUser.into(),
+                r#"{"type":"demote_to_end_user"}"#,
+            ),
+            (AccountChange::Suspend.into(), r#"{"type":"suspend"}"#),
+            (
+                MembershipChange::Add {
+                    group: "app".into(),
+                }
+                .into(),
+                r#"{"type":"add_google_member","group":"app"}"#,
+            ),
+            (
+                MembershipChange::Remove {
+                    group: "app".into(),
+                }
+                .into(),
+                r#"{"type":"remove_google_member","group":"app"}"#,
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_change_keeps_its_stored_form_both_ways() {
+        for (action, stored) in stored_forms() {
+            assert_eq!(serde_json::to_string(&action).unwrap(), stored);
+            let read: Action = serde_json::from_str(stored).unwrap();
+            assert_eq!(read, action, "{stored}");
+        }
+        // A record of undo steps, as a grant record keeps it.
+        let undo: Vec<Action> = serde_json::from_str(
+            r#"[{"type":"remove_google_member","group":"app"},{"type":"demote_to_end_user"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            undo,
+            vec![
+                Action::Membership(MembershipChange::Remove {
+                    group: "app".into()
+                }),
+                Action::Account(AccountChange::DemoteToEndUser),
+            ]
+        );
+        assert!(serde_json::from_str::<Action>(r#"{"type":"delete_account"}"#).is_err());
+    }
+
+    fn step(action: impl Into<Action>) -> Step {
+        let action = action.into();
+        Step {
+            key: format!("global/robin@gitlab.com/{}", action.key()),
+            subject: email("robin@gitlab.com"),
+            instance: "global".into(),
+            action,
+            item: 0,
+            state: StepState::ToDo,
+        }
+    }
+
+    /// An approval is bound to the digest of the plan's change keys: the
+    /// keys, and so the digest, of a plan already approved must not move.
+    #[test]
+    fn step_keys_and_the_changes_digest_keep_their_form() {
+        let steps = vec![
+            step(AccountChange::CreateAgent {
+                name: "Robin".into(),
+                role: "agent".into(),
+                custom_role: None,
+                light_agent: true,
+                level: "light agent".into(),
+            }),
+            step(AccountChange::AddTag { tag: "emea".into() }),
+            step(AccountChange::AddToGroup { group: "T1".into() }),
+            step(MembershipChange::Add {
+                group: "app".into(),
+            }),
+        ];
+        let keys: Vec<&str> = steps.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "global/robin@gitlab.com/create_agent",
+                "global/robin@gitlab.com/add_tag:emea",
+                "global/robin@gitlab.com/add_to_group:T1",
+                "global/robin@gitlab.com/add_google_member:app",
+            ]
+        );
+        let plan = Plan {
+            iid: 1,
+            kind: RequestKind::LightAgent,
+            digest: String::new(),
+            steps,
+            blocked: Vec::new(),
+            notes: Vec::new(),
+            skipped_items: Vec::new(),
+            self_service: false,
+            satisfied_items: BTreeSet::new(),
+        };
+        assert_eq!(
+            plan.change_keys().into_iter().collect::<Vec<_>>(),
+            [
+                "global/robin@gitlab.com/add_google_member:app",
+                "global/robin@gitlab.com/add_tag:emea",
+                "global/robin@gitlab.com/add_to_group:T1",
+                "global/robin@gitlab.com/level:light agent",
+            ]
+        );
+        // sha256 of the sorted keys joined by newlines, first 8 bytes.
+        assert_eq!(plan.changes_digest(), DIGEST_OF_THE_KEYS_ABOVE);
+    }
+
+    const DIGEST_OF_THE_KEYS_ABOVE: &str = "6d3a8882e442bb58";
+
+    #[test]
+    fn each_change_prints_itself_and_knows_its_undo() {
+        let before = Account {
+            role: "agent".into(),
+            role_type: Some(1),
+            ..Default::default()
+        };
+        let cases: Vec<(Action, &str, Option<Action>)> = vec![
+            (
+                AccountChange::SetRole {
+                    from: "light agent".into(),
+                    role: "agent".into(),
+                    custom_role: Some("Staff".into()),
+                    light_agent: false,
+                    level: "staff".into(),
+                }
+                .into(),
+                "change the role from light agent to staff",
+                Some(
+                    AccountChange::SetRole {
+                        from: "staff".into(),
+                        role: "agent".into(),
+                        custom_role: None,
+                        light_agent: true,
+                        level: "light agent".into(),
+                    }
+                    .into(),
+                ),
+            ),
+            (
+                AccountChange::AddTag { tag: "emea".into() }.into(),
+                "add tag `emea`",
+                Some(AccountChange::RemoveTag { tag: "emea".into() }.into()),
+            ),
+            (
+                AccountChange::Unsuspend.into(),
+                "unsuspend the account",
+                Some(AccountChange::Suspend.into()),
+            ),
+            (
+                MembershipChange::Add {
+                    group: "app".into(),
+                }
+                .into(),
+                "add to `app` (Okta app)",
+                Some(
+                    MembershipChange::Remove {
+                        group: "app".into(),
+                    }
+                    .into(),
+                ),
+            ),
+            // Deprovisioning is not time-bound: nothing undoes it.
+            (
+                MembershipChange::Remove {
+                    group: "app".into(),
+                }
+                .into(),
+                "remove from `app` (Okta app)",
+                None,
+            ),
+            (AccountChange::Suspend.into(), "suspend", None),
+            (
+                AccountChange::ReassignTickets {
+                    manager: "lee".into(),
+                    manager_email: Some(email("lee.k@gitlab.com")),
+                }
+                .into(),
+                "reassign open tickets (status below closed) to the manager `@lee` (`lee.k@gitlab.com`)",
+                None,
+            ),
+        ];
+        for (change, text, undo) in cases {
+            assert_eq!(change.to_string(), text);
+            assert_eq!(change.inverse(Some(&before)), undo, "{text}");
+        }
+        // No account before: the seat a creation took is freed by demotion.
+        let created: Action = AccountChange::CreateAgent {
+            name: "Robin".into(),
+            role: "agent".into(),
+            custom_role: None,
+            light_agent: true,
+            level: "light agent".into(),
+        }
+        .into();
+        assert_eq!(
+            created.inverse(None),
+            Some(AccountChange::DemoteToEndUser.into())
+        );
+    }
 }

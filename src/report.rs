@@ -154,7 +154,7 @@ pub fn systems(
         let i = slot(&mut out, &st.instance, st.subject.as_str());
         let already = st.state == StepState::AlreadyDone;
         out[i].2.steps.push(StepView {
-            text: st.action.describe(),
+            text: st.action.to_string(),
             done: already || done.is_some_and(|d| d.contains(&st.key)),
             already,
             item: item_text(request, st.item),

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::accounts::{AccountError, User, UserPatch};
 use crate::approval::Approved;
-use crate::plan::{Action, Expired, Observed, Plan, Step, StepState};
+use crate::plan::{AccountChange, Action, Expired, Observed, Plan, Step, StepState};
 use crate::request::Email;
 use crate::seats::ReviewerTicked;
 
@@ -311,12 +311,7 @@ impl Bot {
                     Some(r) => {
                         r.record(
                             Some((project, iid)),
-                            format!(
-                                "{}: {}: {}",
-                                step.instance,
-                                step.subject,
-                                step.action.describe()
-                            ),
+                            format!("{}: {}: {}", step.instance, step.subject, step.action),
                         );
                         Ok("rehearsed".to_string())
                     }
@@ -394,11 +389,8 @@ impl Bot {
                 step.subject
             )));
         }
-        let grants_role = matches!(
-            step.action,
-            Action::CreateAgent { .. } | Action::SetRole { .. } | Action::Unsuspend
-        );
-        if self_service && grants_role && !step.action.is_group() {
+        let grants_role = matches!(&step.action, Action::Account(c) if c.grants_role());
+        if self_service && grants_role {
             let inst = self
                 .instance(&step.instance)
                 .map_err(|e| StepError::Other(e.to_string()))?;
@@ -421,29 +413,26 @@ impl Bot {
         ids: &mut BTreeMap<(String, Email), u64>,
         observed: &Observed,
     ) -> Result<String, StepError> {
-        if let Action::AddGroupMember { group } | Action::RemoveGroupMember { group } = &step.action
-        {
-            let groups = self.groups.of(&step.instance).ok_or_else(|| {
-                StepError::Other(format!(
-                    "no group directory is configured for {}",
-                    step.instance
-                ))
-            })?;
-            let change = match &step.action {
-                Action::AddGroupMember { .. } => {
-                    groups.add_member(group, step.subject.as_str()).await?
-                }
-                _ => groups.remove_member(group, step.subject.as_str()).await?,
-            };
-            return Ok(format!("{group}: {change:?}"));
-        }
+        let change = match &step.action {
+            Action::Membership(c) => {
+                let groups = self.groups.of(&step.instance).ok_or_else(|| {
+                    StepError::Other(format!(
+                        "no group directory is configured for {}",
+                        step.instance
+                    ))
+                })?;
+                let done = groups.apply_change(c, step.subject.as_str()).await?;
+                return Ok(format!("{}: {done:?}", c.group()));
+            }
+            Action::Account(c) => c,
+        };
         let inst = self
             .instance(&step.instance)
             .map_err(|e| StepError::Other(e.to_string()))?;
         let key = (step.instance.clone(), step.subject.clone());
         let mut known = ids.get(&key).copied();
-        let manager_email = match &step.action {
-            Action::ReassignTickets {
+        let manager_email = match change {
+            AccountChange::ReassignTickets {
                 manager,
                 manager_email,
             } => manager_email
@@ -457,7 +446,7 @@ impl Bot {
             .apply_change(
                 &step.instance,
                 &step.subject,
-                &step.action,
+                change,
                 &mut known,
                 manager_email,
             )

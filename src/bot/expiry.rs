@@ -267,7 +267,7 @@ impl Bot {
             "{} in {}: {}",
             crate::render::code_span(r.subject.as_str()),
             self.display(&r.instance),
-            a.describe()
+            a
         )
     }
 
@@ -336,7 +336,7 @@ impl Bot {
                 Err(e) => return Outcome::Failed(e.to_string()),
             };
             let okta_group = record.undo.iter().find_map(|a| match a {
-                Action::RemoveGroupMember { group } => Some(group.clone()),
+                Action::Membership(plan::MembershipChange::Remove { group }) => Some(group.clone()),
                 _ => None,
             });
             let member = match (self.groups.of(&record.instance), &okta_group) {
@@ -385,7 +385,7 @@ impl Bot {
                     "{} in {}: {}",
                     crate::render::code_span(s.subject.as_str()),
                     self.display(&s.instance),
-                    s.action.describe()
+                    s.action
                 ),
             }));
             all_lines.extend(kept.into_iter().map(|(a, why)| comment::Revocation {

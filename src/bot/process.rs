@@ -1326,7 +1326,7 @@ impl Bot {
                     wb.sections.push(Section {
                         comment: comment::GrantRecord {
                             expires: exp.0.to_string(),
-                            lines: records.iter().flat_map(|r| r.undo.iter().map(|a| format!("{} in {}: {}", crate::render::code_span(r.subject.as_str()), self.display(&r.instance), a.describe())).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                            lines: records.iter().flat_map(|r| r.undo.iter().map(|a| format!("{} in {}: {}", crate::render::code_span(r.subject.as_str()), self.display(&r.instance), a)).collect::<Vec<_>>()).collect::<Vec<_>>(),
                             record: json_block(&serde_json::json!({"expires": exp.0.to_string(), "grants": records})),
                         }
                         .into(),
@@ -1715,13 +1715,15 @@ fn light_agent_result(
     let created = p.steps.iter().any(|s| {
         matches!(
             s.action,
-            Action::CreateAgent {
-                light_agent: true,
-                ..
-            } | Action::SetRole {
-                light_agent: true,
-                ..
-            }
+            Action::Account(
+                plan::AccountChange::CreateAgent {
+                    light_agent: true,
+                    ..
+                } | plan::AccountChange::SetRole {
+                    light_agent: true,
+                    ..
+                }
+            )
         ) && done.contains(&s.key)
     });
     Some(if created {

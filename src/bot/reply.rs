@@ -450,7 +450,7 @@ impl Bot {
             a,
             vec![Section {
                 comment: comment::Failed {
-                    step: step.action.describe(),
+                    step: step.action.to_string(),
                     subject: step.subject.as_str().to_string(),
                     system: self.display(&step.instance),
                     error: error.clone(),
@@ -484,7 +484,7 @@ impl Bot {
                 detail: format!(
                     "#{}: {} for {} failed: {error}",
                     a.request.iid,
-                    step.action.describe(),
+                    step.action,
                     step.subject.as_str()
                 ),
                 url: Some(a.request.web_url.clone()),
