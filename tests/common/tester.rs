@@ -188,8 +188,9 @@ pub fn account(name: &str, email: &str, role: &str) -> ZendeskAccount {
 // ---------------------------------------------------------------- snapshots
 
 /// What differs from run to run in a bot comment, made stable: the marker's
-/// MAC and digests (they cover bodies that hold today's date), dates, and the
-/// sandbox's ports.
+/// MAC and digests (they cover bodies that hold today's date), dates, the
+/// sandbox's ports, and the ids of the approval labels a plan binds to (the
+/// order in which issues looked at side by side create them varies).
 pub fn normalise(body: &str) -> String {
     static RULES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
         [
@@ -205,11 +206,17 @@ pub fn normalise(body: &str) -> String {
         .map(|(re, to)| (Regex::new(re).unwrap(), to))
         .collect()
     });
+    static LABELS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\blabels=\S+").unwrap());
+    static ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(r":\d+").unwrap());
     let mut out = body.to_string();
     for (re, to) in RULES.iter() {
         out = re.replace_all(&out, *to).into_owned();
     }
-    out
+    LABELS
+        .replace_all(&out, |m: &regex::Captures<'_>| {
+            ID.replace_all(&m[0], ":<id>").into_owned()
+        })
+        .into_owned()
 }
 
 // ---------------------------------------------------------------- the tester
