@@ -1369,7 +1369,20 @@ fn timeline(sb: &Sandbox, from: Instant, to: Instant) -> Timeline {
         ..Timeline::default()
     };
     let mut end = first.at;
+    // `BENCH_ROUND_LOG=1`: each round's requests on stderr, to see where
+    // the time between them goes.
+    let show = std::env::var_os("BENCH_ROUND_LOG").is_some();
     for e in &all {
+        if show {
+            eprintln!(
+                "{:>8.2} ms  +{:>6.2}  took {:>5.2}  {} {}",
+                (e.at - from).as_secs_f64() * 1e3,
+                e.at.saturating_duration_since(end).as_secs_f64() * 1e3,
+                e.took.as_secs_f64() * 1e3,
+                e.method,
+                e.route
+            );
+        }
         t.answering += e.took;
         // Requests in flight together count once.
         t.between += e.at.saturating_duration_since(end);

@@ -18,6 +18,10 @@ pub enum ObserveError {
     Identity(#[from] crate::identity::IdentityError),
 }
 
+/// Reads of one kind (accounts, memberships) in flight at once while
+/// observing a request.
+const READS_IN_FLIGHT: usize = 4;
+
 /// One account as the plan sees it.
 pub async fn account(
     inst: &Instance,
@@ -100,62 +104,87 @@ impl Bot {
     /// Zendesk accounts of every subject (and, for offboarding, of their managers)
     /// in every instance the request touches, and their Okta group memberships.
     pub(super) async fn observe(&self, req: &Request) -> Result<Observed, ObserveError> {
+        use futures_util::StreamExt;
         let mut obs = Observed {
             protected: self.own_accounts(),
             ..Default::default()
         };
         let offboarding = req.kind.revokes();
+        // The subjects' accounts and app-group memberships are independent
+        // reads: they go side by side (each system's rate budget stays
+        // global), and the first error, if any, is returned once all are in.
+        let mut account_reads = Vec::new();
+        let mut member_reads = Vec::new();
         for inst_name in req.instances() {
             let inst = self.instance(inst_name)?;
             for s in &req.subjects {
-                let a = account(inst, &s.email, offboarding).await?;
-                obs.accounts
-                    .insert((inst_name.to_string(), s.email.clone()), a);
+                account_reads.push(async move {
+                    let a = account(inst, &s.email, offboarding).await;
+                    ((inst_name.to_string(), s.email.clone()), a)
+                });
             }
-            if offboarding
-                && let Some(fb) = self.cfg.zendesk[inst_name]
-                    .fallback_assignee
-                    .as_deref()
-                    .and_then(|e| Email::parse(e).ok())
+            if let (Some(groups), Some(group)) =
+                (self.groups.of(inst_name), self.cfg.app_group(inst_name))
+            {
+                for s in &req.subjects {
+                    member_reads.push(async move {
+                        let m = groups.is_member(group, s.email.as_str()).await;
+                        ((group.to_string(), s.email.clone()), m)
+                    });
+                }
+            }
+        }
+        let (accounts, members) = tokio::join!(
+            futures_util::stream::iter(account_reads)
+                .buffered(READS_IN_FLIGHT)
+                .collect::<Vec<_>>(),
+            futures_util::stream::iter(member_reads)
+                .buffered(READS_IN_FLIGHT)
+                .collect::<Vec<_>>(),
+        );
+        for (key, a) in accounts {
+            obs.accounts.insert(key, a?);
+        }
+        for (key, m) in members {
+            obs.groups.insert(key, m?);
+        }
+        if !offboarding {
+            return Ok(obs);
+        }
+        // Offboarding: who takes the tickets (the fallback assignee, the
+        // managers), after the subjects, whose accounts they may be.
+        for inst_name in req.instances() {
+            let inst = self.instance(inst_name)?;
+            if let Some(fb) = self.cfg.zendesk[inst_name]
+                .fallback_assignee
+                .as_deref()
+                .and_then(|e| Email::parse(e).ok())
             {
                 let key = (inst_name.to_string(), fb.clone());
                 if let std::collections::btree_map::Entry::Vacant(slot) = obs.accounts.entry(key) {
                     slot.insert(account(inst, &fb, false).await?);
                 }
             }
-            if offboarding {
-                for s in &req.subjects {
-                    let Some(m) = &s.manager else { continue };
-                    // The manager's address from an identity source; with a
-                    // directory, the leaver's manager there is who gets the tickets.
-                    let named = match self.user(m).await {
-                        Some(u) => self.identity.email_of(&u).await?,
-                        None => None,
-                    };
-                    let from_directory = self
-                        .identity
-                        .person(&s.email)
-                        .await?
-                        .and_then(|p| p.manager);
-                    let Some(email) = from_directory.or(named) else {
-                        continue;
-                    };
-                    obs.manager_emails.insert(m.clone(), email.clone());
-                    let key = (inst_name.to_string(), email.clone());
-                    if let std::collections::btree_map::Entry::Vacant(slot) =
-                        obs.accounts.entry(key)
-                    {
-                        slot.insert(account(inst, &email, false).await?);
-                    }
-                }
-            }
-            if let (Some(groups), Some(group)) =
-                (self.groups.of(inst_name), self.cfg.app_group(inst_name))
-            {
-                for s in &req.subjects {
-                    let member = groups.is_member(group, s.email.as_str()).await?;
-                    obs.groups
-                        .insert((group.to_string(), s.email.clone()), member);
+            for s in &req.subjects {
+                let Some(m) = &s.manager else { continue };
+                // The manager's address from an identity source; with a
+                // directory, the leaver's manager there is who gets the tickets.
+                let named = match self.user(m).await {
+                    Some(u) => self.identity.email_of(&u).await?,
+                    None => None,
+                };
+                let from_directory = self
+                    .identity
+                    .person(&s.email)
+                    .await?
+                    .and_then(|p| p.manager);
+                let Some(email) = from_directory.or(named) else {
+                    continue;
+                };
+                obs.manager_emails.insert(m.clone(), email.clone());
+                let key = (inst_name.to_string(), email.clone());
+                if let std::collections::btree_map::Entry::Vacant(slot) = obs.accounts.entry(key) {
+                    slot.insert(account(inst, &email, false).await?);
                 }
             }
         }

@@ -1285,22 +1285,25 @@ impl Bot {
         let mut failure = None;
         let mut grant_note = None;
         if !p.is_noop() {
-            // Time of check = time of use: the request must be what was approved, right now.
-            let fresh = self.gitlab.issue(project, req.iid).await?;
+            // Time of check = time of use: the request must be what was
+            // approved, right now, and each approval still given by the very
+            // event that gave it (not removed and applied again by someone
+            // else meanwhile). The two reads are independent: side by side.
+            let (fresh, events) = tokio::try_join!(self.gitlab.issue(project, req.iid), async {
+                if approved.granted().is_empty() {
+                    Ok(None)
+                } else {
+                    self.gitlab.label_events(project, req.iid).await.map(Some)
+                }
+            })?;
             let mut input = fresh.to_input();
             input.author_email = author.email.clone();
             input.author_name = author.name.clone();
             let still = request::parse_request(&input, &self.cfg)
                 .map(|r| r.digest() == digest)
                 .unwrap_or(false);
-            // Each approval still given by the very event that gave it (not
-            // removed and applied again by someone else meanwhile).
-            let labels_held = if approved.granted().is_empty() {
-                true
-            } else {
-                let events = self.gitlab.label_events(project, req.iid).await?;
-                approved.granted().iter().all(|g| g.still_holds(&events))
-            };
+            let labels_held = events
+                .is_none_or(|events| approved.granted().iter().all(|g| g.still_holds(&events)));
             if !still || !labels_held || fresh.state != "opened" {
                 tracing::info!(
                     iid = req.iid,
