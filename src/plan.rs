@@ -1439,36 +1439,56 @@ mod tests {
         assert!(serde_json::from_str::<Action>(r#"{"type":"delete_account"}"#).is_err());
     }
 
-    fn step(action: impl Into<Action>) -> Step {
-        let action = action.into();
-        Step {
-            key: format!("global/robin@gitlab.com/{}", action.key()),
-            subject: email("robin@gitlab.com"),
-            instance: "global".into(),
-            action,
-            item: 0,
-            state: StepState::ToDo,
+    /// The steps the planner's own `push` makes of these changes, for one
+    /// person in Global.
+    fn planned(changes: Vec<Action>) -> Vec<Step> {
+        let cfg = Config::parse(
+            include_str!("../bot.toml"),
+            std::path::Path::new("bot.toml"),
+        )
+        .unwrap();
+        let observed = Observed::default();
+        let mut b = Builder {
+            cfg: &cfg,
+            observed: &observed,
+            self_service: false,
+            satisfied: BTreeSet::new(),
+            steps: Vec::new(),
+            blocked: Vec::new(),
+            notes: Vec::new(),
+        };
+        let robin = Subject {
+            name: "Robin".into(),
+            email: email("robin@gitlab.com"),
+            gitlab_username: None,
+            manager: None,
+        };
+        for c in changes {
+            b.push(&robin, "global", 0, c, false);
         }
+        b.steps
     }
 
     /// An approval is bound to the digest of the plan's change keys: the
     /// keys, and so the digest, of a plan already approved must not move.
     #[test]
     fn step_keys_and_the_changes_digest_keep_their_form() {
-        let steps = vec![
-            step(AccountChange::CreateAgent {
+        let steps = planned(vec![
+            AccountChange::CreateAgent {
                 name: "Robin".into(),
                 role: "agent".into(),
                 custom_role: None,
                 light_agent: true,
                 level: "light agent".into(),
-            }),
-            step(AccountChange::AddTag { tag: "emea".into() }),
-            step(AccountChange::AddToGroup { group: "T1".into() }),
-            step(MembershipChange::Add {
+            }
+            .into(),
+            AccountChange::AddTag { tag: "emea".into() }.into(),
+            AccountChange::AddToGroup { group: "T1".into() }.into(),
+            MembershipChange::Add {
                 group: "app".into(),
-            }),
-        ];
+            }
+            .into(),
+        ]);
         let keys: Vec<&str> = steps.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -1501,6 +1521,103 @@ mod tests {
         );
         // sha256 of the sorted keys joined by newlines, first 8 bytes.
         assert_eq!(plan.changes_digest(), DIGEST_OF_THE_KEYS_ABOVE);
+    }
+
+    /// Every other change's key, and the change key of a role change (the
+    /// same as creating the account at that level).
+    #[test]
+    fn the_other_step_keys_keep_their_form() {
+        let steps = planned(vec![
+            AccountChange::SetRole {
+                from: "light agent".into(),
+                role: "agent".into(),
+                custom_role: Some("Staff".into()),
+                light_agent: false,
+                level: "staff".into(),
+            }
+            .into(),
+            AccountChange::Unsuspend.into(),
+            AccountChange::RemoveFromGroup { group: "T1".into() }.into(),
+            AccountChange::RemoveTag { tag: "emea".into() }.into(),
+            AccountChange::ReassignTickets {
+                manager: "lee".into(),
+                manager_email: None,
+            }
+            .into(),
+            AccountChange::RemoveAllTags.into(),
+            AccountChange::ClearUserFields.into(),
+            AccountChange::RemoveAllGroups.into(),
+            AccountChange::DemoteToEndUser.into(),
+            AccountChange::Suspend.into(),
+            MembershipChange::Remove {
+                group: "app".into(),
+            }
+            .into(),
+            // Asked twice: planned once.
+            MembershipChange::Remove {
+                group: "app".into(),
+            }
+            .into(),
+        ]);
+        let keys: Vec<String> = steps.iter().map(|s| s.key.clone()).collect();
+        let changes: Vec<String> = steps.iter().map(change_key).collect();
+        let p = "global/robin@gitlab.com/";
+        assert_eq!(
+            keys,
+            [
+                "set_role",
+                "unsuspend",
+                "remove_from_group:T1",
+                "remove_tag:emea",
+                "reassign_tickets",
+                "remove_all_tags",
+                "clear_user_fields",
+                "remove_all_groups",
+                "demote_to_end_user",
+                "suspend",
+                "remove_google_member:app",
+            ]
+            .map(|k| format!("{p}{k}"))
+        );
+        assert_eq!(changes[0], format!("{p}level:staff"));
+        assert_eq!(changes[1..], keys[1..]);
+    }
+
+    /// What each change gives, as grant records on issues name it (an
+    /// expiry matches on these).
+    #[test]
+    fn what_each_change_gives_keeps_its_name() {
+        let gives: Vec<(String, Option<String>)> = stored_forms()
+            .into_iter()
+            .map(|(a, stored)| (stored.to_string(), a.gives()))
+            .collect();
+        let named: Vec<(&str, Option<&str>)> = gives
+            .iter()
+            .map(|(s, g)| {
+                let kind = s.split('"').nth(3).unwrap_or_default();
+                (kind, g.as_deref())
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("create_agent", Some("level:staff")),
+                ("set_role", Some("level:agent")),
+                ("unsuspend", Some("active")),
+                ("add_to_group", Some("group:T1")),
+                ("remove_from_group", None),
+                ("add_tag", Some("tag:emea")),
+                ("remove_tag", None),
+                ("reassign_tickets", None),
+                ("remove_all_tags", None),
+                ("clear_user_fields", None),
+                ("remove_all_groups", None),
+                ("demote_to_end_user", None),
+                ("suspend", None),
+                ("add_google_member", Some("okta:app")),
+                ("remove_google_member", None),
+            ]
+        );
     }
 
     const DIGEST_OF_THE_KEYS_ABOVE: &str = "6d3a8882e442bb58";
