@@ -187,14 +187,22 @@ fn until_reset(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     Some((Duration::from_millis(ms) + Duration::from_millis(200)).min(MAX_RESET_WAIT))
 }
 
-fn remaining(headers: &reqwest::header::HeaderMap) -> Option<u64> {
-    headers
-        .get("x-rate-limit-remaining")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+fn header_number(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Requests that may be on their way when Okta says how many remain (issues
+/// worked at once, each reading memberships side by side): a tenth of the
+/// window's limit, at most 16, so a small limit is still used up.
+fn in_flight_margin(headers: &reqwest::header::HeaderMap) -> u64 {
+    header_number(headers, "x-rate-limit-limit").map_or(0, |limit| (limit / 10).min(16))
+}
+
+/// Whether nobody should send before the window resets: what remains is
+/// no more than what may already be in flight.
+fn window_drained(headers: &reqwest::header::HeaderMap) -> bool {
+    header_number(headers, "x-rate-limit-remaining")
+        .is_some_and(|remaining| remaining <= in_flight_margin(headers))
 }
 
 /// Okta's part of the shared transport: its rate-limit headers, E0000047,
@@ -223,8 +231,9 @@ impl Api for OktaClient {
     }
 
     fn drained(&self, headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-        // Nothing left in this window: nobody sends before the reset.
-        if remaining(headers) == Some(0) {
+        // Nothing left in this window, or only room for the requests already
+        // on their way: nobody sends before the reset.
+        if window_drained(headers) {
             until_reset(headers)
         } else {
             None
@@ -510,7 +519,10 @@ impl OktaClient {
         if is_group_id(group) {
             return Ok(group.to_string());
         }
-        if let Some(id) = self.group_ids.lock().await.get(group) {
+        // Held across the search: reads side by side on a cold cache look
+        // the group up once, not once each.
+        let mut ids = self.group_ids.lock().await;
+        if let Some(id) = ids.get(group) {
             return Ok(id.clone());
         }
         let search = format!("profile.name eq \"{}\"", group.replace('"', "\\\""));
@@ -542,10 +554,7 @@ impl OktaClient {
             .as_str()
             .ok_or_else(|| OktaError::GroupNotFound(group.to_string()))?
             .to_string();
-        self.group_ids
-            .lock()
-            .await
-            .insert(group.to_string(), id.clone());
+        ids.insert(group.to_string(), id.clone());
         Ok(id)
     }
 
@@ -763,6 +772,32 @@ mod tests {
         let mut none = reqwest::header::HeaderMap::new();
         none.insert("link", "<a>; rel=\"self\"".parse().unwrap());
         assert_eq!(next_link(&none), None);
+    }
+
+    #[test]
+    fn the_window_counts_as_drained_with_room_left_only_for_requests_in_flight() {
+        let headers = |limit: u64, remaining: u64| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert("x-rate-limit-limit", limit.into());
+            h.insert("x-rate-limit-remaining", remaining.into());
+            h
+        };
+        // 600 a minute: stop with 16 left, for what is on its way.
+        assert!(!window_drained(&headers(600, 17)));
+        assert!(window_drained(&headers(600, 16)));
+        // 100: a tenth of it.
+        assert!(!window_drained(&headers(100, 11)));
+        assert!(window_drained(&headers(100, 10)));
+        // A small limit is used up to the last request.
+        assert!(!window_drained(&headers(3, 1)));
+        assert!(window_drained(&headers(3, 0)));
+        // No limit said: only at zero.
+        let mut bare = reqwest::header::HeaderMap::new();
+        bare.insert("x-rate-limit-remaining", 1u64.into());
+        assert!(!window_drained(&bare));
+        bare.insert("x-rate-limit-remaining", 0u64.into());
+        assert!(window_drained(&bare));
+        assert!(!window_drained(&reqwest::header::HeaderMap::new()));
     }
 
     #[test]

@@ -188,6 +188,24 @@ async fn okta_rate_limit_used_up_waits_for_the_reset_instead_of_meeting_429() {
 }
 
 #[tokio::test]
+async fn okta_reads_side_by_side_look_the_group_up_once() {
+    let sb = sandbox(GroupBackend::OktaApiToken).await;
+    let c = client(&sb);
+    // A cold client, four membership reads at once (a request's subjects
+    // observed side by side): one search for the group's id, not four.
+    let (a, b, d, e) = tokio::join!(
+        c.member(GROUP, "jane.doe@gitlab.com"),
+        c.member(GROUP, "mlee@gitlab.com"),
+        c.member(GROUP, "jane.doe@gitlab.com"),
+        c.member(GROUP, "mlee@gitlab.com"),
+    );
+    for r in [a, b, d, e] {
+        assert!(!r.unwrap());
+    }
+    assert_eq!(sb.okta_knobs.count("GET", "/api/v1/groups"), 1);
+}
+
+#[tokio::test]
 async fn okta_429_waits_for_the_reset_and_gives_up_after_bounded_attempts() {
     let sb = sandbox(GroupBackend::OktaApiToken).await;
     let c = client(&sb);
