@@ -112,15 +112,18 @@ impl Bot {
         let offboarding = req.kind.revokes();
         // The subjects' accounts and app-group memberships are independent
         // reads: they go side by side (each system's rate budget stays
-        // global), and the first error, if any, is returned once all are in.
+        // global). Once all are in, the first error in the order they were
+        // once read one by one (per instance: accounts, then memberships) is
+        // the one returned, so whether it is said on the issue or retried
+        // quietly does not depend on which answer came first.
         let mut account_reads = Vec::new();
         let mut member_reads = Vec::new();
-        for inst_name in req.instances() {
+        for (n, inst_name) in req.instances().into_iter().enumerate() {
             let inst = self.instance(inst_name)?;
             for s in &req.subjects {
                 account_reads.push(async move {
                     let a = account(inst, &s.email, offboarding).await;
-                    ((inst_name.to_string(), s.email.clone()), a)
+                    (n, (inst_name.to_string(), s.email.clone()), a)
                 });
             }
             if let (Some(groups), Some(group)) =
@@ -129,7 +132,7 @@ impl Bot {
                 for s in &req.subjects {
                     member_reads.push(async move {
                         let m = groups.is_member(group, s.email.as_str()).await;
-                        ((group.to_string(), s.email.clone()), m)
+                        (n, (group.to_string(), s.email.clone()), m)
                     });
                 }
             }
@@ -142,11 +145,15 @@ impl Bot {
                 .buffered(READS_IN_FLIGHT)
                 .collect::<Vec<_>>(),
         );
-        for (key, a) in accounts {
-            obs.accounts.insert(key, a?);
-        }
-        for (key, m) in members {
-            obs.groups.insert(key, m?);
+        let mut accounts = accounts.into_iter().peekable();
+        let mut members = members.into_iter().peekable();
+        for n in 0..req.instances().len() {
+            while let Some((_, key, a)) = accounts.next_if(|(i, ..)| *i == n) {
+                obs.accounts.insert(key, a?);
+            }
+            while let Some((_, key, m)) = members.next_if(|(i, ..)| *i == n) {
+                obs.groups.insert(key, m?);
+            }
         }
         if !offboarding {
             return Ok(obs);
