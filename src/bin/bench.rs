@@ -292,7 +292,7 @@ async fn bench_workflows(md: &mut String) {
     }
     let _ = writeln!(
         md,
-        "\nThe listing counts one per cycle, and the harness runs cycles until one finds nothing to do (so two or three listings per approval round are the harness watching, which an idle poll also pays, see 2). The safety re-reads stay: the issue right before acting (time of check = time of use) and right before editing it (so the bot never overwrites someone else's edit), the label events right before acting on approvals; a fresh Google membership is confirmed with `members.get` (eventual consistency). Approvers and trusted authors are resolved once at start-up, outside these figures.\n"
+        "\nThe listing counts one per cycle, and the harness runs `once` and then cycles until one finds nothing to do, once after filing and once after the approvals: `once` is a poll, the stale scan (a listing of the waiting issues) and the expiry check (a listing of the time-bound issues), so each round pays four listings, the harness watching (a running bot makes the last two once an hour, and an idle poll costs one, see 2). The safety re-reads stay: the issue right before acting (time of check = time of use) and right before editing it (so the bot never overwrites someone else's edit), the label events right before acting on approvals; a fresh Google membership is confirmed with `members.get` (eventual consistency). Approvers and trusted authors are resolved once at start-up, outside these figures.\n"
     );
     bench_subjects(md).await;
 }
