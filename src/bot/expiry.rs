@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::approval::History;
 use crate::comment::{self, NoteKind};
 use crate::plan::{self, Action, GrantRecord, Observed};
-use crate::request::{IssueFacts, checklist};
+use crate::request::{Email, IssueFacts, checklist};
 use crate::store::Grant;
 
 use super::writeback::{Section, Ticks, Writeback};
@@ -28,7 +28,7 @@ pub(super) struct RecordFile {
 
 /// A grant as stored: the record, or (older rows) the undo steps alone.
 pub(super) fn record_of(g: &Grant) -> Option<GrantRecord> {
-    let subject = crate::request::Email::parse(&g.subject).ok()?;
+    let subject = Email::parse(&g.subject).ok()?;
     if let Ok(r) = serde_json::from_str::<GrantRecord>(&g.undo) {
         return Some(r);
     }
@@ -263,10 +263,16 @@ impl Bot {
     }
 
     fn undo_line(&self, r: &GrantRecord, a: &Action) -> String {
+        self.change_line(&r.subject, &r.instance, a)
+    }
+
+    /// One change to one person in one system, as a grant record and a
+    /// revocation list it.
+    pub(super) fn change_line(&self, subject: &Email, instance: &str, a: &Action) -> String {
         format!(
             "{} in {}: {}",
-            crate::render::code_span(r.subject.as_str()),
-            self.display(&r.instance),
+            crate::render::code_span(subject.as_str()),
+            self.display(instance),
             a
         )
     }
@@ -381,12 +387,7 @@ impl Bot {
                 done: r.done.contains(&s.key),
                 kept: false,
                 why: String::new(),
-                text: format!(
-                    "{} in {}: {}",
-                    crate::render::code_span(s.subject.as_str()),
-                    self.display(&s.instance),
-                    s.action
-                ),
+                text: self.change_line(&s.subject, &s.instance, &s.action),
             }));
             all_lines.extend(kept.into_iter().map(|(a, why)| comment::Revocation {
                 done: false,

@@ -1329,7 +1329,7 @@ impl Bot {
                     wb.sections.push(Section {
                         comment: comment::GrantRecord {
                             expires: exp.0.to_string(),
-                            lines: records.iter().flat_map(|r| r.undo.iter().map(|a| format!("{} in {}: {}", crate::render::code_span(r.subject.as_str()), self.display(&r.instance), a)).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                            lines: records.iter().flat_map(|r| r.undo.iter().map(|a| self.change_line(&r.subject, &r.instance, a))).collect(),
                             record: json_block(&serde_json::json!({"expires": exp.0.to_string(), "grants": records})),
                         }
                         .into(),
