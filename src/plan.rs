@@ -1523,64 +1523,40 @@ mod tests {
         assert_eq!(plan.changes_digest(), DIGEST_OF_THE_KEYS_ABOVE);
     }
 
-    /// Every other change's key, and the change key of a role change (the
-    /// same as creating the account at that level).
+    /// Every change's step key (the pinned forms above, each planned through
+    /// `push`), and the change key of creating an account and of a role
+    /// change (its level, whatever the account was).
     #[test]
-    fn the_other_step_keys_keep_their_form() {
-        let steps = planned(vec![
-            AccountChange::SetRole {
-                from: "light agent".into(),
-                role: "agent".into(),
-                custom_role: Some("Staff".into()),
-                light_agent: false,
-                level: "staff".into(),
-            }
-            .into(),
-            AccountChange::Unsuspend.into(),
-            AccountChange::RemoveFromGroup { group: "T1".into() }.into(),
-            AccountChange::RemoveTag { tag: "emea".into() }.into(),
-            AccountChange::ReassignTickets {
-                manager: "lee".into(),
-                manager_email: None,
-            }
-            .into(),
-            AccountChange::RemoveAllTags.into(),
-            AccountChange::ClearUserFields.into(),
-            AccountChange::RemoveAllGroups.into(),
-            AccountChange::DemoteToEndUser.into(),
-            AccountChange::Suspend.into(),
-            MembershipChange::Remove {
-                group: "app".into(),
-            }
-            .into(),
-            // Asked twice: planned once.
-            MembershipChange::Remove {
-                group: "app".into(),
-            }
-            .into(),
-        ]);
+    fn every_step_key_and_change_key_keeps_its_form() {
+        let mut changes: Vec<Action> = stored_forms().into_iter().map(|(a, _)| a).collect();
+        // Asked twice: planned once.
+        changes.push(changes[changes.len() - 1].clone());
+        let steps = planned(changes);
         let keys: Vec<String> = steps.iter().map(|s| s.key.clone()).collect();
-        let changes: Vec<String> = steps.iter().map(change_key).collect();
         let p = "global/robin@gitlab.com/";
-        assert_eq!(
-            keys,
-            [
-                "set_role",
-                "unsuspend",
-                "remove_from_group:T1",
-                "remove_tag:emea",
-                "reassign_tickets",
-                "remove_all_tags",
-                "clear_user_fields",
-                "remove_all_groups",
-                "demote_to_end_user",
-                "suspend",
-                "remove_google_member:app",
-            ]
-            .map(|k| format!("{p}{k}"))
-        );
+        let expected = [
+            "create_agent",
+            "set_role",
+            "unsuspend",
+            "add_to_group:T1",
+            "remove_from_group:T1",
+            "add_tag:emea",
+            "remove_tag:emea",
+            "reassign_tickets",
+            "remove_all_tags",
+            "clear_user_fields",
+            "remove_all_groups",
+            "demote_to_end_user",
+            "suspend",
+            "add_google_member:app",
+            "remove_google_member:app",
+        ]
+        .map(|k| format!("{p}{k}"));
+        assert_eq!(keys, expected);
+        let changes: Vec<String> = steps.iter().map(change_key).collect();
         assert_eq!(changes[0], format!("{p}level:staff"));
-        assert_eq!(changes[1..], keys[1..]);
+        assert_eq!(changes[1], format!("{p}level:agent"));
+        assert_eq!(changes[2..], keys[2..]);
     }
 
     /// What each change gives, as grant records on issues name it (an
