@@ -118,7 +118,8 @@ impl Bot {
         // quietly does not depend on which answer came first.
         let mut account_reads = Vec::new();
         let mut member_reads = Vec::new();
-        for (n, inst_name) in req.instances().into_iter().enumerate() {
+        let instances = req.instances();
+        for (n, inst_name) in instances.iter().copied().enumerate() {
             let inst = self.instance(inst_name)?;
             for s in &req.subjects {
                 account_reads.push(async move {
@@ -147,7 +148,7 @@ impl Bot {
         );
         let mut accounts = accounts.into_iter().peekable();
         let mut members = members.into_iter().peekable();
-        for n in 0..req.instances().len() {
+        for n in 0..instances.len() {
             while let Some((_, key, a)) = accounts.next_if(|(i, ..)| *i == n) {
                 obs.accounts.insert(key, a?);
             }
@@ -160,7 +161,7 @@ impl Bot {
         }
         // Offboarding: who takes the tickets (the fallback assignee, the
         // managers), after the subjects, whose accounts they may be.
-        for inst_name in req.instances() {
+        for inst_name in instances {
             let inst = self.instance(inst_name)?;
             if let Some(fb) = self.cfg.zendesk[inst_name]
                 .fallback_assignee
