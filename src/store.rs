@@ -928,12 +928,27 @@ impl Store {
         Ok(())
     }
 
-    pub fn record_holding(&self, h: &Holding) -> Result<(), StoreError> {
-        self.c().prepare_cached("INSERT INTO holding (project, iid, subject, instance, what, expires, at)
+    /// What a completed request gives, all of it or none (one commit).
+    pub fn record_holdings(&self, holdings: &[Holding]) -> Result<(), StoreError> {
+        let mut c = self.c();
+        let tx = c.transaction()?;
+        {
+            let mut st = tx.prepare_cached("INSERT INTO holding (project, iid, subject, instance, what, expires, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(project, iid, subject, instance, what) DO UPDATE SET expires = excluded.expires, at = excluded.at")?.execute(
-            params![h.project, h.iid, h.subject, h.instance, h.what, h.expires.map(|d| d.to_string()), ts(h.at)],
-        )?;
+             ON CONFLICT(project, iid, subject, instance, what) DO UPDATE SET expires = excluded.expires, at = excluded.at")?;
+            for h in holdings {
+                st.execute(params![
+                    h.project,
+                    h.iid,
+                    h.subject,
+                    h.instance,
+                    h.what,
+                    h.expires.map(|d| d.to_string()),
+                    ts(h.at)
+                ])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -1530,9 +1530,10 @@ impl Bot {
         let expires = req.expires.map(|e| e.0);
         let now = self.now();
         let computed = plan::grant_records(req, p, observed);
-        for r in &computed {
-            for what in &r.gives {
-                if let Err(e) = self.store.record_holding(&crate::store::Holding {
+        let holdings: Vec<crate::store::Holding> = computed
+            .iter()
+            .flat_map(|r| {
+                r.gives.iter().map(|what| crate::store::Holding {
                     project: project.into(),
                     iid: req.iid,
                     subject: r.subject.to_string(),
@@ -1540,10 +1541,11 @@ impl Bot {
                     what: what.clone(),
                     expires,
                     at: now,
-                }) {
-                    tracing::error!(iid = req.iid, error = %e, "cannot record what the request gives");
-                }
-            }
+                })
+            })
+            .collect();
+        if let Err(e) = self.store.record_holdings(&holdings) {
+            tracing::error!(iid = req.iid, error = %e, "cannot record what the request gives");
         }
         let Some(exp) = expires else {
             return;
