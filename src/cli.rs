@@ -219,11 +219,13 @@ where
         _ => "info",
     };
     init_logging(cli.log_format, default_level);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the bot waits on APIs, its state database is one
+    // connection behind a lock, and a task that stays on one thread is woken
+    // without a hand-over between threads (BENCHMARKS.md, reaction time).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
+        .build();
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
