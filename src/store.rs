@@ -1216,6 +1216,51 @@ mod tests {
         Store::open(Path::new(":memory:")).unwrap()
     }
 
+    #[test]
+    fn holdings_are_recorded_together_and_again_without_duplicates() {
+        let s = store();
+        let day = |d: &str| d.parse::<chrono::NaiveDate>().unwrap();
+        let holding = |iid: u64, what: &str, expires: Option<&str>| Holding {
+            project: "p".into(),
+            iid,
+            subject: "a@x.com".into(),
+            instance: "global".into(),
+            what: what.into(),
+            expires: expires.map(day),
+            at: Utc::now(),
+        };
+        let given = [
+            holding(1, "level:light", Some("2026-12-31")),
+            holding(1, "tag:t", Some("2026-12-31")),
+            holding(1, "group:g", Some("2026-12-31")),
+        ];
+        s.record_holdings(&given).unwrap();
+        // Recorded again (a crash before the result, or a later look): one row
+        // each, the new end date kept.
+        let later = given.clone().map(|mut h| {
+            h.expires = None;
+            h
+        });
+        s.record_holdings(&later).unwrap();
+        s.record_holdings(&[]).unwrap();
+        let mut seen = s
+            .other_holdings("p", 2, "a@x.com", "global", day("2027-06-01"))
+            .unwrap();
+        seen.sort_by(|a, b| a.what.cmp(&b.what));
+        let whats: Vec<(&str, Option<chrono::NaiveDate>)> =
+            seen.iter().map(|h| (h.what.as_str(), h.expires)).collect();
+        assert_eq!(
+            whats,
+            [("group:g", None), ("level:light", None), ("tag:t", None)]
+        );
+        // The issue's own holdings are not "other".
+        assert!(
+            s.other_holdings("p", 1, "a@x.com", "global", day("2026-12-01"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
     fn timed(
         id: u64,
         author: u64,
