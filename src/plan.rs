@@ -1469,19 +1469,24 @@ mod tests {
         b.steps
     }
 
+    /// Robin's account created as a light agent.
+    fn robin_created_as_light_agent() -> Action {
+        AccountChange::CreateAgent {
+            name: "Robin".into(),
+            role: "agent".into(),
+            custom_role: None,
+            light_agent: true,
+            level: "light agent".into(),
+        }
+        .into()
+    }
+
     /// An approval is bound to the digest of the plan's change keys: the
     /// keys, and so the digest, of a plan already approved must not move.
     #[test]
     fn step_keys_and_the_changes_digest_keep_their_form() {
         let steps = planned(vec![
-            AccountChange::CreateAgent {
-                name: "Robin".into(),
-                role: "agent".into(),
-                custom_role: None,
-                light_agent: true,
-                level: "light agent".into(),
-            }
-            .into(),
+            robin_created_as_light_agent(),
             AccountChange::AddTag { tag: "emea".into() }.into(),
             AccountChange::AddToGroup { group: "T1".into() }.into(),
             MembershipChange::Add {
@@ -1675,14 +1680,7 @@ mod tests {
             assert_eq!(change.inverse(Some(&before)), undo, "{text}");
         }
         // No account before: the seat a creation took is freed by demotion.
-        let created: Action = AccountChange::CreateAgent {
-            name: "Robin".into(),
-            role: "agent".into(),
-            custom_role: None,
-            light_agent: true,
-            level: "light agent".into(),
-        }
-        .into();
+        let created: Action = robin_created_as_light_agent();
         assert_eq!(
             created.inverse(None),
             Some(AccountChange::DemoteToEndUser.into())
