@@ -1342,13 +1342,22 @@ async fn spawn_run(sb: &Sandbox, poll: &str, webhook: Option<&str>) -> Option<(C
     Some((child, t0.elapsed()))
 }
 
-/// The end of the last edit of an issue (`PUT`) the sandbox logged that
-/// arrived after `after`.
-fn last_issue_edit_end(sb: &Sandbox, after: Instant) -> Option<Instant> {
+/// The edits of an issue (`PUT`) in the sandbox's log: when each arrived and
+/// when its answer was ready.
+fn issue_edits(sb: &Sandbox) -> Vec<(Instant, Instant)> {
     sb.logs()
         .iter()
-        .filter(|e| e.method == "PUT" && e.route == ISSUE_ROUTE && e.at > after)
-        .map(|e| e.at + e.took)
+        .filter(|e| e.method == "PUT" && e.route == ISSUE_ROUTE)
+        .map(|e| (e.at, e.at + e.took))
+        .collect()
+}
+
+/// The end of the last edit of an issue that arrived after `after`.
+fn last_issue_edit_end(sb: &Sandbox, after: Instant) -> Option<Instant> {
+    issue_edits(sb)
+        .into_iter()
+        .filter(|(at, _)| *at > after)
+        .map(|(_, end)| end)
         .max()
 }
 
@@ -1590,11 +1599,8 @@ async fn bench_reaction_and_footprint(md: &mut String, rounds: usize) {
             // sandbox logs it, as the tick does: the webhook is on its way
             // before the harness has read the answer.
             let answered = Instant::now();
-            let (arrived, approved) = sb
-                .logs()
-                .iter()
-                .filter(|e| e.method == "PUT" && e.route == ISSUE_ROUTE)
-                .map(|e| (e.at, e.at + e.took))
+            let (arrived, approved) = issue_edits(&sb)
+                .into_iter()
                 .min()
                 .unwrap_or((answered, answered));
             if let Some((ticked, logged)) =
@@ -1640,13 +1646,13 @@ async fn bench_reaction_and_footprint(md: &mut String, rounds: usize) {
         } else {
             "at most one poll interval plus processing".to_string()
         };
-        // The first delivery for an issue is looked at at once; later ones of
-        // a burst wait until it is quiet. A poll comes at its interval.
         let n = if unlogged > 0 {
             format!("{n} ({unlogged} of them timed until the tick was seen)")
         } else {
             n.to_string()
         };
+        // The first delivery for an issue is looked at at once; later ones of
+        // a burst wait until it is quiet. A poll comes at its interval.
         let settle = if hook {
             format!(
                 "none (deliveries within {} s of a look: until quiet for {} ms)",
@@ -1687,9 +1693,8 @@ async fn bench_reaction_and_footprint(md: &mut String, rounds: usize) {
         let _ = writeln!(md, "{line}");
     }
     let _ = writeln!(md);
-    let size = std::fs::metadata(bot_binary())
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let binary = bot_binary();
+    let size = std::fs::metadata(&binary).map(|m| m.len()).unwrap_or(0);
     let _ = writeln!(
         md,
         "## 6. Footprint\n\n| Figure | Measured | Target |\n|---|---|---|"
@@ -1697,9 +1702,9 @@ async fn bench_reaction_and_footprint(md: &mut String, rounds: usize) {
     let _ = writeln!(
         md,
         "| binary size ({}) | {:.1} MB | - |",
-        bot_binary()
+        binary
             .strip_prefix(std::env::current_dir().unwrap_or_default())
-            .unwrap_or(&bot_binary())
+            .unwrap_or(&binary)
             .display(),
         size as f64 / 1e6
     );
